@@ -1,0 +1,1 @@
+"""The Hermes producer: the `hermes` CLI, batch pipeline and client."""

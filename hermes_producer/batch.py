@@ -1,0 +1,142 @@
+"""The batch pipeline: input lines -> chunks -> an executor -> records written in input order.
+
+Streaming end to end: the reader, the executor's window and the writer each hold a bounded
+amount, so memory does not grow with the input. Every input line yields exactly one record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, BinaryIO, Protocol, TextIO
+
+from hermes_worker.contract import ChunkRequest
+from hermes_worker.engine import Profile
+
+from .reader import InputFormat, read_items
+
+__all__ = ["BatchOptions", "BatchSummary", "ChunkExecutor", "chunk_requests", "run_batch"]
+
+FIRST_ERRORS_KEPT = 10
+
+
+class ChunkExecutor(Protocol):
+    """Anything that runs chunk payloads and yields their results in order."""
+
+    mode: str
+
+    def describe(self) -> str: ...
+
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """What to do with every item of a batch."""
+
+    profile: Profile
+    input_format: InputFormat
+    max_validation: int = 1
+    explain: bool = False
+    chunk_size: int = 256
+    max_prompt_bytes: int = 1024 * 1024
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """Counts for the summary line, the log and ``--json`` reports."""
+
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors_by_code: Counter[str] = field(default_factory=Counter)
+    records_by_worker: Counter[str] = field(default_factory=Counter)
+    records_by_mode: Counter[str] = field(default_factory=Counter)
+    first_errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every item succeeded, 1 when some failed."""
+        return 1 if self.failed else 0
+
+    def add(self, result: dict[str, Any]) -> None:
+        count = result["ok"] + result["failed"]
+        self.total += count
+        self.ok += result["ok"]
+        self.failed += result["failed"]
+        provenance = result["provenance"]
+        self.records_by_worker[provenance["worker"]] += count
+        self.records_by_mode[provenance["mode"]] += count
+        for line, code, message in result["errors"]:
+            self.errors_by_code[code] += 1
+            if len(self.first_errors) < FIRST_ERRORS_KEPT:
+                self.first_errors.append((line, code, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "prompts_per_second": round(self.rate, 1),
+            "errors_by_code": dict(self.errors_by_code),
+            "records_by_worker": dict(self.records_by_worker),
+            "records_by_mode": dict(self.records_by_mode),
+        }
+
+
+def chunk_requests(items: Iterator[list[Any]], options: BatchOptions) -> Iterator[dict[str, Any]]:
+    """Group items into chunk request payloads of ``options.chunk_size`` items."""
+    spec = options.profile.spec()
+    for number in range(1 << 62):
+        chunk = list(islice(items, options.chunk_size))
+        if not chunk:
+            return
+        yield ChunkRequest(
+            chunk=number,
+            profile=spec,
+            max_validation=options.max_validation,
+            explain=options.explain,
+            max_prompt_bytes=options.max_prompt_bytes,
+            items=chunk,
+        ).to_payload()
+
+
+def run_batch(
+    source: BinaryIO,
+    sink: TextIO,
+    options: BatchOptions,
+    executor: ChunkExecutor,
+    progress: Callable[[int], None] | None = None,
+) -> BatchSummary:
+    """Normalize every line of ``source`` and write one JSONL record per line to ``sink``.
+
+    Args:
+        source: the input, binary.
+        sink: where records go, text; written in input order as chunks finish.
+        options: profile, format and limits.
+        executor: runs the chunks.
+        progress: called with the number of records written after each chunk.
+    """
+    summary = BatchSummary()
+    started = time.perf_counter()
+    items = read_items(source, options.input_format, options.max_prompt_bytes)
+    for result in executor.map_ordered(chunk_requests(items, options)):
+        lines = result["lines"]
+        if lines:
+            sink.write("\n".join(lines))
+            sink.write("\n")
+        summary.add(result)
+        if progress is not None:
+            progress(summary.total)
+    sink.flush()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,193 @@
+"""`hermes task`, `hermes queue` and `hermes history`: scheduled prompts in the local store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hermes_worker.engine import Profile
+
+from . import logs
+from .batch import BatchOptions, chunk_requests
+from .cli_common import (
+    EXIT_INFRA,
+    EXIT_INTERRUPTED,
+    EXIT_ITEMS_FAILED,
+    EXIT_USAGE,
+    Context,
+    fail,
+    load_profile,
+    pass_context,
+    profile_options,
+)
+from .executors import ExecutorError, InProcessExecutor
+from .store import StoreError, Task, TaskStore
+
+# A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
+STALE_CLAIM_S = 15 * 60
+
+
+def open_store(ctx: Context) -> TaskStore:
+    try:
+        return TaskStore(ctx.settings.store_path)
+    except StoreError as exc:
+        fail(str(exc), EXIT_INFRA)
+
+
+def one_line(text: str, width: int = 60) -> str:
+    flat = text.replace("\n", "⏎").replace("\t", " ")
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@click.command()
+@click.option("--prompt", help="Schedule this prompt ('-' reads standard input).")
+@click.option("--list", "list_tasks", is_flag=True, help="List scheduled and running tasks.")
+@click.option("--delete", "delete_id", type=int, help="Delete a scheduled task by id.")
+@profile_options
+@pass_context
+def task(ctx: Context, prompt: str | None, list_tasks: bool, delete_id: int | None, profile_name: str | None,
+         profile_file: Path | None, max_validation: int | None) -> None:
+    """Schedule a prompt for `hermes queue`, list scheduled tasks, or delete one.
+
+    \b
+    Examples:
+      hermes task --prompt 'Summarize this: …' --profile compact
+      hermes task --list
+      hermes task --delete 3
+    """
+    if sum(x is not None and x is not False for x in (prompt, list_tasks or None, delete_id)) != 1:
+        fail("give exactly one of --prompt TEXT, --list or --delete ID")
+    with open_store(ctx) as store:
+        if prompt is not None:
+            profile = load_profile(ctx, profile_name, profile_file)
+            if prompt == "-":
+                prompt = sys.stdin.read()
+            validation = ctx.settings.max_validation if max_validation is None else max_validation
+            added = store.add(prompt, profile.spec(), validation)
+            logs.event(ctx.log, logging.INFO, "task.scheduled", f"task {added.id} scheduled", task=added.id,
+                       profile=profile.name)
+            click.echo(f"task {added.id} scheduled (profile {profile.name}); run it with: hermes queue --all")
+        elif list_tasks:
+            tasks = store.list("pending") + store.list("running")
+            if not tasks:
+                click.echo("no scheduled tasks")
+            for item in tasks:
+                click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {item.profile['name']:10} {one_line(item.prompt)}")
+        else:
+            assert delete_id is not None
+            try:
+                store.delete(delete_id)
+            except StoreError as exc:
+                fail(str(exc), EXIT_USAGE)
+            click.echo(f"task {delete_id} deleted")
+
+
+def _run_tasks(ctx: Context, store: TaskStore, tasks: list[Task]) -> tuple[int, int]:
+    """Run claimed tasks, grouped by profile and validation; record each result as it arrives."""
+    groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
+    for item in tasks:
+        groups[(json.dumps(item.profile, sort_keys=True), item.max_validation)].append(item)
+    ok = failed = 0
+    processes = max(1, min(ctx.settings.processes, -(-len(tasks) // ctx.settings.chunk_size)))
+    with InProcessExecutor(processes) as executor:
+        for (profile_json, max_validation), members in groups.items():
+            options = BatchOptions(profile=Profile.from_spec(json.loads(profile_json)), input_format="text",
+                                   max_validation=max_validation, chunk_size=ctx.settings.chunk_size,
+                                   max_prompt_bytes=ctx.settings.max_prompt_bytes)
+            items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
+            for result in executor.map_ordered(chunk_requests(items, options)):
+                for line in result["lines"]:
+                    record: dict[str, Any] = json.loads(line)
+                    success = "error" not in record
+                    store.finish(int(record["id"]), record, success)
+                    ok += success
+                    failed += not success
+    return ok, failed
+
+
+@click.command()
+@click.option("--all", "run_all", is_flag=True, help="Run every scheduled task.")
+@click.option("-n", "count", type=click.IntRange(min=1), help="Run the N oldest scheduled tasks.")
+@pass_context
+def queue(ctx: Context, run_all: bool, count: int | None) -> None:
+    """Run scheduled tasks, oldest first, and record their results in the history.
+
+    \b
+    Examples:
+      hermes queue --all
+      hermes queue -n 10
+    """
+    if run_all == (count is not None):
+        fail("give exactly one of --all or -n N")
+    with open_store(ctx) as store:
+        recovered = store.recover_stale(STALE_CLAIM_S)
+        if recovered:
+            ctx.notice(f"{recovered} task(s) left running by an interrupted queue were rescheduled")
+        tasks = store.claim(None if run_all else count)
+        if not tasks:
+            ctx.notice("no scheduled tasks")
+            return
+        ctx.notice(f"running {len(tasks)} task(s) in-process (no broker)")
+        try:
+            ok, failed = _run_tasks(ctx, store, tasks)
+        except KeyboardInterrupt:
+            store.release(t.id for t in tasks if store.get(t.id).status == "running")
+            fail("interrupted: unfinished tasks were rescheduled", EXIT_INTERRUPTED)
+        except ExecutorError as exc:
+            store.release(t.id for t in tasks if store.get(t.id).status == "running")
+            fail(str(exc), EXIT_INFRA)
+    logs.event(ctx.log, logging.INFO, "queue.finished", f"ran {len(tasks)} task(s): {ok} ok, {failed} failed",
+               ok=ok, failed=failed)
+    ctx.notice(f"ran {len(tasks)} task(s): {ok} ok, {failed} failed; see: hermes history")
+    sys.exit(EXIT_ITEMS_FAILED if failed else 0)
+
+
+@click.command()
+@click.option("-n", "count", type=click.IntRange(min=1), default=20, show_default=True, help="How many to show.")
+@click.option("--export", "export", metavar="ID:PATH", help="Write task ID's full record as JSON to PATH ('-' = stdout).")
+@pass_context
+def history(ctx: Context, count: int, export: str | None) -> None:
+    """Show finished tasks, newest first, or export one task's result.
+
+    \b
+    Examples:
+      hermes history -n 5
+      hermes history --export 3:result.json
+    """
+    with open_store(ctx) as store:
+        if export is not None:
+            task_id, sep, path = export.partition(":")
+            if not sep or not task_id.isdigit() or not path:
+                fail(f"--export takes ID:PATH, e.g. 3:result.json; got {export!r}")
+            try:
+                item = store.get(int(task_id))
+            except StoreError as exc:
+                fail(str(exc))
+            if item.result is None:
+                fail(f"task {task_id} has not run yet (status {item.status}); run: hermes queue --all")
+            document = json.dumps({"task": item.id, "status": item.status, "created_at": item.created_at,
+                                   "finished_at": item.finished_at, "prompt": item.prompt, "profile": item.profile,
+                                   "max_validation": item.max_validation, "result": item.result},
+                                  ensure_ascii=False, indent=2) + "\n"
+            if path == "-":
+                click.echo(document, nl=False)
+                return
+            try:
+                Path(path).write_text(document, encoding="utf-8")
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc.strerror or exc}")
+            ctx.notice(f"task {task_id} exported to {path}")
+            return
+        finished = store.history(count)
+        if not finished:
+            click.echo("no finished tasks yet")
+        for item in finished:
+            result = item.result or {}
+            shown = result.get("text") if "text" in result else f"error {result.get('error', {}).get('code')}"
+            click.echo(f"{item.id:>6}  {item.status:6} {item.finished_at}  {item.profile['name']:10} {one_line(str(shown))}")

@@ -1,0 +1,353 @@
+"""Hermes' own structured log: one JSON object a line in ``log_dir/hermes.log``, rotated.
+
+Written through the standard ``logging`` module (logger ``hermes`` and its children), read
+back by ``hermes log`` and ``hermes debug``. A line looks like::
+
+    {"ts": "2026-11-27T08:00:00.123Z", "level": "INFO", "event": "batch.finished",
+     "message": "117869 prompts", "pid": 4242, "ok": 117868, "failed": 1}
+
+Several ``hermes`` processes may write the same file; each reopens it when another one has
+rotated it, so nobody keeps writing into ``hermes.log.1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["LOG_FILE", "configure", "event", "follow", "format_record", "read"]
+
+LOGGER_NAME = "hermes"
+LOG_FILE = "hermes.log"
+MAX_BYTES = 5 * 1024 * 1024
+BACKUP_COUNT = 5
+_BLOCK = 64 * 1024
+_RESERVED = ("ts", "level", "event", "message", "pid")
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def configure(
+    log_dir: Path, level: str = "DEBUG", *, max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT
+) -> logging.Logger:
+    """Send the ``hermes`` logger to ``log_dir/hermes.log``, rotated at ``max_bytes``.
+
+    Calling it again with the same arguments changes nothing; with other arguments it replaces
+    the previous file handler. The logger never propagates to the root logger, so libraries'
+    logging setup cannot duplicate or swallow Hermes' lines.
+
+    If the directory cannot be created or the file opened, Hermes runs without a log: one
+    warning goes to stderr, and nothing raises.
+
+    Returns:
+        The ``hermes`` logger.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    path = Path(log_dir) / LOG_FILE
+    wanted = (str(path.absolute()), max_bytes, backup_count)
+    ours = [h for h in logger.handlers if getattr(h, "hermes_config", None) is not None]
+    if any(getattr(h, "hermes_config", None) == wanted for h in ours):
+        return logger
+    for handler in ours:
+        logger.removeHandler(handler)
+        handler.close()
+
+    new: logging.Handler
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = _Handler(path, max_bytes=max_bytes, backup_count=backup_count)
+    except OSError as exc:
+        print(f"hermes: warning: cannot write the log in {path.parent} ({exc}); running without a log", file=sys.stderr)
+        # Without any handler, logging would fall back to printing warnings on stderr.
+        new = logging.NullHandler()
+    # Marks the handler as ours, and what it was configured with, for the next call.
+    new.hermes_config = wanted  # type: ignore[union-attr]
+    new.setFormatter(_JsonFormatter())
+    logger.addHandler(new)
+    return logger
+
+
+def event(
+    logger: logging.Logger, level: int, event: str, message: str, *, exc_info: bool = False, **fields: Any
+) -> None:
+    """Log one structured event.
+
+    Args:
+        logger: the ``hermes`` logger or one of its children.
+        level: a ``logging`` level, e.g. ``logging.INFO``.
+        event: a dotted name scripts can match on, e.g. ``batch.finished``.
+        message: a sentence for humans.
+        exc_info: add the exception being handled as a ``traceback`` field.
+        **fields: extra fields; values JSON cannot hold are written as their ``repr()``.
+    """
+    logger.log(
+        level, "%s", message, exc_info=exc_info, stacklevel=2, extra={"hermes_event": event, "hermes_fields": fields}
+    )
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _iso_ms(record.created),
+            "level": record.levelname,
+            # Plain logger.info() calls still get an event: the logger's name.
+            "event": getattr(record, "hermes_event", record.name),
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in getattr(record, "hermes_fields", {}).items():
+            # A field may not overwrite the fixed keys readers rely on.
+            line[f"{key}_" if key in _RESERVED else key] = _json_safe(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            line["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, allow_nan=False)
+
+
+class _Handler(RotatingFileHandler):
+    """A rotating handler that follows the file when another process has rotated it."""
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        self._failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None:
+            try:
+                now = os.stat(self.baseFilename)
+                mine = os.fstat(self.stream.fileno())
+                replaced = (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+            except (OSError, ValueError):  # gone, or closed under us
+                replaced = True
+            if replaced:
+                self.stream.close()
+                self.stream = None  # the base class reopens it
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # One warning for a full disk or a vanished directory, not a traceback per line.
+        if not self._failed:
+            self._failed = True
+            print(f"hermes: warning: cannot write the log {self.baseFilename} ({sys.exc_info()[1]})", file=sys.stderr)
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return repr(value)
+
+
+def _iso_ms(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read(log_dir: Path, n: int, min_level: str = "INFO", errors_only: bool = False) -> list[dict[str, Any]]:
+    """The last ``n`` records at ``min_level`` or above (ERROR or above if ``errors_only``).
+
+    Reads ``hermes.log`` and then its rotated files backwards, a block at a time, stopping as
+    soon as it has ``n`` records: a large log is never loaded whole. Lines that are not JSON
+    objects (a torn write, a stray edit) are skipped.
+
+    Returns:
+        The records, oldest first.
+    """
+    keep = _level_filter(min_level, errors_only)
+    found: list[dict[str, Any]] = []
+    if n <= 0:
+        return found
+    for path in _log_files(Path(log_dir)):
+        for line in _lines_backwards(path):
+            record = _parse(line)
+            if record is not None and keep(record):
+                found.append(record)
+                if len(found) == n:
+                    return found[::-1]
+    return found[::-1]
+
+
+def follow(
+    log_dir: Path, min_level: str = "INFO", poll_s: float = 0.25, stop: Callable[[], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the records written from now on, like ``tail -F``.
+
+    The starting point is fixed when ``follow`` is called, not when iteration begins, so
+    ``read()`` followed by ``follow()`` misses nothing written in between iterations. It keeps
+    going when the file is rotated (replaced) or truncated, and when it does not exist yet.
+
+    Args:
+        log_dir: the log directory.
+        min_level: the lowest level yielded.
+        poll_s: how long to wait when there is nothing new.
+        stop: called between polls; iteration ends when it returns True. None: never ends.
+    """
+    keep = _level_filter(min_level, errors_only=False)
+    path = Path(log_dir) / LOG_FILE
+    handle: BinaryIO | None
+    try:
+        handle = path.open("rb")
+        handle.seek(0, os.SEEK_END)
+    except OSError:
+        handle = None
+    return _follow(path, handle, keep, poll_s, stop or (lambda: False))
+
+
+def _follow(
+    path: Path,
+    handle: BinaryIO | None,
+    keep: Callable[[dict[str, Any]], bool],
+    poll_s: float,
+    stop: Callable[[], bool],
+) -> Iterator[dict[str, Any]]:
+    pending = b""  # a line whose newline has not been written yet
+
+    def drain() -> Iterator[dict[str, Any]]:
+        nonlocal pending
+        assert handle is not None
+        lines = (pending + handle.read()).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            record = _parse(line)
+            if record is not None and keep(record):
+                yield record
+
+    try:
+        while not stop():
+            if handle is not None:
+                before = handle.tell()
+                yield from drain()
+                if handle.tell() != before:
+                    continue
+            try:
+                now = os.stat(path)
+            except OSError:
+                now = None
+            if now is not None and handle is None:
+                handle, pending = _reopen(path, None), b""
+                if handle is not None:
+                    continue
+            if now is not None and handle is not None:
+                mine = os.fstat(handle.fileno())
+                if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+                    # Rotated: the writer closed the old file before renaming it, so what we
+                    # just drained is all of it.
+                    handle, pending = _reopen(path, handle), b""
+                    continue
+                if now.st_size < handle.tell():  # truncated in place
+                    handle.seek(0)
+                    pending = b""
+                    continue
+            time.sleep(poll_s)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _reopen(path: Path, old: BinaryIO | None) -> BinaryIO | None:
+    if old is not None:
+        old.close()
+    try:
+        return path.open("rb")
+    except OSError:
+        return None
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One record as a line for humans; a traceback follows on indented lines.
+
+    Example:
+        >>> print(format_record({"ts": "2026-11-27T08:00:00.123Z", "level": "INFO",
+        ...     "event": "batch.finished", "message": "done", "pid": 7, "ok": 3, "file": "a b.jsonl"}))
+        2026-11-27T08:00:00.123Z INFO  batch.finished  done  ok=3 file="a b.jsonl"
+    """
+    head = (
+        f"{record.get('ts', '?')} {record.get('level', '?'):<5} {record.get('event', '?')}  {record.get('message', '')}"
+    )
+    extras = " ".join(
+        f"{key}={_show(value)}" for key, value in record.items() if key not in (*_RESERVED, "traceback", "stack")
+    )
+    text = f"{head}  {extras}" if extras else head
+    for key in ("traceback", "stack"):
+        if isinstance(record.get(key), str):
+            text += "\n" + "\n".join("    " + line for line in record[key].rstrip("\n").splitlines())
+    return text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _level_filter(min_level: str, errors_only: bool) -> Callable[[dict[str, Any]], bool]:
+    threshold = logging.getLevelName(min_level.upper())
+    if not isinstance(threshold, int):
+        raise ValueError(f"unknown log level {min_level!r}")
+    if errors_only:
+        threshold = max(threshold, logging.ERROR)
+
+    def keep(record: dict[str, Any]) -> bool:
+        level = logging.getLevelName(str(record.get("level", "")))
+        return isinstance(level, int) and level >= threshold
+
+    return keep
+
+
+def _log_files(log_dir: Path) -> list[Path]:
+    """``hermes.log`` then ``hermes.log.1``, ``.2``, ...: newest first."""
+    rotated = []
+    for path in log_dir.glob(f"{LOG_FILE}.*"):
+        suffix = path.name[len(LOG_FILE) + 1 :]
+        if suffix.isdigit():
+            rotated.append((int(suffix), path))
+    return [log_dir / LOG_FILE, *(path for _, path in sorted(rotated))]
+
+
+def _lines_backwards(path: Path, block: int = _BLOCK) -> Iterator[bytes]:
+    """The lines of a file, last first, reading ``block`` bytes at a time from the end."""
+    try:
+        handle = path.open("rb")
+    except OSError:
+        return
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        carry = b""  # the start of a line whose beginning lies in an earlier block
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            lines = (handle.read(step) + carry).split(b"\n")
+            carry = lines.pop(0)
+            yield from reversed(lines)
+        yield carry
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,157 @@
+"""Read batch input (JSONL or plain text) into contract items, one per input line, streaming.
+
+Every line becomes exactly one item ``[line, id, prompt, error]``: a line that cannot be read
+(invalid UTF-8, malformed JSON, no prompt, a duplicate id, far too long) becomes an item that
+already carries its error, so it still gets its record, in order. Memory stays bounded: lines
+are read with a size cap, and an over-long line is skipped through without being held.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, BinaryIO, Literal
+
+from hermes_worker import contract
+
+from .seen_ids import SeenIds
+
+__all__ = ["InputFormat", "detect_format", "read_items"]
+
+InputFormat = Literal["jsonl", "text"]
+
+_SKIP_BLOCK = 1 << 20
+# JSON may spell one character as a 6-byte \uXXXX escape, so a JSONL line holding a prompt at
+# the size limit can be up to six times longer, plus the id and the keys.
+_JSON_EXPANSION = 6
+_LINE_SLACK = 64 * 1024
+
+
+def detect_format(name: str, stream: BinaryIO) -> InputFormat:
+    """Guess the input format from the file name, else from the first byte that is not blank."""
+    lowered = name.lower()
+    if lowered.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if lowered.endswith(".txt"):
+        return "text"
+    peek = getattr(stream, "peek", None)
+    head = peek(4096) if peek is not None else b""
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "text"
+
+
+def _bounded_lines(stream: BinaryIO, max_line: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield ``(line number, raw line or None if longer than max_line, its length)``."""
+    line_no = 0
+    while True:
+        raw = stream.readline(max_line + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) <= max_line or raw.endswith(b"\n"):
+            yield line_no, raw, len(raw)
+            continue
+        # Too long: consume the rest of the line in blocks, holding none of it.
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = stream.readline(_SKIP_BLOCK)
+            if not raw:
+                break
+            size += len(raw)
+        yield line_no, None, size
+
+
+def _decode(raw: bytes, line_no: int) -> str:
+    text = raw.decode("utf-8")
+    if line_no == 1 and text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark, as Windows editors write
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
+def _parse_json_item(text: str) -> tuple[Any, Any]:
+    """Return ``(id or None, prompt)`` or raise ValueError with the item's error code as args."""
+    if not text.strip():
+        raise ValueError(contract.MALFORMED_JSON, "line is blank: expected a JSON object with a 'prompt'")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(contract.MALFORMED_JSON, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(contract.MALFORMED_JSON, "invalid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ValueError(contract.NOT_AN_OBJECT, f"expected a JSON object with a 'prompt', got a JSON {_json_type(obj)}")
+    if "prompt" not in obj:
+        raise ValueError(contract.MISSING_PROMPT, "object has no 'prompt' field")
+    item_id = obj.get("id")
+    if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, str | int)):
+        raise ValueError(contract.BAD_ID, f"'id' must be a string or an integer, got a JSON {_json_type(item_id)}")
+    prompt = obj["prompt"]
+    if not isinstance(prompt, str):
+        raise ValueError(contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}")
+    return item_id, prompt
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def read_items(
+    stream: BinaryIO, fmt: InputFormat, max_prompt_bytes: int, *, seen: SeenIds | None = None
+) -> Iterator[list[Any]]:
+    """Turn every input line into one contract item ``[line, id, prompt, error]``.
+
+    Args:
+        stream: the input, opened in binary mode.
+        fmt: ``jsonl`` (objects with ``prompt`` and an optional ``id``) or ``text`` (a prompt
+            per line; its id is its line number).
+        max_prompt_bytes: prompts larger than this become ``too_large`` errors here, before
+            they are sent anywhere.
+        seen: the duplicate-id guard (a fresh one by default).
+
+    >>> import io
+    >>> list(read_items(io.BytesIO(b'{"id": "a", "prompt": "hi"}\\n{"prompt": 3}\\n'), "jsonl", 100))
+    [[1, 'a', 'hi', None], [2, 2, None, ['prompt_not_string', "'prompt' must be a string, got a JSON number"]]]
+    """
+    max_line = max_prompt_bytes * (_JSON_EXPANSION if fmt == "jsonl" else 1) + _LINE_SLACK
+    seen = seen if seen is not None else SeenIds()
+    for line_no, raw, size in _bounded_lines(stream, max_line):
+        item_id: Any = line_no
+        if raw is None:
+            yield [line_no, item_id, None, [contract.TOO_LARGE, f"line is {size:,} bytes; the prompt limit is {max_prompt_bytes:,} bytes"]]
+            continue
+        try:
+            text = _decode(raw, line_no)
+        except UnicodeDecodeError as exc:
+            bad = raw[exc.start : exc.start + 1].hex()
+            yield [line_no, item_id, None, [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"]]
+            continue
+        if fmt == "text":
+            prompt = text
+        else:
+            try:
+                explicit_id, prompt = _parse_json_item(text)
+            except ValueError as exc:
+                code, message = exc.args
+                yield [line_no, item_id, None, [code, message]]
+                continue
+            if explicit_id is not None:
+                item_id = explicit_id
+        # Plain-text ids are line numbers, unique by construction: only JSONL needs the guard.
+        first = seen.check_and_add(item_id, line_no) if fmt == "jsonl" else None
+        if first is not None:
+            yield [line_no, item_id, None, [contract.DUPLICATE_ID, f"id {item_id!r} was already used on line {first}"]]
+            continue
+        # Only long prompts pay for the exact byte count (UTF-8 takes at most 4 bytes a character).
+        if len(prompt) * 4 > max_prompt_bytes:
+            size = len(prompt.encode("utf-8", "surrogatepass"))
+            if size > max_prompt_bytes:
+                yield [line_no, item_id, None, [contract.TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_prompt_bytes:,} bytes"]]
+                continue
+        yield [line_no, item_id, prompt, None]

@@ -1,0 +1,81 @@
+"""A duplicate-id guard whose memory stays bounded however many ids a batch has.
+
+The most recent ids live in a dict; past ``spill_at`` they move to a temporary SQLite file,
+fronted by a fixed-size Bloom filter so that the common case (a new id) rarely touches disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from typing import Any
+
+__all__ = ["SeenIds"]
+
+_BLOOM_BITS = 1 << 27  # 16 MiB: about 1% false positives at 20 million spilled ids
+_MASK = _BLOOM_BITS - 1
+
+
+class SeenIds:
+    """Remembers ids and the line that first used each one.
+
+    >>> seen = SeenIds()
+    >>> seen.check_and_add("a", 1) is None, seen.check_and_add("a", 7)
+    (True, 1)
+    """
+
+    def __init__(self, spill_at: int = 250_000) -> None:
+        self._recent: dict[Any, int] = {}
+        self._spill_at = spill_at
+        self._db: sqlite3.Connection | None = None
+        self._bloom: bytearray | None = None
+
+    @staticmethod
+    def _key(item_id: Any) -> str:
+        # JSON tells 5 from "5": so does the key.
+        return f"i{item_id}" if isinstance(item_id, int) else f"s{item_id}"
+
+    def _positions(self, key: str) -> tuple[int, int, int]:
+        h = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        return h & _MASK, (h >> 27) & _MASK, ((h >> 54) | (h << 10)) & _MASK
+
+    def _bloom_has(self, key: str) -> bool:
+        bloom = self._bloom
+        assert bloom is not None
+        return all(bloom[p >> 3] & (1 << (p & 7)) for p in self._positions(key))
+
+    def _spill(self) -> None:
+        if self._db is None:
+            handle = tempfile.NamedTemporaryFile(prefix="hermes-ids-", suffix=".db", delete=True)  # noqa: SIM115
+            self._tmp = handle  # removed when this guard is garbage-collected
+            self._db = sqlite3.connect(handle.name)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("CREATE TABLE ids (key TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+            self._bloom = bytearray(_BLOOM_BITS // 8)
+        bloom = self._bloom
+        assert bloom is not None
+        rows = []
+        for item_id, line in self._recent.items():
+            key = self._key(item_id)
+            for p in self._positions(key):
+                bloom[p >> 3] |= 1 << (p & 7)
+            rows.append((key, line))
+        self._db.executemany("INSERT INTO ids VALUES (?, ?)", rows)
+        self._recent.clear()
+
+    def check_and_add(self, item_id: Any, line: int) -> int | None:
+        """Record ``item_id`` as used on ``line``; if it was used before, return that line."""
+        first = self._recent.get(item_id)
+        if first is not None:
+            return first
+        if self._db is not None:
+            key = self._key(item_id)
+            if self._bloom_has(key):
+                row = self._db.execute("SELECT line FROM ids WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    return int(row[0])
+        self._recent[item_id] = line
+        if len(self._recent) >= self._spill_at:
+            self._spill()
+        return None

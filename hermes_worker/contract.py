@@ -1,0 +1,106 @@
+"""The contract between producers and workers: task and queue names, payloads, error codes.
+
+Both sides import this module and nothing else of each other. It uses only the standard
+library, so it also ships inside the sandbox image. Payloads are plain JSON: no pickle, ever.
+
+A chunk request::
+
+    {"v": 1, "chunk": 7, "profile": {"name": "prompt", "steps": [...]},
+     "max_validation": 1, "explain": false, "max_prompt_bytes": 1048576,
+     "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
+
+An item whose fourth field is set failed before it reached the engine (the producer could not
+parse it); the worker turns it into its error record so that records stay in input order.
+
+A chunk result::
+
+    {"v": 1, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
+     "errors": [[line, code, message], ...], "provenance": {...}}
+
+``lines`` holds one JSON-encoded output record per item, in item order: producers write them
+as they are, without decoding them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PAYLOAD_VERSION = 1
+
+TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
+QUEUE_CONTAINER = "hermes.container"
+QUEUE_LOCAL = "hermes.local"
+
+# Error codes of item records. Stable: scripts match on them.
+INVALID_UTF8 = "invalid_utf8"
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_PROMPT = "missing_prompt"
+PROMPT_NOT_STRING = "prompt_not_string"
+BAD_ID = "bad_id"
+DUPLICATE_ID = "duplicate_id"
+EMPTY_PROMPT = "empty_prompt"
+TOO_LARGE = "too_large"
+NUL_BYTE = "nul_byte"
+LONE_SURROGATE = "lone_surrogate"
+VALIDATION_FAILED = "validation_failed"
+ENGINE_FAILURE = "engine_failure"
+
+
+class ContractError(ValueError):
+    """A payload does not follow the contract (a bug or a version mismatch, not bad input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """A validated chunk request; see the module docstring for the wire form."""
+
+    chunk: int
+    profile: Mapping[str, Any]
+    max_validation: int
+    explain: bool
+    max_prompt_bytes: int
+    items: list[list[Any]]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "v": PAYLOAD_VERSION,
+            "chunk": self.chunk,
+            "profile": dict(self.profile),
+            "max_validation": self.max_validation,
+            "explain": self.explain,
+            "max_prompt_bytes": self.max_prompt_bytes,
+            "items": self.items,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ChunkRequest:
+        """Validate a decoded payload.
+
+        Raises:
+            ContractError: naming the first field that is wrong.
+        """
+        if not isinstance(payload, Mapping):
+            raise ContractError("chunk payload must be a JSON object")
+        if payload.get("v") != PAYLOAD_VERSION:
+            raise ContractError(f"chunk payload version {payload.get('v')!r} is not {PAYLOAD_VERSION}: upgrade the older side")
+        chunk, items = payload.get("chunk"), payload.get("items")
+        max_validation, max_bytes = payload.get("max_validation"), payload.get("max_prompt_bytes")
+        if not isinstance(chunk, int):
+            raise ContractError("chunk payload: 'chunk' must be an integer")
+        if not isinstance(max_validation, int) or max_validation < 0:
+            raise ContractError("chunk payload: 'max_validation' must be an integer >= 0")
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ContractError("chunk payload: 'max_prompt_bytes' must be a positive integer")
+        if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 4 for i in items):
+            raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
+        return cls(
+            chunk=chunk,
+            profile=payload.get("profile") or {},
+            max_validation=max_validation,
+            explain=bool(payload.get("explain")),
+            max_prompt_bytes=max_bytes,
+            items=items,
+        )

@@ -1,0 +1,24 @@
+"""One root exception for the engine, with narrow subclasses.
+
+An :class:`ItemError` describes one bad prompt: it becomes that item's error record and never
+stops a batch. A :class:`ProfileError` describes a bad profile: it is a usage error.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ProfileError(EngineError):
+    """A profile is unknown, or a profile definition is invalid."""
+
+
+class ItemError(EngineError):
+    """One prompt cannot be normalized; ``code`` is stable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,163 @@
+"""Profiles: named, ordered lists of steps; the built-in ones and custom ones from TOML.
+
+A profile travels to workers as its *spec* (``{"name": ..., "steps": [...]}``), so a custom
+profile defined on the producer's machine runs unchanged on any worker or sandbox.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ProfileError
+from .steps import STEPS
+
+__all__ = ["BUILTIN_PROFILES", "DEFAULT_PROFILE", "Profile", "load_profile_file", "resolve_profile"]
+
+DEFAULT_PROFILE = "prompt"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """An ordered list of step names with a name and a stable hash of the list."""
+
+    name: str
+    steps: tuple[str, ...]
+    description: str = ""
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ProfileError(
+                f"profile name {self.name!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+            )
+        if not self.steps:
+            raise ProfileError(f"profile {self.name!r} has no steps")
+        for step in self.steps:
+            if step not in STEPS:
+                hint = difflib.get_close_matches(step, STEPS, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ProfileError(
+                    f"profile {self.name!r}: unknown step {step!r}{suggestion}; known steps: {', '.join(STEPS)}"
+                )
+        # The digest names the behaviour, not the label: two profiles with the same steps in
+        # the same order produce the same output, whatever they are called.
+        object.__setattr__(self, "digest", hashlib.sha256("\n".join(self.steps).encode()).hexdigest()[:16])
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON-safe form that travels in task payloads."""
+        return {"name": self.name, "steps": list(self.steps)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Profile:
+        """Rebuild a profile from :meth:`spec` output, validating it.
+
+        Raises:
+            ProfileError: the spec is malformed or names unknown steps.
+        """
+        if not isinstance(spec, Mapping):
+            raise ProfileError("profile spec must be an object with 'name' and 'steps'")
+        name, steps = spec.get("name"), spec.get("steps")
+        if not isinstance(name, str) or not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+            raise ProfileError("profile spec needs a string 'name' and a list of step names 'steps'")
+        return cls(name, tuple(steps))
+
+
+BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {
+        profile.name: profile
+        for profile in (
+            Profile(
+                "prompt",
+                (
+                    "ftfy",
+                    "unify_newlines",
+                    "strip_controls",
+                    "strip_invisible",
+                    "nfc",
+                    "rstrip_lines",
+                    "collapse_blank_lines",
+                    "trim_blank_edges",
+                ),
+                "safe for prompts holding code, tables and emoji: ftfy repairs, NFC, no stray "
+                "controls or invisibles, tidy line ends and blank lines; indentation kept",
+            ),
+            Profile("nfc", ("nfc",), "Unicode NFC and nothing else"),
+            Profile("nfkc", ("nfkc",), "Unicode NFKC and nothing else"),
+            Profile("compact", ("nfkc", "collapse_whitespace"), "NFKC, whitespace runs become one space: keys for search and dedup"),
+        )
+    }
+)
+
+
+def load_profile_file(path: str | Path) -> dict[str, Profile]:
+    """Read custom profiles from a TOML file.
+
+    The file holds one table per profile::
+
+        [profiles.code]
+        description = "keep everything but fix encodings"
+        steps = ["ftfy", "strip_controls"]
+
+    Raises:
+        ProfileError: the file is unreadable, not TOML, or a profile in it is invalid; the
+            message names the file and the profile.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile file: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+
+    unknown_top = set(data) - {"profiles"}
+    if unknown_top:
+        raise ProfileError(f"{path}: unknown top-level keys {sorted(unknown_top)}; profiles go under [profiles.NAME]")
+    tables = data.get("profiles")
+    if not isinstance(tables, dict) or not tables:
+        raise ProfileError(f"{path}: no profiles defined; add a table such as [profiles.mine] with steps = [...]")
+
+    profiles: dict[str, Profile] = {}
+    for name, table in tables.items():
+        where = f"{path}: profile {name!r}"
+        if name in BUILTIN_PROFILES:
+            raise ProfileError(f"{where}: redefines a built-in profile; choose another name")
+        if not isinstance(table, dict):
+            raise ProfileError(f"{where}: must be a table with a 'steps' list")
+        extra = set(table) - {"steps", "description"}
+        if extra:
+            raise ProfileError(f"{where}: unknown keys {sorted(extra)}; allowed: steps, description")
+        steps = table.get("steps")
+        if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+            raise ProfileError(f"{where}: 'steps' must be a list of step names")
+        description = table.get("description", "")
+        if not isinstance(description, str):
+            raise ProfileError(f"{where}: 'description' must be a string")
+        try:
+            profiles[name] = Profile(name, tuple(steps), description)
+        except ProfileError as exc:
+            raise ProfileError(f"{path}: {exc}") from exc
+    return profiles
+
+
+def resolve_profile(name: str, custom: Mapping[str, Profile] | None = None) -> Profile:
+    """Find a profile by name among the built-in and the custom ones.
+
+    Raises:
+        ProfileError: no such profile; the message lists the known ones.
+    """
+    known = dict(BUILTIN_PROFILES)
+    known.update(custom or {})
+    try:
+        return known[name]
+    except KeyError:
+        raise ProfileError(f"unknown profile {name!r}; known profiles: {', '.join(known)}") from None

@@ -1,0 +1,242 @@
+"""Normalization steps: each one a pure ``str -> str`` function, registered by name.
+
+Every step is cheap on text it has nothing to do with: it first proves, with one C-speed scan,
+that the text holds nothing it would change, and returns the very same string object. Profiles
+(:mod:`.profiles`) are ordered lists of these names.
+
+A step may declare ``forbids``: a regular expression matching characters that can never be in
+its output. Validation (:mod:`.validate`) uses it to check a profile's promises.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import ftfy
+
+__all__ = ["STEPS", "Step", "ftfy_explain"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A named text transformation.
+
+    Attributes:
+        name: the name profiles use.
+        apply: the pure function.
+        summary: one line for ``hermes profiles`` and the docs.
+        forbids: characters this step guarantees are absent from its output, or None.
+    """
+
+    name: str
+    apply: Callable[[str], str]
+    summary: str
+    forbids: re.Pattern[str] | None = None
+
+
+# --- ftfy -------------------------------------------------------------------------------------
+
+_FTFY_CONFIG = ftfy.TextFixerConfig(explain=False)
+_FTFY_EXPLAIN_CONFIG = ftfy.TextFixerConfig(explain=True)
+# An ASCII segment is left untouched by every ftfy default fix unless it holds one of these:
+# '&' (HTML entities), ESC (terminal escapes), CR (line breaks) or a control character ftfy
+# removes. Checked with one regex scan instead of ftfy's dozen passes.
+_FTFY_ASCII_TRIGGERS = re.compile(r"[&\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _ascii_segment_is_clean(segment: str) -> bool:
+    return segment.isascii() and _FTFY_ASCII_TRIGGERS.search(segment) is None
+
+
+def _ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
+    """Split text the way :func:`ftfy.fix_text` does, yielding each segment with its config.
+
+    Mirrors ftfy exactly, including its rule that once a segment contains ``<`` (so the text
+    looks like HTML), HTML entities are no longer unescaped in that or any later segment.
+    """
+    pos = 0
+    limit = config.max_decode_length
+    while pos < len(text):
+        textbreak = text.find("\n", pos) + 1
+        if textbreak == 0:
+            textbreak = len(text)
+        if textbreak - pos > limit:
+            textbreak = pos + limit
+        segment = text[pos:textbreak]
+        if config.unescape_html == "auto" and "<" in segment:
+            config = config._replace(unescape_html=False)
+        yield segment, config
+        pos = textbreak
+
+
+def fix_with_ftfy(text: str) -> str:
+    """ftfy's default repairs, byte-identical to ``ftfy.fix_text(text)``, with fast paths.
+
+    Repairs mojibake, HTML entities (unless the text looks like HTML), curly quotes, Latin
+    ligatures, full-width characters, line breaks, terminal escapes, and applies NFC.
+
+    >>> fix_with_ftfy("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.")
+    "The Mona Lisa doesn't have eyebrows."
+    """
+    if _ascii_segment_is_clean(text):
+        return text
+    out = []
+    for segment, config in _ftfy_segments(text, _FTFY_CONFIG):
+        if _ascii_segment_is_clean(segment):
+            out.append(segment)
+        else:
+            out.append(ftfy.fix_and_explain(segment, config).text)
+    return "".join(out)
+
+
+def ftfy_explain(text: str) -> list[str]:
+    """The ftfy repairs that :func:`fix_with_ftfy` applies to ``text``, in order, deduplicated.
+
+    >>> ftfy_explain("sÃ³")
+    ['encode:latin-1', 'decode:utf-8']
+    """
+    seen: dict[str, None] = {}
+    config = _FTFY_EXPLAIN_CONFIG
+    for segment, config in _ftfy_segments(text, config):
+        if _ascii_segment_is_clean(segment):
+            continue
+        explanation = ftfy.fix_and_explain(segment, config).explanation or []
+        for action, parameter in explanation:
+            seen.setdefault(f"{action}:{parameter}", None)
+    return list(seen)
+
+
+# --- Unicode normalization forms ----------------------------------------------------------------
+
+
+def _unicode_form(form: str) -> Callable[[str], str]:
+    def apply(text: str) -> str:
+        # ASCII is already in every normalization form; is_normalized is CPython's quick check.
+        if text.isascii() or unicodedata.is_normalized(form, text):  # type: ignore[arg-type]
+            return text
+        return unicodedata.normalize(form, text)  # type: ignore[arg-type]
+
+    apply.__name__ = form.lower()
+    apply.__doc__ = f"Unicode normalization form {form}, and nothing else."
+    return apply
+
+
+# --- Character removal ------------------------------------------------------------------------
+
+# C0 controls except TAB and LF, DEL, and the C1 block.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Zero-width space, word joiner, byte-order mark. ZWNJ (U+200C) and ZWJ (U+200D) are kept on
+# purpose: emoji sequences, Persian, Arabic and Indic scripts need them.
+_INVISIBLES = re.compile("[\u200b\u2060\ufeff]")
+
+
+def _remover(pattern: re.Pattern[str]) -> Callable[[str], str]:
+    def apply(text: str) -> str:
+        if pattern.search(text) is None:
+            return text
+        return pattern.sub("", text)
+
+    return apply
+
+
+strip_controls = _remover(_CONTROLS)
+strip_invisible = _remover(_INVISIBLES)
+
+
+# --- Lines and whitespace ---------------------------------------------------------------------
+
+_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+_BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n){2,}")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
+
+
+def unify_newlines(text: str) -> str:
+    r"""CRLF, CR, NEL, U+2028 and U+2029 all become ``\n``.
+
+    >>> unify_newlines("a\r\nb\rc\u2028d")
+    'a\nb\nc\nd'
+    """
+    if _LINE_BREAKS.search(text) is None:
+        return text
+    return _LINE_BREAKS.sub("\n", text)
+
+
+def rstrip_lines(text: str) -> str:
+    r"""Remove whitespace at the end of every line; indentation is kept.
+
+    >>> rstrip_lines("  a  \n\tb\t")
+    '  a\n\tb'
+    """
+    if _TRAILING_SPACE.search(text) is None:
+        return text
+    return _TRAILING_SPACE.sub("", text)
+
+
+def collapse_blank_lines(text: str) -> str:
+    r"""At most one blank line in a row (lines holding only spaces count as blank).
+
+    >>> collapse_blank_lines("a\n\n\n\nb")
+    'a\n\nb'
+    """
+    if _BLANK_RUN.search(text) is None:
+        return text
+    return _BLANK_RUN.sub("\n\n", text)
+
+
+def trim_blank_edges(text: str) -> str:
+    r"""Remove blank lines at the start and all whitespace at the end.
+
+    The first line's indentation is kept: a prompt that starts with an indented code block
+    must keep its shape.
+
+    >>> trim_blank_edges("\n \n    code()\n\n")
+    '    code()'
+    """
+    trimmed = text.rstrip()
+    if trimmed and trimmed[0].isspace():
+        trimmed = _LEADING_BLANK_LINES.sub("", trimmed)
+    return trimmed
+
+
+def strip(text: str) -> str:
+    """Remove all whitespace at both ends.
+
+    >>> strip("  a b  ")
+    'a b'
+    """
+    return text.strip()
+
+
+def collapse_whitespace(text: str) -> str:
+    r"""Every run of whitespace, newlines included, becomes one space; the ends are stripped.
+
+    >>> collapse_whitespace(" a \n\n b\tc ")
+    'a b c'
+    """
+    return " ".join(text.split())
+
+
+# --- The registry -----------------------------------------------------------------------------
+
+_STEP_LIST = (
+    Step("ftfy", fix_with_ftfy, "ftfy's default repairs: mojibake, HTML entities, quotes, ligatures, widths, line breaks, NFC"),
+    Step("nfc", _unicode_form("NFC"), "Unicode normalization form C"),
+    Step("nfd", _unicode_form("NFD"), "Unicode normalization form D"),
+    Step("nfkc", _unicode_form("NFKC"), "Unicode normalization form KC"),
+    Step("nfkd", _unicode_form("NFKD"), "Unicode normalization form KD"),
+    Step("strip_controls", strip_controls, "remove C0/C1 control characters except TAB and LF", _CONTROLS),
+    Step("strip_invisible", strip_invisible, "remove zero-width space, word joiner and BOM (ZWJ/ZWNJ are kept)", _INVISIBLES),
+    Step("unify_newlines", unify_newlines, "CRLF, CR, NEL, U+2028, U+2029 become LF", re.compile("[\r\u2028\u2029\x85]")),
+    Step("rstrip_lines", rstrip_lines, "remove trailing whitespace on every line"),
+    Step("collapse_blank_lines", collapse_blank_lines, "at most one blank line in a row"),
+    Step("trim_blank_edges", trim_blank_edges, "remove leading blank lines and trailing whitespace"),
+    Step("strip", strip, "remove whitespace at both ends"),
+    Step("collapse_whitespace", collapse_whitespace, "every whitespace run becomes one space; ends stripped", re.compile(r"[^\S ]")),
+)
+
+STEPS: Mapping[str, Step] = MappingProxyType({step.name: step for step in _STEP_LIST})

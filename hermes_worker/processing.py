@@ -1,0 +1,103 @@
+"""Process one chunk: the pure function behind every way Hermes runs.
+
+In-process pools, Celery tasks and the sandbox server all call :func:`process_chunk`; only who
+calls it, and the ``mode`` they report, differ. It never raises for a bad item: each item gets
+exactly one record, an error record if need be.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from . import contract
+from .contract import ChunkRequest
+from .engine import ItemError, Profile, check_prompt, normalize, provenance
+
+__all__ = ["process_chunk"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# JSON allows these raw inside strings, but many line-oriented tools (str.splitlines, editors,
+# JavaScript before ES2019) split lines on them: escaping keeps one record per physical line.
+_LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def _dumps(value: object) -> str:
+    text = _encode(value)
+    if not text.isascii():
+        for raw, escaped in _LINE_BREAKERS:
+            if raw in text:
+                text = text.replace(raw, escaped)
+    return text
+_CONVERGED = {True: "true", False: "false", None: "null"}
+
+
+def _error_line(item_id: str, line: int, code: str, message: str, prov: str) -> str:
+    error = _dumps({"code": code, "message": message, "line": line})
+    return f'{{"id":{item_id},"line":{line},"error":{error},"provenance":{prov}}}'
+
+
+def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: str | None = None) -> dict[str, Any]:
+    """Normalize every item of a chunk request and encode one output record per item.
+
+    Args:
+        payload: a chunk request (see :mod:`hermes_worker.contract`).
+        mode: ``local`` or ``container``: where this code is running, for provenance.
+        worker: the name of whoever runs it, for provenance.
+        image: the sandbox image digest in container mode.
+
+    Raises:
+        ContractError: the payload itself is malformed.
+        ProfileError: the payload's profile is invalid.
+    """
+    request = ChunkRequest.from_payload(payload)
+    profile = Profile.from_spec(request.profile)
+    prov_dict = provenance(profile, mode=mode, worker=worker, image=image)
+    prov = _dumps(prov_dict)
+    lines: list[str] = []
+    errors: list[list[Any]] = []
+    max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
+
+    for line, raw_id, prompt, pre_error in request.items:
+        item_id = _dumps(raw_id)
+        if pre_error is not None:
+            code, message = pre_error
+        else:
+            try:
+                if not isinstance(prompt, str):
+                    raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
+                check_prompt(prompt, max_bytes)
+                result = normalize(prompt, profile, max_validation, explain)
+                if result.violations:
+                    raise ItemError(
+                        contract.VALIDATION_FAILED,
+                        f"output still holds characters profile {profile.name!r} forbids: {'; '.join(result.violations)}",
+                    )
+            except ItemError as exc:
+                code, message = exc.code, exc.message
+            except Exception as exc:  # noqa: BLE001 - one bad item must never sink its chunk
+                code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
+            else:
+                record = (
+                    f'{{"id":{item_id},"line":{line},"text":{_dumps(result.text)},'
+                    f'"changed":{"true" if result.changed else "false"},'
+                    f'"validation":{{"rounds":{result.rounds},"converged":{_CONVERGED[result.converged]}}},'
+                    f'"provenance":{prov}'
+                )
+                if result.explanation is not None:
+                    record += f',"explain":{_dumps(result.explanation)}'
+                lines.append(record + "}")
+                continue
+        errors.append([line, code, message])
+        lines.append(_error_line(item_id, line, code, message, prov))
+
+    return {
+        "v": contract.PAYLOAD_VERSION,
+        "chunk": request.chunk,
+        "lines": lines,
+        "ok": len(lines) - len(errors),
+        "failed": len(errors),
+        "errors": errors,
+        "provenance": prov_dict,
+    }
