@@ -220,12 +220,11 @@ class TaskStore:
 
         Atomic across processes: a task is handed to exactly one claimer.
         """
-        with self._errors():
+        with self._errors(), self._immediate():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE status = 'pending' ORDER BY id LIMIT ?",
                 (_sql_limit(limit),),
             ).fetchall()
-            time.sleep(0.002)
             if rows:
                 # Nobody else can write inside BEGIN IMMEDIATE, so the pending tasks up to the
                 # last selected id are exactly the selected ones; no id list, no variable limit.

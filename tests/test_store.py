@@ -195,13 +195,15 @@ def test_history_is_finished_tasks_newest_first(store: TaskStore) -> None:
 def _drain(db: Path, start: Any, results: Any) -> None:
     """One `hermes queue` run: claim a few at a time, finish each, report what it ran."""
     ran: list[int] = []
-    with TaskStore(db) as store:
-        start.wait()
-        while batch := store.claim(limit=3):
-            for task in batch:
-                store.finish(task.id, {"id": task.id}, ok=True)
-                ran.append(task.id)
-    results.put(ran)
+    try:
+        with TaskStore(db) as store:
+            start.wait()
+            while batch := store.claim(limit=3):
+                for task in batch:
+                    store.finish(task.id, {"id": task.id}, ok=True)
+                    ran.append(task.id)
+    finally:  # report even on failure, so the test fails fast instead of waiting
+        results.put(ran)
 
 
 def test_concurrent_runs_in_separate_processes_never_run_a_task_twice(db: Path) -> None:

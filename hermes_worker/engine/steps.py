@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import ftfy
+import ftfy.badness
+import ftfy.chardata
 
 __all__ = ["STEPS", "Step", "ftfy_explain"]
 
@@ -42,14 +44,38 @@ class Step:
 
 _FTFY_CONFIG = ftfy.TextFixerConfig(explain=False)
 _FTFY_EXPLAIN_CONFIG = ftfy.TextFixerConfig(explain=True)
-# An ASCII segment is left untouched by every ftfy default fix unless it holds one of these:
-# '&' (HTML entities), ESC (terminal escapes), CR (line breaks) or a control character ftfy
-# removes. Checked with one regex scan instead of ftfy's dozen passes.
-_FTFY_ASCII_TRIGGERS = re.compile(r"[&\x00-\x08\x0b-\x1f\x7f]")
 
 
-def _ascii_segment_is_clean(segment: str) -> bool:
-    return segment.isascii() and _FTFY_ASCII_TRIGGERS.search(segment) is None
+def _ftfy_touchable() -> re.Pattern[str]:
+    """Every character that one of ftfy's default fixes (other than mojibake detection) acts on.
+
+    Built from ftfy's own tables, so it follows the pinned ftfy version; a property test checks
+    that the fast path stays byte-identical to ``ftfy.fix_text``.
+    """
+    codepoints = {ord(c) for c in "&\x1b\r\u2028\u2029\x85\u02bc"}  # entities, escapes, breaks
+    codepoints.update(range(0x80, 0xA0))  # C1 controls (fix_c1_controls)
+    codepoints.update(range(0x2018, 0x2020))  # curly quotes (uncurl_quotes)
+    codepoints.update(range(0xD800, 0xE000))  # surrogates (fix_surrogates)
+    for table in (ftfy.chardata.CONTROL_CHARS, ftfy.chardata.LIGATURES, ftfy.chardata.WIDTH_MAP):
+        codepoints.update(table)
+    return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(codepoints)) + "]")
+
+
+_FTFY_TOUCHABLE = _ftfy_touchable()
+
+
+def _untouched_by_ftfy(segment: str) -> bool:
+    """True when ftfy's default fixes provably return ``segment`` unchanged.
+
+    Three scans instead of ftfy's two rounds of a dozen passes: no character any fix acts on,
+    nothing that looks like mojibake (ftfy's own ``is_bad`` test, which is exactly when its
+    encoding fixer gives up), and already in NFC.
+    """
+    if _FTFY_TOUCHABLE.search(segment) is not None:
+        return False
+    if segment.isascii():
+        return True
+    return not ftfy.badness.is_bad(segment) and unicodedata.is_normalized("NFC", segment)
 
 
 def _ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
@@ -82,11 +108,11 @@ def fix_with_ftfy(text: str) -> str:
     >>> fix_with_ftfy("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.")
     "The Mona Lisa doesn't have eyebrows."
     """
-    if _ascii_segment_is_clean(text):
+    if _untouched_by_ftfy(text):
         return text
     out = []
     for segment, config in _ftfy_segments(text, _FTFY_CONFIG):
-        if _ascii_segment_is_clean(segment):
+        if _untouched_by_ftfy(segment):
             out.append(segment)
         else:
             out.append(ftfy.fix_and_explain(segment, config).text)
@@ -102,7 +128,7 @@ def ftfy_explain(text: str) -> list[str]:
     seen: dict[str, None] = {}
     config = _FTFY_EXPLAIN_CONFIG
     for segment, config in _ftfy_segments(text, config):
-        if _ascii_segment_is_clean(segment):
+        if _untouched_by_ftfy(segment):
             continue
         explanation = ftfy.fix_and_explain(segment, config).explanation or []
         for action, parameter in explanation:
