@@ -234,10 +234,12 @@ def progress_bar(ctx: Context) -> Iterator[Any]:
     if ctx.quiet or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    # stderr: standard output may be the records themselves (-o -).
     with Progress(SpinnerColumn(), TextColumn("records"), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+                  console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("batch", total=None)
         yield lambda done: bar.update(task, completed=done)
 

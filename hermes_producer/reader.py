@@ -132,6 +132,7 @@ def read_items(
             bad = raw[exc.start : exc.start + 1].hex()
             yield [line_no, item_id, None, [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"]]
             continue
+        explicit_id = None
         if fmt == "text":
             prompt = text
         else:
@@ -144,7 +145,10 @@ def read_items(
             if explicit_id is not None:
                 item_id = explicit_id
         # Plain-text ids are line numbers, unique by construction: only JSONL needs the guard.
-        first = seen.check_and_add(item_id, line_no) if fmt == "jsonl" else None
+        first = None
+        if fmt == "jsonl":
+            first = seen.check_default(line_no) if item_id == line_no and explicit_id is None else \
+                seen.check_and_add(item_id, line_no)
         if first is not None:
             yield [line_no, item_id, None, [contract.DUPLICATE_ID, f"id {item_id!r} was already used on line {first}"]]
             continue

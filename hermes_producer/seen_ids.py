@@ -1,7 +1,8 @@
 """A duplicate-id guard whose memory stays bounded however many ids a batch has.
 
-The most recent ids live in a dict; past ``spill_at`` they move to a temporary SQLite file,
-fronted by a fixed-size Bloom filter so that the common case (a new id) rarely touches disk.
+Lines without an explicit id use their line number, so those ids are one bit each in a bitmap.
+Explicit ids live in a dict; past ``spill_at`` they move to a temporary SQLite file, fronted by
+a fixed-size Bloom filter so that the common case (a new id) rarely touches disk.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ class SeenIds:
     >>> seen = SeenIds()
     >>> seen.check_and_add("a", 1) is None, seen.check_and_add("a", 7)
     (True, 1)
+    >>> seen.check_default(3) is None, seen.check_and_add(3, 9)
+    (True, 3)
     """
 
-    def __init__(self, spill_at: int = 250_000) -> None:
+    def __init__(self, spill_at: int = 100_000) -> None:
+        self._default_lines = bytearray()
         self._recent: dict[Any, int] = {}
         self._spill_at = spill_at
         self._db: sqlite3.Connection | None = None
@@ -64,8 +68,34 @@ class SeenIds:
         self._db.executemany("INSERT INTO ids VALUES (?, ?)", rows)
         self._recent.clear()
 
+    def _default_used(self, line: int) -> bool:
+        byte = line >> 3
+        return byte < len(self._default_lines) and bool(self._default_lines[byte] & (1 << (line & 7)))
+
+    def check_default(self, line: int) -> int | None:
+        """Record that ``line`` uses its line number as id; return the line that used it first."""
+        first = self._lookup(line)
+        if first is not None:
+            return first
+        byte = line >> 3
+        if byte >= len(self._default_lines):
+            self._default_lines.extend(bytes(max(byte + 1 - len(self._default_lines), 4096)))
+        self._default_lines[byte] |= 1 << (line & 7)
+        return None
+
     def check_and_add(self, item_id: Any, line: int) -> int | None:
-        """Record ``item_id`` as used on ``line``; if it was used before, return that line."""
+        """Record explicit ``item_id`` as used on ``line``; if it was used before, return that line."""
+        if isinstance(item_id, int) and 0 < item_id < line and self._default_used(item_id):
+            return item_id
+        first = self._lookup(item_id)
+        if first is not None:
+            return first
+        self._recent[item_id] = line
+        if len(self._recent) >= self._spill_at:
+            self._spill()
+        return None
+
+    def _lookup(self, item_id: Any) -> int | None:
         first = self._recent.get(item_id)
         if first is not None:
             return first
@@ -75,7 +105,4 @@ class SeenIds:
                 row = self._db.execute("SELECT line FROM ids WHERE key = ?", (key,)).fetchone()
                 if row is not None:
                     return int(row[0])
-        self._recent[item_id] = line
-        if len(self._recent) >= self._spill_at:
-            self._spill()
         return None
