@@ -55,7 +55,7 @@ def main(click_ctx: click.Context, quiet: bool) -> None:
     except SettingsError as exc:
         fail(str(exc))
     log = logs.configure(settings.log_dir, settings.log_level)
-    logs.event(log, logging.DEBUG, "cli.invoked", "command line", argv=sys.argv[1:], pid=os.getpid())
+    logs.event(log, logging.DEBUG, "cli.invoked", "command line", argv=sys.argv[1:])
     click_ctx.obj = Context(settings=settings, log=log, quiet=quiet)
 
 

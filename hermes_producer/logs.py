@@ -24,7 +24,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["LOG_FILE", "configure", "event", "follow", "format_record", "read"]
+__all__ = ["LOGGER_NAME", "LOG_FILE", "configure", "event", "follow", "format_record", "read"]
 
 LOGGER_NAME = "hermes"
 LOG_FILE = "hermes.log"
@@ -287,7 +287,7 @@ def format_record(record: dict[str, Any]) -> str:
     extras = " ".join(
         f"{key}={_show(value)}" for key, value in record.items() if key not in (*_RESERVED, "traceback", "stack")
     )
-    text = f"{head}  {extras}" if extras else head
+    text = f"{head}  {extras}" if extras else head.rstrip()
     for key in ("traceback", "stack"):
         if isinstance(record.get(key), str):
             text += "\n" + "\n".join("    " + line for line in record[key].rstrip("\n").splitlines())

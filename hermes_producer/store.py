@@ -38,9 +38,11 @@ STATUSES = ("pending", "running", "done", "failed")
 # process does not hang every other `hermes` command forever.
 BUSY_TIMEOUT_S = 30.0
 
-# Migration N (1-based) moves the schema from user_version N-1 to N. Append, never edit.
-_MIGRATIONS = (
-    """
+# Migration N (1-based) moves the schema from user_version N-1 to N: its statements run in one
+# transaction. Append, never edit. (Not executescript(): it would commit halfway.)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
     CREATE TABLE tasks (
         id             INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused after delete
         created_at     TEXT    NOT NULL,
@@ -51,10 +53,12 @@ _MIGRATIONS = (
         claim_token    TEXT,
         claimed_at     REAL,                               -- unix time, for recover_stale
         finished_at    TEXT,
+        finish_order   INTEGER,                            -- history order: clocks tie and step back
         result         TEXT                                -- JSON output record
-    );
-    CREATE INDEX tasks_by_status ON tasks (status, id);
-    """,
+    )""",
+        "CREATE INDEX tasks_by_status ON tasks (status, id)",
+        "CREATE INDEX tasks_by_finish ON tasks (finish_order)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -137,7 +141,7 @@ class TaskStore:
             raise StoreError(f"cannot open the task store {self.path}: {exc}") from exc
         try:
             with self._errors():
-                self._db.execute("PRAGMA journal_mode = WAL")
+                self._use_wal(busy_timeout_s)
                 self._migrate()
         except BaseException:
             self._db.close()
@@ -246,7 +250,8 @@ class TaskStore:
         result = json.dumps(dict(record), ensure_ascii=False)
         with self._errors():
             cursor = self._db.execute(
-                "UPDATE tasks SET status = ?, result = ?, finished_at = ?, claim_token = NULL, claimed_at = NULL"
+                "UPDATE tasks SET status = ?, result = ?, finished_at = ?, claim_token = NULL, claimed_at = NULL,"
+                " finish_order = (SELECT coalesce(max(finish_order), 0) + 1 FROM tasks)"
                 " WHERE id = ? AND status = 'running' AND claim_token = ?",
                 ("done" if ok else "failed", result, _utc_now(), task_id, self._token),
             )
@@ -293,13 +298,26 @@ class TaskStore:
         """Finished tasks (``done`` or ``failed``), most recently finished first."""
         with self._errors():
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE status IN ('done', 'failed')"
-                " ORDER BY finished_at DESC, id DESC LIMIT ?",
+                f"SELECT {_COLUMNS} FROM tasks WHERE status IN ('done', 'failed') ORDER BY finish_order DESC LIMIT ?",
                 (_sql_limit(limit),),
             ).fetchall()
         return [self._task(row) for row in rows]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _use_wal(self, timeout_s: float) -> None:
+        # Switching to WAL needs a lock SQLite does not wait for (no busy handler), so several
+        # processes opening a new store at once would fail; wait here instead. The mode is
+        # stored in the file: later opens find it already set.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self) -> None:
         # Re-read the version inside the write lock: another process may have just migrated.
@@ -311,9 +329,8 @@ class TaskStore:
                     f" up to {SCHEMA_VERSION} (it was written by a newer Hermes)"
                 )
             for number in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                for statement in _MIGRATIONS[number - 1]:
+                    self._db.execute(statement)
                 # PRAGMA takes no parameters; number is our own int.
                 self._db.execute(f"PRAGMA user_version = {number}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def test_a_running_task_cannot_be_deleted(store: TaskStore) -> None:
 
 @pytest.mark.parametrize("operation", ["get", "delete", "finish"])
 def test_an_unknown_id_is_task_not_found_naming_it(store: TaskStore, operation: str) -> None:
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "get": lambda: store.get(42),
         "delete": lambda: store.delete(42),
         "finish": lambda: store.finish(42, {"id": 42}, ok=True),
@@ -281,7 +281,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error_naming_it(tmp_path: Path
     db = tmp_path / "hermes.db"
     db.write_bytes(b"this is not SQLite, just some text\n" * 200)
 
-    with pytest.raises(StoreError, match="hermes.db"):
+    with pytest.raises(StoreError, match=r"hermes\.db"):
         TaskStore(db)
 
 
