@@ -12,9 +12,8 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import click
 
@@ -36,6 +35,7 @@ from .cli_common import (
 )
 from .executors import ExecutorError, InProcessExecutor
 from .reader import InputFormat, detect_format
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", "-V", prog_name="hermes")
@@ -59,16 +59,21 @@ def main(click_ctx: click.Context, quiet: bool) -> None:
     click_ctx.obj = Context(settings=settings, log=log, quiet=quiet)
 
 
-
-
 @main.command()
 @click.option("--prompt", "prompt", required=True, help="The prompt text; '-' reads it from standard input.")
 @profile_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, changed, validation, provenance.")
 @click.option("--explain", is_flag=True, help="Say which steps changed the text, in order.")
 @pass_context
-def run(ctx: Context, prompt: str, profile_name: str | None, profile_file: Path | None,
-        max_validation: int | None, as_json: bool, explain: bool) -> None:
+def run(
+    ctx: Context,
+    prompt: str,
+    profile_name: str | None,
+    profile_file: Path | None,
+    max_validation: int | None,
+    as_json: bool,
+    explain: bool,
+) -> None:
     """Normalize one prompt and print it.
 
     \b
@@ -163,18 +168,44 @@ def summary_text(summary: BatchSummary, how: str) -> str:
 @click.argument("input_path", metavar="INPUT")
 @click.option("-o", "--output", "output_path", required=True, help="Output JSONL file; '-' is standard output.")
 @profile_options
-@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
-              show_default=True, help="Input format: JSONL objects with 'prompt' (and 'id'), or one prompt a line.")
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(["auto", "jsonl", "text"]),
+    default="auto",
+    show_default=True,
+    help="Input format: JSONL objects with 'prompt' (and 'id'), or one prompt a line.",
+)
 @click.option("--explain", is_flag=True, help="Add to each record the steps that changed it.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Prompts per chunk (default 256).")
 @click.option("--processes", type=click.IntRange(min=1), default=None, help="Processes to use (default: every core).")
-@click.option("--max-prompt-bytes", type=click.IntRange(min=1), default=None, help="Larger prompts are item errors (default 1 MiB).")
-@click.option("--summary-json", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also write the summary as JSON to this file.")
+@click.option(
+    "--max-prompt-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Larger prompts are item errors (default 1 MiB).",
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the summary as JSON to this file.",
+)
 @pass_context
-def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | None, profile_file: Path | None,
-          max_validation: int | None, input_format: str, explain: bool, chunk_size: int | None,
-          processes: int | None, max_prompt_bytes: int | None, summary_json: Path | None) -> None:
+def batch(
+    ctx: Context,
+    input_path: str,
+    output_path: str,
+    profile_name: str | None,
+    profile_file: Path | None,
+    max_validation: int | None,
+    input_format: str,
+    explain: bool,
+    chunk_size: int | None,
+    processes: int | None,
+    max_prompt_bytes: int | None,
+    summary_json: Path | None,
+) -> None:
     """Normalize every line of INPUT into one JSONL record per line, in input order.
 
     INPUT is JSONL ({"id": ..., "prompt": ...}; id defaults to the line number) or plain text
@@ -185,7 +216,9 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
       hermes batch examples/prompts.jsonl -o cleaned.jsonl
       cat prompts.txt | hermes batch - -o - --format text --profile compact
     """
-    settings = ctx.settings.with_overrides(chunk_size=chunk_size, processes=processes, max_prompt_bytes=max_prompt_bytes)
+    settings = ctx.settings.with_overrides(
+        chunk_size=chunk_size, processes=processes, max_prompt_bytes=max_prompt_bytes
+    )
     profile = load_profile(ctx, profile_name, profile_file)
     executor = InProcessExecutor(settings.processes)
     with open_input(input_path) as (name, source):
@@ -200,8 +233,17 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
         )
         how = executor.describe()
         ctx.notice(f"processing {how}: {name} ({fmt}) with profile {profile.name!r}")
-        logs.event(ctx.log, logging.INFO, "batch.started", f"batch {name} -> {output_path}",
-                   input=name, output=output_path, profile=profile.name, mode=executor.mode, executor=how)
+        logs.event(
+            ctx.log,
+            logging.INFO,
+            "batch.started",
+            f"batch {name} -> {output_path}",
+            input=name,
+            output=output_path,
+            profile=profile.name,
+            mode=executor.mode,
+            executor=how,
+        )
         written_to = output_path
         try:
             with open_output(output_path, input_path) as (sink, written_to), executor, progress_bar(ctx) as progress:
@@ -213,8 +255,13 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
             logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
             fail(str(exc), EXIT_INFRA)
     report = summary.to_dict()
-    logs.event(ctx.log, logging.INFO if not summary.failed else logging.WARNING, "batch.finished",
-               summary_text(summary, how), **report)
+    logs.event(
+        ctx.log,
+        logging.INFO if not summary.failed else logging.WARNING,
+        "batch.finished",
+        summary_text(summary, how),
+        **report,
+    )
     for line, code, message in summary.first_errors:
         logs.event(ctx.log, logging.DEBUG, "item.failed", message, line=line, code=code)
     ctx.notice(summary_text(summary, how))
@@ -222,7 +269,9 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
         for line, code, message in summary.first_errors:
             click.echo(f"  line {line}: {code}: {message}", err=True)
         if summary.failed > len(summary.first_errors):
-            click.echo(f"  ... and {summary.failed - len(summary.first_errors):,} more error records in the output", err=True)
+            click.echo(
+                f"  ... and {summary.failed - len(summary.first_errors):,} more error records in the output", err=True
+            )
     if summary_json is not None:
         summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     sys.exit(summary.exit_code)
@@ -238,8 +287,14 @@ def progress_bar(ctx: Context) -> Iterator[Any]:
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     # stderr: standard output may be the records themselves (-o -).
-    with Progress(SpinnerColumn(), TextColumn("records"), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("records"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("batch", total=None)
         yield lambda done: bar.update(task, completed=done)
 

@@ -56,8 +56,9 @@ def profile_options(command: Any) -> Any:
         default=None,
         help="Validation rounds after normalizing: check for a fixed point, re-run if needed (default 1).",
     )(command)
-    return click.option("--profile", "-p", "profile_name", default=None, help="Profile name (default: prompt).")(command)
-
+    return click.option("--profile", "-p", "profile_name", default=None, help="Profile name (default: prompt).")(
+        command
+    )
 
 
 pass_context = click.make_pass_decorator(Context)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from . import logs
 from .cli_common import Context, pass_context
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: bool, as_json: bool) -> None:
@@ -26,12 +30,21 @@ def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: b
             pass
 
 
-def log_options(default_n: int) -> object:
-    def wrap(command: object) -> object:
+def log_options(default_n: int) -> Callable[[F], F]:
+    def wrap(command: F) -> F:
         command = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")(command)
-        command = click.option("--follow", "-f", is_flag=True, help="Keep printing new records (Ctrl-C stops).")(command)
-        return click.option("-n", "count", type=click.IntRange(min=0), default=default_n, show_default=True,
-                            help="How many of the latest records to show.")(command)
+        command = click.option("--follow", "-f", is_flag=True, help="Keep printing new records (Ctrl-C stops).")(
+            command
+        )
+        return click.option(
+            "-n",
+            "count",
+            type=click.IntRange(min=0),
+            default=default_n,
+            show_default=True,
+            help="How many of the latest records to show.",
+        )(command)
+
     return wrap
 
 

@@ -27,7 +27,7 @@ from .cli_common import (
     profile_options,
 )
 from .executors import ExecutorError, InProcessExecutor
-from .store import StoreError, Task, TaskStore
+from .store import ClaimLost, StoreError, Task, TaskStore
 
 # A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
 STALE_CLAIM_S = 15 * 60
@@ -51,8 +51,15 @@ def one_line(text: str, width: int = 60) -> str:
 @click.option("--delete", "delete_id", type=int, help="Delete a scheduled task by id.")
 @profile_options
 @pass_context
-def task(ctx: Context, prompt: str | None, list_tasks: bool, delete_id: int | None, profile_name: str | None,
-         profile_file: Path | None, max_validation: int | None) -> None:
+def task(
+    ctx: Context,
+    prompt: str | None,
+    list_tasks: bool,
+    delete_id: int | None,
+    profile_name: str | None,
+    profile_file: Path | None,
+    max_validation: int | None,
+) -> None:
     """Schedule a prompt for `hermes queue`, list scheduled tasks, or delete one.
 
     \b
@@ -70,15 +77,23 @@ def task(ctx: Context, prompt: str | None, list_tasks: bool, delete_id: int | No
                 prompt = sys.stdin.read()
             validation = ctx.settings.max_validation if max_validation is None else max_validation
             added = store.add(prompt, profile.spec(), validation)
-            logs.event(ctx.log, logging.INFO, "task.scheduled", f"task {added.id} scheduled", task=added.id,
-                       profile=profile.name)
+            logs.event(
+                ctx.log,
+                logging.INFO,
+                "task.scheduled",
+                f"task {added.id} scheduled",
+                task=added.id,
+                profile=profile.name,
+            )
             click.echo(f"task {added.id} scheduled (profile {profile.name}); run it with: hermes queue --all")
         elif list_tasks:
             tasks = store.list("pending") + store.list("running")
             if not tasks:
                 click.echo("no scheduled tasks")
             for item in tasks:
-                click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {item.profile['name']:10} {one_line(item.prompt)}")
+                profile_name = item.profile["name"]
+                shown = one_line(item.prompt)
+                click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {profile_name:10} {shown}")
         else:
             assert delete_id is not None
             try:
@@ -88,26 +103,33 @@ def task(ctx: Context, prompt: str | None, list_tasks: bool, delete_id: int | No
             click.echo(f"task {delete_id} deleted")
 
 
-def _run_tasks(ctx: Context, store: TaskStore, tasks: list[Task]) -> tuple[int, int]:
+def _run_claimed(ctx: Context, store: TaskStore, executor: InProcessExecutor, tasks: list[Task]) -> tuple[int, int]:
     """Run claimed tasks, grouped by profile and validation; record each result as it arrives."""
     groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
     for item in tasks:
         groups[(json.dumps(item.profile, sort_keys=True), item.max_validation)].append(item)
     ok = failed = 0
-    processes = max(1, min(ctx.settings.processes, -(-len(tasks) // ctx.settings.chunk_size)))
-    with InProcessExecutor(processes) as executor:
-        for (profile_json, max_validation), members in groups.items():
-            options = BatchOptions(profile=Profile.from_spec(json.loads(profile_json)), input_format="text",
-                                   max_validation=max_validation, chunk_size=ctx.settings.chunk_size,
-                                   max_prompt_bytes=ctx.settings.max_prompt_bytes)
-            items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
-            for result in executor.map_ordered(chunk_requests(items, options)):
-                for line in result["lines"]:
-                    record: dict[str, Any] = json.loads(line)
-                    success = "error" not in record
+    for (profile_json, max_validation), members in groups.items():
+        options = BatchOptions(
+            profile=Profile.from_spec(json.loads(profile_json)),
+            input_format="text",
+            max_validation=max_validation,
+            chunk_size=ctx.settings.chunk_size,
+            max_prompt_bytes=ctx.settings.max_prompt_bytes,
+        )
+        items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
+        for result in executor.map_ordered(chunk_requests(items, options)):
+            for line in result["lines"]:
+                record: dict[str, Any] = json.loads(line)
+                success = "error" not in record
+                try:
                     store.finish(int(record["id"]), record, success)
-                    ok += success
-                    failed += not success
+                except ClaimLost:
+                    # Another `hermes queue` rescheduled it as stale and owns it now.
+                    logs.event(ctx.log, logging.WARNING, "task.claim_lost", f"task {record['id']} was taken over")
+                    continue
+                ok += success
+                failed += not success
     return ok, failed
 
 
@@ -129,28 +151,44 @@ def queue(ctx: Context, run_all: bool, count: int | None) -> None:
         recovered = store.recover_stale(STALE_CLAIM_S)
         if recovered:
             ctx.notice(f"{recovered} task(s) left running by an interrupted queue were rescheduled")
-        tasks = store.claim(None if run_all else count)
-        if not tasks:
+        # Claim a round at a time, not everything at once: a long queue must not look stale
+        # to a second `hermes queue` while it is still working through its backlog.
+        round_size = ctx.settings.chunk_size * ctx.settings.processes * 2
+        remaining = None if run_all else count
+        ran = ok = failed = 0
+        with InProcessExecutor(ctx.settings.processes) as executor:
+            while remaining is None or remaining > 0:
+                tasks = store.claim(round_size if remaining is None else min(round_size, remaining))
+                if not tasks:
+                    break
+                if not ran:
+                    ctx.notice(f"running scheduled tasks {executor.describe()}")
+                try:
+                    round_ok, round_failed = _run_claimed(ctx, store, executor, tasks)
+                except KeyboardInterrupt:
+                    store.release(t.id for t in tasks)
+                    fail("interrupted: unfinished tasks were rescheduled", EXIT_INTERRUPTED)
+                except ExecutorError as exc:
+                    store.release(t.id for t in tasks)
+                    fail(str(exc), EXIT_INFRA)
+                ran, ok, failed = ran + len(tasks), ok + round_ok, failed + round_failed
+                if remaining is not None:
+                    remaining -= len(tasks)
+        if not ran:
             ctx.notice("no scheduled tasks")
             return
-        ctx.notice(f"running {len(tasks)} task(s) in-process (no broker)")
-        try:
-            ok, failed = _run_tasks(ctx, store, tasks)
-        except KeyboardInterrupt:
-            store.release(t.id for t in tasks if store.get(t.id).status == "running")
-            fail("interrupted: unfinished tasks were rescheduled", EXIT_INTERRUPTED)
-        except ExecutorError as exc:
-            store.release(t.id for t in tasks if store.get(t.id).status == "running")
-            fail(str(exc), EXIT_INFRA)
-    logs.event(ctx.log, logging.INFO, "queue.finished", f"ran {len(tasks)} task(s): {ok} ok, {failed} failed",
-               ok=ok, failed=failed)
-    ctx.notice(f"ran {len(tasks)} task(s): {ok} ok, {failed} failed; see: hermes history")
+    logs.event(
+        ctx.log, logging.INFO, "queue.finished", f"ran {ran} task(s): {ok} ok, {failed} failed", ok=ok, failed=failed
+    )
+    ctx.notice(f"ran {ran} task(s): {ok} ok, {failed} failed; see: hermes history")
     sys.exit(EXIT_ITEMS_FAILED if failed else 0)
 
 
 @click.command()
 @click.option("-n", "count", type=click.IntRange(min=1), default=20, show_default=True, help="How many to show.")
-@click.option("--export", "export", metavar="ID:PATH", help="Write task ID's full record as JSON to PATH ('-' = stdout).")
+@click.option(
+    "--export", "export", metavar="ID:PATH", help="Write task ID's full record as JSON to PATH ('-' = stdout)."
+)
 @pass_context
 def history(ctx: Context, count: int, export: str | None) -> None:
     """Show finished tasks, newest first, or export one task's result.
@@ -171,10 +209,23 @@ def history(ctx: Context, count: int, export: str | None) -> None:
                 fail(str(exc))
             if item.result is None:
                 fail(f"task {task_id} has not run yet (status {item.status}); run: hermes queue --all")
-            document = json.dumps({"task": item.id, "status": item.status, "created_at": item.created_at,
-                                   "finished_at": item.finished_at, "prompt": item.prompt, "profile": item.profile,
-                                   "max_validation": item.max_validation, "result": item.result},
-                                  ensure_ascii=False, indent=2) + "\n"
+            document = (
+                json.dumps(
+                    {
+                        "task": item.id,
+                        "status": item.status,
+                        "created_at": item.created_at,
+                        "finished_at": item.finished_at,
+                        "prompt": item.prompt,
+                        "profile": item.profile,
+                        "max_validation": item.max_validation,
+                        "result": item.result,
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
+                + "\n"
+            )
             if path == "-":
                 click.echo(document, nl=False)
                 return
@@ -190,4 +241,6 @@ def history(ctx: Context, count: int, export: str | None) -> None:
         for item in finished:
             result = item.result or {}
             shown = result.get("text") if "text" in result else f"error {result.get('error', {}).get('code')}"
-            click.echo(f"{item.id:>6}  {item.status:6} {item.finished_at}  {item.profile['name']:10} {one_line(str(shown))}")
+            click.echo(
+                f"{item.id:>6}  {item.status:6} {item.finished_at}  {item.profile['name']:10} {one_line(str(shown))}"
+            )

@@ -80,7 +80,9 @@ def _parse_json_item(text: str) -> tuple[Any, Any]:
     except RecursionError:
         raise ValueError(contract.MALFORMED_JSON, "invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise ValueError(contract.NOT_AN_OBJECT, f"expected a JSON object with a 'prompt', got a JSON {_json_type(obj)}")
+        raise ValueError(
+            contract.NOT_AN_OBJECT, f"expected a JSON object with a 'prompt', got a JSON {_json_type(obj)}"
+        )
     if "prompt" not in obj:
         raise ValueError(contract.MISSING_PROMPT, "object has no 'prompt' field")
     item_id = obj.get("id")
@@ -93,13 +95,16 @@ def _parse_json_item(text: str) -> tuple[Any, Any]:
 
 
 def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def read_items(
@@ -124,13 +129,23 @@ def read_items(
     for line_no, raw, size in _bounded_lines(stream, max_line):
         item_id: Any = line_no
         if raw is None:
-            yield [line_no, item_id, None, [contract.TOO_LARGE, f"line is {size:,} bytes; the prompt limit is {max_prompt_bytes:,} bytes"]]
+            yield [
+                line_no,
+                item_id,
+                None,
+                [contract.TOO_LARGE, f"line is {size:,} bytes; the prompt limit is {max_prompt_bytes:,} bytes"],
+            ]
             continue
         try:
             text = _decode(raw, line_no)
         except UnicodeDecodeError as exc:
             bad = raw[exc.start : exc.start + 1].hex()
-            yield [line_no, item_id, None, [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"]]
+            yield [
+                line_no,
+                item_id,
+                None,
+                [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"],
+            ]
             continue
         explicit_id = None
         if fmt == "text":
@@ -147,8 +162,11 @@ def read_items(
         # Plain-text ids are line numbers, unique by construction: only JSONL needs the guard.
         first = None
         if fmt == "jsonl":
-            first = seen.check_default(line_no) if item_id == line_no and explicit_id is None else \
-                seen.check_and_add(item_id, line_no)
+            first = (
+                seen.check_default(line_no)
+                if item_id == line_no and explicit_id is None
+                else seen.check_and_add(item_id, line_no)
+            )
         if first is not None:
             yield [line_no, item_id, None, [contract.DUPLICATE_ID, f"id {item_id!r} was already used on line {first}"]]
             continue
@@ -156,6 +174,11 @@ def read_items(
         if len(prompt) * 4 > max_prompt_bytes:
             size = len(prompt.encode("utf-8", "surrogatepass"))
             if size > max_prompt_bytes:
-                yield [line_no, item_id, None, [contract.TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_prompt_bytes:,} bytes"]]
+                yield [
+                    line_no,
+                    item_id,
+                    None,
+                    [contract.TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_prompt_bytes:,} bytes"],
+                ]
                 continue
         yield [line_no, item_id, prompt, None]

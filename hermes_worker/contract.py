@@ -85,7 +85,9 @@ class ChunkRequest:
         if not isinstance(payload, Mapping):
             raise ContractError("chunk payload must be a JSON object")
         if payload.get("v") != PAYLOAD_VERSION:
-            raise ContractError(f"chunk payload version {payload.get('v')!r} is not {PAYLOAD_VERSION}: upgrade the older side")
+            raise ContractError(
+                f"chunk payload version {payload.get('v')!r} is not {PAYLOAD_VERSION}: upgrade the older side"
+            )
         chunk, items = payload.get("chunk"), payload.get("items")
         max_validation, max_bytes = payload.get("max_validation"), payload.get("max_prompt_bytes")
         if not isinstance(chunk, int):

@@ -30,6 +30,8 @@ def _dumps(value: object) -> str:
             if raw in text:
                 text = text.replace(raw, escaped)
     return text
+
+
 _CONVERGED = {True: "true", False: "false", None: "null"}
 
 
@@ -72,11 +74,12 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
                 if result.violations:
                     raise ItemError(
                         contract.VALIDATION_FAILED,
-                        f"output still holds characters profile {profile.name!r} forbids: {'; '.join(result.violations)}",
+                        f"output still holds characters profile {profile.name!r} forbids: "
+                        + "; ".join(result.violations),
                     )
             except ItemError as exc:
                 code, message = exc.code, exc.message
-            except Exception as exc:  # noqa: BLE001 - one bad item must never sink its chunk
+            except Exception as exc:
                 code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
             else:
                 record = (

@@ -31,18 +31,35 @@ HermesRunner = Callable[..., subprocess.CompletedProcess[str]]
 def hermes(hermes_env: dict[str, str], tmp_path: Path) -> HermesRunner:
     """Run `hermes ARGS...` as a real subprocess; returns the completed process (text mode)."""
 
-    def run(*args: str, input: str | bytes | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         full_env = dict(hermes_env, **(env or {}))
         if isinstance(input, bytes):
-            done = subprocess.run([sys.executable, "-m", "hermes_producer", *args], input=input,
-                                  capture_output=True, env=full_env, cwd=tmp_path, timeout=timeout)
-            return subprocess.CompletedProcess(done.args, done.returncode,
-                                               done.stdout.decode("utf-8", "replace"),
-                                               done.stderr.decode("utf-8", "replace"))
-        return subprocess.run([sys.executable, "-m", "hermes_producer", *args], input=input, text=True,
-                              capture_output=True, env=full_env, cwd=tmp_path, timeout=timeout,
-                              encoding="utf-8")
+            done = subprocess.run(
+                [sys.executable, "-m", "hermes_producer", *args],
+                input=input,
+                capture_output=True,
+                env=full_env,
+                cwd=tmp_path,
+                timeout=timeout,
+            )
+            return subprocess.CompletedProcess(
+                done.args,
+                done.returncode,
+                done.stdout.decode("utf-8", "replace"),
+                done.stderr.decode("utf-8", "replace"),
+            )
+        return subprocess.run(
+            [sys.executable, "-m", "hermes_producer", *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            env=full_env,
+            cwd=tmp_path,
+            timeout=timeout,
+            encoding="utf-8",
+        )
 
     return run
 

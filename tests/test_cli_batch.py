@@ -69,8 +69,23 @@ def test_stdin_to_stdout_sniffs_jsonl(hermes: HermesRunner) -> None:
         (b"[" * 100_000 + b"]" * 100_000, "too_large", "line is"),
         (b"[" * 5000 + b"]" * 5000, "malformed_json", "nested too deeply"),
     ],
-    ids=["invalid-utf8", "lone-surrogate", "nul", "empty", "broken-json", "blank-line", "array", "no-prompt",
-         "number-prompt", "null-prompt", "bad-id", "too-large", "huge-line", "huge-nesting", "deep-nesting"],
+    ids=[
+        "invalid-utf8",
+        "lone-surrogate",
+        "nul",
+        "empty",
+        "broken-json",
+        "blank-line",
+        "array",
+        "no-prompt",
+        "number-prompt",
+        "null-prompt",
+        "bad-id",
+        "too-large",
+        "huge-line",
+        "huge-nesting",
+        "deep-nesting",
+    ],
 )
 def test_a_bad_line_gets_one_error_record_and_its_neighbours_are_fine(
     hermes: HermesRunner, tmp_path: Path, line: bytes, code: str, message_part: str
@@ -98,9 +113,16 @@ def test_nul_byte_in_plain_text_is_an_item_error(hermes: HermesRunner, tmp_path:
 
 
 def test_duplicate_ids_name_the_first_line(hermes: HermesRunner, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"},
-                                              {"id": "a", "prompt": "z"}, {"prompt": "line four"},
-                                              {"id": 4, "prompt": "collides with line four's default id"}])
+    src = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "a", "prompt": "x"},
+            {"id": "b", "prompt": "y"},
+            {"id": "a", "prompt": "z"},
+            {"prompt": "line four"},
+            {"id": 4, "prompt": "collides with line four's default id"},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert hermes("batch", str(src), "-o", str(out)).returncode == 1
     records = read_records(out)
@@ -134,8 +156,16 @@ def test_ten_thousand_lines_with_twenty_bad_ones(hermes: HermesRunner, tmp_path:
 
 
 def test_custom_profile_file(hermes: HermesRunner, tmp_path: Path) -> None:
-    done = hermes("batch", str(EXAMPLES / "prompts.jsonl"), "-o", "-", "--profile-file",
-                  str(EXAMPLES / "profiles.toml"), "--profile", "code")
+    done = hermes(
+        "batch",
+        str(EXAMPLES / "prompts.jsonl"),
+        "-o",
+        "-",
+        "--profile-file",
+        str(EXAMPLES / "profiles.toml"),
+        "--profile",
+        "code",
+    )
     assert done.returncode == 0, done.stderr
     blank = next(json.loads(line) for line in done.stdout.splitlines() if '"blank-lines"' in line)
     assert blank["text"] == "\n\n\nFirst paragraph.   \n\n\n\n\nSecond paragraph.\t\n\n"  # spaces kept

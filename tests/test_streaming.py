@@ -43,8 +43,9 @@ def test_a_terminal_gets_a_progress_line_and_a_pipe_does_not(hermes_env: dict[st
     command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(tmp_path / "out.jsonl")]
 
     leader, follower = pty.openpty()
-    with subprocess.Popen(command, env=hermes_env, cwd=REPO, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=follower) as process:
+    with subprocess.Popen(
+        command, env=hermes_env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower
+    ) as process:
         os.close(follower)
         seen = b""
         while True:
