@@ -7,6 +7,7 @@ options override these values; nothing else reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +38,45 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _memory(text: str) -> str:
+    # Docker's notation: a number with an optional b, k, m or g suffix.
+    if not re.fullmatch(r"[0-9]+[bkmgBKMG]?", text):
+        raise ValueError("must be a size such as 512m or 2g")
+    return text.lower()
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -57,6 +97,32 @@ class Settings:
         chunk_size: prompts per chunk in batches (``HERMES_CHUNK_SIZE``, 256).
         processes: in-process worker processes (``HERMES_PROCESSES``, default: every core).
         log_level: the lowest level written to Hermes' log (``HERMES_LOG_LEVEL``, DEBUG).
+
+        broker_url: the Celery broker (``HERMES_BROKER_URL``, ``redis://localhost:6379/0``).
+        result_backend: the Redis that carries results, the worker registry and the cluster
+            log (``HERMES_RESULT_BACKEND``, default: the broker URL when it is Redis).
+        broker_timeout_s: how long the producer waits for the broker to answer before running
+            in-process (``HERMES_BROKER_TIMEOUT``, 1.5 s).
+        no_fallback: never run in-process when the cluster cannot (``HERMES_NO_FALLBACK``).
+        isolation: ``auto``, ``container`` or ``local`` (``HERMES_ISOLATION``, auto).
+        wait_for_workers_s: how long to wait for a live worker (``HERMES_WAIT_FOR_WORKERS``, 0).
+        worker_mode: ``auto``, ``container`` or ``local`` (``HERMES_WORKER_MODE``, auto).
+        concurrency: worker processes per Celery worker (``HERMES_CONCURRENCY``, every core).
+        heartbeat_s: worker heartbeat period; a worker silent for 3 periods is gone
+            (``HERMES_HEARTBEAT``, 5 s).
+        chunk_time_limit_s: hard time limit of one chunk (``HERMES_CHUNK_TIME_LIMIT``, 120 s);
+            the soft limit is 80 % of it, the broker's visibility timeout is it plus 30 s.
+        result_ttl_s: how long unread results stay in Redis (``HERMES_RESULT_TTL``, 1 day).
+        max_memory_per_child_mb: a worker process above this is replaced after its task
+            (``HERMES_MAX_MEMORY_PER_CHILD``, 512 MiB).
+
+        container_backend: ``docker`` or ``dagger`` (``HERMES_CONTAINER_BACKEND``, docker).
+        sandbox_image: the sandbox image (``HERMES_SANDBOX_IMAGE``, ``hermes-sandbox:latest``).
+        docker_timeout_s: how long the probe waits for the Docker engine
+            (``HERMES_DOCKER_TIMEOUT``, 3 s).
+        container_memory: memory limit of a session container (``HERMES_CONTAINER_MEMORY``, 512m).
+        container_cpus: CPU limit of a session container (``HERMES_CONTAINER_CPUS``, 1).
+        container_pids: process limit of a session container (``HERMES_CONTAINER_PIDS``, 64).
     """
 
     home: Path
@@ -67,6 +133,36 @@ class Settings:
     chunk_size: int = 256
     processes: int = 1
     log_level: str = "DEBUG"
+
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str = "redis://localhost:6379/0"
+    broker_timeout_s: float = 1.5
+    no_fallback: bool = False
+    isolation: str = "auto"
+    wait_for_workers_s: float = 0.0
+    worker_mode: str = "auto"
+    concurrency: int = 1
+    heartbeat_s: float = 5.0
+    chunk_time_limit_s: float = 120.0
+    result_ttl_s: int = 86_400
+    max_memory_per_child_mb: int = 512
+
+    container_backend: str = "docker"
+    sandbox_image: str = "hermes-sandbox:latest"
+    docker_timeout_s: float = 3.0
+    container_memory: str = "512m"
+    container_cpus: float = 1.0
+    container_pids: int = 64
+
+    @property
+    def worker_ttl_s(self) -> float:
+        """A worker whose last heartbeat is older than this is gone."""
+        return self.heartbeat_s * 3
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """How long the Redis broker waits before redelivering an unacknowledged chunk."""
+        return int(self.chunk_time_limit_s + 30)
 
     @property
     def log_dir(self) -> Path:
@@ -100,6 +196,15 @@ class Settings:
 
         home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
         profile_file = env.get("HERMES_PROFILE_FILE") or None
+        cores = os.cpu_count() or 1
+        broker_url = read("HERMES_BROKER_URL", str, "redis://localhost:6379/0")
+        default_backend = broker_url if broker_url.startswith(("redis://", "rediss://", "unix://")) else ""
+        result_backend = read("HERMES_RESULT_BACKEND", str, default_backend)
+        if not result_backend.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"HERMES_RESULT_BACKEND={result_backend!r} is invalid: results, the worker registry and the "
+                "cluster log need Redis (redis://, rediss:// or unix://)"
+            )
         return cls(
             home=home,
             profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
@@ -107,6 +212,24 @@ class Settings:
             max_validation=read("HERMES_MAX_VALIDATION", _non_negative_int, 1),
             max_prompt_bytes=read("HERMES_MAX_PROMPT_BYTES", _positive_int, DEFAULT_MAX_PROMPT_BYTES),
             chunk_size=read("HERMES_CHUNK_SIZE", _positive_int, 256),
-            processes=read("HERMES_PROCESSES", _positive_int, os.cpu_count() or 1),
+            processes=read("HERMES_PROCESSES", _positive_int, cores),
             log_level=read("HERMES_LOG_LEVEL", _log_level, "DEBUG"),
+            broker_url=broker_url,
+            result_backend=result_backend,
+            broker_timeout_s=read("HERMES_BROKER_TIMEOUT", _positive_float, 1.5),
+            no_fallback=read("HERMES_NO_FALLBACK", _flag, False),
+            isolation=read("HERMES_ISOLATION", _choice("auto", "container", "local"), "auto"),
+            wait_for_workers_s=read("HERMES_WAIT_FOR_WORKERS", _non_negative_float, 0.0),
+            worker_mode=read("HERMES_WORKER_MODE", _choice("auto", "container", "local"), "auto"),
+            concurrency=read("HERMES_CONCURRENCY", _positive_int, cores),
+            heartbeat_s=read("HERMES_HEARTBEAT", _positive_float, 5.0),
+            chunk_time_limit_s=read("HERMES_CHUNK_TIME_LIMIT", _positive_float, 120.0),
+            result_ttl_s=read("HERMES_RESULT_TTL", _positive_int, 86_400),
+            max_memory_per_child_mb=read("HERMES_MAX_MEMORY_PER_CHILD", _positive_int, 512),
+            container_backend=read("HERMES_CONTAINER_BACKEND", _choice("docker", "dagger"), "docker"),
+            sandbox_image=read("HERMES_SANDBOX_IMAGE", str, "hermes-sandbox:latest"),
+            docker_timeout_s=read("HERMES_DOCKER_TIMEOUT", _positive_float, 3.0),
+            container_memory=read("HERMES_CONTAINER_MEMORY", _memory, "512m"),
+            container_cpus=read("HERMES_CONTAINER_CPUS", _positive_float, 1.0),
+            container_pids=read("HERMES_CONTAINER_PIDS", _positive_int, 64),
         )

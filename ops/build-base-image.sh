@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build a minimal Debian bookworm image with Python 3 and no registry at all:
+# debootstrap from Debian's package mirror into a folder, then `docker import` it.
+# Usage: ops/build-base-image.sh [TAG]   (default TAG: hermes-base:bookworm)
+# Idempotent: an existing TAG is kept unless HERMES_REBUILD_BASE=1.
+set -euo pipefail
+
+TAG="${1:-hermes-base:bookworm}"
+SUITE="${HERMES_BASE_SUITE:-bookworm}"
+MIRROR="${HERMES_DEBIAN_MIRROR:-}"   # optional: a Debian mirror URL of your own
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+if docker image inspect "$TAG" >/dev/null 2>&1 && [ "${HERMES_REBUILD_BASE:-0}" != "1" ]; then
+  echo "base image $TAG already exists (HERMES_REBUILD_BASE=1 rebuilds it)" >&2
+  exit 0
+fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap >/dev/null
+fi
+ROOTFS="$(mktemp -d /tmp/hermes-rootfs.XXXXXX)"
+trap '$SUDO rm -rf "$ROOTFS"' EXIT
+echo "debootstrap $SUITE into $ROOTFS (about a minute)" >&2
+# python3 (not python3-minimal): the engine needs json, unicodedata and the rest of the stdlib.
+# With no mirror given, debootstrap uses its own default Debian mirror.
+$SUDO debootstrap --variant=minbase --include=python3 "$SUITE" "$ROOTFS" $MIRROR >/dev/null
+# Nothing from apt's caches or lists belongs in the image.
+$SUDO rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
+$SUDO tar -C "$ROOTFS" -c . | docker import \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'CMD ["python3"]' \
+  - "$TAG" >/dev/null
+echo "built $TAG: $(docker run --rm --network none "$TAG" python3 -c 'import sys; print(sys.version.split()[0])')" >&2
