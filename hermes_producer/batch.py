@@ -30,6 +30,10 @@ class ChunkExecutor(Protocol):
 
     def describe(self) -> str: ...
 
+    def __enter__(self) -> ChunkExecutor: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
 
 
@@ -57,10 +61,12 @@ class BatchSummary:
     records_by_worker: Counter[str] = field(default_factory=Counter)
     records_by_mode: Counter[str] = field(default_factory=Counter)
     first_errors: list[tuple[int, str, str]] = field(default_factory=list)
+    carried: int = 0  # records written by an earlier, interrupted run of the same batch
 
     @property
     def rate(self) -> float:
-        return self.total / self.seconds if self.seconds > 0 else 0.0
+        """Prompts per second of this run (a resumed run counts only what it did itself)."""
+        return (self.total - self.carried) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -93,13 +99,19 @@ class BatchSummary:
         }
 
 
-def chunk_requests(items: Iterator[list[Any]], options: BatchOptions) -> Iterator[dict[str, Any]]:
-    """Group items into chunk request payloads of ``options.chunk_size`` items."""
+def chunk_requests(items: Iterator[list[Any]], options: BatchOptions, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """Group items into chunk request payloads of ``options.chunk_size`` items.
+
+    The first ``skip`` chunks are read (so duplicate ids are still seen) but not yielded: a
+    resumed batch has them in its output already.
+    """
     spec = options.profile.spec()
     for number in range(1 << 62):
         chunk = list(islice(items, options.chunk_size))
         if not chunk:
             return
+        if number < skip:
+            continue
         yield ChunkRequest(
             chunk=number,
             profile=spec,
@@ -116,6 +128,10 @@ def run_batch(
     options: BatchOptions,
     executor: ChunkExecutor,
     progress: Callable[[int], None] | None = None,
+    *,
+    summary: BatchSummary | None = None,
+    skip_chunks: int = 0,
+    on_written: Callable[[dict[str, Any]], None] | None = None,
 ) -> BatchSummary:
     """Normalize every line of ``source`` and write one JSONL record per line to ``sink``.
 
@@ -125,16 +141,22 @@ def run_batch(
         options: profile, format and limits.
         executor: runs the chunks.
         progress: called with the number of records written after each chunk.
+        summary: counts carried over from an interrupted run being resumed.
+        skip_chunks: how many leading chunks are already in the output (resume).
+        on_written: called after each chunk's records are flushed (the resume journal).
     """
-    summary = BatchSummary()
+    summary = summary if summary is not None else BatchSummary()
     started = time.perf_counter()
     items = read_items(source, options.input_format, options.max_prompt_bytes)
-    for result in executor.map_ordered(chunk_requests(items, options)):
+    for result in executor.map_ordered(chunk_requests(items, options, skip=skip_chunks)):
         lines = result["lines"]
         if lines:
             sink.write("\n".join(lines))
             sink.write("\n")
         summary.add(result)
+        if on_written is not None:
+            sink.flush()
+            on_written(result)
         if progress is not None:
             progress(summary.total)
     sink.flush()

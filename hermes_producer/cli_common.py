@@ -61,4 +61,27 @@ def profile_options(command: Any) -> Any:
     )
 
 
+def placement_options(command: Any) -> Any:
+    """--isolation, --no-fallback and --wait-for-workers: where chunks may run."""
+    command = click.option(
+        "--wait-for-workers",
+        type=click.FloatRange(min=0),
+        default=None,
+        metavar="SECONDS",
+        help="Wait this long for a live worker before falling back (default 0).",
+    )(command)
+    command = click.option(
+        "--no-fallback/--fallback",
+        "no_fallback",
+        default=None,
+        help="Exit 3 instead of processing in-process when the cluster cannot take the work.",
+    )(command)
+    return click.option(
+        "--isolation",
+        type=click.Choice(["auto", "container", "local"]),
+        default=None,
+        help="container: only in containers; local: no container; auto (default): containers when any.",
+    )(command)
+
+
 pass_context = click.make_pass_decorator(Context)

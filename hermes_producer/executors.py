@@ -51,7 +51,7 @@ class InProcessExecutor:
 
     def describe(self) -> str:
         noun = "process" if self.processes == 1 else "processes"
-        return f"in-process ({self.processes} {noun}, no broker)"
+        return f"in-process ({self.processes} {noun})"
 
     def __enter__(self) -> InProcessExecutor:
         if self.processes > 1:

@@ -32,6 +32,15 @@ PAYLOAD_VERSION = 1
 TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
 QUEUE_CONTAINER = "hermes.container"
 QUEUE_LOCAL = "hermes.local"
+QUEUE_FOR_TAG = {"container": QUEUE_CONTAINER, "local": QUEUE_LOCAL}
+
+# Redis keys, all of them. Results come back on a per-batch stream, never over pub/sub: a
+# producer that reads slowly must not make Redis drop its connection.
+KEY_PREFIX = "hermes:"
+KEY_WORKER = KEY_PREFIX + "worker:{name}"  # a worker's registry entry, JSON, expires with its heartbeat
+KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and start notices of one batch
+KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
+EVENTS_MAXLEN = 20_000
 
 # Error codes of item records. Stable: scripts match on them.
 INVALID_UTF8 = "invalid_utf8"
@@ -47,6 +56,8 @@ NUL_BYTE = "nul_byte"
 LONE_SURROGATE = "lone_surrogate"
 VALIDATION_FAILED = "validation_failed"
 ENGINE_FAILURE = "engine_failure"
+# The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
+SANDBOX_FAILURE = "sandbox_failure"
 
 
 class ContractError(ValueError):

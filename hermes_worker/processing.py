@@ -104,3 +104,27 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         "errors": errors,
         "provenance": prov_dict,
     }
+
+
+def failed_chunk_result(payload: Mapping[str, Any], code: str, message: str, *, mode: str, worker: str) -> dict[str, Any]:
+    """A result that gives every item of ``payload`` the same error record.
+
+    Used when a chunk cannot be processed at all (a payload or profile the worker rejects, a
+    sandbox that cannot start): its items still get exactly one record each.
+    """
+    spec = payload.get("profile") if isinstance(payload, Mapping) else None
+    try:
+        profile = Profile.from_spec(spec or {})
+        prov_dict = provenance(profile, mode=mode, worker=worker)
+    except Exception:
+        prov_dict = {"profile": str((spec or {}).get("name")), "mode": mode, "worker": worker}
+    prov = _dumps(prov_dict)
+    items = payload.get("items") if isinstance(payload, Mapping) else None
+    lines, errors = [], []
+    for item in items if isinstance(items, list) else []:
+        line, raw_id = (item[0], item[1]) if isinstance(item, list) and len(item) >= 2 else (0, None)
+        lines.append(_error_line(_dumps(raw_id), line, code, message, prov))
+        errors.append([line, code, message])
+    chunk = payload.get("chunk") if isinstance(payload, Mapping) else None
+    return {"v": contract.PAYLOAD_VERSION, "chunk": chunk, "lines": lines, "ok": 0, "failed": len(lines),
+            "errors": errors, "provenance": prov_dict}

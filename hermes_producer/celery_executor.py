@@ -1,0 +1,187 @@
+"""Run chunks on Celery workers and collect their results, in order, from a Redis stream.
+
+Results never travel over pub/sub: each worker appends to the batch's own stream, which the
+producer reads at its own pace. Workers also append a *start notice* naming who took a chunk,
+so when that worker disappears from the registry the chunk is sent again at once instead of
+after the broker's visibility timeout. Duplicates (a redelivered chunk finishing twice) are
+dropped here: the output gets each chunk exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from hermes_worker.contract import KEY_RESULTS, TASK_NORMALIZE_CHUNK
+
+from .cluster import Cluster, Route
+from .executors import ExecutorError
+
+__all__ = ["CeleryExecutor"]
+
+_HEALTH_EVERY_S = 1.0
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    payload: dict[str, Any]
+    sent_at: float
+    worker: str | None = None
+
+
+class CeleryExecutor:
+    """Fan chunks out over the workers behind ``route``.
+
+    Args:
+        cluster: the connected cluster.
+        route: the queue and the workers that serve it.
+        batch_id: names the result stream; reuse it to resume a batch.
+        on_reroute: called with a message when chunks are sent again.
+        fallback: runs a chunk in-process when no worker is left for the route; None means
+            such a batch fails instead (``--no-fallback``, or container isolation).
+    """
+
+    def __init__(self, cluster: Cluster, route: Route, batch_id: str | None = None,
+                 on_reroute: Callable[[str], None] | None = None,
+                 fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.cluster = cluster
+        self.route = route
+        self.mode = route.tag
+        self.batch_id = batch_id or uuid.uuid4().hex
+        self.stream = KEY_RESULTS.format(batch=self.batch_id)
+        self._reply = {"stream": self.stream, "ttl": cluster.settings.result_ttl_s}
+        self._on_reroute = on_reroute or (lambda _message: None)
+        self._fallback = fallback
+        self.degraded = False  # True once the rest of the batch runs in-process
+        self.resent = 0
+
+    def describe(self) -> str:
+        names = ", ".join(w.name for w in self.route.workers)
+        return f"on {len(self.route.workers)} {self.route.tag} worker(s) via {self.route.queue} ({names})"
+
+    def __enter__(self) -> CeleryExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def finish(self) -> None:
+        """Drop the batch's result stream (call once every result is safely written)."""
+        try:
+            self.cluster.redis.delete(self.stream)
+        except redis.RedisError:
+            pass  # it expires by itself
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        self.cluster.app.send_task(TASK_NORMALIZE_CHUNK, args=[payload, self._reply], queue=self.route.queue)
+
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Send every payload, yield the results in payload order.
+
+        Raises:
+            ExecutorError: no live worker remained for the route long enough to give up.
+        """
+        window = 4 * self.route.concurrency + 4
+        source = iter(payloads)
+        exhausted = False
+        order: deque[int] = deque()
+        outstanding: dict[int, _Outstanding] = {}
+        ready: dict[int, dict[str, Any]] = {}
+        consumed_ids: list[bytes] = []
+        last_id = "0"  # from the start: a resumed batch picks up results that already arrived
+        next_health = time.monotonic() + _HEALTH_EVERY_S
+        orphaned_since: float | None = None
+        while True:
+            while not exhausted and len(order) < window:
+                payload = next(source, None)
+                if payload is None:
+                    exhausted = True
+                    break
+                chunk = payload["chunk"]
+                order.append(chunk)
+                outstanding[chunk] = _Outstanding(payload, time.monotonic())
+                if self.degraded and self._fallback is not None:
+                    ready[chunk] = self._fallback(payload)
+                else:
+                    self._send(payload)
+            while order and order[0] in ready:
+                chunk = order.popleft()
+                outstanding.pop(chunk, None)
+                yield ready.pop(chunk)
+                # The consumer has written what it got before asking for more: only now may
+                # the entries behind it go (a resumed batch would need them otherwise).
+                if consumed_ids:
+                    self.cluster.redis.xdel(self.stream, *consumed_ids)
+                    consumed_ids.clear()
+            if not order and exhausted:
+                return
+            try:
+                reply = self.cluster.redis.xread({self.stream: last_id}, count=256, block=500)
+            except redis.RedisError as exc:
+                self._on_reroute(f"result stream unreachable ({exc}); retrying")
+                time.sleep(1.0)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    self._take(fields, outstanding, ready)
+                    consumed_ids.append(entry_id)
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + _HEALTH_EVERY_S
+                orphaned_since = self._check_health(outstanding, ready, orphaned_since)
+
+    def _take(self, fields: dict[bytes, bytes], outstanding: dict[int, _Outstanding],
+              ready: dict[int, dict[str, Any]]) -> None:
+        if b"r" in fields:
+            result = json.loads(fields[b"r"])
+            chunk = result.get("chunk")
+            if chunk in outstanding and chunk not in ready:  # else: a duplicate, or not ours
+                ready[chunk] = result
+        elif b"s" in fields:
+            notice = json.loads(fields[b"s"])
+            waiting = outstanding.get(notice.get("chunk"))
+            if waiting is not None:
+                waiting.worker = notice.get("worker")
+
+    def _check_health(self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]],
+                      orphaned_since: float | None) -> float | None:
+        """Resend chunks whose worker vanished; give up when no worker is left for too long."""
+        try:
+            alive = {w.name for w in self.cluster.live_workers() if w.tag == self.route.tag}
+        except redis.RedisError:
+            return orphaned_since
+        pending = [c for c in outstanding if c not in ready]
+        lost = [c for c in pending if outstanding[c].worker is not None and outstanding[c].worker not in alive]
+        for chunk in lost:
+            gone = outstanding[chunk].worker
+            outstanding[chunk].worker = None
+            outstanding[chunk].sent_at = time.monotonic()
+            self._send(outstanding[chunk].payload)
+            self.resent += 1
+            self._on_reroute(f"worker {gone} is gone: chunk {chunk} sent again")
+        if alive or not pending:
+            return None
+        now = time.monotonic()
+        if orphaned_since is None:
+            return now
+        patience = max(self.cluster.settings.wait_for_workers_s, self.cluster.settings.worker_ttl_s)
+        if now - orphaned_since > patience and self._fallback is not None:
+            self.degraded = True
+            self._on_reroute(f"no live {self.route.tag} worker for {patience:.0f} s: "
+                             f"finishing the batch in-process ({len(pending)} chunk(s) outstanding)")
+            for chunk in pending:
+                ready[chunk] = self._fallback(outstanding[chunk].payload)
+            return None
+        if now - orphaned_since > patience:
+            raise ExecutorError(
+                f"no live {self.route.tag} worker for {patience:.0f} s with {len(pending)} chunk(s) outstanding; "
+                f"start one with: hermes worker --mode {self.route.tag}"
+            )
+        return orphaned_since

@@ -1,0 +1,118 @@
+"""The producer's view of the cluster: is the broker there, who is alive, where work goes.
+
+The producer talks to Celery only through a client app built from the shared configuration and
+sends tasks by name; it never imports worker code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from kombu import Connection
+
+from hermes_worker.celeryconfig import make_celery
+from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.redis_conn import connect
+from hermes_worker.registry import Registry, WorkerInfo
+from hermes_worker.settings import Settings
+
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterUnavailable", "Route"]
+
+FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
+
+
+class ClusterUnavailable(Exception):
+    """The broker or the result Redis does not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a batch goes: a queue, the live workers behind it, and anything to tell the user."""
+
+    queue: str
+    tag: str
+    workers: list[WorkerInfo]
+    note: str | None = None
+
+    @property
+    def concurrency(self) -> int:
+        return sum(max(1, w.concurrency) for w in self.workers)
+
+
+class Cluster:
+    """A connected cluster: Redis for results and the registry, Celery for sending chunks."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.registry = Registry(client, settings.worker_ttl_s)
+        self._app: Celery | None = None
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Cluster:
+        """Check that the result Redis and the broker answer within ``broker_timeout_s``.
+
+        Raises:
+            ClusterUnavailable: naming what did not answer and where.
+        """
+        client = connect(settings.result_backend, settings.broker_timeout_s)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ClusterUnavailable(f"Redis at {_safe(settings.result_backend)} is not answering ({exc})") from None
+        if settings.broker_url != settings.result_backend:
+            try:
+                with Connection(settings.broker_url, connect_timeout=settings.broker_timeout_s) as conn:
+                    conn.ensure_connection(max_retries=1, timeout=settings.broker_timeout_s)
+            except Exception as exc:
+                raise ClusterUnavailable(f"broker at {_safe(settings.broker_url)} is not answering ({exc})") from None
+        return cls(settings, client)
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = make_celery(self.settings, main="hermes_producer")
+        return self._app
+
+    def live_workers(self) -> list[WorkerInfo]:
+        return self.registry.live()
+
+    def route(self, isolation: str) -> Route | None:
+        """The route for ``isolation`` given who is alive now, or None if no worker can take it."""
+        workers = self.live_workers()
+        container = [w for w in workers if w.tag == "container"]
+        local = [w for w in workers if w.tag == "local"]
+        if isolation in ("container", "auto") and container:
+            return Route(QUEUE_CONTAINER, "container", container)
+        if isolation == "local" and local:
+            return Route(QUEUE_LOCAL, "local", local)
+        if isolation == "auto" and local:
+            return Route(QUEUE_LOCAL, "local", local, note=f"{FALLBACK_MESSAGE}: no live container worker")
+        return None
+
+    def wait_for_route(self, isolation: str, wait_s: float, on_wait: Callable[[], None] | None = None) -> Route | None:
+        """Like :meth:`route`, polling up to ``wait_s`` seconds for a worker to appear."""
+        deadline = time.monotonic() + wait_s
+        announced = False
+        while True:
+            found = self.route(isolation)
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            if on_wait is not None and not announced:
+                on_wait()
+                announced = True
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _safe(url: str) -> str:
+    """A URL fit for messages: the password is hidden."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if ':' in credentials else credentials}@{host}"

@@ -1,0 +1,87 @@
+"""Decide where a command's chunks run: on the cluster, or in-process (the embedded default).
+
+The rules, in order:
+
+1. No broker answering: in-process, with a one-line notice; ``--no-fallback`` makes it exit 3.
+2. Broker answering, a live worker for the isolation asked for: the cluster.
+   ``--isolation auto`` prefers container workers and, with none alive, uses local workers
+   and says ``Docker is unavailable, using local processing``.
+3. Broker answering, no suitable worker: wait up to ``--wait-for-workers`` seconds; then, for
+   ``auto`` and ``local``, in-process with a notice (``--no-fallback``: exit 3 naming the kind
+   of worker missing). ``container`` never falls back to unisolated processing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from hermes_worker.processing import process_chunk
+
+from . import logs
+from .batch import ChunkExecutor
+from .celery_executor import CeleryExecutor
+from .cli_common import EXIT_INFRA, Context, fail
+from .cluster import Cluster, ClusterUnavailable
+from .executors import InProcessExecutor
+
+__all__ = ["Placement", "choose_executor"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What the user asked for on the command line (None: take it from the settings)."""
+
+    isolation: str | None = None
+    no_fallback: bool | None = None
+    wait_for_workers_s: float | None = None
+
+
+def _in_process_fallback(payload: dict[str, Any]) -> dict[str, Any]:
+    return process_chunk(payload, mode="local", worker=f"embedded@{socket.gethostname()}")
+
+
+def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id: str | None = None) -> ChunkExecutor:
+    """Pick the executor for this command and tell the user, once, what was chosen and why."""
+    settings = ctx.settings
+    isolation = placement.isolation or settings.isolation
+    no_fallback = settings.no_fallback if placement.no_fallback is None else placement.no_fallback
+    wait_s = settings.wait_for_workers_s if placement.wait_for_workers_s is None else placement.wait_for_workers_s
+
+    def in_process(reason: str) -> ChunkExecutor:
+        if isolation == "container":
+            fail(f"{reason}; --isolation container never runs prompts outside a container", EXIT_INFRA)
+        if no_fallback:
+            fail(f"{reason}; --no-fallback forbids processing in-process", EXIT_INFRA)
+        executor = InProcessExecutor(processes)
+        ctx.notice(f"{reason}: processing {executor.describe()}")
+        logs.event(ctx.log, logging.INFO, "dispatch.in_process", reason, isolation=isolation)
+        return executor
+
+    try:
+        cluster = Cluster.connect(settings)
+    except ClusterUnavailable as exc:
+        return in_process(str(exc))
+
+    route = cluster.wait_for_route(
+        isolation, wait_s, on_wait=lambda: ctx.notice(f"waiting up to {wait_s:.0f} s for a {isolation} worker")
+    )
+    if route is None:
+        kind = "container" if isolation == "container" else "Hermes" if isolation == "auto" else isolation
+        return in_process(f"no live {kind} worker (start one with: hermes worker)")
+    if route.note:
+        ctx.notice(route.note)
+        logs.event(ctx.log, logging.WARNING, "dispatch.fallback", route.note)
+
+    def reroute(message: str) -> None:
+        ctx.notice(message)
+        logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message)
+
+    allow_fallback = not no_fallback and isolation != "container"
+    executor = CeleryExecutor(cluster, route, batch_id=batch_id, on_reroute=reroute,
+                              fallback=_in_process_fallback if allow_fallback else None)
+    logs.event(ctx.log, logging.INFO, "dispatch.cluster", executor.describe(), queue=route.queue,
+               workers=[w.name for w in route.workers])
+    return executor

@@ -1,0 +1,74 @@
+"""The Celery configuration for this workload, in one place, for workers and producers alike.
+
+Every setting here is a decision; the comments say why. Only what Hermes uses is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
+from .settings import Settings
+
+__all__ = ["celery_config", "make_celery"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings Hermes runs with, derived from ``settings``."""
+    hard_limit = settings.chunk_time_limit_s
+    return {
+        "broker_url": settings.broker_url,
+        # JSON only, both ways: a pickled message is refused, never deserialized.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_accept_content": ["json"],
+        # Results travel on per-batch Redis streams (see contract.KEY_RESULTS), not through
+        # Celery's result backend and its pub/sub channel.
+        "task_ignore_result": True,
+        "result_expires": settings.result_ttl_s,
+        # A chunk is acknowledged only after its result is published; if the worker process
+        # dies meanwhile the message goes back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One chunk reserved per process: a slow chunk never holds others hostage.
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": hard_limit * 0.8,
+        "task_time_limit": hard_limit,
+        # Redis redelivers an unacknowledged message after this long: just above the longest
+        # a chunk may run, not Celery's default of one hour.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": settings.broker_timeout_s,
+            "socket_keepalive": True,
+            "retry_on_timeout": True,
+            "health_check_interval": 10,
+        },
+        # Keep trying the broker forever, with Celery's growing back-off.
+        "broker_connection_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        # A process that grew past this is replaced after its current chunk (huge prompts).
+        "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024,
+        # Flower and `hermes workers` need events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": (Queue(QUEUE_CONTAINER), Queue(QUEUE_LOCAL)),
+        "task_default_queue": QUEUE_LOCAL,
+        "task_routes": {TASK_NORMALIZE_CHUNK: {"queue": QUEUE_LOCAL}},
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "broker_connection_timeout": settings.broker_timeout_s,
+    }
+
+
+def make_celery(settings: Settings, main: str = "hermes") -> Celery:
+    """A Celery app configured for Hermes (the worker app and the producer's client alike)."""
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,90 @@
+"""The cluster log: structured events from every worker on one capped Redis stream.
+
+Records have the shape of the local file log (``ts``, ``level``, ``event``, ``message`` and
+fields), so ``hermes log`` shows both the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from .contract import EVENTS_MAXLEN, KEY_EVENTS
+
+__all__ = ["ClusterLog"]
+
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+log = logging.getLogger("hermes.events")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ClusterLog:
+    """Append to and read the cluster's event stream."""
+
+    def __init__(self, client: redis.Redis, source: str, maxlen: int = EVENTS_MAXLEN) -> None:
+        self._redis = client
+        self._source = source
+        self._maxlen = maxlen
+
+    def emit(self, level: str, event: str, message: str, **fields: Any) -> None:
+        """Append one event; never raises (an event lost to a Redis outage is only logged)."""
+        record = {"ts": _now_iso(), "level": level, "event": event, "message": message, "worker": self._source}
+        record.update(fields)
+        try:
+            self._redis.xadd(KEY_EVENTS, {"r": json.dumps(record, default=repr)}, maxlen=self._maxlen,
+                             approximate=True)
+        except redis.RedisError as exc:
+            log.warning("cluster event %s not recorded: %s", event, exc)
+
+    def read(self, n: int, min_level: str = "INFO", errors_only: bool = False) -> list[dict[str, Any]]:
+        """The last ``n`` events at or above ``min_level``, oldest first."""
+        floor = _LEVELS["ERROR"] if errors_only else _LEVELS.get(min_level, 20)
+        found: list[dict[str, Any]] = []
+        last = "+"
+        while len(found) < n:
+            entries = self._redis.xrevrange(KEY_EVENTS, max=last, count=500)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                record = _decode(fields)
+                if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
+                    found.append(record)
+                    if len(found) == n:
+                        break
+            last = "(" + entries[-1][0].decode()
+        return found[::-1]
+
+    def follow(self, min_level: str = "INFO", stop: Callable[[], bool] | None = None,
+               block_ms: int = 500) -> Iterator[dict[str, Any]]:
+        """Yield events appended from now on, until ``stop()`` returns True."""
+        floor = _LEVELS.get(min_level, 20)
+        last = "$"
+        while not (stop and stop()):
+            try:
+                reply = self._redis.xread({KEY_EVENTS: last}, block=block_ms, count=200)
+            except redis.RedisError:
+                time.sleep(block_ms / 1000)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    record = _decode(fields)
+                    if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
+                        yield record
+
+
+def _decode(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        record = json.loads(fields[b"r"])
+    except (KeyError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,118 @@
+"""The worker registry in Redis: who is alive, tagged how, with what versions.
+
+Each worker's main process writes one JSON entry under ``hermes:worker:NAME`` every heartbeat,
+with an expiry of three heartbeats: an entry that stops being refreshed disappears by itself,
+so producers never route work to a worker that died without saying goodbye.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from .contract import KEY_WORKER
+
+__all__ = ["Heartbeat", "Registry", "WorkerInfo"]
+
+log = logging.getLogger("hermes.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One worker as the registry knows it."""
+
+    name: str
+    tag: str
+    concurrency: int
+    queues: list[str]
+    host: str
+    pid: int
+    versions: dict[str, str]
+    provenance: dict[str, Any]
+    probe: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    active: int = 0
+    processed: int = 0
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the last heartbeat."""
+        return (time.time() if now is None else now) - self.heartbeat_at
+
+
+class Registry:
+    """Read and write worker entries.
+
+    Args:
+        client: the Redis that holds the registry.
+        ttl_s: how long an entry lives without a heartbeat.
+    """
+
+    def __init__(self, client: redis.Redis, ttl_s: float) -> None:
+        self._redis = client
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self.ttl_s = ttl_s
+
+    def publish(self, info: WorkerInfo) -> None:
+        self._redis.set(KEY_WORKER.format(name=info.name), json.dumps(asdict(info)), px=self._ttl_ms)
+
+    def remove(self, name: str) -> None:
+        self._redis.delete(KEY_WORKER.format(name=name))
+
+    def live(self) -> list[WorkerInfo]:
+        """Every worker whose heartbeat is fresh, sorted by name."""
+        keys = sorted(self._redis.scan_iter(match=KEY_WORKER.format(name="*"), count=500))
+        if not keys:
+            return []
+        now = time.time()
+        workers = []
+        for raw in self._redis.mget(keys):
+            if raw is None:
+                continue
+            try:
+                info = WorkerInfo(**json.loads(raw))
+            except (ValueError, TypeError):
+                continue  # an entry from an incompatible Hermes: not a worker we can use
+            if info.age(now) <= self.ttl_s:
+                workers.append(info)
+        return workers
+
+
+class Heartbeat(threading.Thread):
+    """Publishes ``snapshot()`` every ``period_s`` until stopped; removes the entry on stop."""
+
+    def __init__(self, registry: Registry, snapshot: Callable[[], WorkerInfo], period_s: float) -> None:
+        super().__init__(name="hermes-heartbeat", daemon=True)
+        self._registry = registry
+        self._snapshot = snapshot
+        self._period_s = period_s
+        self._stopped = threading.Event()
+        self._name: str | None = None
+
+    def beat(self) -> None:
+        info = self._snapshot()
+        self._name = info.name
+        try:
+            self._registry.publish(info)
+        except redis.RedisError as exc:
+            # Redis is away: keep beating; the entry simply expires until it is back.
+            log.warning("heartbeat not published: %s", exc)
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._period_s):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._name is not None:
+            try:
+                self._registry.remove(self._name)
+            except redis.RedisError as exc:
+                log.warning("registry entry not removed (it will expire): %s", exc)

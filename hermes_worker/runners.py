@@ -1,0 +1,63 @@
+"""Runners execute one chunk in a worker process: natively, or inside the sandbox session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from .processing import process_chunk
+from .settings import Settings
+
+__all__ = ["LocalRunner", "Runner", "SandboxRunner", "make_runner"]
+
+log = logging.getLogger("hermes.runner")
+
+
+class Runner(Protocol):
+    mode: str
+
+    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    """The engine in this process: no isolation, and provenance says so."""
+
+    mode = "local"
+
+    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
+        return process_chunk(payload, mode="local", worker=worker)
+
+    def close(self) -> None:
+        pass
+
+
+class SandboxRunner:
+    """The engine inside this process's own container session, opened on first use and reused."""
+
+    mode = "container"
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self._settings = settings
+        self._worker_id = worker_id
+        self._session: Any = None
+
+    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
+        if self._session is None:
+            from .sandbox.session import open_session  # Docker code only where it is needed
+
+            session = open_session(self._settings, self._worker_id)
+            session.start()
+            self._session = session
+        result: dict[str, Any] = self._session.run_chunk(payload, worker)
+        return result
+
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+
+
+def make_runner(tag: str, settings: Settings, worker_id: str) -> Runner:
+    return SandboxRunner(settings, worker_id) if tag == "container" else LocalRunner()

@@ -1,0 +1,118 @@
+"""The framed protocol between the host and the engine server inside the sandbox.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one
+object. Prompt text only ever travels inside JSON strings, so a prompt that imitates the framing
+(length bytes, braces, newlines) is just characters in a string: it cannot end a frame early.
+Lengths are checked against a bound before anything is allocated, and a stream that ends inside
+a frame is reported as torn, never silently truncated.
+
+>>> reader = FrameReader(BytesRecv(encode_frame({"op": "hello"}) + encode_frame({"n": 1})).recv)
+>>> reader.read(), reader.read(), reader.read()
+({'op': 'hello'}, {'n': 1}, None)
+
+Standard library only: this module ships inside the sandbox image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import FrameTooLarge, ProtocolError, TornStream
+
+__all__ = ["HEADER_BYTES", "MAX_FRAME_BYTES", "BytesRecv", "FrameReader", "decode_body", "encode_frame"]
+
+HEADER_BYTES = 4
+# 64 MiB: a 256-prompt chunk of ordinary prompts is well under 1 MiB; a bigger request is split
+# by the session before it is sent, and the container's memory limit (512m by default) must hold
+# the frame, its decoded form and the result at the same time.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_RECV_BYTES = 256 * 1024
+
+Recv = Callable[[int], bytes]
+"""Read up to n bytes; return ``b""`` only at the end of the stream."""
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_frame(message: Mapping[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame holding ``message``.
+
+    Raises:
+        FrameTooLarge: the encoded message is larger than ``max_bytes``.
+    """
+    # surrogatepass: a lone surrogate in a prompt must reach the engine, which reports it as an
+    # item error; a strict encoder would fail the whole chunk instead.
+    body = _encode(message).encode("utf-8", "surrogatepass")
+    if len(body) > max_bytes:
+        raise FrameTooLarge(f"frame of {len(body):,} bytes is larger than the {max_bytes:,}-byte bound")
+    return len(body).to_bytes(HEADER_BYTES, "big") + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The JSON object a frame body holds.
+
+    Raises:
+        ProtocolError: the body is not UTF-8 JSON holding one object.
+    """
+    try:
+        message = json.loads(body.decode("utf-8", "surrogatepass"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"frame body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame body is a JSON {type(message).__name__}, not an object")
+    return message
+
+
+class FrameReader:
+    """Reads frames from a byte stream that arrives in pieces of any size."""
+
+    def __init__(self, recv: Recv, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._recv = recv
+        self._max = max_bytes
+        self._buffer = bytearray()
+
+    def _fill(self, needed: int, what: str) -> bool:
+        """Buffer at least ``needed`` bytes; False at a clean end of stream (nothing buffered)."""
+        while len(self._buffer) < needed:
+            piece = self._recv(max(needed - len(self._buffer), _RECV_BYTES))
+            if not piece:
+                if not self._buffer:
+                    return False
+                raise TornStream(f"stream ended inside a frame {what}: {len(self._buffer)} of {needed} bytes")
+            self._buffer += piece
+        return True
+
+    def read(self) -> dict[str, Any] | None:
+        """The next message, or None when the stream ended cleanly between frames.
+
+        Raises:
+            FrameTooLarge: the announced length is over the bound (the stream is unusable after it).
+            TornStream: the stream ended inside a frame.
+            ProtocolError: the frame body is not a JSON object.
+        """
+        if not self._fill(HEADER_BYTES, "header"):
+            return None
+        size = int.from_bytes(self._buffer[:HEADER_BYTES], "big")
+        if size > self._max:
+            raise FrameTooLarge(f"incoming frame announces {size:,} bytes, over the {self._max:,}-byte bound")
+        self._fill(HEADER_BYTES + size, "body")
+        body = bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + size])
+        del self._buffer[: HEADER_BYTES + size]
+        return decode_body(body)
+
+
+class BytesRecv:
+    """A ``recv`` over bytes in memory, handing out at most ``step`` bytes a call (for tests)."""
+
+    def __init__(self, data: bytes, step: int | None = None) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+
+    def recv(self, n: int) -> bytes:
+        n = min(n, self._step or n)
+        piece = bytes(self._data[self._pos : self._pos + n])
+        self._pos += len(piece)
+        return piece
