@@ -99,18 +99,21 @@ class BatchSummary:
         }
 
 
-def chunk_requests(items: Iterator[list[Any]], options: BatchOptions, skip: int = 0) -> Iterator[dict[str, Any]]:
+def chunk_requests(
+    items: Iterator[list[Any]], options: BatchOptions, skip: int = 0, first_number: int = 0
+) -> Iterator[dict[str, Any]]:
     """Group items into chunk request payloads of ``options.chunk_size`` items.
 
     The first ``skip`` chunks are read (so duplicate ids are still seen) but not yielded: a
-    resumed batch has them in its output already.
+    resumed batch has them in its output already. Chunks are numbered from ``first_number``;
+    numbers must be unique within one executor.
     """
     spec = options.profile.spec()
-    for number in range(1 << 62):
+    for number in range(first_number, 1 << 62):
         chunk = list(islice(items, options.chunk_size))
         if not chunk:
             return
-        if number < skip:
+        if number - first_number < skip:
             continue
         yield ChunkRequest(
             chunk=number,

@@ -61,6 +61,9 @@ class CeleryExecutor:
         self._fallback = fallback
         self.degraded = False  # True once the rest of the batch runs in-process
         self.resent = 0
+        # Where reading the stream resumes; "0" the first time: a resumed batch picks up
+        # results that arrived while no producer was reading.
+        self._last_id: bytes | str = "0"
 
     def describe(self) -> str:
         names = ", ".join(w.name for w in self.route.workers)
@@ -95,7 +98,6 @@ class CeleryExecutor:
         outstanding: dict[int, _Outstanding] = {}
         ready: dict[int, dict[str, Any]] = {}
         consumed_ids: list[bytes] = []
-        last_id = "0"  # from the start: a resumed batch picks up results that already arrived
         next_health = time.monotonic() + _HEALTH_EVERY_S
         orphaned_since: float | None = None
         while True:
@@ -123,14 +125,14 @@ class CeleryExecutor:
             if not order and exhausted:
                 return
             try:
-                reply = self.cluster.redis.xread({self.stream: last_id}, count=256, block=500)
+                reply = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
             except redis.RedisError as exc:
                 self._on_reroute(f"result stream unreachable ({exc}); retrying")
                 time.sleep(1.0)
                 continue
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
-                    last_id = entry_id
+                    self._last_id = entry_id
                     self._take(fields, outstanding, ready)
                     consumed_ids.append(entry_id)
             if time.monotonic() >= next_health:

@@ -134,14 +134,17 @@ def profiles(ctx: Context) -> None:
 
 
 def _register() -> None:
+    from hermes_worker.image_cli import image
     from hermes_worker.worker_cli import worker
 
     from .cli_batch import batch
+    from .cli_cluster import doctor, status, workers
     from .cli_logs import debug, log_command
     from .cli_tasks import history, queue, task
 
-    for command in (batch, task, queue, history, log_command, debug, worker):
+    for command in (batch, task, queue, history, log_command, debug, worker, workers, status, doctor):
         main.add_command(command)
+    main.add_command(image)
 
 
 _register()

@@ -1,26 +1,79 @@
-"""`hermes log` and `hermes debug`: read Hermes' own structured log."""
+"""`hermes log` and `hermes debug`: Hermes' own log, and the cluster's when a broker answers.
+
+The local file log holds what ran in this machine's `hermes` commands; the cluster log (a
+capped Redis stream) holds what every worker did: probes, fallbacks, chunks. Both are shown
+merged by time.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
+from hermes_worker.events import ClusterLog
+
 from . import logs
 from .cli_common import Context, pass_context
+from .cluster import Cluster, ClusterUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _cluster_log(ctx: Context) -> ClusterLog | None:
+    try:
+        return ClusterLog(Cluster.connect(ctx.settings).redis, "producer")
+    except ClusterUnavailable:
+        return None
+
+
+def _follow_both(ctx: Context, cluster: ClusterLog | None, min_level: str) -> Iterator[dict[str, Any]]:
+    """Yield new records from the file log and the cluster log as they come, until Ctrl-C."""
+    found: queue.Queue[dict[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    sources = [lambda: logs.follow(ctx.settings.log_dir, min_level, stop=stop.is_set)]
+    if cluster is not None:
+        sources.append(lambda: cluster.follow(min_level, stop=stop.is_set))
+    # Start reading each source now, so nothing written meanwhile is missed.
+    iterators = [make() for make in sources]
+
+    def pump(records: Iterator[dict[str, Any]]) -> None:
+        for record in records:
+            found.put(record)
+
+    threads = [threading.Thread(target=pump, args=(it,), daemon=True) for it in iterators]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            try:
+                yield found.get(timeout=0.5)
+            except queue.Empty:
+                continue
+    finally:
+        stop.set()
+
+
 def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: bool, as_json: bool) -> None:
-    def emit(record: dict[str, object]) -> None:
+    def emit(record: dict[str, Any]) -> None:
         click.echo(json.dumps(record, ensure_ascii=False) if as_json else logs.format_record(record))
 
-    # Start following before reading, so nothing written in between is missed.
-    tail = logs.follow(ctx.settings.log_dir, "ERROR" if errors_only else min_level) if follow else None
-    for record in logs.read(ctx.settings.log_dir, count, min_level, errors_only):
+    cluster = _cluster_log(ctx)
+    level = "ERROR" if errors_only else min_level
+    tail = _follow_both(ctx, cluster, level) if follow else None
+    records = logs.read(ctx.settings.log_dir, count, min_level, errors_only)
+    if cluster is not None:
+        try:
+            records += cluster.read(count, min_level, errors_only)
+        except Exception as exc:  # noqa: BLE001 - the cluster log is a bonus, the file log is not
+            click.echo(f"hermes: cluster log unavailable: {exc}", err=True)
+        records.sort(key=lambda r: str(r.get("ts", "")))
+        records = records[-count:] if count else []
+    for record in records:
         emit(record)
     if tail is not None:
         try:
@@ -36,14 +89,8 @@ def log_options(default_n: int) -> Callable[[F], F]:
         command = click.option("--follow", "-f", is_flag=True, help="Keep printing new records (Ctrl-C stops).")(
             command
         )
-        return click.option(
-            "-n",
-            "count",
-            type=click.IntRange(min=0),
-            default=default_n,
-            show_default=True,
-            help="How many of the latest records to show.",
-        )(command)
+        return click.option("-n", "count", type=click.IntRange(min=0), default=default_n, show_default=True,
+                            help="How many of the latest records to show.")(command)
 
     return wrap
 
@@ -52,7 +99,7 @@ def log_options(default_n: int) -> Callable[[F], F]:
 @log_options(50)
 @pass_context
 def log_command(ctx: Context, count: int, follow: bool, as_json: bool) -> None:
-    """Show Hermes' log: what ran, where, and what happened (INFO and above).
+    """Show what ran, where, and what happened (INFO and above), here and on every worker.
 
     \b
     Examples:
@@ -68,7 +115,7 @@ def log_command(ctx: Context, count: int, follow: bool, as_json: bool) -> None:
 @click.option("--error", "errors_only", is_flag=True, help="Only errors, with their tracebacks.")
 @pass_context
 def debug(ctx: Context, count: int, follow: bool, as_json: bool, errors_only: bool) -> None:
-    """Show everything in Hermes' log, debug records included.
+    """Show everything, debug records included, here and on every worker.
 
     \b
     Examples:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import click
 from hermes_worker.engine import Profile
 
 from . import logs
-from .batch import BatchOptions, chunk_requests
+from .batch import BatchOptions, ChunkExecutor, chunk_requests
 from .cli_common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -24,13 +26,22 @@ from .cli_common import (
     fail,
     load_profile,
     pass_context,
+    placement_options,
     profile_options,
 )
-from .executors import ExecutorError, InProcessExecutor
+from .celery_executor import CeleryExecutor
+from .dispatch import Placement, choose_executor
+from .executors import ExecutorError
 from .store import ClaimLost, StoreError, Task, TaskStore
 
 # A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
 STALE_CLAIM_S = 15 * 60
+
+
+def store_has_pending(ctx: Context) -> bool:
+    with open_store(ctx) as store:
+        store.recover_stale(STALE_CLAIM_S)
+        return bool(store.list("pending", limit=1))
 
 
 def open_store(ctx: Context) -> TaskStore:
@@ -103,7 +114,8 @@ def task(
             click.echo(f"task {delete_id} deleted")
 
 
-def _run_claimed(ctx: Context, store: TaskStore, executor: InProcessExecutor, tasks: list[Task]) -> tuple[int, int]:
+def _run_claimed(ctx: Context, store: TaskStore, executor: ChunkExecutor, tasks: list[Task],
+                 numbers: Iterator[int]) -> tuple[int, int]:
     """Run claimed tasks, grouped by profile and validation; record each result as it arrives."""
     groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
     for item in tasks:
@@ -118,7 +130,7 @@ def _run_claimed(ctx: Context, store: TaskStore, executor: InProcessExecutor, ta
             max_prompt_bytes=ctx.settings.max_prompt_bytes,
         )
         items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
-        for result in executor.map_ordered(chunk_requests(items, options)):
+        for result in executor.map_ordered(chunk_requests(items, options, first_number=next(numbers) * 1_000_000)):
             for line in result["lines"]:
                 record: dict[str, Any] = json.loads(line)
                 success = "error" not in record
@@ -136,35 +148,44 @@ def _run_claimed(ctx: Context, store: TaskStore, executor: InProcessExecutor, ta
 @click.command()
 @click.option("--all", "run_all", is_flag=True, help="Run every scheduled task.")
 @click.option("-n", "count", type=click.IntRange(min=1), help="Run the N oldest scheduled tasks.")
+@placement_options
 @pass_context
-def queue(ctx: Context, run_all: bool, count: int | None) -> None:
+def queue(ctx: Context, run_all: bool, count: int | None, isolation: str | None, no_fallback: bool | None,
+          wait_for_workers: float | None) -> None:
     """Run scheduled tasks, oldest first, and record their results in the history.
+
+    With a broker and live workers the tasks fan out over all of them (containers reused
+    across tasks); otherwise they run in-process.
 
     \b
     Examples:
       hermes queue --all
-      hermes queue -n 10
+      hermes queue -n 10 --isolation container
     """
     if run_all == (count is not None):
         fail("give exactly one of --all or -n N")
+    placement = Placement(isolation, no_fallback, wait_for_workers)
+    if not store_has_pending(ctx):
+        ctx.notice("no scheduled tasks")
+        return
     with open_store(ctx) as store:
         recovered = store.recover_stale(STALE_CLAIM_S)
         if recovered:
             ctx.notice(f"{recovered} task(s) left running by an interrupted queue were rescheduled")
         # Claim a round at a time, not everything at once: a long queue must not look stale
         # to a second `hermes queue` while it is still working through its backlog.
-        round_size = ctx.settings.chunk_size * ctx.settings.processes * 2
+        round_size = ctx.settings.chunk_size * 16
         remaining = None if run_all else count
         ran = ok = failed = 0
-        with InProcessExecutor(ctx.settings.processes) as executor:
+        numbers = itertools.count()
+        executor = choose_executor(ctx, placement, ctx.settings.processes)
+        with executor:
             while remaining is None or remaining > 0:
                 tasks = store.claim(round_size if remaining is None else min(round_size, remaining))
                 if not tasks:
                     break
-                if not ran:
-                    ctx.notice(f"running scheduled tasks {executor.describe()}")
                 try:
-                    round_ok, round_failed = _run_claimed(ctx, store, executor, tasks)
+                    round_ok, round_failed = _run_claimed(ctx, store, executor, tasks, numbers)
                 except KeyboardInterrupt:
                     store.release(t.id for t in tasks)
                     fail("interrupted: unfinished tasks were rescheduled", EXIT_INTERRUPTED)
@@ -174,6 +195,8 @@ def queue(ctx: Context, run_all: bool, count: int | None) -> None:
                 ran, ok, failed = ran + len(tasks), ok + round_ok, failed + round_failed
                 if remaining is not None:
                     remaining -= len(tasks)
+        if isinstance(executor, CeleryExecutor):
+            executor.finish()
         if not ran:
             ctx.notice("no scheduled tasks")
             return

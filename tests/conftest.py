@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_cluster"]
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
@@ -21,6 +23,8 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     """An environment with its own HERMES_HOME and no HERMES_* settings from the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")}
     env["HERMES_HOME"] = str(tmp_path / "hermes-home")
+    # No broker unless a test asks for one: port 1 refuses at once, so commands run in-process.
+    env["HERMES_BROKER_URL"] = "redis://127.0.0.1:1/0"
     return env
 
 

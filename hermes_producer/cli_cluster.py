@@ -1,0 +1,171 @@
+"""`hermes workers`, `hermes status` and `hermes doctor`: what the cluster looks like, what to fix."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import unicodedata
+from dataclasses import asdict
+from typing import Any
+
+import click
+import ftfy
+import redis
+
+from hermes_worker import __version__
+from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+
+from .cli_common import EXIT_INFRA, Context, fail, pass_context
+from .cluster import Cluster, ClusterUnavailable
+
+
+def _connect(ctx: Context) -> Cluster:
+    try:
+        return Cluster.connect(ctx.settings)
+    except ClusterUnavailable as exc:
+        fail(f"{exc}; set HERMES_BROKER_URL, or start Redis", EXIT_INFRA)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry entries as JSON.")
+@pass_context
+def workers(ctx: Context, as_json: bool) -> None:
+    """List live workers: name, tag, concurrency, queues, versions, activity, last heartbeat.
+
+    \b
+    Examples:
+      hermes workers
+      hermes workers --json | jq '.[] | select(.tag == "container") | .name'
+    """
+    live = _connect(ctx).live_workers()
+    if as_json:
+        click.echo(json.dumps([asdict(w) for w in live], indent=2))
+        return
+    if not live:
+        click.echo("no live workers (start one with: hermes worker)")
+        return
+    now = time.time()
+    click.echo(f"{'WORKER':28} {'TAG':9} {'CONC':>4} {'ACTIVE':>6} {'DONE':>7} {'BEAT':>6}  QUEUES / VERSIONS")
+    for w in live:
+        versions = f"engine {w.versions.get('engine')}, python {w.versions.get('python')}, " \
+                   f"unicode {w.versions.get('unicode')}"
+        image = w.provenance.get("image")
+        click.echo(f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
+                   f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
+                   + (f", image {str(image)[:19]}" if image else ""))
+
+
+def queue_depths(cluster: Cluster) -> dict[str, int]:
+    """Messages waiting in each Hermes queue (any broker kombu supports)."""
+    depths = {}
+    with cluster.app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in (QUEUE_CONTAINER, QUEUE_LOCAL):
+            try:
+                _, count, _ = channel.queue_declare(queue=name, passive=True)
+            except Exception:  # noqa: BLE001 - a queue nobody declared yet is empty
+                count = 0
+            depths[name] = int(count)
+    return depths
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_context
+def status(ctx: Context, as_json: bool) -> None:
+    """Queue depths and chunks in flight.
+
+    \b
+    Example:
+      hermes status
+    """
+    cluster = _connect(ctx)
+    depths = queue_depths(cluster)
+    live = cluster.live_workers()
+    report: dict[str, Any] = {"queues": depths, "in_flight": sum(w.active for w in live),
+                              "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live}}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, count in depths.items():
+        click.echo(f"queue {name:18} {count:>8,} waiting")
+    click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
+    for name, entry in report["workers"].items():
+        click.echo(f"  {name:28} {entry['tag']:9} {entry['active']} active")
+
+
+@click.command()
+@pass_context
+def doctor(ctx: Context) -> None:
+    """Check the broker, the result backend, Docker, the sandbox image and the workers.
+
+    Every line is a check; a failed check says what to do. Exit 0 when nothing failed.
+
+    \b
+    Example:
+      hermes doctor
+    """
+    problems = 0
+
+    def report(ok: bool | None, what: str, fix: str = "") -> None:
+        nonlocal problems
+        mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
+        problems += ok is False
+        click.echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
+
+    settings = ctx.settings
+    local = {"python": platform.python_version(), "unicode": unicodedata.unidata_version, "ftfy": ftfy.__version__,
+             "engine": __version__}
+    report(True, f"here: engine {local['engine']}, Python {local['python']}, Unicode {local['unicode']}, "
+                 f"ftfy {local['ftfy']}")
+    cluster = None
+    try:
+        cluster = Cluster.connect(settings)
+        report(True, f"broker {settings.broker_url} and result backend answer")
+    except ClusterUnavailable as exc:
+        report(False, str(exc), "start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
+                                "without a broker Hermes runs in-process")
+    _doctor_docker(settings, local, report)
+    if cluster is not None:
+        try:
+            live = cluster.live_workers()
+        except redis.RedisError as exc:
+            live = []
+            report(False, f"cannot read the worker registry: {exc}")
+        if not live:
+            report(None, "no live workers: batches run in-process", "start one with: hermes worker")
+        for w in live:
+            report(True, f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
+                         f"{time.time() - w.heartbeat_at:.1f} s ago")
+            if w.tag == "local" and w.probe.get("reason"):
+                report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
+            differs = {k: (local[k], w.versions.get(k)) for k in ("python", "unicode", "ftfy", "engine")
+                       if w.versions.get(k) != local[k]}
+            if differs:
+                report(None, f"worker {w.name} differs from here: " + ", ".join(
+                    f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
+                    "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance")
+    sys.exit(1 if problems else 0)
+
+
+def _doctor_docker(settings: Any, local: dict[str, str], report: Any) -> None:
+    try:
+        from hermes_worker.probe import probe  # Docker code only for this check
+    except ImportError as exc:
+        report(None, f"Docker support is not installed ({exc})", "pip install docker")
+        return
+    outcome = probe(settings)
+    if outcome.tag != "container":
+        report(False, f"Docker: {outcome.reason}", outcome.fix)
+        return
+    details = outcome.details
+    report(True, f"Docker {details.get('server_version', '')}: sandbox image {settings.sandbox_image} "
+                 f"({str(details.get('image', ''))[:19]}) passes the self-test")
+    inside = details.get("sandbox_versions") or {}
+    for key in ("python", "unicode", "ftfy"):
+        if inside.get(key) and inside[key] != local[key]:
+            severity = None if key == "python" else False
+            report(severity, f"sandbox {key} {inside[key]} differs from here ({local[key]})",
+                   "rebuild the image (hermes image build) so container and local outputs match")

@@ -1,0 +1,223 @@
+"""Hermes over Celery and Redis: real worker processes, a real private Redis, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Exchange, Producer
+
+from .conftest import EXAMPLES, HermesRunner, read_records
+from .fixtures_cluster import RedisServer, WorkerFactory, registry_entry
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def chermes(hermes: HermesRunner, cluster_env: dict[str, str]) -> HermesRunner:
+    """`hermes` pointed at the private cluster."""
+
+    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        env = dict(cluster_env, **kwargs.pop("env", {}))  # type: ignore[call-overload]
+        return hermes(*args, env=env, **kwargs)  # type: ignore[arg-type]
+
+    return run
+
+
+def make_input(path: Path, count: int) -> Path:
+    prompts = [row["prompt"] for row in read_records(EXAMPLES / "prompts.jsonl")]
+    with path.open("w", encoding="utf-8") as handle:
+        for n in range(count):
+            handle.write(json.dumps({"id": f"p{n}", "prompt": prompts[n % len(prompts)]}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_a_local_worker_registers_its_tag_versions_and_queue(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+    start_worker("w1", mode="local")
+    listed = json.loads(chermes("workers", "--json").stdout)
+    assert [w["name"] for w in listed] == ["local@w1"]
+    entry = listed[0]
+    assert entry["tag"] == "local" and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
+    assert {"engine", "python", "unicode", "ftfy", "celery"} <= entry["versions"].keys()
+    assert time.time() - entry["heartbeat_at"] < 5
+    assert "local@w1" in chermes("workers").stdout
+
+
+def test_a_stopped_worker_leaves_the_registry(start_worker: WorkerFactory, redis_server: RedisServer) -> None:
+    worker = start_worker("w1")
+    assert registry_entry(redis_server.client(), "local@w1") is not None
+    assert worker.stop(signal.SIGTERM) == 0
+    assert registry_entry(redis_server.client(), "local@w1") is None
+
+
+def test_auto_mode_without_docker_is_tagged_local_and_says_why(
+    start_worker: WorkerFactory, chermes: HermesRunner
+) -> None:
+    worker = start_worker("w1", mode="auto", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert "Docker is unavailable, using local processing" in worker.log
+    entry = json.loads(chermes("workers", "--json").stdout)[0]
+    assert entry["tag"] == "local" and entry["probe"]["reason"] and entry["probe"]["fix"]
+    cluster_log = chermes("log", "-n", "50").stdout
+    assert "Docker is unavailable, using local processing" in cluster_log
+
+
+def test_a_batch_fans_out_over_two_workers_in_input_order(
+    start_worker: WorkerFactory, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    start_worker("w1")
+    start_worker("w2")
+    src = make_input(tmp_path / "in.jsonl", 20_000)
+    out = tmp_path / "out.jsonl"
+    done = chermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "200")
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
+    per_worker: dict[str, int] = {}
+    for record in records:
+        per_worker[record["provenance"]["worker"]] = per_worker.get(record["provenance"]["worker"], 0) + 1
+        assert record["provenance"]["mode"] == "local"
+    assert set(per_worker) == {"local@w1", "local@w2"} and all(n >= 1000 for n in per_worker.values())
+    assert "20,000 prompts" in done.stderr and "local@w1" in done.stderr and "local@w2" in done.stderr
+
+
+def test_run_goes_to_a_worker_and_records_who(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+    start_worker("w1")
+    done = chermes("run", "--prompt", "cafÃ©", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["provenance"]["worker"] == "local@w1"
+    assert "Docker is unavailable, using local processing" in done.stderr  # auto, and no container worker
+
+
+def test_container_isolation_never_runs_outside_a_container(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+    start_worker("w1")
+    done = chermes("run", "--prompt", "x", "--isolation", "container")
+    assert done.returncode == 3
+    assert "no live container worker" in done.stderr and "never runs prompts outside a container" in done.stderr
+
+
+def test_no_live_worker_runs_in_process_or_exits_3(chermes: HermesRunner) -> None:
+    fallback = chermes("run", "--prompt", "x", "--json")
+    assert fallback.returncode == 0 and "no live Hermes worker" in fallback.stderr
+    assert json.loads(fallback.stdout)["provenance"]["worker"].startswith("embedded@")
+    strict = chermes("run", "--prompt", "x", "--no-fallback")
+    assert strict.returncode == 3 and "no live Hermes worker" in strict.stderr and "--no-fallback" in strict.stderr
+
+
+def test_waiting_for_workers_picks_up_one_that_starts_late(
+    start_worker: WorkerFactory, chermes: HermesRunner
+) -> None:
+    starter = threading.Timer(2.0, lambda: start_worker("late", wait=False))
+    starter.start()
+    try:
+        done = chermes("run", "--prompt", "x", "--json", "--wait-for-workers", "60", "--isolation", "local")
+    finally:
+        starter.join()
+    assert done.returncode == 0, done.stderr
+    assert "waiting up to 60 s" in done.stderr
+    assert json.loads(done.stdout)["provenance"]["worker"] == "local@late"
+
+
+def test_an_unreachable_broker_means_in_process_unless_no_fallback(hermes: HermesRunner) -> None:
+    # The default test environment points at a port where nothing listens.
+    done = hermes("run", "--prompt", "x")
+    assert done.returncode == 0 and "is not answering" in done.stderr and "in-process" in done.stderr
+    strict = hermes("run", "--prompt", "x", "--no-fallback")
+    assert strict.returncode == 3 and "is not answering" in strict.stderr
+    by_env = hermes("run", "--prompt", "x", env={"HERMES_NO_FALLBACK": "1"})
+    assert by_env.returncode == 3
+
+
+def test_queue_all_runs_scheduled_tasks_on_the_workers(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+    start_worker("w1")
+    for n in range(30):
+        assert chermes("task", "--prompt", f"task {n}  ").returncode == 0
+    done = chermes("queue", "--all", "--isolation", "local")
+    assert done.returncode == 0, done.stderr
+    assert "ran 30 task(s): 30 ok, 0 failed" in done.stderr
+    exported = json.loads(chermes("history", "--export", "7:-").stdout)
+    assert exported["result"]["text"] == "task 6" and exported["result"]["provenance"]["worker"] == "local@w1"
+
+
+@pytest.mark.parametrize("where", ["cluster", "in-process"])
+def test_resume_after_killing_the_producer_loses_and_duplicates_nothing(
+    where: str, start_worker: WorkerFactory, cluster_env: dict[str, str], hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = cluster_env if where == "cluster" else hermes_env
+    if where == "cluster":
+        start_worker("w1")
+        start_worker("w2")
+    count = 60_000
+    src = make_input(tmp_path / "in.jsonl", count)
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.partial.journal"
+    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--chunk-size", "100",
+               "--processes", "1"]
+    errors = tmp_path / "producer.err"
+    with errors.open("wb") as stderr:
+        producer = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 60
+    while not journal.exists() or journal.read_text().count("\n") < 30:
+        assert producer.poll() is None, errors.read_text()
+        assert time.monotonic() < deadline, "the batch made no progress"
+        time.sleep(0.05)
+    producer.kill()
+    producer.wait()
+    assert not out.exists()
+
+    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after" in resumed.stderr
+    records = read_records(out)
+    assert [r["id"] for r in records] == [f"p{n}" for n in range(count)]
+    assert not journal.exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_resume_refuses_a_changed_input(hermes: HermesRunner, tmp_path: Path) -> None:
+    src = make_input(tmp_path / "in.jsonl", 10)
+    partial = tmp_path / "out.jsonl.partial"
+    partial.write_text("")
+    (tmp_path / "out.jsonl.partial.journal").write_text(
+        json.dumps({"header": {"input": {"path": "elsewhere"}, "options": {}, "batch_id": "x"}}) + "\n"
+    )
+    done = hermes("batch", str(src), "-o", str(tmp_path / "out.jsonl"), "--resume")
+    assert done.returncode == 2 and "cannot resume: the input changed" in done.stderr
+    nothing = hermes("batch", str(src), "-o", str(tmp_path / "other.jsonl"), "--resume")
+    assert nothing.returncode == 2 and "nothing to resume" in nothing.stderr
+
+
+def test_a_pickled_message_is_refused_and_never_run(
+    start_worker: WorkerFactory, redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    worker = start_worker("w1")
+    payload = {"v": 1, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
+               "explain": False, "max_prompt_bytes": 1000, "items": [[1, 1, "pickled", None]]}
+    reply = {"stream": "hermes:results:pickle-test", "ttl": 60}
+    with Connection(redis_server.url()) as conn:
+        producer = Producer(conn.channel(), exchange=Exchange("hermes.local", type="direct"), routing_key="hermes.local",
+                            serializer="pickle")
+        producer.publish([[payload, reply], {}, {}], headers={"task": "hermes.normalize_chunk", "id": "pickle-1"},
+                         serializer="pickle", declare=[])
+    deadline = time.monotonic() + 20
+    while "pickle" not in worker.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Refusing to deserialize untrusted content of type pickle" in worker.log
+    assert redis_server.client().xlen("hermes:results:pickle-test") == 0
+    # The worker is still healthy and serves JSON messages.
+    assert chermes("run", "--prompt", "still fine", "--isolation", "local").returncode == 0
+
+
+def test_status_and_doctor_describe_the_cluster(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+    start_worker("w1")
+    status = json.loads(chermes("status", "--json").stdout)
+    assert set(status["queues"]) == {"hermes.container", "hermes.local"}
+    assert "local@w1" in status["workers"]
+    doctor = chermes("doctor", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert "broker" in doctor.stdout and "local@w1" in doctor.stdout
+    assert "[FAIL] Docker" in doctor.stdout and doctor.returncode == 1
