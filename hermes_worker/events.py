@@ -35,13 +35,17 @@ class ClusterLog:
         self._source = source
         self._maxlen = maxlen
 
-    def emit(self, level: str, event: str, message: str, **fields: Any) -> None:
-        """Append one event; never raises (an event lost to a Redis outage is only logged)."""
+    def entry(self, level: str, event: str, message: str, **fields: Any) -> dict[str, str]:
+        """The stream fields of one event, for callers that add it to their own pipeline."""
         record = {"ts": _now_iso(), "level": level, "event": event, "message": message, "worker": self._source}
         record.update(fields)
+        return {"r": json.dumps(record, default=repr)}
+
+    def emit(self, level: str, event: str, message: str, **fields: Any) -> None:
+        """Append one event; never raises (an event lost to a Redis outage is only logged)."""
         try:
-            self._redis.xadd(KEY_EVENTS, {"r": json.dumps(record, default=repr)}, maxlen=self._maxlen,
-                             approximate=True)
+            self._redis.xadd(KEY_EVENTS, self.entry(level, event, message, **fields),  # type: ignore[arg-type]
+                             maxlen=self._maxlen, approximate=True)
         except redis.RedisError as exc:
             log.warning("cluster event %s not recorded: %s", event, exc)
 

@@ -23,7 +23,7 @@ from celery import signals
 from celery.worker import state as celery_state
 
 from . import __version__, contract
-from .contract import QUEUE_FOR_TAG
+from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_FOR_TAG
 from .engine import ProfileError
 from .events import ClusterLog
 from .processing import failed_chunk_result
@@ -151,6 +151,12 @@ def _on_task_received(request: Any = None, **_: Any) -> None:
     state.events_for(request.hostname).emit("DEBUG", "chunk.received", "chunk received", task_id=request.id)
 
 
+@signals.task_retry.connect
+def _on_task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    state = process_state()
+    state.events_for(request.hostname).emit("WARNING", "chunk.retried", f"chunk retried: {reason}", task_id=request.id)
+
+
 @signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     if _process_state is not None:
@@ -177,27 +183,32 @@ class ProcessState:
             raise ValueError(f"reply stream {stream!r} is not a Hermes results stream")
         ttl = int(reply.get("ttl") or self.settings.result_ttl_s)
         chunk = payload.get("chunk")
-        self._publish(stream, ttl, {"s": json.dumps({"chunk": chunk, "worker": worker})})
+        events = self.events_for(worker)
+        # One round trip before and one after: the start notice (which tells the producer
+        # who holds the chunk) with its event, then the result with its event.
+        self._publish(stream, ttl, {"s": json.dumps({"chunk": chunk, "worker": worker})},
+                      events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk))
         started = time.perf_counter()
         try:
             result = self.runner.run(payload, worker)
         except (contract.ContractError, ProfileError) as exc:
             result = failed_chunk_result(payload, contract.ENGINE_FAILURE, f"chunk rejected by the worker: {exc}",
                                          mode=self.runner.mode, worker=worker)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - e.g. a sandbox that cannot be restarted
             log.exception("chunk %s failed as a whole", chunk)
             code = contract.SANDBOX_FAILURE if self.runner.mode == "container" else contract.ENGINE_FAILURE
             result = failed_chunk_result(payload, code, f"{type(exc).__name__}: {exc}", mode=self.runner.mode,
                                          worker=worker)
-            self.events_for(worker).emit("ERROR", "chunk.failed", f"chunk {chunk} failed: {exc}", chunk=chunk)
+            events.emit("ERROR", "chunk.failed", f"chunk {chunk} failed as a whole: {exc}", chunk=chunk)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        self._publish(stream, ttl, {"r": json.dumps(result, ensure_ascii=False)})
         level = "WARNING" if result["failed"] else "DEBUG"
-        self.events_for(worker).emit(level, "chunk.succeeded", f"chunk {chunk}: {result['ok']} ok, "
-                                     f"{result['failed']} failed in {elapsed_ms} ms", chunk=chunk,
-                                     ok=result["ok"], failed=result["failed"], ms=elapsed_ms, mode=self.runner.mode)
+        done = events.entry(level, "chunk.succeeded",
+                            f"chunk {chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
+                            chunk=chunk, ok=result["ok"], failed=result["failed"], ms=elapsed_ms,
+                            mode=self.runner.mode)
+        self._publish(stream, ttl, {"r": json.dumps(result, ensure_ascii=False)}, done)
 
-    def _publish(self, stream: str, ttl: int, fields: dict[str, str]) -> None:
+    def _publish(self, stream: str, ttl: int, fields: dict[str, str], event: dict[str, str]) -> None:
         # A result must not be lost to a Redis blip: retry with back-off, then let Celery
         # redeliver the chunk (the message is acknowledged only when this returns).
         for attempt in range(6):
@@ -205,6 +216,7 @@ class ProcessState:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
                 pipe.expire(stream, ttl)
+                pipe.xadd(KEY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
                 pipe.execute()
                 return
             except redis.RedisError:
