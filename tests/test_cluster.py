@@ -221,3 +221,28 @@ def test_status_and_doctor_describe_the_cluster(start_worker: WorkerFactory, che
     doctor = chermes("doctor", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert "broker" in doctor.stdout and "local@w1" in doctor.stdout
     assert "[FAIL] Docker" in doctor.stdout and doctor.returncode == 1
+
+
+def test_plain_celery_command_line_runs_the_same_worker(
+    cluster_env: dict[str, str], redis_server: RedisServer, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "celery.log"
+    env = dict(cluster_env, HERMES_WORKER_MODE="local")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "hermes_worker.app", "worker", "-E", "-c", "1", "-n", "local@plain"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while registry_entry(redis_server.client(), "local@plain") is None:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        entry = registry_entry(redis_server.client(), "local@plain")
+        assert entry is not None and entry["queues"] == ["hermes.local"]
+        done = chermes("run", "--prompt", "ok", "--json", "--isolation", "local")
+        assert json.loads(done.stdout)["provenance"]["worker"] == "local@plain"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
