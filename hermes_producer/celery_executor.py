@@ -9,6 +9,7 @@ dropped here: the output gets each chunk exactly once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -27,6 +28,20 @@ from .executors import ExecutorError
 __all__ = ["CeleryExecutor"]
 
 _HEALTH_EVERY_S = 1.0
+
+
+def summarize(payload: dict[str, Any]) -> str:
+    """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts."""
+    digest = hashlib.sha256()
+    chars = 0
+    for _line, _id, prompt, _error in payload["items"]:
+        if isinstance(prompt, str):
+            chars += len(prompt)
+            digest.update(prompt.encode("utf-8", "surrogatepass"))
+    items = payload["items"]
+    lines = f"lines {items[0][0]}-{items[-1][0]}" if items else "no lines"
+    return (f"chunk {payload['chunk']}: {len(items)} prompts ({lines}), {chars:,} chars, "
+            f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}")
 
 
 @dataclass(slots=True)
@@ -83,7 +98,8 @@ class CeleryExecutor:
             pass  # it expires by itself
 
     def _send(self, payload: dict[str, Any]) -> None:
-        self.cluster.app.send_task(TASK_NORMALIZE_CHUNK, args=[payload, self._reply], queue=self.route.queue)
+        self.cluster.app.send_task(TASK_NORMALIZE_CHUNK, args=[payload, self._reply], queue=self.route.queue,
+                                   argsrepr=summarize(payload), kwargsrepr="{}")
 
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Send every payload, yield the results in payload order.

@@ -123,6 +123,12 @@ class Settings:
         container_memory: memory limit of a session container (``HERMES_CONTAINER_MEMORY``, 512m).
         container_cpus: CPU limit of a session container (``HERMES_CONTAINER_CPUS``, 1).
         container_pids: process limit of a session container (``HERMES_CONTAINER_PIDS``, 64).
+
+        flower_user, flower_password: Flower's basic-auth credentials (``HERMES_FLOWER_USER``,
+            ``HERMES_FLOWER_PASSWORD``); ``hermes flower`` refuses to start without them unless
+            told ``--insecure-no-auth`` or given Flower's own OAuth settings.
+        flower_port: Flower's port (``HERMES_FLOWER_PORT``, 5555).
+        flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
     """
 
     home: Path
@@ -153,6 +159,11 @@ class Settings:
     container_memory: str = "512m"
     container_cpus: float = 1.0
     container_pids: int = 64
+
+    flower_user: str = ""
+    flower_password: str = ""
+    flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
 
     @property
     def worker_ttl_s(self) -> float:
@@ -232,4 +243,8 @@ class Settings:
             container_memory=read("HERMES_CONTAINER_MEMORY", _memory, "512m"),
             container_cpus=read("HERMES_CONTAINER_CPUS", _positive_float, 1.0),
             container_pids=read("HERMES_CONTAINER_PIDS", _positive_int, 64),
+            flower_user=env.get("HERMES_FLOWER_USER", ""),
+            flower_password=env.get("HERMES_FLOWER_PASSWORD", ""),
+            flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
+            flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
         )

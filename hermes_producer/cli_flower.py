@@ -1,0 +1,53 @@
+"""`hermes flower`: Flower against the configured broker, with authentication required."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .cli_common import Context, fail, pass_context
+
+# Flower's own OAuth configuration: with it, basic auth is not required.
+_OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 5555).")
+@click.option("--address", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--insecure-no-auth", is_flag=True, help="Start without any authentication (never on a network).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def flower(ctx: Context, port: int | None, address: str | None, insecure_no_auth: bool,
+           flower_args: tuple[str, ...]) -> None:
+    """Start Flower on the configured broker; HTTP basic auth is required.
+
+    Credentials: HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD (or Flower's OAuth settings,
+    FLOWER_AUTH_PROVIDER and FLOWER_AUTH). The REST API needs them too (401 otherwise);
+    /metrics (Prometheus) and /healthcheck answer for monitoring. Extra arguments go to Flower.
+
+    \b
+    Examples:
+      HERMES_FLOWER_USER=ops HERMES_FLOWER_PASSWORD=s3cret hermes flower --port 5555
+      curl -u ops:s3cret http://127.0.0.1:5555/api/workers
+    """
+    settings = ctx.settings
+    env = dict(os.environ)
+    if settings.flower_user and settings.flower_password:
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
+    elif any(env.get(name) for name in _OAUTH_VARIABLES):
+        pass  # Flower enforces its OAuth configuration itself
+    elif not insecure_no_auth:
+        fail("Flower needs credentials: set HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD "
+             "(or Flower's OAuth settings), or pass --insecure-no-auth on a machine nobody else reaches")
+    else:
+        ctx.notice("starting Flower WITHOUT authentication (--insecure-no-auth)")
+    argv = [sys.executable, "-m", "hermes_producer.flower_main",
+            f"--port={port or settings.flower_port}", f"--address={address or settings.flower_address}",
+            *flower_args]
+    ctx.notice(f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
+               f"(broker {settings.broker_url})")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
