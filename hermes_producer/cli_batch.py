@@ -30,6 +30,7 @@ from .cli_common import (
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
 from .journal import Journal, JournalError, input_identity
+from .junit import JUnitReport
 from .reader import InputFormat, detect_format
 
 
@@ -118,11 +119,14 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | 
 @click.option("--resume", is_flag=True, help="Finish an interrupted batch into the same OUTPUT.")
 @click.option("--summary-json", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the summary as JSON to this file.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a JUnit XML report: one test case per chunk, failures naming their items.")
 @pass_context
 def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | None, profile_file: Path | None,
           max_validation: int | None, isolation: str | None, no_fallback: bool | None,
           wait_for_workers: float | None, input_format: str, explain: bool, chunk_size: int | None,
-          processes: int | None, max_prompt_bytes: int | None, resume: bool, summary_json: Path | None) -> None:
+          processes: int | None, max_prompt_bytes: int | None, resume: bool, summary_json: Path | None,
+          junit_path: Path | None) -> None:
     """Normalize every line of INPUT into one JSONL record per line, in input order.
 
     INPUT is JSONL ({"id": ..., "prompt": ...}; id defaults to the line number) or plain text
@@ -136,6 +140,7 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
       cat prompts.txt | hermes batch - -o - --format text --profile compact
       hermes batch big.jsonl -o out.jsonl --isolation container --wait-for-workers 60
       hermes batch big.jsonl -o out.jsonl --resume        # after Ctrl-C or a crash
+      hermes batch prompts.jsonl -o out.jsonl --junit report.xml   # CI: a test case per chunk
     """
     settings = ctx.settings.with_overrides(chunk_size=chunk_size, processes=processes,
                                            max_prompt_bytes=max_prompt_bytes)
@@ -152,14 +157,18 @@ def batch(ctx: Context, input_path: str, output_path: str, profile_name: str | N
                                max_validation=settings.max_validation if max_validation is None else max_validation,
                                max_prompt_bytes=settings.max_prompt_bytes)
         placement = Placement(isolation, no_fallback, wait_for_workers)
+        junit = JUnitReport(Path(name).name) if junit_path is not None else None
         if output_path == "-":
             executor = choose_executor(ctx, placement, settings.processes)
             with stdout_sink() as sink:
                 summary, how = _run(ctx, executor, name, output_path, fmt, profile.name,
-                                    lambda progress: run_batch(source, sink, options, executor, progress))
+                                    lambda progress: run_batch(source, sink, options, executor, progress,
+                                                               on_written=junit.add if junit else None))
         else:
             summary, how = _run_to_file(ctx, target, input_path, source, name, fmt, options, settings.processes,
-                                        resume, placement)
+                                        resume, placement, junit)
+    if junit is not None and junit_path is not None:
+        junit.write(junit_path, summary.seconds)
     _report(ctx, summary, how, summary_json)
     sys.exit(summary.exit_code)
 
@@ -183,8 +192,8 @@ def _run(ctx: Context, executor: ChunkExecutor, name: str, output: str, fmt: str
 
 
 def _run_to_file(ctx: Context, target: Path, input_path: str, source: BinaryIO, name: str, fmt: InputFormat,
-                 options: BatchOptions, processes: int, resume: bool,
-                 placement: Placement) -> tuple[BatchSummary, str]:
+                 options: BatchOptions, processes: int, resume: bool, placement: Placement,
+                 junit: JUnitReport | None) -> tuple[BatchSummary, str]:
     """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
     partial = target.with_name(target.name + ".partial")
     journal = Journal(partial)
@@ -223,6 +232,8 @@ def _run_to_file(ctx: Context, target: Path, input_path: str, source: BinaryIO, 
 
     def written(result: dict[str, Any]) -> None:
         journal.chunk_written(sink.tell(), result)
+        if junit is not None:
+            junit.add(result)
 
     with sink:
         outcome = _run(ctx, executor, name, str(target), fmt, options.profile.name,

@@ -84,13 +84,15 @@ def _parse_json_item(text: str) -> tuple[Any, Any]:
             contract.NOT_AN_OBJECT, f"expected a JSON object with a 'prompt', got a JSON {_json_type(obj)}"
         )
     if "prompt" not in obj:
-        raise ValueError(contract.MISSING_PROMPT, "object has no 'prompt' field")
+        raise ValueError(contract.MISSING_PROMPT, "object has no 'prompt' field", obj.get("id"))
     item_id = obj.get("id")
     if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, str | int)):
         raise ValueError(contract.BAD_ID, f"'id' must be a string or an integer, got a JSON {_json_type(item_id)}")
     prompt = obj["prompt"]
     if not isinstance(prompt, str):
-        raise ValueError(contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}")
+        # The id is good: the error record carries it, so the item can be found by its id.
+        raise ValueError(contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}",
+                         item_id)
     return item_id, prompt
 
 
@@ -154,7 +156,9 @@ def read_items(
             try:
                 explicit_id, prompt = _parse_json_item(text)
             except ValueError as exc:
-                code, message = exc.args
+                code, message, *known_id = exc.args
+                if known_id and isinstance(known_id[0], str | int) and not isinstance(known_id[0], bool):
+                    item_id = known_id[0]
                 yield [line_no, item_id, None, [code, message]]
                 continue
             if explicit_id is not None:

@@ -80,19 +80,21 @@ def decide_tag(settings: Settings) -> tuple[str, dict[str, Any]]:
     return outcome.tag, found
 
 
-def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> None:
+def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> str:
     """Say once, in the worker log and the cluster log, what the probe decided and why."""
     if tag == "container":
-        log.info("Docker probe passed: using container processing (%s)", found.get("reason", ""))
+        text = f"Docker probe passed: using container processing ({found.get('reason', '')})"
+        log.info(text)
         if events:
-            events.emit("INFO", "probe.container", "Docker probe passed: using container processing", **found)
-        return
+            events.emit("INFO", "probe.container", text, **found)
+        return text
     text = f"{FALLBACK_MESSAGE}: {found.get('reason', 'unknown reason')}"
     if found.get("fix"):
         text += f". Fix: {found['fix']}"
     log.warning(text)
     if events:
         events.emit("WARNING", "probe.fallback", text, **found)
+    return text
 
 
 @signals.celeryd_init.connect

@@ -54,7 +54,8 @@ def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
     except Exception:  # noqa: BLE001 - the cluster log is best effort; Celery reports a missing broker
         events = None
-    announce(tag, found, events)
+    # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
+    click.echo(f"hermes worker {node}: {announce(tag, found, events)}", err=True)
     os.environ[ENV_TAG] = tag
     os.environ[ENV_PROBE] = json.dumps(found, default=str)
     app.worker_main([

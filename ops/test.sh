@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install everything the tests need (idempotently) and run them. Extra arguments go to pytest.
-# Needs: Python 3.11+, redis-server (a private instance is started by the tests themselves).
+# Needs: Python 3.11+, redis-server (the tests start private instances), a Docker engine and
+# the sandbox image (built offline: debootstrap + docker import, then `hermes image build`).
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_venv "test"
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
+# A Docker engine (docker.io, dockerd) and the sandbox image, built with no registry.
+PYTHON="$VENV/bin/python" bash "$HERMES_ROOT/ops/ensure-images.sh"
 cd "$HERMES_ROOT"
 say "running the test suite"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_cluster"]
+pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

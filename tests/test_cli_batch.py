@@ -204,3 +204,21 @@ def test_output_in_a_missing_directory_is_a_usage_error(hermes: HermesRunner, tm
 def test_unreadable_input_is_a_usage_error(hermes: HermesRunner, tmp_path: Path) -> None:
     done = hermes("batch", str(tmp_path), "-o", "-")  # a directory
     assert done.returncode == 2 and "cannot read input" in done.stderr
+
+
+def test_junit_report_has_a_case_per_chunk_and_names_failed_items(hermes: HermesRunner, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    rows = [{"id": f"p{n}", "prompt": f"prompt {n}"} for n in range(1, 11)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    src.write_text(src.read_text().replace('"prompt 7"', "7"), encoding="utf-8")
+    report = tmp_path / "report.xml"
+    done = hermes("batch", str(src), "-o", str(tmp_path / "out.jsonl"), "--chunk-size", "4", "--junit", str(report))
+    assert done.returncode == 1
+    suite = ET.parse(report).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "3" and suite.get("failures") == "1"
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["chunk 0 (lines 1-4)", "chunk 1 (lines 5-8)", "chunk 2 (lines 9-10)"]
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("type") == "prompt_not_string"
+    assert "line 7 (id 'p7'): prompt_not_string" in (failure.text or "")

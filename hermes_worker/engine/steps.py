@@ -177,7 +177,10 @@ strip_invisible = _remover(_INVISIBLES)
 
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 _TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+# A line break followed by two or more blank lines (whitespace only, each ended by LF); the
+# literal LF in front keeps the scan fast. A run at the very start has no LF in front of it.
 _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n){2,}")
+_LEADING_BLANK_RUN = re.compile(r"\A(?:[^\S\n]*\n){2,}")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
 
 
@@ -208,10 +211,12 @@ def collapse_blank_lines(text: str) -> str:
 
     >>> collapse_blank_lines("a\n\n\n\nb")
     'a\n\nb'
+    >>> collapse_blank_lines("\n\n\na")
+    '\na'
     """
-    if _BLANK_RUN.search(text) is None:
+    if _BLANK_RUN.search(text) is None and _LEADING_BLANK_RUN.match(text) is None:
         return text
-    return _BLANK_RUN.sub("\n\n", text)
+    return _BLANK_RUN.sub("\n\n", _LEADING_BLANK_RUN.sub("\n", text))
 
 
 def trim_blank_edges(text: str) -> str:

@@ -4,7 +4,8 @@ A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON 
 object. Prompt text only ever travels inside JSON strings, so a prompt that imitates the framing
 (length bytes, braces, newlines) is just characters in a string: it cannot end a frame early.
 Lengths are checked against a bound before anything is allocated, and a stream that ends inside
-a frame is reported as torn, never silently truncated.
+a frame is reported as torn, never silently truncated. Underneath, :class:`DockerDemux` takes
+our frames out of Docker's own multiplexing of a container's standard output and error.
 
 >>> reader = FrameReader(BytesRecv(encode_frame({"op": "hello"}) + encode_frame({"n": 1})).recv)
 >>> reader.read(), reader.read(), reader.read()
@@ -16,12 +17,22 @@ Standard library only: this module ships inside the sandbox image.
 from __future__ import annotations
 
 import json
+import socket
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import FrameTooLarge, ProtocolError, TornStream
 
-__all__ = ["HEADER_BYTES", "MAX_FRAME_BYTES", "BytesRecv", "FrameReader", "decode_body", "encode_frame"]
+__all__ = [
+    "HEADER_BYTES",
+    "MAX_FRAME_BYTES",
+    "BytesRecv",
+    "DockerDemux",
+    "FrameReader",
+    "decode_body",
+    "encode_frame",
+]
 
 HEADER_BYTES = 4
 # 64 MiB: a 256-prompt chunk of ordinary prompts is well under 1 MiB; a bigger request is split
@@ -116,3 +127,48 @@ class BytesRecv:
         piece = bytes(self._data[self._pos : self._pos + n])
         self._pos += len(piece)
         return piece
+
+
+class DockerDemux:
+    """Standard output of an attached Docker container (no TTY), as a ``recv`` for FrameReader.
+
+    Docker multiplexes the container's standard output and error on the attach stream: each
+    piece has an 8-byte header (stream number, 3 zero bytes, 4-byte big-endian length). Standard
+    error is kept aside (its tail explains why a container died); it never reaches the frames.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._left = 0
+        self._kind = 1
+        self.stderr: deque[bytes] = deque(maxlen=64)  # the tail, for the reason a container died
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            piece = self.sock.recv(n - len(data))
+            if not piece:
+                return b""
+            data += piece
+        return data
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes of standard output; ``b""`` when the stream ends."""
+        while True:
+            if self._left == 0:
+                header = self._exact(8)
+                if not header:
+                    return b""
+                self._kind, self._left = header[0], int.from_bytes(header[4:8], "big")
+                continue
+            data = self.sock.recv(min(n, self._left) if self._kind == 1 else self._left)
+            if not data:
+                return b""
+            self._left -= len(data)
+            if self._kind == 1:
+                return data
+            self.stderr.append(data)
+
+    def stderr_tail(self) -> str:
+        """The last few hundred characters the container wrote to standard error."""
+        return b"".join(self.stderr).decode("utf-8", "replace").strip()[-600:]

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import time
 import unicodedata
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = ["TEST_HOOKS_ENV", "handle", "main"]
 # never do, so no prompt can trigger the hooks below.
 TEST_HOOKS_ENV = "HERMES_SANDBOX_TEST_HOOKS"
 _EXHAUST_MEMORY = "hermes-test:exhaust-memory"
+_SLOW = "hermes-test:sleep"  # keeps a chunk in flight for half a second
 
 
 def _hello() -> dict[str, Any]:
@@ -57,9 +59,11 @@ def _hello() -> dict[str, Any]:
 def _run_test_hooks(payload: dict[str, Any]) -> None:
     hog: list[bytes] = []
     for item in payload.get("items") or []:
-        if isinstance(item, list) and len(item) == 4 and item[2] == _EXHAUST_MEMORY:
-            while True:  # bytes of 'x' touch every page: the cgroup's OOM killer ends us
-                hog.append(b"x" * (16 * 1024 * 1024))
+        prompt = item[2] if isinstance(item, list) and len(item) == 4 else None
+        if prompt == _SLOW:
+            time.sleep(0.5)
+        while prompt == _EXHAUST_MEMORY:  # bytes of 'x' touch every page: the cgroup's OOM killer ends us
+            hog.append(b"x" * (16 * 1024 * 1024))
 
 
 def handle(request: dict[str, Any], test_hooks: bool = False) -> dict[str, Any]:
@@ -104,7 +108,9 @@ def _serve(test_hooks: bool) -> int:
         try:
             frame = encode_frame(reply)
         except FrameTooLarge as exc:
-            frame = encode_frame({"id": reply["id"], "ok": False, "error": {"type": "FrameTooLarge", "message": str(exc)}})
+            frame = encode_frame(
+                {"id": reply["id"], "ok": False, "error": {"type": "FrameTooLarge", "message": str(exc)}}
+            )
         view = memoryview(frame)
         while view:
             view = view[os.write(frames_out, view) :]

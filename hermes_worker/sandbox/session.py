@@ -6,8 +6,9 @@ kept here, once for every backend: a chunk whose sandbox dies is retried on a fr
 chunk that keeps killing it is split in halves until the item that does is alone; that item
 gets a ``sandbox_failure`` error record and every other item its normal record.
 
-Standard library only at import time (the package ``__init__`` imports this module, and the
-package ships inside the sandbox image); the backends are imported when a session is opened.
+Imports the standard library, the contract and the engine only (the package ``__init__``
+imports this module, and the package ships inside the sandbox image); the backends, and with
+them Docker or dagger, are imported when a session is opened.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from .. import contract
-from ..contract import ChunkRequest
+from ..contract import ChunkRequest, ContractError
+from ..engine import ProfileError
 from .errors import ContainerDied, FrameTooLarge, SessionFailed
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["SandboxSession", "open_session"]
+__all__ = ["SandboxSession", "open_session", "unwrap_reply"]
 
 
 class SandboxSession(ABC):
@@ -130,7 +132,9 @@ class SandboxSession(ABC):
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -141,6 +145,22 @@ def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
         "failed": left["failed"] + right["failed"],
         "errors": left["errors"] + right["errors"],
     }
+
+
+def unwrap_reply(reply: Mapping[str, Any]) -> dict[str, Any]:
+    """The result of an engine server reply, or the error it reports raised as ours."""
+    if reply.get("ok"):
+        result: dict[str, Any] = reply["result"]
+        return result
+    error = reply.get("error") or {}
+    kind, message = error.get("type"), str(error.get("message"))
+    if kind == "ContractError":
+        raise ContractError(message)
+    if kind == "ProfileError":
+        raise ProfileError(message)
+    if kind == "FrameTooLarge":
+        raise FrameTooLarge(message)
+    raise SessionFailed(f"the sandbox engine failed: {message}")
 
 
 def open_session(settings: Settings, worker_id: str) -> SandboxSession:

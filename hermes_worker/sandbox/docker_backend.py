@@ -1,0 +1,298 @@
+"""The Docker backend: one hardened, long-running container per session, fed over one socket.
+
+The container runs the engine server (:mod:`.server`); the session attaches to its standard
+input and output once and sends every chunk over that one stream, so a chunk costs a round trip
+of a few hundred microseconds instead of a container start (~0.3 s) or an exec (~50 ms).
+Every Docker, requests and socket error is translated at this boundary (:func:`.errors.translate`).
+The session is not thread-safe: one per worker process, used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+# The Docker SDK ships no type information (typeshed's types-docker would add it).
+import docker  # type: ignore[import-untyped]
+import docker.errors  # type: ignore[import-untyped]
+from docker.models.containers import Container  # type: ignore[import-untyped]
+from docker.types import LogConfig  # type: ignore[import-untyped]
+
+from .errors import ContainerDied, DockerUnavailable, ImageMissing, ProtocolError, SessionFailed, translate
+from .protocol import DockerDemux, FrameReader, encode_frame
+from .server import TEST_HOOKS_ENV
+from .session import SandboxSession, unwrap_reply
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["LABEL_SESSION", "DockerSession", "connect", "hardening", "owner_labels", "reap_orphans"]
+
+log = logging.getLogger("hermes.sandbox")
+
+SERVER_COMMAND = ["python3", "-m", "hermes_worker.sandbox.server"]
+SANDBOX_USER = "10001:10001"
+_API_TIMEOUT_S = 60.0  # container create/start/remove on a busy engine; the probe uses its own
+_START_TIMEOUT_S = 60.0  # from start() to the engine's hello
+LABEL_SESSION = "hermes.session"
+
+
+def _check_socket(timeout_s: float) -> None:
+    """Connect once to a unix DOCKER_HOST ourselves, so a missing or forbidden socket is reported
+    plainly (and the SDK, which leaks the socket of a failed connect, never tries it)."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout_s)
+            probe.connect(host.removeprefix("unix://"))
+
+
+def connect(timeout_s: float = _API_TIMEOUT_S) -> docker.DockerClient:
+    """A client of the engine DOCKER_HOST names (or the default socket) that has answered a ping.
+
+    Raises:
+        DockerUnavailable: not running, permission denied, nothing at DOCKER_HOST, too slow.
+    """
+    client: docker.DockerClient | None = None
+    try:
+        _check_socket(timeout_s)
+        client = docker.from_env(timeout=timeout_s)
+        client.ping()
+    except Exception as exc:
+        if client is not None:
+            client.close()
+        raise translate(exc, "connect", timeout_s) from exc
+    return client
+
+
+def hardening(settings: Settings) -> dict[str, Any]:
+    """The container options that isolate a session container, from ``settings``."""
+    return {
+        "user": SANDBOX_USER,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=16m"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": settings.container_pids,
+        "mem_limit": settings.container_memory,
+        "memswap_limit": settings.container_memory,  # no swap: over the limit means OOM, not thrashing
+        "nano_cpus": int(settings.container_cpus * 1e9),
+        "ipc_mode": "none",
+        # Frames carry prompts: keep them off the engine's disk. Standard error is read by the session.
+        "log_config": LogConfig(type="none"),
+    }
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (Linux clock ticks since boot), or "" if unknown.
+
+    A pid alone can be reused by an unrelated process after the owner died; pid plus start time
+    cannot.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_labels(worker_id: str, pid: int | None = None) -> dict[str, str]:
+    """The labels that say which worker process owns a container."""
+    pid = os.getpid() if pid is None else pid
+    return {
+        "hermes.worker": worker_id,
+        "hermes.host": socket.gethostname(),
+        "hermes.pid": str(pid),
+        "hermes.pid_start": _start_ticks(pid),
+    }
+
+
+def _owner_gone(labels: Mapping[str, str]) -> bool:
+    try:
+        pid = int(labels.get("hermes.pid", ""))
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):  # no pid label: not ours to judge; EPERM: it exists
+        return False
+    started = labels.get("hermes.pid_start", "")
+    return bool(started) and started != _start_ticks(pid)
+
+
+def reap_orphans(client: docker.DockerClient, worker_id: str) -> list[str]:
+    """Remove session containers whose owner is gone; return their ids.
+
+    A container is an orphan when its owner process on this host no longer exists (or its pid
+    now belongs to another process, e.g. an earlier run of this worker), or when it carries
+    ``worker_id`` but was started on another host. Containers of live processes are kept, even
+    those of sibling processes with the same worker id.
+    """
+    host, removed = socket.gethostname(), []
+    try:
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}=1"})
+        for container in found:
+            labels = container.labels
+            mine = labels.get("hermes.worker") == worker_id
+            # On another host we cannot see the owner: only our own worker id is ours to judge.
+            if _owner_gone(labels) if labels.get("hermes.host") == host else mine:
+                try:
+                    container.remove(force=True)
+                    removed.append(container.id)
+                except docker.errors.NotFound:  # another worker reaped it first
+                    pass
+    except Exception as exc:
+        raise translate(exc, "reap orphan containers") from exc
+    if removed:
+        log.warning("removed %d sandbox container(s) left by dead workers: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+class DockerSession(SandboxSession):
+    """A session whose sandbox is one hardened Docker container running the engine server."""
+
+    def __init__(self, settings: Settings, worker_id: str, *, test_hooks: bool = False) -> None:
+        super().__init__(settings, worker_id)
+        self._test_hooks = test_hooks  # tests only: lets a marker prompt exhaust memory
+        self._client: docker.DockerClient | None = None
+        self._container: Container | None = None
+        self._raw: Any = None
+        self._stream: DockerDemux | None = None
+        self._reader: FrameReader | None = None
+        self._next_id = 0
+
+    @property
+    def container_id(self) -> str | None:
+        """The id of the current container (it changes when a dead one is replaced)."""
+        return self._container.id if self._container is not None else None
+
+    def start(self) -> None:
+        # A start that fails half-way removes what it made, even when not used as a context manager.
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        log.info("sandbox session started: container %s, image %s", self.container_id, self._digest)
+
+    def _start(self) -> None:
+        self._client = connect(_API_TIMEOUT_S)
+        try:
+            self._digest = self._client.images.get(self.settings.sandbox_image).id
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(
+                f"sandbox image {self.settings.sandbox_image} is not built",
+                "hermes image build --base hermes-base:bookworm (or ops/ensure-images.sh)",
+            ) from None
+        except Exception as exc:
+            raise translate(exc, "look up the sandbox image") from exc
+        reap_orphans(self._client, self.worker_id)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._client is not None
+        env = {TEST_HOOKS_ENV: "1"} if self._test_hooks else {}
+        try:
+            self._container = self._client.containers.create(
+                self.image_digest,
+                SERVER_COMMAND,
+                stdin_open=True,
+                labels={LABEL_SESSION: "1", **owner_labels(self.worker_id)},
+                environment=env,
+                **hardening(self.settings),
+            )
+            self._raw = self._client.api.attach_socket(
+                self._container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            self._stream = DockerDemux(getattr(self._raw, "_sock", self._raw))
+            self._reader = FrameReader(self._stream.recv)
+            self._container.start()
+        except Exception as exc:
+            raise translate(exc, "start the sandbox container") from exc
+        try:
+            self._call({"op": "hello"}, _START_TIMEOUT_S)
+        except ContainerDied as exc:
+            raise SessionFailed(f"the sandbox engine did not start: {exc.reason}", "hermes image build") from exc
+
+    def _discard(self) -> None:
+        """Close the stream and remove the container, whatever state they are in."""
+        for closable in (self._raw, self._stream.sock if self._stream else None):
+            if closable is not None:
+                closable.close()
+        self._raw = self._stream = self._reader = None
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:  # the engine is gone: the next start reaps it
+                log.warning("could not remove sandbox container %s: %s", container.id, translate(exc, "remove it"))
+
+    def close(self) -> None:
+        self._discard()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _replace(self) -> None:
+        self._discard()
+        self._restarts += 1
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            try:
+                self._spawn()
+                break
+            except DockerUnavailable:  # e.g. the engine itself is restarting: wait for it
+                self._discard()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        log.warning("sandbox container replaced (restart %d): now %s", self._restarts, self.container_id)
+
+    def _died(self, cause: BaseException) -> ContainerDied:
+        state: dict[str, Any] = {}
+        if self._container is not None:
+            try:
+                self._container.reload()
+                state = self._container.attrs.get("State", {})
+            except Exception as exc:
+                state = {"Status": f"unknown ({translate(exc, 'inspect it').reason})"}
+        how = "killed by the out-of-memory killer" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
+        tail = self._stream.stderr_tail() if self._stream else ""
+        return ContainerDied(
+            f"sandbox container died ({state.get('Status', 'gone')}, {how}){': ' + tail if tail else ''} [{cause}]",
+            f"raise HERMES_CONTAINER_MEMORY (now {self.settings.container_memory})" if state.get("OOMKilled") else "",
+        )
+
+    def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        if self._stream is None or self._reader is None:
+            raise self._died(ConnectionError("no container"))
+        self._next_id += 1
+        frame = encode_frame(request | {"id": self._next_id})  # FrameTooLarge: the caller splits
+        try:
+            self._stream.sock.settimeout(timeout_s)
+            self._stream.sock.sendall(frame)
+            reply = self._reader.read()
+        except TimeoutError:
+            # A hung engine cannot be trusted with the next chunk: drop it now; the next chunk
+            # finds no container and gets a fresh one, like after any other death.
+            self._discard()
+            raise SessionFailed(
+                f"the sandbox did not answer within {timeout_s:g} s", "raise HERMES_CHUNK_TIME_LIMIT"
+            ) from None
+        except (OSError, ProtocolError) as exc:
+            raise self._died(exc) from exc
+        if reply is None:
+            raise self._died(EOFError("stream ended"))
+        if reply.get("id") != self._next_id:
+            raise self._died(ProtocolError(f"reply to request {reply.get('id')}, expected {self._next_id}"))
+        return reply
+
+    def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
+        request = {"op": "chunk", "worker": worker, "image": self.image_digest, "payload": dict(payload)}
+        return unwrap_reply(self._call(request, self.settings.chunk_time_limit_s))
