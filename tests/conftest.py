@@ -68,6 +68,17 @@ def hermes(hermes_env: dict[str, str], tmp_path: Path) -> HermesRunner:
     return run
 
 
+@pytest.fixture
+def chermes(hermes: HermesRunner, cluster_env: dict[str, str]) -> HermesRunner:
+    """`hermes` pointed at the private cluster."""
+
+    def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        env = dict(cluster_env, **kwargs.pop("env", {}))
+        return hermes(*args, env=env, **kwargs)
+
+    return run
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every JSONL record of an output file, in order."""
     with path.open(encoding="utf-8") as handle:

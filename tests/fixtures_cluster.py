@@ -153,5 +153,5 @@ def start_worker(cluster_env: dict[str, str], redis_server: RedisServer, tmp_pat
         if worker.process.poll() is None:
             try:
                 worker.stop(timeout=20)
-            except Exception:  # noqa: BLE001 - teardown must reach every worker
+            except Exception:
                 worker.kill()

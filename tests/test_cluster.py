@@ -19,17 +19,6 @@ from .fixtures_cluster import RedisServer, WorkerFactory, registry_entry
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture
-def chermes(hermes: HermesRunner, cluster_env: dict[str, str]) -> HermesRunner:
-    """`hermes` pointed at the private cluster."""
-
-    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        env = dict(cluster_env, **kwargs.pop("env", {}))  # type: ignore[call-overload]
-        return hermes(*args, env=env, **kwargs)  # type: ignore[arg-type]
-
-    return run
-
-
 def make_input(path: Path, count: int) -> Path:
     prompts = [row["prompt"] for row in read_records(EXAMPLES / "prompts.jsonl")]
     with path.open("w", encoding="utf-8") as handle:

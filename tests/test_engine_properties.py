@@ -13,7 +13,7 @@ import unicodedata
 from typing import Any
 
 import ftfy
-import ftfy.bad_codecs  # noqa: F401  (registers the sloppy-windows-* codecs used below)
+import ftfy.bad_codecs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,0 +1,126 @@
+"""Container workers end to end: probe -> tag -> queue -> one reused session per process -> cleanup."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import EXAMPLES, HermesRunner, read_records
+from .fixtures_cluster import WorkerFactory
+from .test_cluster import make_input
+
+pytestmark = [pytest.mark.cluster, pytest.mark.docker]
+
+
+@pytest.fixture
+def container_env(sandbox_image: Any) -> dict[str, str]:
+    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
+
+
+def session_containers(docker_client: Any) -> list[Any]:
+    return list(docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}))
+
+
+def created_since(docker_client: Any, since: float) -> int:
+    """Session containers Docker says it created after ``since`` (a time.time() value)."""
+    events = docker_client.events(since=int(since), until=int(time.time()) + 1, decode=True,
+                                  filters={"event": "create", "label": "hermes.session=1"})
+    return sum(1 for event in events if event["timeNano"] >= since * 1e9)
+
+
+def test_a_worker_that_passes_the_probe_is_a_container_worker(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner
+) -> None:
+    worker = start_worker("c1", mode="auto", env=container_env, expect_tag="container")
+    assert "Docker probe passed" in worker.log
+    entry = json.loads(chermes("workers", "--json").stdout)[0]
+    assert entry["name"] == "container@c1" and entry["queues"] == ["hermes.container"]
+    assert entry["provenance"]["image"].startswith("sha256:")
+
+
+def test_a_batch_runs_in_one_reused_container_per_worker_process(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+    tmp_path: Path,
+) -> None:
+    worker = start_worker("c1", mode="container", concurrency=2, env=container_env, expect_tag="container")
+    src = make_input(tmp_path / "in.jsonl", 5_000)
+    out = tmp_path / "out.jsonl"
+    since = time.time()
+    done = chermes("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100")
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert len(records) == 5_000
+    assert {r["provenance"]["mode"] for r in records} == {"container"}
+    assert {r["provenance"]["image"] for r in records} == {json.loads(chermes("workers", "--json").stdout)[0]
+                                                         ["provenance"]["image"]}
+    # 50 chunks, 2 worker processes: at most 2 containers, counted from Docker's own events.
+    assert 1 <= created_since(docker_client, since) <= 2
+
+    # SIGTERM: the worker removes its session containers on the way out.
+    assert worker.stop(signal.SIGTERM) == 0
+    assert session_containers(docker_client) == []
+
+
+def test_container_output_equals_local_output(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, tmp_path: Path
+) -> None:
+    start_worker("c1", mode="container", env=container_env, expect_tag="container")
+    start_worker("l1", mode="local")
+    src = EXAMPLES / "prompts.jsonl"
+    outputs = {}
+    for isolation in ("container", "local"):
+        out = tmp_path / f"{isolation}.jsonl"
+        assert chermes("batch", str(src), "-o", str(out), "--isolation", isolation).returncode == 0
+        outputs[isolation] = [(r["id"], r["text"]) for r in read_records(out)]
+    assert outputs["container"] == outputs["local"]
+
+
+def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+) -> None:
+    worker = start_worker("c1", mode="container", env=container_env, expect_tag="container")
+    assert chermes("run", "--prompt", "open a session", "--isolation", "container").returncode == 0
+    assert len(session_containers(docker_client)) == 1
+    worker.kill()  # SIGKILL: no chance to clean up
+    assert len(session_containers(docker_client)) == 1
+    start_worker("c1b", mode="container", env=container_env, expect_tag="container")
+    assert chermes("run", "--prompt", "new session", "--isolation", "container").returncode == 0
+    deadline = time.monotonic() + 30
+    while len(session_containers(docker_client)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(session_containers(docker_client)) == 1  # the orphan is gone, the new one runs
+
+
+def test_a_container_killed_mid_batch_loses_nothing(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    start_worker("c1", mode="container", env=container_env, expect_tag="container")
+    src = make_input(tmp_path / "in.jsonl", 20_000)
+    out = tmp_path / "out.jsonl"
+
+    def kill_the_sandbox() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [c for c in session_containers(docker_client) if c.status == "running"]
+            if running:
+                time.sleep(0.5)
+                running[0].kill()
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_sandbox)
+    killer.start()
+    done = chermes("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100")
+    killer.join()
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
+    assert all(r["provenance"]["mode"] == "container" for r in records)
