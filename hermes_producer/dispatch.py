@@ -2,7 +2,10 @@
 
 The rules, in order:
 
-1. No broker answering: in-process, with a one-line notice; ``--no-fallback`` makes it exit 3.
+1. No broker answering: in-process (the embedded default), with a one-line notice;
+   ``--no-fallback`` makes it exit 3. ``auto`` and ``container`` probe Docker here first and
+   run inside sandbox sessions when it passes; ``auto`` otherwise says ``Docker is
+   unavailable, using local processing``, ``container`` exits 3.
 2. Broker answering, a live worker for the isolation asked for: the cluster.
    ``--isolation auto`` prefers container workers and, with none alive, uses local workers
    and says ``Docker is unavailable, using local processing``.
@@ -24,7 +27,7 @@ from . import logs
 from .batch import ChunkExecutor
 from .celery_executor import CeleryExecutor
 from .cli_common import EXIT_INFRA, Context, fail
-from .cluster import Cluster, ClusterUnavailable
+from .cluster import FALLBACK_MESSAGE, Cluster, ClusterUnavailable
 from .executors import InProcessExecutor
 
 __all__ = ["Placement", "choose_executor"]
@@ -39,6 +42,26 @@ class Placement:
     wait_for_workers_s: float | None = None
 
 
+def _probe_here(ctx: Context, isolation: str) -> str:
+    """In-process isolation on this machine: ``container`` if the Docker probe passes here.
+
+    ``auto`` falls back to ``local`` with the same message a worker gives; ``container``
+    exits 3 with the reason and the fix.
+    """
+    from hermes_worker.probe import probe  # Docker code only when a container is wanted
+
+    outcome = probe(ctx.settings)
+    if outcome.tag == "container":
+        return "container"
+    fix = f". Fix: {outcome.fix}" if outcome.fix else ""
+    if isolation == "container":
+        fail(f"--isolation container, but the Docker probe failed: {outcome.reason}{fix}", EXIT_INFRA)
+    message = f"{FALLBACK_MESSAGE}: {outcome.reason}{fix}"
+    ctx.notice(message)
+    logs.event(ctx.log, logging.WARNING, "probe.fallback", message, reason=outcome.reason, fix=outcome.fix)
+    return "local"
+
+
 def _in_process_fallback(payload: dict[str, Any]) -> dict[str, Any]:
     return process_chunk(payload, mode="local", worker=f"embedded@{socket.gethostname()}")
 
@@ -50,27 +73,29 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
     no_fallback = settings.no_fallback if placement.no_fallback is None else placement.no_fallback
     wait_s = settings.wait_for_workers_s if placement.wait_for_workers_s is None else placement.wait_for_workers_s
 
-    def in_process(reason: str) -> ChunkExecutor:
-        if isolation == "container":
-            fail(f"{reason}; --isolation container never runs prompts outside a container", EXIT_INFRA)
+    def in_process(reason: str, embedded: bool) -> ChunkExecutor:
+        """``embedded``: no broker at all, so this machine is the whole of Hermes."""
         if no_fallback:
             fail(f"{reason}; --no-fallback forbids processing in-process", EXIT_INFRA)
-        executor = InProcessExecutor(processes)
+        if isolation == "container" and not embedded:
+            fail(f"{reason}; --isolation container never runs prompts outside a container", EXIT_INFRA)
+        mode = "local" if isolation == "local" else _probe_here(ctx, isolation)
+        executor = InProcessExecutor(processes, mode, settings)
         ctx.notice(f"{reason}: processing {executor.describe()}")
-        logs.event(ctx.log, logging.INFO, "dispatch.in_process", reason, isolation=isolation)
+        logs.event(ctx.log, logging.INFO, "dispatch.in_process", reason, isolation=isolation, mode=mode)
         return executor
 
     try:
         cluster = Cluster.connect(settings)
     except ClusterUnavailable as exc:
-        return in_process(str(exc))
+        return in_process(str(exc), embedded=True)
 
     route = cluster.wait_for_route(
         isolation, wait_s, on_wait=lambda: ctx.notice(f"waiting up to {wait_s:.0f} s for a {isolation} worker")
     )
     if route is None:
         kind = "container" if isolation == "container" else "Hermes" if isolation == "auto" else isolation
-        return in_process(f"no live {kind} worker (start one with: hermes worker)")
+        return in_process(f"no live {kind} worker (start one with: hermes worker)", embedded=False)
     if route.note:
         ctx.notice(route.note)
         logs.event(ctx.log, logging.WARNING, "dispatch.fallback", route.note)

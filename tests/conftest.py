@@ -25,6 +25,9 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     env["HERMES_HOME"] = str(tmp_path / "hermes-home")
     # No broker unless a test asks for one: port 1 refuses at once, so commands run in-process.
     env["HERMES_BROKER_URL"] = "redis://127.0.0.1:1/0"
+    # In-process runs stay local unless a test asks for isolation: the engine and the CLI are
+    # what most tests are about, and a sandbox session per command would only slow them down.
+    env["HERMES_ISOLATION"] = "local"
     return env
 
 

@@ -83,6 +83,7 @@ def cluster_env(hermes_env: dict[str, str], redis_server: RedisServer) -> dict[s
     env["HERMES_BROKER_URL"] = redis_server.url()
     env["HERMES_HEARTBEAT"] = "1"
     env["HERMES_CONCURRENCY"] = "1"
+    env["HERMES_ISOLATION"] = "auto"  # the default, as users have it
     return env
 
 

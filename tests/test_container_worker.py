@@ -124,3 +124,30 @@ def test_a_container_killed_mid_batch_loses_nothing(
     records = read_records(out)
     assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
     assert all(r["provenance"]["mode"] == "container" for r in records)
+
+
+@pytest.mark.parametrize(
+    ("isolation", "docker_host", "exit_code", "mode", "says"),
+    [
+        ("container", None, 0, "container", "in a sandbox container"),
+        ("auto", None, 0, "container", "in a sandbox container"),
+        ("auto", "unix:///nonexistent/docker.sock", 0, "local", "Docker is unavailable, using local processing"),
+        ("container", "unix:///nonexistent/docker.sock", 3, None, "the Docker probe failed"),
+        ("local", None, 0, "local", "in-process (1 process)"),
+    ],
+)
+def test_without_a_broker_isolation_is_decided_by_a_probe_here(
+    hermes: HermesRunner, container_env: dict[str, str], docker_client: Any, isolation: str,
+    docker_host: str | None, exit_code: int, mode: str | None, says: str,
+) -> None:
+    env = dict(container_env, HERMES_ISOLATION=isolation)
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
+    done = hermes("run", "--prompt", "cafÃ©", "--json", env=env)
+    assert done.returncode == exit_code, done.stderr
+    assert says in done.stderr
+    if mode is not None:
+        record = json.loads(done.stdout)
+        assert record["text"] == "café" and record["provenance"]["mode"] == mode
+        assert (record["provenance"]["image"] is not None) == (mode == "container")
+    assert session_containers(docker_client) == []  # the embedded session is gone with the command
