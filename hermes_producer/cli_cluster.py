@@ -161,11 +161,11 @@ def _doctor_docker(settings: Any, local: dict[str, str], report: Any) -> None:
         report(False, f"Docker: {outcome.reason}", outcome.fix)
         return
     details = outcome.details
-    report(True, f"Docker {details.get('server_version', '')}: sandbox image {settings.sandbox_image} "
+    report(True, f"Docker {details.get('docker_version', '')}: sandbox image {settings.sandbox_image} "
                  f"({str(details.get('image', ''))[:19]}) passes the self-test")
-    inside = details.get("sandbox_versions") or {}
-    for key in ("python", "unicode", "ftfy"):
-        if inside.get(key) and inside[key] != local[key]:
-            severity = None if key == "python" else False
-            report(severity, f"sandbox {key} {inside[key]} differs from here ({local[key]})",
-                   "rebuild the image (hermes image build) so container and local outputs match")
+    inside = details.get("sandbox_python")
+    if inside and inside != local["python"]:
+        # The self-test passed, so Unicode data and ftfy agree; only the patch level differs.
+        report(None, f"sandbox Python {inside} differs from here ({local['python']}): provenance will show it",
+               "outputs matched the local engine on the self-test; rebuild the image on a base with the same "
+               "Python for identical provenance")
