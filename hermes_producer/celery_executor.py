@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from hermes_worker.contract import KEY_RESULTS, TASK_NORMALIZE_CHUNK
+from hermes_worker.metrics import bump
 
 from .cluster import Cluster, Route
 from .executors import ExecutorError
@@ -40,8 +41,10 @@ def summarize(payload: dict[str, Any]) -> str:
             digest.update(prompt.encode("utf-8", "surrogatepass"))
     items = payload["items"]
     lines = f"lines {items[0][0]}-{items[-1][0]}" if items else "no lines"
-    return (f"chunk {payload['chunk']}: {len(items)} prompts ({lines}), {chars:,} chars, "
-            f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}")
+    return (
+        f"chunk {payload['chunk']}: {len(items)} prompts ({lines}), {chars:,} chars, "
+        f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}"
+    )
 
 
 @dataclass(slots=True)
@@ -63,9 +66,14 @@ class CeleryExecutor:
             such a batch fails instead (``--no-fallback``, or container isolation).
     """
 
-    def __init__(self, cluster: Cluster, route: Route, batch_id: str | None = None,
-                 on_reroute: Callable[[str], None] | None = None,
-                 fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        route: Route,
+        batch_id: str | None = None,
+        on_reroute: Callable[[str], None] | None = None,
+        fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.route = route
         self.mode = route.tag
@@ -98,8 +106,13 @@ class CeleryExecutor:
             pass  # it expires by itself
 
     def _send(self, payload: dict[str, Any]) -> None:
-        self.cluster.app.send_task(TASK_NORMALIZE_CHUNK, args=[payload, self._reply], queue=self.route.queue,
-                                   argsrepr=summarize(payload), kwargsrepr="{}")
+        self.cluster.app.send_task(
+            TASK_NORMALIZE_CHUNK,
+            args=[payload, self._reply],
+            queue=self.route.queue,
+            argsrepr=summarize(payload),
+            kwargsrepr="{}",
+        )
 
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Send every payload, yield the results in payload order.
@@ -155,8 +168,9 @@ class CeleryExecutor:
                 next_health = time.monotonic() + _HEALTH_EVERY_S
                 orphaned_since = self._check_health(outstanding, ready, orphaned_since)
 
-    def _take(self, fields: dict[bytes, bytes], outstanding: dict[int, _Outstanding],
-              ready: dict[int, dict[str, Any]]) -> None:
+    def _take(
+        self, fields: dict[bytes, bytes], outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
+    ) -> None:
         if b"r" in fields:
             result = json.loads(fields[b"r"])
             chunk = result.get("chunk")
@@ -168,8 +182,9 @@ class CeleryExecutor:
             if waiting is not None:
                 waiting.worker = notice.get("worker")
 
-    def _check_health(self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]],
-                      orphaned_since: float | None) -> float | None:
+    def _check_health(
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], orphaned_since: float | None
+    ) -> float | None:
         """Resend chunks whose worker vanished; give up when no worker is left for too long."""
         try:
             alive = {w.name for w in self.cluster.live_workers() if w.tag == self.route.tag}
@@ -183,6 +198,7 @@ class CeleryExecutor:
             outstanding[chunk].sent_at = time.monotonic()
             self._send(outstanding[chunk].payload)
             self.resent += 1
+            bump(self.cluster.redis, "producers", "fallbacks", kind="resent")
             self._on_reroute(f"worker {gone} is gone: chunk {chunk} sent again")
         if alive or not pending:
             return None
@@ -192,8 +208,11 @@ class CeleryExecutor:
         patience = max(self.cluster.settings.wait_for_workers_s, self.cluster.settings.worker_ttl_s)
         if now - orphaned_since > patience and self._fallback is not None:
             self.degraded = True
-            self._on_reroute(f"no live {self.route.tag} worker for {patience:.0f} s: "
-                             f"finishing the batch in-process ({len(pending)} chunk(s) outstanding)")
+            bump(self.cluster.redis, "producers", "fallbacks", kind="in_process_mid_batch")
+            self._on_reroute(
+                f"no live {self.route.tag} worker for {patience:.0f} s: "
+                f"finishing the batch in-process ({len(pending)} chunk(s) outstanding)"
+            )
             for chunk in pending:
                 ready[chunk] = self._fallback(outstanding[chunk].payload)
             return None

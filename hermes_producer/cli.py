@@ -138,12 +138,12 @@ def _register() -> None:
     from hermes_worker.worker_cli import worker
 
     from .cli_batch import batch
-    from .cli_cluster import doctor, status, workers
+    from .cli_cluster import doctor, metrics, status, workers
     from .cli_flower import flower
     from .cli_logs import debug, log_command
     from .cli_tasks import history, queue, task
 
-    for command in (batch, task, queue, history, log_command, debug, worker, workers, status, doctor, flower):
+    for command in (batch, task, queue, history, log_command, debug, worker, workers, status, doctor, flower, metrics):
         main.add_command(command)
     main.add_command(image)
 

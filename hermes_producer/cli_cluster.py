@@ -49,12 +49,15 @@ def workers(ctx: Context, as_json: bool) -> None:
     now = time.time()
     click.echo(f"{'WORKER':28} {'TAG':9} {'CONC':>4} {'ACTIVE':>6} {'DONE':>7} {'BEAT':>6}  QUEUES / VERSIONS")
     for w in live:
-        versions = f"engine {w.versions.get('engine')}, python {w.versions.get('python')}, " \
-                   f"unicode {w.versions.get('unicode')}"
+        versions = (
+            f"engine {w.versions.get('engine')}, python {w.versions.get('python')}, unicode {w.versions.get('unicode')}"
+        )
         image = w.provenance.get("image")
-        click.echo(f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
-                   f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
-                   + (f", image {str(image)[:19]}" if image else ""))
+        click.echo(
+            f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
+            f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
+            + (f", image {str(image)[:19]}" if image else "")
+        )
 
 
 def queue_depths(cluster: Cluster) -> dict[str, int]:
@@ -65,7 +68,7 @@ def queue_depths(cluster: Cluster) -> dict[str, int]:
         for name in (QUEUE_CONTAINER, QUEUE_LOCAL):
             try:
                 _, count, _ = channel.queue_declare(queue=name, passive=True)
-            except Exception:  # noqa: BLE001 - a queue nobody declared yet is empty
+            except Exception:
                 count = 0
             depths[name] = int(count)
     return depths
@@ -84,8 +87,11 @@ def status(ctx: Context, as_json: bool) -> None:
     cluster = _connect(ctx)
     depths = queue_depths(cluster)
     live = cluster.live_workers()
-    report: dict[str, Any] = {"queues": depths, "in_flight": sum(w.active for w in live),
-                              "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live}}
+    report: dict[str, Any] = {
+        "queues": depths,
+        "in_flight": sum(w.active for w in live),
+        "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live},
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -94,6 +100,40 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
     for name, entry in report["workers"].items():
         click.echo(f"  {name:28} {entry['tag']:9} {entry['active']} active")
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics on this port.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Listen address with --port.")
+@pass_context
+def metrics(ctx: Context, port: int | None, address: str) -> None:
+    """Print the cluster's Hermes metrics (Prometheus text), or serve them with --port.
+
+    Items by mode, profile and error code, chunk latency, session restarts, probe outcomes,
+    fallbacks, live workers. Celery's own view (tasks, runtimes) is on Flower's /metrics.
+
+    \b
+    Examples:
+      hermes metrics | grep hermes_items
+      hermes metrics --port 9808 --address 0.0.0.0
+    """
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from hermes_worker.metrics import RedisCollector, serve
+
+    cluster = _connect(ctx)
+    if port is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RedisCollector(cluster.redis))
+        click.echo(generate_latest(registry).decode(), nl=False)
+        return
+    thread = serve(cluster.redis, port, address)
+    ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        pass
 
 
 @click.command()
@@ -116,17 +156,27 @@ def doctor(ctx: Context) -> None:
         click.echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
 
     settings = ctx.settings
-    local = {"python": platform.python_version(), "unicode": unicodedata.unidata_version, "ftfy": ftfy.__version__,
-             "engine": __version__}
-    report(True, f"here: engine {local['engine']}, Python {local['python']}, Unicode {local['unicode']}, "
-                 f"ftfy {local['ftfy']}")
+    local = {
+        "python": platform.python_version(),
+        "unicode": unicodedata.unidata_version,
+        "ftfy": ftfy.__version__,
+        "engine": __version__,
+    }
+    report(
+        True,
+        f"here: engine {local['engine']}, Python {local['python']}, Unicode {local['unicode']}, ftfy {local['ftfy']}",
+    )
     cluster = None
     try:
         cluster = Cluster.connect(settings)
         report(True, f"broker {settings.broker_url} and result backend answer")
     except ClusterUnavailable as exc:
-        report(False, str(exc), "start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
-                                "without a broker Hermes runs in-process")
+        report(
+            False,
+            str(exc),
+            "start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
+            "without a broker Hermes runs in-process",
+        )
     _doctor_docker(settings, local, report)
     if cluster is not None:
         try:
@@ -137,16 +187,25 @@ def doctor(ctx: Context) -> None:
         if not live:
             report(None, "no live workers: batches run in-process", "start one with: hermes worker")
         for w in live:
-            report(True, f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
-                         f"{time.time() - w.heartbeat_at:.1f} s ago")
+            report(
+                True,
+                f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
+                f"{time.time() - w.heartbeat_at:.1f} s ago",
+            )
             if w.tag == "local" and w.probe.get("reason"):
                 report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
-            differs = {k: (local[k], w.versions.get(k)) for k in ("python", "unicode", "ftfy", "engine")
-                       if w.versions.get(k) != local[k]}
+            differs = {
+                k: (local[k], w.versions.get(k))
+                for k in ("python", "unicode", "ftfy", "engine")
+                if w.versions.get(k) != local[k]
+            }
             if differs:
-                report(None, f"worker {w.name} differs from here: " + ", ".join(
-                    f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
-                    "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance")
+                report(
+                    None,
+                    f"worker {w.name} differs from here: "
+                    + ", ".join(f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
+                    "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance",
+                )
     sys.exit(1 if problems else 0)
 
 
@@ -161,11 +220,17 @@ def _doctor_docker(settings: Any, local: dict[str, str], report: Any) -> None:
         report(False, f"Docker: {outcome.reason}", outcome.fix)
         return
     details = outcome.details
-    report(True, f"Docker {details.get('docker_version', '')}: sandbox image {settings.sandbox_image} "
-                 f"({str(details.get('image', ''))[:19]}) passes the self-test")
+    report(
+        True,
+        f"Docker {details.get('docker_version', '')}: sandbox image {settings.sandbox_image} "
+        f"({str(details.get('image', ''))[:19]}) passes the self-test",
+    )
     inside = details.get("sandbox_python")
     if inside and inside != local["python"]:
         # The self-test passed, so Unicode data and ftfy agree; only the patch level differs.
-        report(None, f"sandbox Python {inside} differs from here ({local['python']}): provenance will show it",
-               "outputs matched the local engine on the self-test; rebuild the image on a base with the same "
-               "Python for identical provenance")
+        report(
+            None,
+            f"sandbox Python {inside} differs from here ({local['python']}): provenance will show it",
+            "outputs matched the local engine on the self-test; rebuild the image on a base with the same "
+            "Python for identical provenance",
+        )

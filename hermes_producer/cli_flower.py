@@ -19,8 +19,9 @@ _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
 @click.option("--insecure-no-auth", is_flag=True, help="Start without any authentication (never on a network).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @pass_context
-def flower(ctx: Context, port: int | None, address: str | None, insecure_no_auth: bool,
-           flower_args: tuple[str, ...]) -> None:
+def flower(
+    ctx: Context, port: int | None, address: str | None, insecure_no_auth: bool, flower_args: tuple[str, ...]
+) -> None:
     """Start Flower on the configured broker; HTTP basic auth is required.
 
     Credentials: HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD (or Flower's OAuth settings,
@@ -39,15 +40,24 @@ def flower(ctx: Context, port: int | None, address: str | None, insecure_no_auth
     elif any(env.get(name) for name in _OAUTH_VARIABLES):
         pass  # Flower enforces its OAuth configuration itself
     elif not insecure_no_auth:
-        fail("Flower needs credentials: set HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD "
-             "(or Flower's OAuth settings), or pass --insecure-no-auth on a machine nobody else reaches")
+        fail(
+            "Flower needs credentials: set HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD "
+            "(or Flower's OAuth settings), or pass --insecure-no-auth on a machine nobody else reaches"
+        )
     else:
         ctx.notice("starting Flower WITHOUT authentication (--insecure-no-auth)")
-    argv = [sys.executable, "-m", "hermes_producer.flower_main",
-            f"--port={port or settings.flower_port}", f"--address={address or settings.flower_address}",
-            *flower_args]
-    ctx.notice(f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
-               f"(broker {settings.broker_url})")
+    argv = [
+        sys.executable,
+        "-m",
+        "hermes_producer.flower_main",
+        f"--port={port or settings.flower_port}",
+        f"--address={address or settings.flower_address}",
+        *flower_args,
+    ]
+    ctx.notice(
+        f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
+        f"(broker {settings.broker_url})"
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

@@ -69,7 +69,7 @@ def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: b
     if cluster is not None:
         try:
             records += cluster.read(count, min_level, errors_only)
-        except Exception as exc:  # noqa: BLE001 - the cluster log is a bonus, the file log is not
+        except Exception as exc:
             click.echo(f"hermes: cluster log unavailable: {exc}", err=True)
         records.sort(key=lambda r: str(r.get("ts", "")))
         records = records[-count:] if count else []
@@ -89,8 +89,14 @@ def log_options(default_n: int) -> Callable[[F], F]:
         command = click.option("--follow", "-f", is_flag=True, help="Keep printing new records (Ctrl-C stops).")(
             command
         )
-        return click.option("-n", "count", type=click.IntRange(min=0), default=default_n, show_default=True,
-                            help="How many of the latest records to show.")(command)
+        return click.option(
+            "-n",
+            "count",
+            type=click.IntRange(min=0),
+            default=default_n,
+            show_default=True,
+            help="How many of the latest records to show.",
+        )(command)
 
     return wrap
 

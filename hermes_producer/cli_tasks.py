@@ -17,6 +17,7 @@ from hermes_worker.engine import Profile
 
 from . import logs
 from .batch import BatchOptions, ChunkExecutor, chunk_requests
+from .celery_executor import CeleryExecutor
 from .cli_common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -29,7 +30,6 @@ from .cli_common import (
     placement_options,
     profile_options,
 )
-from .celery_executor import CeleryExecutor
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
 from .store import ClaimLost, StoreError, Task, TaskStore
@@ -114,8 +114,9 @@ def task(
             click.echo(f"task {delete_id} deleted")
 
 
-def _run_claimed(ctx: Context, store: TaskStore, executor: ChunkExecutor, tasks: list[Task],
-                 numbers: Iterator[int]) -> tuple[int, int]:
+def _run_claimed(
+    ctx: Context, store: TaskStore, executor: ChunkExecutor, tasks: list[Task], numbers: Iterator[int]
+) -> tuple[int, int]:
     """Run claimed tasks, grouped by profile and validation; record each result as it arrives."""
     groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
     for item in tasks:
@@ -150,8 +151,14 @@ def _run_claimed(ctx: Context, store: TaskStore, executor: ChunkExecutor, tasks:
 @click.option("-n", "count", type=click.IntRange(min=1), help="Run the N oldest scheduled tasks.")
 @placement_options
 @pass_context
-def queue(ctx: Context, run_all: bool, count: int | None, isolation: str | None, no_fallback: bool | None,
-          wait_for_workers: float | None) -> None:
+def queue(
+    ctx: Context,
+    run_all: bool,
+    count: int | None,
+    isolation: str | None,
+    no_fallback: bool | None,
+    wait_for_workers: float | None,
+) -> None:
     """Run scheduled tasks, oldest first, and record their results in the history.
 
     With a broker and live workers the tasks fan out over all of them (containers reused

@@ -21,6 +21,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 
 from . import logs
@@ -95,8 +96,11 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
     )
     if route is None:
         kind = "container" if isolation == "container" else "Hermes" if isolation == "auto" else isolation
-        return in_process(f"no live {kind} worker (start one with: hermes worker)", embedded=False)
+        executor = in_process(f"no live {kind} worker (start one with: hermes worker)", embedded=False)
+        bump(cluster.redis, "producers", "fallbacks", kind="in_process")
+        return executor
     if route.note:
+        bump(cluster.redis, "producers", "fallbacks", kind="local_instead_of_container")
         ctx.notice(route.note)
         logs.event(ctx.log, logging.WARNING, "dispatch.fallback", route.note)
 
@@ -105,8 +109,15 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message)
 
     allow_fallback = not no_fallback and isolation != "container"
-    executor = CeleryExecutor(cluster, route, batch_id=batch_id, on_reroute=reroute,
-                              fallback=_in_process_fallback if allow_fallback else None)
-    logs.event(ctx.log, logging.INFO, "dispatch.cluster", executor.describe(), queue=route.queue,
-               workers=[w.name for w in route.workers])
+    executor = CeleryExecutor(
+        cluster, route, batch_id=batch_id, on_reroute=reroute, fallback=_in_process_fallback if allow_fallback else None
+    )
+    logs.event(
+        ctx.log,
+        logging.INFO,
+        "dispatch.cluster",
+        executor.describe(),
+        queue=route.queue,
+        workers=[w.name for w in route.workers],
+    )
     return executor

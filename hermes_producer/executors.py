@@ -92,8 +92,9 @@ class InProcessExecutor:
             # producer that may already run threads (progress bar, signal handling).
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["hermes_worker.processing"])
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_init_process,
-                                             initargs=(self.mode, self._settings))
+            self._pool = ProcessPoolExecutor(
+                self.processes, mp_context=context, initializer=_init_process, initargs=(self.mode, self._settings)
+            )
         else:
             self._inline = _make_runner(self.mode, self._settings)
         return self

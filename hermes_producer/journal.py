@@ -96,8 +96,17 @@ class Journal:
         count = result["ok"] + result["failed"]
         provenance = result["provenance"]
         codes = Counter(code for _line, code, _message in result["errors"])
-        self._write({"c": result["chunk"], "o": output_size, "ok": result["ok"], "failed": result["failed"],
-                     "codes": codes, "workers": {provenance["worker"]: count}, "modes": {provenance["mode"]: count}})
+        self._write(
+            {
+                "c": result["chunk"],
+                "o": output_size,
+                "ok": result["ok"],
+                "failed": result["failed"],
+                "codes": codes,
+                "workers": {provenance["worker"]: count},
+                "modes": {provenance["mode"]: count},
+            }
+        )
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._handle is not None

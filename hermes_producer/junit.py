@@ -27,11 +27,14 @@ class JUnitReport:
         first = json.loads(lines[0])["line"] if lines else 0
         last = json.loads(lines[-1])["line"] if lines else 0
         provenance = result["provenance"]
-        case = ET.Element("testcase", {
-            "classname": f"hermes.batch.{self.suite}",
-            "name": f"chunk {result['chunk']} (lines {first}-{last})",
-            "time": "0",
-        })
+        case = ET.Element(
+            "testcase",
+            {
+                "classname": f"hermes.batch.{self.suite}",
+                "name": f"chunk {result['chunk']} (lines {first}-{last})",
+                "time": "0",
+            },
+        )
         if result["errors"]:
             self._failures += 1
             ids = {}
@@ -39,24 +42,32 @@ class JUnitReport:
                 if '"error"' in line:
                     record = json.loads(line)
                     ids[record["line"]] = record["id"]
-            detail = "\n".join(f"line {line} (id {ids.get(line)!r}): {code}: {message}"
-                               for line, code, message in result["errors"])
-            failure = ET.SubElement(case, "failure", {
-                "message": f"{len(result['errors'])} of {len(lines)} prompts failed",
-                "type": ",".join(sorted({code for _l, code, _m in result["errors"]})),
-            })
+            detail = "\n".join(
+                f"line {line} (id {ids.get(line)!r}): {code}: {message}" for line, code, message in result["errors"]
+            )
+            failure = ET.SubElement(
+                case,
+                "failure",
+                {
+                    "message": f"{len(result['errors'])} of {len(lines)} prompts failed",
+                    "type": ",".join(sorted({code for _l, code, _m in result["errors"]})),
+                },
+            )
             failure.text = detail
         ET.SubElement(case, "system-out").text = f"ran on {provenance.get('worker')} ({provenance.get('mode')})"
         self._cases.append(case)
 
     def write(self, path: Path, seconds: float) -> None:
-        suite = ET.Element("testsuite", {
-            "name": f"hermes batch {self.suite}",
-            "tests": str(len(self._cases)),
-            "failures": str(self._failures),
-            "errors": "0",
-            "time": f"{seconds:.3f}",
-        })
+        suite = ET.Element(
+            "testsuite",
+            {
+                "name": f"hermes batch {self.suite}",
+                "tests": str(len(self._cases)),
+                "failures": str(self._failures),
+                "errors": "0",
+                "time": f"{seconds:.3f}",
+            },
+        )
         suite.extend(self._cases)
         root = ET.Element("testsuites")
         root.append(suite)

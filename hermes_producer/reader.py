@@ -91,8 +91,9 @@ def _parse_json_item(text: str) -> tuple[Any, Any]:
     prompt = obj["prompt"]
     if not isinstance(prompt, str):
         # The id is good: the error record carries it, so the item can be found by its id.
-        raise ValueError(contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}",
-                         item_id)
+        raise ValueError(
+            contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}", item_id
+        )
     return item_id, prompt
 
 

@@ -16,6 +16,9 @@ log = logging.getLogger("hermes.runner")
 class Runner(Protocol):
     mode: str
 
+    @property
+    def restarts(self) -> int: ...
+
     def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
@@ -25,6 +28,7 @@ class LocalRunner:
     """The engine in this process: no isolation, and provenance says so."""
 
     mode = "local"
+    restarts = 0
 
     def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
         return process_chunk(payload, mode="local", worker=worker)
@@ -42,6 +46,11 @@ class SandboxRunner:
         self._settings = settings
         self._worker_id = worker_id
         self._session: Any = None
+
+    @property
+    def restarts(self) -> int:
+        """How many times this process's sandbox container had to be recreated."""
+        return int(self._session.restarts) if self._session is not None else 0
 
     def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
         if self._session is None:

@@ -129,6 +129,8 @@ class Settings:
             told ``--insecure-no-auth`` or given Flower's own OAuth settings.
         flower_port: Flower's port (``HERMES_FLOWER_PORT``, 5555).
         flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
+        metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
+            (``HERMES_METRICS_PORT``, 0).
     """
 
     home: Path
@@ -164,6 +166,7 @@ class Settings:
     flower_password: str = ""
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @property
     def worker_ttl_s(self) -> float:
@@ -247,4 +250,5 @@ class Settings:
             flower_password=env.get("HERMES_FLOWER_PASSWORD", ""),
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
+            metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
         )

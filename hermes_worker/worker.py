@@ -26,6 +26,9 @@ from . import __version__, contract
 from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_FOR_TAG
 from .engine import ProfileError
 from .events import ClusterLog
+from .metrics import add as add_metrics
+from .metrics import bump, chunk_increments, serve
+from .metrics import field as metrics_field
 from .processing import failed_chunk_result
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
@@ -65,8 +68,13 @@ def versions() -> dict[str, str]:
     import celery
     import ftfy
 
-    return {"engine": __version__, "python": platform.python_version(), "unicode": unicodedata.unidata_version,
-            "ftfy": ftfy.__version__, "celery": celery.__version__}
+    return {
+        "engine": __version__,
+        "python": platform.python_version(),
+        "unicode": unicodedata.unidata_version,
+        "ftfy": ftfy.__version__,
+        "celery": celery.__version__,
+    }
 
 
 def decide_tag(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -98,8 +106,9 @@ def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> str:
 
 
 @signals.celeryd_init.connect
-def _on_celeryd_init(sender: str | None = None, instance: Any = None, conf: Any = None,
-                     options: dict[str, Any] | None = None, **_: Any) -> None:
+def _on_celeryd_init(
+    sender: str | None = None, instance: Any = None, conf: Any = None, options: dict[str, Any] | None = None, **_: Any
+) -> None:
     settings = _settings()
     preset = os.environ.get(ENV_TAG)
     if preset in QUEUE_FOR_TAG:
@@ -122,20 +131,37 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     client = connect(settings.result_backend, settings.broker_timeout_s)
     name = sender.hostname
     concurrency = int(getattr(sender.controller, "concurrency", 0) or settings.concurrency)
-    info = dict(name=name, tag=IDENTITY.tag, concurrency=concurrency, queues=[QUEUE_FOR_TAG[IDENTITY.tag]],
-                host=socket.gethostname(), pid=os.getpid(), versions=versions(),
-                provenance={"mode": IDENTITY.tag, "image": IDENTITY.probe.get("details", {}).get("image")},
-                probe=IDENTITY.probe, started_at=IDENTITY.started_at)
+    info = dict(
+        name=name,
+        tag=IDENTITY.tag,
+        concurrency=concurrency,
+        queues=[QUEUE_FOR_TAG[IDENTITY.tag]],
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        versions=versions(),
+        provenance={"mode": IDENTITY.tag, "image": IDENTITY.probe.get("details", {}).get("image")},
+        probe=IDENTITY.probe,
+        started_at=IDENTITY.started_at,
+    )
 
     def snapshot() -> WorkerInfo:
-        return WorkerInfo(**info, heartbeat_at=time.time(), active=len(celery_state.active_requests),
-                          processed=sum(celery_state.total_count.values()))
+        return WorkerInfo(
+            **info,
+            heartbeat_at=time.time(),
+            active=len(celery_state.active_requests),
+            processed=sum(celery_state.total_count.values()),
+        )
 
     _heartbeat = Heartbeat(Registry(client, settings.worker_ttl_s), snapshot, settings.heartbeat_s)
     _heartbeat.beat()
     _heartbeat.start()
-    ClusterLog(client, name).emit("INFO", "worker.online", f"worker {name} online, tag {IDENTITY.tag}",
-                                  tag=IDENTITY.tag, concurrency=concurrency)
+    bump(client, name, "probe", outcome=IDENTITY.tag)
+    if settings.metrics_port:
+        serve(client, settings.metrics_port, source=name)
+        log.info("Hermes metrics for %s on port %d (/metrics)", name, settings.metrics_port)
+    ClusterLog(client, name).emit(
+        "INFO", "worker.online", f"worker {name} online, tag {IDENTITY.tag}", tag=IDENTITY.tag, concurrency=concurrency
+    )
 
 
 @signals.worker_shutdown.connect
@@ -144,7 +170,8 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
         _heartbeat.stop()
         settings = _settings()
         ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), str(sender)).emit(
-            "INFO", "worker.offline", f"worker {sender} shutting down")
+            "INFO", "worker.offline", f"worker {sender} shutting down"
+        )
 
 
 @signals.task_received.connect
@@ -173,6 +200,7 @@ class ProcessState:
         self.redis = connect(settings.result_backend, settings.broker_timeout_s)
         self.runner: Runner = make_runner(IDENTITY.tag, settings, f"{socket.gethostname()}-{os.getpid()}")
         self._events: dict[str, ClusterLog] = {}
+        self._restarts_seen = 0
 
     def events_for(self, worker: str) -> ClusterLog:
         if worker not in self._events:
@@ -188,29 +216,58 @@ class ProcessState:
         events = self.events_for(worker)
         # One round trip before and one after: the start notice (which tells the producer
         # who holds the chunk) with its event, then the result with its event.
-        self._publish(stream, ttl, {"s": json.dumps({"chunk": chunk, "worker": worker})},
-                      events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk))
+        self._publish(
+            stream,
+            ttl,
+            {"s": json.dumps({"chunk": chunk, "worker": worker})},
+            events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
+        )
         started = time.perf_counter()
         try:
             result = self.runner.run(payload, worker)
         except (contract.ContractError, ProfileError) as exc:
-            result = failed_chunk_result(payload, contract.ENGINE_FAILURE, f"chunk rejected by the worker: {exc}",
-                                         mode=self.runner.mode, worker=worker)
-        except Exception as exc:  # noqa: BLE001 - e.g. a sandbox that cannot be restarted
+            result = failed_chunk_result(
+                payload,
+                contract.ENGINE_FAILURE,
+                f"chunk rejected by the worker: {exc}",
+                mode=self.runner.mode,
+                worker=worker,
+            )
+        except Exception as exc:
             log.exception("chunk %s failed as a whole", chunk)
             code = contract.SANDBOX_FAILURE if self.runner.mode == "container" else contract.ENGINE_FAILURE
-            result = failed_chunk_result(payload, code, f"{type(exc).__name__}: {exc}", mode=self.runner.mode,
-                                         worker=worker)
+            result = failed_chunk_result(
+                payload, code, f"{type(exc).__name__}: {exc}", mode=self.runner.mode, worker=worker
+            )
             events.emit("ERROR", "chunk.failed", f"chunk {chunk} failed as a whole: {exc}", chunk=chunk)
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        elapsed = time.perf_counter() - started
+        elapsed_ms = round(elapsed * 1000, 2)
+        increments = chunk_increments(result, elapsed, self.runner.mode)
+        restarts = self.runner.restarts
+        if restarts > self._restarts_seen:
+            increments[metrics_field("session_restarts")] = restarts - self._restarts_seen
+            self._restarts_seen = restarts
         level = "WARNING" if result["failed"] else "DEBUG"
-        done = events.entry(level, "chunk.succeeded",
-                            f"chunk {chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
-                            chunk=chunk, ok=result["ok"], failed=result["failed"], ms=elapsed_ms,
-                            mode=self.runner.mode)
-        self._publish(stream, ttl, {"r": json.dumps(result, ensure_ascii=False)}, done)
+        done = events.entry(
+            level,
+            "chunk.succeeded",
+            f"chunk {chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
+            chunk=chunk,
+            ok=result["ok"],
+            failed=result["failed"],
+            ms=elapsed_ms,
+            mode=self.runner.mode,
+        )
+        self._publish(stream, ttl, {"r": json.dumps(result, ensure_ascii=False)}, done, (worker, increments))
 
-    def _publish(self, stream: str, ttl: int, fields: dict[str, str], event: dict[str, str]) -> None:
+    def _publish(
+        self,
+        stream: str,
+        ttl: int,
+        fields: dict[str, str],
+        event: dict[str, str],
+        counters: tuple[str, dict[str, float]] | None = None,
+    ) -> None:
         # A result must not be lost to a Redis blip: retry with back-off, then let Celery
         # redeliver the chunk (the message is acknowledged only when this returns).
         for attempt in range(6):
@@ -219,6 +276,8 @@ class ProcessState:
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
                 pipe.expire(stream, ttl)
                 pipe.xadd(KEY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                if counters is not None:
+                    add_metrics(pipe, *counters)
                 pipe.execute()
                 return
             except redis.RedisError:

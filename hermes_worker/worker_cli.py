@@ -20,7 +20,10 @@ from .contract import QUEUE_FOR_TAG
 @click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
 @click.option("--loglevel", "-l", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel: str) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve this worker's Prometheus metrics on this port (default: off).")
+def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel: str,
+           metrics_port: int | None) -> None:
     """Start a Celery worker that consumes the queue its Docker probe earns it.
 
     At start-up the worker probes Docker: engine answering, sandbox image present, a session
@@ -39,6 +42,8 @@ def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel
         os.environ["HERMES_WORKER_MODE"] = mode
     if concurrency:
         os.environ["HERMES_CONCURRENCY"] = str(concurrency)
+    if metrics_port is not None:
+        os.environ["HERMES_METRICS_PORT"] = str(metrics_port)
     from .app import app, settings  # the worker side is imported only to run a worker
     from .events import ClusterLog
     from .redis_conn import connect
@@ -52,7 +57,7 @@ def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel
     node = f"{tag}@{name or socket.gethostname()}"
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
-    except Exception:  # noqa: BLE001 - the cluster log is best effort; Celery reports a missing broker
+    except Exception:
         events = None
     # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
     click.echo(f"hermes worker {node}: {announce(tag, found, events)}", err=True)

@@ -222,3 +222,10 @@ def test_junit_report_has_a_case_per_chunk_and_names_failed_items(hermes: Hermes
     failure = cases[1].find("failure")
     assert failure is not None and failure.get("type") == "prompt_not_string"
     assert "line 7 (id 'p7'): prompt_not_string" in (failure.text or "")
+
+
+def test_stdin_to_a_file(hermes: HermesRunner, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    done = hermes("batch", "-", "-o", str(out), input='{"prompt": "a  "}\n{"prompt": 5}\n')
+    assert done.returncode == 1, done.stderr
+    assert [r.get("text") for r in read_records(out)] == ["a", None]

@@ -76,7 +76,11 @@ def _distribution_files(name: str, seen: set[str], files: dict[str, bytes]) -> N
         if rel.startswith("..") or "__pycache__" in rel or rel.endswith((".pyc", "RECORD", "INSTALLER")):
             continue  # scripts outside site-packages, caches, and files that only pip needs
         if rel.endswith((".so", ".pyd", ".dylib")):
-            raise SandboxError(f"{name} is not pure Python ({rel}): it cannot be copied into the sandbox image")
+            # Compiled modules are built for the host's Python, not the image's: leave them out.
+            # The ones in reach are optional accelerators (wcwidth's C extension, needed only by
+            # ftfy.formatting) with pure-Python fallbacks; anything that truly needed one would
+            # fail the sandbox self-test that every probe runs.
+            continue
         files[f"site/{rel}"] = Path(str(entry.locate())).read_bytes()
     for requirement in dist.requires or ():
         if "extra ==" not in requirement:

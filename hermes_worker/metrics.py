@@ -1,0 +1,172 @@
+"""Prometheus metrics for what operators ask about, beyond what Flower's /metrics already has.
+
+Flower exports Celery's view (tasks by state, runtimes, worker online). Hermes adds items by
+mode, profile and error code, chunk latency, sandbox session restarts, probe outcomes and
+fallbacks. Counters live in Redis hashes (``hermes:metrics:WORKER``), incremented in the same
+pipeline that publishes a chunk's result, so they cost no extra round trip, survive worker
+process recycling, and add up across prefork children without a multiprocess directory.
+
+A worker serves its own counters (``hermes worker --metrics-port``); ``hermes metrics`` serves
+the whole cluster's from any machine.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .contract import KEY_PREFIX
+
+__all__ = ["BUCKETS", "KEY_METRICS", "RedisCollector", "chunk_increments", "serve"]
+
+KEY_METRICS = KEY_PREFIX + "metrics:{source}"  # one hash per worker; "producers" for producers
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+_SEP = "|"
+
+
+def field(name: str, **labels: str) -> str:
+    """A hash field: the metric name and its labels, e.g. ``items_ok|mode=local|profile=prompt``."""
+    return _SEP.join([name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+
+
+def parse_field(raw: str) -> tuple[str, dict[str, str]]:
+    name, *pairs = raw.split(_SEP)
+    return name, dict(pair.split("=", 1) for pair in pairs)
+
+
+def chunk_increments(result: Mapping[str, Any], seconds: float, mode: str) -> dict[str, float]:
+    """The counter increments one finished chunk contributes."""
+    profile = str(result.get("provenance", {}).get("profile", "?"))
+    counts: dict[str, float] = {
+        field("items_ok", mode=mode, profile=profile): result["ok"],
+        field("chunks", mode=mode): 1,
+        field("chunk_seconds_sum", mode=mode): seconds,
+    }
+    for _line, code, _message in result["errors"]:
+        key = field("items_failed", mode=mode, profile=profile, code=code)
+        counts[key] = counts.get(key, 0) + 1
+    for bound in BUCKETS:
+        if seconds <= bound:
+            counts[field("chunk_seconds_bucket", mode=mode, le=str(bound))] = 1
+    return counts
+
+
+def add(pipe: Any, source: str, increments: Mapping[str, float]) -> None:
+    """Queue the increments on a Redis pipeline (executed by the caller)."""
+    key = KEY_METRICS.format(source=source)
+    for name, amount in increments.items():
+        if float(amount).is_integer():
+            pipe.hincrby(key, name, int(amount))
+        else:
+            pipe.hincrbyfloat(key, name, amount)
+
+
+def bump(client: redis.Redis, source: str, name: str, **labels: str) -> None:
+    """Increment one counter now; never raises (metrics must not break the work)."""
+    try:
+        client.hincrby(KEY_METRICS.format(source=source), field(name, **labels), 1)
+    except redis.RedisError:
+        pass
+
+
+_HELP = {
+    "items_ok": ("hermes_items_processed", "Prompts normalized successfully"),
+    "items_failed": ("hermes_items_failed", "Prompts that got an error record, by error code"),
+    "chunks": ("hermes_chunks", "Chunks processed"),
+    "session_restarts": ("hermes_session_restarts", "Sandbox containers recreated after dying"),
+    "probe": ("hermes_probe", "Docker probe outcomes at worker start-up"),
+    "fallbacks": ("hermes_fallbacks", "Times work did not go where it was meant to (in-process, local, resent)"),
+}
+
+
+class RedisCollector(Collector):
+    """Collects Hermes' counters from Redis at scrape time.
+
+    Args:
+        client: the result Redis.
+        source: one worker's name, or None for every worker and the producers.
+    """
+
+    def __init__(self, client: redis.Redis, source: str | None = None) -> None:
+        self._redis = client
+        self._source = source
+
+    def _hashes(self) -> Iterator[tuple[str, dict[str, float]]]:
+        if self._source is not None:
+            keys = [KEY_METRICS.format(source=self._source)]
+        else:
+            keys = sorted(k.decode() for k in self._redis.scan_iter(match=KEY_METRICS.format(source="*")))
+        prefix = KEY_METRICS.format(source="")
+        for key in keys:
+            raw = self._redis.hgetall(key)
+            yield key[len(prefix) :], {k.decode(): float(v) for k, v in raw.items()}
+
+    def collect(self) -> Iterator[Any]:
+        counters: dict[str, CounterMetricFamily] = {}
+        histograms: dict[tuple[str, str], dict[str, Any]] = {}
+        for source, values in self._hashes():
+            for raw, value in values.items():
+                name, labels = parse_field(raw)
+                labels["worker"] = source
+                if name.startswith("chunk_seconds"):
+                    slot = histograms.setdefault(
+                        (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
+                    )
+                    if name == "chunk_seconds_bucket":
+                        slot["buckets"][float(labels["le"])] = value
+                    elif name == "chunk_seconds_sum":
+                        slot["sum"] = value
+                    continue
+                if name == "chunks":
+                    slot = histograms.setdefault(
+                        (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
+                    )
+                    slot["count"] = value
+                if name not in _HELP:
+                    continue
+                metric, help_text = _HELP[name]
+                label_names = sorted(labels)
+                family = counters.setdefault(
+                    f"{name}:{','.join(label_names)}", CounterMetricFamily(metric, help_text, labels=label_names)
+                )
+                family.add_metric([labels[k] for k in label_names], value)
+        yield from counters.values()
+        if histograms:
+            family = HistogramMetricFamily(
+                "hermes_chunk_duration_seconds", "Time to normalize one chunk", labels=["worker", "mode"]
+            )
+            for (source, mode), slot in sorted(histograms.items()):
+                cumulative = []
+                running = 0.0
+                for bound in BUCKETS:
+                    # Stored per bucket as "at most this long": already cumulative.
+                    running = max(running, slot["buckets"].get(bound, 0.0))
+                    cumulative.append((str(bound), running))
+                cumulative.append(("+Inf", slot["count"]))
+                family.add_metric([source, mode], cumulative, slot["sum"])
+            yield family
+        if self._source is None:
+            live = GaugeMetricFamily("hermes_workers_live", "Workers with a fresh heartbeat", labels=["tag"])
+            from .registry import Registry
+
+            tags: dict[str, int] = {}
+            for worker in Registry(self._redis, ttl_s=1e9).live():
+                tags[worker.tag] = tags.get(worker.tag, 0) + 1
+            for tag in ("container", "local"):
+                live.add_metric([tag], tags.get(tag, 0))
+            yield live
+
+
+def serve(client: redis.Redis, port: int, address: str = "0.0.0.0", source: str | None = None) -> threading.Thread:
+    """Serve ``/metrics`` in a daemon thread; returns the thread."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(client, source))
+    _server, thread = start_http_server(port, addr=address, registry=registry)
+    return thread
