@@ -8,4 +8,5 @@ collect_ignore = [
     "hermes_worker/app.py",
     "hermes_worker/tasks.py",
     "hermes_worker/worker.py",
+    "hermes_producer/flower_main.py",
 ]
