@@ -9,6 +9,7 @@ dropped here: the output gets each chunk exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -100,10 +101,8 @@ class CeleryExecutor:
 
     def finish(self) -> None:
         """Drop the batch's result stream (call once every result is safely written)."""
-        try:
+        with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
-        except redis.RedisError:
-            pass  # it expires by itself
 
     def _send(self, payload: dict[str, Any]) -> None:
         self.cluster.app.send_task(
@@ -154,7 +153,7 @@ class CeleryExecutor:
             if not order and exhausted:
                 return
             try:
-                reply = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
+                reply: Any = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
             except redis.RedisError as exc:
                 self._on_reroute(f"result stream unreachable ({exc}); retrying")
                 time.sleep(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -130,10 +131,8 @@ def metrics(ctx: Context, port: int | None, address: str) -> None:
         return
     thread = serve(cluster.redis, port, address)
     ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         thread.join()
-    except KeyboardInterrupt:
-        pass
 
 
 @click.command()

@@ -35,7 +35,9 @@ def _follow_both(ctx: Context, cluster: ClusterLog | None, min_level: str) -> It
     """Yield new records from the file log and the cluster log as they come, until Ctrl-C."""
     found: queue.Queue[dict[str, Any]] = queue.Queue()
     stop = threading.Event()
-    sources = [lambda: logs.follow(ctx.settings.log_dir, min_level, stop=stop.is_set)]
+    sources: list[Callable[[], Iterator[dict[str, Any]]]] = [
+        lambda: logs.follow(ctx.settings.log_dir, min_level, stop=stop.is_set)
+    ]
     if cluster is not None:
         sources.append(lambda: cluster.follow(min_level, stop=stop.is_set))
     # Start reading each source now, so nothing written meanwhile is missed.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu import Connection  # type: ignore[attr-defined]
 
 from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
@@ -66,7 +66,9 @@ class Cluster:
             raise ClusterUnavailable(f"Redis at {_safe(settings.result_backend)} is not answering ({exc})") from None
         if settings.broker_url != settings.result_backend:
             try:
-                with Connection(settings.broker_url, connect_timeout=settings.broker_timeout_s) as conn:
+                with Connection(  # type: ignore[no-untyped-call]
+                    settings.broker_url, connect_timeout=settings.broker_timeout_s
+                ) as conn:
                     conn.ensure_connection(max_retries=1, timeout=settings.broker_timeout_s)
             except Exception as exc:
                 raise ClusterUnavailable(f"broker at {_safe(settings.broker_url)} is not answering ({exc})") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
 from .settings import Settings
@@ -57,7 +57,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower and `hermes workers` need events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_queues": (Queue(QUEUE_CONTAINER), Queue(QUEUE_LOCAL)),
+        "task_queues": (Queue(QUEUE_CONTAINER), Queue(QUEUE_LOCAL)),  # type: ignore[no-untyped-call]
         "task_default_queue": QUEUE_LOCAL,
         "task_routes": {TASK_NORMALIZE_CHUNK: {"queue": QUEUE_LOCAL}},
         "task_create_missing_queues": False,

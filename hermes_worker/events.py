@@ -44,8 +44,12 @@ class ClusterLog:
     def emit(self, level: str, event: str, message: str, **fields: Any) -> None:
         """Append one event; never raises (an event lost to a Redis outage is only logged)."""
         try:
-            self._redis.xadd(KEY_EVENTS, self.entry(level, event, message, **fields),  # type: ignore[arg-type]
-                             maxlen=self._maxlen, approximate=True)
+            self._redis.xadd(
+                KEY_EVENTS,
+                self.entry(level, event, message, **fields),  # type: ignore[arg-type]
+                maxlen=self._maxlen,
+                approximate=True,
+            )
         except redis.RedisError as exc:
             log.warning("cluster event %s not recorded: %s", event, exc)
 
@@ -55,10 +59,12 @@ class ClusterLog:
         found: list[dict[str, Any]] = []
         last = "+"
         while len(found) < n:
-            entries = self._redis.xrevrange(KEY_EVENTS, max=last, count=500)
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = self._redis.xrevrange(  # type: ignore[assignment]
+                KEY_EVENTS, max=last, count=500
+            )
             if not entries:
                 break
-            for entry_id, fields in entries:
+            for _entry_id, fields in entries:
                 record = _decode(fields)
                 if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
                     found.append(record)
@@ -67,14 +73,15 @@ class ClusterLog:
             last = "(" + entries[-1][0].decode()
         return found[::-1]
 
-    def follow(self, min_level: str = "INFO", stop: Callable[[], bool] | None = None,
-               block_ms: int = 500) -> Iterator[dict[str, Any]]:
+    def follow(
+        self, min_level: str = "INFO", stop: Callable[[], bool] | None = None, block_ms: int = 500
+    ) -> Iterator[dict[str, Any]]:
         """Yield events appended from now on, until ``stop()`` returns True."""
         floor = _LEVELS.get(min_level, 20)
         last = "$"
         while not (stop and stop()):
             try:
-                reply = self._redis.xread({KEY_EVENTS: last}, block=block_ms, count=200)
+                reply: Any = self._redis.xread({KEY_EVENTS: last}, block=block_ms, count=200)
             except redis.RedisError:
                 time.sleep(block_ms / 1000)
                 continue

@@ -12,6 +12,7 @@ the whole cluster's from any machine.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -68,10 +69,8 @@ def add(pipe: Any, source: str, increments: Mapping[str, float]) -> None:
 
 def bump(client: redis.Redis, source: str, name: str, **labels: str) -> None:
     """Increment one counter now; never raises (metrics must not break the work)."""
-    try:
+    with contextlib.suppress(redis.RedisError):
         client.hincrby(KEY_METRICS.format(source=source), field(name, **labels), 1)
-    except redis.RedisError:
-        pass
 
 
 _HELP = {
@@ -100,10 +99,11 @@ class RedisCollector(Collector):
         if self._source is not None:
             keys = [KEY_METRICS.format(source=self._source)]
         else:
-            keys = sorted(k.decode() for k in self._redis.scan_iter(match=KEY_METRICS.format(source="*")))
+            found: Iterator[bytes] = self._redis.scan_iter(match=KEY_METRICS.format(source="*"))
+            keys = sorted(k.decode() for k in found)
         prefix = KEY_METRICS.format(source="")
         for key in keys:
-            raw = self._redis.hgetall(key)
+            raw: dict[bytes, bytes] = self._redis.hgetall(key)  # type: ignore[assignment]
             yield key[len(prefix) :], {k.decode(): float(v) for k, v in raw.items()}
 
     def collect(self) -> Iterator[Any]:
@@ -137,7 +137,7 @@ class RedisCollector(Collector):
                 family.add_metric([labels[k] for k in label_names], value)
         yield from counters.values()
         if histograms:
-            family = HistogramMetricFamily(
+            histogram = HistogramMetricFamily(
                 "hermes_chunk_duration_seconds", "Time to normalize one chunk", labels=["worker", "mode"]
             )
             for (source, mode), slot in sorted(histograms.items()):
@@ -148,8 +148,8 @@ class RedisCollector(Collector):
                     running = max(running, slot["buckets"].get(bound, 0.0))
                     cumulative.append((str(bound), running))
                 cumulative.append(("+Inf", slot["count"]))
-                family.add_metric([source, mode], cumulative, slot["sum"])
-            yield family
+                histogram.add_metric([source, mode], cumulative, slot["sum"])
+            yield histogram
         if self._source is None:
             live = GaugeMetricFamily("hermes_workers_live", "Workers with a fresh heartbeat", labels=["tag"])
             from .registry import Registry

@@ -106,7 +106,9 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
     }
 
 
-def failed_chunk_result(payload: Mapping[str, Any], code: str, message: str, *, mode: str, worker: str) -> dict[str, Any]:
+def failed_chunk_result(
+    payload: Mapping[str, Any], code: str, message: str, *, mode: str, worker: str
+) -> dict[str, Any]:
     """A result that gives every item of ``payload`` the same error record.
 
     Used when a chunk cannot be processed at all (a payload or profile the worker rejects, a
@@ -126,5 +128,12 @@ def failed_chunk_result(payload: Mapping[str, Any], code: str, message: str, *, 
         lines.append(_error_line(_dumps(raw_id), line, code, message, prov))
         errors.append([line, code, message])
     chunk = payload.get("chunk") if isinstance(payload, Mapping) else None
-    return {"v": contract.PAYLOAD_VERSION, "chunk": chunk, "lines": lines, "ok": 0, "failed": len(lines),
-            "errors": errors, "provenance": prov_dict}
+    return {
+        "v": contract.PAYLOAD_VERSION,
+        "chunk": chunk,
+        "lines": lines,
+        "ok": 0,
+        "failed": len(lines),
+        "errors": errors,
+        "provenance": prov_dict,
+    }

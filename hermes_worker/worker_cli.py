@@ -13,17 +13,32 @@ from .contract import QUEUE_FOR_TAG
 
 
 @click.command()
-@click.option("--mode", type=click.Choice(["auto", "container", "local"]), default=None,
-              help="auto (default): probe Docker; container: fail unless the probe passes; local: no Docker.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: every core).")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "container", "local"]),
+    default=None,
+    help="auto (default): probe Docker; container: fail unless the probe passes; local: no Docker.",
+)
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(min=1), default=None, help="Worker processes (default: every core)."
+)
 @click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
-@click.option("--loglevel", "-l", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve this worker's Prometheus metrics on this port (default: off).")
-def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel: str,
-           metrics_port: int | None) -> None:
+@click.option(
+    "--loglevel",
+    "-l",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve this worker's Prometheus metrics on this port (default: off).",
+)
+def worker(
+    mode: str | None, concurrency: int | None, name: str | None, loglevel: str, metrics_port: int | None
+) -> None:
     """Start a Celery worker that consumes the queue its Docker probe earns it.
 
     At start-up the worker probes Docker: engine answering, sandbox image present, a session
@@ -51,8 +66,10 @@ def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel
 
     tag, found = decide_tag(settings)
     if settings.worker_mode == "container" and tag != "container":
-        click.echo(f"hermes: error: --mode container, but the Docker probe failed: {found['reason']}. "
-                   f"Fix: {found['fix']}", err=True)
+        click.echo(
+            f"hermes: error: --mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}",
+            err=True,
+        )
         sys.exit(3)
     node = f"{tag}@{name or socket.gethostname()}"
     try:
@@ -63,7 +80,21 @@ def worker(mode: str | None, concurrency: int | None, name: str | None, loglevel
     click.echo(f"hermes worker {node}: {announce(tag, found, events)}", err=True)
     os.environ[ENV_TAG] = tag
     os.environ[ENV_PROBE] = json.dumps(found, default=str)
-    app.worker_main([
-        "worker", "--hostname", node, "--queues", QUEUE_FOR_TAG[tag], "--concurrency", str(settings.concurrency),
-        "--loglevel", loglevel.upper(), "--events", "--pool", "prefork", "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--hostname",
+            node,
+            "--queues",
+            QUEUE_FOR_TAG[tag],
+            "--concurrency",
+            str(settings.concurrency),
+            "--loglevel",
+            loglevel.upper(),
+            "--events",
+            "--pool",
+            "prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

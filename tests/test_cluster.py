@@ -27,7 +27,9 @@ def make_input(path: Path, count: int) -> Path:
     return path
 
 
-def test_a_local_worker_registers_its_tag_versions_and_queue(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
+def test_a_local_worker_registers_its_tag_versions_and_queue(
+    start_worker: WorkerFactory, chermes: HermesRunner
+) -> None:
     start_worker("w1", mode="local")
     listed = json.loads(chermes("workers", "--json").stdout)
     assert [w["name"] for w in listed] == ["local@w1"]
@@ -98,9 +100,7 @@ def test_no_live_worker_runs_in_process_or_exits_3(chermes: HermesRunner) -> Non
     assert strict.returncode == 3 and "no live Hermes worker" in strict.stderr and "--no-fallback" in strict.stderr
 
 
-def test_waiting_for_workers_picks_up_one_that_starts_late(
-    start_worker: WorkerFactory, chermes: HermesRunner
-) -> None:
+def test_waiting_for_workers_picks_up_one_that_starts_late(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
     starter = threading.Timer(2.0, lambda: start_worker("late", wait=False))
     starter.start()
     try:
@@ -145,8 +145,19 @@ def test_resume_after_killing_the_producer_loses_and_duplicates_nothing(
     src = make_input(tmp_path / "in.jsonl", count)
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.partial.journal"
-    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--chunk-size", "100",
-               "--processes", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "hermes_producer",
+        "batch",
+        str(src),
+        "-o",
+        str(out),
+        "--chunk-size",
+        "100",
+        "--processes",
+        "1",
+    ]
     errors = tmp_path / "producer.err"
     with errors.open("wb") as stderr:
         producer = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -159,8 +170,7 @@ def test_resume_after_killing_the_producer_loses_and_duplicates_nothing(
     producer.wait()
     assert not out.exists()
 
-    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after" in resumed.stderr
     records = read_records(out)
@@ -185,14 +195,29 @@ def test_a_pickled_message_is_refused_and_never_run(
     start_worker: WorkerFactory, redis_server: RedisServer, chermes: HermesRunner
 ) -> None:
     worker = start_worker("w1")
-    payload = {"v": 1, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
-               "explain": False, "max_prompt_bytes": 1000, "items": [[1, 1, "pickled", None]]}
+    payload = {
+        "v": 1,
+        "chunk": 0,
+        "profile": {"name": "nfc", "steps": ["nfc"]},
+        "max_validation": 0,
+        "explain": False,
+        "max_prompt_bytes": 1000,
+        "items": [[1, 1, "pickled", None]],
+    }
     reply = {"stream": "hermes:results:pickle-test", "ttl": 60}
     with Connection(redis_server.url()) as conn:
-        producer = Producer(conn.channel(), exchange=Exchange("hermes.local", type="direct"), routing_key="hermes.local",
-                            serializer="pickle")
-        producer.publish([[payload, reply], {}, {}], headers={"task": "hermes.normalize_chunk", "id": "pickle-1"},
-                         serializer="pickle", declare=[])
+        producer = Producer(
+            conn.channel(),
+            exchange=Exchange("hermes.local", type="direct"),
+            routing_key="hermes.local",
+            serializer="pickle",
+        )
+        producer.publish(
+            [[payload, reply], {}, {}],
+            headers={"task": "hermes.normalize_chunk", "id": "pickle-1"},
+            serializer="pickle",
+            declare=[],
+        )
     deadline = time.monotonic() + 20
     while "pickle" not in worker.log and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -220,7 +245,9 @@ def test_plain_celery_command_line_runs_the_same_worker(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hermes_worker.app", "worker", "-E", "-c", "1", "-n", "local@plain"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60

@@ -37,7 +37,8 @@ class Profile:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ProfileError(
-                f"profile name {self.name!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+                f"profile name {self.name!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-', "
+                "starting with a letter"
             )
         if not self.steps:
             raise ProfileError(f"profile {self.name!r} has no steps")
@@ -92,7 +93,11 @@ BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
             ),
             Profile("nfc", ("nfc",), "Unicode NFC and nothing else"),
             Profile("nfkc", ("nfkc",), "Unicode NFKC and nothing else"),
-            Profile("compact", ("nfkc", "collapse_whitespace"), "NFKC, whitespace runs become one space: keys for search and dedup"),
+            Profile(
+                "compact",
+                ("nfkc", "collapse_whitespace"),
+                "NFKC, whitespace runs become one space: keys for search and dedup",
+            ),
         )
     }
 )

@@ -126,11 +126,10 @@ def ftfy_explain(text: str) -> list[str]:
     ['encode:latin-1', 'decode:utf-8']
     """
     seen: dict[str, None] = {}
-    config = _FTFY_EXPLAIN_CONFIG
-    for segment, config in _ftfy_segments(text, config):
+    for segment, segment_config in _ftfy_segments(text, _FTFY_EXPLAIN_CONFIG):
         if _untouched_by_ftfy(segment):
             continue
-        explanation = ftfy.fix_and_explain(segment, config).explanation or []
+        explanation = ftfy.fix_and_explain(segment, segment_config).explanation or []
         for action, parameter in explanation:
             seen.setdefault(f"{action}:{parameter}", None)
     return list(seen)
@@ -255,19 +254,35 @@ def collapse_whitespace(text: str) -> str:
 # --- The registry -----------------------------------------------------------------------------
 
 _STEP_LIST = (
-    Step("ftfy", fix_with_ftfy, "ftfy's default repairs: mojibake, HTML entities, quotes, ligatures, widths, line breaks, NFC"),
+    Step(
+        "ftfy",
+        fix_with_ftfy,
+        "ftfy's default repairs: mojibake, HTML entities, quotes, ligatures, widths, line breaks, NFC",
+    ),
     Step("nfc", _unicode_form("NFC"), "Unicode normalization form C"),
     Step("nfd", _unicode_form("NFD"), "Unicode normalization form D"),
     Step("nfkc", _unicode_form("NFKC"), "Unicode normalization form KC"),
     Step("nfkd", _unicode_form("NFKD"), "Unicode normalization form KD"),
     Step("strip_controls", strip_controls, "remove C0/C1 control characters except TAB and LF", _CONTROLS),
-    Step("strip_invisible", strip_invisible, "remove zero-width space, word joiner and BOM (ZWJ/ZWNJ are kept)", _INVISIBLES),
-    Step("unify_newlines", unify_newlines, "CRLF, CR, NEL, U+2028, U+2029 become LF", re.compile("[\r\u2028\u2029\x85]")),
+    Step(
+        "strip_invisible",
+        strip_invisible,
+        "remove zero-width space, word joiner and BOM (ZWJ/ZWNJ are kept)",
+        _INVISIBLES,
+    ),
+    Step(
+        "unify_newlines", unify_newlines, "CRLF, CR, NEL, U+2028, U+2029 become LF", re.compile("[\r\u2028\u2029\x85]")
+    ),
     Step("rstrip_lines", rstrip_lines, "remove trailing whitespace on every line"),
     Step("collapse_blank_lines", collapse_blank_lines, "at most one blank line in a row"),
     Step("trim_blank_edges", trim_blank_edges, "remove leading blank lines and trailing whitespace"),
     Step("strip", strip, "remove whitespace at both ends"),
-    Step("collapse_whitespace", collapse_whitespace, "every whitespace run becomes one space; ends stripped", re.compile(r"[^\S ]")),
+    Step(
+        "collapse_whitespace",
+        collapse_whitespace,
+        "every whitespace run becomes one space; ends stripped",
+        re.compile(r"[^\S ]"),
+    ),
 )
 
 STEPS: Mapping[str, Step] = MappingProxyType({step.name: step for step in _STEP_LIST})

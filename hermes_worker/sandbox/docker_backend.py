@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 # The Docker SDK ships no type information (typeshed's types-docker would add it).
-import docker  # type: ignore[import-untyped]
-import docker.errors  # type: ignore[import-untyped]
-from docker.models.containers import Container  # type: ignore[import-untyped]
-from docker.types import LogConfig  # type: ignore[import-untyped]
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import LogConfig
 
 from .errors import ContainerDied, DockerUnavailable, ImageMissing, ProtocolError, SessionFailed, translate
 from .protocol import DockerDemux, FrameReader, encode_frame

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import docker.errors  # type: ignore[import-untyped]  # the SDK ships no types
+import docker.errors  # the SDK ships no types
 
 from .. import __version__
 from .docker_backend import connect
