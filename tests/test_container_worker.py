@@ -93,7 +93,8 @@ def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
     deadline = time.monotonic() + 30
     while len(session_containers(docker_client)) != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(session_containers(docker_client)) == 1  # the orphan is gone, the new one runs
+    left = session_containers(docker_client)
+    assert len(left) == 1, [(c.status, c.labels) for c in left]  # the orphan is gone, the new one runs
 
 
 def test_a_container_killed_mid_batch_loses_nothing(

@@ -35,7 +35,8 @@ class Profile:
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        # fullmatch, not match: '$' also matches before a trailing newline, so 'mine\n' passed.
+        if not _NAME.fullmatch(self.name):
             raise ProfileError(
                 f"profile name {self.name!r} is invalid: use 1-64 lowercase letters, digits, '_' or '-', "
                 "starting with a letter"

@@ -107,16 +107,23 @@ def fix_with_ftfy(text: str) -> str:
 
     >>> fix_with_ftfy("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.")
     "The Mona Lisa doesn't have eyebrows."
+    >>> fix_with_ftfy("Menu:\\nÃ  la carte")
+    'Menu:\\nà la carte'
     """
-    if _untouched_by_ftfy(text):
+    # Only per-character tests may judge the whole text at once. ftfy's badness test is not:
+    # "Menu:\nÃ  la carte" looks fine as a whole while its second line looks bad, and ftfy judges
+    # line by line, so the mojibake test must run on the same segments.
+    if text.isascii() and _FTFY_TOUCHABLE.search(text) is None:
         return text
     out = []
+    untouched = True
     for segment, config in _ftfy_segments(text, _FTFY_CONFIG):
         if _untouched_by_ftfy(segment):
             out.append(segment)
         else:
+            untouched = False
             out.append(ftfy.fix_and_explain(segment, config).text)
-    return "".join(out)
+    return text if untouched else "".join(out)
 
 
 def ftfy_explain(text: str) -> list[str]:

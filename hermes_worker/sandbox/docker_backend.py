@@ -88,17 +88,23 @@ def hardening(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first), or [] if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _start_ticks(pid: int) -> str:
     """When process ``pid`` started (Linux clock ticks since boot), or "" if unknown.
 
     A pid alone can be reused by an unrelated process after the owner died; pid plus start time
     cannot.
     """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def owner_labels(worker_id: str, pid: int | None = None) -> dict[str, str]:
@@ -120,8 +126,11 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
         return True
     except (ValueError, PermissionError):  # no pid label: not ours to judge; EPERM: it exists
         return False
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return True  # killed, and not yet reaped by its new parent: gone all the same
     started = labels.get("hermes.pid_start", "")
-    return bool(started) and started != _start_ticks(pid)
+    return bool(started) and started != (fields[19] if len(fields) > 19 else "")
 
 
 def reap_orphans(client: docker.DockerClient, worker_id: str) -> list[str]:
