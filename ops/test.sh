@@ -7,6 +7,10 @@ ensure_venv "test"
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
+# Debian's Chromium, driven by Playwright in the Flower test (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium
+fi
 # A Docker engine (docker.io, dockerd) and the sandbox image, built with no registry.
 PYTHON="$VENV/bin/python" bash "$HERMES_ROOT/ops/ensure-images.sh"
 cd "$HERMES_ROOT"

@@ -1,0 +1,142 @@
+"""A real Flower on a real cluster: authentication, workers with their tags, tasks, metrics, a browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import EXAMPLES, HermesRunner
+from .fixtures_cluster import WorkerFactory, free_port, missing
+
+pytestmark = [pytest.mark.cluster, pytest.mark.docker]
+
+USER, PASSWORD = "ops", "s3cret-flower"
+ARTIFACTS = Path(os.environ.get("HERMES_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
+
+
+def get(url: str, auth: bool = True) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = dict(cluster_env, HERMES_FLOWER_USER=USER, HERMES_FLOWER_PASSWORD=PASSWORD)
+    log = (tmp_path / "flower.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if get(f"{url}/healthcheck", auth=False)[0] == 200:
+                break
+        except OSError:
+            pass
+        assert process.poll() is None, (tmp_path / "flower.log").read_text()
+        assert time.monotonic() < deadline, "Flower did not answer"
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def two_workers(start_worker: WorkerFactory, sandbox_image: Any) -> None:
+    start_worker("c1", mode="container", env={"HERMES_SANDBOX_IMAGE": sandbox_image.tag}, expect_tag="container")
+    start_worker("l1", mode="local")
+
+
+def wait_for(check: Any, what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_flower_refuses_to_start_without_credentials(hermes: HermesRunner) -> None:
+    done = hermes("flower", "--port", str(free_port()))
+    assert done.returncode == 2 and "HERMES_FLOWER_USER" in done.stderr
+
+
+def test_flower_shows_both_workers_their_tasks_and_metrics(
+    two_workers: None, flower: str, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    # Without credentials: refused, API and pages alike. /healthcheck stays open for probes.
+    assert get(f"{flower}/api/workers", auth=False)[0] == 401
+    assert get(f"{flower}/workers", auth=False)[0] == 401
+
+    for isolation in ("container", "local"):
+        done = chermes("batch", str(EXAMPLES / "prompts.jsonl"), "-o", str(tmp_path / f"{isolation}.jsonl"),
+                       "--isolation", isolation, "--chunk-size", "10")
+        assert done.returncode == 0, done.stderr
+
+    workers = wait_for(lambda: (lambda w: w if {"container@c1", "local@l1"} <= w.keys() else None)(
+        json.loads(get(f"{flower}/api/workers?refresh=1")[1])), "both workers in /api/workers")
+    assert workers["container@c1"]["active_queues"][0]["name"] == "hermes.container"
+    assert workers["local@l1"]["active_queues"][0]["name"] == "hermes.local"
+
+    tasks = wait_for(lambda: (lambda t: t if len(t) >= 8 else None)(
+        json.loads(get(f"{flower}/api/tasks?state=SUCCESS")[1])), "8 finished chunks in /api/tasks")
+    shown = json.dumps(tasks)
+    assert {t["name"] for t in tasks.values()} == {"hermes.normalize_chunk"}
+    assert {t["worker"] for t in tasks.values()} == {"container@c1", "local@l1"}
+    assert all(t["args"].startswith("chunk ") and "sha256" in t["args"] for t in tasks.values())
+    assert "Lisbon" not in shown and "Mona Lisa" not in shown  # counts, sizes and hashes, never prompts
+
+    metrics = get(f"{flower}/metrics", auth=False)[1].decode()
+    succeeded = [line for line in metrics.splitlines()
+                 if line.startswith("flower_events_total") and 'type="task-succeeded"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in succeeded) >= 8
+
+    queues = json.loads(get(f"{flower}/api/queues/length")[1])["active_queues"]
+    assert {q["name"] for q in queues} == {"hermes.container", "hermes.local"}
+
+
+def test_a_browser_logs_in_and_sees_both_workers(two_workers: None, flower: str) -> None:
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        missing("Debian's chromium is not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "flower-workers.png"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                          viewport={"width": 1400, "height": 800})
+            page = context.new_page()
+            page.goto(f"{flower}/workers")
+            page.wait_for_selector("text=container@c1", timeout=30_000)
+            page.wait_for_selector("text=local@l1", timeout=30_000)
+            page.screenshot(path=str(shot), full_page=True)
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert "container@c1" in text and "local@l1" in text
+    assert shot.stat().st_size > 10_000
