@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, BinaryIO, Protocol, TextIO
 
-from hermes_worker.contract import ChunkRequest
+from hermes_worker.contract import ChunkRequest, result_text
 from hermes_worker.engine import Profile
 
 from .reader import InputFormat, read_items
@@ -152,10 +152,7 @@ def run_batch(
     started = time.perf_counter()
     items = read_items(source, options.input_format, options.max_prompt_bytes)
     for result in executor.map_ordered(chunk_requests(items, options, skip=skip_chunks)):
-        lines = result["lines"]
-        if lines:
-            sink.write("\n".join(lines))
-            sink.write("\n")
+        sink.write(result_text(result))
         summary.add(result)
         if on_written is not None:
             sink.flush()

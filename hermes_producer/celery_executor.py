@@ -174,6 +174,7 @@ class CeleryExecutor:
             result = json.loads(fields[b"r"])
             chunk = result.get("chunk")
             if chunk in outstanding and chunk not in ready:  # else: a duplicate, or not ours
+                result["text"] = fields.get(b"t", b"").decode("utf-8")
                 ready[chunk] = result
         elif b"s" in fields:
             notice = json.loads(fields[b"s"])

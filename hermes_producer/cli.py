@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from hermes_worker import __version__
+from hermes_worker.contract import result_lines
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.settings import Settings, SettingsError
 
@@ -100,7 +101,7 @@ def run(
         fail(str(exc), EXIT_INFRA)
     if isinstance(executor, CeleryExecutor):
         executor.finish()
-    record = json.loads(result["lines"][0])
+    record = json.loads(result_lines(result)[0])
     logs.event(ctx.log, logging.DEBUG, "run.finished", "one prompt", ok="error" not in record, profile=profile.name)
     if "error" in record:
         fail(f"{record['error']['code']}: {record['error']['message']}", EXIT_ITEMS_FAILED)

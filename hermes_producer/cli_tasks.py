@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from hermes_worker.contract import result_lines
 from hermes_worker.engine import Profile
 
 from . import logs
@@ -132,7 +133,7 @@ def _run_claimed(
         )
         items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
         for result in executor.map_ordered(chunk_requests(items, options, first_number=next(numbers) * 1_000_000)):
-            for line in result["lines"]:
+            for line in result_lines(result):
                 record: dict[str, Any] = json.loads(line)
                 success = "error" not in record
                 try:

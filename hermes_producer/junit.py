@@ -11,6 +11,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from hermes_worker.contract import result_lines
+
 __all__ = ["JUnitReport"]
 
 
@@ -23,7 +25,7 @@ class JUnitReport:
         self._failures = 0
 
     def add(self, result: dict[str, Any]) -> None:
-        lines = result["lines"]
+        lines = result_lines(result)
         first = json.loads(lines[0])["line"] if lines else 0
         last = json.loads(lines[-1])["line"] if lines else 0
         provenance = result["provenance"]

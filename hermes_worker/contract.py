@@ -60,6 +60,25 @@ ENGINE_FAILURE = "engine_failure"
 SANDBOX_FAILURE = "sandbox_failure"
 
 
+def result_text(result: Mapping[str, Any]) -> str:
+    """A chunk result's records as JSONL text, one line each, ending with a newline.
+
+    Results made in this process carry ``lines`` (a list); results that crossed Redis carry
+    ``text`` (the same records, already joined).
+    """
+    if "text" in result:
+        return str(result["text"])
+    lines = result["lines"]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def result_lines(result: Mapping[str, Any]) -> list[str]:
+    """A chunk result's records as a list of JSON strings."""
+    if "lines" in result:
+        return list(result["lines"])
+    return str(result["text"]).split("\n")[:-1]
+
+
 class ContractError(ValueError):
     """A payload does not follow the contract (a bug or a version mismatch, not bad input)."""
 

@@ -258,7 +258,11 @@ class ProcessState:
             ms=elapsed_ms,
             mode=self.runner.mode,
         )
-        self._publish(stream, ttl, {"r": json.dumps(result, ensure_ascii=False)}, done, (worker, increments))
+        # The records travel as raw JSONL bytes next to the counts: encoding them again as JSON
+        # strings would make every quote an escape for Redis to store and the producer to undo.
+        lines = result.pop("lines")
+        fields = {"r": json.dumps(result, ensure_ascii=False), "t": "\n".join(lines) + "\n" if lines else ""}
+        self._publish(stream, ttl, fields, done, (worker, increments))
 
     def _publish(
         self,
