@@ -73,7 +73,10 @@ def test_custom_profiles_resolve_and_run(tmp_path: Path) -> None:
 
 
 def test_example_from_the_docstring_loads(tmp_path: Path) -> None:
-    path = _write(tmp_path, '[profiles.code]\ndescription = "keep everything but fix encodings"\nsteps = ["ftfy", "strip_controls"]\n')
+    path = _write(
+        tmp_path,
+        '[profiles.code]\ndescription = "keep everything but fix encodings"\nsteps = ["ftfy", "strip_controls"]\n',
+    )
     assert load_profile_file(path)["code"].steps == ("ftfy", "strip_controls")
 
 
@@ -83,14 +86,20 @@ def test_example_from_the_docstring_loads(tmp_path: Path) -> None:
 INVALID_FILES = {
     "not TOML": ("[profiles.code\nsteps = [", ["not valid TOML"]),
     "not UTF-8": (b'[profiles.code]\ndescription = "caf\xe9"\nsteps = ["nfc"]\n', ["not valid TOML"]),
-    "unknown top-level key": ('title = "mine"\n[profiles.code]\nsteps = ["nfc"]\n', ["unknown top-level keys", "title"]),
+    "unknown top-level key": (
+        'title = "mine"\n[profiles.code]\nsteps = ["nfc"]\n',
+        ["unknown top-level keys", "title"],
+    ),
     "a top-level step list": ('steps = ["nfc"]\n', ["unknown top-level keys", "steps"]),
     "empty file": ("", ["no profiles defined"]),
     "empty profiles table": ("[profiles]\n", ["no profiles defined"]),
     "profiles is not a table": ('profiles = ["nfc"]\n', ["no profiles defined"]),
     "profile is not a table": ('[profiles]\ncode = ["nfc"]\n', ["'code'", "must be a table"]),
     "redefines a built-in": ('[profiles.prompt]\nsteps = ["nfc"]\n', ["'prompt'", "built-in"]),
-    "unknown key in a profile": ('[profiles.code]\nsteps = ["nfc"]\nstep = ["nfkc"]\n', ["'code'", "unknown keys", "step"]),
+    "unknown key in a profile": (
+        '[profiles.code]\nsteps = ["nfc"]\nstep = ["nfkc"]\n',
+        ["'code'", "unknown keys", "step"],
+    ),
     "steps missing": ('[profiles.code]\ndescription = "no steps"\n', ["'code'", "'steps' must be a list"]),
     "steps is a string": ('[profiles.code]\nsteps = "nfc"\n', ["'code'", "'steps' must be a list"]),
     "a step is not a string": ('[profiles.code]\nsteps = ["nfc", 3]\n', ["'code'", "'steps' must be a list"]),
@@ -100,7 +109,10 @@ INVALID_FILES = {
         '[profiles.code]\nsteps = ["ftfy", "strip_control"]\n',
         ["'code'", "unknown step 'strip_control'", "did you mean 'strip_controls'?", "known steps"],
     ),
-    "unknown step, nothing close": ('[profiles.code]\nsteps = ["zzzz"]\n', ["'code'", "unknown step 'zzzz'", "known steps"]),
+    "unknown step, nothing close": (
+        '[profiles.code]\nsteps = ["zzzz"]\n',
+        ["'code'", "unknown step 'zzzz'", "known steps"],
+    ),
     "upper-case profile name": ('[profiles.Code]\nsteps = ["nfc"]\n', ["'Code'", "invalid"]),
     "profile name starting with a digit": ('[profiles.2fast]\nsteps = ["nfc"]\n', ["'2fast'", "invalid"]),
     "profile name with a trailing newline": ('[profiles."code\\n"]\nsteps = ["nfc"]\n', ["'code\\n'", "invalid"]),
@@ -113,7 +125,9 @@ INVALID_FILES = {
 
 
 @pytest.mark.parametrize(("content", "mentions"), list(INVALID_FILES.values()), ids=list(INVALID_FILES))
-def test_invalid_file_raises_profile_error_naming_the_file(tmp_path: Path, content: str | bytes, mentions: list[str]) -> None:
+def test_invalid_file_raises_profile_error_naming_the_file(
+    tmp_path: Path, content: str | bytes, mentions: list[str]
+) -> None:
     path = _write(tmp_path, content)
 
     with pytest.raises(ProfileError) as info:
@@ -197,7 +211,8 @@ def test_spec_round_trips_through_json(name: str) -> None:
 
     assert spec == {"name": name, "steps": list(profile.steps)}
     assert (again.name, again.steps, again.digest) == (profile.name, profile.steps, profile.digest)
-    assert apply_profile(" caf\u00c3\u00a9 \n\n\n x\u200b ", again) == apply_profile(" caf\u00c3\u00a9 \n\n\n x\u200b ", profile)
+    sample = " caf\u00c3\u00a9 \n\n\n x\u200b "
+    assert apply_profile(sample, again) == apply_profile(sample, profile)
 
 
 def test_custom_spec_round_trip_drops_only_the_description(tmp_path: Path) -> None:
