@@ -170,6 +170,7 @@ def test_resolve_builtin(name: str) -> None:
 def test_default_profile_is_prompt() -> None:
     assert DEFAULT_PROFILE == "prompt"
     assert resolve_profile(DEFAULT_PROFILE).steps == (
+        "strip_terminal_escapes",
         "ftfy",
         "unify_newlines",
         "strip_controls",

@@ -80,6 +80,7 @@ BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
             Profile(
                 "prompt",
                 (
+                    "strip_terminal_escapes",
                     "ftfy",
                     "unify_newlines",
                     "strip_controls",

@@ -179,6 +179,30 @@ strip_controls = _remover(_CONTROLS)
 strip_invisible = _remover(_INVISIBLES)
 
 
+# --- Terminal escape sequences ----------------------------------------------------------------
+
+# ECMA-48 sequences introduced by ESC: CSI (ESC [ params intermediates final), OSC and the other
+# string commands (ESC ] P X ^ _ ... ended by BEL or ESC \), and two-character escapes. ftfy
+# removes only CSI sequences made of digits and ';', and strip_controls only the ESC itself, which
+# would leave "[?25l" or "]0;title" behind in the prompt.
+_TERMINAL_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, DCS, SOS, PM, APC
+    r"|\x1b[ -/]*[0-~]"  # two-character escapes (with intermediates)
+)
+
+
+def strip_terminal_escapes(text: str) -> str:
+    r"""Remove whole terminal escape sequences (colours, cursor moves, window titles).
+
+    >>> strip_terminal_escapes("\x1b[?25lhidden\x1b]0;title\x07 text")
+    'hidden text'
+    """
+    if "\x1b" not in text:
+        return text
+    return _TERMINAL_ESCAPES.sub("", text)
+
+
 # --- Lines and whitespace ---------------------------------------------------------------------
 
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
@@ -270,6 +294,11 @@ _STEP_LIST = (
     Step("nfd", _unicode_form("NFD"), "Unicode normalization form D"),
     Step("nfkc", _unicode_form("NFKC"), "Unicode normalization form KC"),
     Step("nfkd", _unicode_form("NFKD"), "Unicode normalization form KD"),
+    Step(
+        "strip_terminal_escapes",
+        strip_terminal_escapes,
+        "remove whole terminal escape sequences (CSI, OSC, ...), not just their ESC",
+    ),
     Step("strip_controls", strip_controls, "remove C0/C1 control characters except TAB and LF", _CONTROLS),
     Step(
         "strip_invisible",
