@@ -21,8 +21,9 @@ from typing import Any
 
 import redis
 
-from hermes_worker.contract import KEY_RESULTS, TASK_NORMALIZE_CHUNK
+from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK
 from hermes_worker.metrics import bump
+from hermes_worker.processing import failed_chunk_result
 
 from .cluster import Cluster, Route
 from .executors import ExecutorError
@@ -175,12 +176,28 @@ class CeleryExecutor:
             chunk = result.get("chunk")
             if chunk in outstanding and chunk not in ready:  # else: a duplicate, or not ours
                 result["text"] = fields.get(b"t", b"").decode("utf-8")
-                ready[chunk] = result
+                ready[chunk] = self._checked(result, outstanding[chunk].payload)
         elif b"s" in fields:
             notice = json.loads(fields[b"s"])
             waiting = outstanding.get(notice.get("chunk"))
             if waiting is not None:
                 waiting.worker = notice.get("worker")
+
+    def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """The result, or error records for the whole chunk if it does not hold one record per item.
+
+        A worker of another Hermes version could answer in a shape this producer does not read;
+        its records must not vanish quietly.
+        """
+        items = payload["items"]
+        records = result["text"].count("\n")
+        if result.get("v") == PAYLOAD_VERSION and records == len(items) == result["ok"] + result["failed"]:
+            return result
+        worker = result.get("provenance", {}).get("worker", "unknown worker")
+        message = (f"{worker} answered with {records} record(s) for {len(items)} item(s) (result version "
+                   f"{result.get('v')!r}, expected {PAYLOAD_VERSION}): run the same Hermes version everywhere")
+        self._on_reroute(message)
+        return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.route.tag, worker=str(worker))
 
     def _check_health(
         self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], orphaned_since: float | None

@@ -5,7 +5,7 @@ library, so it also ships inside the sandbox image. Payloads are plain JSON: no 
 
 A chunk request::
 
-    {"v": 1, "chunk": 7, "profile": {"name": "prompt", "steps": [...]},
+    {"v": 2, "chunk": 7, "profile": {"name": "prompt", "steps": [...]},
      "max_validation": 1, "explain": false, "max_prompt_bytes": 1048576,
      "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
 
@@ -14,7 +14,7 @@ parse it); the worker turns it into its error record so that records stay in inp
 
 A chunk result::
 
-    {"v": 1, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
+    {"v": 2, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
      "errors": [[line, code, message], ...], "provenance": {...}}
 
 ``lines`` holds one JSON-encoded output record per item, in item order: producers write them
@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-PAYLOAD_VERSION = 1
+# 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
+PAYLOAD_VERSION = 2
 
 TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
 QUEUE_CONTAINER = "hermes.container"

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import PAYLOAD_VERSION
 from .engine import DEFAULT_MAX_PROMPT_BYTES, resolve_profile
 from .processing import process_chunk
 from .sandbox.errors import SandboxError, SelfTestMismatch
@@ -67,7 +68,7 @@ def self_test_payload() -> dict[str, Any]:
     """The chunk request of the self-test: every tricky string, explained, one validation round."""
     items = [[n, f"self-test-{n}", text, None] for n, text in enumerate(SELF_TEST_PROMPTS, 1)]
     items.append([len(items) + 1, "self-test-not-a-string", 42, None])
-    return {"v": 1, "chunk": 0, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
+    return {"v": PAYLOAD_VERSION, "chunk": 0, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
             "explain": True, "max_prompt_bytes": DEFAULT_MAX_PROMPT_BYTES, "items": items}  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.engine import resolve_profile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +139,8 @@ def chunk(texts: list[Any], *, start: int = 1, number: int = 0, profile: dict[st
           explain: bool = False) -> dict[str, Any]:  # fmt: skip
     """A chunk request with one item per text; lines and ids count from ``start``."""
     items = [[n, f"p{n}", text, None] for n, text in enumerate(texts, start)]
-    return {"v": 1, "chunk": number, "profile": profile or resolve_profile("prompt").spec(), "max_validation": 1,
+    spec = profile or resolve_profile("prompt").spec()
+    return {"v": PAYLOAD_VERSION, "chunk": number, "profile": spec, "max_validation": 1,
             "explain": explain, "max_prompt_bytes": 1 << 20, "items": items}  # fmt: skip
 
 

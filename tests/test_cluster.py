@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from hermes_worker.contract import PAYLOAD_VERSION
+
 from .conftest import EXAMPLES, HermesRunner, read_records
 from .fixtures_cluster import RedisServer, WorkerFactory, registry_entry
 
@@ -196,7 +198,7 @@ def test_a_pickled_message_is_refused_and_never_run(
 ) -> None:
     worker = start_worker("w1")
     payload = {
-        "v": 1,
+        "v": PAYLOAD_VERSION,
         "chunk": 0,
         "profile": {"name": "nfc", "steps": ["nfc"]},
         "max_validation": 0,
@@ -262,3 +264,33 @@ def test_plain_celery_command_line_runs_the_same_worker(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
+    cluster_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """A worker of another Hermes version must not make records vanish quietly."""
+    from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.cluster import Cluster, Route
+    from hermes_worker.registry import WorkerInfo
+    from hermes_worker.settings import Settings
+
+    settings = Settings.from_env(cluster_env)
+    cluster = Cluster.connect(settings)
+    route = Route("hermes.local", "local", [WorkerInfo("local@old", "local", 1, ["hermes.local"], "h", 1, {}, {})])
+    messages: list[str] = []
+    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+
+    def old_worker_answers(payload: dict[str, object]) -> None:
+        # Version 1 workers sent the records inside "r" and nothing in "t".
+        old = {"v": 1, "chunk": payload["chunk"], "lines": ['{"id": 1}'], "ok": 2, "failed": 0, "errors": [],
+               "provenance": {"worker": "local@old", "mode": "local"}}
+        cluster.redis.xadd(executor.stream, {"r": json.dumps(old)})
+
+    executor._send = old_worker_answers  # type: ignore[method-assign]
+    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
+               "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None], [2, "b", "y", None]]}
+    [result] = list(executor.map_ordered([payload]))
+    assert result["failed"] == 2 and len(result["lines"]) == 2
+    assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result["lines"])
+    assert "run the same Hermes version everywhere" in messages[0]

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes_worker import contract
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.errors import FrameTooLarge, ProtocolError, TornStream
@@ -31,7 +32,7 @@ IMITATIONS = [
 
 def payload(prompts: list[Any]) -> dict[str, Any]:
     items = [[n, f"id-{n}", text, None] for n, text in enumerate(prompts, 1)]
-    return {"v": 1, "chunk": 3, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
+    return {"v": PAYLOAD_VERSION, "chunk": 3, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
             "explain": False, "max_prompt_bytes": 1 << 20, "items": items}  # fmt: skip
 
 
