@@ -80,7 +80,7 @@ def versions() -> dict[str, str]:
 def decide_tag(settings: Settings) -> tuple[str, dict[str, Any]]:
     """Run the Docker probe as ``settings.worker_mode`` asks; return the tag and the outcome."""
     if settings.worker_mode == "local":
-        return "local", {"tag": "local", "reason": "local mode requested (--mode local)", "fix": ""}
+        return "local", {"tag": "local", "reason": "local mode requested (--mode local)", "fix": "", "probed": False}
     from .probe import probe  # Docker code only when Docker is wanted
 
     outcome = probe(settings)
@@ -95,6 +95,12 @@ def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> str:
         log.info(text)
         if events:
             events.emit("INFO", "probe.container", text, **found)
+        return text
+    if found.get("probed") is False:
+        text = "using local processing: --mode local, Docker not probed"
+        log.info(text)
+        if events:
+            events.emit("INFO", "probe.skipped", text, **found)
         return text
     text = f"{FALLBACK_MESSAGE}: {found.get('reason', 'unknown reason')}"
     if found.get("fix"):
