@@ -695,7 +695,16 @@ def test_worker_dockerfile_is_multi_stage_and_runs_as_a_user() -> None:
     final = lines[lines.index(stages[-1]) :]
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
-    assert "COPY ops/sandbox/Dockerfile /tmp/sandbox.Dockerfile" in lines  # `hermes image build` needs it
+
+def test_the_sandbox_dockerfile_ships_inside_the_package() -> None:
+    # `hermes image build` must work from a plain (non-editable) install, e.g. the worker image.
+    from importlib.resources import files
+
+    from hermes_worker.sandbox.image import DOCKERFILE
+
+    assert DOCKERFILE.is_file()
+    assert files("hermes_worker.sandbox").joinpath("Dockerfile").is_file()
+    assert (REPO / "ops" / "sandbox" / "Dockerfile").resolve() == DOCKERFILE.resolve()
 
 
 def test_ci_workflow_matches_the_github_schema(tmp_path: Path) -> None:

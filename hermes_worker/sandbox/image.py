@@ -35,7 +35,8 @@ log = logging.getLogger("hermes.sandbox")
 DEFAULT_BASE = "python:3.11-slim"
 REPOSITORY = "hermes-sandbox"
 _PACKAGE = Path(__file__).resolve().parent.parent  # hermes_worker/
-DOCKERFILE = _PACKAGE.parent / "ops" / "sandbox" / "Dockerfile"
+# Package data, so `hermes image build` works from any install; ops/sandbox/Dockerfile links here.
+DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 # What the engine server imports, and nothing more: no Docker, Celery or Redis code in the image.
 _SOURCES = (
     "__init__.py",
