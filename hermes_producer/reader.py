@@ -20,7 +20,7 @@ __all__ = ["InputFormat", "detect_format", "read_items"]
 
 InputFormat = Literal["jsonl", "text"]
 
-_SKIP_BLOCK = 1 << 20
+_BLOCK = 1 << 20
 # JSON may spell one character as a 6-byte \uXXXX escape, so a JSONL line holding a prompt at
 # the size limit can be up to six times longer, plus the id and the keys.
 _JSON_EXPANSION = 6
@@ -40,33 +40,48 @@ def detect_format(name: str, stream: BinaryIO) -> InputFormat:
 
 
 def _bounded_lines(stream: BinaryIO, max_line: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """Yield ``(line number, raw line or None if longer than max_line, its length)``."""
+    """Yield ``(line number, line without its newline or None if longer than max_line, size)``.
+
+    Reads blocks and splits them in C rather than calling ``readline`` per line (several times
+    faster for short prompts); an over-long line is skipped through without being held, so
+    memory stays within one block plus ``max_line`` whatever the input holds.
+    """
+    read = getattr(stream, "read1", stream.read)
     line_no = 0
+    pending = b""  # the start of a line whose newline has not been read yet
+    skipping = -1  # bytes seen of an over-long line being skipped, or -1
     while True:
-        raw = stream.readline(max_line + 1)
-        if not raw:
-            return
-        line_no += 1
-        if len(raw) <= max_line or raw.endswith(b"\n"):
-            yield line_no, raw, len(raw)
-            continue
-        # Too long: consume the rest of the line in blocks, holding none of it.
-        size = len(raw)
-        while not raw.endswith(b"\n"):
-            raw = stream.readline(_SKIP_BLOCK)
-            if not raw:
-                break
-            size += len(raw)
-        yield line_no, None, size
+        block = read(_BLOCK)
+        if not block:
+            break
+        if skipping >= 0:
+            newline = block.find(b"\n")
+            if newline < 0:
+                skipping += len(block)
+                continue
+            line_no += 1
+            yield line_no, None, skipping + newline + 1
+            skipping = -1
+            block = block[newline + 1 :]
+        parts = block.split(b"\n")
+        parts[0] = pending + parts[0]
+        pending = parts.pop()
+        for raw in parts:
+            line_no += 1
+            yield line_no, (raw if len(raw) <= max_line else None), len(raw) + 1
+        if len(pending) > max_line:
+            skipping, pending = len(pending), b""
+    if skipping >= 0:
+        yield line_no + 1, None, skipping
+    elif pending:
+        yield line_no + 1, (pending if len(pending) <= max_line else None), len(pending)
 
 
 def _decode(raw: bytes, line_no: int) -> str:
     text = raw.decode("utf-8")
     if line_no == 1 and text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark, as Windows editors write
-    if text.endswith("\n"):
-        text = text[:-2] if text.endswith("\r\n") else text[:-1]
-    return text
+    return text[:-1] if text.endswith("\r") else text
 
 
 def _parse_json_item(text: str) -> tuple[Any, Any]:
