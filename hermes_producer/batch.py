@@ -45,7 +45,7 @@ class BatchOptions:
     input_format: InputFormat
     max_validation: int = 1
     explain: bool = False
-    chunk_size: int = 256
+    chunk_size: int = 1024
     max_prompt_bytes: int = 1024 * 1024
 
 

@@ -123,7 +123,7 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | 
     help="Input format: JSONL objects with 'prompt' (and 'id'), or one prompt a line.",
 )
 @click.option("--explain", is_flag=True, help="Add to each record the steps that changed it.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Prompts per chunk (default 256).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Prompts per chunk (default 1024).")
 @click.option(
     "--processes", type=click.IntRange(min=1), default=None, help="In-process: processes to use (default: every core)."
 )

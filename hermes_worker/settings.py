@@ -94,7 +94,7 @@ class Settings:
         profile_file: a TOML file of custom profiles (``HERMES_PROFILE_FILE``), or None.
         max_validation: validation rounds after normalizing (``HERMES_MAX_VALIDATION``, 1).
         max_prompt_bytes: larger prompts are item errors (``HERMES_MAX_PROMPT_BYTES``, 1 MiB).
-        chunk_size: prompts per chunk in batches (``HERMES_CHUNK_SIZE``, 256).
+        chunk_size: prompts per chunk in batches (``HERMES_CHUNK_SIZE``, 1024: measured, see bench/).
         processes: in-process worker processes (``HERMES_PROCESSES``, default: every core).
         log_level: the lowest level written to Hermes' log (``HERMES_LOG_LEVEL``, DEBUG).
 
@@ -113,6 +113,9 @@ class Settings:
         chunk_time_limit_s: hard time limit of one chunk (``HERMES_CHUNK_TIME_LIMIT``, 120 s);
             the soft limit is 80 % of it, the broker's visibility timeout is it plus 30 s.
         result_ttl_s: how long unread results stay in Redis (``HERMES_RESULT_TTL``, 1 day).
+        outage_timeout_s: how long a batch keeps retrying a broker or result Redis that stopped
+            answering mid-batch before it stops with exit 3, to be finished with ``--resume``
+            (``HERMES_OUTAGE_TIMEOUT``, 300 s).
         max_memory_per_child_mb: a worker process above this is replaced after its task
             (``HERMES_MAX_MEMORY_PER_CHILD``, 512 MiB).
 
@@ -138,7 +141,7 @@ class Settings:
     profile_file: Path | None = None
     max_validation: int = 1
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
-    chunk_size: int = 256
+    chunk_size: int = 1024
     processes: int = 1
     log_level: str = "DEBUG"
 
@@ -153,6 +156,7 @@ class Settings:
     heartbeat_s: float = 5.0
     chunk_time_limit_s: float = 120.0
     result_ttl_s: int = 86_400
+    outage_timeout_s: float = 300.0
     max_memory_per_child_mb: int = 512
 
     container_backend: str = "docker"
@@ -225,7 +229,7 @@ class Settings:
             profile_file=Path(profile_file).expanduser() if profile_file else None,
             max_validation=read("HERMES_MAX_VALIDATION", _non_negative_int, 1),
             max_prompt_bytes=read("HERMES_MAX_PROMPT_BYTES", _positive_int, DEFAULT_MAX_PROMPT_BYTES),
-            chunk_size=read("HERMES_CHUNK_SIZE", _positive_int, 256),
+            chunk_size=read("HERMES_CHUNK_SIZE", _positive_int, 1024),
             processes=read("HERMES_PROCESSES", _positive_int, cores),
             log_level=read("HERMES_LOG_LEVEL", _log_level, "DEBUG"),
             broker_url=broker_url,
@@ -239,6 +243,7 @@ class Settings:
             heartbeat_s=read("HERMES_HEARTBEAT", _positive_float, 5.0),
             chunk_time_limit_s=read("HERMES_CHUNK_TIME_LIMIT", _positive_float, 120.0),
             result_ttl_s=read("HERMES_RESULT_TTL", _positive_int, 86_400),
+            outage_timeout_s=read("HERMES_OUTAGE_TIMEOUT", _positive_float, 300.0),
             max_memory_per_child_mb=read("HERMES_MAX_MEMORY_PER_CHILD", _positive_int, 512),
             container_backend=read("HERMES_CONTAINER_BACKEND", _choice("docker", "dagger"), "docker"),
             sandbox_image=read("HERMES_SANDBOX_IMAGE", str, "hermes-sandbox:latest"),

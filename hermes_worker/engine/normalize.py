@@ -91,7 +91,11 @@ def normalize(text: str, profile: Profile, max_validation: int = 1, explain: boo
     rounds = 1
     converged: bool | None = None
     violations: tuple[str, ...] = ()
-    if max_validation:
+    if max_validation and out == text:
+        # Every step is a pure function: a pass that changed nothing has proven its input a
+        # fixed point, and running it again could only repeat it. Most prompts take this path.
+        converged = True
+    elif max_validation:
         converged = False
         for _ in range(max_validation):
             again = one_pass(out, rounds + 1)
@@ -100,6 +104,7 @@ def normalize(text: str, profile: Profile, max_validation: int = 1, explain: boo
                 break
             out = again
             rounds += 1
+    if max_validation:
         violations = tuple(find_violations(out, profile))
     return Normalized(
         text=out,
