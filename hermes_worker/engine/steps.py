@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import ftfy
 import ftfy.badness
@@ -64,6 +65,57 @@ def _ftfy_touchable() -> re.Pattern[str]:
 _FTFY_TOUCHABLE = _ftfy_touchable()
 
 
+def _finite_chars(op: Any, arg: Any) -> set[int] | None:
+    """The code points one regex element matches, or None if the set is open-ended."""
+    if str(op) == "LITERAL":
+        return {arg}
+    if str(op) != "IN":
+        return None
+    found: set[int] = set()
+    for kind, value in arg:
+        if str(kind) == "LITERAL":
+            found.add(value)
+        elif str(kind) == "RANGE":
+            found.update(range(value[0], value[1] + 1))
+        else:
+            return None  # a category or a negation: not a finite set
+    return found
+
+
+def _mojibake_required_chars() -> re.Pattern[str] | None:
+    """A character class every match of ftfy's mojibake regex must touch, or None.
+
+    ftfy's ``is_bad`` is one regex of a few dozen alternatives that ``re`` tries at every
+    position: nearly all of the ftfy step's time on clean text. Each alternative needs, at a
+    fixed place in its sequence, one character out of a small finite set (mostly rare symbols,
+    'Ã', 'Â', C1 controls). A text holding none of the union of those sets cannot match, and
+    one C-level scan proves it. Derived from the compiled regex of the pinned ftfy, so it
+    follows ftfy; anything unexpected turns the shortcut off rather than guessing.
+    """
+    try:
+        import re._parser as re_parser  # the parser re itself uses
+
+        pattern = ftfy.badness.BADNESS_RE
+        if pattern.flags & re.IGNORECASE:
+            return None  # a literal would then match its other cases too
+        tree = re_parser.parse(pattern.pattern, pattern.flags)
+        if len(tree.data) != 1 or str(tree.data[0][0]) != "BRANCH":
+            return None
+        union: set[int] = set()
+        for branch in tree.data[0][1][1]:
+            # Only top-level elements of the sequence: each one is in every match of it.
+            sets = [found for op, arg in branch.data if (found := _finite_chars(op, arg))]
+            if not sets:
+                return None
+            union |= min(sets, key=lambda chars: (sum(c < 0x80 for c in chars), len(chars)))
+        return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(union)) + "]")
+    except Exception:  # a private parser that changed: run without the shortcut
+        return None
+
+
+_MOJIBAKE_REQUIRED = _mojibake_required_chars()
+
+
 def _untouched_by_ftfy(segment: str) -> bool:
     """True when ftfy's default fixes provably return ``segment`` unchanged.
 
@@ -75,6 +127,8 @@ def _untouched_by_ftfy(segment: str) -> bool:
         return False
     if segment.isascii():
         return True
+    if _MOJIBAKE_REQUIRED is not None and _MOJIBAKE_REQUIRED.search(segment) is None:
+        return unicodedata.is_normalized("NFC", segment)
     return not ftfy.badness.is_bad(segment) and unicodedata.is_normalized("NFC", segment)
 
 
@@ -113,7 +167,15 @@ def fix_with_ftfy(text: str) -> str:
     # Only per-character tests may judge the whole text at once. ftfy's badness test is not:
     # "Menu:\nÃ  la carte" looks fine as a whole while its second line looks bad, and ftfy judges
     # line by line, so the mojibake test must run on the same segments.
-    if text.isascii() and _FTFY_TOUCHABLE.search(text) is None:
+    if _FTFY_TOUCHABLE.search(text) is None and (
+        text.isascii()
+        or (
+            _MOJIBAKE_REQUIRED is not None
+            and _MOJIBAKE_REQUIRED.search(text) is None
+            and unicodedata.is_normalized("NFC", text)
+        )
+    ):
+        # No fix applies to any character, and no line can look like mojibake: nothing to do.
         return text
     out = []
     untouched = True
