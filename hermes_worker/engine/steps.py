@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -82,6 +83,11 @@ def _finite_chars(op: Any, arg: Any) -> set[int] | None:
     return found
 
 
+def _rarity(chars: AbstractSet[int]) -> tuple[int, int, int]:
+    letters = sum(1 for c in chars if unicodedata.category(chr(c)).startswith("L"))
+    return (sum(c < 0x80 for c in chars), letters, len(chars))
+
+
 def _mojibake_required_chars() -> re.Pattern[str] | None:
     """A character class every match of ftfy's mojibake regex must touch, or None.
 
@@ -93,7 +99,7 @@ def _mojibake_required_chars() -> re.Pattern[str] | None:
     follows ftfy; anything unexpected turns the shortcut off rather than guessing.
     """
     try:
-        import re._parser as re_parser  # the parser re itself uses
+        import re._parser as re_parser  # type: ignore[import-not-found]  # the parser re itself uses
 
         pattern = ftfy.badness.BADNESS_RE
         if pattern.flags & re.IGNORECASE:
@@ -107,7 +113,9 @@ def _mojibake_required_chars() -> re.Pattern[str] | None:
             sets = [found for op, arg in branch.data if (found := _finite_chars(op, arg))]
             if not sets:
                 return None
-            union |= min(sets, key=lambda chars: (sum(c < 0x80 for c in chars), len(chars)))
+            # The rarest set: no ASCII, then as few letters as possible (á, ö, ł are common in
+            # clean text; ¦, ¤, Ã are not), then the smallest.
+            union |= min(sets, key=_rarity)
         return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(union)) + "]")
     except Exception:  # a private parser that changed: run without the shortcut
         return None
