@@ -6,3 +6,9 @@ test:
 	bash ops/test.sh
 lint:
 	.venv/bin/ruff check hermes_worker hermes_producer tests && .venv/bin/mypy
+
+# The benchmark suite: a full run (10-20 minutes) with reports in bench/out/report.md and
+# report.json; `bash bench/run.sh --quick --out DIR` is the 3-minute one.
+.PHONY: bench
+bench:
+	bash bench/run.sh --out bench/out

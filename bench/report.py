@@ -1,0 +1,82 @@
+"""The headline figures, their targets, and the JSON report.
+
+Headline definitions (all from the same ``python -m bench`` run):
+
+- ``e2e_local_ratio``: ``hermes batch`` over Celery, one local worker with 2 processes,
+  ``prompt`` profile ÷ (in-process ``hermes batch`` on 1 process × 2).
+- ``container_ratio``: the same through container workers (2 processes, one sandbox session each).
+- ``prompt_vs_ftfy``: engine ``normalize(t, prompt)`` prompts/s ÷ ``ftfy.fix_text`` prompts/s, one
+  process; passes only if the engine's ftfy step also equals ``ftfy.fix_text`` on every prompt.
+- ``vs_celery_per_prompt``: Hermes over Celery (2 processes, ``compact``, default chunks) ÷ plain
+  Celery with one task per prompt (2 processes, the ``compact`` function).
+- ``vs_best_peer``: the same Hermes figure ÷ the fastest peer configuration (either mode).
+- ``overhead_us_per_prompt``: marginal CPU µs per prompt of producer + workers + Redis over Celery
+  (``compact``), minus the in-process run's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TARGETS", "headline", "targets", "write_json"]
+
+# name -> (comparison, threshold)
+TARGETS: dict[str, tuple[str, float]] = {
+    "e2e_local_ratio": (">=", 0.85),
+    "container_ratio": (">=", 0.75),
+    "prompt_vs_ftfy": (">=", 2.0),
+    "vs_celery_per_prompt": (">=", 10.0),
+    "vs_best_peer": (">=", 2.0),
+    "overhead_us_per_prompt": ("<=", 3.0),
+}
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def headline(sections: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures from the sections' results (None where a section did not run)."""
+    hermes_compact = _get(sections, "e2e", "rates", "celery_2/compact")
+    hermes_same_work = _get(sections, "e2e", "rates", "celery_2/compact/no_validation")
+    celery_per_prompt = _get(sections, "peers", "rows", "celery/per_prompt", "prompts_per_s")
+    best_key = _get(sections, "peers", "best")
+    best_rate = _get(sections, "peers", "rows", best_key, "prompts_per_s") if best_key else None
+    equal = _get(sections, "engine", "ftfy_equality", "equal")
+    return {
+        "e2e_local_ratio": _get(sections, "e2e", "ratios", "celery_2_vs_limit"),
+        "container_ratio": _get(sections, "e2e", "ratios", "container_2_vs_limit"),
+        "prompt_vs_ftfy": _get(sections, "engine", "prompt_vs_ftfy"),
+        "ftfy_equal": equal,
+        "vs_celery_per_prompt": _div(hermes_compact, celery_per_prompt),
+        "vs_best_peer": _div(hermes_compact, best_rate),
+        "vs_best_peer_same_work": _div(hermes_same_work, best_rate),
+        "best_peer": best_key,
+        "overhead_us_per_prompt": _get(sections, "e2e", "overhead_us_per_prompt"),
+    }
+
+
+def targets(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with its value and pass/fail (None when not measured)."""
+    out = {}
+    for name, (op, threshold) in TARGETS.items():
+        value = figures.get(name)
+        passed = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        if name == "prompt_vs_ftfy" and passed is not None:
+            passed = passed and bool(figures.get("ftfy_equal"))
+        out[name] = {"value": value, "target": f"{op} {threshold:g}", "pass": passed}
+    return out
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
