@@ -22,14 +22,30 @@ def container_env(sandbox_image: Any) -> dict[str, str]:
     return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
 
 
+_BASELINE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _ignore_containers_from_elsewhere(docker_client: Any) -> None:
+    """Session containers that existed before the test (another run, a user's own workers) are not its business."""
+    _BASELINE.clear()
+    _BASELINE.update(c.id for c in docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}))
+
+
 def session_containers(docker_client: Any) -> list[Any]:
-    return list(docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}))
+    """The session containers this test's workers and commands created and left."""
+    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"})
+    return [c for c in found if c.id not in _BASELINE]
 
 
 def created_since(docker_client: Any, since: float) -> int:
     """Session containers Docker says it created after ``since`` (a time.time() value)."""
-    events = docker_client.events(since=int(since), until=int(time.time()) + 1, decode=True,
-                                  filters={"event": "create", "label": "hermes.session=1"})
+    events = docker_client.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"event": "create", "label": "hermes.session=1"},
+    )
     return sum(1 for event in events if event["timeNano"] >= since * 1e9)
 
 
@@ -44,7 +60,10 @@ def test_a_worker_that_passes_the_probe_is_a_container_worker(
 
 
 def test_a_batch_runs_in_one_reused_container_per_worker_process(
-    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+    start_worker: WorkerFactory,
+    container_env: dict[str, str],
+    chermes: HermesRunner,
+    docker_client: Any,
     tmp_path: Path,
 ) -> None:
     worker = start_worker("c1", mode="container", concurrency=2, env=container_env, expect_tag="container")
@@ -56,8 +75,9 @@ def test_a_batch_runs_in_one_reused_container_per_worker_process(
     records = read_records(out)
     assert len(records) == 5_000
     assert {r["provenance"]["mode"] for r in records} == {"container"}
-    assert {r["provenance"]["image"] for r in records} == {json.loads(chermes("workers", "--json").stdout)[0]
-                                                         ["provenance"]["image"]}
+    assert {r["provenance"]["image"] for r in records} == {
+        json.loads(chermes("workers", "--json").stdout)[0]["provenance"]["image"]
+    }
     # 50 chunks, 2 worker processes: at most 2 containers, counted from Docker's own events.
     assert 1 <= created_since(docker_client, since) <= 2
 
@@ -81,7 +101,10 @@ def test_container_output_equals_local_output(
 
 
 def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
-    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+    start_worker: WorkerFactory,
+    container_env: dict[str, str],
+    chermes: HermesRunner,
+    docker_client: Any,
 ) -> None:
     worker = start_worker("c1", mode="container", env=container_env, expect_tag="container")
     assert chermes("run", "--prompt", "open a session", "--isolation", "container").returncode == 0
@@ -98,7 +121,10 @@ def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
 
 
 def test_a_container_killed_mid_batch_loses_nothing(
-    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, docker_client: Any,
+    start_worker: WorkerFactory,
+    container_env: dict[str, str],
+    chermes: HermesRunner,
+    docker_client: Any,
     tmp_path: Path,
 ) -> None:
     import threading
@@ -138,8 +164,14 @@ def test_a_container_killed_mid_batch_loses_nothing(
     ],
 )
 def test_without_a_broker_isolation_is_decided_by_a_probe_here(
-    hermes: HermesRunner, container_env: dict[str, str], docker_client: Any, isolation: str,
-    docker_host: str | None, exit_code: int, mode: str | None, says: str,
+    hermes: HermesRunner,
+    container_env: dict[str, str],
+    docker_client: Any,
+    isolation: str,
+    docker_host: str | None,
+    exit_code: int,
+    mode: str | None,
+    says: str,
 ) -> None:
     env = dict(container_env, HERMES_ISOLATION=isolation)
     if docker_host:
