@@ -227,6 +227,29 @@ def test_reap_orphans_removes_containers_of_dead_owners_only(docker_client: Any,
                 container.remove(force=True)
 
 
+
+def test_reaping_survives_containers_removed_while_it_looks(docker_client: Any, sandbox_image: Any,
+                                                            worker_id: str) -> None:  # fmt: skip
+    # Given session containers of a live owner that someone else removes while we reap
+    # (sibling pool processes reap at the same time when a worker starts; sessions close)
+    labels = {"hermes.session": "1", **backend.owner_labels(worker_id)}
+    made = [docker_client.containers.create(sandbox_image.tag, ["true"], labels=labels) for _ in range(24)]
+    remover = threading.Thread(target=lambda: [c.remove(force=True) for c in made])
+    try:
+        # When reaping runs over and over while they disappear
+        remover.start()
+        rounds = 0
+        while remover.is_alive() or rounds == 0:
+            # Then it never fails on a container that went between listing and inspecting it
+            assert backend.reap_orphans(docker_client, worker_id) == []  # their owner is alive
+            rounds += 1
+    finally:
+        remover.join()
+        for container in made:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
 ABANDONING_WORKER = """
 import sys, time
 from pathlib import Path

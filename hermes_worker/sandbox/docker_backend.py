@@ -143,7 +143,9 @@ def reap_orphans(client: docker.DockerClient, worker_id: str) -> list[str]:
     """
     host, removed = socket.gethostname(), []
     try:
-        found = client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}=1"})
+        # The SDK inspects each listed container: one removed in between (a sibling reaping it, a
+        # session closing) must not fail the listing, it is gone as we want it.
+        found = client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}=1"}, ignore_removed=True)
         for container in found:
             labels = container.labels
             mine = labels.get("hermes.worker") == worker_id
