@@ -5,6 +5,22 @@ producer reads at its own pace. Workers also append a *start notice* naming who 
 so when that worker disappears from the registry the chunk is sent again at once instead of
 after the broker's visibility timeout. Duplicates (a redelivered chunk finishing twice) are
 dropped here: the output gets each chunk exactly once.
+
+Faults it rides out, and how:
+
+- A worker vanishes (killed, or its heartbeat stops): every chunk it announced, and every chunk
+  nobody announced yet (it may have reserved them without starting), is sent again at once.
+- A chunk is stranded: nobody announced it for a few seconds while its queue stayed empty.
+  Workers announce a chunk the moment they take it, so it is in no queue and no worker: the
+  Redis transport pops a message before it records it as unacknowledged, and a connection that
+  breaks in between loses the message, or leaves it unacknowledged until the visibility
+  timeout. It is sent again.
+- Every worker of the route stops serving it (e.g. container workers whose Docker engine went
+  away): with ``--isolation auto`` the outstanding chunks are re-routed to the other kind of
+  worker; otherwise they wait for a worker, then run in-process or fail, as configured.
+- Redis or the broker stops answering: sending and reading retry with back-off for up to
+  ``HERMES_OUTAGE_TIMEOUT`` seconds; registry entries that expired meanwhile are given a
+  heartbeat period to come back before anyone is judged gone.
 """
 
 from __future__ import annotations
@@ -20,10 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.exceptions import ChannelError, OperationalError
 
 from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
+from hermes_worker.registry import WorkerInfo
 
 from .cluster import Cluster, Route
 from .executors import ExecutorError
@@ -31,6 +49,9 @@ from .executors import ExecutorError
 __all__ = ["CeleryExecutor"]
 
 _HEALTH_EVERY_S = 1.0
+_BACKOFF_MAX_S = 5.0
+# A chunk nobody announced this long after it was sent, with its queue empty all that time, is stranded.
+_STRANDED_AFTER_S = 3.0
 
 
 def summarize(payload: dict[str, Any]) -> str:
@@ -66,6 +87,11 @@ class CeleryExecutor:
         on_reroute: called with a message when chunks are sent again.
         fallback: runs a chunk in-process when no worker is left for the route; None means
             such a batch fails instead (``--no-fallback``, or container isolation).
+        isolation: what the user asked for (default: the route's tag); ``auto`` lets the
+            batch move to the other kind of worker when the route has none left.
+        wait_for_workers_s: how long the route may have no worker before the batch gives up
+            or falls back (``--wait-for-workers``; default: the settings'), at least the
+            heartbeat expiry.
     """
 
     def __init__(
@@ -75,10 +101,15 @@ class CeleryExecutor:
         batch_id: str | None = None,
         on_reroute: Callable[[str], None] | None = None,
         fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        isolation: str | None = None,
+        wait_for_workers_s: float | None = None,
     ) -> None:
         self.cluster = cluster
         self.route = route
         self.mode = route.tag
+        self.isolation = isolation or route.tag
+        wait = cluster.settings.wait_for_workers_s if wait_for_workers_s is None else wait_for_workers_s
+        self.patience_s = max(wait, cluster.settings.worker_ttl_s)
         self.batch_id = batch_id or uuid.uuid4().hex
         self.stream = KEY_RESULTS.format(batch=self.batch_id)
         self._reply = {"stream": self.stream, "ttl": cluster.settings.result_ttl_s}
@@ -86,6 +117,12 @@ class CeleryExecutor:
         self._fallback = fallback
         self.degraded = False  # True once the rest of the batch runs in-process
         self.resent = 0
+        self._serving = {w.name for w in route.workers}  # who consumed the route's queue last time we looked
+        self._outage_since: float | None = None  # when Redis or the broker stopped answering, if it did
+        self._outage_of = "Redis"
+        self._trouble_at = float("-inf")  # when either last failed
+        self._suspects: dict[int, float] = {}  # chunk -> since when it looks stranded
+        self._broker: Any = None  # a kombu connection for queue depths, opened when first needed
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
@@ -98,7 +135,10 @@ class CeleryExecutor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        pass
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.release()
+            self._broker = None
 
     def finish(self) -> None:
         """Drop the batch's result stream (call once every result is safely written)."""
@@ -106,19 +146,51 @@ class CeleryExecutor:
             self.cluster.redis.delete(self.stream)
 
     def _send(self, payload: dict[str, Any]) -> None:
-        self.cluster.app.send_task(
-            TASK_NORMALIZE_CHUNK,
-            args=[payload, self._reply],
-            queue=self.route.queue,
-            argsrepr=summarize(payload),
-            kwargsrepr="{}",
-        )
+        """Send one chunk, retrying with back-off while the broker is away (up to the outage timeout)."""
+        delay = 0.25
+        while True:
+            try:
+                self.cluster.app.send_task(
+                    TASK_NORMALIZE_CHUNK,
+                    args=[payload, self._reply],
+                    queue=self.route.queue,
+                    argsrepr=summarize(payload),
+                    kwargsrepr="{}",
+                )
+            except (OperationalError, redis.RedisError, OSError) as exc:
+                self._outage("the broker", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+            else:
+                self._answered()
+                return
+
+    def _outage(self, what: str, exc: BaseException) -> None:
+        """Note that ``what`` did not answer; give up once that has lasted the outage timeout.
+
+        Raises:
+            ExecutorError: the outage lasted longer than ``HERMES_OUTAGE_TIMEOUT``.
+        """
+        now = time.monotonic()
+        self._trouble_at = now
+        limit = self.cluster.settings.outage_timeout_s
+        if self._outage_since is None:
+            self._outage_since, self._outage_of = now, what
+            self._on_reroute(f"{what} is not answering ({exc}); retrying for up to {limit:.0f} s")
+        elif now - self._outage_since > limit:
+            raise ExecutorError(f"{what} has not answered for {limit:.0f} s ({exc})")
+
+    def _answered(self) -> None:
+        if self._outage_since is not None:
+            self._on_reroute(f"{self._outage_of} answers again after {time.monotonic() - self._outage_since:.1f} s")
+            self._outage_since = None
 
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Send every payload, yield the results in payload order.
 
         Raises:
-            ExecutorError: no live worker remained for the route long enough to give up.
+            ExecutorError: no live worker remained for the route long enough to give up, or
+                Redis did not answer for longer than the outage timeout.
         """
         window = 4 * self.route.concurrency + 4
         source = iter(payloads)
@@ -149,16 +221,21 @@ class CeleryExecutor:
                 # The consumer has written what it got before asking for more: only now may
                 # the entries behind it go (a resumed batch would need them otherwise).
                 if consumed_ids:
-                    self.cluster.redis.xdel(self.stream, *consumed_ids)
-                    consumed_ids.clear()
+                    try:
+                        self.cluster.redis.xdel(self.stream, *consumed_ids)
+                    except redis.RedisError:
+                        pass  # tried again after the next chunk; a resumed batch skips them anyway
+                    else:
+                        consumed_ids.clear()
             if not order and exhausted:
                 return
             try:
                 reply: Any = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
             except redis.RedisError as exc:
-                self._on_reroute(f"result stream unreachable ({exc}); retrying")
+                self._outage("Redis", exc)
                 time.sleep(1.0)
                 continue
+            self._answered()
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
@@ -202,40 +279,130 @@ class CeleryExecutor:
     def _check_health(
         self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], orphaned_since: float | None
     ) -> float | None:
-        """Resend chunks whose worker vanished; give up when no worker is left for too long."""
+        """Resend chunks whose worker vanished, re-route or wait when the route has no worker left."""
         try:
-            alive = {w.name for w in self.cluster.live_workers() if w.tag == self.route.tag}
+            workers = self.cluster.live_workers()
         except redis.RedisError:
             return orphaned_since
+        now = time.monotonic()
+        if now - self._trouble_at < self.cluster.settings.worker_ttl_s + _HEALTH_EVERY_S:
+            # Registry entries expired while Redis was away: nobody is judged gone until every
+            # worker has had a heartbeat to publish its entry again.
+            return None
+        serving = {w.name for w in workers if self.route.queue in w.queues}
+        vanished, self._serving = self._serving - serving, serving
         pending = [c for c in outstanding if c not in ready]
-        lost = [c for c in pending if outstanding[c].worker is not None and outstanding[c].worker not in alive]
-        for chunk in lost:
-            gone = outstanding[chunk].worker
+        if pending and not serving and self._reroute(outstanding, pending):
+            return None
+        lost = [c for c in pending if outstanding[c].worker is not None and outstanding[c].worker not in serving]
+        if vanished:
+            # A worker killed outright may hold chunks it had reserved but not announced; the
+            # broker would hand them out again only after its visibility timeout. Send every
+            # unannounced chunk again now: a result that arrives twice is written once.
+            lost += [c for c in pending if outstanding[c].worker is None]
+        gone = vanished | {w for c in lost if (w := outstanding[c].worker) is not None}
+        self._resend(outstanding, lost, now)
+        if lost:
+            names = ", ".join(sorted(gone))
+            self._on_reroute(
+                f"worker {names} is gone or stopped taking this work: {len(lost)} chunk(s) sent again ({_span(lost)})"
+            )
+        stranded = self._stranded(outstanding, [c for c in pending if c not in lost], now)
+        self._resend(outstanding, stranded, now)
+        if stranded:
+            self._on_reroute(
+                f"{len(stranded)} chunk(s) neither queued nor held by any worker (lost in a broken "
+                f"connection?): sent again ({_span(stranded)})"
+            )
+        if serving or not pending:
+            return None
+        if orphaned_since is None:
+            return now
+        patience = self.patience_s
+        if now - orphaned_since <= patience:
+            return orphaned_since
+        why = _idle_reasons(workers, self.route)
+        if self._fallback is None:
+            raise ExecutorError(
+                f"no live {self.route.tag} worker for {patience:.0f} s with {len(pending)} chunk(s) outstanding"
+                f"{why}; start one with: hermes worker --mode {self.route.tag}"
+            )
+        self.degraded = True
+        bump(self.cluster.redis, "producers", "fallbacks", kind="in_process_mid_batch")
+        self._on_reroute(
+            f"no live {self.route.tag} worker for {patience:.0f} s{why}: "
+            f"finishing the batch in-process ({len(pending)} chunk(s) outstanding)"
+        )
+        for chunk in pending:
+            ready[chunk] = self._fallback(outstanding[chunk].payload)
+        return None
+
+    def _resend(self, outstanding: dict[int, _Outstanding], chunks: list[int], now: float) -> None:
+        for chunk in chunks:
             outstanding[chunk].worker = None
-            outstanding[chunk].sent_at = time.monotonic()
+            outstanding[chunk].sent_at = now
             self._send(outstanding[chunk].payload)
             self.resent += 1
             bump(self.cluster.redis, "producers", "fallbacks", kind="resent")
-            self._on_reroute(f"worker {gone} is gone: chunk {chunk} sent again")
-        if alive or not pending:
+
+    def _stranded(self, outstanding: dict[int, _Outstanding], pending: list[int], now: float) -> list[int]:
+        """Unannounced chunks that stayed out of the (empty) queue for ``_STRANDED_AFTER_S``."""
+        unannounced = [
+            c for c in pending if outstanding[c].worker is None and now - outstanding[c].sent_at >= _STRANDED_AFTER_S
+        ]
+        if not unannounced or self._queue_depth() != 0:
+            self._suspects = {}
+            return []
+        self._suspects = {c: self._suspects.get(c, now) for c in unannounced}
+        stranded = [c for c, since in self._suspects.items() if now - since >= _STRANDED_AFTER_S]
+        for chunk in stranded:
+            del self._suspects[chunk]
+        return sorted(stranded)
+
+    def _queue_depth(self) -> int | None:
+        """Messages waiting in the route's queue, or None if the broker cannot say right now."""
+        try:
+            if self._broker is None:
+                self._broker = self.cluster.app.connection_for_write()
+            _, count, _ = self._broker.default_channel.queue_declare(queue=self.route.queue, passive=True)
+            return int(count)
+        except ChannelError:
+            return 0  # "no such queue": the Redis transport's way of saying its list is empty
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._broker.release()
+            self._broker = None
             return None
-        now = time.monotonic()
-        if orphaned_since is None:
-            return now
-        patience = max(self.cluster.settings.wait_for_workers_s, self.cluster.settings.worker_ttl_s)
-        if now - orphaned_since > patience and self._fallback is not None:
-            self.degraded = True
-            bump(self.cluster.redis, "producers", "fallbacks", kind="in_process_mid_batch")
-            self._on_reroute(
-                f"no live {self.route.tag} worker for {patience:.0f} s: "
-                f"finishing the batch in-process ({len(pending)} chunk(s) outstanding)"
-            )
-            for chunk in pending:
-                ready[chunk] = self._fallback(outstanding[chunk].payload)
-            return None
-        if now - orphaned_since > patience:
-            raise ExecutorError(
-                f"no live {self.route.tag} worker for {patience:.0f} s with {len(pending)} chunk(s) outstanding; "
-                f"start one with: hermes worker --mode {self.route.tag}"
-            )
-        return orphaned_since
+
+    def _reroute(self, outstanding: dict[int, _Outstanding], pending: list[int]) -> bool:
+        """With ``auto`` isolation, move the outstanding chunks to the other kind of worker, if any is alive."""
+        if self.isolation != "auto":
+            return False
+        try:
+            route = self.cluster.route("auto")
+        except redis.RedisError:
+            return False
+        if route is None or route.queue == self.route.queue:
+            return False
+        old, self.route, self.mode = self.route, route, route.tag
+        self._serving = {w.name for w in route.workers}
+        self._resend(outstanding, pending, time.monotonic())
+        bump(self.cluster.redis, "producers", "fallbacks", kind="rerouted")
+        names = ", ".join(w.name for w in route.workers)
+        self._on_reroute(
+            f"no {old.tag} worker is taking work: {len(pending)} outstanding chunk(s) re-routed to "
+            f"{route.tag} worker(s) {names}" + (f" ({route.note})" if route.note else "")
+        )
+        return True
+
+
+def _span(chunks: list[int]) -> str:
+    shown = ", ".join(str(c) for c in sorted(chunks)[:8])
+    return f"chunks {shown}{', ...' if len(chunks) > 8 else ''}"
+
+
+def _idle_reasons(workers: list[WorkerInfo], route: Route) -> str:
+    """Why live workers of the route's kind take none of its work (e.g. their Docker engine is gone)."""
+    idle = [w for w in workers if w.tag == route.tag and route.queue not in w.queues]
+    reasons = "; ".join(f"{w.name} is not taking work: {w.probe.get('reason', 'unknown reason')}" for w in idle)
+    return f" ({reasons})" if reasons else ""

@@ -84,10 +84,14 @@ class Cluster:
         return self.registry.live()
 
     def route(self, isolation: str) -> Route | None:
-        """The route for ``isolation`` given who is alive now, or None if no worker can take it."""
+        """The route for ``isolation`` given who is alive now, or None if no worker can take it.
+
+        A worker counts for a queue only while it consumes it: a container worker that lost its
+        Docker engine stays registered, with no queue, until the engine is back.
+        """
         workers = self.live_workers()
-        container = [w for w in workers if w.tag == "container"]
-        local = [w for w in workers if w.tag == "local"]
+        container = [w for w in workers if w.tag == "container" and QUEUE_CONTAINER in w.queues]
+        local = [w for w in workers if w.tag == "local" and QUEUE_LOCAL in w.queues]
         if isolation in ("container", "auto") and container:
             return Route(QUEUE_CONTAINER, "container", container)
         if isolation == "local" and local:

@@ -110,7 +110,13 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
 
     allow_fallback = not no_fallback and isolation != "container"
     executor = CeleryExecutor(
-        cluster, route, batch_id=batch_id, on_reroute=reroute, fallback=_in_process_fallback if allow_fallback else None
+        cluster,
+        route,
+        batch_id=batch_id,
+        on_reroute=reroute,
+        fallback=_in_process_fallback if allow_fallback else None,
+        isolation=isolation,
+        wait_for_workers_s=wait_s,
     )
     logs.event(
         ctx.log,

@@ -5,7 +5,9 @@ Every setting here is a decision; the comments say why. Only what Hermes uses is
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
@@ -13,7 +15,28 @@ from kombu import Queue  # type: ignore[attr-defined]
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
 from .settings import Settings
 
-__all__ = ["celery_config", "make_celery"]
+__all__ = ["broker_ssl", "celery_config", "make_celery"]
+
+_READ_TIMEOUT_S = 10.0
+
+
+def broker_ssl(url: str) -> dict[str, Any] | None:
+    """TLS options for a ``rediss://`` broker whose URL does not say how to check the certificate.
+
+    kombu quietly falls back to *not verifying* the server's certificate when a ``rediss://`` URL
+    has no ``ssl_cert_reqs``; redis-py (results, registry) verifies it. Hermes verifies on both
+    paths: without the parameter the certificate is required, against the system's CAs or the
+    URL's ``ssl_ca_certs``. An explicit ``ssl_cert_reqs`` in the URL is kombu's to honour.
+
+    >>> broker_ssl("rediss://h:6380/0")["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    True
+    >>> broker_ssl("rediss://h:6380/0?ssl_cert_reqs=none") is None, broker_ssl("redis://h/0") is None
+    (True, True)
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -21,6 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     hard_limit = settings.chunk_time_limit_s
     return {
         "broker_url": settings.broker_url,
+        "broker_use_ssl": broker_ssl(settings.broker_url),
         # JSON only, both ways: a pickled message is refused, never deserialized.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -43,6 +67,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_connect_timeout": settings.broker_timeout_s,
+            # A read that hangs is a connection error for kombu, which then reconnects (BRPOP
+            # itself blocks only 1 s server-side). Pub/sub reads ignore it: see worker.Keepalive.
+            "socket_timeout": _READ_TIMEOUT_S,
             "socket_keepalive": True,
             "retry_on_timeout": True,
             "health_check_interval": 10,

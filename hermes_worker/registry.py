@@ -66,6 +66,14 @@ class Registry:
     def remove(self, name: str) -> None:
         self._redis.delete(KEY_WORKER.format(name=name))
 
+    def get(self, name: str) -> WorkerInfo | None:
+        """One worker's entry, or None if it has none (expired, removed, or unreadable)."""
+        raw = self._redis.get(KEY_WORKER.format(name=name))
+        try:
+            return WorkerInfo(**json.loads(raw)) if raw else None
+        except (ValueError, TypeError):
+            return None
+
     def live(self) -> list[WorkerInfo]:
         """Every worker whose heartbeat is fresh, sorted by name."""
         keys = sorted(self._redis.scan_iter(match=KEY_WORKER.format(name="*"), count=500))

@@ -4,17 +4,35 @@ Everything cross-cutting lives here, in Celery signal handlers, so the task stay
 
 - ``celeryd_init`` (main process, before consuming): decide the tag (probe Docker unless the
   tag was decided already by ``hermes worker``), and consume only that tag's queue.
-- ``worker_ready`` / ``worker_shutdown``: start and stop the registry heartbeat.
+- ``worker_ready`` / ``worker_shutdown``: start and stop the registry heartbeat, the
+  :class:`LoopWatch` that frees the event loop from a pub/sub read kombu can leave it blocked
+  in after a broker outage, and on a container worker the :class:`DockerWatch`, which stops
+  taking container work while the Docker engine is gone and takes it up again once the probe
+  passes anew.
 - ``worker_process_shutdown``: close the process's sandbox session (its container goes too).
+- ``worker_process_init``: a pool process told SIGTERM closes its session before it exits.
+- ``worker_shutting_down`` (SIGTERM, Ctrl-C): warm shutdown waits for running chunks; if it is
+  still waiting with none running, the pool processes are told to go (Celery's prefork pool was
+  seen to wait for ever for an idle process that never got its stop message, when SIGTERM came
+  just as a chunk had been received but not yet handed to it).
+
+A chunk whose sandbox cannot run because the engine is gone is not failed: the worker waits
+until its registry entry shows it has stopped consuming ``hermes.container``, then lets the
+chunk go without a result; producers send it again elsewhere (or wait for the engine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +41,7 @@ from celery import signals
 from celery.worker import state as celery_state
 
 from . import __version__, contract
-from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_FOR_TAG
+from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_CONTAINER, QUEUE_FOR_TAG
 from .engine import ProfileError
 from .events import ClusterLog
 from .metrics import add as add_metrics
@@ -53,6 +71,8 @@ class Identity:
 
 IDENTITY = Identity()
 _heartbeat: Heartbeat | None = None
+_watch: DockerWatch | None = None
+_loop_watch: LoopWatch | None = None
 
 
 def _settings() -> Settings:
@@ -137,7 +157,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     client = connect(settings.result_backend, settings.broker_timeout_s)
     name = sender.hostname
     concurrency = int(getattr(sender.controller, "concurrency", 0) or settings.concurrency)
-    info = dict(
+    info: dict[str, Any] = dict(
         name=name,
         tag=IDENTITY.tag,
         concurrency=concurrency,
@@ -150,9 +170,13 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         started_at=IDENTITY.started_at,
     )
 
+    lock = threading.Lock()  # the DockerWatch changes queues and probe from its own thread
+
     def snapshot() -> WorkerInfo:
+        with lock:
+            current = dict(info)
         return WorkerInfo(
-            **info,
+            **current,
             heartbeat_at=time.time(),
             active=len(celery_state.active_requests),
             processed=sum(celery_state.total_count.values()),
@@ -161,6 +185,20 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     _heartbeat = Heartbeat(Registry(client, settings.worker_ttl_s), snapshot, settings.heartbeat_s)
     _heartbeat.beat()
     _heartbeat.start()
+    global _loop_watch
+    _loop_watch = LoopWatch(threading.get_ident(), settings.heartbeat_s)
+    _loop_watch.start()
+    if IDENTITY.tag == "container" and settings.container_backend == "docker":
+        global _watch
+
+        def update(**changes: Any) -> None:
+            with lock:
+                info.update(changes)
+            if _heartbeat is not None:
+                _heartbeat.beat()  # producers must see the change now, not a heartbeat later
+
+        _watch = DockerWatch(settings, sender.app, name, update, ClusterLog(client, name))
+        _watch.start()
     bump(client, name, "probe", outcome=IDENTITY.tag)
     if settings.metrics_port:
         serve(client, settings.metrics_port, source=name)
@@ -172,12 +210,63 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    for thread in (_watch, _loop_watch):
+        if thread is not None:
+            thread.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
         settings = _settings()
         ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), str(sender)).emit(
             "INFO", "worker.offline", f"worker {sender} shutting down"
         )
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    # Celery resets SIGTERM to its default in pool processes: they would die with their sandbox
+    # container still running. Close it first (the chunk in flight, if any, goes back to the
+    # queue: acks_late with reject_on_worker_lost).
+    signal.signal(signal.SIGTERM, _process_terminated)
+
+
+def _process_terminated(signum: int, frame: Any) -> None:
+    if _process_state is not None:
+        with contextlib.suppress(Exception):
+            _process_state.runner.close()
+    os._exit(128 + signum)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    threading.Thread(target=_unstick_shutdown, name="hermes-shutdown-watch", daemon=True).start()
+
+
+def _unstick_shutdown(grace_s: float = 5.0) -> None:
+    """Tell the pool processes to go if shutdown waits ``grace_s`` with no chunk running."""
+    idle_since: float | None = None
+    while True:
+        time.sleep(0.5)
+        if celery_state.active_requests:
+            idle_since = None
+            continue
+        idle_since = idle_since or time.monotonic()
+        if time.monotonic() - idle_since < grace_s:
+            continue
+        children = _child_pids()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        log.warning("shutdown still waiting with no chunk running: %d pool process(es) told to go", len(children))
+        return
+
+
+def _child_pids() -> list[int]:
+    """The pids of this process's children (the pool processes)."""
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children", encoding="ascii") as handle:
+            pids += [int(pid) for pid in handle.read().split()]
+    return pids
 
 
 @signals.task_received.connect
@@ -207,6 +296,7 @@ class ProcessState:
         self.runner: Runner = make_runner(IDENTITY.tag, settings, f"{socket.gethostname()}-{os.getpid()}")
         self._events: dict[str, ClusterLog] = {}
         self._restarts_seen = 0
+        self._deadline = 0.0  # until when the current chunk may keep retrying Redis
 
     def events_for(self, worker: str) -> ClusterLog:
         if worker not in self._events:
@@ -220,6 +310,9 @@ class ProcessState:
         ttl = int(reply.get("ttl") or self.settings.result_ttl_s)
         chunk = payload.get("chunk")
         events = self.events_for(worker)
+        # Redis may be away for a while: keep trying to publish until shortly before Celery's
+        # soft time limit (80 % of the hard one), rather than lose the chunk to a short outage.
+        self._deadline = time.monotonic() + 0.75 * self.settings.chunk_time_limit_s
         # One round trip before and one after: the start notice (which tells the producer
         # who holds the chunk) with its event, then the result with its event.
         self._publish(
@@ -240,6 +333,8 @@ class ProcessState:
                 worker=worker,
             )
         except Exception as exc:
+            if self.runner.mode == "container" and self._engine_gone(exc, worker, chunk):
+                return  # not the items' fault: producers send the chunk again elsewhere
             log.exception("chunk %s failed as a whole", chunk)
             code = contract.SANDBOX_FAILURE if self.runner.mode == "container" else contract.ENGINE_FAILURE
             result = failed_chunk_result(
@@ -270,6 +365,39 @@ class ProcessState:
         fields = {"r": json.dumps(result, ensure_ascii=False), "t": "\n".join(lines) + "\n" if lines else ""}
         self._publish(stream, ttl, fields, done, (worker, increments))
 
+    def _engine_gone(self, exc: Exception, worker: str, chunk: Any) -> bool:
+        """True when the sandbox failed because the Docker engine is gone and this worker has
+        stopped taking container work: the chunk is then let go without a result.
+
+        Waits (a few heartbeats at most) for the main process's :class:`DockerWatch` to
+        withdraw the worker from ``hermes.container``; only then may the chunk go, since
+        producers send a chunk again once the worker that announced it no longer serves the
+        queue. False when the engine is fine (the chunk itself is the problem) or the worker is
+        still registered as serving: the chunk then gets error records, as before.
+        """
+        from .sandbox.errors import SandboxError
+
+        if not isinstance(exc, SandboxError):
+            return False
+        reason = docker_health(self.settings)
+        if reason is None:
+            return False
+        registry = Registry(self.redis, self.settings.worker_ttl_s)
+        deadline = time.monotonic() + 2 * self.settings.worker_ttl_s + self.settings.docker_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                entry = registry.get(worker)
+            except redis.RedisError:
+                entry = None
+            if entry is not None and QUEUE_CONTAINER not in entry.queues:
+                log.warning("chunk %s let go: the Docker engine is gone (%s)", chunk, reason)
+                self.events_for(worker).emit(
+                    "WARNING", "chunk.returned", f"chunk {chunk} let go: {reason}", chunk=chunk, reason=reason
+                )
+                return True
+            time.sleep(0.2)
+        return False
+
     def _publish(
         self,
         stream: str,
@@ -278,9 +406,11 @@ class ProcessState:
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None = None,
     ) -> None:
-        # A result must not be lost to a Redis blip: retry with back-off, then let Celery
-        # redeliver the chunk (the message is acknowledged only when this returns).
-        for attempt in range(6):
+        # A result must not be lost to a Redis outage: retry with back-off until the deadline,
+        # then let Celery redeliver the chunk (it is acknowledged only when this returns).
+        deadline = max(self._deadline, time.monotonic() + 2.0)
+        delay = 0.2
+        while True:
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
@@ -290,10 +420,12 @@ class ProcessState:
                     add_metrics(pipe, *counters)
                 pipe.execute()
                 return
-            except redis.RedisError:
-                if attempt == 5:
+            except redis.RedisError as exc:
+                if time.monotonic() + delay > deadline:
                     raise
-                time.sleep(0.2 * 2**attempt)
+                log.warning("Redis is not answering (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 _process_state: ProcessState | None = None
@@ -304,3 +436,160 @@ def process_state() -> ProcessState:
     if _process_state is None or _process_state.settings is not _settings():
         _process_state = ProcessState(_settings())
     return _process_state
+
+
+def docker_health(settings: Settings) -> str | None:
+    """None when the Docker engine answers and holds the sandbox image; otherwise why not.
+
+    Cheap (a ping and an image lookup, each within ``docker_timeout_s``), so a container worker
+    can ask every heartbeat. The full probe (a session and the self-test) runs only when this
+    turns healthy again.
+    """
+    if settings.container_backend != "docker":
+        return None  # no cheap check for other backends: their sessions report failures
+    from .sandbox.docker_backend import connect as docker_connect
+    from .sandbox.errors import SandboxError, translate
+
+    try:
+        client = docker_connect(settings.docker_timeout_s)
+    except SandboxError as exc:
+        return exc.reason
+    try:
+        client.images.get(settings.sandbox_image)
+    except Exception as exc:
+        return translate(exc, "look up the sandbox image", settings.docker_timeout_s).reason
+    finally:
+        client.close()
+    return None
+
+
+class DockerWatch(threading.Thread):
+    """A container worker's watch on its Docker engine, in the main process.
+
+    Every heartbeat it runs :func:`docker_health`. When the engine is gone the worker stops
+    consuming ``hermes.container`` (Celery's ``cancel_consumer``, sent to itself) and its
+    registry entry lists no queue and says why, so producers re-route or wait instead of
+    sending it chunks it cannot isolate. When the engine answers again, the full probe must
+    pass before the worker consumes ``hermes.container`` again. The worker never takes local
+    work instead: what it runs stays isolated.
+
+    Args:
+        settings: the worker's settings (heartbeat, Docker timeout, image).
+        app: the worker's Celery app, for the control commands.
+        name: the worker's node name (``container@NAME``).
+        update: changes fields of the registry entry and publishes it at once.
+        events: the cluster log.
+    """
+
+    def __init__(
+        self, settings: Settings, app: Any, name: str, update: Callable[..., None], events: ClusterLog
+    ) -> None:
+        super().__init__(name="hermes-docker-watch", daemon=True)
+        self._settings = settings
+        self._app = app
+        self._name = name
+        self._update = update
+        self._events = events
+        self._stopped = threading.Event()
+        self.serving = True
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._settings.heartbeat_s):
+            try:
+                self.check()
+            except Exception:  # the watch must outlive anything a check runs into
+                log.exception("Docker watch check failed")
+
+    def check(self) -> None:
+        """Look at the engine once; stop or resume taking container work if that changed."""
+        reason = docker_health(self._settings)
+        if reason is not None and self.serving:
+            self._pause(reason)
+        elif reason is None and not self.serving:
+            self._resume()
+
+    def _control(self, command: str) -> bool:
+        method = getattr(self._app.control, command)
+        replies = method(QUEUE_CONTAINER, destination=[self._name], reply=True, timeout=5.0)
+        return any(self._name in reply for reply in replies or [])
+
+    def _pause(self, reason: str) -> None:
+        if not self._control("cancel_consumer"):
+            return  # no answer from our own consumer: try again at the next check
+        self.serving = False
+        text = f"Docker engine lost, not taking container work until it is back: {reason}"
+        self._update(queues=[], probe={"tag": "local", "reason": text, "fix": "", "lost_at": time.time()})
+        log.warning(text)
+        self._events.emit("WARNING", "probe.lost", text, reason=reason)
+
+    def _resume(self) -> None:
+        from .probe import probe
+
+        outcome = probe(self._settings)
+        if outcome.tag != "container":
+            self._update(probe={"tag": "local", "reason": outcome.reason, "fix": outcome.fix})
+            return
+        if not self._control("add_consumer"):
+            return
+        self.serving = True
+        found = {"tag": outcome.tag, "reason": outcome.reason, "fix": outcome.fix, "details": outcome.details}
+        image = outcome.details.get("image")
+        self._update(queues=[QUEUE_CONTAINER], probe=found, provenance={"mode": "container", "image": image})
+        text = f"Docker engine is back, taking container work again ({outcome.reason})"
+        log.warning(text)
+        self._events.emit("INFO", "probe.container", text, **found)
+
+
+class LoopWatch(threading.Thread):
+    """Frees the worker's event loop when kombu leaves it blocked in a pub/sub read for ever.
+
+    After Redis came back from an outage, the worker's event loop was seen blocked in a read on
+    a fresh pub/sub connection of the remote-control channel, with nothing subscribed on it and
+    no timeout (redis-py reads pub/sub without one; kombu had taken a readable, reused file
+    descriptor for it): the heartbeat kept the worker registered, but it took no task again.
+    A pub/sub read in the event loop takes microseconds when data is there, so this thread
+    looks at the loop's thread every ``period_s``: found in the same such read twice running,
+    it shuts that connection's socket down. The read ends with a connection error and Celery
+    reconnects, as after any other.
+
+    Args:
+        loop_thread: the ident of the thread that runs the event loop.
+        period_s: how often to look.
+    """
+
+    def __init__(self, loop_thread: int, period_s: float) -> None:
+        super().__init__(name="hermes-loop-watch", daemon=True)
+        self._loop_thread = loop_thread
+        self._period_s = period_s
+        self._stopped = threading.Event()
+        self.freed = 0  # how many times the loop had to be freed
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        seen: Any = None
+        while not self._stopped.wait(self._period_s):
+            read = _pubsub_read(sys._current_frames().get(self._loop_thread))
+            if read is None or read is not seen:
+                seen = read
+                continue
+            seen = None
+            sock = getattr(getattr(read.f_locals.get("self"), "connection", None), "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                self.freed += 1
+                log.warning("event loop blocked in a pub/sub read for over %g s: connection reset", self._period_s)
+
+
+def _pubsub_read(frame: Any) -> Any:
+    """The frame of a redis-py ``PubSub.parse_response`` on the stack of ``frame``, if any."""
+    while frame is not None:
+        if frame.f_code.co_name == "parse_response" and isinstance(frame.f_locals.get("self"), redis.client.PubSub):
+            return frame
+        frame = frame.f_back
+    return None
