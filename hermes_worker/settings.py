@@ -77,6 +77,24 @@ def _memory(text: str) -> str:
     return text.lower()
 
 
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    """KEY=VALUE[,KEY=VALUE...]; keys under ``hermes.`` are Hermes' own (owner, session).
+
+    >>> _labels("team=nlp, env=prod")
+    (('team', 'nlp'), ('env', 'prod'))
+    """
+    pairs = []
+    for part in (p.strip() for p in text.split(",")):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{part!r} is not KEY=VALUE (expected e.g. team=nlp,env=prod)")
+        if key.startswith("hermes."):
+            raise ValueError(f"label {key!r}: keys starting with 'hermes.' are Hermes' own")
+        pairs.append((key, value.strip()))
+    return tuple(pairs)
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -126,6 +144,8 @@ class Settings:
         container_memory: memory limit of a session container (``HERMES_CONTAINER_MEMORY``, 512m).
         container_cpus: CPU limit of a session container (``HERMES_CONTAINER_CPUS``, 1).
         container_pids: process limit of a session container (``HERMES_CONTAINER_PIDS``, 64).
+        container_labels: extra labels on session containers, e.g. to find a deployment's with
+            ``docker ps --filter label=...`` (``HERMES_CONTAINER_LABELS``, ``KEY=VALUE,...``).
 
         flower_user, flower_password: Flower's basic-auth credentials (``HERMES_FLOWER_USER``,
             ``HERMES_FLOWER_PASSWORD``); ``hermes flower`` refuses to start without them unless
@@ -165,6 +185,7 @@ class Settings:
     container_memory: str = "512m"
     container_cpus: float = 1.0
     container_pids: int = 64
+    container_labels: tuple[tuple[str, str], ...] = ()
 
     flower_user: str = ""
     flower_password: str = ""
@@ -251,6 +272,7 @@ class Settings:
             container_memory=read("HERMES_CONTAINER_MEMORY", _memory, "512m"),
             container_cpus=read("HERMES_CONTAINER_CPUS", _positive_float, 1.0),
             container_pids=read("HERMES_CONTAINER_PIDS", _positive_int, 64),
+            container_labels=read("HERMES_CONTAINER_LABELS", _labels, ()),
             flower_user=env.get("HERMES_FLOWER_USER", ""),
             flower_password=env.get("HERMES_FLOWER_PASSWORD", ""),
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),

@@ -116,6 +116,17 @@ def test_invalid_settings_are_usage_errors(hermes: HermesRunner) -> None:
     assert done.returncode == 2 and "HERMES_CHUNK_SIZE='zero' is invalid" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [("team", "is not KEY=VALUE"), ("hermes.pid=1", "keys starting with 'hermes.' are Hermes' own")],
+)
+def test_container_labels_must_be_key_value_pairs_outside_hermes_own(
+    hermes: HermesRunner, labels: str, says: str
+) -> None:
+    done = hermes("run", "--prompt", "x", env={"HERMES_CONTAINER_LABELS": labels})
+    assert done.returncode == 2 and "HERMES_CONTAINER_LABELS" in done.stderr and says in done.stderr
+
+
 @pytest.mark.parametrize("profile", ["prompt", "nfc", "nfkc", "compact"])
 def test_every_builtin_profile_runs_from_the_cli(hermes: HermesRunner, profile: str) -> None:
     done = hermes("run", "--prompt", "Ｆｕｌｌ  width\u00a0", "--profile", profile, "--json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +20,29 @@ pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
 
 @pytest.fixture
-def container_env(sandbox_image: Any) -> dict[str, str]:
-    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
+def test_label() -> str:
+    """A label only this test's session containers carry: other runs may share the engine."""
+    return f"hermes-test={uuid.uuid4().hex}"
 
 
-_BASELINE: set[str] = set()
+@pytest.fixture
+def container_env(sandbox_image: Any, test_label: str) -> dict[str, str]:
+    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag, "HERMES_CONTAINER_LABELS": test_label}
 
 
-@pytest.fixture(autouse=True)
-def _ignore_containers_from_elsewhere(docker_client: Any) -> None:
-    """Session containers that existed before the test (another run, a user's own workers) are not its business."""
-    _BASELINE.clear()
-    _BASELINE.update(c.id for c in docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}))
-
-
-def session_containers(docker_client: Any) -> list[Any]:
+@pytest.fixture
+def session_containers(docker_client: Any, test_label: str) -> Callable[[], list[Any]]:
     """The session containers this test's workers and commands created and left."""
-    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"})
-    return [c for c in found if c.id not in _BASELINE]
+    return lambda: docker_client.containers.list(all=True, filters={"label": test_label}, ignore_removed=True)
 
 
-def created_since(docker_client: Any, since: float) -> int:
-    """Session containers Docker says it created after ``since`` (a time.time() value)."""
+def created_since(docker_client: Any, since: float, label: str) -> int:
+    """Session containers with ``label`` Docker says it created after ``since`` (a time.time() value)."""
     events = docker_client.events(
         since=int(since),
         until=int(time.time()) + 1,
         decode=True,
-        filters={"event": "create", "label": "hermes.session=1"},
+        filters={"event": "create", "label": label},
     )
     return sum(1 for event in events if event["timeNano"] >= since * 1e9)
 
@@ -60,10 +58,12 @@ def test_a_worker_that_passes_the_probe_is_a_container_worker(
 
 
 def test_a_batch_runs_in_one_reused_container_per_worker_process(
+    test_label: str,
     start_worker: WorkerFactory,
     container_env: dict[str, str],
     chermes: HermesRunner,
     docker_client: Any,
+    session_containers: Callable[[], list[Any]],
     tmp_path: Path,
 ) -> None:
     worker = start_worker("c1", mode="container", concurrency=2, env=container_env, expect_tag="container")
@@ -79,11 +79,11 @@ def test_a_batch_runs_in_one_reused_container_per_worker_process(
         json.loads(chermes("workers", "--json").stdout)[0]["provenance"]["image"]
     }
     # 50 chunks, 2 worker processes: at most 2 containers, counted from Docker's own events.
-    assert 1 <= created_since(docker_client, since) <= 2
+    assert 1 <= created_since(docker_client, since, test_label) <= 2
 
     # SIGTERM: the worker removes its session containers on the way out.
     assert worker.stop(signal.SIGTERM) == 0
-    assert session_containers(docker_client) == []
+    assert session_containers() == []
 
 
 def test_container_output_equals_local_output(
@@ -105,18 +105,19 @@ def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
     container_env: dict[str, str],
     chermes: HermesRunner,
     docker_client: Any,
+    session_containers: Callable[[], list[Any]],
 ) -> None:
     worker = start_worker("c1", mode="container", env=container_env, expect_tag="container")
     assert chermes("run", "--prompt", "open a session", "--isolation", "container").returncode == 0
-    assert len(session_containers(docker_client)) == 1
+    assert len(session_containers()) == 1
     worker.kill()  # SIGKILL: no chance to clean up
-    assert len(session_containers(docker_client)) == 1
+    assert len(session_containers()) == 1
     start_worker("c1b", mode="container", env=container_env, expect_tag="container")
     assert chermes("run", "--prompt", "new session", "--isolation", "container").returncode == 0
     deadline = time.monotonic() + 30
-    while len(session_containers(docker_client)) != 1 and time.monotonic() < deadline:
+    while len(session_containers()) != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = session_containers(docker_client)
+    left = session_containers()
     assert len(left) == 1, [(c.status, c.labels) for c in left]  # the orphan is gone, the new one runs
 
 
@@ -125,6 +126,7 @@ def test_a_container_killed_mid_batch_loses_nothing(
     container_env: dict[str, str],
     chermes: HermesRunner,
     docker_client: Any,
+    session_containers: Callable[[], list[Any]],
     tmp_path: Path,
 ) -> None:
     import threading
@@ -136,7 +138,7 @@ def test_a_container_killed_mid_batch_loses_nothing(
     def kill_the_sandbox() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            running = [c for c in session_containers(docker_client) if c.status == "running"]
+            running = [c for c in session_containers() if c.status == "running"]
             if running:
                 time.sleep(0.5)
                 running[0].kill()
@@ -167,6 +169,7 @@ def test_without_a_broker_isolation_is_decided_by_a_probe_here(
     hermes: HermesRunner,
     container_env: dict[str, str],
     docker_client: Any,
+    session_containers: Callable[[], list[Any]],
     isolation: str,
     docker_host: str | None,
     exit_code: int,
@@ -183,4 +186,4 @@ def test_without_a_broker_isolation_is_decided_by_a_probe_here(
         record = json.loads(done.stdout)
         assert record["text"] == "café" and record["provenance"]["mode"] == mode
         assert (record["provenance"]["image"] is not None) == (mode == "container")
-    assert session_containers(docker_client) == []  # the embedded session is gone with the command
+    assert session_containers() == []  # the embedded session is gone with the command

@@ -212,7 +212,7 @@ class DockerSession(SandboxSession):
                 self.image_digest,
                 SERVER_COMMAND,
                 stdin_open=True,
-                labels={LABEL_SESSION: "1", **owner_labels(self.worker_id)},
+                labels={**dict(self.settings.container_labels), LABEL_SESSION: "1", **owner_labels(self.worker_id)},
                 environment=env,
                 **hardening(self.settings),
             )
