@@ -76,7 +76,7 @@ def local_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory, 
 def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
     """The sandbox containers owned by the processes of one worker (other tests may run their own)."""
     pids = {str(pid) for pid in [worker_pid, *descendants(worker_pid)]}
-    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"})
+    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}, ignore_removed=True)
     return [c for c in found if c.labels.get("hermes.pid") in pids]
 
 
@@ -518,7 +518,7 @@ def test_worker_sigterm_mid_batch_finishes_its_chunk_and_leaves_no_container(
     assert outcome.errors == 0
     assert outcome.by("mode") == {"container": len(ids)}
     assert outcome.by("worker")["container@c2"] > 0
-    left = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"})
+    left = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}, ignore_removed=True)
     assert not {c.id for c in mine} & {c.id for c in left}, "the stopped worker left its container behind"
     assert cluster.entry("container@c1") is None
     chaos_report.add("7. worker SIGTERM mid-batch", outcome, exited,
