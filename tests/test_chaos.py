@@ -73,6 +73,18 @@ def local_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory, 
     return server, cluster
 
 
+def proxied_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory,
+                    results_direct: bool = False) -> tuple[TcpProxy, Cluster]:  # fmt: skip
+    """Two local workers and the producer reaching Redis through a proxy the test can cut."""
+    server = redis_factory()
+    proxy = TcpProxy(server.port).start()
+    env = {"HERMES_RESULT_BACKEND": server.url()} if results_direct else {}
+    cluster = cluster_factory(server.url(port=proxy.port), server.client, **env)
+    for worker in [cluster.worker("w1", wait=False), cluster.worker("w2", wait=False)]:
+        cluster.wait_registered(worker, f"local@{worker.name}")
+    return proxy, cluster
+
+
 def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
     """The sandbox containers owned by the processes of one worker (other tests may run their own)."""
     pids = {str(pid) for pid in [worker_pid, *descendants(worker_pid)]}
@@ -191,11 +203,7 @@ def test_redis_unreachable_for_30_seconds_mid_batch(
     keep retrying their results, the producer keeps reading, and the batch completes after
     Redis is reachable again; both workers consume afterwards.
     """
-    server = redis_factory()
-    proxy = TcpProxy(server.port).start()
-    cluster = cluster_factory(server.url(port=proxy.port), server.client)
-    for worker in [cluster.worker("w1", wait=False), cluster.worker("w2", wait=False)]:
-        cluster.wait_registered(worker, f"local@{worker.name}")
+    proxy, cluster = proxied_cluster(redis_factory, cluster_factory)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_prompts(src, 20_000, MEDIUM)
     batch = cluster.hermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "100")
@@ -229,11 +237,8 @@ def test_broker_unreachable_while_the_producer_sends(
     for the broker (with back-off) instead of failing the batch. 40,000 prompts in chunks of
     1,000, so that workers are in the middle of a chunk when the broker goes.
     """
-    server = redis_factory()
-    proxy = TcpProxy(server.port).start()
-    cluster = cluster_factory(server.url(port=proxy.port), server.client, HERMES_RESULT_BACKEND=server.url())
-    for worker in [cluster.worker("w1", wait=False), cluster.worker("w2", wait=False)]:
-        cluster.wait_registered(worker, f"local@{worker.name}")
+    # Results and registry go straight to Redis; only the broker path passes the proxy.
+    proxy, cluster = proxied_cluster(redis_factory, cluster_factory, results_direct=True)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     ids = write_prompts(src, 40_000, MEDIUM)
     batch = cluster.hermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "1000")
