@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK
+from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK, request_span
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
 
@@ -37,14 +37,17 @@ def summarize(payload: dict[str, Any]) -> str:
     """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts."""
     digest = hashlib.sha256()
     chars = 0
-    for _line, _id, prompt, _error in payload["items"]:
+    if "text" in payload:
+        chars = len(payload["text"])
+        digest.update(payload["text"].encode("utf-8", "surrogatepass"))
+    for _line, _id, prompt, _error in payload.get("items") or []:
         if isinstance(prompt, str):
             chars += len(prompt)
             digest.update(prompt.encode("utf-8", "surrogatepass"))
-    items = payload["items"]
-    lines = f"lines {items[0][0]}-{items[-1][0]}" if items else "no lines"
+    first, count = request_span(payload)
+    lines = f"lines {first}-{first + count - 1}" if count else "no lines"
     return (
-        f"chunk {payload['chunk']}: {len(items)} prompts ({lines}), {chars:,} chars, "
+        f"chunk {payload['chunk']}: {count} prompts ({lines}), {chars:,} chars, "
         f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}"
     )
 
@@ -189,12 +192,12 @@ class CeleryExecutor:
         A worker of another Hermes version could answer in a shape this producer does not read;
         its records must not vanish quietly.
         """
-        items = payload["items"]
+        _first, count = request_span(payload)
         records = result["text"].count("\n")
-        if result.get("v") == PAYLOAD_VERSION and records == len(items) == result["ok"] + result["failed"]:
+        if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
             return result
         worker = result.get("provenance", {}).get("worker", "unknown worker")
-        message = (f"{worker} answered with {records} record(s) for {len(items)} item(s) (result version "
+        message = (f"{worker} answered with {records} record(s) for {count} item(s) (result version "
                    f"{result.get('v')!r}, expected {PAYLOAD_VERSION}): run the same Hermes version everywhere")
         self._on_reroute(message)
         return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.route.tag, worker=str(worker))
