@@ -21,7 +21,15 @@ from typing import Any
 
 import redis
 
-from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK, request_span
+from hermes_worker.contract import (
+    ENGINE_FAILURE,
+    KEY_CHUNK_TEXT,
+    KEY_RESULTS,
+    PAYLOAD_VERSION,
+    TASK_NORMALIZE_CHUNK,
+    TEXT_KEY,
+    request_span,
+)
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
 
@@ -109,9 +117,16 @@ class CeleryExecutor:
             self.cluster.redis.delete(self.stream)
 
     def _send(self, payload: dict[str, Any]) -> None:
+        message = payload
+        if "text" in payload:
+            # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
+            key = KEY_CHUNK_TEXT.format(batch=self.batch_id, chunk=payload["chunk"])
+            self.cluster.redis.set(key, payload["text"].encode("utf-8"), ex=self._reply["ttl"])
+            message = {k: v for k, v in payload.items() if k != "text"}
+            message |= {TEXT_KEY: key, "count": request_span(payload)[1]}
         self.cluster.app.send_task(
             TASK_NORMALIZE_CHUNK,
-            args=[payload, self._reply],
+            args=[message, self._reply],
             queue=self.route.queue,
             argsrepr=summarize(payload),
             kwargsrepr="{}",
@@ -150,10 +165,14 @@ class CeleryExecutor:
                 outstanding.pop(chunk, None)
                 yield ready.pop(chunk)
                 # The consumer has written what it got before asking for more: only now may
-                # the entries behind it go (a resumed batch would need them otherwise).
+                # the entries behind it, and the chunk's lines, go (a resumed batch would need
+                # them otherwise).
+                pipe = self.cluster.redis.pipeline(transaction=False)
                 if consumed_ids:
-                    self.cluster.redis.xdel(self.stream, *consumed_ids)
+                    pipe.xdel(self.stream, *consumed_ids)
                     consumed_ids.clear()
+                pipe.delete(KEY_CHUNK_TEXT.format(batch=self.batch_id, chunk=chunk))
+                pipe.execute()
             if not order and exhausted:
                 return
             try:

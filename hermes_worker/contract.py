@@ -55,6 +55,8 @@ QUEUE_FOR_TAG = {"container": QUEUE_CONTAINER, "local": QUEUE_LOCAL}
 KEY_PREFIX = "hermes:"
 KEY_WORKER = KEY_PREFIX + "worker:{name}"  # a worker's registry entry, JSON, expires with its heartbeat
 KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and start notices of one batch
+# The raw lines of one chunk sent through Celery, as UTF-8 bytes; see TEXT_KEY.
+KEY_CHUNK_TEXT = KEY_PREFIX + "chunk:{batch}:{chunk}"
 KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
 EVENTS_MAXLEN = 20_000
 
@@ -74,6 +76,14 @@ VALIDATION_FAILED = "validation_failed"
 ENGINE_FAILURE = "engine_failure"
 # The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
 SANDBOX_FAILURE = "sandbox_failure"
+
+
+# Through Celery, a text request's ``text`` does not ride in the task message: the producer
+# stores it, as the UTF-8 bytes it read, under KEY_CHUNK_TEXT and the message names that key
+# here. The worker puts it back before anything else sees the payload. The task message stays a
+# few hundred bytes, so the prompts are not JSON-escaped, base64-encoded and copied again by
+# the broker transport (and again for its unacknowledged-message store) on their way.
+TEXT_KEY = "text_key"
 
 
 def result_text(result: Mapping[str, Any]) -> str:

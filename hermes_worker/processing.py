@@ -25,6 +25,8 @@ _LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u202
 
 
 def _dumps(value: object) -> str:
+    if type(value) is int:
+        return str(value)  # ids are mostly integers: skip the encoder's set-up
     text = _encode(value)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKERS:

@@ -222,14 +222,23 @@ class ProcessState:
         events = self.events_for(worker)
         # One round trip before and one after: the start notice (which tells the producer
         # who holds the chunk) with its event, then the result with its event.
-        self._publish(
+        text_key = payload.pop(contract.TEXT_KEY, None)
+        text = self._publish(
             stream,
             ttl,
             {"s": json.dumps({"chunk": chunk, "worker": worker})},
             events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
+            fetch=text_key if isinstance(text_key, str) else None,
         )
         started = time.perf_counter()
         try:
+            if text_key is not None:
+                # Gone only if the chunk waited longer than the result TTL: its lines then get
+                # error records (stand-ins count them) instead of vanishing.
+                payload["text"] = text.decode("utf-8") if text is not None else "\n" * (payload.pop("count", 1) - 1)
+                if text is None:
+                    raise contract.ContractError(f"the chunk's lines are no longer in Redis ({text_key})")
+            payload.pop("count", None)
             result = self.runner.run(payload, worker)
         except (contract.ContractError, ProfileError) as exc:
             result = failed_chunk_result(
@@ -277,7 +286,8 @@ class ProcessState:
         fields: dict[str, str],
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None = None,
-    ) -> None:
+        fetch: str | None = None,
+    ) -> bytes | None:
         # A result must not be lost to a Redis blip: retry with back-off, then let Celery
         # redeliver the chunk (the message is acknowledged only when this returns).
         for attempt in range(6):
@@ -288,8 +298,10 @@ class ProcessState:
                 pipe.xadd(KEY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
                 if counters is not None:
                     add_metrics(pipe, *counters)
-                pipe.execute()
-                return
+                if fetch is not None:
+                    pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
+                replies = pipe.execute()
+                return replies[-1] if fetch is not None else None  # type: ignore[no-any-return]
             except redis.RedisError:
                 if attempt == 5:
                     raise
