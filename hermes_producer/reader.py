@@ -103,6 +103,44 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> list[Any]:
     return [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"]
 
 
+def _line_batches(stream: BinaryIO, max_line: int) -> Iterator[list[bytes | int]]:
+    """The lines of ``stream`` (without newlines), a block's worth at a time.
+
+    Like :func:`_bounded_lines`, but a list per block and no Python code per line: an over-long
+    line is skipped through without being held and shows up as its size (an int) instead.
+    """
+    read = getattr(stream, "read1", stream.read)
+    pending = b""  # the start of a line whose newline has not been read yet
+    skipping = -1  # bytes seen of an over-long line being skipped, or -1
+    while True:
+        block = read(_BLOCK)
+        if not block:
+            break
+        out: list[bytes | int] = []
+        if skipping >= 0:
+            newline = block.find(b"\n")
+            if newline < 0:
+                skipping += len(block)
+                continue
+            out.append(skipping + newline + 1)
+            skipping = -1
+            block = block[newline + 1 :]
+        parts: list[Any] = block.split(b"\n")
+        parts[0] = pending + parts[0]
+        pending = parts.pop()
+        if parts and max(map(len, parts)) > max_line:
+            parts = [raw if len(raw) <= max_line else len(raw) + 1 for raw in parts]
+        out += parts
+        if len(pending) > max_line:
+            skipping, pending = len(pending), b""
+        if out:
+            yield out
+    if skipping >= 0:
+        yield [skipping]
+    elif pending:
+        yield [pending if len(pending) <= max_line else len(pending)]
+
+
 def read_chunks(
     stream: BinaryIO, fmt: InputFormat, max_prompt_bytes: int, chunk_size: int
 ) -> Iterator[tuple[int, str, list[list[Any]]]]:
@@ -116,36 +154,37 @@ def read_chunks(
     >>> list(read_chunks(io.BytesIO(b'{"prompt": "a"}\\n\\xff\\n'), "jsonl", 100, 1000))
     [(1, '{"prompt": "a"}\\n', [[1, 'invalid_utf8', 'not valid UTF-8: byte 0xff at offset 0']])]
     """
-    lines: list[bytes] = []
-    bad: list[list[Any]] = []
+    pending: list[bytes | int] = []
     first = 1
-    for line_no, raw, size in _bounded_lines(stream, _max_line(fmt, max_prompt_bytes)):
-        if raw is None:
-            bad.append([len(lines), *_too_long(size, max_prompt_bytes)])
-            raw = b""
-        lines.append(raw)
-        if len(lines) == chunk_size:
-            yield first, _chunk_text(lines, bad), bad
-            lines, bad, first = [], [], line_no + 1
-    if lines:
-        yield first, _chunk_text(lines, bad), bad
+    for batch in _line_batches(stream, _max_line(fmt, max_prompt_bytes)):
+        pending += batch
+        while len(pending) >= chunk_size:
+            lines, pending = pending[:chunk_size], pending[chunk_size:]
+            yield (first, *_chunk_text(lines, max_prompt_bytes))
+            first += chunk_size
+    if pending:
+        yield (first, *_chunk_text(pending, max_prompt_bytes))
 
 
-def _chunk_text(lines: list[bytes], bad: list[list[Any]]) -> str:
-    """The lines as one string; lines that are not UTF-8 become empty and join ``bad``."""
+def _chunk_text(lines: list[bytes | int], max_prompt_bytes: int) -> tuple[str, list[list[Any]]]:
+    """The lines as one string, and the lines that could not be part of it (empty in the string)."""
     try:
-        return b"\n".join(lines).decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+        return b"\n".join(lines).decode("utf-8"), []  # type: ignore[arg-type]
+    except (TypeError, UnicodeDecodeError):
+        pass  # an over-long line (its size stands in for it) or one that is not UTF-8
+    bad: list[list[Any]] = []
     texts = []
     for index, raw in enumerate(lines):
+        if isinstance(raw, int):
+            bad.append([index, *_too_long(raw, max_prompt_bytes)])
+            texts.append("")
+            continue
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             bad.append([index, *_not_utf8(raw, exc)])
             texts.append("")
-    bad.sort()
-    return "\n".join(texts)
+    return "\n".join(texts), bad
 
 
 def read_items(
