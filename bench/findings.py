@@ -98,8 +98,10 @@ def _e2e(report: dict[str, Any]) -> list[str]:
         out.append(
             f"**e2e_local_ratio = {report.get('e2e_local_ratio')}.** CPU per prompt (`prompt` profile, gross): "
             f"in-process {inproc['total']} µs for everything (read, normalize, write); over Celery "
-            f"{celery['total']} µs ({celery}). The workers alone spend more than the whole in-process run. "
-            f"With both cores busy the "
+            f"{celery['total']} µs ({celery}). "
+            + ("The workers alone spend more than the whole in-process run. "
+               if celery.get("workers", 0) > inproc["total"] else "")
+            + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
             f"cores used during those runs: {busy} of {report['machine']['cores']}. Even the in-process pool with 2 "
             f"processes reaches only {_get(e2e, 'ratios', 'in_process_2_vs_limit')} of the limit here: on 2 cores the "
