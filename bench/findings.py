@@ -98,16 +98,19 @@ def _e2e(report: dict[str, Any]) -> list[str]:
         out.append(
             f"**e2e_local_ratio = {report.get('e2e_local_ratio')}.** CPU per prompt (`prompt` profile, gross): "
             f"in-process {inproc['total']} µs for everything (read, normalize, write); over Celery "
-            f"{celery['total']} µs ({celery}). The workers alone spend more than the whole in-process run. "
-            f"With both cores busy the "
+            f"{celery['total']} µs ({celery}). "
+            + ("The workers alone spend more than the whole in-process run. "
+               if celery.get("workers", 0) > inproc["total"] else "")
+            + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
             f"cores used during those runs: {busy} of {report['machine']['cores']}. Even the in-process pool with 2 "
             f"processes reaches only {_get(e2e, 'ratios', 'in_process_2_vs_limit')} of the limit here: on 2 cores the "
             f"limit leaves no CPU for reading, writing and Redis. py-spy of the producer (`compact`): send_task "
-            f"{producer.get('producer: send_task', 0):.0%} of its samples (kombu publish "
-            f"{producer.get('kombu: publish a message', 0):.0%}, mostly `json` re-encoding the chunk), reading input "
-            f"{producer.get('producer: read + parse input', 0):.0%}, the duplicate-id guard's SQLite spill "
-            f"{producer.get('producer: duplicate-id guard spilling to SQLite', 0):.0%}."
+            f"{producer.get('producer: send_task', 0):.0%} of its samples (SET of the chunk's lines + a small task "
+            f"message), reading and splitting input {producer.get('producer: read + split input', 0):.0%}, the "
+            f"duplicate-id guard {producer.get('producer: duplicate-id guard', 0):.0%} (its SQLite spill "
+            f"{producer.get('producer: duplicate-id guard spilling to SQLite', 0):.0%}); the producer no longer "
+            f"parses JSON: the workers do, as the in-process run does."
         )
     model = chunk_cost_model(_get(report, "sections", "sweep") or {})
     if model is not None:
@@ -119,24 +122,26 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             f"CPU/prompt ≈ {model['per_prompt_us']} µs + {model['per_chunk_us']:,.0f} µs per chunk ÷ chunk size: "
             f"a fixed "
             f"~{model['per_chunk_us'] / 1000:.1f} ms of CPU per chunk, and even with infinite chunks "
-            f"{model['per_prompt_us'] - (base or 0):.1f} µs/prompt more than in-process. Per chunk: kombu encodes the "
-            f"payload (JSON, then base64 for the Redis transport), the prefork parent reads it and pickles it down a "
-            f"pipe to the child (`billiard`), Celery task events (`-E`: sent, received, started, succeeded), two "
-            f"XADD pipelines (start notice, result) each with a cluster-log event and metrics, the producer's XREAD "
-            f"and XDEL. Per prompt: every item crosses JSON (and base64) once each way, which the in-process run "
-            f"never does. py-spy of the workers: process_chunk "
+            f"{model['per_prompt_us'] - (base or 0):.1f} µs/prompt more than in-process. Per chunk: the producer "
+            f"SETs the chunk's raw lines in Redis and sends a task message of a few hundred bytes naming them; the "
+            f"prefork parent pipes that message to the child (`billiard`); Celery task events (`-E`: sent, "
+            f"received, started, succeeded); two Redis pipelines (start notice + GET of the lines, then the "
+            f"result) each with a cluster-log event; the producer's XREAD, then XDEL and DEL. Per prompt: the "
+            f"raw line crosses Redis once as bytes (SET, GET, UTF-8 decode) and its record once (XADD, XREAD), "
+            f"plus its id in the result's JSON for the duplicate guard; parsing and encoding happen in the "
+            f"worker exactly as in-process. py-spy of the workers: process_chunk "
             f"{worker.get('process_chunk: engine + record encoding', 0):.0%} of samples (the engine "
-            f"{worker.get('engine normalize()', 0):.0%}); everything else is transport."
+            f"{worker.get('engine normalize()', 0):.0%}, parsing lines "
+            f"{worker.get('worker: parse input lines', 0):.0%}); everything else is transport."
         )
         out.append(
-            "Fix (overhead and e2e ratio): (a) default chunk size 1024-4096 (the sweep's fastest; the producer's "
-            "window of 4×processes+4 chunks bounds memory); (b) ship each chunk as one pre-encoded JSON string "
-            "argument and each result as the records' JSONL text, so neither side re-walks item lists; (c) task "
-            "events off unless Flower is in use; (d) one Redis pipeline per chunk instead of two (start notice and "
-            "cluster-log events only for chunks still running after a heartbeat); (e) `--pool solo` or threads "
-            "with one process per core to drop the prefork pipe; (f) in the producer, a cheaper duplicate-id guard "
-            "(see memory below) and no sha256 argsrepr unless events are on. "
-            "The ≤3 µs target needs (b)-(e) together: the asymptote above shows that chunking alone cannot reach it."
+            "What is left (overhead and e2e ratio): (a) task events off unless Flower asks for them (Flower "
+            "enables them itself); (b) one Redis pipeline per chunk instead of two (start notice only for chunks "
+            "still running after a heartbeat); (c) `--pool solo` or threads with one process per core to drop the "
+            "prefork pipe; (d) shorter records (provenance is most of each record's bytes, written per record "
+            "by contract); (e) a duplicate-id guard that never spills per id in Python (see memory below). "
+            "Done: raw lines instead of per-item JSON lists, kept out of the broker message (no JSON escaping, "
+            "base64 or unacked-store copy of the prompts); parsing moved to the workers."
         )
     return out
 
@@ -151,13 +156,15 @@ def _containers(report: dict[str, Any]) -> list[str]:
     return [
         f"**container_ratio = {report.get('container_ratio')}.** CPU µs/prompt by group: {cpu} (local workers: "
         f"{local}). The worker processes still spend {cpu.get('workers')} µs/prompt without running the engine: "
-        f"kombu decode, re-encoding the payload as a sandbox frame, decoding the reply and publishing it. The "
+        f"fetching the chunk's lines, encoding them into a sandbox frame (JSON), decoding the reply (the records as "
+        f"a JSON list) and publishing it. The "
         f"containers ({cpu.get('containers')} µs) run the engine plus the frame's JSON both ways, each "
         f"limited to one CPU (`HERMES_CONTAINER_CPUS`). Session transport itself is cheap "
         f"({sessions.get('session_minus_in_process_ms')} ms per 256-prompt chunk over in-process; "
         f"`docker run` per chunk would be {sessions.get('docker_run_over_session')}× "
-        f"a session round trip). Fix: everything listed for the local path, and pass the chunk's JSON bytes from the "
-        f"broker message to the sandbox and the sandbox's records back to Redis without decoding them in the worker."
+        f"a session round trip). Fix: everything listed for the local path, and carry the chunk's raw lines into "
+        f"the sandbox and its records back as a binary part of the frame, so that neither is JSON-escaped and "
+        f"decoded on the way (the Celery path already moves them as bytes)."
     ]
 
 

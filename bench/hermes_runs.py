@@ -30,8 +30,12 @@ NO_BROKER = "redis://127.0.0.1:1/0"  # port 1 refuses at once: the batch runs in
 
 
 def hermes_env(home: Path, broker_url: str | None) -> dict[str, str]:
-    """The environment of a Hermes command: its own home, no HERMES_* from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")}
+    """The environment of a Hermes command: its own home, no HERMES_* from the caller.
+
+    Except ``HERMES_SANDBOX_IMAGE``: the image under test, e.g. a checkout's own build next to
+    another checkout's ``hermes-sandbox:latest``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_") or k == "HERMES_SANDBOX_IMAGE"}
     env.update(HERMES_HOME=str(home), HERMES_LOG_LEVEL="WARNING", HERMES_BROKER_URL=broker_url or NO_BROKER)
     return env
 

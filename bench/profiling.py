@@ -36,9 +36,12 @@ _AREAS = (
     ("CeleryExecutor._send (", "producer: send_task"),
     ("CeleryExecutor._take (", "producer: decode results"),
     ("summarize (", "producer: argsrepr summary (sha256 of prompts)"),
-    ("read_items (", "producer: read + parse input"),
+    ("read_chunks (", "producer: read + split input"),
+    ("items_from_text (", "worker: parse input lines"),
+    ("guard_duplicates (", "producer: duplicate-id guard"),
     ("_spill (", "producer: duplicate-id guard spilling to SQLite"),
 )
+_ROOT = str(Path(__file__).resolve().parent.parent) + "/"  # this checkout, wherever it is
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -48,7 +51,7 @@ def available() -> bool:
 
 def _package(path: str) -> str:
     """A short owner for a source file: hermes_worker.engine, celery, kombu, json, redis, ..."""
-    for marker in ("site-packages/", "dist-packages/", "/work/main/", "/lib/python3.11/"):
+    for marker in ("site-packages/", "dist-packages/", _ROOT, "/lib/python3.11/"):
         if marker in path:
             rest = path.split(marker, 1)[1]
             parts = rest.split("/")

@@ -27,6 +27,7 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.docker_backend import DockerSession, connect
@@ -51,7 +52,7 @@ def chunks(total: int, size: int = 256) -> list[dict[str, Any]]:
     result = []
     for start in range(0, total, size):
         items = [[start + n + 1, f"p{start + n}", text, None] for n, text in enumerate(texts[start : start + size])]
-        result.append({"v": 1, "chunk": start // size, "profile": spec, "max_validation": 1, "explain": False,
+        result.append({"v": PAYLOAD_VERSION, "chunk": start // size, "profile": spec, "max_validation": 1, "explain": False,
                        "max_prompt_bytes": 1 << 20, "items": items})  # fmt: skip
     return result
 

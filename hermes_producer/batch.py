@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, BinaryIO, Protocol, TextIO
 
-from hermes_worker.contract import ChunkRequest, result_text
+from hermes_worker.contract import DUPLICATE_ID, ChunkRequest, result_text
 from hermes_worker.engine import Profile
+from hermes_worker.processing import request_items, with_errors
 
-from .reader import InputFormat, read_items
+from .reader import InputFormat, read_chunks
+from .seen_ids import SeenIds
 
-__all__ = ["BatchOptions", "BatchSummary", "ChunkExecutor", "chunk_requests", "run_batch"]
+__all__ = ["BatchOptions", "BatchSummary", "ChunkExecutor", "chunk_requests", "guard_duplicates", "run_batch",
+           "text_chunk_requests"]
 
 FIRST_ERRORS_KEPT = 10
 
@@ -125,6 +128,58 @@ def chunk_requests(
         ).to_payload()
 
 
+def text_chunk_requests(
+    chunks: Iterable[tuple[int, str, list[list[Any]]]],
+    options: BatchOptions,
+    skip: int = 0,
+    on_skipped: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Chunk request payloads carrying raw input lines (see :func:`reader.read_chunks`).
+
+    The first ``skip`` chunks are not yielded (a resumed batch has them in its output already);
+    each is handed to ``on_skipped`` instead, so their ids still reach the duplicate guard.
+    """
+    spec = options.profile.spec()
+    for number, (first, text, bad) in enumerate(chunks):
+        payload = ChunkRequest(
+            chunk=number,
+            profile=spec,
+            max_validation=options.max_validation,
+            explain=options.explain,
+            max_prompt_bytes=options.max_prompt_bytes,
+            text=text,
+            first=first,
+            format=options.input_format,
+            bad=bad,
+        ).to_payload()
+        if number < skip:
+            if on_skipped is not None:
+                on_skipped(payload)
+            continue
+        yield payload
+
+
+def guard_duplicates(result: dict[str, Any], seen: SeenIds) -> dict[str, Any]:
+    """``result`` with every record whose id an earlier line used turned into a ``duplicate_id`` error.
+
+    Chunks must come in input order: the first line to use an id keeps it, as it did when
+    the producer parsed every line itself. Results without ``ids`` (plain text, whose ids are
+    line numbers, and item requests) pass as they are.
+    """
+    ids = result.get("ids")
+    if not ids:
+        return result
+    first = result["first"]
+    duplicates = seen.check_chunk(first, ids)
+    if not duplicates:
+        return result
+    replaced = {
+        index: (DUPLICATE_ID, f"id {first + index if ids[index] is True else ids[index]!r} was already used on line {line}")
+        for index, line in duplicates.items()
+    }
+    return with_errors(result, replaced)
+
+
 def run_batch(
     source: BinaryIO,
     sink: TextIO,
@@ -150,8 +205,17 @@ def run_batch(
     """
     summary = summary if summary is not None else BatchSummary()
     started = time.perf_counter()
-    items = read_items(source, options.input_format, options.max_prompt_bytes)
-    for result in executor.map_ordered(chunk_requests(items, options, skip=skip_chunks)):
+    seen = SeenIds()
+
+    def skipped(payload: dict[str, Any]) -> None:
+        # Already written by the interrupted run: only their ids matter, parsed here.
+        _items, ids = request_items(ChunkRequest.from_payload(payload))
+        if ids:
+            seen.check_chunk(payload["first"], ids)
+
+    chunks = read_chunks(source, options.input_format, options.max_prompt_bytes, options.chunk_size)
+    for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
+        result = guard_duplicates(result, seen)
         sink.write(result_text(result))
         summary.add(result)
         if on_written is not None:

@@ -38,7 +38,15 @@ from typing import Any
 import redis
 from kombu.exceptions import ChannelError, OperationalError
 
-from hermes_worker.contract import ENGINE_FAILURE, KEY_RESULTS, PAYLOAD_VERSION, TASK_NORMALIZE_CHUNK
+from hermes_worker.contract import (
+    ENGINE_FAILURE,
+    KEY_CHUNK_TEXT,
+    KEY_RESULTS,
+    PAYLOAD_VERSION,
+    TASK_NORMALIZE_CHUNK,
+    TEXT_KEY,
+    request_span,
+)
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
@@ -58,14 +66,17 @@ def summarize(payload: dict[str, Any]) -> str:
     """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts."""
     digest = hashlib.sha256()
     chars = 0
-    for _line, _id, prompt, _error in payload["items"]:
+    if "text" in payload:
+        chars = len(payload["text"])
+        digest.update(payload["text"].encode("utf-8", "surrogatepass"))
+    for _line, _id, prompt, _error in payload.get("items") or []:
         if isinstance(prompt, str):
             chars += len(prompt)
             digest.update(prompt.encode("utf-8", "surrogatepass"))
-    items = payload["items"]
-    lines = f"lines {items[0][0]}-{items[-1][0]}" if items else "no lines"
+    first, count = request_span(payload)
+    lines = f"lines {first}-{first + count - 1}" if count else "no lines"
     return (
-        f"chunk {payload['chunk']}: {len(items)} prompts ({lines}), {chars:,} chars, "
+        f"chunk {payload['chunk']}: {count} prompts ({lines}), {chars:,} chars, "
         f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}"
     )
 
@@ -123,6 +134,7 @@ class CeleryExecutor:
         self._trouble_at = float("-inf")  # when either last failed
         self._suspects: dict[int, float] = {}  # chunk -> since when it looks stranded
         self._broker: Any = None  # a kombu connection for queue depths, opened when first needed
+        self._written_texts: list[str] = []  # keys of written chunks' lines still to delete
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
@@ -147,18 +159,28 @@ class CeleryExecutor:
 
     def _send(self, payload: dict[str, Any]) -> None:
         """Send one chunk, retrying with back-off while the broker is away (up to the outage timeout)."""
+        message = payload
+        if "text" in payload:
+            # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
+            key = KEY_CHUNK_TEXT.format(batch=self.batch_id, chunk=payload["chunk"])
+            message = {k: v for k, v in payload.items() if k != "text"}
+            message |= {TEXT_KEY: key, "count": request_span(payload)[1]}
         delay = 0.25
         while True:
+            what = "Redis"
             try:
+                if message is not payload:
+                    self.cluster.redis.set(key, payload["text"].encode("utf-8"), ex=self._reply["ttl"])
+                what = "the broker"
                 self.cluster.app.send_task(
                     TASK_NORMALIZE_CHUNK,
-                    args=[payload, self._reply],
+                    args=[message, self._reply],
                     queue=self.route.queue,
                     argsrepr=summarize(payload),
                     kwargsrepr="{}",
                 )
             except (OperationalError, redis.RedisError, OSError) as exc:
-                self._outage("the broker", exc)
+                self._outage(what, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
             else:
@@ -219,14 +241,20 @@ class CeleryExecutor:
                 outstanding.pop(chunk, None)
                 yield ready.pop(chunk)
                 # The consumer has written what it got before asking for more: only now may
-                # the entries behind it go (a resumed batch would need them otherwise).
-                if consumed_ids:
-                    try:
-                        self.cluster.redis.xdel(self.stream, *consumed_ids)
-                    except redis.RedisError:
-                        pass  # tried again after the next chunk; a resumed batch skips them anyway
-                    else:
-                        consumed_ids.clear()
+                # the entries behind it, and the chunk's lines, go (a resumed batch would need
+                # them otherwise).
+                self._written_texts.append(KEY_CHUNK_TEXT.format(batch=self.batch_id, chunk=chunk))
+                try:
+                    pipe = self.cluster.redis.pipeline(transaction=False)
+                    if consumed_ids:
+                        pipe.xdel(self.stream, *consumed_ids)
+                    pipe.delete(*self._written_texts)
+                    pipe.execute()
+                except redis.RedisError:
+                    pass  # tried again after the next chunk; a resumed batch skips them anyway
+                else:
+                    consumed_ids.clear()
+                    self._written_texts.clear()
             if not order and exhausted:
                 return
             try:
@@ -259,6 +287,13 @@ class CeleryExecutor:
             waiting = outstanding.get(notice.get("chunk"))
             if waiting is not None:
                 waiting.worker = notice.get("worker")
+        elif b"m" in fields:
+            # A worker found no lines under the chunk's key (Redis lost them): send it again.
+            notice = json.loads(fields[b"m"])
+            chunk = notice.get("chunk")
+            if chunk in outstanding and chunk not in ready:
+                self._resend(outstanding, [chunk], time.monotonic())
+                self._on_reroute(f"chunk {chunk}: {notice.get('worker')} found its lines gone from Redis; sent again")
 
     def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         """The result, or error records for the whole chunk if it does not hold one record per item.
@@ -266,12 +301,12 @@ class CeleryExecutor:
         A worker of another Hermes version could answer in a shape this producer does not read;
         its records must not vanish quietly.
         """
-        items = payload["items"]
+        _first, count = request_span(payload)
         records = result["text"].count("\n")
-        if result.get("v") == PAYLOAD_VERSION and records == len(items) == result["ok"] + result["failed"]:
+        if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
             return result
         worker = result.get("provenance", {}).get("worker", "unknown worker")
-        message = (f"{worker} answered with {records} record(s) for {len(items)} item(s) (result version "
+        message = (f"{worker} answered with {records} record(s) for {count} item(s) (result version "
                    f"{result.get('v')!r}, expected {PAYLOAD_VERSION}): run the same Hermes version everywhere")
         self._on_reroute(message)
         return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.route.tag, worker=str(worker))

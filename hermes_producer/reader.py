@@ -1,6 +1,8 @@
-"""Read batch input (JSONL or plain text) into contract items, one per input line, streaming.
+"""Read batch input (JSONL or plain text), streaming: as chunks of raw lines, or as items.
 
-Every line becomes exactly one item ``[line, id, prompt, error]``: a line that cannot be read
+``hermes batch`` ships chunks of raw lines (:func:`read_chunks`); whoever runs a chunk parses
+them with :mod:`hermes_worker.lines`. :func:`read_items` parses here, for callers that want
+items. Either way every line becomes exactly one item ``[line, id, prompt, error]``: a line that cannot be read
 (invalid UTF-8, malformed JSON, no prompt, a duplicate id, far too long) becomes an item that
 already carries its error, so it still gets its record, in order. Memory stays bounded: lines
 are read with a size cap, and an over-long line is skipped through without being held.
@@ -8,15 +10,15 @@ are read with a size cap, and an over-long line is skipped through without being
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Literal
 
 from hermes_worker import contract
+from hermes_worker.lines import parse_json_item
 
 from .seen_ids import SeenIds
 
-__all__ = ["InputFormat", "detect_format", "read_items"]
+__all__ = ["InputFormat", "detect_format", "read_chunks", "read_items"]
 
 InputFormat = Literal["jsonl", "text"]
 
@@ -85,44 +87,104 @@ def _decode(raw: bytes, line_no: int) -> str:
 
 
 def _parse_json_item(text: str) -> tuple[Any, Any]:
-    """Return ``(id or None, prompt)`` or raise ValueError with the item's error code as args."""
-    if not text.strip():
-        raise ValueError(contract.MALFORMED_JSON, "line is blank: expected a JSON object with a 'prompt'")
+    return parse_json_item(text)
+
+
+def _max_line(fmt: InputFormat, max_prompt_bytes: int) -> int:
+    return max_prompt_bytes * (_JSON_EXPANSION if fmt == "jsonl" else 1) + _LINE_SLACK
+
+
+def _too_long(size: int, max_prompt_bytes: int) -> list[Any]:
+    return [contract.TOO_LARGE, f"line is {size:,} bytes; the prompt limit is {max_prompt_bytes:,} bytes"]
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> list[Any]:
+    bad = raw[exc.start : exc.start + 1].hex()
+    return [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"]
+
+
+def _line_batches(stream: BinaryIO, max_line: int) -> Iterator[list[bytes | int]]:
+    """The lines of ``stream`` (without newlines), a block's worth at a time.
+
+    Like :func:`_bounded_lines`, but a list per block and no Python code per line: an over-long
+    line is skipped through without being held and shows up as its size (an int) instead.
+    """
+    read = getattr(stream, "read1", stream.read)
+    pending = b""  # the start of a line whose newline has not been read yet
+    skipping = -1  # bytes seen of an over-long line being skipped, or -1
+    while True:
+        block = read(_BLOCK)
+        if not block:
+            break
+        out: list[bytes | int] = []
+        if skipping >= 0:
+            newline = block.find(b"\n")
+            if newline < 0:
+                skipping += len(block)
+                continue
+            out.append(skipping + newline + 1)
+            skipping = -1
+            block = block[newline + 1 :]
+        parts: list[Any] = block.split(b"\n")
+        parts[0] = pending + parts[0]
+        pending = parts.pop()
+        if parts and max(map(len, parts)) > max_line:
+            parts = [raw if len(raw) <= max_line else len(raw) + 1 for raw in parts]
+        out += parts
+        if len(pending) > max_line:
+            skipping, pending = len(pending), b""
+        if out:
+            yield out
+    if skipping >= 0:
+        yield [skipping]
+    elif pending:
+        yield [pending if len(pending) <= max_line else len(pending)]
+
+
+def read_chunks(
+    stream: BinaryIO, fmt: InputFormat, max_prompt_bytes: int, chunk_size: int
+) -> Iterator[tuple[int, str, list[list[Any]]]]:
+    """Group input lines into chunks ``(first line number, lines joined by "\\n", bad lines)``.
+
+    No line is parsed here: the worker does that (:mod:`hermes_worker.lines`). Only what cannot
+    travel as text is caught: a line that is not UTF-8 or is far too long is shipped as an empty
+    line, and ``bad`` holds ``[index in the chunk, code, message]`` for its error record.
+
+    >>> import io
+    >>> list(read_chunks(io.BytesIO(b'{"prompt": "a"}\\n\\xff\\n'), "jsonl", 100, 1000))
+    [(1, '{"prompt": "a"}\\n', [[1, 'invalid_utf8', 'not valid UTF-8: byte 0xff at offset 0']])]
+    """
+    pending: list[bytes | int] = []
+    first = 1
+    for batch in _line_batches(stream, _max_line(fmt, max_prompt_bytes)):
+        pending += batch
+        while len(pending) >= chunk_size:
+            lines, pending = pending[:chunk_size], pending[chunk_size:]
+            yield (first, *_chunk_text(lines, max_prompt_bytes))
+            first += chunk_size
+    if pending:
+        yield (first, *_chunk_text(pending, max_prompt_bytes))
+
+
+def _chunk_text(lines: list[bytes | int], max_prompt_bytes: int) -> tuple[str, list[list[Any]]]:
+    """The lines as one string, and the lines that could not be part of it (empty in the string)."""
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(contract.MALFORMED_JSON, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    except RecursionError:
-        raise ValueError(contract.MALFORMED_JSON, "invalid JSON: nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise ValueError(
-            contract.NOT_AN_OBJECT, f"expected a JSON object with a 'prompt', got a JSON {_json_type(obj)}"
-        )
-    if "prompt" not in obj:
-        raise ValueError(contract.MISSING_PROMPT, "object has no 'prompt' field", obj.get("id"))
-    item_id = obj.get("id")
-    if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, str | int)):
-        raise ValueError(contract.BAD_ID, f"'id' must be a string or an integer, got a JSON {_json_type(item_id)}")
-    prompt = obj["prompt"]
-    if not isinstance(prompt, str):
-        # The id is good: the error record carries it, so the item can be found by its id.
-        raise ValueError(
-            contract.PROMPT_NOT_STRING, f"'prompt' must be a string, got a JSON {_json_type(prompt)}", item_id
-        )
-    return item_id, prompt
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+        return b"\n".join(lines).decode("utf-8"), []  # type: ignore[arg-type]
+    except (TypeError, UnicodeDecodeError):
+        pass  # an over-long line (its size stands in for it) or one that is not UTF-8
+    bad: list[list[Any]] = []
+    texts = []
+    for index, raw in enumerate(lines):
+        if isinstance(raw, int):
+            bad.append([index, *_too_long(raw, max_prompt_bytes)])
+            texts.append("")
+            continue
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            bad.append([index, *_not_utf8(raw, exc)])
+            texts.append("")
+    return "\n".join(texts), bad
 
 
 def read_items(
@@ -142,28 +204,17 @@ def read_items(
     >>> list(read_items(io.BytesIO(b'{"id": "a", "prompt": "hi"}\\n{"prompt": 3}\\n'), "jsonl", 100))
     [[1, 'a', 'hi', None], [2, 2, None, ['prompt_not_string', "'prompt' must be a string, got a JSON number"]]]
     """
-    max_line = max_prompt_bytes * (_JSON_EXPANSION if fmt == "jsonl" else 1) + _LINE_SLACK
+    max_line = _max_line(fmt, max_prompt_bytes)
     seen = seen if seen is not None else SeenIds()
     for line_no, raw, size in _bounded_lines(stream, max_line):
         item_id: Any = line_no
         if raw is None:
-            yield [
-                line_no,
-                item_id,
-                None,
-                [contract.TOO_LARGE, f"line is {size:,} bytes; the prompt limit is {max_prompt_bytes:,} bytes"],
-            ]
+            yield [line_no, item_id, None, _too_long(size, max_prompt_bytes)]
             continue
         try:
             text = _decode(raw, line_no)
         except UnicodeDecodeError as exc:
-            bad = raw[exc.start : exc.start + 1].hex()
-            yield [
-                line_no,
-                item_id,
-                None,
-                [contract.INVALID_UTF8, f"not valid UTF-8: byte 0x{bad} at offset {exc.start}"],
-            ]
+            yield [line_no, item_id, None, _not_utf8(raw, exc)]
             continue
         explicit_id = None
         if fmt == "text":

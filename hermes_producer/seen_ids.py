@@ -95,6 +95,34 @@ class SeenIds:
             self._spill()
         return None
 
+    def check_chunk(self, first: int, ids: list[Any]) -> dict[int, int]:
+        """Check a chunk's ids in order; return ``{index: line that used the id first}`` of its duplicates.
+
+        ``ids`` has an entry per line from line ``first`` on: an explicit id, ``True`` for a
+        line whose id is its line number, or ``None`` for a line whose id does not count.
+
+        >>> seen = SeenIds()
+        >>> seen.check_chunk(1, ["a", True, None, "b"]), seen.check_chunk(5, ["b", 2, None])
+        ({}, {0: 4, 1: 2})
+        """
+        if self._db is None and not self._default_lines and True not in ids and None not in ids:
+            # The common case, at C speed: explicit ids, none seen before, none repeated.
+            batch = dict(zip(ids, range(first, first + len(ids)), strict=True))
+            if len(batch) == len(ids) and self._recent.keys().isdisjoint(batch):
+                self._recent.update(batch)
+                if len(self._recent) >= self._spill_at:
+                    self._spill()
+                return {}
+        duplicates: dict[int, int] = {}
+        for index, item_id in enumerate(ids):
+            if item_id is None:
+                continue
+            line = first + index
+            found = self.check_default(line) if item_id is True else self.check_and_add(item_id, line)
+            if found is not None:
+                duplicates[index] = found
+        return duplicates
+
     def _lookup(self, item_id: Any) -> int | None:
         first = self._recent.get(item_id)
         if first is not None:

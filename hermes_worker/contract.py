@@ -3,22 +3,36 @@
 Both sides import this module and nothing else of each other. It uses only the standard
 library, so it also ships inside the sandbox image. Payloads are plain JSON: no pickle, ever.
 
-A chunk request::
+A chunk request carries either raw input lines (what ``hermes batch`` sends)::
 
-    {"v": 2, "chunk": 7, "profile": {"name": "prompt", "steps": [...]},
+    {"v": 3, "chunk": 7, "profile": {"name": "prompt", "steps": [...]},
      "max_validation": 1, "explain": false, "max_prompt_bytes": 1048576,
-     "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
+     "format": "jsonl", "first": 7169, "text": "{\"id\": ...}\n{...}\n...",
+     "bad": [[index, "invalid_utf8", "..."], ...]}
 
-An item whose fourth field is set failed before it reached the engine (the producer could not
-parse it); the worker turns it into its error record so that records stay in input order.
+``text`` is the chunk's input lines as they were read, joined by ``"\n"``, the first being line
+``first``; the worker parses them (:mod:`hermes_worker.lines`), so the producer never decodes a
+prompt. ``bad`` lists lines the producer could not ship as text (invalid UTF-8, far too long):
+an empty line stands in for each, and its error record says why. Or the request carries
+items already parsed (``hermes run``, ``hermes queue``, tests)::
+
+     ... "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
+
+An item whose fourth field is set failed before it reached the engine; the worker turns it
+into its error record so that records stay in input order.
 
 A chunk result::
 
-    {"v": 2, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
-     "errors": [[line, code, message], ...], "provenance": {...}}
+    {"v": 3, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
+     "errors": [[line, code, message], ...], "provenance": {...},
+     "first": 7169, "ids": [17, "a", true, null, ...]}
 
 ``lines`` holds one JSON-encoded output record per item, in item order: producers write them
-as they are, without decoding them again.
+as they are, without decoding them again. ``ids`` (JSONL text requests only) gives, per record,
+the id the producer's duplicate guard checks: the explicit id, ``true`` for a line whose id is
+its line number, ``null`` for a line that failed before its id counted. The producer, which
+sees every chunk in order, turns a record whose id was used before into a ``duplicate_id``
+error record.
 """
 
 from __future__ import annotations
@@ -28,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
-PAYLOAD_VERSION = 2
+# 3: requests may carry raw input lines ("text"), parsed by the worker; results carry "ids".
+PAYLOAD_VERSION = 3
 
 TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
 QUEUE_CONTAINER = "hermes.container"
@@ -40,6 +55,8 @@ QUEUE_FOR_TAG = {"container": QUEUE_CONTAINER, "local": QUEUE_LOCAL}
 KEY_PREFIX = "hermes:"
 KEY_WORKER = KEY_PREFIX + "worker:{name}"  # a worker's registry entry, JSON, expires with its heartbeat
 KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and start notices of one batch
+# The raw lines of one chunk sent through Celery, as UTF-8 bytes; see TEXT_KEY.
+KEY_CHUNK_TEXT = KEY_PREFIX + "chunk:{batch}:{chunk}"
 KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
 EVENTS_MAXLEN = 20_000
 
@@ -61,6 +78,14 @@ ENGINE_FAILURE = "engine_failure"
 SANDBOX_FAILURE = "sandbox_failure"
 
 
+# Through Celery, a text request's ``text`` does not ride in the task message: the producer
+# stores it, as the UTF-8 bytes it read, under KEY_CHUNK_TEXT and the message names that key
+# here. The worker puts it back before anything else sees the payload. The task message stays a
+# few hundred bytes, so the prompts are not JSON-escaped, base64-encoded and copied again by
+# the broker transport (and again for its unacknowledged-message store) on their way.
+TEXT_KEY = "text_key"
+
+
 def result_text(result: Mapping[str, Any]) -> str:
     """A chunk result's records as JSONL text, one line each, ending with a newline.
 
@@ -80,6 +105,15 @@ def result_lines(result: Mapping[str, Any]) -> list[str]:
     return str(result["text"]).split("\n")[:-1]
 
 
+def request_span(payload: Mapping[str, Any]) -> tuple[int, int]:
+    """``(first line, number of lines)`` of a chunk request, without parsing its lines."""
+    text = payload.get("text")
+    if isinstance(text, str):
+        return int(payload.get("first") or 1), text.count("\n") + 1
+    items = payload.get("items") or []
+    return (items[0][0] if items else 0), len(items)
+
+
 class ContractError(ValueError):
     """A payload does not follow the contract (a bug or a version mismatch, not bad input)."""
 
@@ -93,18 +127,30 @@ class ChunkRequest:
     max_validation: int
     explain: bool
     max_prompt_bytes: int
-    items: list[list[Any]]
+    items: list[list[Any]] | None = None
+    text: str | None = None
+    first: int = 1
+    format: str = "jsonl"
+    bad: list[list[Any]] | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "v": PAYLOAD_VERSION,
             "chunk": self.chunk,
             "profile": dict(self.profile),
             "max_validation": self.max_validation,
             "explain": self.explain,
             "max_prompt_bytes": self.max_prompt_bytes,
-            "items": self.items,
         }
+        if self.text is not None:
+            payload |= {"format": self.format, "first": self.first, "text": self.text, "bad": self.bad or []}
+        else:
+            payload["items"] = self.items
+        return payload
+
+    def bad_lines(self) -> dict[int, list[Any]]:
+        """Lines of a text request the producer could not ship: index in the chunk -> [code, message]."""
+        return {index: [code, message] for index, code, message in self.bad or []}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ChunkRequest:
@@ -127,13 +173,25 @@ class ChunkRequest:
             raise ContractError("chunk payload: 'max_validation' must be an integer >= 0")
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ContractError("chunk payload: 'max_prompt_bytes' must be a positive integer")
+        common = {
+            "chunk": chunk,
+            "profile": payload.get("profile") or {},
+            "max_validation": max_validation,
+            "explain": bool(payload.get("explain")),
+            "max_prompt_bytes": max_bytes,
+        }
+        text = payload.get("text")
+        if text is not None:
+            first, fmt, bad = payload.get("first"), payload.get("format"), payload.get("bad") or []
+            if not isinstance(text, str):
+                raise ContractError("chunk payload: 'text' must be a string of input lines")
+            if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+                raise ContractError("chunk payload: 'first' must be a line number >= 1")
+            if fmt not in ("jsonl", "text"):
+                raise ContractError("chunk payload: 'format' must be 'jsonl' or 'text'")
+            if not isinstance(bad, list) or not all(isinstance(b, list) and len(b) == 3 for b in bad):
+                raise ContractError("chunk payload: 'bad' must be a list of [index, code, message] lists")
+            return cls(**common, text=text, first=first, format=fmt, bad=bad)
         if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 4 for i in items):
             raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
-        return cls(
-            chunk=chunk,
-            profile=payload.get("profile") or {},
-            max_validation=max_validation,
-            explain=bool(payload.get("explain")),
-            max_prompt_bytes=max_bytes,
-            items=items,
-        )
+        return cls(**common, items=items)

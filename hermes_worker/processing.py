@@ -14,8 +14,9 @@ from typing import Any
 from . import contract
 from .contract import ChunkRequest
 from .engine import ItemError, Profile, check_prompt, normalize, provenance
+from .lines import items_from_text
 
-__all__ = ["process_chunk"]
+__all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # JSON allows these raw inside strings, but many line-oriented tools (str.splitlines, editors,
@@ -24,6 +25,8 @@ _LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u202
 
 
 def _dumps(value: object) -> str:
+    if type(value) is int:
+        return str(value)  # ids are mostly integers: skip the encoder's set-up
     text = _encode(value)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKERS:
@@ -54,6 +57,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         ProfileError: the payload's profile is invalid.
     """
     request = ChunkRequest.from_payload(payload)
+    items, ids = request_items(request)
     profile = Profile.from_spec(request.profile)
     prov_dict = provenance(profile, mode=mode, worker=worker, image=image)
     prov = _dumps(prov_dict)
@@ -61,7 +65,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
     errors: list[list[Any]] = []
     max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
 
-    for line, raw_id, prompt, pre_error in request.items:
+    for line, raw_id, prompt, pre_error in items:
         item_id = _dumps(raw_id)
         if pre_error is not None:
             code, message = pre_error
@@ -95,7 +99,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         errors.append([line, code, message])
         lines.append(_error_line(item_id, line, code, message, prov))
 
-    return {
+    result = {
         "v": contract.PAYLOAD_VERSION,
         "chunk": request.chunk,
         "lines": lines,
@@ -104,6 +108,45 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         "errors": errors,
         "provenance": prov_dict,
     }
+    if request.text is not None:
+        result |= {"first": request.first, "ids": ids}
+    return result
+
+
+def request_items(request: ChunkRequest) -> tuple[list[list[Any]], list[Any] | None]:
+    """A request's items (parsing its raw lines if it carries text) and their guard ids."""
+    if request.text is None:
+        return request.items or [], None
+    return items_from_text(
+        request.text, request.first, request.format, request.max_prompt_bytes, request.bad_lines()
+    )
+
+
+def with_errors(result: dict[str, Any], replaced: dict[int, tuple[str, str]]) -> dict[str, Any]:
+    """``result`` with the records at the given indexes replaced by error records.
+
+    Args:
+        result: a chunk result (``lines`` or ``text`` form; see :mod:`hermes_worker.contract`).
+        replaced: index of the record in the chunk -> ``(code, message)``.
+
+    The replacement keeps the record's id, line and provenance: it only says why the item
+    failed (the producer's duplicate guard uses it).
+    """
+    lines = contract.result_lines(result)
+    prov = _dumps(result["provenance"])
+    errors = {line: [line, code, message] for line, code, message in result["errors"]}
+    for index, (code, message) in replaced.items():
+        record = json.loads(lines[index])
+        line = record["line"]
+        if line not in errors:
+            result["ok"] -= 1
+            result["failed"] += 1
+        errors[line] = [line, code, message]
+        lines[index] = _error_line(_dumps(record.get("id")), line, code, message, prov)
+    result["errors"] = [errors[line] for line in sorted(errors)]
+    result.pop("text", None)
+    result["lines"] = lines
+    return result
 
 
 def failed_chunk_result(
@@ -122,13 +165,21 @@ def failed_chunk_result(
         prov_dict = {"profile": str((spec or {}).get("name")), "mode": mode, "worker": worker}
     prov = _dumps(prov_dict)
     items = payload.get("items") if isinstance(payload, Mapping) else None
+    ids: list[Any] | None = None
+    first = payload.get("first") if isinstance(payload, Mapping) else None
+    if isinstance(payload, Mapping) and isinstance(payload.get("text"), str):
+        try:
+            items, ids = request_items(ChunkRequest.from_payload(payload))
+        except Exception:  # the payload is what is wrong: a record per line all the same
+            text, start = payload["text"], first if isinstance(first, int) else 0
+            items, ids = [[start + n, start + n, None, None] for n in range(text.count("\n") + 1)], None
     lines, errors = [], []
     for item in items if isinstance(items, list) else []:
         line, raw_id = (item[0], item[1]) if isinstance(item, list) and len(item) >= 2 else (0, None)
         lines.append(_error_line(_dumps(raw_id), line, code, message, prov))
         errors.append([line, code, message])
     chunk = payload.get("chunk") if isinstance(payload, Mapping) else None
-    return {
+    result = {
         "v": contract.PAYLOAD_VERSION,
         "chunk": chunk,
         "lines": lines,
@@ -137,3 +188,7 @@ def failed_chunk_result(
         "errors": errors,
         "provenance": prov_dict,
     }
+    if isinstance(first, int) and isinstance(payload.get("text"), str):
+        # The guard still learns these ids: a later line reusing one is a duplicate either way.
+        result |= {"first": first, "ids": ids}
+    return result

@@ -315,14 +315,30 @@ class ProcessState:
         self._deadline = time.monotonic() + 0.75 * self.settings.chunk_time_limit_s
         # One round trip before and one after: the start notice (which tells the producer
         # who holds the chunk) with its event, then the result with its event.
-        self._publish(
+        text_key = payload.pop(contract.TEXT_KEY, None)
+        text = self._publish(
             stream,
             ttl,
             {"s": json.dumps({"chunk": chunk, "worker": worker})},
             events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
+            fetch=text_key if isinstance(text_key, str) else None,
         )
+        if text_key is not None and text is None:
+            # The producer deletes a chunk's lines once it has written the chunk, so this is a
+            # late duplicate delivery, or Redis lost the key (restarted without persistence):
+            # say so, and a producer still waiting for the chunk sends it again.
+            self._publish(
+                stream,
+                ttl,
+                {"m": json.dumps({"chunk": chunk, "worker": worker})},
+                events.entry("WARNING", "chunk.lines_missing", f"chunk {chunk}: its lines are not in Redis", chunk=chunk),
+            )
+            return
         started = time.perf_counter()
         try:
+            if text is not None:
+                payload["text"] = text.decode("utf-8")
+            payload.pop("count", None)
             result = self.runner.run(payload, worker)
         except (contract.ContractError, ProfileError) as exc:
             result = failed_chunk_result(
@@ -405,7 +421,8 @@ class ProcessState:
         fields: dict[str, str],
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None = None,
-    ) -> None:
+        fetch: str | None = None,
+    ) -> bytes | None:
         # A result must not be lost to a Redis outage: retry with back-off until the deadline,
         # then let Celery redeliver the chunk (it is acknowledged only when this returns).
         deadline = max(self._deadline, time.monotonic() + 2.0)
@@ -418,8 +435,10 @@ class ProcessState:
                 pipe.xadd(KEY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
                 if counters is not None:
                     add_metrics(pipe, *counters)
-                pipe.execute()
-                return
+                if fetch is not None:
+                    pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
+                replies = pipe.execute()
+                return replies[-1] if fetch is not None else None  # type: ignore[no-any-return]
             except redis.RedisError as exc:
                 if time.monotonic() + delay > deadline:
                     raise

@@ -79,6 +79,30 @@ def test_a_batch_fans_out_over_two_workers_in_input_order(
     assert "20,000 prompts" in done.stderr and "local@w1" in done.stderr and "local@w2" in done.stderr
 
 
+def test_duplicate_ids_across_chunks_run_on_different_workers_are_caught_in_input_order(
+    start_worker: WorkerFactory, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    # Given two workers and ids that repeat across chunks, with a line that is not UTF-8
+    start_worker("w1")
+    start_worker("w2")
+    src = make_input(tmp_path / "in.jsonl", 400)
+    with src.open("ab") as handle:
+        handle.write(b'{"id": "p3", "prompt": "p3 again, four chunks later"}\n{"id": "z", "prompt": "\xff"}\n')
+        handle.write(b'{"id": "p399", "prompt": "and again"}\n')
+    out = tmp_path / "out.jsonl"
+    # When the batch runs through Celery in chunks of 100 lines
+    done = chermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "100")
+    # Then every line has its record, the repeats are duplicate_id errors naming the first use
+    assert done.returncode == 1, done.stderr
+    records = read_records(out)
+    assert len(records) == 403 and [r["line"] for r in records] == list(range(1, 404))
+    assert sum("error" in r for r in records) == 3
+    assert records[400]["error"]["code"] == "duplicate_id" and "line 4" in records[400]["error"]["message"]
+    assert records[401]["error"]["code"] == "invalid_utf8" and records[401]["line"] == 402
+    assert records[402]["error"]["code"] == "duplicate_id" and "line 400" in records[402]["error"]["message"]
+    assert {r["provenance"]["worker"] for r in records} <= {"local@w1", "local@w2"}
+
+
 def test_run_goes_to_a_worker_and_records_who(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
     start_worker("w1")
     done = chermes("run", "--prompt", "cafÃ©", "--json")
@@ -294,3 +318,37 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
     assert result["failed"] == 2 and len(result["lines"]) == 2
     assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result["lines"])
     assert "run the same Hermes version everywhere" in messages[0]
+
+
+def test_a_chunk_whose_lines_vanished_from_redis_is_sent_again(
+    start_worker: WorkerFactory, chermes: HermesRunner, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a batch whose chunk lines wait in Redis for a worker (hermes:chunk:BATCH:N)
+    start_worker("w1")
+    src, out = make_input(tmp_path / "in.jsonl", 20_000), tmp_path / "out.jsonl"
+    client = redis_server.client()
+    stop, deleted = threading.Event(), []
+
+    def lose_lines() -> None:
+        # When Redis loses them (a restart without persistence, an eviction) before a worker
+        # fetches them, over and over for a while
+        started = time.monotonic()
+        while not stop.is_set() and (time.monotonic() - started < 2 or len(deleted) < 5):
+            keys = list(client.scan_iter(match="hermes:chunk:*", count=1000))
+            if keys:
+                deleted.extend(keys[: client.delete(*keys)])
+            time.sleep(0.005)
+
+    thief = threading.Thread(target=lose_lines)
+    thief.start()
+    try:
+        done = chermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "100")
+    finally:
+        stop.set()
+        thief.join()
+    # Then the worker says so, the producer sends those chunks again, and nothing is lost
+    assert done.returncode == 0, done.stderr
+    assert len(deleted) >= 5 and "found its lines gone from Redis; sent again" in done.stderr
+    records = read_records(out)
+    assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
+    assert all("error" not in r for r in records)

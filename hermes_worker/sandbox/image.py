@@ -41,6 +41,7 @@ DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 _SOURCES = (
     "__init__.py",
     "contract.py",
+    "lines.py",
     "processing.py",
     "engine/*.py",
     *(f"sandbox/{name}.py" for name in ("__init__", "errors", "protocol", "server", "session")),

@@ -28,9 +28,9 @@ import unicodedata
 from typing import Any
 
 from .. import __version__
-from ..contract import ContractError
+from ..contract import ChunkRequest, ContractError
 from ..engine import ProfileError
-from ..processing import process_chunk
+from ..processing import process_chunk, request_items
 from .errors import FrameTooLarge, ProtocolError
 from .protocol import MAX_FRAME_BYTES, FrameReader, encode_frame
 
@@ -58,7 +58,8 @@ def _hello() -> dict[str, Any]:
 
 def _run_test_hooks(payload: dict[str, Any]) -> None:
     hog: list[bytes] = []
-    for item in payload.get("items") or []:
+    items = request_items(ChunkRequest.from_payload(payload))[0]
+    for item in items:
         prompt = item[2] if isinstance(item, list) and len(item) == 4 else None
         if prompt == _SLOW:
             time.sleep(0.5)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 from .. import contract
 from ..contract import ChunkRequest, ContractError
 from ..engine import ProfileError
+from ..processing import request_items
 from .errors import ContainerDied, FrameTooLarge, SessionFailed
 
 if TYPE_CHECKING:
@@ -93,7 +94,22 @@ class SandboxSession(ABC):
         """
         request = ChunkRequest.from_payload(payload)
         base = dict(payload)
-        return self._run_items(base, request.items, worker, retried=False)
+        if request.text is None:
+            return self._run_items(base, request.items or [], worker, retried=False)
+        # Raw lines go in as they came; only a chunk that fails is parsed here (by the same pure
+        # parser the sandbox runs) so that it can be split item by item.
+        try:
+            return self._attempt(base, worker)
+        except FrameTooLarge:
+            died = False
+        except ContainerDied:
+            self._replace()
+            died = True
+        items, ids = request_items(request)
+        for key in ("text", "first", "format", "bad"):
+            base.pop(key, None)
+        result = self._run_items(base, items, worker, retried=died)
+        return result | {"first": request.first, "ids": ids}
 
     def _run_items(self, base: dict[str, Any], items: list[list[Any]], worker: str, *, retried: bool) -> dict[str, Any]:
         try:
