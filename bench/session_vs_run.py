@@ -52,8 +52,8 @@ def chunks(total: int, size: int = 256) -> list[dict[str, Any]]:
     result = []
     for start in range(0, total, size):
         items = [[start + n + 1, f"p{start + n}", text, None] for n, text in enumerate(texts[start : start + size])]
-        result.append({"v": PAYLOAD_VERSION, "chunk": start // size, "profile": spec, "max_validation": 1, "explain": False,
-                       "max_prompt_bytes": 1 << 20, "items": items})  # fmt: skip
+        result.append({"v": PAYLOAD_VERSION, "chunk": start // size, "profile": spec, "max_validation": 1,
+                       "explain": False, "max_prompt_bytes": 1 << 20, "items": items})  # fmt: skip
     return result
 
 

@@ -174,7 +174,10 @@ def guard_duplicates(result: dict[str, Any], seen: SeenIds) -> dict[str, Any]:
     if not duplicates:
         return result
     replaced = {
-        index: (DUPLICATE_ID, f"id {first + index if ids[index] is True else ids[index]!r} was already used on line {line}")
+        index: (
+            DUPLICATE_ID,
+            f"id {first + index if ids[index] is True else ids[index]!r} was already used on line {line}",
+        )
         for index, line in duplicates.items()
     }
     return with_errors(result, replaced)

@@ -123,7 +123,7 @@ class CeleryExecutor:
         self.patience_s = max(wait, cluster.settings.worker_ttl_s)
         self.batch_id = batch_id or uuid.uuid4().hex
         self.stream = KEY_RESULTS.format(batch=self.batch_id)
-        self._reply = {"stream": self.stream, "ttl": cluster.settings.result_ttl_s}
+        self._reply: dict[str, Any] = {"stream": self.stream, "ttl": cluster.settings.result_ttl_s}
         self._on_reroute = on_reroute or (lambda _message: None)
         self._fallback = fallback
         self.degraded = False  # True once the rest of the batch runs in-process

@@ -173,7 +173,7 @@ class ChunkRequest:
             raise ContractError("chunk payload: 'max_validation' must be an integer >= 0")
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ContractError("chunk payload: 'max_prompt_bytes' must be a positive integer")
-        common = {
+        common: dict[str, Any] = {
             "chunk": chunk,
             "profile": payload.get("profile") or {},
             "max_validation": max_validation,

@@ -99,7 +99,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         errors.append([line, code, message])
         lines.append(_error_line(item_id, line, code, message, prov))
 
-    result = {
+    chunk_result: dict[str, Any] = {
         "v": contract.PAYLOAD_VERSION,
         "chunk": request.chunk,
         "lines": lines,
@@ -109,8 +109,8 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
         "provenance": prov_dict,
     }
     if request.text is not None:
-        result |= {"first": request.first, "ids": ids}
-    return result
+        chunk_result |= {"first": request.first, "ids": ids}
+    return chunk_result
 
 
 def request_items(request: ChunkRequest) -> tuple[list[list[Any]], list[Any] | None]:

@@ -331,7 +331,9 @@ class ProcessState:
                 stream,
                 ttl,
                 {"m": json.dumps({"chunk": chunk, "worker": worker})},
-                events.entry("WARNING", "chunk.lines_missing", f"chunk {chunk}: its lines are not in Redis", chunk=chunk),
+                events.entry(
+                    "WARNING", "chunk.lines_missing", f"chunk {chunk}: its lines are not in Redis", chunk=chunk
+                ),
             )
             return
         started = time.perf_counter()
@@ -438,7 +440,7 @@ class ProcessState:
                 if fetch is not None:
                     pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
                 replies = pipe.execute()
-                return replies[-1] if fetch is not None else None  # type: ignore[no-any-return]
+                return replies[-1] if fetch is not None else None
             except redis.RedisError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
