@@ -536,11 +536,11 @@ def test_worker_sigterm_mid_batch_finishes_its_chunk_and_leaves_no_container(
 def test_a_chunk_delivered_twice_is_written_once(
     redis_factory: RedisFactory, cluster_factory: ClusterFactory, chaos_report: Report, tmp_path: Path
 ) -> None:
-    """10,000 prompts; 20 queued chunk messages are pushed into the queue a second time, byte for byte.
+    """10,000 prompts on two workers; 20 queued chunk messages are pushed into the queue a second time.
 
-
-
-
+    Half go to the head of the queue (the copy may run while its original still does), half to
+    the tail (the copy comes after the original was written, and finds the chunk's lines gone).
+    Every copy is taken; the output has each record once.
     """
     server, cluster = local_cluster(redis_factory, cluster_factory, workers=2)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
