@@ -1,11 +1,13 @@
-"""The reader turns every input line into exactly one item, and finds duplicate ids at any scale."""
+"""The reader turns every input line into exactly one record, and finds duplicate ids at any scale."""
 
 from __future__ import annotations
 
 import io
 
-from hermes_producer.reader import detect_format, read_items
+from hermes_producer.reader import detect_format
 from hermes_producer.seen_ids import SeenIds
+
+from .test_raw_chunks import run
 
 
 def test_duplicate_ids_are_found_after_the_guard_spills_to_disk() -> None:
@@ -25,19 +27,19 @@ def test_default_ids_and_explicit_integer_ids_collide_both_ways() -> None:
     assert seen.check_default(9) == 3  # line 9's default id was taken by line 3
 
 
-def test_every_line_becomes_one_item_in_order() -> None:
+def test_every_line_becomes_one_record_in_order() -> None:
     data = b'\xef\xbb\xbf{"prompt": "bom"}\n{"prompt": "crlf"}\r\n\xff\n{"prompt": "last, no newline"}'
-    items = list(read_items(io.BytesIO(data), "jsonl", 1000))
-    assert [item[0] for item in items] == [1, 2, 3, 4]
-    assert items[0][2] == "bom" and items[1][2] == "crlf" and items[3][2] == "last, no newline"
-    assert items[2][3][0] == "invalid_utf8"
+    records = run(data, chunk_size=3)
+    assert [r["line"] for r in records] == [1, 2, 3, 4]
+    assert [r.get("text") for r in records] == ["bom", "crlf", None, "last, no newline"]
+    assert records[2]["error"]["code"] == "invalid_utf8"
 
 
 def test_an_overlong_line_is_skipped_without_losing_the_next_one() -> None:
     data = b"short\n" + b"x" * 300_000 + b"\nafter\n"
-    items = list(read_items(io.BytesIO(data), "text", 1000))
-    assert [(i[0], i[2]) for i in items] == [(1, "short"), (2, None), (3, "after")]
-    assert items[1][3][0] == "too_large" and "300,001 bytes" in items[1][3][1]
+    records = run(data, chunk_size=2, fmt="text")
+    assert [(r["line"], r.get("text")) for r in records] == [(1, "short"), (2, None), (3, "after")]
+    assert records[1]["error"]["code"] == "too_large" and "300,001 bytes" in records[1]["error"]["message"]
 
 
 def test_format_detection() -> None:
