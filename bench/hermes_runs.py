@@ -70,24 +70,17 @@ class BatchRun:
         }
 
 
+def batch_command(source: Path, out: Path, *args: str) -> list[str]:
+    """The quiet ``hermes batch SOURCE -o OUT ARGS...`` command line, run by this interpreter."""
+    return [sys.executable, "-m", "hermes_producer", "-q", "batch", str(source), "-o", str(out), *args]
+
+
 def run_batch(
     source: Path, out_dir: Path, env: dict[str, str], args: list[str], meter: CpuMeter | None = None
 ) -> BatchRun:
     """``hermes batch SOURCE`` with ``args``; raises if it did not write every record."""
     out, summary = out_dir / "out.jsonl", out_dir / "summary.json"
-    command = [
-        sys.executable,
-        "-m",
-        "hermes_producer",
-        "-q",
-        "batch",
-        str(source),
-        "-o",
-        str(out),
-        "--summary-json",
-        str(summary),
-        *args,
-    ]
+    command = batch_command(source, out, "--summary-json", str(summary), *args)
     if meter is not None:
         meter.start()
     errors = out_dir / "stderr.txt"

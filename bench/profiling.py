@@ -13,14 +13,13 @@ import pstats
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hermes_worker.engine import normalize, resolve_profile
 
-from .hermes_runs import HermesWorkers
+from .hermes_runs import HermesWorkers, batch_command
 from .infra import stop
 
 __all__ = ["available", "cprofile_engine", "pyspy_batch", "summarize_raw"]
@@ -138,15 +137,7 @@ def pyspy_batch(workers: HermesWorkers, source: Path, work: Path, args: list[str
         "--full-filenames",
         "--gil",
         "--",
-        sys.executable,
-        "-m",
-        "hermes_producer",
-        "-q",
-        "batch",
-        str(source),
-        "-o",
-        str(work / "p.jsonl"),
-        *args,
+        *batch_command(source, work / "p.jsonl", *args),
     ]
     try:
         subprocess.run(command, env=workers.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)

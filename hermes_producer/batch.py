@@ -51,6 +51,17 @@ class BatchOptions:
     chunk_size: int = 1024
     max_prompt_bytes: int = 1024 * 1024
 
+    def request(self, number: int, **body: Any) -> dict[str, Any]:
+        """Chunk request ``number`` with these options and ``body`` (``items``, or ``text`` and its fields)."""
+        return ChunkRequest(
+            chunk=number,
+            profile=self.profile.spec(),
+            max_validation=self.max_validation,
+            explain=self.explain,
+            max_prompt_bytes=self.max_prompt_bytes,
+            **body,
+        ).to_payload()
+
 
 @dataclass(slots=True)
 class BatchSummary:
@@ -103,29 +114,17 @@ class BatchSummary:
 
 
 def chunk_requests(
-    items: Iterator[list[Any]], options: BatchOptions, skip: int = 0, first_number: int = 0
+    items: Iterator[list[Any]], options: BatchOptions, first_number: int = 0
 ) -> Iterator[dict[str, Any]]:
-    """Group items into chunk request payloads of ``options.chunk_size`` items.
+    """Group parsed items into chunk request payloads of ``options.chunk_size`` items.
 
-    The first ``skip`` chunks are read (so duplicate ids are still seen) but not yielded: a
-    resumed batch has them in its output already. Chunks are numbered from ``first_number``;
-    numbers must be unique within one executor.
+    Chunks are numbered from ``first_number``; numbers must be unique within one executor.
     """
-    spec = options.profile.spec()
     for number in range(first_number, 1 << 62):
         chunk = list(islice(items, options.chunk_size))
         if not chunk:
             return
-        if number - first_number < skip:
-            continue
-        yield ChunkRequest(
-            chunk=number,
-            profile=spec,
-            max_validation=options.max_validation,
-            explain=options.explain,
-            max_prompt_bytes=options.max_prompt_bytes,
-            items=chunk,
-        ).to_payload()
+        yield options.request(number, items=chunk)
 
 
 def text_chunk_requests(
@@ -139,19 +138,8 @@ def text_chunk_requests(
     The first ``skip`` chunks are not yielded (a resumed batch has them in its output already);
     each is handed to ``on_skipped`` instead, so their ids still reach the duplicate guard.
     """
-    spec = options.profile.spec()
     for number, (first, text, bad) in enumerate(chunks):
-        payload = ChunkRequest(
-            chunk=number,
-            profile=spec,
-            max_validation=options.max_validation,
-            explain=options.explain,
-            max_prompt_bytes=options.max_prompt_bytes,
-            text=text,
-            first=first,
-            format=options.input_format,
-            bad=bad,
-        ).to_payload()
+        payload = options.request(number, text=text, first=first, format=options.input_format, bad=bad)
         if number < skip:
             if on_skipped is not None:
                 on_skipped(payload)
