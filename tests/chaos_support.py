@@ -1,0 +1,97 @@
+"""What the chaos tests (tests/test_chaos*.py) share: prompt mixes, clusters, the report's safety nets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .fixtures_chaos import (
+    DEFAULT_PROMPTS,
+    Cluster,
+    RedisInstance,
+    check_output,
+    descendants,
+    journal_chunks,
+    wait_for,
+    write_prompts,
+)
+from .fixtures_faults import TcpProxy
+
+# Longer prompts where the fault must land mid-batch however fast the machine is: the engine
+# does ~10,000 (MEDIUM) or ~4,000 (HEAVY) of them a second per core, against ~40,000 short ones.
+MEDIUM = [" ".join([text] * 10) for text in DEFAULT_PROMPTS]
+HEAVY = [" ".join([text] * 30) for text in DEFAULT_PROMPTS]
+
+RedisFactory = Callable[..., RedisInstance]
+ClusterFactory = Callable[..., Cluster]
+
+
+def progress_after(out: Path, written: int, timeout: float, what: str) -> float:
+    """Wait until the batch writing ``out`` has written more than ``written`` chunks; return when."""
+    wait_for(lambda: journal_chunks(out) > written, timeout, what, interval=0.05)
+    return time.monotonic()
+
+
+def local_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory, workers: int = 2,
+                  **options: Any) -> tuple[RedisInstance, Cluster]:  # fmt: skip
+    server = redis_factory(**options)
+    cluster = cluster_factory(server.url(), server.client)
+    started = [cluster.worker(f"w{n}", wait=False) for n in range(1, workers + 1)]
+    for worker in started:
+        cluster.wait_registered(worker, f"local@{worker.name}")
+    return server, cluster
+
+
+def proxied_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory,
+                    results_direct: bool = False) -> tuple[TcpProxy, Cluster]:  # fmt: skip
+    """Two local workers and the producer reaching Redis through a proxy the test can cut."""
+    server = redis_factory()
+    proxy = TcpProxy(server.port).start()
+    env = {"HERMES_RESULT_BACKEND": server.url()} if results_direct else {}
+    cluster = cluster_factory(server.url(port=proxy.port), server.client, **env)
+    for worker in [cluster.worker("w1", wait=False), cluster.worker("w2", wait=False)]:
+        cluster.wait_registered(worker, f"local@{worker.name}")
+    return proxy, cluster
+
+
+def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
+    """The sandbox containers owned by the processes of one worker (other tests may run their own)."""
+    pids = {str(pid) for pid in [worker_pid, *descendants(worker_pid)]}
+    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}, ignore_removed=True)
+    return [c for c in found if c.labels.get("hermes.pid") in pids]
+
+
+@pytest.fixture
+def container_env(sandbox_image: Any) -> dict[str, str]:
+    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
+
+
+SAFETY_NETS = {
+    "event loop blocked in a pub/sub read": "worker event loop freed",
+    "neither queued nor held by any worker": "stranded chunks resent",
+    "pool process(es) told to go": "stuck warm shutdown unblocked",
+    "is gone or stopped taking this work": "chunks of a vanished worker resent",
+}
+
+
+def healed(cluster: Cluster) -> str:
+    """Which of the workers' and producer's safety nets fired during the test, for the report."""
+    fired = [f"{label} {n}x" for text, label in SAFETY_NETS.items() if (n := cluster.logged(text))]
+    return f" ({', '.join(fired)})" if fired else ""
+
+
+def both_workers_still_consume(cluster: Cluster, tmp_path: Path, name: str) -> None:
+    src, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-out.jsonl"
+    ids = write_prompts(src, 4_000)
+    again = cluster.hermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "50")
+    assert again.wait(180) == 0, again.stderr
+    outcome = check_output(out, ids)
+    outcome.assert_exactly_once()
+    workers = outcome.by("worker")
+    assert workers["local@w1"] > 0 and workers["local@w2"] > 0, f"a worker stopped consuming: {dict(workers)}"
+
+
