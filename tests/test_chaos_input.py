@@ -13,6 +13,7 @@ import pytest
 from .chaos_support import (
     ClusterFactory,
     RedisFactory,
+    container_env,
     local_cluster,
     session_containers_of,
 )
@@ -29,7 +30,7 @@ from .fixtures_chaos import (
     write_prompts,
 )
 
-__all__ = ["chaos_report", "cluster_factory", "redis_factory"]  # fixtures used below
+__all__ = ["chaos_report", "cluster_factory", "container_env", "redis_factory"]  # fixtures used below
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
