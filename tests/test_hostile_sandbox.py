@@ -242,7 +242,9 @@ def test_a_container_that_breaks_the_framing_is_replaced_and_its_item_isolated(
 @pytest.mark.docker
 def test_a_stderr_flood_is_drained_within_bounds(session_factory: SessionFactory) -> None:
     """16 MiB of standard error before an honest reply: the reply is accepted as it is, and the
-    host keeps only a short printable tail of the noise."""
+    host keeps only a short printable tail of the noise. (A regression guard end to end: Docker
+    cuts standard error into small pieces, so the unbounded read of 2c90978 never showed here;
+    the bound itself is proven by test_a_huge_stderr_header_never_asks_for_a_huge_read.)"""
     session = session_factory(test_hooks="lie=stderr_flood")
     payload = chunk([LIE, *TEXTS])
     result = session.run_chunk(payload, "w1")
