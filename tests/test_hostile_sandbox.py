@@ -103,6 +103,19 @@ def test_a_result_for_another_worker_or_image_is_refused() -> None:
         check_result(reply["result"], expected_for(payload, image="sha256:other"))
 
 
+def test_a_refusal_quotes_the_container_only_as_printable_text() -> None:
+    """What a refusal quotes from the container reaches log lines and an error record: a forged
+    log line or a terminal escape in it becomes plain spaces."""
+    payload = chunk(["a"])
+    result = honest_reply(payload)["result"]
+    record = json.loads(result["lines"][0])
+    record["line"] = "1\n2026-01-01 INFO forged log line \x1b[2J"
+    result["lines"][0] = json.dumps(record)
+    with pytest.raises(BadReply) as caught:
+        check_result(result, expected_for(payload))
+    assert "forged log line" in caught.value.reason and caught.value.reason.isprintable()
+
+
 def test_hooks_never_act_in_a_production_server() -> None:
     """Regression guard: the marker prompts are ordinary text unless the host set the variable."""
     payload = chunk([LIE, "hermes-test:sleep"])

@@ -70,7 +70,14 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 class BadReply(ContainerDied):
     """The sandbox answered with something the host refuses: off the contract, contrary to what
-    the host knows, or out of bounds. Handled like a death: the container is not trusted again."""
+    the host knows, or out of bounds. Handled like a death: the container is not trusted again.
+
+    The reason may quote the container; it goes into log lines and an error record, so control
+    characters (a forged log line, a terminal escape) become spaces.
+    """
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__("".join(c if c.isprintable() else " " for c in reason), fix)
 
 
 class ClaimedTooLarge(FrameTooLarge):
