@@ -164,10 +164,15 @@ class HermesWorkers:
         assert self.process is not None
         import docker
 
+        from hermes_worker.sandbox.docker_backend import deployment_id, session_filters
+        from hermes_worker.settings import Settings
+
         pids = {str(p.pid) for p in self.process.children(recursive=True)}
+        # Only this worker set's deployment (its own Redis): another checkout's containers never count.
+        deployment = deployment_id(Settings.from_env(self.env))
         client = docker.from_env()
         try:
-            found = client.containers.list(filters={"label": "hermes.pid"})
+            found = client.containers.list(filters=session_filters(deployment))
             return [c.id for c in found if c.labels.get("hermes.pid") in pids]
         finally:
             client.close()

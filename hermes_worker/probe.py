@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,12 +105,18 @@ def self_test(session: SandboxSession, worker: str) -> dict[str, Any]:
     return provenance
 
 
-def probe(settings: Settings, worker_id: str | None = None) -> ProbeResult:
+def probe(
+    settings: Settings,
+    worker_id: str | None = None,
+    *,
+    open_sandbox: Callable[[Settings, str], SandboxSession] = open_session,
+) -> ProbeResult:
     """Decide this worker's tag: ``container`` when the sandbox works end to end, else ``local``.
 
     Args:
         settings: sandbox_image, container_backend, docker_timeout_s and the container limits.
         worker_id: owner label of the probe's session container (default ``probe@host:pid``).
+        open_sandbox: how the session is opened (tests hand in a sandbox that lies).
     """
     worker = worker_id or f"probe@{socket.gethostname()}:{os.getpid()}"
     details: dict[str, Any] = {"backend": settings.container_backend, "timings_ms": {}, "self_test": "not run"}
@@ -118,7 +124,7 @@ def probe(settings: Settings, worker_id: str | None = None) -> ProbeResult:
         if settings.container_backend == "docker":
             _check_engine(settings, details)
         with _timed(details, "session_start"):
-            session = open_session(settings, worker)
+            session = open_sandbox(settings, worker)
             session.__enter__()
         try:
             details["image"] = session.image_digest

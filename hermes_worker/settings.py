@@ -102,6 +102,14 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _deployment(text: str) -> str:
+    # A Docker label value and a filter argument (``label=hermes.deployment=VALUE``): keep it to
+    # characters no shell, filter or log line treats specially.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", text):
+        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Hermes configuration. Build it with :meth:`from_env`.
@@ -154,6 +162,10 @@ class Settings:
         flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
         metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
             (``HERMES_METRICS_PORT``, 0).
+        deployment: the deployment that owns this process's sandbox containers, written on their
+            ``hermes.deployment`` label; reaping and cleanup touch only containers of the same
+            deployment (``HERMES_DEPLOYMENT``; default: derived from the result backend's address,
+            see :func:`hermes_worker.sandbox.docker_backend.deployment_id`).
     """
 
     home: Path
@@ -192,6 +204,7 @@ class Settings:
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     metrics_port: int = 0
+    deployment: str = ""
 
     @property
     def worker_ttl_s(self) -> float:
@@ -278,4 +291,5 @@ class Settings:
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
             metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
+            deployment=read("HERMES_DEPLOYMENT", _deployment, ""),
         )

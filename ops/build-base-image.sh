@@ -7,7 +7,12 @@ set -euo pipefail
 
 TAG="${1:-hermes-base:bookworm}"
 SUITE="${HERMES_BASE_SUITE:-bookworm}"
-MIRROR="${HERMES_DEBIAN_MIRROR:-}"   # optional: a Debian mirror URL of your own
+# Optional: a Debian mirror of your own, or a frozen point in time for a byte-for-byte rebuild,
+# e.g. https://snapshot.debian.org/archive/debian/20250101T000000Z/. Whatever the mirror, every
+# package is checked against Debian's archive keyring (below): a mirror can be slow or stale,
+# never the author of what is installed.
+MIRROR="${HERMES_DEBIAN_MIRROR:-}"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -15,16 +20,19 @@ if docker image inspect "$TAG" >/dev/null 2>&1 && [ "${HERMES_REBUILD_BASE:-0}" 
   echo "base image $TAG already exists (HERMES_REBUILD_BASE=1 rebuilds it)" >&2
   exit 0
 fi
-if ! command -v debootstrap >/dev/null 2>&1; then
+if ! command -v debootstrap >/dev/null 2>&1 || [ ! -s "$KEYRING" ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq debootstrap debian-archive-keyring >/dev/null
 fi
 ROOTFS="$(mktemp -d /tmp/hermes-rootfs.XXXXXX)"
 trap '$SUDO rm -rf "$ROOTFS"' EXIT
 echo "debootstrap $SUITE into $ROOTFS (about a minute)" >&2
 # python3 (not python3-minimal): the engine needs json, unicodedata and the rest of the stdlib.
-# With no mirror given, debootstrap uses its own default Debian mirror.
-$SUDO debootstrap --variant=minbase --include=python3 "$SUITE" "$ROOTFS" $MIRROR >/dev/null
+# With no mirror given, debootstrap uses its own default Debian mirror. --force-check-gpg with
+# Debian's keyring: the Release file must carry a valid signature and every package its hash in
+# it, or the build stops (without a keyring debootstrap would only warn, and install anyway).
+$SUDO debootstrap --force-check-gpg --keyring="$KEYRING" --variant=minbase --include=python3 \
+  "$SUITE" "$ROOTFS" $MIRROR >/dev/null
 # Nothing from apt's caches or lists belongs in the image.
 $SUDO rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 $SUDO tar -C "$ROOTFS" -c . | docker import \

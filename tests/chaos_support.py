@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from hermes_worker.sandbox.docker_backend import session_filters
+
 from .fixtures_chaos import (
     DEFAULT_PROMPTS,
     Cluster,
@@ -19,6 +21,7 @@ from .fixtures_chaos import (
     wait_for,
     write_prompts,
 )
+from .fixtures_docker import TEST_DEPLOYMENT
 from .fixtures_faults import TcpProxy
 
 # Longer prompts where the fault must land mid-batch however fast the machine is: the engine
@@ -61,7 +64,8 @@ def proxied_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory
 def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
     """The sandbox containers owned by the processes of one worker (other tests may run their own)."""
     pids = {str(pid) for pid in [worker_pid, *descendants(worker_pid)]}
-    found = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}, ignore_removed=True)
+    mine = session_filters(TEST_DEPLOYMENT)  # this test run's containers only
+    found = docker_client.containers.list(all=True, filters=mine, ignore_removed=True)
     return [c for c in found if c.labels.get("hermes.pid") in pids]
 
 

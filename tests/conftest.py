@@ -28,6 +28,9 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     # In-process runs stay local unless a test asks for isolation: the engine and the CLI are
     # what most tests are about, and a sandbox session per command would only slow them down.
     env["HERMES_ISOLATION"] = "local"
+    from tests.fixtures_docker import TEST_DEPLOYMENT  # (a plugin: imported once pytest has registered it)
+
+    env["HERMES_DEPLOYMENT"] = TEST_DEPLOYMENT  # sandbox containers of this test run, and only those
     return env
 
 

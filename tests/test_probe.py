@@ -129,7 +129,7 @@ def test_self_test_mismatch_gives_local(sandbox_settings: Any, wrong_image: str,
 
 
 def test_dagger_backend_without_cli_gives_local(sandbox_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install 'hermes-prompts[dagger]')")
+    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]' in the checkout)")
     monkeypatch.delenv("_EXPERIMENTAL_DAGGER_CLI_BIN", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     result = probe(sandbox_settings.with_overrides(container_backend="dagger"))

@@ -126,7 +126,7 @@ class Honcho:
 @pytest.fixture
 def honcho(hermes_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Honcho, dict[str, int]]]:
     if subprocess.run([sys.executable, "-c", "import honcho"], capture_output=True).returncode != 0:
-        missing("honcho is not installed (pip install 'hermes-prompts[test]')")
+        missing("honcho is not installed (pip install -e '.[test]' in the checkout)")
     ports = {"redis": free_port(), "flower": free_port()}
     # Given: the settings a user would put in .env: free ports, Flower's credentials, a local worker
     env_file = tmp_path / "cluster.env"

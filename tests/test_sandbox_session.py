@@ -25,7 +25,7 @@ from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import SessionFailed, open_session
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import encode_frame
-from tests.fixtures_docker import SessionFactory, batch_chunks, chunk, golden_chunks, records
+from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, batch_chunks, chunk, golden_chunks, records
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 
@@ -207,18 +207,19 @@ def test_reap_orphans_removes_containers_of_dead_owners_only(docker_client: Any,
                                                              worker_id: str) -> None:  # fmt: skip
     dead = subprocess.Popen(["true"])
     dead.wait()
-    mine = backend.owner_labels(worker_id)
+    labels = functools.partial(backend.owner_labels, deployment=TEST_DEPLOYMENT)
+    mine = labels(worker_id)
     cases = {
-        "dead owner": backend.owner_labels("other-worker", dead.pid),
+        "dead owner": labels("other-worker", dead.pid),
         "pid reused": mine | {"hermes.pid_start": "1"},
         "same worker, other host": mine | {"hermes.host": "elsewhere"},
-        "live owner": backend.owner_labels("other-worker"),
-        "live owner, other host": backend.owner_labels("other-worker") | {"hermes.host": "elsewhere"},
+        "live owner": labels("other-worker"),
+        "live owner, other host": labels("other-worker") | {"hermes.host": "elsewhere"},
     }
-    made = {name: docker_client.containers.create(sandbox_image.tag, ["true"], labels={"hermes.session": "1", **labels})
+    made = {name: docker_client.containers.create(sandbox_image.tag, ["true"], labels=labels)
             for name, labels in cases.items()}  # fmt: skip
     try:
-        removed = set(backend.reap_orphans(docker_client, worker_id))
+        removed = set(backend.reap_orphans(docker_client, worker_id, TEST_DEPLOYMENT))
         assert {name for name, c in made.items() if c.id in removed} == {
             "dead owner", "pid reused", "same worker, other host"}  # fmt: skip
     finally:
@@ -232,7 +233,7 @@ def test_reaping_survives_containers_removed_while_it_looks(docker_client: Any, 
                                                             worker_id: str) -> None:  # fmt: skip
     # Given session containers of a live owner that someone else removes while we reap
     # (sibling pool processes reap at the same time when a worker starts; sessions close)
-    labels = {"hermes.session": "1", **backend.owner_labels(worker_id)}
+    labels = backend.owner_labels(worker_id, deployment=TEST_DEPLOYMENT)
     made = [docker_client.containers.create(sandbox_image.tag, ["true"], labels=labels) for _ in range(24)]
     remover = threading.Thread(target=lambda: [c.remove(force=True) for c in made])
     try:
@@ -241,7 +242,7 @@ def test_reaping_survives_containers_removed_while_it_looks(docker_client: Any, 
         rounds = 0
         while remover.is_alive() or rounds == 0:
             # Then it never fails on a container that went between listing and inspecting it
-            assert backend.reap_orphans(docker_client, worker_id) == []  # their owner is alive
+            assert backend.reap_orphans(docker_client, worker_id, TEST_DEPLOYMENT) == []  # their owner is alive
             rounds += 1
     finally:
         remover.join()
@@ -255,7 +256,8 @@ import sys, time
 from pathlib import Path
 from hermes_worker.settings import Settings
 from hermes_worker.sandbox.docker_backend import DockerSession
-session = DockerSession(Settings(home=Path(sys.argv[1]), sandbox_image=sys.argv[2]), sys.argv[3])
+settings = Settings(home=Path(sys.argv[1]), sandbox_image=sys.argv[2], deployment=sys.argv[4])
+session = DockerSession(settings, sys.argv[3])
 session.start()
 print(session.container_id, flush=True)
 time.sleep(120)
@@ -266,7 +268,7 @@ def test_a_sigkilled_workers_container_is_reaped_when_the_worker_starts_again(
     session_factory: SessionFactory, docker_client: Any, sandbox_image: Any, worker_id: str, tmp_path: Path
 ) -> None:
     # Given a worker process that opened a session and was killed with SIGKILL (no cleanup ran)
-    command = [sys.executable, "-c", ABANDONING_WORKER, str(tmp_path), sandbox_image.tag, worker_id]
+    command = [sys.executable, "-c", ABANDONING_WORKER, str(tmp_path), sandbox_image.tag, worker_id, TEST_DEPLOYMENT]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as worker:
         assert worker.stdout is not None
         left = worker.stdout.readline().strip()
@@ -307,17 +309,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_dagger_without_dagger_io_says_how_to_install_it(tmp_path: Path) -> None:
     out = dagger_start(tmp_path, clean_env(), pre="import sys; sys.modules['dagger'] = None\n")
-    assert "UNAVAILABLE dagger-io is not installed" in out and "hermes-prompts[dagger]" in out
+    assert "UNAVAILABLE dagger-io is not installed" in out and "pip install 'dagger-io>=0.21'" in out
 
 
 def test_dagger_without_its_cli_says_so(tmp_path: Path) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install 'hermes-prompts[dagger]')")
+    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
     out = dagger_start(tmp_path, clean_env())
     assert "UNAVAILABLE no Dagger CLI found on PATH" in out
 
 
 def test_dagger_engine_that_cannot_start_is_reported(tmp_path: Path) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install 'hermes-prompts[dagger]')")
+    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
     cli = tmp_path / "dagger"
     cli.write_text("#!/bin/sh\necho 'engine: cannot reach the engine image' >&2\nexit 1\n")
     cli.chmod(0o755)

@@ -22,9 +22,11 @@ from .errors import (
     SessionFailed,
     TornStream,
 )
+from .reply import BadReply
 from .session import SandboxSession, open_session
 
 __all__ = [
+    "BadReply",
     "ContainerDied",
     "DaggerUnavailable",
     "DockerUnavailable",

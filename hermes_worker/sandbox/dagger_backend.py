@@ -1,6 +1,6 @@
 """The dagger backend: each chunk is one ``with_exec`` on a base container built once per session.
 
-dagger-io is optional (``pip install 'hermes-prompts[dagger]'``) and imported only here. Dagger
+dagger-io is optional (``pip install '.[dagger]'`` in the checkout) and imported only here. Dagger
 runs every exec in a container of its own engine, but it has no per-exec memory, CPU or network
 limits: the session says so, loudly, when it starts. Its results are cached by content, which is
 harmless here because the engine is deterministic and the request holds everything that matters.
@@ -25,13 +25,19 @@ from typing import Any
 
 from .errors import ContainerDied, DaggerUnavailable
 from .image import DEFAULT_BASE, content_tag, context_files
+from .protocol import MAX_FRAME_BYTES
+from .reply import BadReply, check_hello
 from .session import SandboxSession, unwrap_reply
 
 __all__ = ["DaggerSession", "find_cli"]
 
 log = logging.getLogger("hermes.sandbox")
 
-_FIX_INSTALL = "pip install 'hermes-prompts[dagger]', or use the docker backend (HERMES_CONTAINER_BACKEND=docker)"
+# Installed from the Hermes checkout, never by name from an index: nobody published "hermes-prompts" there.
+_FIX_INSTALL = (
+    "pip install 'dagger-io>=0.21' into Hermes' environment (or pip install '.[dagger]' in the Hermes checkout), "
+    "or use the docker backend (HERMES_CONTAINER_BACKEND=docker)"
+)
 _FIX_CLI = (
     "install the Dagger CLI on PATH (or set _EXPERIMENTAL_DAGGER_CLI_BIN), or use HERMES_CONTAINER_BACKEND=docker"
 )
@@ -106,6 +112,8 @@ class DaggerSession(SandboxSession):
         except dagger.DaggerError as exc:
             raise DaggerUnavailable(f"the Dagger engine cannot start: {exc}", _FIX_CLI) from exc
         self._digest = f"dagger:{self._base_ref}+{content_tag(files, self._base_ref).split(':', 1)[1]}"
+        # The versions the host writes into provenance and requires in every record.
+        self._versions = check_hello(self._exec({"op": "hello", "id": 0}))
 
     def close(self) -> None:
         if self._loop is not None:
@@ -124,10 +132,14 @@ class DaggerSession(SandboxSession):
         self._restarts += 1
 
     def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
+        request = {"op": "chunk", "id": 1, "worker": worker, "image": self.image_digest, "payload": dict(payload)}
+        return unwrap_reply(self._exec(request))
+
+    def _exec(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request answered by a fresh ``server --once`` process; its reply, decoded."""
         import dagger
 
         assert self._loop is not None and self._base is not None, "session not started"
-        request = {"op": "chunk", "id": 1, "worker": worker, "image": self.image_digest, "payload": dict(payload)}
         text = json.dumps(request, ensure_ascii=True)
         command = ["python3", "-m", "hermes_worker.sandbox.server", "--once"]
         try:
@@ -136,4 +148,12 @@ class DaggerSession(SandboxSession):
             raise ContainerDied(f"dagger exec failed (exit {exc.exit_code}): {exc.stderr[-400:]}") from exc
         except dagger.DaggerError as exc:
             raise DaggerUnavailable(f"the Dagger engine failed: {exc}", _FIX_CLI) from exc
-        return unwrap_reply(json.loads(out))
+        if len(out) > MAX_FRAME_BYTES:
+            raise BadReply(f"the sandbox's reply is {len(out):,} characters, over the frame bound")
+        try:
+            reply = json.loads(out)
+        except (ValueError, RecursionError):
+            raise BadReply("the sandbox's reply is not JSON") from None
+        if type(reply) is not dict:
+            raise BadReply("the sandbox's reply is not a JSON object")
+        return reply

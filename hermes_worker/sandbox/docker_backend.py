@@ -9,12 +9,14 @@ The session is not thread-safe: one per worker process, used by one thread at a 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 # The Docker SDK ships no type information (typeshed's types-docker would add it).
 import docker
@@ -22,15 +24,34 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 
-from .errors import ContainerDied, DockerUnavailable, ImageMissing, ProtocolError, SessionFailed, translate
+from .errors import (
+    ContainerDied,
+    DockerUnavailable,
+    ImageMissing,
+    ProtocolError,
+    SessionFailed,
+    TornStream,
+    translate,
+)
 from .protocol import DockerDemux, FrameReader, encode_frame
+from .reply import BadReply, check_hello
 from .server import TEST_HOOKS_ENV
 from .session import SandboxSession, unwrap_reply
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["LABEL_SESSION", "DockerSession", "connect", "hardening", "owner_labels", "reap_orphans"]
+__all__ = [
+    "LABEL_DEPLOYMENT",
+    "LABEL_SESSION",
+    "DockerSession",
+    "connect",
+    "deployment_id",
+    "hardening",
+    "owner_labels",
+    "reap_orphans",
+    "session_filters",
+]
 
 log = logging.getLogger("hermes.sandbox")
 
@@ -39,6 +60,57 @@ SANDBOX_USER = "10001:10001"
 _API_TIMEOUT_S = 60.0  # container create/start/remove on a busy engine; the probe uses its own
 _START_TIMEOUT_S = 60.0  # from start() to the engine's hello
 LABEL_SESSION = "hermes.session"
+# Which deployment owns a session container: reaping and cleanup never look past it.
+LABEL_DEPLOYMENT = "hermes.deployment"
+# Query parameters of a Redis URL that carry credentials (redis-py reads them like the user part).
+_CREDENTIAL_PARAMS = frozenset({"password", "username", "user"})
+
+
+def deployment_id(settings: Settings) -> str:
+    """The deployment that owns the sandbox containers this process starts.
+
+    ``HERMES_DEPLOYMENT`` when set. Otherwise derived from the result backend: the Redis that
+    holds a cluster's registry, results and log is what makes workers one cluster, so every
+    worker of a cluster derives the same id, and two checkouts (or test runs) on private Redis
+    instances derive different ones. Credentials are left out (rotating a password must not
+    orphan the containers started before), and so is the Docker host: a listing only ever sees
+    one engine's containers, so the engine adds nothing to tell deployments apart on it.
+    HERMES_HOME is not used either: the workers of one cluster (systemd units, pods) each have
+    their own, and they must still reap each other's leftovers on a shared host.
+
+    >>> from pathlib import Path
+    >>> from hermes_worker.settings import Settings
+    >>> a = deployment_id(Settings(home=Path("."), result_backend="redis://:s3cret@Redis:6379/0"))
+    >>> a == deployment_id(Settings(home=Path("."), result_backend="redis://redis/0?password=other"))
+    True
+    >>> a == deployment_id(Settings(home=Path("."), result_backend="redis://redis:6379/1"))
+    False
+    >>> deployment_id(Settings(home=Path("."), deployment="prod-eu"))
+    'prod-eu'
+    """
+    if settings.deployment:
+        return settings.deployment
+    parts = urlsplit(settings.result_backend)
+    scheme = parts.scheme.lower()
+    where = parts.netloc.rpartition("@")[2].lower()  # the address, without user:password@
+    path = parts.path
+    if scheme in ("redis", "rediss"):
+        where = where if ":" in where.rpartition("]")[2] else f"{where}:6379"
+        path = path if path.strip("/") else "/0"
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    query = sorted((k, v) for k, v in params if k.lower() not in _CREDENTIAL_PARAMS)
+    canonical = f"{scheme}://{where}{path}?{urlencode(query)}"
+    return "auto-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def session_filters(deployment: str, **labels: str) -> dict[str, list[str]]:
+    """Docker list filters for the session containers of ``deployment`` (and ``labels``, all of them).
+
+    Everything that lists or removes Hermes containers goes through this: the reaper, the
+    tests' cleanup, the benchmarks. Another deployment's containers never match.
+    """
+    wanted = {LABEL_SESSION: "1", LABEL_DEPLOYMENT: deployment, **labels}
+    return {"label": [f"{key}={value}" for key, value in wanted.items()]}
 
 
 def _check_socket(timeout_s: float) -> None:
@@ -107,10 +179,12 @@ def _start_ticks(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
-def owner_labels(worker_id: str, pid: int | None = None) -> dict[str, str]:
-    """The labels that say which worker process owns a container."""
+def owner_labels(worker_id: str, pid: int | None = None, *, deployment: str) -> dict[str, str]:
+    """The labels that say which deployment and which worker process own a session container."""
     pid = os.getpid() if pid is None else pid
     return {
+        LABEL_SESSION: "1",
+        LABEL_DEPLOYMENT: deployment,
         "hermes.worker": worker_id,
         "hermes.host": socket.gethostname(),
         "hermes.pid": str(pid),
@@ -133,21 +207,29 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
     return bool(started) and started != (fields[19] if len(fields) > 19 else "")
 
 
-def reap_orphans(client: docker.DockerClient, worker_id: str) -> list[str]:
-    """Remove session containers whose owner is gone; return their ids.
+def reap_orphans(client: docker.DockerClient, worker_id: str, deployment: str) -> list[str]:
+    """Remove session containers of ``deployment`` whose owner is gone; return their ids.
 
     A container is an orphan when its owner process on this host no longer exists (or its pid
     now belongs to another process, e.g. an earlier run of this worker), or when it carries
     ``worker_id`` but was started on another host. Containers of live processes are kept, even
-    those of sibling processes with the same worker id.
+    those of sibling processes with the same worker id. Containers of other deployments are
+    never touched, whatever their owner; containers without a deployment label (started by a
+    Hermes older than the label) only when they carry exactly ``worker_id``.
     """
     host, removed = socket.gethostname(), []
     try:
         # The SDK inspects each listed container: one removed in between (a sibling reaping it, a
         # session closing) must not fail the listing, it is gone as we want it.
-        found = client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}=1"}, ignore_removed=True)
+        found = client.containers.list(all=True, filters=session_filters(deployment), ignore_removed=True)
+        legacy = client.containers.list(
+            all=True, filters={"label": [f"{LABEL_SESSION}=1", f"hermes.worker={worker_id}"]}, ignore_removed=True
+        )
+        found += [c for c in legacy if LABEL_DEPLOYMENT not in c.labels]
         for container in found:
             labels = container.labels
+            if labels.get(LABEL_DEPLOYMENT, deployment) != deployment:
+                continue  # the engine filtered already; a container relabelled since is not ours
             mine = labels.get("hermes.worker") == worker_id
             # On another host we cannot see the owner: only our own worker id is ours to judge.
             if _owner_gone(labels) if labels.get("hermes.host") == host else mine:
@@ -166,15 +248,18 @@ def reap_orphans(client: docker.DockerClient, worker_id: str) -> list[str]:
 class DockerSession(SandboxSession):
     """A session whose sandbox is one hardened Docker container running the engine server."""
 
-    def __init__(self, settings: Settings, worker_id: str, *, test_hooks: bool = False) -> None:
+    def __init__(self, settings: Settings, worker_id: str, *, test_hooks: bool | str = False) -> None:
         super().__init__(settings, worker_id)
-        self._test_hooks = test_hooks  # tests only: lets a marker prompt exhaust memory
+        # Tests only: True lets marker prompts exhaust memory or sleep; "lie=KIND" makes the
+        # container lie in its replies (see server.TEST_HOOKS_ENV). Never set from settings.
+        self._test_hooks = test_hooks
         self._client: docker.DockerClient | None = None
         self._container: Container | None = None
         self._raw: Any = None
         self._stream: DockerDemux | None = None
         self._reader: FrameReader | None = None
         self._next_id = 0
+        self.deployment = deployment_id(settings)
 
     @property
     def container_id(self) -> str | None:
@@ -188,7 +273,10 @@ class DockerSession(SandboxSession):
         except BaseException:
             self.close()
             raise
-        log.info("sandbox session started: container %s, image %s", self.container_id, self._digest)
+        log.info(
+            "sandbox session started: container %s, image %s, deployment %s",
+            self.container_id, self._digest, self.deployment,
+        )  # fmt: skip
 
     def _start(self) -> None:
         self._client = connect(_API_TIMEOUT_S)
@@ -201,18 +289,22 @@ class DockerSession(SandboxSession):
             ) from None
         except Exception as exc:
             raise translate(exc, "look up the sandbox image") from exc
-        reap_orphans(self._client, self.worker_id)
+        reap_orphans(self._client, self.worker_id, self.deployment)
         self._spawn()
 
     def _spawn(self) -> None:
         assert self._client is not None
-        env = {TEST_HOOKS_ENV: "1"} if self._test_hooks else {}
+        hooks = "1" if self._test_hooks is True else self._test_hooks
+        env = {TEST_HOOKS_ENV: hooks} if hooks else {}
         try:
             self._container = self._client.containers.create(
                 self.image_digest,
                 SERVER_COMMAND,
                 stdin_open=True,
-                labels={**dict(self.settings.container_labels), LABEL_SESSION: "1", **owner_labels(self.worker_id)},
+                labels={
+                    **dict(self.settings.container_labels),
+                    **owner_labels(self.worker_id, deployment=self.deployment),
+                },
                 environment=env,
                 **hardening(self.settings),
             )
@@ -225,7 +317,9 @@ class DockerSession(SandboxSession):
         except Exception as exc:
             raise translate(exc, "start the sandbox container") from exc
         try:
-            self._call({"op": "hello"}, _START_TIMEOUT_S)
+            # The versions a fresh container reports, before any prompt reached it, are the ones
+            # the host writes into provenance and requires in every record.
+            self._versions = check_hello(self._call({"op": "hello"}, _START_TIMEOUT_S))
         except ContainerDied as exc:
             raise SessionFailed(f"the sandbox engine did not start: {exc.reason}", "hermes image build") from exc
 
@@ -286,6 +380,8 @@ class DockerSession(SandboxSession):
         self._next_id += 1
         frame = encode_frame(request | {"id": self._next_id})  # FrameTooLarge: the caller splits
         try:
+            # One deadline for the whole exchange: the container cannot stretch it byte by byte.
+            self._stream.deadline = time.monotonic() + timeout_s
             self._stream.sock.settimeout(timeout_s)
             self._stream.sock.sendall(frame)
             reply = self._reader.read()
@@ -296,12 +392,14 @@ class DockerSession(SandboxSession):
             raise SessionFailed(
                 f"the sandbox did not answer within {timeout_s:g} s", "raise HERMES_CHUNK_TIME_LIMIT"
             ) from None
-        except (OSError, ProtocolError) as exc:
+        except (OSError, TornStream) as exc:
             raise self._died(exc) from exc
+        except ProtocolError as exc:  # a frame over the bound, a body that is not JSON: not an accident
+            raise BadReply(f"the sandbox broke the framing: {exc.reason}") from exc
         if reply is None:
             raise self._died(EOFError("stream ended"))
         if reply.get("id") != self._next_id:
-            raise self._died(ProtocolError(f"reply to request {reply.get('id')}, expected {self._next_id}"))
+            raise BadReply(f"the sandbox answered request {str(reply.get('id'))[:20]}, not {self._next_id}")
         return reply
 
     def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:

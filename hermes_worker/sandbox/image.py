@@ -12,6 +12,7 @@ context, the Dockerfile and the base image id, so an existing tag means nothing 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -44,7 +45,7 @@ _SOURCES = (
     "lines.py",
     "processing.py",
     "engine/*.py",
-    *(f"sandbox/{name}.py" for name in ("__init__", "errors", "protocol", "server", "session")),
+    *(f"sandbox/{name}.py" for name in ("__init__", "errors", "protocol", "reply", "server", "session")),
 )
 _TEXT_DISTRIBUTIONS = ("ftfy",)
 
@@ -83,12 +84,36 @@ def _distribution_files(name: str, seen: set[str], files: dict[str, bytes]) -> N
             # ftfy.formatting) with pure-Python fallbacks; anything that truly needed one would
             # fail the sandbox self-test that every probe runs.
             continue
-        files[f"site/{rel}"] = Path(str(entry.locate())).read_bytes()
+        data = Path(str(entry.locate())).read_bytes()
+        _check_installed(dist.metadata["Name"], rel, entry.hash, data)
+        files[f"site/{rel}"] = data
     for requirement in dist.requires or ():
         if "extra ==" not in requirement:
             match = re.match(r"[A-Za-z0-9._-]+", requirement)
             if match:
                 _distribution_files(match.group(0), seen, files)
+
+
+def _check_installed(dist: str, rel: str, recorded: Any, data: bytes) -> None:
+    """Refuse a file whose bytes differ from what pip recorded when it installed ``dist``.
+
+    The sandbox gets the host's text libraries byte for byte; the RECORD hash ties those bytes to
+    the wheel pip installed (in the worker image, a wheel whose hash ops/worker/requirements.txt
+    locks), so a file changed since (by hand, or by someone with write access to site-packages)
+    never reaches the image.
+    """
+    if recorded is None or not recorded.mode or not recorded.value:
+        return  # RECORD lists no hash for itself and for files written after install
+    try:
+        digest = hashlib.new(recorded.mode, data).digest()
+    except ValueError:
+        raise SessionFailed(f"{dist}: {rel} has a RECORD hash of unknown kind {recorded.mode!r}") from None
+    if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != recorded.value:
+        raise SessionFailed(
+            f"{dist}: {rel} is not the file pip installed (its RECORD hash differs): refusing to copy it "
+            "into the sandbox image",
+            f"reinstall it: pip install --force-reinstall --no-deps {dist}=={metadata.version(dist)}",
+        )
 
 
 def context_files() -> dict[str, bytes]:

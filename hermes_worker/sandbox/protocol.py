@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -135,6 +136,11 @@ class DockerDemux:
     Docker multiplexes the container's standard output and error on the attach stream: each
     piece has an 8-byte header (stream number, 3 zero bytes, 4-byte big-endian length). Standard
     error is kept aside (its tail explains why a container died); it never reaches the frames.
+
+    The container is not trusted: :attr:`deadline` bounds a whole exchange (a container that
+    trickles a byte at a time, on either stream, cannot hold the caller past it, where a socket
+    timeout alone restarts with every byte), no read asks for more than 256 KiB whatever a header
+    announces, and the kept standard error is at most 64 reads.
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -142,11 +148,20 @@ class DockerDemux:
         self._left = 0
         self._kind = 1
         self.stderr: deque[bytes] = deque(maxlen=64)  # the tail, for the reason a container died
+        self.deadline: float | None = None  # time.monotonic() after which reading raises TimeoutError
+
+    def _recv(self, n: int) -> bytes:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the sandbox did not answer in time")
+            self.sock.settimeout(left)
+        return self.sock.recv(min(n, _RECV_BYTES))
 
     def _exact(self, n: int) -> bytes:
         data = b""
         while len(data) < n:
-            piece = self.sock.recv(n - len(data))
+            piece = self._recv(n - len(data))
             if not piece:
                 return b""
             data += piece
@@ -161,7 +176,7 @@ class DockerDemux:
                     return b""
                 self._kind, self._left = header[0], int.from_bytes(header[4:8], "big")
                 continue
-            data = self.sock.recv(min(n, self._left) if self._kind == 1 else self._left)
+            data = self._recv(min(n, self._left) if self._kind == 1 else self._left)
             if not data:
                 return b""
             self._left -= len(data)
@@ -170,5 +185,10 @@ class DockerDemux:
             self.stderr.append(data)
 
     def stderr_tail(self) -> str:
-        """The last few hundred characters the container wrote to standard error."""
-        return b"".join(self.stderr).decode("utf-8", "replace").strip()[-600:]
+        """The last few hundred characters the container wrote to standard error, printable only.
+
+        It goes into log lines and error records: control characters (a forged log line, a
+        terminal escape) become spaces.
+        """
+        tail = b"".join(self.stderr).decode("utf-8", "replace").strip()[-600:]
+        return "".join(c if c.isprintable() else " " for c in tail)

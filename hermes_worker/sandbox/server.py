@@ -32,15 +32,25 @@ from ..contract import ChunkRequest, ContractError
 from ..engine import ProfileError
 from ..processing import process_chunk, request_items
 from .errors import FrameTooLarge, ProtocolError
-from .protocol import MAX_FRAME_BYTES, FrameReader, encode_frame
+from .protocol import HEADER_BYTES, MAX_FRAME_BYTES, FrameReader, encode_frame
 
-__all__ = ["TEST_HOOKS_ENV", "handle", "main"]
+__all__ = ["DATA_LIES", "FRAME_LIES", "TEST_HOOKS_ENV", "handle", "main"]
 
 # Test containers set this variable (the session's ``test_hooks`` option); production containers
-# never do, so no prompt can trigger the hooks below.
+# never do, and a container's environment is fixed by the host when it creates it, so no prompt
+# can turn the hooks below on. "1" lets the marker prompts act; "lie=KIND" (or "lie=KIND:always")
+# also makes the reply to a chunk holding the _LIE marker (or to every chunk) lie as KIND says:
+# the hostile sandbox the host's checks (reply.py) are tested against.
 TEST_HOOKS_ENV = "HERMES_SANDBOX_TEST_HOOKS"
 _EXHAUST_MEMORY = "hermes-test:exhaust-memory"
 _SLOW = "hermes-test:sleep"  # keeps a chunk in flight for half a second
+_LIE = "hermes-test:lie"
+# Lies about the result (data) and about the frame that carries it (transport).
+DATA_LIES = (
+    "mode", "worker", "image", "version", "drop", "extra", "line", "id", "newline", "huge", "ids", "code",
+    "counts", "not_json", "changed", "extra_field", "text", "reply_id", "contract", "too_large",
+)  # fmt: skip
+FRAME_LIES = ("giant_frame", "stderr_flood", "trickle")
 
 
 def _hello() -> dict[str, Any]:
@@ -56,21 +66,107 @@ def _hello() -> dict[str, Any]:
     }
 
 
-def _run_test_hooks(payload: dict[str, Any]) -> None:
+def _run_test_hooks(payload: dict[str, Any]) -> bool:
+    """Act on the marker prompts; True when the chunk holds the _LIE marker."""
     hog: list[bytes] = []
     items = request_items(ChunkRequest.from_payload(payload))[0]
+    marked = False
     for item in items:
         prompt = item[2] if isinstance(item, list) and len(item) == 4 else None
+        marked = marked or prompt == _LIE
         if prompt == _SLOW:
             time.sleep(0.5)
         while prompt == _EXHAUST_MEMORY:  # bytes of 'x' touch every page: the cgroup's OOM killer ends us
             hog.append(b"x" * (16 * 1024 * 1024))
+    return marked
 
 
-def handle(request: dict[str, Any], test_hooks: bool = False) -> dict[str, Any]:
-    """The response to one request; never raises."""
+def _recode(result: dict[str, Any], index: int, change: Any) -> None:
+    record = json.loads(result["lines"][index])
+    change(record)
+    result["lines"][index] = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def _lie(kind: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """``reply`` turned into the lie ``kind`` names (tests only), as consistent as a liar can make it."""
+    result = reply.get("result")
+    if kind == "reply_id":
+        return reply | {"id": (reply.get("id") or 0) + 1}
+    if kind in ("contract", "too_large"):
+        error = {"type": "ContractError" if kind == "contract" else "FrameTooLarge", "message": "forged"}
+        return {"id": reply.get("id"), "ok": False, "error": error}
+    if not isinstance(result, dict) or not result.get("lines"):
+        return reply
+    lines, last = result["lines"], len(result["lines"]) - 1
+    forged = {"mode": ("mode", "local"), "worker": ("worker", "container@someone-else"),
+              "image": ("image", "sha256:" + "0" * 64), "version": ("engine", "0.0.0-forged")}  # fmt: skip
+    if kind in forged:
+        key, value = forged[kind]
+        result["provenance"][key] = value
+        for index in range(len(lines)):
+            _recode(result, index, lambda r: r["provenance"].__setitem__(key, value))
+    elif kind == "drop":
+        lines.pop()
+        result["ok"] -= 1
+    elif kind == "extra":
+        lines.append(lines[-1])
+        result["ok"] += 1
+    elif kind == "line":
+        for index in range(len(lines)):
+            _recode(result, index, lambda r: r.__setitem__("line", r["line"] + 1000))
+    elif kind == "id":
+        _recode(result, 0, lambda r: r.__setitem__("id", "stolen-id"))
+    elif kind == "newline":
+        lines[0] += "\n" + lines[0]
+    elif kind == "huge":
+        _recode(result, 0, lambda r: r.__setitem__("text", "x" * (8 << 20)))
+    elif kind == "ids" and result.get("ids"):
+        result["ids"] = ["poison"] * len(result["ids"])
+    elif kind == "code":
+        error = {"code": "forged|code", "message": "forged", "line": json.loads(lines[last])["line"]}
+
+        def to_error(record: dict[str, Any]) -> None:
+            for key in ("text", "changed", "validation", "explain"):
+                record.pop(key, None)
+            record["error"] = error
+
+        _recode(result, last, to_error)
+        result["errors"].append([error["line"], error["code"], error["message"]])
+        result["ok"] -= 1
+        result["failed"] += 1
+    elif kind == "counts":
+        result["ok"] += 3
+    elif kind == "not_json":
+        lines[0] = "{not json"
+    elif kind == "changed":
+        _recode(result, 0, lambda r: r.__setitem__("changed", not r.get("changed")))
+    elif kind == "extra_field":
+        _recode(result, 0, lambda r: r.__setitem__("mode", "local"))
+    elif kind == "text":
+        for index in range(len(lines)):
+            _recode(result, index, lambda r: "text" in r and r.update(text=r["text"] + " [forged]", changed=True))
+    return reply
+
+
+def _frame_lie(kind: str, frame: bytes) -> bytes:
+    """The frame to write instead of ``frame`` (tests only); may write to standard error first."""
+    if kind == "giant_frame":  # announces 4 GiB: the host must refuse it before allocating anything
+        return b"\xff\xff\xff\xff" + frame[HEADER_BYTES:]
+    if kind == "stderr_flood":  # 16 MiB of noise first: the host keeps only a bounded tail
+        noise = b"flood " * 10_000
+        for _ in range((16 << 20) // len(noise)):
+            os.write(2, noise)
+    while kind == "trickle":  # a byte at a time, never an answer: only a deadline ends the wait
+        os.write(2, b".")
+        time.sleep(0.05)
+    return frame
+
+
+def handle(request: dict[str, Any], test_hooks: bool = False, lie: str = "") -> dict[str, Any]:
+    """The response to one request; never raises. ``lie``: tests only (see TEST_HOOKS_ENV)."""
     reply: dict[str, Any] = {"id": request.get("id")}
     op = request.get("op")
+    marked = False
     try:
         if op == "hello":
             result = _hello()
@@ -79,7 +175,7 @@ def handle(request: dict[str, Any], test_hooks: bool = False) -> dict[str, Any]:
             if not isinstance(payload, dict):
                 raise ContractError("request has no chunk payload object")
             if test_hooks:
-                _run_test_hooks(payload)
+                marked = _run_test_hooks(payload)
             worker, image = request.get("worker"), request.get("image")
             result = process_chunk(payload, mode="container", worker=str(worker), image=image)
         else:
@@ -88,10 +184,16 @@ def handle(request: dict[str, Any], test_hooks: bool = False) -> dict[str, Any]:
         return reply | {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
     except Exception as exc:  # a bug in the engine: report it, keep serving
         return reply | {"ok": False, "error": {"type": "EngineFailure", "message": f"{type(exc).__name__}: {exc}"}}
-    return reply | {"ok": True, "result": result}
+    reply |= {"ok": True, "result": result}
+    kind, _, when = lie.partition(":")
+    if kind in DATA_LIES and op == "chunk" and (marked or when == "always"):
+        reply = _lie(kind, reply)
+    elif kind in FRAME_LIES and op == "chunk" and (marked or when == "always"):
+        reply["frame_lie"] = kind
+    return reply
 
 
-def _serve(test_hooks: bool) -> int:
+def _serve(test_hooks: bool, lie: str) -> int:
     # Frames go to the real standard output only; anything else that prints (a library warning,
     # a stray print) goes to standard error, so it cannot corrupt the frame stream.
     frames_out = os.dup(1)
@@ -105,30 +207,37 @@ def _serve(test_hooks: bool) -> int:
             return 2
         if request is None:
             return 0
-        reply = handle(request, test_hooks)
+        reply = handle(request, test_hooks, lie)
+        frame_lie = reply.pop("frame_lie", None)
         try:
             frame = encode_frame(reply)
         except FrameTooLarge as exc:
             frame = encode_frame(
                 {"id": reply["id"], "ok": False, "error": {"type": "FrameTooLarge", "message": str(exc)}}
             )
+        if frame_lie:
+            frame = _frame_lie(frame_lie, frame)
         view = memoryview(frame)
         while view:
             view = view[os.write(frames_out, view) :]
 
 
-def _once(test_hooks: bool) -> int:
+def _once(test_hooks: bool, lie: str) -> int:
     request = json.loads(sys.stdin.buffer.read(MAX_FRAME_BYTES + 1).decode("utf-8", "surrogatepass"))
+    reply = handle(request, test_hooks, lie)
+    reply.pop("frame_lie", None)
     # ASCII-only output: the dagger SDK hands standard output back as text.
-    sys.stdout.write(json.dumps(handle(request, test_hooks), ensure_ascii=True, separators=(",", ":")))
+    sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve framed requests on stdio (or answer one, with ``--once``); return the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
-    return _once(test_hooks) if "--once" in args else _serve(test_hooks)
+    hooks = os.environ.get(TEST_HOOKS_ENV, "")
+    lie = hooks.removeprefix("lie=") if hooks.startswith("lie=") else ""
+    test_hooks = hooks == "1" or bool(lie)
+    return _once(test_hooks, lie) if "--once" in args else _serve(test_hooks, lie)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ kept here, once for every backend: a chunk whose sandbox dies is retried on a fr
 chunk that keeps killing it is split in halves until the item that does is alone; that item
 gets a ``sandbox_failure`` error record and every other item its normal record.
 
+Nothing the sandbox sends back is trusted: every reply goes through :mod:`.reply`, which checks
+it against what the host knows (the items it parsed itself, the provenance it builds) and
+rebuilds every field but the records. A reply that fails is handled like a death.
+
 Imports the standard library, the contract and the engine only (the package ``__init__``
 imports this module, and the package ships inside the sandbox image); the backends, and with
 them Docker or dagger, are imported when a session is opened.
@@ -13,21 +17,25 @@ them Docker or dagger, are imported when a session is opened.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from .. import contract
-from ..contract import ChunkRequest, ContractError
-from ..engine import ProfileError
-from ..processing import request_items
+from ..contract import ChunkRequest
+from ..engine import Profile
 from .errors import ContainerDied, FrameTooLarge, SessionFailed
+from .protocol import MAX_FRAME_BYTES
+from .reply import BadReply, ClaimedTooLarge, Expected, check_result, error_result
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = ["SandboxSession", "open_session", "unwrap_reply"]
+
+log = logging.getLogger("hermes.sandbox")
 
 
 class SandboxSession(ABC):
@@ -41,6 +49,8 @@ class SandboxSession(ABC):
         self.settings = settings
         self.worker_id = worker_id
         self._digest: str | None = None
+        # What the current sandbox said about itself when it started, before it saw a prompt.
+        self._versions: dict[str, str] | None = None
         self._restarts = 0
 
     @property
@@ -84,61 +94,82 @@ class SandboxSession(ABC):
         """Normalize a chunk in the sandbox.
 
         Returns:
-            Exactly what ``process_chunk(payload, mode="container", worker=worker, image=...)``
-            returns, computed inside the sandbox.
+            What ``process_chunk(payload, mode="container", worker=worker, image=...)`` returns,
+            computed inside the sandbox and checked here (see :mod:`.reply`).
 
         Raises:
             ContractError: the payload is malformed (checked here, before anything is sent).
-            ProfileError: the payload's profile is invalid.
-            SessionFailed: the sandbox cannot run even a single error record.
+            ProfileError: the payload's profile is invalid (likewise).
+            SessionFailed: the sandbox cannot start, or does not answer in time.
         """
         request = ChunkRequest.from_payload(payload)
+        profile = Profile.from_spec(request.profile)
+        expect = Expected.of(request, profile, self._provenance(profile, worker))
         base = dict(payload)
         if request.text is None:
-            return self._run_items(base, request.items or [], worker, retried=False)
-        # Raw lines go in as they came; only a chunk that fails is parsed here (by the same pure
-        # parser the sandbox runs) so that it can be split item by item.
+            return self._run_items(base, expect, worker, retried=False)
+        # Raw lines go in as they came; only a chunk that fails is sent again as items, so that
+        # it can be split item by item.
         try:
-            return self._attempt(base, worker)
+            return self._checked(base, expect, worker)
         except FrameTooLarge:
             died = False
         except ContainerDied:
             self._replace()
             died = True
-        items, ids = request_items(request)
         for key in ("text", "first", "format", "bad"):
             base.pop(key, None)
-        result = self._run_items(base, items, worker, retried=died)
-        return result | {"first": request.first, "ids": ids}
+        result = self._run_items(base, expect.as_items(), worker, retried=died)
+        return result | {"first": request.first, "ids": expect.ids}
 
-    def _run_items(self, base: dict[str, Any], items: list[list[Any]], worker: str, *, retried: bool) -> dict[str, Any]:
+    def _provenance(self, profile: Profile, worker: str) -> dict[str, Any]:
+        """The provenance every record of this sandbox must carry, built here, not by the sandbox."""
+        if self._versions is None:
+            raise SessionFailed("the session has not started", "call start() or use it as a context manager")
+        return {"profile": profile.name, "profile_digest": profile.digest, **self._versions,
+                "mode": "container", "worker": worker, "image": self.image_digest}  # fmt: skip
+
+    def _checked(self, payload: dict[str, Any], expect: Expected, worker: str) -> dict[str, Any]:
+        """One attempt, its reply checked; a refused reply is raised as :class:`BadReply`."""
         try:
-            return self._attempt(base | {"items": items}, worker)
+            raw = self._attempt(payload, worker)
+        except ClaimedTooLarge as exc:
+            if expect.reply_bound() < MAX_FRAME_BYTES:
+                raise self._refused(BadReply(f"the sandbox claims a result over one frame: {exc.reason}")) from exc
+            raise
+        except BadReply as exc:
+            raise self._refused(exc) from exc
+        try:
+            return check_result(raw, expect)
+        except BadReply as exc:
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: BadReply) -> BadReply:
+        log.warning("sandbox reply refused, its container is replaced: %s", exc.reason)
+        return exc
+
+    def _run_items(self, base: dict[str, Any], expect: Expected, worker: str, *, retried: bool) -> dict[str, Any]:
+        items = expect.items
+        try:
+            return self._checked(base | {"items": items}, expect, worker)
         except FrameTooLarge as exc:
             if len(items) == 1:
-                return self._give_up(base, items[0], worker, f"too large for the sandbox: {exc.reason}")
+                return error_result(expect, contract.SANDBOX_FAILURE, f"too large for the sandbox: {exc.reason}")
         except ContainerDied as exc:
             self._replace()
             if not retried:  # killed from outside, OOM by bad luck, engine restart: try once more
-                return self._run_items(base, items, worker, retried=True)
+                return self._run_items(base, expect, worker, retried=True)
             if len(items) == 1:
-                return self._give_up(base, items[0], worker, f"this prompt kills the sandbox: {exc.reason}")
+                why = "the sandbox's reply to this prompt was refused" if isinstance(exc, BadReply) else (
+                    "this prompt kills the sandbox")  # fmt: skip
+                return error_result(expect, contract.SANDBOX_FAILURE, f"{why}: {exc.reason}")
         if not items:
             raise SessionFailed("the sandbox dies on an empty chunk", "check the sandbox image: hermes image build")
         half = len(items) // 2
         # A single half left over gets one retry again, so one unlucky death cannot blame an item.
-        left = self._run_items(base, items[:half], worker, retried=half > 1)
-        right = self._run_items(base, items[half:], worker, retried=len(items) - half > 1)
+        left = self._run_items(base, expect.part(0, half), worker, retried=half > 1)
+        right = self._run_items(base, expect.part(half, len(items)), worker, retried=len(items) - half > 1)
         return _merge(left, right)
-
-    def _give_up(self, base: dict[str, Any], item: list[Any], worker: str, message: str) -> dict[str, Any]:
-        # The error record is written by the sandbox itself, so its provenance is the sandbox's.
-        line, item_id = item[0], item[1]
-        try:
-            return self._attempt(base | {"items": [[line, item_id, None, [contract.SANDBOX_FAILURE, message]]]}, worker)
-        except ContainerDied as exc:
-            self._replace()
-            raise SessionFailed(f"the sandbox dies even on an error record: {exc.reason}", exc.fix) from exc
 
     def __enter__(self) -> Self:
         try:
@@ -164,19 +195,26 @@ def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
 
 
 def unwrap_reply(reply: Mapping[str, Any]) -> dict[str, Any]:
-    """The result of an engine server reply, or the error it reports raised as ours."""
-    if reply.get("ok"):
-        result: dict[str, Any] = reply["result"]
+    """The result of an engine server reply.
+
+    The host checked the payload and the profile before sending, so an honest sandbox can only
+    fail a chunk as a whole when its result does not fit in one frame. Any other error it
+    reports is refused like a reply that breaks the contract.
+
+    Raises:
+        ClaimedTooLarge: the sandbox says its result is over the frame bound.
+        BadReply: anything else that is not a result.
+    """
+    if reply.get("ok") is True:
+        result = reply.get("result")
+        if type(result) is not dict:
+            raise BadReply("the sandbox's reply holds no result object")
         return result
-    error = reply.get("error") or {}
-    kind, message = error.get("type"), str(error.get("message"))
-    if kind == "ContractError":
-        raise ContractError(message)
-    if kind == "ProfileError":
-        raise ProfileError(message)
+    error = reply.get("error")
+    kind, message = (error.get("type"), str(error.get("message"))[:300]) if isinstance(error, dict) else (None, "")
     if kind == "FrameTooLarge":
-        raise FrameTooLarge(message)
-    raise SessionFailed(f"the sandbox engine failed: {message}")
+        raise ClaimedTooLarge(message)
+    raise BadReply(f"the sandbox engine failed the chunk as a whole ({str(kind)[:40]}): {message}")
 
 
 def open_session(settings: Settings, worker_id: str) -> SandboxSession:
