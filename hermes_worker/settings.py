@@ -6,6 +6,7 @@ options override these values; nothing else reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
+from .redact import redact, remember, url_secrets
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "listen_address"]
 
 T = TypeVar("T")
 
@@ -95,6 +97,21 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def listen_address(text: str) -> str:
+    """A listen address: an IP address or a host name (``--metrics-address`` checks it too).
+
+    >>> listen_address("127.0.0.1"), listen_address("::1"), listen_address("metrics.internal")
+    ('127.0.0.1', '::1', 'metrics.internal')
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
+        raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name")
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -154,6 +171,8 @@ class Settings:
         flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
         metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
             (``HERMES_METRICS_PORT``, 0).
+        metrics_address: the address a worker's metrics listen on (``HERMES_METRICS_ADDRESS``,
+            127.0.0.1: only this machine; ``0.0.0.0`` for a Prometheus elsewhere).
     """
 
     home: Path
@@ -192,6 +211,7 @@ class Settings:
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
 
     @property
     def worker_ttl_s(self) -> float:
@@ -231,7 +251,7 @@ class Settings:
             try:
                 return parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+                raise SettingsError(f"{name}={redact(raw)!r} is invalid: {exc}") from None
 
         home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
         profile_file = env.get("HERMES_PROFILE_FILE") or None
@@ -241,10 +261,10 @@ class Settings:
         result_backend = read("HERMES_RESULT_BACKEND", str, default_backend)
         if not result_backend.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
-                f"HERMES_RESULT_BACKEND={result_backend!r} is invalid: results, the worker registry and the "
+                f"HERMES_RESULT_BACKEND={redact(result_backend)!r} is invalid: results, the worker registry and the "
                 "cluster log need Redis (redis://, rediss:// or unix://)"
             )
-        return cls(
+        settings = cls(
             home=home,
             profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
             profile_file=Path(profile_file).expanduser() if profile_file else None,
@@ -278,4 +298,8 @@ class Settings:
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
             metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
+            metrics_address=read("HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1"),
         )
+        # Whatever prints or logs these from now on masks them, in any shape (redact.remember).
+        remember(*url_secrets(settings.broker_url), *url_secrets(settings.result_backend), settings.flower_password)
+        return settings
