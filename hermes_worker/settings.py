@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .redact import redact, remember, url_secrets
@@ -95,6 +96,28 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"label {key!r}: keys starting with 'hermes.' are Hermes' own")
         pairs.append((key, value.strip()))
     return tuple(pairs)
+
+
+def _url(text: str) -> str:
+    """A URL (or a ``;``-separated list of them) whose host and port can be read.
+
+    Otherwise the Redis and kombu clients fail later with a traceback quoting the unreadable
+    part, which is often a piece of the password.
+
+    >>> _url("redis://:p%2Fw@h:6379/0")
+    'redis://:p%2Fw@h:6379/0'
+    >>> _url("redis://:p/w@h:6379/0")
+    Traceback (most recent call last):
+    ValueError: cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)
+    """
+    for part in text.split(";"):
+        try:
+            urlsplit(part.strip()).port  # noqa: B018 - reading the port is the check
+        except ValueError:
+            raise ValueError(
+                "cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)"
+            ) from None
+    return text
 
 
 def listen_address(text: str) -> str:
@@ -256,9 +279,9 @@ class Settings:
         home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
         profile_file = env.get("HERMES_PROFILE_FILE") or None
         cores = os.cpu_count() or 1
-        broker_url = read("HERMES_BROKER_URL", str, "redis://localhost:6379/0")
+        broker_url = read("HERMES_BROKER_URL", _url, "redis://localhost:6379/0")
         default_backend = broker_url if broker_url.startswith(("redis://", "rediss://", "unix://")) else ""
-        result_backend = read("HERMES_RESULT_BACKEND", str, default_backend)
+        result_backend = read("HERMES_RESULT_BACKEND", _url, default_backend)
         if not result_backend.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
                 f"HERMES_RESULT_BACKEND={redact(result_backend)!r} is invalid: results, the worker registry and the "

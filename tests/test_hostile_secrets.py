@@ -369,6 +369,21 @@ def test_a_refusal_is_a_configuration_error_never_a_fallback(
     assert not out.exists() and (not partial.exists() or partial.stat().st_size == 0)
 
 
+UNREADABLE = ["redis://:pieceA/pieceB@127.0.0.1:6379/0", "redis://:pieceA#pieceB@127.0.0.1/0",
+              "redis://:pieceA?pieceB@127.0.0.1/0", "redis://:pieceApieceB@127.0.0.1:port/0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", UNREADABLE)
+def test_a_url_that_cannot_be_read_is_refused_without_quoting_the_password(url: str, env: dict[str, str]) -> None:
+    """Given a broker URL whose password holds an unencoded '/', '#' or '?' (or whose port is
+    not a number), every command exits 2 naming the variable and the fix, before connecting,
+    with no traceback and no piece of the password (the parser's own error quotes one)."""
+    done = hermes(env | {"HERMES_BROKER_URL": url}, "run", "--prompt", "hello")
+
+    assert done.returncode == 2 and "HERMES_BROKER_URL=" in done.stderr and "%2F" in done.stderr
+    assert "pieceA" not in done.stderr and "pieceB" not in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.cluster
 def test_a_broker_that_is_not_answering_still_falls_back(env: dict[str, str]) -> None:
     """Regression guard: nothing listening at the broker URL is not a refusal: the embedded
@@ -658,8 +673,8 @@ def test_a_container_worker_keeps_prompts_and_passwords_out_of_logs_and_sandboxe
 ) -> None:
     """Given a container worker on a password-protected Redis and a batch whose prompts and
     ids carry a marker, the batch runs in sandbox sessions; neither the marker nor the password
-    is in any log, and the session containers' configuration (what `docker inspect` shows:
-    environment, command, labels) holds neither."""
+    is in any log, the session containers' configuration (what `docker inspect` shows:
+    environment, command, labels) holds neither, and the engine keeps no log of their output."""
     marker, password = unique("sk-LIVE-MARK"), unique("redis-pw")
     server = redis_factory(password=password)
     label = unique("secrets-test")
@@ -678,6 +693,7 @@ def test_a_container_worker_keeps_prompts_and_passwords_out_of_logs_and_sandboxe
     assert '"mode":"container"' in (tmp_path / "out.jsonl").read_text()
     assert sessions, "no session container found"
     assert marker not in inspected and password not in inspected
+    assert {c.attrs["HostConfig"]["LogConfig"]["Type"] for c in sessions} == {"none"}  # frames carry prompts
     logged = everything_logged(cluster, server.client(), [worker.log_path])
     assert "chunk.started" in logged
     assert marker not in logged and password not in logged
