@@ -52,7 +52,9 @@ def main(click_ctx: click.Context, quiet: bool) -> None:
     except SettingsError as exc:
         fail(str(exc))
     log = logs.configure(settings.log_dir, settings.log_level)
-    logs.event(log, logging.DEBUG, "cli.invoked", "command line", argv=sys.argv[1:])
+    logs.event(
+        log, logging.DEBUG, "cli.invoked", "command line", argv=logs.command_line(sys.argv[1:], click_ctx.command)
+    )
     click_ctx.obj = Context(settings=settings, log=log, quiet=quiet)
 
 

@@ -96,8 +96,9 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | 
     report = summary.to_dict()
     level = logging.WARNING if summary.failed else logging.INFO
     logs.event(ctx.log, level, "batch.finished", summary_text(summary, how), **report)
-    for line, code, message in summary.first_errors:
-        logs.event(ctx.log, logging.DEBUG, "item.failed", message, line=line, code=code)
+    for line, code, _message in summary.first_errors:
+        # Not the message: it may quote the input (an id, part of a line); the output has it.
+        logs.event(ctx.log, logging.DEBUG, "item.failed", f"line {line}: {code}", line=line, code=code)
     ctx.notice(summary_text(summary, how))
     if not ctx.quiet:
         for line, code, message in summary.first_errors:

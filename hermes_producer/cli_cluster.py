@@ -1,4 +1,8 @@
-"""`hermes workers`, `hermes status` and `hermes doctor`: what the cluster looks like, what to fix."""
+"""`hermes workers`, `hermes status` and `hermes doctor`: what the cluster looks like, what to fix.
+
+Everything they print passes through :func:`hermes_worker.redact.redact`: URLs are shown with
+their passwords masked, and registry entries (a probe's reason may name ``DOCKER_HOST``) too.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +21,23 @@ import redis
 
 from hermes_worker import __version__
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.redact import redact, redact_data, redact_url
 
-from .cli_common import EXIT_INFRA, Context, fail, pass_context
-from .cluster import Cluster, ClusterUnavailable
+from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail, pass_context
+from .cluster import Cluster, ClusterRefused, ClusterUnavailable
 
 
 def _connect(ctx: Context) -> Cluster:
     try:
         return Cluster.connect(ctx.settings)
+    except ClusterRefused as exc:
+        fail(str(exc), EXIT_USAGE)
     except ClusterUnavailable as exc:
         fail(f"{exc}; set HERMES_BROKER_URL, or start Redis", EXIT_INFRA)
+
+
+def _echo(text: str) -> None:
+    click.echo(redact(text))
 
 
 @click.command()
@@ -42,7 +53,7 @@ def workers(ctx: Context, as_json: bool) -> None:
     """
     live = _connect(ctx).live_workers()
     if as_json:
-        click.echo(json.dumps([asdict(w) for w in live], indent=2))
+        click.echo(json.dumps(redact_data([asdict(w) for w in live]), indent=2))
         return
     if not live:
         click.echo("no live workers (start one with: hermes worker)")
@@ -54,7 +65,7 @@ def workers(ctx: Context, as_json: bool) -> None:
             f"engine {w.versions.get('engine')}, python {w.versions.get('python')}, unicode {w.versions.get('unicode')}"
         )
         image = w.provenance.get("image")
-        click.echo(
+        _echo(
             f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
             f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
             + (f", image {str(image)[:19]}" if image else "")
@@ -94,20 +105,22 @@ def status(ctx: Context, as_json: bool) -> None:
         "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live},
     }
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(redact_data(report), indent=2))
         return
     for name, count in depths.items():
         click.echo(f"queue {name:18} {count:>8,} waiting")
     click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
     for name, entry in report["workers"].items():
-        click.echo(f"  {name:28} {entry['tag']:9} {entry['active']} active")
+        _echo(f"  {name:28} {entry['tag']:9} {entry['active']} active")
 
 
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics on this port.")
-@click.option("--address", default="127.0.0.1", show_default=True, help="Listen address with --port.")
+@click.option(
+    "--address", default=None, help="Listen address with --port (default: HERMES_METRICS_ADDRESS, 127.0.0.1)."
+)
 @pass_context
-def metrics(ctx: Context, port: int | None, address: str) -> None:
+def metrics(ctx: Context, port: int | None, address: str | None) -> None:
     """Print the cluster's Hermes metrics (Prometheus text), or serve them with --port.
 
     Items by mode, profile and error code, chunk latency, session restarts, probe outcomes,
@@ -129,6 +142,7 @@ def metrics(ctx: Context, port: int | None, address: str) -> None:
         registry.register(RedisCollector(cluster.redis))
         click.echo(generate_latest(registry).decode(), nl=False)
         return
+    address = address or ctx.settings.metrics_address
     thread = serve(cluster.redis, port, address)
     ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):
@@ -152,7 +166,8 @@ def doctor(ctx: Context) -> None:
         nonlocal problems
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         problems += ok is False
-        click.echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
+        # Every line: a probe's reason or a library's error text may quote a URL.
+        _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
 
     settings = ctx.settings
     local = {
@@ -168,7 +183,10 @@ def doctor(ctx: Context) -> None:
     cluster = None
     try:
         cluster = Cluster.connect(settings)
-        report(True, f"broker {settings.broker_url} and result backend answer")
+        report(True, f"broker {redact_url(settings.broker_url)} and result backend answer")
+    except ClusterRefused as exc:
+        variable = "HERMES_RESULT_BACKEND" if "HERMES_RESULT_BACKEND" in str(exc) else "HERMES_BROKER_URL"
+        report(False, str(exc), f"put the right password (or certificate settings) in {variable}")
     except ClusterUnavailable as exc:
         report(
             False,

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from hermes_worker.engine import Profile, ProfileError, load_profile_file, resolve_profile
+from hermes_worker.redact import redact
 from hermes_worker.settings import Settings
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -27,11 +28,11 @@ class Context:
     def notice(self, message: str) -> None:
         """One line on stderr for people (unless --quiet), and the same in the log."""
         if not self.quiet:
-            click.echo(f"hermes: {message}", err=True)
+            click.echo(f"hermes: {redact(message)}", err=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"hermes: error: {message}", err=True)
+    click.echo(f"hermes: error: {redact(message)}", err=True)
     sys.exit(code)
 
 

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from hermes_worker.redact import redact_url
+
 from .cli_common import Context, fail, pass_context
 
 # Flower's own OAuth configuration: with it, basic auth is not required.
@@ -56,7 +58,7 @@ def flower(
     ]
     ctx.notice(
         f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
-        f"(broker {settings.broker_url})"
+        f"(broker {redact_url(settings.broker_url)})"
     )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 import click
 
 from hermes_worker.events import ClusterLog
+from hermes_worker.redact import redact
 
 from . import logs
 from .cli_common import Context, pass_context
-from .cluster import Cluster, ClusterUnavailable
+from .cluster import Cluster, ClusterRefused, ClusterUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +28,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _cluster_log(ctx: Context) -> ClusterLog | None:
     try:
         return ClusterLog(Cluster.connect(ctx.settings).redis, "producer")
+    except ClusterRefused as exc:  # a wrong password is worth saying; an absent cluster is not
+        click.echo(redact(f"hermes: cluster log not shown: {exc}"), err=True)
+        return None
     except ClusterUnavailable:
         return None
 
@@ -72,7 +76,7 @@ def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: b
         try:
             records += cluster.read(count, min_level, errors_only)
         except Exception as exc:
-            click.echo(f"hermes: cluster log unavailable: {exc}", err=True)
+            click.echo(redact(f"hermes: cluster log unavailable: {exc}"), err=True)
         records.sort(key=lambda r: str(r.get("ts", "")))
         records = records[-count:] if count else []
     for record in records:

@@ -14,19 +14,29 @@ import redis
 from celery import Celery
 from kombu import Connection  # type: ignore[attr-defined]
 
-from hermes_worker.celeryconfig import make_celery
+from hermes_worker.celeryconfig import kombu_url, make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
-from hermes_worker.redis_conn import connect
+from hermes_worker.redact import redact, redact_url
+from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
 from hermes_worker.settings import Settings
 
-__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterUnavailable", "Route"]
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route"]
 
 FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
 
 
 class ClusterUnavailable(Exception):
     """The broker or the result Redis does not answer."""
+
+
+class ClusterRefused(ClusterUnavailable):
+    """The broker or the result Redis answered and refused us: a wrong password, no permission,
+    a TLS certificate that does not verify. A configuration error: never a reason to fall back.
+
+    A subclass, so code that only knows "the cluster cannot be used" still stops using it;
+    :mod:`.dispatch` and the cluster commands tell the two apart.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +67,23 @@ class Cluster:
         """Check that the result Redis and the broker answer within ``broker_timeout_s``.
 
         Raises:
+            ClusterRefused: a server answered but refused us (wrong password, no permission,
+                a TLS certificate that does not verify): a configuration error.
             ClusterUnavailable: naming what did not answer and where.
         """
         client = connect(settings.result_backend, settings.broker_timeout_s)
         try:
             client.ping()
         except redis.RedisError as exc:
-            raise ClusterUnavailable(f"Redis at {_safe(settings.result_backend)} is not answering ({exc})") from None
+            raise _failure("Redis", settings.result_backend, _setting(settings), exc) from None
         if settings.broker_url != settings.result_backend:
             try:
                 with Connection(  # type: ignore[no-untyped-call]
-                    settings.broker_url, connect_timeout=settings.broker_timeout_s
+                    kombu_url(settings.broker_url), connect_timeout=settings.broker_timeout_s
                 ) as conn:
                     conn.ensure_connection(max_retries=1, timeout=settings.broker_timeout_s)
             except Exception as exc:
-                raise ClusterUnavailable(f"broker at {_safe(settings.broker_url)} is not answering ({exc})") from None
+                raise _failure("broker", settings.broker_url, "HERMES_BROKER_URL", exc) from None
         return cls(settings, client)
 
     @property
@@ -114,11 +126,20 @@ class Cluster:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def _safe(url: str) -> str:
-    """A URL fit for messages: the password is hidden."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user + ':***' if ':' in credentials else credentials}@{host}"
+def _setting(settings: Settings) -> str:
+    """The variable to fix: the result backend is the broker URL unless set on its own."""
+    return "HERMES_BROKER_URL" if settings.result_backend == settings.broker_url else "HERMES_RESULT_BACKEND"
+
+
+def _failure(what: str, url: str, variable: str, exc: BaseException) -> ClusterUnavailable:
+    """The error for a connection that failed: refused (configuration) or not answering.
+
+    redis-py and kombu exception texts may hold the URL: both the URL and the text are redacted.
+    """
+    detail = redact(str(exc) or type(exc).__name__)
+    reason = refusal(exc)
+    if reason is not None:
+        return ClusterRefused(
+            f"{what} at {redact_url(url)} refused the connection: {reason} ({detail}); check {variable}"
+        )
+    return ClusterUnavailable(f"{what} at {redact_url(url)} is not answering ({detail})")

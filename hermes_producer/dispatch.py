@@ -2,6 +2,9 @@
 
 The rules, in order:
 
+0. A broker or result Redis that answers but refuses us (wrong password, no permission, a TLS
+   certificate that does not verify): exit 2 naming the URL (password masked) and the reason.
+   A configuration error is never a reason to run somewhere else.
 1. No broker answering: in-process (the embedded default), with a one-line notice;
    ``--no-fallback`` makes it exit 3. ``auto`` and ``container`` probe Docker here first and
    run inside sandbox sessions when it passes; ``auto`` otherwise says ``Docker is
@@ -23,12 +26,13 @@ from typing import Any
 
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
+from hermes_worker.redact import redact
 
 from . import logs
 from .batch import ChunkExecutor
 from .celery_executor import CeleryExecutor
-from .cli_common import EXIT_INFRA, Context, fail
-from .cluster import FALLBACK_MESSAGE, Cluster, ClusterUnavailable
+from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail
+from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable
 from .executors import InProcessExecutor
 
 __all__ = ["Placement", "choose_executor"]
@@ -54,12 +58,13 @@ def _probe_here(ctx: Context, isolation: str) -> str:
     outcome = probe(ctx.settings)
     if outcome.tag == "container":
         return "container"
-    fix = f". Fix: {outcome.fix}" if outcome.fix else ""
+    # The reason may name DOCKER_HOST, which can carry credentials.
+    reason, fix = redact(outcome.reason), f". Fix: {redact(outcome.fix)}" if outcome.fix else ""
     if isolation == "container":
-        fail(f"--isolation container, but the Docker probe failed: {outcome.reason}{fix}", EXIT_INFRA)
-    message = f"{FALLBACK_MESSAGE}: {outcome.reason}{fix}"
+        fail(f"--isolation container, but the Docker probe failed: {reason}{fix}", EXIT_INFRA)
+    message = f"{FALLBACK_MESSAGE}: {reason}{fix}"
     ctx.notice(message)
-    logs.event(ctx.log, logging.WARNING, "probe.fallback", message, reason=outcome.reason, fix=outcome.fix)
+    logs.event(ctx.log, logging.WARNING, "probe.fallback", message, reason=reason, fix=redact(outcome.fix))
     return "local"
 
 
@@ -88,6 +93,9 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
 
     try:
         cluster = Cluster.connect(settings)
+    except ClusterRefused as exc:
+        logs.event(ctx.log, logging.ERROR, "dispatch.refused", str(exc))
+        fail(str(exc), EXIT_USAGE)
     except ClusterUnavailable as exc:
         return in_process(str(exc), embedded=True)
 

@@ -8,6 +8,14 @@ back by ``hermes log`` and ``hermes debug``. A line looks like::
 
 Several ``hermes`` processes may write the same file; each reopens it when another one has
 rotated it, so nobody keeps writing into ``hermes.log.1``.
+
+What the log holds: what ran (commands with their option names, the values only where their
+type makes them harmless: numbers, choices, paths), where, how it ended, counts, chunk and
+line numbers, error codes, and the reasons infrastructure gave (Redis, Docker). Never a prompt,
+an id or an item's error message (those quote input: they are in the output records), never a
+secret: every record is redacted when written (:func:`hermes_worker.redact.redact`: message,
+every field, the traceback) and again when read, for logs written before that. The directory
+is 0700 and the files 0600 (:mod:`.privacy`).
 """
 
 from __future__ import annotations
@@ -20,11 +28,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["LOGGER_NAME", "LOG_FILE", "configure", "event", "follow", "format_record", "read"]
+import click
+
+from hermes_worker.redact import redact, redact_data
+
+from . import privacy
+
+__all__ = ["LOGGER_NAME", "LOG_FILE", "command_line", "configure", "event", "follow", "format_record", "read"]
 
 LOGGER_NAME = "hermes"
 LOG_FILE = "hermes.log"
@@ -66,7 +81,9 @@ def configure(
 
     new: logging.Handler
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        privacy.make_dir(path.parent, ours=True)
+        for old in _log_files(path.parent)[1:]:  # rotated files an older Hermes left readable
+            privacy.tighten(old)
         new = _Handler(path, max_bytes=max_bytes, backup_count=backup_count)
     except OSError as exc:
         print(f"hermes: warning: cannot write the log in {path.parent} ({exc}); running without a log", file=sys.stderr)
@@ -97,23 +114,111 @@ def event(
     )
 
 
+def command_line(argv: list[str], command: click.Command) -> list[str]:
+    """A command line as the log may hold it: commands and option names, values only by size.
+
+    An argument can hold a prompt (``hermes run --prompt ...``) or a secret, so each value is
+    replaced by ``<N chars>``, except where the option's type makes it harmless: a choice, a
+    number, a path (the operator's own file names say what ran). Unknown options are replaced
+    whole: a mistyped option may be a pasted secret.
+
+    Example:
+        >>> @click.command()
+        ... @click.option("--prompt")
+        ... @click.option("--isolation", type=click.Choice(["auto", "local"]))
+        ... @click.option("--json", is_flag=True)
+        ... def run(prompt, isolation, json): pass
+        >>> command_line(["--prompt", "sk-LIVE-SECRET-123", "--isolation=local", "--json", "--tok=x"], run)
+        ['--prompt', '<18 chars>', '--isolation=local', '--json', '<7 chars>']
+    """
+    try:
+        return _command_line(argv, command)
+    except Exception:  # whatever the argv, the log line must not fail the command
+        return [f"<{len(argv)} arguments>"]
+
+
+def _command_line(argv: list[str], command: click.Command) -> list[str]:
+    shape: list[str] = []
+    current: click.Command = command
+    positional: list[click.Argument] = []
+    options_done = False
+    pending: click.Parameter | None = None  # an option whose value comes next
+    for token in argv:
+        options = {opt: param for param in current.params if isinstance(param, click.Option) for opt in param.opts} | {
+            opt: param for param in current.params if isinstance(param, click.Option) for opt in param.secondary_opts
+        }
+        if pending is not None:
+            shape.append(_value(pending, token))
+            pending = None
+        elif not options_done and token == "--":
+            shape.append(token)
+            options_done = True
+        elif not options_done and token.startswith("-") and len(token) > 1:
+            name, eq, value = token.partition("=")
+            option = options.get(name)
+            attached = options.get(token[:2]) if option is None and not token.startswith("--") else None
+            if token in ("-h", "--help"):
+                shape.append(token)
+            elif option is not None:
+                takes_value = not (option.is_flag or option.count)
+                shape.append(f"{name}={_value(option, value)}" if eq else name)
+                pending = option if takes_value and not eq else None
+            elif attached is not None and not (attached.is_flag or attached.count):
+                shape.append(token[:2] + _value(attached, token[2:]))  # -pVALUE
+            else:
+                shape.append(f"<{len(token)} chars>")
+        elif isinstance(current, click.Group) and not positional and token in current.commands:
+            shape.append(token)
+            current = current.commands[token]
+            positional = [p for p in current.params if isinstance(p, click.Argument)]
+        else:
+            argument = positional[0] if positional else None
+            if argument is not None and argument.nargs != -1:
+                positional = positional[1:]
+            shape.append(_value(argument, token) if argument is not None else f"<{len(token)} chars>")
+    return shape
+
+
+def _value(param: click.Parameter, value: str) -> str:
+    """A value as the log may hold it: kept when its type makes it harmless, else its size."""
+    kind = param.type
+    raw: Any = value  # click's stubs type convert() by what each type accepts besides str
+    if isinstance(kind, click.Path | click.Choice | click.types.IntParamType | click.types.FloatParamType):
+        try:
+            kind.convert(raw, param, None)
+        except click.BadParameter:
+            pass
+        else:
+            return value
+    return f"<{len(value)} chars>"
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object a line; secrets masked in the message, every field and the traceback.
+
+    Callers are meant never to log a secret; this is the defence in depth for when a library's
+    exception text quotes a URL with its password.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": _iso_ms(record.created),
             "level": record.levelname,
             # Plain logger.info() calls still get an event: the logger's name.
             "event": getattr(record, "hermes_event", record.name),
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "pid": record.process,
         }
-        for key, value in getattr(record, "hermes_fields", {}).items():
+        fields = {
             # A field may not overwrite the fixed keys readers rely on.
-            line[f"{key}_" if key in _RESERVED else key] = _json_safe(value)
+            f"{key}_" if key in _RESERVED else key: _json_safe(value)
+            for key, value in getattr(record, "hermes_fields", {}).items()
+        }
+        line.update(redact_data(fields))
         if record.exc_info and record.exc_info[0] is not None:
-            line["traceback"] = self.formatException(record.exc_info)
+            line["traceback"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
-            line["stack"] = self.formatStack(record.stack_info)
+            line["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(line, ensure_ascii=False, allow_nan=False)
 
 
@@ -123,6 +228,11 @@ class _Handler(RotatingFileHandler):
     def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
         super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self._failed = False
+
+    def _open(self) -> TextIOWrapper:
+        # 0600 whatever the umask; rotation renames the file, so rotated files keep it.
+        fd = privacy.open_file(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.stream is not None:
@@ -181,7 +291,7 @@ def read(log_dir: Path, n: int, min_level: str = "INFO", errors_only: bool = Fal
         for line in _lines_backwards(path):
             record = _parse(line)
             if record is not None and keep(record):
-                found.append(record)
+                found.append(redact_data(record))  # a log written before redaction, or by hand
                 if len(found) == n:
                     return found[::-1]
     return found[::-1]
@@ -230,7 +340,7 @@ def _follow(
         for line in lines:
             record = _parse(line)
             if record is not None and keep(record):
-                yield record
+                yield redact_data(record)
 
     try:
         while not stop():

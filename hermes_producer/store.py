@@ -18,7 +18,9 @@ A task's life::
 from __future__ import annotations
 
 import builtins  # TaskStore.list shadows the builtin inside the class body
+import contextlib
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -29,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from . import privacy
 
 __all__ = ["STATUSES", "ClaimLost", "StoreError", "Task", "TaskNotFound", "TaskStore"]
 
@@ -102,6 +106,18 @@ class Task:
     result: dict[str, Any] | None
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would use 0644 minus the umask).
+
+    SQLite gives its ``-wal``, ``-shm`` and ``-journal`` files the database file's mode, so
+    they are private too; ones an older Hermes left readable are tightened here.
+    """
+    with contextlib.suppress(OSError):  # sqlite3.connect reports a path it cannot open
+        os.close(privacy.open_file(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm", "-journal"):
+        privacy.tighten(path.with_name(path.name + suffix))
+
+
 def _utc_now() -> str:
     """Now as ISO-8601 UTC with milliseconds, e.g. ``2026-11-27T08:00:00.123Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -131,9 +147,11 @@ class TaskStore:
         # process took over after recover_stale().
         self._token = uuid.uuid4().hex
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            privacy.make_dir(self.path.parent, ours=False)
         except OSError as exc:
             raise StoreError(f"cannot create the directory of the task store {self.path}: {exc}") from exc
+        privacy.check_dir(self.path.parent)
+        _make_private(self.path)
         try:
             # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)

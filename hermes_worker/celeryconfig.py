@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
@@ -15,7 +15,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
 from .settings import Settings
 
-__all__ = ["broker_ssl", "celery_config", "make_celery"]
+__all__ = ["broker_ssl", "celery_config", "kombu_url", "make_celery"]
 
 _READ_TIMEOUT_S = 10.0
 
@@ -39,11 +39,38 @@ def broker_ssl(url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+def kombu_url(url: str) -> str:
+    """The broker URL as kombu can read it: a ``?password=`` (and ``?username=``) moved into it.
+
+    redis-py takes the password from either place; kombu fails on the query form (``dict() got
+    multiple values for keyword argument 'password'``) and would not mask it in its banner,
+    ``inspect conf`` or Flower. In the URL's user part, kombu uses it and masks it everywhere.
+
+    >>> kombu_url("redis://h:6379/0?password=p%40ss&ssl_cert_reqs=required")
+    'redis://:p%40ss@h:6379/0?ssl_cert_reqs=required'
+    >>> kombu_url("redis://:pw@h:6379/0"), kombu_url("amqp://u:pw@mq//?password=x")
+    ('redis://:pw@h:6379/0', 'amqp://u:pw@mq//?password=x')
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.query:
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = dict(query)
+    if "password" not in given and "username" not in given:
+        return url
+    user = quote(given.get("username", unquote(parts.username or "")), safe="")
+    password = quote(given.get("password", unquote(parts.password or "")), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    rest = urlencode([(k, v) for k, v in query if k not in ("password", "username")])
+    netloc = f"{user}:{password}@{host}" if password else f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings Hermes runs with, derived from ``settings``."""
     hard_limit = settings.chunk_time_limit_s
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": kombu_url(settings.broker_url),
         "broker_use_ssl": broker_ssl(settings.broker_url),
         # JSON only, both ways: a pickled message is refused, never deserialized.
         "task_serializer": "json",

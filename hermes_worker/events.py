@@ -1,7 +1,9 @@
 """The cluster log: structured events from every worker on one capped Redis stream.
 
 Records have the shape of the local file log (``ts``, ``level``, ``event``, ``message`` and
-fields), so ``hermes log`` shows both the same way.
+fields), so ``hermes log`` shows both the same way, and obey the same rules: secrets are masked
+in the message and every field when an event is written (:func:`~hermes_worker.redact.redact`)
+and again when it is read; callers put no prompt, id or item message in an event.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import redis
 
 from .contract import EVENTS_MAXLEN, KEY_EVENTS
+from .redact import redact, redact_data
 
 __all__ = ["ClusterLog"]
 
@@ -37,8 +40,9 @@ class ClusterLog:
 
     def entry(self, level: str, event: str, message: str, **fields: Any) -> dict[str, str]:
         """The stream fields of one event, for callers that add it to their own pipeline."""
-        record = {"ts": _now_iso(), "level": level, "event": event, "message": message, "worker": self._source}
-        record.update(fields)
+        record = {"ts": _now_iso(), "level": level, "event": event, "message": redact(message), "worker": self._source}
+        # Through JSON first, so that objects are redacted as the repr() they are stored as.
+        record.update(redact_data(json.loads(json.dumps(fields, default=repr))))
         return {"r": json.dumps(record, default=repr)}
 
     def emit(self, level: str, event: str, message: str, **fields: Any) -> None:
@@ -67,7 +71,8 @@ class ClusterLog:
             for _entry_id, fields in entries:
                 record = _decode(fields)
                 if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
-                    found.append(record)
+                    # Redacted on the way out too: events from an older Hermes, or anyone else.
+                    found.append(redact_data(record))
                     if len(found) == n:
                         break
             last = "(" + entries[-1][0].decode()
@@ -90,7 +95,7 @@ class ClusterLog:
                     last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     record = _decode(fields)
                     if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
-                        yield record
+                        yield redact_data(record)
 
 
 def _decode(fields: dict[bytes, bytes]) -> dict[str, Any] | None:

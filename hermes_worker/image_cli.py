@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .redact import redact
 from .settings import Settings, SettingsError
 
 __all__ = ["image"]
@@ -60,7 +61,8 @@ def build(base: str | None, tags: tuple[str, ...], rebuild: bool, verbose: bool)
     try:
         built = build_image(base=base or DEFAULT_BASE, tags=tags or (settings.sandbox_image,), rebuild=rebuild)
     except SandboxError as exc:
-        click.echo(f"hermes: error: {exc.reason}" + (f"\nhermes: fix: {exc.fix}" if exc.fix else ""), err=True)
+        # The reason may name DOCKER_HOST, credentials and all.
+        click.echo(redact(f"hermes: error: {exc.reason}" + (f"\nhermes: fix: {exc.fix}" if exc.fix else "")), err=True)
         sys.exit(3)
     click.echo(f"{built.tag} {built.digest}")
     for extra in built.tags[1:]:

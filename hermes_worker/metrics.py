@@ -162,8 +162,13 @@ class RedisCollector(Collector):
             yield live
 
 
-def serve(client: redis.Redis, port: int, address: str = "0.0.0.0", source: str | None = None) -> threading.Thread:
-    """Serve ``/metrics`` in a daemon thread; returns the thread."""
+def serve(client: redis.Redis, port: int, address: str = "127.0.0.1", source: str | None = None) -> threading.Thread:
+    """Serve ``/metrics`` in a daemon thread; returns the thread.
+
+    Only on this machine unless ``address`` says otherwise (``HERMES_METRICS_ADDRESS``,
+    ``--metrics-address``): the counters name workers, profiles and error rates, and nobody
+    should reach them by accident.
+    """
     from prometheus_client import start_http_server
 
     registry = CollectorRegistry(auto_describe=False)

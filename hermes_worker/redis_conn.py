@@ -20,3 +20,39 @@ def connect(url: str, timeout_s: float) -> redis.Redis:
         health_check_interval=10,
         retry_on_timeout=False,
     )
+
+
+# What servers and libraries say when they refuse us rather than fail to answer.
+_AUTH_TEXTS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password", "Authentication required",
+               "ACCESS_REFUSED", "AUTH failed", "authentication failed")  # fmt: skip
+_TLS_TEXTS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why the server refused us, if it did: a configuration error, not an outage.
+
+    A wrong password, a user without permission or a certificate that does not verify will
+    not get better by waiting, so nobody should quietly fall back or retry on it. Looks through
+    the exception's causes (kombu wraps redis-py's errors) and matches class names and texts,
+    for any broker kombu supports.
+
+    Returns:
+        ``"authentication failed"``, ``"permission denied"`` or ``"TLS certificate
+        verification failed"``; None when the server simply did not answer.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    names = {cls.__name__ for error in chain for cls in type(error).__mro__}
+    text = " ".join(str(error) for error in chain)
+    if "SSLCertVerificationError" in names or any(t in text for t in _TLS_TEXTS):
+        return "TLS certificate verification failed"
+    if names & {"NoPermissionError"} or "NOPERM" in text:
+        return "permission denied"
+    if names & {"AuthenticationError", "AuthenticationWrongNumberOfArgsError", "AccessRefused"} or any(
+        t in text for t in _AUTH_TEXTS
+    ):
+        return "authentication failed"
+    return None

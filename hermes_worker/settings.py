@@ -6,16 +6,19 @@ options override these values; nothing else reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
+from .redact import redact, remember, url_secrets
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "listen_address"]
 
 T = TypeVar("T")
 
@@ -95,6 +98,43 @@ def _labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _url(text: str) -> str:
+    """A URL (or a ``;``-separated list of them) whose host and port can be read.
+
+    Otherwise the Redis and kombu clients fail later with a traceback quoting the unreadable
+    part, which is often a piece of the password.
+
+    >>> _url("redis://:p%2Fw@h:6379/0")
+    'redis://:p%2Fw@h:6379/0'
+    >>> _url("redis://:p/w@h:6379/0")
+    Traceback (most recent call last):
+    ValueError: cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)
+    """
+    for part in text.split(";"):
+        try:
+            urlsplit(part.strip()).port  # noqa: B018 - reading the port is the check
+        except ValueError:
+            raise ValueError(
+                "cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)"
+            ) from None
+    return text
+
+
+def listen_address(text: str) -> str:
+    """A listen address: an IP address or a host name (``--metrics-address`` checks it too).
+
+    >>> listen_address("127.0.0.1"), listen_address("::1"), listen_address("metrics.internal")
+    ('127.0.0.1', '::1', 'metrics.internal')
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
+        raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name")
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -166,6 +206,8 @@ class Settings:
             ``hermes.deployment`` label; reaping and cleanup touch only containers of the same
             deployment (``HERMES_DEPLOYMENT``; default: derived from the result backend's address,
             see :func:`hermes_worker.sandbox.docker_backend.deployment_id`).
+        metrics_address: the address a worker's metrics listen on (``HERMES_METRICS_ADDRESS``,
+            127.0.0.1: only this machine; ``0.0.0.0`` for a Prometheus elsewhere).
     """
 
     home: Path
@@ -205,6 +247,7 @@ class Settings:
     flower_address: str = "127.0.0.1"
     metrics_port: int = 0
     deployment: str = ""
+    metrics_address: str = "127.0.0.1"
 
     @property
     def worker_ttl_s(self) -> float:
@@ -244,20 +287,20 @@ class Settings:
             try:
                 return parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r} is invalid: {exc}") from None
+                raise SettingsError(f"{name}={redact(raw)!r} is invalid: {exc}") from None
 
         home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
         profile_file = env.get("HERMES_PROFILE_FILE") or None
         cores = os.cpu_count() or 1
-        broker_url = read("HERMES_BROKER_URL", str, "redis://localhost:6379/0")
+        broker_url = read("HERMES_BROKER_URL", _url, "redis://localhost:6379/0")
         default_backend = broker_url if broker_url.startswith(("redis://", "rediss://", "unix://")) else ""
-        result_backend = read("HERMES_RESULT_BACKEND", str, default_backend)
+        result_backend = read("HERMES_RESULT_BACKEND", _url, default_backend)
         if not result_backend.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
-                f"HERMES_RESULT_BACKEND={result_backend!r} is invalid: results, the worker registry and the "
+                f"HERMES_RESULT_BACKEND={redact(result_backend)!r} is invalid: results, the worker registry and the "
                 "cluster log need Redis (redis://, rediss:// or unix://)"
             )
-        return cls(
+        settings = cls(
             home=home,
             profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
             profile_file=Path(profile_file).expanduser() if profile_file else None,
@@ -292,4 +335,8 @@ class Settings:
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
             metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
             deployment=read("HERMES_DEPLOYMENT", _deployment, ""),
+            metrics_address=read("HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1"),
         )
+        # Whatever prints or logs these from now on masks them, in any shape (redact.remember).
+        remember(*url_secrets(settings.broker_url), *url_secrets(settings.result_backend), settings.flower_password)
+        return settings

@@ -46,6 +46,7 @@ from .metrics import add as add_metrics
 from .metrics import bump, chunk_increments, serve
 from .metrics import field as metrics_field
 from .processing import failed_chunk_result
+from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
 from .runners import Runner, make_runner
@@ -108,9 +109,12 @@ def decide_tag(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> str:
-    """Say once, in the worker log and the cluster log, what the probe decided and why."""
+    """Say once, in the worker log and the cluster log, what the probe decided and why.
+
+    The text is redacted: a probe's reason may name ``DOCKER_HOST``, credentials and all.
+    """
     if tag == "container":
-        text = f"Docker probe passed: using container processing ({found.get('reason', '')})"
+        text = redact(f"Docker probe passed: using container processing ({found.get('reason', '')})")
         log.info(text)
         if events:
             events.emit("INFO", "probe.container", text, **found)
@@ -124,6 +128,7 @@ def announce(tag: str, found: dict[str, Any], events: ClusterLog | None) -> str:
     text = f"{FALLBACK_MESSAGE}: {found.get('reason', 'unknown reason')}"
     if found.get("fix"):
         text += f". Fix: {found['fix']}"
+    text = redact(text)
     log.warning(text)
     if events:
         events.emit("WARNING", "probe.fallback", text, **found)
@@ -149,6 +154,17 @@ def _on_celeryd_init(
         options["queues"] = [QUEUE_FOR_TAG[IDENTITY.tag]]
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    # Celery masks the broker password in its banner; everything else a worker logs (kombu's
+    # connection errors, exception texts, tracebacks) goes through the same redaction as
+    # Hermes' own logs, whichever handler Celery set up.
+    for handler in {*logging.getLogger().handlers, *(logger.handlers if logger else [])}:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _heartbeat
@@ -165,7 +181,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         pid=os.getpid(),
         versions=versions(),
         provenance={"mode": IDENTITY.tag, "image": IDENTITY.probe.get("details", {}).get("image")},
-        probe=IDENTITY.probe,
+        probe=redact_data(IDENTITY.probe),  # anyone who reads Redis reads the registry
         started_at=IDENTITY.started_at,
     )
 
@@ -200,8 +216,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         _watch.start()
     bump(client, name, "probe", outcome=IDENTITY.tag)
     if settings.metrics_port:
-        serve(client, settings.metrics_port, source=name)
-        log.info("Hermes metrics for %s on port %d (/metrics)", name, settings.metrics_port)
+        serve(client, settings.metrics_port, settings.metrics_address, source=name)
+        log.info("Hermes metrics for %s on %s:%d/metrics", name, settings.metrics_address, settings.metrics_port)
     ClusterLog(client, name).emit(
         "INFO", "worker.online", f"worker {name} online, tag {IDENTITY.tag}", tag=IDENTITY.tag, concurrency=concurrency
     )

@@ -6,10 +6,13 @@ import json
 import os
 import socket
 import sys
+from typing import NoReturn
 
 import click
 
 from .contract import QUEUE_FOR_TAG
+from .redact import redact, redact_url
+from .settings import Settings, listen_address
 
 
 @click.command()
@@ -36,8 +39,20 @@ from .contract import QUEUE_FOR_TAG
     default=None,
     help="Serve this worker's Prometheus metrics on this port (default: off).",
 )
+@click.option(
+    "--metrics-address",
+    default=None,
+    metavar="ADDRESS",
+    callback=lambda _ctx, _param, value: _address(value),
+    help="Listen address of the metrics (default 127.0.0.1: this machine only; 0.0.0.0: every interface).",
+)
 def worker(
-    mode: str | None, concurrency: int | None, name: str | None, loglevel: str, metrics_port: int | None
+    mode: str | None,
+    concurrency: int | None,
+    name: str | None,
+    loglevel: str,
+    metrics_port: int | None,
+    metrics_address: str | None,
 ) -> None:
     """Start a Celery worker that consumes the queue its Docker probe earns it.
 
@@ -59,18 +74,19 @@ def worker(
         os.environ["HERMES_CONCURRENCY"] = str(concurrency)
     if metrics_port is not None:
         os.environ["HERMES_METRICS_PORT"] = str(metrics_port)
+    if metrics_address is not None:
+        os.environ["HERMES_METRICS_ADDRESS"] = metrics_address
     from .app import app, settings  # the worker side is imported only to run a worker
     from .events import ClusterLog
     from .redis_conn import connect
     from .worker import ENV_PROBE, ENV_TAG, announce, decide_tag
 
+    refused = credentials_refused(settings)
+    if refused is not None:
+        _fail(refused, 2)
     tag, found = decide_tag(settings)
     if settings.worker_mode == "container" and tag != "container":
-        click.echo(
-            f"hermes: error: --mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}",
-            err=True,
-        )
-        sys.exit(3)
+        _fail(f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}", 3)
     node = f"{tag}@{name or socket.gethostname()}"
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
@@ -98,3 +114,55 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def credentials_refused(settings: Settings) -> str | None:
+    """Why the result Redis or the broker refuses this worker's credentials, or None.
+
+    Checked once at start-up: a wrong password or a certificate that does not verify will not
+    get better, so the worker stops at once with exit 2 and says so, rather than retrying for
+    ever (Celery's way with a broker, right for one that is merely not up yet: that is still
+    retried). A password changed while the worker runs is Celery's to retry; its log says what
+    the server answered.
+    """
+    from kombu import Connection  # type: ignore[attr-defined]
+
+    from .celeryconfig import kombu_url
+    from .redis_conn import connect, refusal
+
+    def redis_answers() -> None:
+        connect(settings.result_backend, settings.broker_timeout_s).ping()
+
+    def broker_answers() -> None:
+        timeout = settings.broker_timeout_s
+        with Connection(kombu_url(settings.broker_url), connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+
+    same = settings.broker_url == settings.result_backend
+    checks = [("result backend", settings.result_backend, "HERMES_BROKER_URL" if same else "HERMES_RESULT_BACKEND",
+               redis_answers)]  # fmt: skip
+    if not same:
+        checks.append(("broker", settings.broker_url, "HERMES_BROKER_URL", broker_answers))
+    for what, url, variable, check in checks:
+        try:
+            check()
+        except Exception as exc:
+            reason = refusal(exc)
+            if reason is not None:
+                return (
+                    f"the {what} at {redact_url(url)} refused this worker: {reason} ({redact(str(exc))}); "
+                    f"check {variable}"
+                )
+    return None
+
+
+def _address(value: str | None) -> str | None:
+    try:
+        return None if value is None else listen_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"hermes: error: {redact(message)}", err=True)
+    sys.exit(code)
