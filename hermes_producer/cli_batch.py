@@ -30,6 +30,7 @@ from .cli_common import (
     placement_options,
     profile_options,
     setting_number,
+    std_stream,
 )
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
@@ -52,7 +53,7 @@ from .terminal import printable
 @contextmanager
 def open_input(path: str) -> Iterator[tuple[str, BinaryIO]]:
     if path == "-":
-        yield "<stdin>", sys.stdin.buffer
+        yield "<stdin>", std_stream("stdin").buffer
         return
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
@@ -72,7 +73,7 @@ def checked_output(path: str, what: str) -> OutputPath:
 
 @contextmanager
 def stdout_sink() -> Iterator[TextIO]:
-    sink = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=False)
+    sink = io.TextIOWrapper(std_stream("stdout").buffer, encoding="utf-8", newline="\n", write_through=False)
     try:
         yield sink
     finally:
@@ -221,6 +222,8 @@ def batch(
                                              ("--junit", junit_path)) if path == "-"]  # fmt: skip
     if len(to_stdout) > 1:
         fail(f"{' and '.join(to_stdout)} cannot both write to standard output ('-')")
+    if to_stdout:
+        std_stream("stdout")
 
     with ExitStack() as stack, open_input(input_path) as (name, source):
         # Every output is checked, and the batch's output locked, before any work starts.
@@ -288,6 +291,7 @@ class Report:
         if path is None:
             return None
         if path == "-":
+            std_stream("stdout")
             return cls(option, None)
         target = checked_output(path, option)
         stack.callback(target.close)

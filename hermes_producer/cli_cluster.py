@@ -20,6 +20,7 @@ from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 
 from .cli_common import EXIT_INFRA, Context, fail, pass_context
 from .cluster import Cluster, ClusterUnavailable
+from .terminal import printable
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -54,10 +55,13 @@ def workers(ctx: Context, as_json: bool) -> None:
             f"engine {w.versions.get('engine')}, python {w.versions.get('python')}, unicode {w.versions.get('unicode')}"
         )
         image = w.provenance.get("image")
+        # Registry entries come from whoever can write to Redis: shown, never obeyed by the terminal.
         click.echo(
-            f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
-            f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
-            + (f", image {str(image)[:19]}" if image else "")
+            printable(
+                f"{w.name:28} {w.tag:9} {w.concurrency:>4} {w.active:>6} {w.processed:>7} "
+                f"{now - w.heartbeat_at:>5.1f}s  {','.join(w.queues)} / {versions}"
+                + (f", image {str(image)[:19]}" if image else "")
+            )
         )
 
 
@@ -100,7 +104,7 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(f"queue {name:18} {count:>8,} waiting")
     click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
     for name, entry in report["workers"].items():
-        click.echo(f"  {name:28} {entry['tag']:9} {entry['active']} active")
+        click.echo(printable(f"  {name:28} {entry['tag']:9} {entry['active']} active"))
 
 
 @click.command()
@@ -152,7 +156,11 @@ def doctor(ctx: Context) -> None:
         nonlocal problems
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         problems += ok is False
-        click.echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
+        click.echo(
+            printable(
+                f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""), keep_newlines=True
+            )
+        )
 
     settings = ctx.settings
     local = {

@@ -67,6 +67,18 @@ def setting_number(setting: str) -> SettingNumber:
     return SettingNumber(setting, float_setting(setting) if fractional else int_setting(setting))
 
 
+def std_stream(name: str) -> Any:
+    """``sys.stdin`` or ``sys.stdout``, or exit 2 if the caller closed it (``<&-``, ``>&-``).
+
+    Reading a closed standard input as empty, or writing records into nothing, would look
+    like success.
+    """
+    stream = getattr(sys, name)
+    if stream is None:
+        fail(f"standard {'input' if name == 'stdin' else 'output'} is closed")
+    return stream
+
+
 def read_prompt(value: str, limit: int) -> str:
     """The text of a ``--prompt`` option: the value itself, or standard input for ``-``.
 
@@ -75,7 +87,7 @@ def read_prompt(value: str, limit: int) -> str:
     than ``limit`` bytes (read no further: ``--prompt - < /dev/zero`` must not eat the memory).
     """
     if value == "-":
-        data = sys.stdin.buffer.read(limit + 1)
+        data: bytes = std_stream("stdin").buffer.read(limit + 1)
         if len(data) > limit:
             fail(f"the prompt on standard input is larger than {limit:,} bytes (HERMES_MAX_PROMPT_BYTES)")
         try:

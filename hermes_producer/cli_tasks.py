@@ -35,6 +35,7 @@ from .cli_common import (
     placement_options,
     profile_options,
     read_prompt,
+    std_stream,
 )
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
@@ -289,7 +290,7 @@ def history(ctx: Context, count: int, export: str | None) -> None:
                 "result": item.result,
             }
             if target is None:
-                click.echo(printable_json(exported, indent=2))
+                click.echo(printable_json(exported, indent=2), file=std_stream("stdout"))
                 return
             try:
                 write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))

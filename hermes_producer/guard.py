@@ -50,6 +50,7 @@ class GuardedGroup(click.Group):
     ) -> Any:
         if not standalone_mode:  # a caller that handles endings itself (tests with CliRunner)
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        _fill_closed_std_fds()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except SystemExit:
@@ -59,14 +60,40 @@ class GuardedGroup(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:
             _show_click_error(exc)
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                _internal_error(exc)
-            _quiet_broken_pipe()
         except Exception as exc:  # the last line of defence: everything else is a bug
             _internal_error(exc)
         # Non-standalone mode returns the command's return value (None) or ctx.exit()'s code.
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Here, not in main(): click's main() turns a broken pipe into a silent exit 1, which
+        # Hermes reserves for "some items failed".
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            _quiet_broken_pipe()
+
+
+def _fill_closed_std_fds() -> None:
+    """Put /dev/null on a standard descriptor the caller closed (``2>&-``).
+
+    Otherwise the next file Hermes opens takes that number, and what Python then writes to
+    "stderr" lands in it: notices in the middle of an output file. ``sys.stdin`` and
+    ``sys.stdout`` stay None (Python saw them closed), so commands that need them refuse
+    (:func:`~hermes_producer.cli_common.std_stream`); messages to a closed stderr are dropped.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - /dev/null now, for the life of the process
 
 
 def _say(line: str) -> None:

@@ -147,6 +147,9 @@ def check_output(path: str, what: str = "output") -> OutputPath:
             raise OutputError(f"{where}: the file name is too long (Hermes adds up to {_LONGEST_SUFFIX} characters)")
         if not os.access(".", os.W_OK | os.X_OK, dir_fd=dir_fd):
             raise OutputError(f"{where}: the directory {directory or '.'!r} is not writable")
+    except OSError as exc:  # ENAMETOOLONG, EACCES, ...
+        target.close()
+        raise OutputError(f"{where}: {exc.strerror or exc}") from None
     except BaseException:
         target.close()
         raise
