@@ -53,7 +53,9 @@ def store_has_pending(ctx: Context) -> bool:
         return bool(store.list("pending", limit=1))
 
 
-def open_store(ctx: Context) -> TaskStore:
+@contextlib.contextmanager
+def open_store(ctx: Context) -> Iterator[TaskStore]:
+    """The task store, closed afterwards; a store error anywhere in the block is exit 3 naming it."""
     home = ctx.settings.home
     # A HERMES_HOME that cannot hold the store is a setting to fix (exit 2), not an outage.
     if home.exists() and not home.is_dir():
@@ -61,9 +63,14 @@ def open_store(ctx: Context) -> TaskStore:
     if home.is_dir() and not os.access(home, os.W_OK | os.X_OK):
         fail(f"HERMES_HOME={str(home)!r} is not writable")
     try:
-        return TaskStore(ctx.settings.store_path)
+        store = TaskStore(ctx.settings.store_path)
     except StoreError as exc:
         fail(str(exc), EXIT_INFRA)
+    with store:
+        try:
+            yield store
+        except StoreError as exc:  # e.g. a row damaged by hand, or a lock held past the busy timeout
+            fail(str(exc), EXIT_INFRA)
 
 
 def one_line(text: str, width: int = 60) -> str:

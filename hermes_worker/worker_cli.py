@@ -10,6 +10,7 @@ import sys
 import click
 
 from .contract import QUEUE_FOR_TAG
+from .settings import LIMITS
 
 
 @click.command()
@@ -20,7 +21,11 @@ from .contract import QUEUE_FOR_TAG
     help="auto (default): probe Docker; container: fail unless the probe passes; local: no Docker.",
 )
 @click.option(
-    "--concurrency", "-c", type=click.IntRange(min=1), default=None, help="Worker processes (default: every core)."
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, int(LIMITS["HERMES_CONCURRENCY"][1])),
+    default=None,
+    help="Worker processes (default: every core).",
 )
 @click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
 @click.option(
