@@ -65,7 +65,7 @@ def open_store(ctx: Context) -> Iterator[TaskStore]:
     try:
         store = TaskStore(ctx.settings.store_path)
     except StoreError as exc:
-        fail(str(exc), EXIT_INFRA)
+        fail(str(exc), EXIT_INFRA if home.is_dir() else EXIT_USAGE)
     with store:
         try:
             yield store

@@ -143,6 +143,13 @@ def check_output(path: str, what: str = "output") -> OutputPath:
                     kind += f" (to {os.readlink(name, dir_fd=dir_fd)!r})"
                 kind += "; Hermes does not write through links: name the file itself"
             raise OutputError(f"{where}: it {kind}")
+        here_mode = os.fstat(dir_fd).st_mode
+        if found is not None and found.st_uid != os.geteuid() and here_mode & stat.S_ISVTX and os.geteuid() != 0:
+            # A sticky directory (/tmp) lets only a file's owner replace it: the rename at the end
+            # would fail after all the work.
+            raise OutputError(
+                f"{where}: it belongs to user id {found.st_uid}, in a directory where only they can replace it"
+            )
         if len(os.fsencode(name)) + _LONGEST_SUFFIX > os.fpathconf(dir_fd, "PC_NAME_MAX"):
             raise OutputError(f"{where}: the file name is too long (Hermes adds up to {_LONGEST_SUFFIX} characters)")
         if not os.access(".", os.W_OK | os.X_OK, dir_fd=dir_fd):
@@ -364,7 +371,10 @@ class BatchOutput:
         except OSError as exc:
             raise OutputError(f"cannot resume from {shown!r}: {_explain(exc)}") from None
         try:
-            _check_own_file(os.fstat(fd), shown, "cannot resume")
+            found = os.fstat(fd)
+            _check_own_file(found, shown, "cannot resume")
+            if found.st_nlink != 1:  # a hard link to some other file of the user's, planted under this name
+                raise OutputError(f"cannot resume: {shown!r} has other hard links; remove it")
             os.set_blocking(fd, True)
             return os.fdopen(fd, "r+", encoding="utf-8", newline="\n")
         except BaseException:

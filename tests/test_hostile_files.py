@@ -248,9 +248,10 @@ def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
 # -- resuming ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("suffix", [".partial", ".partial.journal"])
 def test_resume_never_follows_a_link_planted_in_place_of_its_files(
-    suffix: str, slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    suffix: str, link: str, slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """After a crash, OUT.partial (or its journal) replaced by a link: --resume refuses, the victim is untouched."""
     # Given an interrupted batch whose partial (or journal) was swapped for a link to a victim
@@ -259,17 +260,20 @@ def test_resume_never_follows_a_link_planted_in_place_of_its_files(
     interrupted_batch(slow_batch, source, output)
     planted = output.with_name(output.name + suffix)
     victim = tmp_path / "victim.txt"
-    victim.write_bytes(planted.read_bytes())
+    victim.write_bytes(planted.read_bytes() + b"the victim's own last line\n")
     before = victim.read_bytes()
     planted.unlink()
-    planted.symlink_to(victim)
+    if link == "symbolic":
+        planted.symlink_to(victim)
+    else:
+        planted.hardlink_to(victim)
 
     # When it is resumed
     done = hermes("batch", str(source), "-o", str(output), "--chunk-size", "10", "--processes", "1", "--resume")
 
     # Then it is refused naming the link, and the victim was neither read into the output nor written
     assert done.returncode == 2, done.stderr
-    assert "symbolic link" in done.stderr and str(planted.name) in done.stderr and "Traceback" not in done.stderr
+    assert f"{link} link" in done.stderr and str(planted.name) in done.stderr and "Traceback" not in done.stderr
     assert victim.read_bytes() == before and not output.exists()
 
 

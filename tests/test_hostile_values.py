@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from hermes_worker.settings import LIMITS, Settings, SettingsError
+from hermes_worker import settings as hermes_settings
+from hermes_worker.settings import Settings, SettingsError
 
 from .conftest import HermesRunner, read_records
 
@@ -169,16 +170,15 @@ def test_a_hostile_value_is_refused_by_name_never_a_traceback(
 def test_every_numeric_setting_has_bounds_in_the_readme() -> None:
     """The README's limits table lists every bounded HERMES_* variable with the bounds the code uses."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    from hermes_worker.settings import show_number
-
-    for name, (low, high) in LIMITS.items():
-        assert f"| `{name}` | {show_number(low)} | {show_number(high)} |" in readme, name
+    show = hermes_settings.show_number
+    for name, (low, high) in hermes_settings.LIMITS.items():
+        assert f"| `{name}` | {show(low)} | {show(high)} |" in readme, name
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e309", "-1", BIG, "", " ", "0x10", "١", NOT_UTF8])
 def test_every_numeric_setting_refuses_or_ignores_absurd_text(value: str) -> None:
     """Every bounded HERMES_* variable with each absurd value: SettingsError naming it, or the default if blank."""
-    for name in LIMITS:
+    for name in hermes_settings.LIMITS:
         if not value.strip():
             assert Settings.from_env({name: value}) == Settings.from_env({}), name
             continue
