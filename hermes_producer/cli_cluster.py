@@ -18,7 +18,7 @@ import redis
 from hermes_worker import __version__
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 
-from .cli_common import EXIT_INFRA, Context, fail, pass_context
+from .cli_common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
 from .cluster import Cluster, ClusterUnavailable
 from .terminal import printable
 
@@ -127,13 +127,18 @@ def metrics(ctx: Context, port: int | None, address: str) -> None:
 
     from hermes_worker.metrics import RedisCollector, serve
 
+    if port is not None:
+        check_listen_address("--address", address, port)
     cluster = _connect(ctx)
     if port is None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(RedisCollector(cluster.redis))
         click.echo(generate_latest(registry).decode(), nl=False)
         return
-    thread = serve(cluster.redis, port, address)
+    try:
+        thread = serve(cluster.redis, port, address)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        fail(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}")
     ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):
         thread.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,18 @@ def read_prompt(value: str, limit: int) -> str:
             fail(f"--prompt is not valid Unicode text: a lone surrogate at offset {len(head)}")
         fail(f"--prompt is not valid UTF-8: byte 0x{byte:02x} at offset {len(head)}")
     return value
+
+
+def check_listen_address(option: str, address: str, port: int) -> None:
+    """Exit 2 naming ``address`` unless it is an address (or host name) this machine can resolve.
+
+    Checked before a server starts (or Flower is exec'd), so a typo is a usage error, not a
+    traceback from the socket layer or from Flower's own process.
+    """
+    try:
+        socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        fail(f"{option} {address!r} is not an address to listen on: {getattr(exc, 'strerror', None) or exc}")
 
 
 def load_profile(ctx: Context, name: str | None, profile_file: Path | None) -> Profile:

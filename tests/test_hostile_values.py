@@ -92,6 +92,10 @@ VALUES = [
     case("log", "-n", str(10**20), says=("-n",), id="log-n-huge"),
     case("worker", "--concurrency", str(10**6), says=("--concurrency",), id="worker-concurrency-huge"),
     case("log", "--since", "garbage", says=("--since",), id="log-since"),
+    case("metrics", "--port", "9808", "--address", "999.1.1.1", says=("--address", "999.1.1.1"),
+         id="metrics-address"),
+    case("flower", "--insecure-no-auth", "--address", NOT_UTF8, says=("--address", "not an address"),
+         id="flower-address-not-utf8"),
     # -- URLs: a typo is a usage error, not a traceback from the Redis client
     case("run", "--prompt", "x", env={"HERMES_BROKER_URL": "redis://[::1"}, says=("HERMES_BROKER_URL", "IPv6"),
          id="broker-url-bracket"),
