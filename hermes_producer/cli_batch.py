@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -358,6 +359,13 @@ def _run(
     except ExecutorError as exc:
         logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
         fail(f"{exc}; rerun with --resume to finish {output}", EXIT_INFRA)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # standard output closed by its reader: see guard.py
+            raise
+        # A full disk, a file size limit, an I/O error: the records written so far are safe.
+        where = f" ({exc.filename})" if exc.filename else ""
+        logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
+        fail(f"cannot go on: {exc.strerror or exc}{where}; rerun with --resume to finish {output}", EXIT_INFRA)
     return summary, how
 
 

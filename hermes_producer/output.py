@@ -211,6 +211,7 @@ class BatchOutput:
         self.lock_name = target.sibling(LOCK_SUFFIX)
         self._lock_fd = -1
         self._cannot = f"cannot write output {target.path!r}"
+        self._written: tuple[int, int] | None = None  # (device, inode) of the partial being written
 
     def __enter__(self) -> BatchOutput:
         return self
@@ -315,6 +316,7 @@ class BatchOutput:
                     f"{self._cannot}: cannot remove the leftover {self.describe(name)!r}: {_explain(exc)}"
                 ) from None
         partial = self._open_new(self.partial, 0o666)
+        self._remember(partial)
         try:
             journal = self._open_new(self.journal, 0o600)
         except BaseException:
@@ -335,6 +337,7 @@ class BatchOutput:
         journal = self._open_existing(self.journal, os.O_RDWR | os.O_APPEND)
         try:
             partial = self._open_existing(self.partial, os.O_RDWR)
+            self._remember(partial)
         except BaseException:
             journal.close()
             raise
@@ -351,9 +354,18 @@ class BatchOutput:
             f"the records are kept in {self.describe(self.partial)!r}: move what is at {self.target.path!r} "
             "away, then rerun with --resume"
         )
+        now = self.target.stat(self.partial)
+        if now is None or (now.st_dev, now.st_ino) != self._written:
+            # Someone removed our lock by hand and a second writer started over; renaming now would
+            # publish its half-written file as ours.
+            raise OutputError(f"{self.describe(self.partial)!r} was replaced while the batch ran; nothing was renamed")
         _commit(self.target, self.partial, note)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.journal, dir_fd=self.target.dir_fd)
+
+    def _remember(self, partial: TextIO) -> None:
+        found = os.fstat(partial.fileno())
+        self._written = (found.st_dev, found.st_ino)
 
     def _open_new(self, name: str, mode: int) -> TextIO:
         try:

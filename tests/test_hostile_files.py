@@ -457,3 +457,30 @@ def test_history_export_to_a_bad_path_is_refused(
     good = hermes("history", "--export", f"{finished_task}:{tmp_path / 'task.json'}")
     assert good.returncode == 0 and json.loads((tmp_path / "task.json").read_text())["task"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_stops_the_batch_cleanly_and_resume_finishes_it(
+    hermes_env: dict[str, str], hermes: HermesRunner, tmp_path: Path
+) -> None:
+    """Writing fails mid-batch (a file size limit stands in for a full disk): exit 3 naming it, then --resume."""
+    import resource
+
+    # Given a batch whose output cannot grow past 256 KiB
+    source = write_input(tmp_path / "in.jsonl", 5_000)
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", str(output), "--chunk-size", "100"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    # When it runs out of room
+    done = subprocess.run(command, env=hermes_env, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit,
+                          timeout=120)  # fmt: skip
+
+    # Then it stops with exit 3 naming the problem, keeps what it wrote, and --resume completes the rest
+    assert done.returncode == 3, done.stderr
+    assert "File too large" in done.stderr and "--resume" in done.stderr and "Traceback" not in done.stderr
+    assert not output.exists() and output.with_name("out.jsonl.partial").exists()
+    resumed = hermes("batch", str(source), "-o", str(output), "--chunk-size", "100", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["id"] for r in read_records(output)] == [f"p{n}" for n in range(5_000)]
