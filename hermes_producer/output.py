@@ -143,8 +143,7 @@ def check_output(path: str, what: str = "output") -> OutputPath:
                     kind += f" (to {os.readlink(name, dir_fd=dir_fd)!r})"
                 kind += "; Hermes does not write through links: name the file itself"
             raise OutputError(f"{where}: it {kind}")
-        here_mode = os.fstat(dir_fd).st_mode
-        if found is not None and found.st_uid != os.geteuid() and here_mode & stat.S_ISVTX and os.geteuid() != 0:
+        if found is not None and found.st_uid != os.geteuid() and here.st_mode & stat.S_ISVTX and os.geteuid() != 0:
             # A sticky directory (/tmp) lets only a file's owner replace it: the rename at the end
             # would fail after all the work.
             raise OutputError(
@@ -175,7 +174,7 @@ def _commit(target: OutputPath, temporary: str, keep_note: str) -> None:
 
 
 def write_file(target: OutputPath, data: bytes) -> None:
-    """Write ``data`` to a new private file next to the output and rename it into place.
+    """Write ``data`` to a new file of Hermes' own next to the output, then rename it into place.
 
     Raises:
         OutputError: naming the path; nothing is left behind.

@@ -225,23 +225,29 @@ def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
     slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """Two batches, one -o: the second exits 2 naming the first's pid; the first finishes whole."""
-    # Given a batch writing out.jsonl
-    source = write_input(tmp_path / "in.jsonl", ROWS)
+    # Given a batch writing out.jsonl, held open by an input (a FIFO) that has not ended yet
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
     other = write_input(tmp_path / "other.jsonl", 7)
     output = tmp_path / "out.jsonl"
-    first = slow_batch(source, output)
-    wait_for(lambda: journal_lines(output) > 1, 60, "the first batch to write chunks")
+    first = slow_batch(fifo, output)
+    with fifo.open("w") as feed:
+        feed.write("".join(json.dumps({"id": f"p{n}", "prompt": f"prompt {n}"}) + "\n" for n in range(100)))
+        feed.flush()
+        wait_for(lambda: journal_lines(output) > 1, 60, "the first batch to write chunks")
 
-    # When a second batch targets the same output (spelled differently)
-    second = hermes("batch", str(other), "-o", "./out.jsonl")
+        # When a second batch targets the same output (spelled differently)
+        second = hermes("batch", str(other), "-o", "./out.jsonl")
 
-    # Then it is refused at once, naming the first writer, and changes nothing
-    assert second.returncode == 2, second.stderr
-    assert f"another hermes batch (pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
+        # Then it is refused at once, naming the first writer, and changes nothing
+        assert second.returncode == 2, second.stderr
+        assert f"another hermes batch (pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
+        feed.write("".join(json.dumps({"id": f"p{n}", "prompt": f"prompt {n}"}) + "\n" for n in range(100, 150)))
+
     # And the first batch finishes with every one of its own records
-    _, errors = first.communicate(timeout=300)
+    _, errors = first.communicate(timeout=120)
     assert first.returncode == 0, errors
-    assert [r["id"] for r in read_records(output)] == [f"p{n}" for n in range(ROWS)]
+    assert [r["id"] for r in read_records(output)] == [f"p{n}" for n in range(150)]
     assert leftovers(output) == []
 
 
