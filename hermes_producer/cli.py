@@ -1,6 +1,7 @@
 """The ``hermes`` command line: thin commands over the batch pipeline, store and log.
 
-Exit codes: 0 all ok, 1 some items failed, 2 usage error, 3 infrastructure error, 130 interrupted.
+Exit codes: 0 all ok, 1 some items failed, 2 usage error, 3 infrastructure or internal error,
+130 interrupted (see guard.py: no traceback ever reaches the user).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from .cli_common import (
     pass_context,
     placement_options,
     profile_options,
+    read_prompt,
 )
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
+from .guard import GuardedGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", "-V", prog_name="hermes")
 @click.option("--quiet", "-q", is_flag=True, help="No notices or summaries on stderr (errors still show).")
 @click.pass_context
@@ -85,8 +88,7 @@ def run(
       echo 'cafÃ©' | hermes run --prompt - --json --explain
     """
     profile = load_profile(ctx, profile_name, profile_file)
-    if prompt == "-":
-        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    prompt = read_prompt(prompt, ctx.settings.max_prompt_bytes)
     options = BatchOptions(
         profile=profile,
         input_format="text",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -26,18 +30,31 @@ from .cli_common import (
     pass_context,
     placement_options,
     profile_options,
+    setting_number,
+    std_stream,
 )
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
 from .journal import Journal, JournalError, input_identity
 from .junit import JUnitReport
+from .output import (
+    JOURNAL_SUFFIX,
+    LOCK_SUFFIX,
+    PARTIAL_SUFFIX,
+    BatchOutput,
+    OutputError,
+    OutputPath,
+    check_output,
+    write_file,
+)
 from .reader import InputFormat, detect_format
+from .terminal import printable
 
 
 @contextmanager
 def open_input(path: str) -> Iterator[tuple[str, BinaryIO]]:
     if path == "-":
-        yield "<stdin>", sys.stdin.buffer
+        yield "<stdin>", std_stream("stdin").buffer
         return
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
@@ -47,9 +64,17 @@ def open_input(path: str) -> Iterator[tuple[str, BinaryIO]]:
         yield path, handle
 
 
+def checked_output(path: str, what: str) -> OutputPath:
+    """``path`` checked as an output (see :mod:`.output`), or exit 2 naming it and the problem."""
+    try:
+        return check_output(path, what)
+    except OutputError as exc:
+        fail(str(exc))
+
+
 @contextmanager
 def stdout_sink() -> Iterator[TextIO]:
-    sink = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=False)
+    sink = io.TextIOWrapper(std_stream("stdout").buffer, encoding="utf-8", newline="\n", write_through=False)
     try:
         yield sink
     finally:
@@ -92,7 +117,7 @@ def progress_bar(ctx: Context) -> Iterator[Any]:
         yield lambda done: bar.update(task, completed=done)
 
 
-def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | None) -> None:
+def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report | None) -> None:
     report = summary.to_dict()
     level = logging.WARNING if summary.failed else logging.INFO
     logs.event(ctx.log, level, "batch.finished", summary_text(summary, how), **report)
@@ -102,12 +127,12 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | 
     ctx.notice(summary_text(summary, how))
     if not ctx.quiet:
         for line, code, message in summary.first_errors:
-            click.echo(f"  line {line}: {code}: {message}", err=True)
+            click.echo(printable(f"  line {line}: {code}: {message}"), err=True)
         more = summary.failed - len(summary.first_errors)
         if more > 0:
             click.echo(f"  ... and {more:,} more error records in the output", err=True)
     if summary_json is not None:
-        summary_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        summary_json.write(json.dumps(report, indent=2) + "\n", "the summary")
 
 
 @click.command()
@@ -124,27 +149,33 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Path | 
     help="Input format: JSONL objects with 'prompt' (and 'id'), or one prompt a line.",
 )
 @click.option("--explain", is_flag=True, help="Add to each record the steps that changed it.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Prompts per chunk (default 1024).")
 @click.option(
-    "--processes", type=click.IntRange(min=1), default=None, help="In-process: processes to use (default: every core)."
+    "--chunk-size", type=setting_number("HERMES_CHUNK_SIZE"), default=None, help="Prompts per chunk (default 1024)."
+)
+@click.option(
+    "--processes",
+    type=setting_number("HERMES_PROCESSES"),
+    default=None,
+    help="In-process: processes to use (default: every core).",
 )
 @click.option(
     "--max-prompt-bytes",
-    type=click.IntRange(min=1),
+    type=setting_number("HERMES_MAX_PROMPT_BYTES"),
     default=None,
     help="Larger prompts are item errors (default 1 MiB).",
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted batch into the same OUTPUT.")
 @click.option(
     "--summary-json",
-    type=click.Path(path_type=Path, dir_okay=False),
+    "summary_path",
+    metavar="FILE",
     default=None,
-    help="Also write the summary as JSON to this file.",
+    help="Also write the summary as JSON to this file ('-': standard output).",
 )
 @click.option(
     "--junit",
     "junit_path",
-    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
     default=None,
     help="Write a JUnit XML report: one test case per chunk, failures naming their items.",
 )
@@ -165,8 +196,8 @@ def batch(
     processes: int | None,
     max_prompt_bytes: int | None,
     resume: bool,
-    summary_json: Path | None,
-    junit_path: Path | None,
+    summary_path: str | None,
+    junit_path: str | None,
 ) -> None:
     """Normalize every line of INPUT into one JSONL record per line, in input order.
 
@@ -189,11 +220,32 @@ def batch(
     profile = load_profile(ctx, profile_name, profile_file)
     if resume and (output_path == "-" or input_path == "-"):
         fail("--resume needs a file input and a file output (not '-')")
-    target = Path(output_path)
-    if output_path != "-" and input_path != "-" and target.exists() and target.resolve() == Path(input_path).resolve():
-        fail(f"output {output_path} is the input file: write somewhere else")
+    to_stdout = [option for option, path in (("-o", output_path), ("--summary-json", summary_path),
+                                             ("--junit", junit_path)) if path == "-"]  # fmt: skip
+    if len(to_stdout) > 1:
+        fail(f"{' and '.join(to_stdout)} cannot both write to standard output ('-')")
+    if to_stdout:
+        std_stream("stdout")
 
-    with open_input(input_path) as (name, source):
+    with ExitStack() as stack, open_input(input_path) as (name, source):
+        # Every output is checked, and the batch's output locked, before any work starts.
+        output = None
+        if output_path != "-":
+            target = checked_output(output_path, "output")
+            stack.callback(target.close)  # after the lock is released: that needs the directory
+            output = stack.enter_context(BatchOutput(target))
+        summary_json = Report.open(stack, "--summary-json", summary_path)
+        junit_file = Report.open(stack, "--junit", junit_path)
+        _refuse_clashes(source, input_path, output, [r for r in (summary_json, junit_file) if r is not None])
+        if output is not None:
+            try:
+                output.lock()
+                output.check_leftovers()
+            except OutputError as exc:
+                fail(str(exc))
+        if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            fail(f"--resume needs a regular file as input; {input_path} is not one")
+
         fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
         options = BatchOptions(
             profile=profile,
@@ -204,8 +256,8 @@ def batch(
             max_prompt_bytes=settings.max_prompt_bytes,
         )
         placement = Placement(isolation, no_fallback, wait_for_workers)
-        junit = JUnitReport(Path(name).name) if junit_path is not None else None
-        if output_path == "-":
+        junit = JUnitReport(Path(name).name) if junit_file is not None else None
+        if output is None:
             executor = choose_executor(ctx, placement, settings.processes)
             with stdout_sink() as sink:
                 summary, how = _run(
@@ -221,12 +273,66 @@ def batch(
                 )
         else:
             summary, how = _run_to_file(
-                ctx, target, input_path, source, name, fmt, options, settings.processes, resume, placement, junit
+                ctx, output, input_path, source, name, fmt, options, settings.processes, resume, placement, junit
             )
-    if junit is not None and junit_path is not None:
-        junit.write(junit_path, summary.seconds)
-    _report(ctx, summary, how, summary_json)
+        if junit is not None and junit_file is not None:
+            junit_file.write(junit.render(summary.seconds), "the JUnit report")
+        _report(ctx, summary, how, summary_json)
     sys.exit(summary.exit_code)
+
+
+@dataclass(slots=True)
+class Report:
+    """Where ``--summary-json`` or ``--junit`` goes: a checked file, or standard output."""
+
+    option: str
+    target: OutputPath | None  # None: standard output
+
+    @classmethod
+    def open(cls, stack: ExitStack, option: str, path: str | None) -> Report | None:
+        if path is None:
+            return None
+        if path == "-":
+            std_stream("stdout")
+            return cls(option, None)
+        target = checked_output(path, option)
+        stack.callback(target.close)
+        return cls(option, target)
+
+    def write(self, text: str, what: str) -> None:
+        if self.target is None:
+            click.echo(text, nl=False)
+            return
+        try:
+            write_file(self.target, text.encode("utf-8"))
+        except OutputError as exc:
+            fail(f"{what} was not written ({self.option}): {exc}")
+
+
+def _refuse_clashes(source: BinaryIO, input_path: str, output: BatchOutput | None, reports: list[Report]) -> None:
+    """Exit 2 if two outputs are the same file, or one of them is the input (or its partial)."""
+    try:
+        source_stat: os.stat_result | None = os.fstat(source.fileno())
+    except (OSError, ValueError):
+        source_stat = None
+    seen: dict[tuple[int, int, str], str] = {}
+    if output is not None:
+        for suffix in ("", PARTIAL_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX):
+            name = output.target.sibling(suffix)
+            if output.target.same_file(source_stat, name):
+                if not suffix:
+                    fail(f"output {output.target.path} is the input file: write somewhere else")
+                fail(f"the input {input_path} is {output.describe(name)}, which -o writes: write somewhere else")
+            seen[(*output.target.identity[:2], name)] = f"-o {output.target.path}" + (f" ({suffix})" if suffix else "")
+    for report in reports:
+        if report.target is None:
+            continue
+        if report.target.same_file(source_stat):
+            fail(f"{report.option} {report.target.path} is the input file: write somewhere else")
+        other = seen.get(report.target.identity)
+        if other is not None:
+            fail(f"{report.option} {report.target.path} is the same file as {other}: write somewhere else")
+        seen[report.target.identity] = f"{report.option} {report.target.path}"
 
 
 def _run(
@@ -254,12 +360,19 @@ def _run(
     except ExecutorError as exc:
         logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
         fail(f"{exc}; rerun with --resume to finish {output}", EXIT_INFRA)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # standard output closed by its reader: see guard.py
+            raise
+        # A full disk, a file size limit, an I/O error: the records written so far are safe.
+        where = f" ({exc.filename})" if exc.filename else ""
+        logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
+        fail(f"cannot go on: {exc.strerror or exc}{where}; rerun with --resume to finish {output}", EXIT_INFRA)
     return summary, how
 
 
 def _run_to_file(
     ctx: Context,
-    target: Path,
+    output: BatchOutput,
     input_path: str,
     source: BinaryIO,
     name: str,
@@ -271,8 +384,6 @@ def _run_to_file(
     junit: JUnitReport | None,
 ) -> tuple[BatchSummary, str]:
     """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
-    partial = target.with_name(target.name + ".partial")
-    journal = Journal(partial)
     header_options = {
         "profile": options.profile.spec(),
         "format": fmt,
@@ -287,33 +398,44 @@ def _run_to_file(
         fail(f"cannot read input {input_path}: {exc.strerror or exc}")
     summary = BatchSummary()
     skip = 0
-    batch_id = None
-    try:
-        if resume:
-            point = journal.resume({"input": identity, "options": header_options})
-            skip, batch_id = point.chunks_done, point.batch_id
-            summary = BatchSummary(
-                total=point.ok + point.failed,
-                ok=point.ok,
-                failed=point.failed,
-                errors_by_code=point.errors_by_code,
-                records_by_worker=point.records_by_worker,
-                records_by_mode=point.records_by_mode,
-                carried=point.ok + point.failed,
+    journal_name = output.describe(output.journal)
+    if resume:
+        try:
+            sink, journal_handle = output.reopen()
+        except OutputError as exc:
+            fail(str(exc))
+        journal = Journal(journal_handle, journal_name)
+        try:
+            point = journal.resume({"input": identity, "options": header_options}, os.fstat(sink.fileno()).st_size)
+        except JournalError as exc:
+            sink.close()
+            journal.close()
+            fail(str(exc))
+        skip = point.chunks_done
+        summary = BatchSummary(
+            total=point.ok + point.failed,
+            ok=point.ok,
+            failed=point.failed,
+            errors_by_code=point.errors_by_code,
+            records_by_worker=point.records_by_worker,
+            records_by_mode=point.records_by_mode,
+            carried=point.ok + point.failed,
+        )
+        sink.truncate(point.output_size)
+        sink.seek(point.output_size)
+        ctx.notice(f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)")
+        executor = choose_executor(ctx, placement, processes, batch_id=point.batch_id)
+    else:
+        executor = choose_executor(ctx, placement, processes)
+        if output.had_unfinished():
+            ctx.notice(
+                f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded"
             )
-            sink = partial.open("r+", encoding="utf-8", newline="\n")
-            sink.truncate(point.output_size)
-            sink.seek(point.output_size)
-            ctx.notice(f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)")
-        else:
-            sink = partial.open("w", encoding="utf-8", newline="\n")
-    except JournalError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot write output {target}: {exc.strerror or exc}")
-
-    executor = choose_executor(ctx, placement, processes, batch_id=batch_id)
-    if not resume:
+        try:
+            sink, journal_handle = output.create()
+        except OutputError as exc:
+            fail(str(exc))
+        journal = Journal(journal_handle, journal_name)
         journal.start(
             {
                 "input": identity,
@@ -327,20 +449,22 @@ def _run_to_file(
         if junit is not None:
             junit.add(result)
 
-    with sink:
+    with sink, contextlib.closing(journal):
         outcome = _run(
             ctx,
             executor,
             name,
-            str(target),
+            output.target.path,
             fmt,
             options.profile.name,
             lambda progress: run_batch(
                 source, sink, options, executor, progress, summary=summary, skip_chunks=skip, on_written=written
             ),
         )
-    journal.close(remove=True)
-    os.replace(partial, target)
+    try:
+        output.commit()
+    except OutputError as exc:
+        fail(str(exc))
     if isinstance(executor, CeleryExecutor):
         executor.finish()
     return outcome

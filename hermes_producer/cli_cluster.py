@@ -23,8 +23,9 @@ from hermes_worker import __version__
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.redact import redact, redact_data, redact_url
 
-from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail, pass_context
+from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, check_listen_address, fail, pass_context
 from .cluster import Cluster, ClusterRefused, ClusterUnavailable
+from .terminal import printable
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -36,8 +37,10 @@ def _connect(ctx: Context) -> Cluster:
         fail(f"{exc}; set HERMES_BROKER_URL, or start Redis", EXIT_INFRA)
 
 
-def _echo(text: str) -> None:
-    click.echo(redact(text))
+def _echo(text: str, keep_newlines: bool = False) -> None:
+    # Registry entries and library errors come from whoever can write to Redis or answer as it:
+    # secrets masked, control characters shown, never obeyed by the terminal.
+    click.echo(printable(redact(text), keep_newlines=keep_newlines))
 
 
 @click.command()
@@ -136,14 +139,20 @@ def metrics(ctx: Context, port: int | None, address: str | None) -> None:
 
     from hermes_worker.metrics import RedisCollector, serve
 
+    if port is not None:
+        address = address or ctx.settings.metrics_address
+        check_listen_address("--address", address, port)
     cluster = _connect(ctx)
     if port is None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(RedisCollector(cluster.redis))
         click.echo(generate_latest(registry).decode(), nl=False)
         return
-    address = address or ctx.settings.metrics_address
-    thread = serve(cluster.redis, port, address)
+    assert address is not None
+    try:
+        thread = serve(cluster.redis, port, address)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        fail(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}")
     ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):
         thread.join()
@@ -167,7 +176,7 @@ def doctor(ctx: Context) -> None:
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         problems += ok is False
         # Every line: a probe's reason or a library's error text may quote a URL.
-        _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""))
+        _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""), keep_newlines=True)
 
     settings = ctx.settings
     local = {

@@ -9,7 +9,7 @@ import click
 
 from hermes_worker.redact import redact_url
 
-from .cli_common import Context, fail, pass_context
+from .cli_common import Context, check_listen_address, fail, pass_context
 
 # Flower's own OAuth configuration: with it, basic auth is not required.
 _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
@@ -48,6 +48,7 @@ def flower(
         )
     else:
         ctx.notice("starting Flower WITHOUT authentication (--insecure-no-auth)")
+    check_listen_address("--address", address or settings.flower_address, port or settings.flower_port)
     argv = [
         sys.executable,
         "-m",

@@ -7,7 +7,6 @@ merged by time.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -19,8 +18,9 @@ from hermes_worker.events import ClusterLog
 from hermes_worker.redact import redact
 
 from . import logs
-from .cli_common import Context, pass_context
+from .cli_common import SQLITE_MAX_INT, Context, pass_context
 from .cluster import Cluster, ClusterRefused, ClusterUnavailable
+from .terminal import printable, printable_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +29,7 @@ def _cluster_log(ctx: Context) -> ClusterLog | None:
     try:
         return ClusterLog(Cluster.connect(ctx.settings).redis, "producer")
     except ClusterRefused as exc:  # a wrong password is worth saying; an absent cluster is not
-        click.echo(redact(f"hermes: cluster log not shown: {exc}"), err=True)
+        click.echo(printable(redact(f"hermes: cluster log not shown: {exc}")), err=True)
         return None
     except ClusterUnavailable:
         return None
@@ -64,9 +64,31 @@ def _follow_both(ctx: Context, cluster: ClusterLog | None, min_level: str) -> It
         stop.set()
 
 
+def safe_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A log record fit for a terminal: ids, messages and file names in it came from input.
+
+    Every string is escaped (:func:`printable`); only a traceback keeps its newlines, so a
+    message holding one cannot pose as a second record.
+    """
+    return {
+        printable(str(key)): _safe_value(value, multiline=key in ("traceback", "stack"))
+        for key, value in record.items()
+    }
+
+
+def _safe_value(value: Any, multiline: bool = False) -> Any:
+    if isinstance(value, str):
+        return printable(value, keep_newlines=multiline)
+    if isinstance(value, list):
+        return [_safe_value(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(str(key)): _safe_value(item) for key, item in value.items()}
+    return value
+
+
 def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: bool, as_json: bool) -> None:
     def emit(record: dict[str, Any]) -> None:
-        click.echo(json.dumps(record, ensure_ascii=False) if as_json else logs.format_record(record))
+        click.echo(printable_json(record) if as_json else logs.format_record(safe_record(record)))
 
     cluster = _cluster_log(ctx)
     level = "ERROR" if errors_only else min_level
@@ -76,7 +98,7 @@ def _show(ctx: Context, count: int, min_level: str, errors_only: bool, follow: b
         try:
             records += cluster.read(count, min_level, errors_only)
         except Exception as exc:
-            click.echo(redact(f"hermes: cluster log unavailable: {exc}"), err=True)
+            click.echo(printable(redact(f"hermes: cluster log unavailable: {exc}")), err=True)
         records.sort(key=lambda r: str(r.get("ts", "")))
         records = records[-count:] if count else []
     for record in records:
@@ -98,7 +120,7 @@ def log_options(default_n: int) -> Callable[[F], F]:
         return click.option(
             "-n",
             "count",
-            type=click.IntRange(min=0),
+            type=click.IntRange(0, SQLITE_MAX_INT),
             default=default_n,
             show_default=True,
             help="How many of the latest records to show.",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+import os
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,16 +27,21 @@ from .cli_common import (
     EXIT_INTERRUPTED,
     EXIT_ITEMS_FAILED,
     EXIT_USAGE,
+    SQLITE_MAX_INT,
     Context,
     fail,
     load_profile,
     pass_context,
     placement_options,
     profile_options,
+    read_prompt,
+    std_stream,
 )
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
+from .output import OutputError, OutputPath, check_output, write_file
 from .store import ClaimLost, StoreError, Task, TaskStore
+from .terminal import printable, printable_json
 
 # A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
 STALE_CLAIM_S = 15 * 60
@@ -45,22 +53,52 @@ def store_has_pending(ctx: Context) -> bool:
         return bool(store.list("pending", limit=1))
 
 
-def open_store(ctx: Context) -> TaskStore:
+@contextlib.contextmanager
+def open_store(ctx: Context) -> Iterator[TaskStore]:
+    """The task store, closed afterwards; a store error anywhere in the block is exit 3 naming it."""
+    home = ctx.settings.home
+    # A HERMES_HOME that cannot hold the store is a setting to fix (exit 2), not an outage.
+    if home.exists() and not home.is_dir():
+        fail(f"HERMES_HOME={str(home)!r} is not a directory")
+    if home.is_dir() and not os.access(home, os.W_OK | os.X_OK):
+        fail(f"HERMES_HOME={str(home)!r} is not writable")
     try:
-        return TaskStore(ctx.settings.store_path)
+        store = TaskStore(ctx.settings.store_path)
     except StoreError as exc:
-        fail(str(exc), EXIT_INFRA)
+        fail(str(exc), EXIT_INFRA if home.is_dir() else EXIT_USAGE)
+    with store:
+        try:
+            yield store
+        except StoreError as exc:  # e.g. a row damaged by hand, or a lock held past the busy timeout
+            fail(str(exc), EXIT_INFRA)
 
 
 def one_line(text: str, width: int = 60) -> str:
-    flat = text.replace("\n", "⏎").replace("\t", " ")
+    """``text`` on one line of at most ``width`` characters, safe for a terminal."""
+    flat = printable(text.replace("\n", "⏎").replace("\t", " "))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def parse_export(spec: str) -> tuple[int, str]:
+    """``ID:PATH`` of ``history --export``: a task id (ASCII digits, in SQLite's range) and a path.
+
+    ``str.isdigit`` accepts '²' and '٣', which ``int()`` then refuses or reads as another
+    number; an id past 2**63 - 1 overflows SQLite. Both are usage errors naming the spec.
+    """
+    task_id, sep, path = spec.partition(":")
+    if not sep or not re.fullmatch("[0-9]+", task_id) or not path:
+        fail(f"--export takes ID:PATH, e.g. 3:result.json; got {spec!r}")
+    if len(task_id) > 19 or not 1 <= int(task_id) <= SQLITE_MAX_INT:
+        fail(f"--export {spec!r}: no task can have the id {task_id} (ids are 1 to {SQLITE_MAX_INT})")
+    return int(task_id), path
 
 
 @click.command()
 @click.option("--prompt", help="Schedule this prompt ('-' reads standard input).")
 @click.option("--list", "list_tasks", is_flag=True, help="List scheduled and running tasks.")
-@click.option("--delete", "delete_id", type=int, help="Delete a scheduled task by id.")
+@click.option(
+    "--delete", "delete_id", type=click.IntRange(1, SQLITE_MAX_INT), metavar="ID", help="Delete a scheduled task by id."
+)
 @profile_options
 @pass_context
 def task(
@@ -85,8 +123,7 @@ def task(
     with open_store(ctx) as store:
         if prompt is not None:
             profile = load_profile(ctx, profile_name, profile_file)
-            if prompt == "-":
-                prompt = sys.stdin.read()
+            prompt = read_prompt(prompt, ctx.settings.max_prompt_bytes)
             validation = ctx.settings.max_validation if max_validation is None else max_validation
             added = store.add(prompt, profile.spec(), validation)
             logs.event(
@@ -103,7 +140,7 @@ def task(
             if not tasks:
                 click.echo("no scheduled tasks")
             for item in tasks:
-                profile_name = item.profile["name"]
+                profile_name = printable(str(item.profile.get("name")))
                 shown = one_line(item.prompt)
                 click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {profile_name:10} {shown}")
         else:
@@ -149,7 +186,7 @@ def _run_claimed(
 
 @click.command()
 @click.option("--all", "run_all", is_flag=True, help="Run every scheduled task.")
-@click.option("-n", "count", type=click.IntRange(min=1), help="Run the N oldest scheduled tasks.")
+@click.option("-n", "count", type=click.IntRange(1, SQLITE_MAX_INT), help="Run the N oldest scheduled tasks.")
 @placement_options
 @pass_context
 def queue(
@@ -216,7 +253,9 @@ def queue(
 
 
 @click.command()
-@click.option("-n", "count", type=click.IntRange(min=1), default=20, show_default=True, help="How many to show.")
+@click.option(
+    "-n", "count", type=click.IntRange(1, SQLITE_MAX_INT), default=20, show_default=True, help="How many to show."
+)
 @click.option(
     "--export", "export", metavar="ID:PATH", help="Write task ID's full record as JSON to PATH ('-' = stdout)."
 )
@@ -229,41 +268,41 @@ def history(ctx: Context, count: int, export: str | None) -> None:
       hermes history -n 5
       hermes history --export 3:result.json
     """
-    with open_store(ctx) as store:
-        if export is not None:
-            task_id, sep, path = export.partition(":")
-            if not sep or not task_id.isdigit() or not path:
-                fail(f"--export takes ID:PATH, e.g. 3:result.json; got {export!r}")
+    target: OutputPath | None = None
+    if export is not None:
+        task_id, path = parse_export(export)
+        if path != "-":
             try:
-                item = store.get(int(task_id))
+                target = check_output(path, "--export")
+            except OutputError as exc:
+                fail(str(exc))
+    with open_store(ctx) as store, contextlib.ExitStack() as stack:
+        if target is not None:
+            stack.callback(target.close)
+        if export is not None:
+            try:
+                item = store.get(task_id)
             except StoreError as exc:
                 fail(str(exc))
             if item.result is None:
                 fail(f"task {task_id} has not run yet (status {item.status}); run: hermes queue --all")
-            document = (
-                json.dumps(
-                    {
-                        "task": item.id,
-                        "status": item.status,
-                        "created_at": item.created_at,
-                        "finished_at": item.finished_at,
-                        "prompt": item.prompt,
-                        "profile": item.profile,
-                        "max_validation": item.max_validation,
-                        "result": item.result,
-                    },
-                    ensure_ascii=False,
-                    indent=2,
-                )
-                + "\n"
-            )
-            if path == "-":
-                click.echo(document, nl=False)
+            exported = {
+                "task": item.id,
+                "status": item.status,
+                "created_at": item.created_at,
+                "finished_at": item.finished_at,
+                "prompt": item.prompt,
+                "profile": item.profile,
+                "max_validation": item.max_validation,
+                "result": item.result,
+            }
+            if target is None:
+                click.echo(printable_json(exported, indent=2), file=std_stream("stdout"))
                 return
             try:
-                Path(path).write_text(document, encoding="utf-8")
-            except OSError as exc:
-                fail(f"cannot write {path}: {exc.strerror or exc}")
+                write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+            except OutputError as exc:
+                fail(str(exc))
             ctx.notice(f"task {task_id} exported to {path}")
             return
         finished = store.history(count)
@@ -272,6 +311,5 @@ def history(ctx: Context, count: int, export: str | None) -> None:
         for item in finished:
             result = item.result or {}
             shown = result.get("text") if "text" in result else f"error {result.get('error', {}).get('code')}"
-            click.echo(
-                f"{item.id:>6}  {item.status:6} {item.finished_at}  {item.profile['name']:10} {one_line(str(shown))}"
-            )
+            name = printable(str(item.profile.get("name")))
+            click.echo(f"{item.id:>6}  {item.status:6} {item.finished_at}  {name:10} {one_line(str(shown))}")

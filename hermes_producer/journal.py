@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,45 +44,64 @@ class ResumePoint:
     records_by_mode: Counter[str] = field(default_factory=Counter)
 
 
-class Journal:
-    """Append-only journal of a batch being written to ``partial``."""
+# A batch id names Redis keys (the result stream, the chunks' lines): a journal edited by hand
+# must not be able to aim a resumed batch at arbitrary keys.
+_BATCH_ID = re.compile(r"[0-9a-f]{16,32}")
+_COUNTS = ("c", "o", "ok", "failed")
 
-    def __init__(self, partial: Path) -> None:
-        self.path = partial.with_name(partial.name + ".journal")
-        self._handle: TextIO | None = None
+
+class Journal:
+    """Append-only journal of a batch being written to the partial output.
+
+    The file itself is opened by :class:`~hermes_producer.output.BatchOutput` (exclusively,
+    never through a link); the journal only reads and writes lines on that handle.
+    """
+
+    def __init__(self, handle: TextIO, name: str) -> None:
+        self._handle: TextIO | None = handle
+        self.name = name
 
     def start(self, header: dict[str, Any]) -> None:
         """Begin a new journal (a fresh batch)."""
-        self._handle = self.path.open("w", encoding="utf-8")
         self._write({"header": header})
 
-    def resume(self, header: dict[str, Any]) -> ResumePoint:
+    def resume(self, header: dict[str, Any], output_size: int) -> ResumePoint:
         """Read the journal of an interrupted batch that matches ``header``.
 
+        Args:
+            header: what this batch is (input identity and options), to compare.
+            output_size: the partial output's size now: the journal may not claim more.
+
         Raises:
-            JournalError: no journal, or one made for another input or other options.
+            JournalError: a journal made for another input or other options, or one that is
+                damaged (then the message names the line).
         """
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise JournalError(f"nothing to resume: {self.path} does not exist (run without --resume)") from None
+        assert self._handle is not None
+        self._handle.seek(0)
         records = []
-        for line in lines:
+        for line in self._handle:
             try:
                 records.append(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):
                 break  # a torn last line: the write it describes may not have completed
-        if not records or "header" not in records[0]:
-            raise JournalError(f"{self.path} is not a Hermes journal; run without --resume to start over")
-        old = records[0]["header"]
+        first = records[0] if records else None
+        old = first.get("header") if isinstance(first, dict) else None
+        if not isinstance(old, dict):
+            raise JournalError(f"{self.name} is not a Hermes journal; run without --resume to start over")
         for key in ("input", "options"):
             if old.get(key) != header.get(key):
                 raise JournalError(
                     f"cannot resume: the {key} changed since the batch started "
                     f"(was {old.get(key)}, now {header.get(key)}); run without --resume to start over"
                 )
-        point = ResumePoint(batch_id=old["batch_id"], chunks_done=0, output_size=0)
-        for entry in records[1:]:
+        batch_id = old.get("batch_id")
+        if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+            raise JournalError(f"{self.name}: the batch id is damaged; run without --resume to start over")
+        point = ResumePoint(batch_id=batch_id, chunks_done=0, output_size=0)
+        for number, entry in enumerate(records[1:], start=2):
+            problem = _entry_problem(entry, point.output_size, output_size)
+            if problem:
+                raise JournalError(f"{self.name}, line {number}: {problem}; run without --resume to start over")
             point.chunks_done += 1
             point.output_size = entry["o"]
             point.ok += entry["ok"]
@@ -89,7 +109,7 @@ class Journal:
             point.errors_by_code.update(entry.get("codes", {}))
             point.records_by_worker.update(entry.get("workers", {}))
             point.records_by_mode.update(entry.get("modes", {}))
-        self._handle = self.path.open("a", encoding="utf-8")
+        self._handle.seek(0, 2)
         return point
 
     def chunk_written(self, output_size: int, result: dict[str, Any]) -> None:
@@ -113,9 +133,26 @@ class Journal:
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
-    def close(self, remove: bool) -> None:
+    def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        if remove:
-            self.path.unlink(missing_ok=True)
+
+
+def _entry_problem(entry: Any, previous_size: int, output_size: int) -> str | None:
+    """What is wrong with one chunk line of a journal, or None."""
+    if not isinstance(entry, dict):
+        return "not a chunk entry"
+    for key in _COUNTS:
+        value = entry.get(key)
+        if type(value) is not int or value < 0:
+            return f"{key!r} is not a count"
+    if not previous_size <= entry["o"] <= output_size:
+        return f"claims {entry['o']:,} bytes of output; the partial output holds {output_size:,}"
+    for key in ("codes", "workers", "modes"):
+        counts = entry.get(key, {})
+        if not isinstance(counts, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in counts.items()
+        ):
+            return f"{key!r} is not a table of counts"
+    return None

@@ -7,20 +7,42 @@ checked by `hermes batch --junit report.xml` shows which chunks, lines and ids w
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 from hermes_worker.contract import result_lines
 
-__all__ = ["JUnitReport"]
+__all__ = ["JUnitReport", "xml_text"]
+
+# Characters XML 1.0 cannot hold at all, not even as &#...; references: C0 controls but tab,
+# newline and carriage return, lone surrogates (they cannot be encoded either), U+FFFE, U+FFFF.
+# Ids and messages come from input, so any of them can turn up.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def xml_text(text: str) -> str:
+    r"""``text`` with the characters XML 1.0 forbids shown as escapes (``\x1b``, ``\ud800``).
+
+    ElementTree escapes ``&``, ``<`` and ``>`` (so ``]]>`` is harmless) but writes these raw,
+    which makes the whole report unreadable to every XML parser.
+
+    >>> xml_text("id \x1b[2J \ufffe")
+    'id \\x1b[2J \\ufffe'
+    """
+    return _NOT_XML.sub(_escape, text)
 
 
 class JUnitReport:
-    """Collects chunk results; :meth:`write` produces the XML file."""
+    """Collects chunk results; :meth:`render` produces the XML document."""
 
     def __init__(self, suite: str) -> None:
-        self.suite = suite
+        self.suite = xml_text(suite)
         self._cases: list[ET.Element] = []
         self._failures = 0
 
@@ -52,14 +74,16 @@ class JUnitReport:
                 "failure",
                 {
                     "message": f"{len(result['errors'])} of {len(lines)} prompts failed",
-                    "type": ",".join(sorted({code for _l, code, _m in result["errors"]})),
+                    "type": xml_text(",".join(sorted({code for _l, code, _m in result["errors"]}))),
                 },
             )
-            failure.text = detail
-        ET.SubElement(case, "system-out").text = f"ran on {provenance.get('worker')} ({provenance.get('mode')})"
+            failure.text = xml_text(detail)
+        ran_on = f"ran on {provenance.get('worker')} ({provenance.get('mode')})"
+        ET.SubElement(case, "system-out").text = xml_text(ran_on)
         self._cases.append(case)
 
-    def write(self, path: Path, seconds: float) -> None:
+    def render(self, seconds: float) -> str:
+        """The report as an XML document (text)."""
         suite = ET.Element(
             "testsuite",
             {
@@ -74,4 +98,4 @@ class JUnitReport:
         root = ET.Element("testsuites")
         root.append(suite)
         ET.indent(root)
-        path.write_text(ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n", encoding="utf-8")
+        return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

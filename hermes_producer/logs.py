@@ -226,7 +226,11 @@ class _Handler(RotatingFileHandler):
     """A rotating handler that follows the file when another process has rotated it."""
 
     def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        # backslashreplace: a file name or argument that was not UTF-8 (surrogateescape) is written
+        # as \udcff, which JSON reads back as the same text, instead of failing the whole line.
+        super().__init__(
+            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", errors="backslashreplace"
+        )
         self._failed = False
 
     def _open(self) -> TextIOWrapper:

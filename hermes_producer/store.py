@@ -378,6 +378,9 @@ class TaskStore:
     def _task(self, row: tuple[Any, ...], status: str | None = None) -> Task:
         task_id, created_at, prompt, profile, max_validation, row_status, finished_at, result = row
         try:
+            # Commands read these as objects: a row edited by hand must be an error naming it, not a crash.
+            if not isinstance(json.loads(profile), dict) or not isinstance(json.loads(result or "{}"), dict):
+                raise StoreError(f"task {task_id} in {self.path} is damaged: its profile or result is not an object")
             return Task(
                 id=task_id,
                 created_at=created_at,

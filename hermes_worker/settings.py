@@ -7,6 +7,7 @@ options override these values; nothing else reads the environment.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .redact import redact, remember, url_secrets
 
-__all__ = ["Settings", "SettingsError", "listen_address"]
+__all__ = ["LIMITS", "Settings", "SettingsError", "float_setting", "int_setting", "listen_address", "show_number"]
 
 T = TypeVar("T")
 
@@ -27,29 +28,116 @@ class SettingsError(ValueError):
     """An environment variable holds a value Hermes cannot use; the message names it."""
 
 
+# Bounds of every numeric setting: (lowest, highest), inclusive; float bounds for settings that take
+# fractions (seconds, CPUs), int bounds for whole numbers. A value outside them is refused
+# when the settings are built, so nothing absurd reaches a timer, SQLite, Redis or the kernel.
+# Why each upper bound: chunk_size, processes, concurrency and max_prompt_bytes size memory and
+# process tables (a 64 MiB prompt in JSONL can be a 384 MiB line, under Redis' 512 MiB string
+# limit); max_validation is stored in SQLite and each round re-runs the profile; seconds beyond
+# a day (a year for the result TTL) are a typo, not a plan; ports and pids have the kernel's range.
+LIMITS: Mapping[str, tuple[float, float]] = {
+    "HERMES_MAX_VALIDATION": (0, 100),
+    "HERMES_MAX_PROMPT_BYTES": (1, 64 * 1024 * 1024),
+    "HERMES_CHUNK_SIZE": (1, 100_000),
+    "HERMES_PROCESSES": (1, 1024),
+    "HERMES_BROKER_TIMEOUT": (0.01, 300.0),
+    "HERMES_WAIT_FOR_WORKERS": (0.0, 86_400.0),
+    "HERMES_CONCURRENCY": (1, 1024),
+    "HERMES_HEARTBEAT": (0.1, 3600.0),
+    "HERMES_CHUNK_TIME_LIMIT": (0.01, 86_400.0),
+    "HERMES_RESULT_TTL": (1, 366 * 86_400),
+    "HERMES_OUTAGE_TIMEOUT": (0.01, 86_400.0),
+    "HERMES_MAX_MEMORY_PER_CHILD": (1, 1024 * 1024),
+    "HERMES_DOCKER_TIMEOUT": (0.01, 600.0),
+    "HERMES_CONTAINER_CPUS": (0.01, 1024.0),
+    "HERMES_CONTAINER_PIDS": (1, 4_194_304),
+    "HERMES_FLOWER_PORT": (1, 65535),
+    "HERMES_METRICS_PORT": (0, 65535),
+}
+
+# Python's int() and float() accept any Unicode digit ('٣' is 3) and spell infinity and NaN in
+# words; settings are ASCII decimal numbers ('_' between digits allowed, as in 1_048_576).
+_DIGITS = r"[0-9]+(?:_[0-9]+)*"
+_INT = re.compile(rf"[+-]?{_DIGITS}")
+_FLOAT = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
+
+
+def _int(text: str) -> int:
+    if not _INT.fullmatch(text):
+        raise ValueError("must be a whole number")
+    if len(text) > 100:  # int() refuses 4,300 digits with a message about Python, not Hermes
+        raise ValueError("is far too large")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    """A finite decimal number: NaN and infinity are refused, and so is '1e309' (= inf)."""
+    if not _FLOAT.fullmatch(text):
+        raise ValueError("must be a decimal number such as 5 or 0.5")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("is too large to be a finite number")
+    return value + 0.0  # -0.0 becomes 0.0
+
+
+def _in_range(value: float, name: str) -> None:
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise ValueError(f"must be between {show_number(low)} and {show_number(high)}")
+
+
+def show_number(value: float) -> str:
+    """A bound as people write it: ``1024``, ``0.01``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def int_setting(name: str) -> Callable[[str], int]:
+    """A parser for the integer setting ``name``, bounded by ``LIMITS[name]``."""
+
+    def parse(text: str) -> int:
+        if _INT.fullmatch(text) and len(text) > 30:
+            _in_range(math.inf, name)  # far beyond any bound: say which
+        value = _int(text)
+        _in_range(value, name)
+        return value
+
+    return parse
+
+
+def float_setting(name: str) -> Callable[[str], float]:
+    """A parser for the finite float setting ``name``, bounded by ``LIMITS[name]``."""
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        _in_range(value, name)
+        return value
+
+    return parse
+
+
 def _positive_int(text: str) -> int:
-    value = int(text.replace("_", ""))
+    value = _int(text)
     if value <= 0:
         raise ValueError("must be > 0")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if not value > 0:
         raise ValueError("must be > 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -73,10 +161,18 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
 def _memory(text: str) -> str:
-    # Docker's notation: a number with an optional b, k, m or g suffix.
-    if not re.fullmatch(r"[0-9]+[bkmgBKMG]?", text):
+    # Docker's notation: a number with an optional b, k, m or g suffix. Docker refuses less
+    # than 6 MiB; more than 1 TiB for one session is a typo.
+    if not re.fullmatch(r"[0-9]{1,15}[bkmgBKMG]?", text):
         raise ValueError("must be a size such as 512m or 2g")
+    digits = text.rstrip("bkmgBKMG")
+    size = int(digits) * _MEMORY_UNITS[text[len(digits) :].lower()]
+    if not 6 << 20 <= size <= 1 << 40:
+        raise ValueError("must be between 6m and 1024g")
     return text.lower()
 
 
@@ -113,10 +209,12 @@ def _url(text: str) -> str:
     for part in text.split(";"):
         try:
             urlsplit(part.strip()).port  # noqa: B018 - reading the port is the check
-        except ValueError:
-            raise ValueError(
-                "cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)"
-            ) from None
+        except ValueError as exc:
+            if "'" in str(exc) or '"' in str(exc):  # it quotes a piece of the URL: maybe of the password
+                raise ValueError(
+                    "cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)"
+                ) from None
+            raise ValueError(f"cannot be read: {exc}") from None
     return text
 
 
@@ -133,6 +231,44 @@ def listen_address(text: str) -> str:
     if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
         raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name")
     return text
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a broker or Redis URL, or None; never the URL itself (it may hold a password).
+
+    Checked here so that a typo is a usage error naming the variable, not a traceback from the
+    Redis or kombu client later, or a silent fallback to in-process as if Redis were down.
+
+    >>> _url_problem("redis://h:99999/0"), _url_problem("unix://")
+    ('Port out of range 0-65535', 'unix:// needs a socket path, e.g. unix:///run/redis.sock')
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port raises ValueError when it is not a port
+    except ValueError as exc:
+        return str(exc)
+    if not parts.scheme or "://" not in url:
+        return "must be a URL such as redis://host:6379/0"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "contains spaces or control characters"
+    if parts.scheme not in _REDIS_SCHEMES:
+        return None  # another kombu transport: kombu checks its own URLs
+    if parts.scheme == "unix" and not parts.path:
+        return "unix:// needs a socket path, e.g. unix:///run/redis.sock"
+    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return f"the database {parts.path.strip('/')!r} is not a number"
+    try:
+        from redis.connection import parse_url  # the worker and the producer have redis; the sandbox does not
+    except ImportError:
+        return None
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _log_level(text: str) -> str:
@@ -289,6 +425,12 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name}={redact(raw)!r} is invalid: {exc}") from None
 
+        def read_int(name: str, default: int) -> int:
+            return read(name, int_setting(name), default)
+
+        def read_float(name: str, default: float) -> float:
+            return read(name, float_setting(name), default)
+
         home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
         profile_file = env.get("HERMES_PROFILE_FILE") or None
         cores = os.cpu_count() or 1
@@ -300,40 +442,44 @@ class Settings:
                 f"HERMES_RESULT_BACKEND={redact(result_backend)!r} is invalid: results, the worker registry and the "
                 "cluster log need Redis (redis://, rediss:// or unix://)"
             )
+        for name, url in (("HERMES_BROKER_URL", broker_url), ("HERMES_RESULT_BACKEND", result_backend)):
+            problem = _url_problem(url)
+            if problem:
+                raise SettingsError(f"{name} is invalid: {problem}")
         settings = cls(
             home=home,
             profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
             profile_file=Path(profile_file).expanduser() if profile_file else None,
-            max_validation=read("HERMES_MAX_VALIDATION", _non_negative_int, 1),
-            max_prompt_bytes=read("HERMES_MAX_PROMPT_BYTES", _positive_int, DEFAULT_MAX_PROMPT_BYTES),
-            chunk_size=read("HERMES_CHUNK_SIZE", _positive_int, 1024),
-            processes=read("HERMES_PROCESSES", _positive_int, cores),
+            max_validation=read_int("HERMES_MAX_VALIDATION", 1),
+            max_prompt_bytes=read_int("HERMES_MAX_PROMPT_BYTES", DEFAULT_MAX_PROMPT_BYTES),
+            chunk_size=read_int("HERMES_CHUNK_SIZE", 1024),
+            processes=read_int("HERMES_PROCESSES", min(cores, 1024)),
             log_level=read("HERMES_LOG_LEVEL", _log_level, "DEBUG"),
             broker_url=broker_url,
             result_backend=result_backend,
-            broker_timeout_s=read("HERMES_BROKER_TIMEOUT", _positive_float, 1.5),
+            broker_timeout_s=read_float("HERMES_BROKER_TIMEOUT", 1.5),
             no_fallback=read("HERMES_NO_FALLBACK", _flag, False),
             isolation=read("HERMES_ISOLATION", _choice("auto", "container", "local"), "auto"),
-            wait_for_workers_s=read("HERMES_WAIT_FOR_WORKERS", _non_negative_float, 0.0),
+            wait_for_workers_s=read_float("HERMES_WAIT_FOR_WORKERS", 0.0),
             worker_mode=read("HERMES_WORKER_MODE", _choice("auto", "container", "local"), "auto"),
-            concurrency=read("HERMES_CONCURRENCY", _positive_int, cores),
-            heartbeat_s=read("HERMES_HEARTBEAT", _positive_float, 5.0),
-            chunk_time_limit_s=read("HERMES_CHUNK_TIME_LIMIT", _positive_float, 120.0),
-            result_ttl_s=read("HERMES_RESULT_TTL", _positive_int, 86_400),
-            outage_timeout_s=read("HERMES_OUTAGE_TIMEOUT", _positive_float, 300.0),
-            max_memory_per_child_mb=read("HERMES_MAX_MEMORY_PER_CHILD", _positive_int, 512),
+            concurrency=read_int("HERMES_CONCURRENCY", min(cores, 1024)),
+            heartbeat_s=read_float("HERMES_HEARTBEAT", 5.0),
+            chunk_time_limit_s=read_float("HERMES_CHUNK_TIME_LIMIT", 120.0),
+            result_ttl_s=read_int("HERMES_RESULT_TTL", 86_400),
+            outage_timeout_s=read_float("HERMES_OUTAGE_TIMEOUT", 300.0),
+            max_memory_per_child_mb=read_int("HERMES_MAX_MEMORY_PER_CHILD", 512),
             container_backend=read("HERMES_CONTAINER_BACKEND", _choice("docker", "dagger"), "docker"),
             sandbox_image=read("HERMES_SANDBOX_IMAGE", str, "hermes-sandbox:latest"),
-            docker_timeout_s=read("HERMES_DOCKER_TIMEOUT", _positive_float, 3.0),
+            docker_timeout_s=read_float("HERMES_DOCKER_TIMEOUT", 3.0),
             container_memory=read("HERMES_CONTAINER_MEMORY", _memory, "512m"),
-            container_cpus=read("HERMES_CONTAINER_CPUS", _positive_float, 1.0),
-            container_pids=read("HERMES_CONTAINER_PIDS", _positive_int, 64),
+            container_cpus=read_float("HERMES_CONTAINER_CPUS", 1.0),
+            container_pids=read_int("HERMES_CONTAINER_PIDS", 64),
             container_labels=read("HERMES_CONTAINER_LABELS", _labels, ()),
             flower_user=env.get("HERMES_FLOWER_USER", ""),
             flower_password=env.get("HERMES_FLOWER_PASSWORD", ""),
-            flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
+            flower_port=read_int("HERMES_FLOWER_PORT", 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
-            metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
+            metrics_port=read_int("HERMES_METRICS_PORT", 0),
             deployment=read("HERMES_DEPLOYMENT", _deployment, ""),
             metrics_address=read("HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1"),
         )

@@ -12,7 +12,7 @@ import click
 
 from .contract import QUEUE_FOR_TAG
 from .redact import redact, redact_url
-from .settings import Settings, listen_address
+from .settings import LIMITS, Settings, listen_address
 
 
 @click.command()
@@ -23,7 +23,11 @@ from .settings import Settings, listen_address
     help="auto (default): probe Docker; container: fail unless the probe passes; local: no Docker.",
 )
 @click.option(
-    "--concurrency", "-c", type=click.IntRange(min=1), default=None, help="Worker processes (default: every core)."
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, int(LIMITS["HERMES_CONCURRENCY"][1])),
+    default=None,
+    help="Worker processes (default: every core).",
 )
 @click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
 @click.option(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,6 +107,53 @@ BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
 )
 
 
+# Bounds of a profile file: far above any real one, far below what would hurt. A profile travels
+# in every chunk request, and every item runs each of its steps.
+MAX_PROFILE_FILE_BYTES = 1024 * 1024
+MAX_PROFILES = 256
+MAX_STEPS = 100
+MAX_DESCRIPTION = 1000
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: names in messages come from the file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _read_profile_file(path: Path) -> str:
+    """The file's text, read only if it is a regular file of reasonable size.
+
+    A FIFO would block the command forever, ``/dev/zero`` would fill the memory, and a
+    directory gives a confusing error: all are refused naming the file.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile file: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
+            raise ProfileError(f"{path}: cannot read profile file: it is {kind}")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_PROFILE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile file: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROFILE_FILE_BYTES:
+        raise ProfileError(f"{path}: the profile file is larger than {MAX_PROFILE_FILE_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"{path}: not valid TOML: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
 def load_profile_file(path: str | Path) -> dict[str, Profile]:
     """Read custom profiles from a TOML file.
 
@@ -119,36 +168,52 @@ def load_profile_file(path: str | Path) -> dict[str, Profile]:
             message names the file and the profile.
     """
     path = Path(path)
+    text = _read_profile_file(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read profile file: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ProfileError(f"{path}: not valid TOML for Hermes: arrays or tables nested too deeply") from None
 
     unknown_top = set(data) - {"profiles"}
     if unknown_top:
-        raise ProfileError(f"{path}: unknown top-level keys {sorted(unknown_top)}; profiles go under [profiles.NAME]")
+        shown = ", ".join(_short(key, 40) for key in sorted(unknown_top)[:5])
+        raise ProfileError(f"{path}: unknown top-level keys {shown}; profiles go under [profiles.NAME]")
     tables = data.get("profiles")
     if not isinstance(tables, dict) or not tables:
         raise ProfileError(f"{path}: no profiles defined; add a table such as [profiles.mine] with steps = [...]")
+    if len(tables) > MAX_PROFILES:
+        raise ProfileError(f"{path}: {len(tables):,} profiles; a file may define at most {MAX_PROFILES}")
 
     profiles: dict[str, Profile] = {}
     for name, table in tables.items():
-        where = f"{path}: profile {name!r}"
+        where = f"{path}: profile {_short(name)}"
+        if not _NAME.fullmatch(name):
+            raise ProfileError(
+                f"{where}: the name is invalid: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+            )
         if name in BUILTIN_PROFILES:
             raise ProfileError(f"{where}: redefines a built-in profile; choose another name")
         if not isinstance(table, dict):
             raise ProfileError(f"{where}: must be a table with a 'steps' list")
         extra = set(table) - {"steps", "description"}
         if extra:
-            raise ProfileError(f"{where}: unknown keys {sorted(extra)}; allowed: steps, description")
+            shown = ", ".join(_short(key, 40) for key in sorted(extra)[:5])
+            raise ProfileError(f"{where}: unknown keys {shown}; allowed: steps, description")
         steps = table.get("steps")
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
             raise ProfileError(f"{where}: 'steps' must be a list of step names")
+        if len(steps) > MAX_STEPS:
+            raise ProfileError(f"{where}: {len(steps):,} steps; a profile may have at most {MAX_STEPS}")
+        unknown = next((step for step in steps if step not in STEPS), None)
+        if unknown is not None and len(unknown) > 64:
+            raise ProfileError(f"{where}: unknown step {_short(unknown)}; known steps: {', '.join(STEPS)}")
         description = table.get("description", "")
         if not isinstance(description, str):
             raise ProfileError(f"{where}: 'description' must be a string")
+        if len(description) > MAX_DESCRIPTION:
+            raise ProfileError(f"{where}: the description is longer than {MAX_DESCRIPTION:,} characters")
         try:
             profiles[name] = Profile(name, tuple(steps), description)
         except ProfileError as exc:
