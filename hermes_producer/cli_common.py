@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
+from hermes_worker.contract import MAX_VALIDATION
 from hermes_worker.engine import Profile, ProfileError, load_profile_file, resolve_profile
 from hermes_worker.settings import Settings
 
@@ -52,7 +53,7 @@ def profile_options(command: Any) -> Any:
     )(command)
     command = click.option(
         "--max-validation",
-        type=click.IntRange(min=0),
+        type=click.IntRange(0, MAX_VALIDATION),
         default=None,
         help="Validation rounds after normalizing: check for a fixed point, re-run if needed (default 1).",
     )(command)

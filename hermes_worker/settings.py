@@ -154,6 +154,16 @@ class Settings:
         flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
         metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
             (``HERMES_METRICS_PORT``, 0).
+
+        worker_remote_control: ``inspect`` (default): a worker answers Flower's and ``celery
+            inspect``'s questions and refuses remote-control commands that would change it;
+            ``all``: Celery's full set (``HERMES_WORKER_REMOTE_CONTROL``).
+        flower_allow_control: ``hermes flower`` lets its users control workers and send tasks
+            (``HERMES_FLOWER_ALLOW_CONTROL``, or ``--allow-control``); read-only otherwise.
+        signing_key, signing_cert, signing_certs: sign task and remote-control messages with
+            this RSA key and certificate, and accept only messages signed by a certificate in
+            this file or directory (``HERMES_SIGNING_KEY``, ``HERMES_SIGNING_CERT``,
+            ``HERMES_SIGNING_CERTS``: all three, or none). Checked when read; never logged.
     """
 
     home: Path
@@ -192,6 +202,12 @@ class Settings:
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     metrics_port: int = 0
+
+    worker_remote_control: str = "inspect"
+    flower_allow_control: bool = False
+    signing_key: Path | None = None
+    signing_cert: Path | None = None
+    signing_certs: Path | None = None
 
     @property
     def worker_ttl_s(self) -> float:
@@ -244,7 +260,7 @@ class Settings:
                 f"HERMES_RESULT_BACKEND={result_backend!r} is invalid: results, the worker registry and the "
                 "cluster log need Redis (redis://, rediss:// or unix://)"
             )
-        return cls(
+        settings = cls(
             home=home,
             profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
             profile_file=Path(profile_file).expanduser() if profile_file else None,
@@ -278,4 +294,51 @@ class Settings:
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
             metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
+            worker_remote_control=read("HERMES_WORKER_REMOTE_CONTROL", _choice("inspect", "all"), "inspect"),
+            flower_allow_control=read("HERMES_FLOWER_ALLOW_CONTROL", _flag, False),
+            signing_key=read("HERMES_SIGNING_KEY", _path, None),
+            signing_cert=read("HERMES_SIGNING_CERT", _path, None),
+            signing_certs=read("HERMES_SIGNING_CERTS", _path, None),
         )
+        _check_bounds(settings)
+        _check_signing(settings)
+        return settings
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _check_bounds(settings: Settings) -> None:
+    """Values that travel in every chunk request must be within what workers accept (contract)."""
+    from . import contract
+
+    for name, value, limit in (
+        ("HERMES_RESULT_TTL", settings.result_ttl_s, contract.MAX_RESULT_TTL_S),
+        ("HERMES_MAX_PROMPT_BYTES", settings.max_prompt_bytes, contract.MAX_PROMPT_BYTES),
+        ("HERMES_CHUNK_SIZE", settings.chunk_size, contract.MAX_CHUNK_LINES),
+        ("HERMES_MAX_VALIDATION", settings.max_validation, contract.MAX_VALIDATION),
+    ):
+        if value > limit:
+            raise SettingsError(f"{name}={value} is invalid: must be at most {limit}")
+
+
+def _check_signing(settings: Settings) -> None:
+    """All three signing files or none, each usable: a worker must not start unable to verify."""
+    files = {
+        "HERMES_SIGNING_KEY": settings.signing_key,
+        "HERMES_SIGNING_CERT": settings.signing_cert,
+        "HERMES_SIGNING_CERTS": settings.signing_certs,
+    }
+    if not any(files.values()):
+        return
+    unset = [name for name, path in files.items() if path is None]
+    if unset:
+        raise SettingsError(f"{', '.join(unset)} must be set too: message signing needs all three signing settings")
+    from .signing import SigningError, check_files
+
+    assert settings.signing_key and settings.signing_cert and settings.signing_certs
+    try:
+        check_files(settings.signing_key, settings.signing_cert, settings.signing_certs)
+    except SigningError as exc:
+        raise SettingsError(f"message signing (HERMES_SIGNING_*): {exc}") from None
