@@ -49,6 +49,7 @@ from hermes_worker.contract import (
     Reply,
     new_batch_id,
     request_span,
+    result_problem,
 )
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
@@ -286,7 +287,11 @@ class CeleryExecutor:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
-                    self._take(fields, outstanding, ready)
+                    try:
+                        self._take(fields, outstanding, ready)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        # No Hermes worker writes that; anyone with access to Redis could.
+                        self._on_reroute(f"skipped an entry on the result stream that no worker wrote ({entry_id!r})")
                     consumed_ids.append(entry_id)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + _HEALTH_EVERY_S
@@ -300,7 +305,8 @@ class CeleryExecutor:
             chunk = result.get("chunk")
             if chunk in outstanding and chunk not in ready:  # else: a duplicate, or not ours
                 result["text"] = fields.get(b"t", b"").decode("utf-8")
-                wrong = self._misplaced(result)
+                malformed = result_problem(result)
+                wrong = f"answered with {malformed}" if malformed else self._misplaced(result)
                 if wrong is not None:
                     self._refused(outstanding, chunk, wrong)
                     return
@@ -315,7 +321,7 @@ class CeleryExecutor:
         elif b"s" in fields:
             notice = json.loads(fields[b"s"])
             waiting = outstanding.get(notice.get("chunk"))
-            if waiting is not None:
+            if waiting is not None and isinstance(notice.get("worker"), str):
                 waiting.worker = notice.get("worker")
         elif b"m" in fields:
             # A worker found no lines under the chunk's key (Redis lost them): send it again.

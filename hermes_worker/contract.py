@@ -164,6 +164,31 @@ def request_span(payload: Mapping[str, Any]) -> tuple[int, int]:
     return (items[0][0] if items else 0), len(items)
 
 
+def result_problem(result: Any) -> str | None:
+    """What is wrong with a chunk result read back from a result stream, or None.
+
+    Anyone who can write to Redis can add entries to a stream: a producer writes nothing, and
+    counts nothing, that does not have the shape a Hermes worker gives it.
+    """
+    if not isinstance(result, Mapping):
+        return "a result that is not an object"
+    provenance, errors, ids = result.get("provenance"), result.get("errors"), result.get("ids")
+    ok, failed = result.get("ok"), result.get("failed")
+    if not (type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
+        return "a result without its counts"
+    if not (isinstance(provenance, Mapping) and isinstance(provenance.get("worker"), str)
+            and isinstance(provenance.get("mode"), str)):  # fmt: skip
+        return "a result without its provenance"
+    if not (isinstance(errors, list) and len(errors) == failed and all(
+        isinstance(e, list) and len(e) == 3 and type(e[0]) is int and all(isinstance(x, str) for x in e[1:])
+        for e in errors
+    )):  # fmt: skip
+        return "a result whose errors do not match its counts"
+    if ids is not None and not (isinstance(ids, list) and len(ids) == ok + failed and type(result.get("first")) is int):
+        return "a result whose ids do not match its counts"
+    return None
+
+
 class ContractError(ValueError):
     """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message)."""
 

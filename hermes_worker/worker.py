@@ -332,7 +332,7 @@ class ProcessState:
             return
         self.handle(args[0], args[1], worker, queue)
 
-    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None = None) -> None:
+    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None) -> None:
         """Run one chunk and publish its result, after checking every field of the message.
 
         ``queue`` is the queue the message was sent to (its routing key): a chunk sent to the
@@ -436,7 +436,7 @@ class ProcessState:
         if queue != own:
             return f"chunk {request.chunk} was sent to queue {shown(queue)}; this {mode} worker serves {own}"
         if request.isolation == contract.ISOLATION_CONTAINER and mode != "container":
-            return f"chunk {request.chunk} must run in a container; this worker runs chunks {mode}ly"
+            return f"chunk {request.chunk} must run in a container; this is a {mode} worker"
         return None
 
     def refuse(
@@ -455,10 +455,11 @@ class ProcessState:
         """
         log.warning("chunk message refused (%s): %s", kind, reason)
         bump(self.redis, worker, "messages_refused", kind=kind)
-        event = self.events_for(worker).entry("WARNING", "chunk.refused", f"chunk message refused: {reason}", kind=kind)
+        text = f"chunk message refused: {reason}"
         if reply is None or type(chunk) is not int or not 0 <= chunk <= contract.MAX_CHUNK_NUMBER:
-            self.events_for(worker).emit("WARNING", "chunk.refused", f"chunk message refused: {reason}", kind=kind)
+            self.events_for(worker).emit("WARNING", "chunk.refused", text, kind=kind)
             return
+        event = self.events_for(worker).entry("WARNING", "chunk.refused", text, kind=kind, chunk=chunk)
         self._deadline = time.monotonic() + 0.75 * self.settings.chunk_time_limit_s
         notice = json.dumps({"chunk": chunk, "worker": worker, "reason": reason})
         self._publish(reply.stream, reply.ttl, {contract.NOTICE_REFUSED: notice}, event)

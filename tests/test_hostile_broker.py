@@ -521,3 +521,71 @@ def test_signing_settings_are_checked_when_read(hermes: HermesRunner, signing: d
     empty.mkdir()
     none_trusted = hermes("workers", env=signing | {"HERMES_SIGNING_CERTS": str(empty)})
     assert none_trusted.returncode == 2 and "holds no certificate" in none_trusted.stderr
+
+
+# What a Redis writer can put where producers read --------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_forged_registry_entries_are_ignored_not_obeyed_or_printed(
+    redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    client = redis_server.client()
+    good = {"name": "container@evil", "tag": "container", "concurrency": 1, "queues": ["hermes.container"],
+            "host": "h", "pid": 1, "versions": {}, "provenance": {}, "heartbeat_at": time.time() + 3600}  # fmt: skip
+    forged = {
+        "escape": good | {"name": "container@\x1b]0;pwned\x07evil"},
+        "huge": good | {"concurrency": 10**9},  # would put a whole input in flight at once
+        "typed": good | {"concurrency": "8"},
+        "probe": good | {"probe": ["not", "a", "dict"]},
+        "tag": good | {"tag": "root"},
+        "garbage": "{not json",
+    }
+    for name, entry in forged.items():
+        client.set(f"hermes:worker:{name}", entry if isinstance(entry, str) else json.dumps(entry))
+    client.hset("hermes:worker:hash", "a", "b")
+    listed = chermes("workers", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+    for command in (("status",), ("doctor",), ("workers",)):
+        done = chermes(*command)
+        assert "Traceback" not in done.stderr and "\x1b" not in done.stdout + done.stderr, command
+
+
+@pytest.mark.cluster
+def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, str]) -> None:
+    """Given garbage and a malformed result on a batch's stream; then the real result is the one written."""
+    from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.cluster import Cluster, Route
+    from hermes_worker.registry import WorkerInfo
+    from hermes_worker.settings import Settings
+
+    cluster = Cluster.connect(Settings.from_env(cluster_env))
+    route = Route("hermes.local", "local", [WorkerInfo("local@w", "local", 1, ["hermes.local"], "h", 1, {}, {})])
+    messages: list[str] = []
+    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+    sent: list[int] = []
+
+    def answer(payload: dict[str, Any]) -> None:
+        sent.append(payload["chunk"])
+        stream = executor.stream
+        result = process_chunk(payload, mode="local", worker="local@w")
+        lines = result.pop("lines")
+        if len(sent) == 1:
+            for fields in ({"r": "{not json"}, {"r": "[1, 2]"}, {"s": json.dumps({"chunk": 0, "worker": ["x"]})},
+                           {"x": json.dumps({"chunk": [0], "worker": "w", "reason": "r"})},
+                           {"m": json.dumps({"chunk": {"a": 1}})}, {"t": b"\xff\xfe"}):  # fmt: skip
+                cluster.redis.xadd(stream, fields)  # type: ignore[arg-type]
+            cluster.redis.xadd(stream, {"r": json.dumps(result | {"errors": [[1, "x"]]}), "t": "\n".join(lines) + "\n"})
+            return
+        cluster.redis.xadd(stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
+
+    executor._send = answer  # type: ignore[method-assign]
+    items = [[1, "a", "x", None], [2, "b", "y", None]]
+    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
+               "explain": False, "max_prompt_bytes": 100, "items": items}  # fmt: skip
+    [result] = list(executor.map_ordered([payload]))
+    assert result["ok"] == 2 and sent == [0, 0]
+    # Undecodable, not an object, unhashable chunk numbers; a start notice naming no worker and
+    # a field no notice has are ignored as they come.
+    assert sum("skipped an entry on the result stream" in m for m in messages) == 4
+    assert any("a result whose errors do not match its counts; sent again" in m for m in messages)
