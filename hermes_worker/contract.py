@@ -174,8 +174,8 @@ def result_problem(result: Any) -> str | None:
         return "a result that is not an object"
     provenance, errors, ids = result.get("provenance"), result.get("errors"), result.get("ids")
     ok, failed = result.get("ok"), result.get("failed")
-    if not (type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
-        return "a result without its counts"
+    if not (type(result.get("chunk")) is int and type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
+        return "a result without its chunk number or counts"
     if not (isinstance(provenance, Mapping) and isinstance(provenance.get("worker"), str)
             and isinstance(provenance.get("mode"), str)):  # fmt: skip
         return "a result without its provenance"

@@ -592,3 +592,49 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
     # a field no notice has are ignored as they come.
     assert sum("skipped an entry on the result stream" in m for m in messages) == 4
     assert any("a result whose errors do not match its counts; sent again" in m for m in messages)
+
+
+@pytest.mark.cluster
+def test_a_corrupt_metrics_field_already_in_redis_is_skipped_and_counted(
+    redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    """What a worker before this fix wrote for a code with a '|' broke `hermes metrics` for good."""
+    client = redis_server.client()
+    client.hset("hermes:metrics:local@old", mapping={
+        "items_failed|code=a|b|mode=local|profile=prompt": 1,  # the old worker's field
+        "items_ok|mode=local|profile=prompt": 5,
+        "chunks|mode=local": "not a number",
+        "items_ok|mode=local|worker=forged": 1,
+    })  # fmt: skip
+    client.set("hermes:metrics:not-a-hash", "x")
+    done = chermes("metrics")
+    assert done.returncode == 0, done.stderr
+    assert 'hermes_items_processed_total{mode="local",profile="prompt",worker="local@old"} 5.0' in done.stdout
+    assert "hermes_metrics_unreadable_fields 4.0" in done.stdout
+
+
+def test_a_signed_body_that_is_not_json_is_refused(signing: dict[str, str]) -> None:
+    """Celery's auth serializer decodes whatever the signer named, pickle included; Hermes' takes JSON only."""
+    import pickle
+
+    from celery import Celery
+    from celery.security.certificate import Certificate
+    from celery.security.key import PrivateKey
+    from celery.security.serialization import SecureSerializer
+    from kombu.exceptions import DecodeError
+    from kombu.serialization import loads
+
+    from hermes_worker.signing import enable
+
+    key, cert, certs = (Path(signing[f"HERMES_SIGNING_{n}"]) for n in ("KEY", "CERT", "CERTS"))
+    app = Celery("signing-test", set_as_current=False)
+    enable(app, key, cert, certs)
+    assert app.conf.task_serializer == "auth" and app.conf.accept_content == ["auth"]
+    signer = SecureSerializer(PrivateKey(key.read_text()), Certificate(cert.read_text()), None, "sha256",
+                              serializer="pickle")  # fmt: skip
+    signed_pickle = signer.serialize({"would": "unpickle"})
+    assert pickle.dumps({"would": "unpickle"}) in base64.b64decode(signed_pickle)  # really a pickle inside
+    with pytest.raises(DecodeError, match="only JSON is accepted"):
+        loads(signed_pickle, "application/data", "utf-8", accept=["application/data"])
+    json_signer = SecureSerializer(PrivateKey(key.read_text()), Certificate(cert.read_text()), None, "sha256")
+    assert loads(json_signer.serialize([1, "a"]), "application/data", "utf-8", accept=["application/data"]) == [1, "a"]
