@@ -235,14 +235,14 @@ def test_a_text_key_outside_the_batch_never_publishes_that_key(broker: Broker, c
     broker.redis.set("app:session:42", '{"prompt": "SECRET-SESSION-TOKEN"}')
     batch = batch_id()
     broker.send(request(batch=batch, text_key="app:session:42"), reply(batch))
-    broker.wait(lambda: broker.refused() == 1, "the refusal")
-    stream = broker.redis.xrange(f"hermes:results:{batch}")
-    assert [list(fields) for _id, fields in stream] == [[b"x"]]  # one refusal notice for the producer
-    assert "app:session:42" in json.loads(stream[0][1][b"x"])["reason"]
-    assert not broker.records_published()
+    broker.wait(lambda: broker.worker.log.count("succeeded in"), "the message handled")
     everything = b"".join(v for k in broker.redis.scan_iter(match="hermes:*") if broker.redis.type(k) == b"stream"
                           for _id, f in broker.redis.xrange(k) for v in f.values())  # fmt: skip
     assert b"SECRET-SESSION-TOKEN" not in everything and "SECRET-SESSION-TOKEN" not in broker.log + broker.worker.log
+    assert not broker.records_published() and broker.refused() == 1
+    stream = broker.redis.xrange(f"hermes:results:{batch}")
+    assert [list(fields) for _id, fields in stream] == [[b"x"]]  # one refusal notice for the producer
+    assert "app:session:42" in json.loads(stream[0][1][b"x"])["reason"]
     assert "chunk message refused (invalid): chunk payload: 'text_key' must be" in broker.log
     # The worker goes on serving real work.
     assert chermes("run", "--prompt", "still fine", "--isolation", "local").returncode == 0

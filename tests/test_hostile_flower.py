@@ -267,3 +267,19 @@ def test_flower_help_says_what_a_login_can_and_cannot_do(hermes: HermesRunner) -
     text = " ".join(hermes("flower", "--help").stdout.split())
     assert "Read-only by default" in text and "--allow-control" in text and "answers 403" in text
     assert "HERMES_WORKER_REMOTE_CONTROL=all" in text
+
+
+def test_a_signed_flower_still_sees_signed_workers(
+    start_worker: WorkerFactory, start_flower: FlowerFactory, tmp_path: Path
+) -> None:
+    """Flower's questions to workers are remote-control messages: with signing on, they are signed too."""
+    pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
+    from .test_hostile_broker import make_signing_files
+
+    key, cert = make_signing_files(tmp_path / "signing", "hermes")
+    signing = {"HERMES_SIGNING_KEY": str(key), "HERMES_SIGNING_CERT": str(cert), "HERMES_SIGNING_CERTS": str(cert)}
+    start_worker("w1", env=signing)
+    flower = start_flower(env=signing)
+    workers = wait_for(lambda: (lambda w: w if w.get("local@w1", {}).get("active_queues") else None)(flower.workers()),
+                       "the worker's queues, asked with a signed command")  # fmt: skip
+    assert [q["name"] for q in workers["local@w1"]["active_queues"]] == ["hermes.local"]
