@@ -176,9 +176,11 @@ def result_problem(result: Any) -> str | None:
     ok, failed = result.get("ok"), result.get("failed")
     if not (type(result.get("chunk")) is int and type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
         return "a result without its chunk number or counts"
-    if not (isinstance(provenance, Mapping) and isinstance(provenance.get("worker"), str)
-            and isinstance(provenance.get("mode"), str)):  # fmt: skip
+    if not isinstance(provenance, Mapping):
         return "a result without its provenance"
+    worker = provenance.get("worker")
+    if not (isinstance(worker, str) and worker.isprintable() and isinstance(provenance.get("mode"), str)):
+        return "a result without its provenance"  # (a worker name goes to the summary, on a terminal)
     if not (isinstance(errors, list) and len(errors) == failed and all(
         isinstance(e, list) and len(e) == 3 and type(e[0]) is int and all(isinstance(x, str) for x in e[1:])
         for e in errors

@@ -184,8 +184,10 @@ def test_allow_control_opens_flower_but_workers_still_refuse_what_would_change_t
     status, text = flower.call("POST", "/api/worker/pool/grow/local@w1", body="n=4")
     assert status == 403 and "refused by Hermes" in text
     assert flower.call("POST", "/api/worker/shutdown/local@w1", body="")[0] == 200  # Flower does not wait
-    time.sleep(2)  # a shutdown would take effect within this
-    entry = registry_entry(redis_server.client(), "local@w1")
+    client = redis_server.client()
+    refused = "messages_refused|kind=control"
+    wait_for(lambda: int(client.hget("hermes:metrics:local@w1", refused) or 0) == 3, "the shutdown refused too")
+    entry = registry_entry(client, "local@w1")
     assert entry is not None and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
 
 
