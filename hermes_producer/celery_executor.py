@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,12 +39,17 @@ from kombu.exceptions import ChannelError, OperationalError
 
 from hermes_worker.contract import (
     ENGINE_FAILURE,
+    ISOLATION_CONTAINER,
     KEY_CHUNK_TEXT,
-    KEY_RESULTS,
+    NOTICE_REFUSED,
     PAYLOAD_VERSION,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
+    ContractError,
+    Reply,
+    new_batch_id,
     request_span,
+    result_problem,
 )
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
@@ -60,6 +64,13 @@ _HEALTH_EVERY_S = 1.0
 _BACKOFF_MAX_S = 5.0
 # A chunk nobody announced this long after it was sent, with its queue empty all that time, is stranded.
 _STRANDED_AFTER_S = 3.0
+# A chunk workers refused (or answered from the wrong kind of worker) this often stops the batch.
+_MAX_REFUSALS = 3
+
+
+def _printable(text: str, limit: int = 500) -> str:
+    """Text a worker sent, fit for a terminal: no control characters or escape sequences."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 def summarize(payload: dict[str, Any]) -> str:
@@ -121,10 +132,17 @@ class CeleryExecutor:
         self.isolation = isolation or route.tag
         wait = cluster.settings.wait_for_workers_s if wait_for_workers_s is None else wait_for_workers_s
         self.patience_s = max(wait, cluster.settings.worker_ttl_s)
-        self.batch_id = batch_id or uuid.uuid4().hex
-        self.stream = KEY_RESULTS.format(batch=self.batch_id)
-        self._reply: dict[str, Any] = {"stream": self.stream, "ttl": cluster.settings.result_ttl_s}
-        self._on_reroute = on_reroute or (lambda _message: None)
+        self.batch_id = batch_id or new_batch_id()
+        try:
+            reply = Reply(self.batch_id, cluster.settings.result_ttl_s)
+        except ContractError as exc:  # a journal edited by hand; settings are checked when read
+            raise ExecutorError(str(exc)) from None
+        self.stream = reply.stream
+        self._reply: dict[str, Any] = reply.to_wire()
+        notify = on_reroute or (lambda _message: None)
+        # Messages quote what workers sent (names, reasons): never let them steer a terminal.
+        self._on_reroute: Callable[[str], None] = lambda message: notify(_printable(message))
+        self._refusals: dict[int, int] = {}  # chunk -> times refused, or answered by the wrong kind of worker
         self._fallback = fallback
         self.degraded = False  # True once the rest of the batch runs in-process
         self.resent = 0
@@ -159,17 +177,19 @@ class CeleryExecutor:
 
     def _send(self, payload: dict[str, Any]) -> None:
         """Send one chunk, retrying with back-off while the broker is away (up to the outage timeout)."""
-        message = payload
+        message = dict(payload)
+        if self.isolation == ISOLATION_CONTAINER:
+            message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
         if "text" in payload:
             # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
             key = KEY_CHUNK_TEXT.format(batch=self.batch_id, chunk=payload["chunk"])
-            message = {k: v for k, v in payload.items() if k != "text"}
+            del message["text"]
             message |= {TEXT_KEY: key, "count": request_span(payload)[1]}
         delay = 0.25
         while True:
             what = "Redis"
             try:
-                if message is not payload:
+                if "text" in payload:
                     self.cluster.redis.set(key, payload["text"].encode("utf-8"), ex=self._reply["ttl"])
                 what = "the broker"
                 self.cluster.app.send_task(
@@ -267,7 +287,11 @@ class CeleryExecutor:
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
-                    self._take(fields, outstanding, ready)
+                    try:
+                        self._take(fields, outstanding, ready)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        # No Hermes worker writes that; anyone with access to Redis could.
+                        self._on_reroute(f"skipped an entry on the result stream that no worker wrote ({entry_id!r})")
                     consumed_ids.append(entry_id)
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + _HEALTH_EVERY_S
@@ -281,11 +305,23 @@ class CeleryExecutor:
             chunk = result.get("chunk")
             if chunk in outstanding and chunk not in ready:  # else: a duplicate, or not ours
                 result["text"] = fields.get(b"t", b"").decode("utf-8")
+                malformed = result_problem(result)
+                wrong = f"answered with {malformed}" if malformed else self._misplaced(result)
+                if wrong is not None:
+                    self._refused(outstanding, chunk, wrong)
+                    return
                 ready[chunk] = self._checked(result, outstanding[chunk].payload)
+        elif NOTICE_REFUSED.encode() in fields:
+            # A worker refused the chunk without running it (a queue not its own, a container
+            # chunk on a local worker, a request it does not accept): send it again, a few times.
+            notice = json.loads(fields[NOTICE_REFUSED.encode()])
+            chunk = notice.get("chunk")
+            if chunk in outstanding and chunk not in ready:
+                self._refused(outstanding, chunk, f"refused by {notice.get('worker')}: {notice.get('reason')}")
         elif b"s" in fields:
             notice = json.loads(fields[b"s"])
             waiting = outstanding.get(notice.get("chunk"))
-            if waiting is not None:
+            if waiting is not None and isinstance(notice.get("worker"), str):
                 waiting.worker = notice.get("worker")
         elif b"m" in fields:
             # A worker found no lines under the chunk's key (Redis lost them): send it again.
@@ -294,6 +330,32 @@ class CeleryExecutor:
             if chunk in outstanding and chunk not in ready:
                 self._resend(outstanding, [chunk], time.monotonic())
                 self._on_reroute(f"chunk {chunk}: {notice.get('worker')} found its lines gone from Redis; sent again")
+
+    def _misplaced(self, result: dict[str, Any]) -> str | None:
+        """Why a result must not be written: it did not run where ``--isolation`` demands; or None.
+
+        With ``--isolation container`` only records that ran in a container are accepted,
+        whoever sent them (a worker consuming a queue not its own, an old worker, a forged
+        registry entry): the summary never claims isolation the records do not have.
+        """
+        provenance = result.get("provenance")
+        mode = provenance.get("mode") if isinstance(provenance, dict) else None
+        if self.isolation != ISOLATION_CONTAINER or mode == ISOLATION_CONTAINER:
+            return None
+        worker = provenance.get("worker") if isinstance(provenance, dict) else None
+        return f"answered by {worker} with records that ran in mode {mode!r}, not in a container"
+
+    def _refused(self, outstanding: dict[int, _Outstanding], chunk: int, why: str) -> None:
+        """Send a refused (or wrongly placed) chunk again; stop the batch once it happened too often.
+
+        Raises:
+            ExecutorError: the chunk was refused :data:`_MAX_REFUSALS` times.
+        """
+        times = self._refusals[chunk] = self._refusals.get(chunk, 0) + 1
+        if times >= _MAX_REFUSALS:
+            raise ExecutorError(_printable(f"chunk {chunk} was refused {times} times; last: {why}"))
+        self._resend(outstanding, [chunk], time.monotonic())
+        self._on_reroute(f"chunk {chunk} {why}; sent again")
 
     def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         """The result, or error records for the whole chunk if it does not hold one record per item.

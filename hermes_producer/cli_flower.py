@@ -19,10 +19,20 @@ _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 5555).")
 @click.option("--address", default=None, help="Listen address (default 127.0.0.1).")
 @click.option("--insecure-no-auth", is_flag=True, help="Start without any authentication (never on a network).")
+@click.option(
+    "--allow-control",
+    is_flag=True,
+    help="Let Flower users control workers and send tasks (default: read-only; HERMES_FLOWER_ALLOW_CONTROL).",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @pass_context
 def flower(
-    ctx: Context, port: int | None, address: str | None, insecure_no_auth: bool, flower_args: tuple[str, ...]
+    ctx: Context,
+    port: int | None,
+    address: str | None,
+    insecure_no_auth: bool,
+    allow_control: bool,
+    flower_args: tuple[str, ...],
 ) -> None:
     """Start Flower on the configured broker; HTTP basic auth is required.
 
@@ -30,13 +40,27 @@ def flower(
     FLOWER_AUTH_PROVIDER and FLOWER_AUTH). The REST API needs them too (401 otherwise);
     /metrics (Prometheus) and /healthcheck answer for monitoring. Extra arguments go to Flower.
 
+    Read-only by default: a Flower login sees workers, tasks, queues and metrics, and changes
+    nothing. Every endpoint that would (shut down or restart workers, resize pools, add or
+    cancel queue consumers, revoke or abort tasks, change time or rate limits, apply or send
+    tasks, which is writing to the broker) answers 403, whatever the method or spelling of
+    the path. --allow-control (or HERMES_FLOWER_ALLOW_CONTROL=1) opens them: whoever has the
+    login can then do all of that. Workers still refuse the commands that would change them
+    unless they run with HERMES_WORKER_REMOTE_CONTROL=all (see SECURITY.md).
+
     \b
     Examples:
       HERMES_FLOWER_USER=ops HERMES_FLOWER_PASSWORD=s3cret hermes flower --port 5555
       curl -u ops:s3cret http://127.0.0.1:5555/api/workers
+      hermes flower --allow-control      # the operators' own Flower, with the buttons
     """
     settings = ctx.settings
     env = dict(os.environ)
+    if allow_control or settings.flower_allow_control:
+        env["HERMES_FLOWER_ALLOW_CONTROL"] = "1"
+        ctx.notice("Flower users may control workers and send tasks (--allow-control)")
+    else:
+        env.pop("HERMES_FLOWER_ALLOW_CONTROL", None)
     if settings.flower_user and settings.flower_password:
         env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
     elif any(env.get(name) for name in _OAUTH_VARIABLES):

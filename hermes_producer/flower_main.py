@@ -1,15 +1,30 @@
-"""`hermes flower` runs this: Flower on Hermes' Celery configuration.
+"""`hermes flower` runs this: Flower on Hermes' Celery configuration, read-only unless told otherwise.
 
 Run as ``python -m hermes_producer.flower_main [flower options]``. Credentials arrive in
 Flower's own environment variables (``FLOWER_BASIC_AUTH``), never on the command line where
 `ps` would show them.
+
+Read-only by default: a Flower login may look at everything Flower shows, and change nothing.
+Every request is checked against the handler Flower routed it to (not its path, so no spelling
+of a path gets around it), and only handlers that read, called with a method that reads, are
+let through; anything else, from shutting workers down to sending tasks by hand (which is
+writing to the broker), answers 403. ``hermes flower --allow-control`` (or
+``HERMES_FLOWER_ALLOW_CONTROL=1``) restores Flower's full API; workers still refuse the
+commands that would change them unless they run with ``HERMES_WORKER_REMOTE_CONTROL=all``.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from flower.views import BaseHandler
+import tornado.web
+from flower.api import tasks as api_tasks
+from flower.api import workers as api_workers
+from flower.app import Flower
+from flower.views import BaseHandler, auth, broker, error, monitor
+from flower.views import tasks as view_tasks
+from flower.views import workers as view_workers
 
 from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
@@ -27,7 +42,77 @@ def _with_hermes_queues(handler: BaseHandler) -> list[str]:
 
 BaseHandler.get_active_queue_names = _with_hermes_queues
 
-app = make_celery(Settings.from_env(), main="hermes_flower")
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Every Flower handler that only reads, and the methods it reads with. An allow-list: a handler
+# a newer Flower adds is refused until someone looks at it and adds it here.
+READ_ONLY: dict[type, frozenset[str]] = {
+    view_workers.WorkersView: _READS,
+    view_workers.WorkerView: _READS,
+    view_tasks.TaskView: _READS,
+    view_tasks.TasksView: _READS,
+    view_tasks.TasksDataTable: _READS | {"POST"},  # the tasks table asks for its rows with a POST
+    broker.BrokerView: _READS,
+    api_workers.ListWorkers: _READS,  # ?refresh=1 asks workers questions; they answer, nothing more
+    api_tasks.ListTasks: _READS,
+    api_tasks.ListTaskTypes: _READS,
+    api_tasks.GetQueueLengths: _READS,
+    api_tasks.TaskInfo: _READS,
+    api_tasks.TaskResult: _READS,
+    monitor.Metrics: _READS,
+    monitor.Healthcheck: _READS,
+    tornado.web.StaticFileHandler: _READS,
+    auth.LoginHandler: _READS,
+    auth.LogoutHandler: _READS,
+    error.NotFoundErrorHandler: _READS | {"POST"},  # answers 404, whatever it is asked
+}
+
+
+def allowed(handler: type, method: str) -> bool:
+    """Whether a read-only Flower serves ``method`` with ``handler``."""
+    return method in READ_ONLY.get(handler, frozenset())
+
+
+class Forbidden(BaseHandler):
+    """Answers every request it gets with 403, after authentication (401 stays 401)."""
+
+    def prepare(self) -> None:
+        _ = self.current_user  # a wrong or missing login is a 401, as everywhere else
+        raise tornado.web.HTTPError(
+            403, "Flower is read-only: start it with hermes flower --allow-control to control workers"
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:
+            super().write_error(status_code, **kwargs)
+            return
+        exc = kwargs.get("exc_info", (None, None))[1]
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(exc.log_message if isinstance(exc, tornado.web.HTTPError) else "Forbidden")
+
+
+def read_only(allow_control: bool) -> None:
+    """Make every Flower started in this process read-only, unless ``allow_control``."""
+    if allow_control:
+        return
+    delegate, init = Flower.get_handler_delegate, Flower.__init__
+
+    def guarded_delegate(self: Flower, request: Any, target_class: type, *args: Any, **kwargs: Any) -> Any:
+        # Called for the handler the router chose, whatever path and method led there.
+        if not allowed(target_class, request.method):
+            return delegate(self, request, Forbidden)
+        return delegate(self, request, target_class, *args, **kwargs)
+
+    def read_only_init(self: Flower, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.options.read_only = True  # the dashboard hides the buttons it would refuse anyway
+
+    Flower.get_handler_delegate = guarded_delegate
+    Flower.__init__ = read_only_init
+
+
+settings = Settings.from_env()
+read_only(settings.flower_allow_control)
+app = make_celery(settings, main="hermes_flower")
 
 if __name__ == "__main__":
     from celery.bin.celery import main as celery_main

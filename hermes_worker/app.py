@@ -14,3 +14,8 @@ app = make_celery(settings, main="hermes_worker")
 
 # Registered for their side effects: the task, and the worker's signal handlers.
 from . import tasks, worker  # noqa: E402, F401
+from .guard import drop_builtins  # noqa: E402
+
+# Celery's built-in tasks (celery.map, celery.group...) would run Hermes' task, or send others,
+# for anyone who can write to the broker: a Hermes worker has only its own.
+drop_builtins(app)

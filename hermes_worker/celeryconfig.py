@@ -125,4 +125,8 @@ def make_celery(settings: Settings, main: str = "hermes") -> Celery:
     """A Celery app configured for Hermes (the worker app and the producer's client alike)."""
     app = Celery(main, set_as_current=False)
     app.conf.update(celery_config(settings))
+    if settings.signing_key and settings.signing_cert and settings.signing_certs:
+        from .signing import enable
+
+        enable(app, settings.signing_key, settings.signing_cert, settings.signing_certs)
     return app

@@ -37,6 +37,9 @@ error record.
 
 from __future__ import annotations
 
+import re
+import reprlib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +88,53 @@ SANDBOX_FAILURE = "sandbox_failure"
 # the broker transport (and again for its unacknowledged-message store) on their way.
 TEXT_KEY = "text_key"
 
+# Every error code above: item errors a producer may put in a request (``bad``, ``items``) must
+# be one of these. Add a new code here as well as above.
+ERROR_CODES = frozenset(
+    {
+        INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_PROMPT, PROMPT_NOT_STRING, BAD_ID, DUPLICATE_ID,
+        EMPTY_PROMPT, TOO_LARGE, NUL_BYTE, LONE_SURROGATE, VALIDATION_FAILED, ENGINE_FAILURE, SANDBOX_FAILURE,
+    }
+)  # fmt: skip
+
+# Bounds every request is checked against before a worker acts on it: anyone who can write to
+# the broker can send a task message by hand, so nothing in one is taken on trust (SECURITY.md).
+MAX_CHUNK_NUMBER = (1 << 62) - 1  # producers number chunks from 0; `hermes queue` by the million
+MAX_LINE_NUMBER = (1 << 62) - 1
+MAX_CHUNK_LINES = 1 << 20  # lines or items in one chunk (HERMES_CHUNK_SIZE is checked against it)
+MAX_PROMPT_BYTES = 64 * 1024 * 1024  # HERMES_MAX_PROMPT_BYTES at most: no larger frame crosses the sandbox
+MAX_VALIDATION = 1000  # validation rounds (--max-validation)
+MAX_RESULT_TTL_S = 30 * 86_400  # HERMES_RESULT_TTL at most
+MAX_MESSAGE_CHARS = 4096  # an error message in a request
+_MAX_NAME_CHARS = 64  # a profile name or a step name
+# A batch id: 32 hex digits (uuid4) on a cluster, 16 for a batch begun in-process and resumed.
+_BATCH_ID = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")
+# The result stream names the worker may write to, and nothing else.
+_RESULTS_PREFIX = KEY_RESULTS.format(batch="")
+# A chunk a worker refused without running it: {"chunk": N, "worker": NAME, "reason": TEXT}.
+# The producer sends it again (a few times at most, then the batch stops with exit 3).
+NOTICE_REFUSED = "x"
+# The only value of a request's ``isolation``: the chunk must run inside a container.
+ISOLATION_CONTAINER = "container"
+
+
+def new_batch_id() -> str:
+    """A fresh batch id, in the one format workers accept."""
+    return uuid.uuid4().hex
+
+
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 48, 48, 3, 3, 2
+
+
+def shown(value: Any) -> str:
+    """A value from a message, fit for an error message or a log: one short line, however large.
+
+    >>> len(shown("a" * 10_000)) < 60, shown(["x", 2, 3, 4, 5])
+    (True, "['x', 2, 3, ...]")
+    """
+    return _repr.repr(value)
+
 
 def result_text(result: Mapping[str, Any]) -> str:
     """A chunk result's records as JSONL text, one line each, ending with a newline.
@@ -114,13 +164,129 @@ def request_span(payload: Mapping[str, Any]) -> tuple[int, int]:
     return (items[0][0] if items else 0), len(items)
 
 
+def result_problem(result: Any) -> str | None:
+    """What is wrong with a chunk result read back from a result stream, or None.
+
+    Anyone who can write to Redis can add entries to a stream: a producer writes nothing, and
+    counts nothing, that does not have the shape a Hermes worker gives it.
+    """
+    if not isinstance(result, Mapping):
+        return "a result that is not an object"
+    provenance, errors, ids = result.get("provenance"), result.get("errors"), result.get("ids")
+    ok, failed = result.get("ok"), result.get("failed")
+    if not (type(result.get("chunk")) is int and type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
+        return "a result without its chunk number or counts"
+    if not isinstance(provenance, Mapping):
+        return "a result without its provenance"
+    worker = provenance.get("worker")
+    if not (isinstance(worker, str) and worker.isprintable() and isinstance(provenance.get("mode"), str)):
+        return "a result without its provenance"  # (a worker name goes to the summary, on a terminal)
+    if not (isinstance(errors, list) and len(errors) == failed and all(
+        isinstance(e, list) and len(e) == 3 and type(e[0]) is int and all(isinstance(x, str) for x in e[1:])
+        for e in errors
+    )):  # fmt: skip
+        return "a result whose errors do not match its counts"
+    if ids is not None and not (isinstance(ids, list) and len(ids) == ok + failed and type(result.get("first")) is int):
+        return "a result whose ids do not match its counts"
+    return None
+
+
 class ContractError(ValueError):
-    """A payload does not follow the contract (a bug or a version mismatch, not bad input)."""
+    """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Where a worker publishes a chunk's result: the batch's result stream, and how long it lives.
+
+    On the wire (the task's second argument): ``{"stream": "hermes:results:BATCH", "ttl": seconds}``.
+    The stream is bound to one batch id in the format producers make, so a message cannot point a
+    worker at any other key; the chunk's lines must then come from that same batch's keys.
+    """
+
+    batch: str
+    ttl: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, str) or not _BATCH_ID.fullmatch(self.batch):
+            raise ContractError(f"reply: batch id {shown(self.batch)} is not 16 or 32 lowercase hex digits")
+        if type(self.ttl) is not int or not 1 <= self.ttl <= MAX_RESULT_TTL_S:
+            raise ContractError(f"reply: 'ttl' must be an integer from 1 to {MAX_RESULT_TTL_S} seconds")
+
+    @property
+    def stream(self) -> str:
+        return KEY_RESULTS.format(batch=self.batch)
+
+    def text_key(self, chunk: int) -> str:
+        """The only key the lines of chunk ``chunk`` of this batch may be read from."""
+        return KEY_CHUNK_TEXT.format(batch=self.batch, chunk=chunk)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"stream": self.stream, "ttl": self.ttl}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Reply:
+        """Validate the task's reply argument.
+
+        Raises:
+            ContractError: naming what is wrong.
+        """
+        if not isinstance(value, Mapping) or set(value) != {"stream", "ttl"}:
+            raise ContractError("reply must be an object with exactly 'stream' and 'ttl'")
+        stream = value["stream"]
+        if not isinstance(stream, str) or not stream.startswith(_RESULTS_PREFIX):
+            raise ContractError(f"reply stream {shown(stream)} is not a Hermes results stream")
+        return cls(stream[len(_RESULTS_PREFIX) :], value["ttl"])
+
+
+def _integer(payload: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = payload.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise ContractError(f"chunk payload: {name!r} must be an integer from {low} to {high}, got {shown(value)}")
+    return value
+
+
+def _item_error(value: Any, where: str) -> list[Any]:
+    """A ``[code, message]`` pair a producer put in a request, checked."""
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ContractError(f"chunk payload: {where} must be a [code, message] pair")
+    code, message = value
+    if code not in ERROR_CODES:
+        raise ContractError(f"chunk payload: {where}: unknown error code {shown(code)}")
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+        raise ContractError(f"chunk payload: {where}: the message must be a string of at most {MAX_MESSAGE_CHARS}")
+    return [code, message]
+
+
+def _profile(value: Any) -> dict[str, Any]:
+    """The profile spec of a request, checked by the engine itself within the contract's bounds.
+
+    Raises:
+        ContractError: not a spec, or out of bounds.
+        ProfileError: a spec the engine refuses.
+    """
+    if not isinstance(value, Mapping):
+        raise ContractError("chunk payload: 'profile' must be an object with 'name' and 'steps'")
+    from .engine.profiles import MAX_PROFILE_STEPS, Profile  # the engine ships wherever the contract does
+
+    name, steps = value.get("name"), value.get("steps")
+    if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_PROFILE_STEPS:
+        raise ContractError(f"chunk payload: the profile must have 1 to {MAX_PROFILE_STEPS} steps")
+    if not all(isinstance(n, str) and len(n) <= _MAX_NAME_CHARS for n in (name, *steps)):
+        raise ContractError(f"chunk payload: profile and step names must be strings of at most {_MAX_NAME_CHARS}")
+
+    return Profile.from_spec({"name": name, "steps": steps}).spec()  # ProfileError names what is wrong
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkRequest:
-    """A validated chunk request; see the module docstring for the wire form."""
+    """A validated chunk request; see the module docstring for the wire form.
+
+    In a task message the lines of a text request stay in Redis: the request carries
+    ``text_key`` (which must be the batch's own key for this chunk) and ``count`` instead of
+    ``text``. ``isolation="container"`` says the chunk must run inside a container: a worker
+    that would run it any other way refuses it.
+    """
 
     chunk: int
     profile: Mapping[str, Any]
@@ -132,6 +298,9 @@ class ChunkRequest:
     first: int = 1
     format: str = "jsonl"
     bad: list[list[Any]] | None = None
+    text_key: str | None = None
+    count: int | None = None
+    isolation: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         payload = {
@@ -142,8 +311,13 @@ class ChunkRequest:
             "explain": self.explain,
             "max_prompt_bytes": self.max_prompt_bytes,
         }
+        if self.isolation is not None:
+            payload["isolation"] = self.isolation
         if self.text is not None:
             payload |= {"format": self.format, "first": self.first, "text": self.text, "bad": self.bad or []}
+        elif self.text_key is not None:
+            payload |= {"format": self.format, "first": self.first, TEXT_KEY: self.text_key, "count": self.count}
+            payload["bad"] = self.bad or []
         else:
             payload["items"] = self.items
         return payload
@@ -153,45 +327,83 @@ class ChunkRequest:
         return {index: [code, message] for index, code, message in self.bad or []}
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> ChunkRequest:
-        """Validate a decoded payload.
+    def from_payload(cls, payload: Mapping[str, Any], reply: Reply | None = None) -> ChunkRequest:
+        """Validate a decoded payload: every field, its type and its range, before anyone acts on it.
+
+        Fields the contract does not name are ignored (and not passed on): a newer producer may
+        add some. A request whose lines wait in Redis (``text_key``) needs the ``reply`` its task
+        message came with, since the key must belong to the same batch.
 
         Raises:
-            ContractError: naming the first field that is wrong.
+            ContractError: naming the first field that is wrong (never quoting prompts).
+            ProfileError: the profile is not one the engine can run (an unknown step...).
         """
         if not isinstance(payload, Mapping):
             raise ContractError("chunk payload must be a JSON object")
         if payload.get("v") != PAYLOAD_VERSION:
             raise ContractError(
-                f"chunk payload version {payload.get('v')!r} is not {PAYLOAD_VERSION}: upgrade the older side"
+                f"chunk payload version {shown(payload.get('v'))} is not {PAYLOAD_VERSION}: upgrade the older side"
             )
-        chunk, items = payload.get("chunk"), payload.get("items")
-        max_validation, max_bytes = payload.get("max_validation"), payload.get("max_prompt_bytes")
-        if not isinstance(chunk, int):
-            raise ContractError("chunk payload: 'chunk' must be an integer")
-        if not isinstance(max_validation, int) or max_validation < 0:
-            raise ContractError("chunk payload: 'max_validation' must be an integer >= 0")
-        if not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ContractError("chunk payload: 'max_prompt_bytes' must be a positive integer")
+        chunk = _integer(payload, "chunk", 0, MAX_CHUNK_NUMBER)
+        explain = payload.get("explain", False)
+        if not isinstance(explain, bool):
+            raise ContractError("chunk payload: 'explain' must be true or false")
+        isolation = payload.get("isolation")
+        if isolation not in (None, ISOLATION_CONTAINER):
+            raise ContractError(f"chunk payload: 'isolation' must be {ISOLATION_CONTAINER!r} if present")
         common: dict[str, Any] = {
             "chunk": chunk,
-            "profile": payload.get("profile") or {},
-            "max_validation": max_validation,
-            "explain": bool(payload.get("explain")),
-            "max_prompt_bytes": max_bytes,
+            "profile": _profile(payload.get("profile")),
+            "max_validation": _integer(payload, "max_validation", 0, MAX_VALIDATION),
+            "explain": explain,
+            "max_prompt_bytes": _integer(payload, "max_prompt_bytes", 1, MAX_PROMPT_BYTES),
+            "isolation": isolation,
         }
-        text = payload.get("text")
+        forms = [name for name in ("text", TEXT_KEY, "items") if payload.get(name) is not None]
+        if len(forms) != 1:
+            raise ContractError("chunk payload: needs exactly one of 'text', 'text_key' or 'items'")
+        if forms[0] == "items":
+            return cls(**common, items=_items(payload.get("items")))
+        text, key = payload.get("text"), payload.get(TEXT_KEY)
         if text is not None:
-            first, fmt, bad = payload.get("first"), payload.get("format"), payload.get("bad") or []
             if not isinstance(text, str):
                 raise ContractError("chunk payload: 'text' must be a string of input lines")
-            if not isinstance(first, int) or isinstance(first, bool) or first < 1:
-                raise ContractError("chunk payload: 'first' must be a line number >= 1")
-            if fmt not in ("jsonl", "text"):
-                raise ContractError("chunk payload: 'format' must be 'jsonl' or 'text'")
-            if not isinstance(bad, list) or not all(isinstance(b, list) and len(b) == 3 for b in bad):
-                raise ContractError("chunk payload: 'bad' must be a list of [index, code, message] lists")
-            return cls(**common, text=text, first=first, format=fmt, bad=bad)
-        if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 4 for i in items):
-            raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
-        return cls(**common, items=items)
+            count = text.count("\n") + 1
+            if count > MAX_CHUNK_LINES:
+                raise ContractError(f"chunk payload: more than {MAX_CHUNK_LINES} lines in one chunk")
+        else:
+            if reply is None or key != reply.text_key(chunk):
+                expected = reply.text_key(chunk) if reply is not None else "the key of this batch and chunk"
+                raise ContractError(f"chunk payload: 'text_key' must be {expected!r}, got {shown(key)}")
+            count = _integer(payload, "count", 1, MAX_CHUNK_LINES)
+        first = _integer(payload, "first", 1, MAX_LINE_NUMBER - count + 1)
+        fmt = payload.get("format")
+        if fmt not in ("jsonl", "text"):
+            raise ContractError("chunk payload: 'format' must be 'jsonl' or 'text'")
+        bad = payload.get("bad") or []
+        if not isinstance(bad, list) or not all(isinstance(b, list) and len(b) == 3 for b in bad):
+            raise ContractError("chunk payload: 'bad' must be a list of [index, code, message] lists")
+        checked = []
+        for index, *error in bad:
+            if type(index) is not int or not 0 <= index < count:
+                raise ContractError(f"chunk payload: 'bad' index {shown(index)} is not a line of the chunk")
+            checked.append([index, *_item_error(error, f"'bad' line {index}")])
+        if text is not None:
+            return cls(**common, text=text, first=first, format=fmt, bad=checked)
+        return cls(**common, text_key=key, count=count, first=first, format=fmt, bad=checked)
+
+
+def _items(items: Any) -> list[list[Any]]:
+    """The items of a request that carries them parsed, checked: ``[line, id, prompt, error]`` each."""
+    if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 4 for i in items):
+        raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
+    if len(items) > MAX_CHUNK_LINES:
+        raise ContractError(f"chunk payload: more than {MAX_CHUNK_LINES} items in one chunk")
+    checked = []
+    for line, item_id, prompt, error in items:
+        if type(line) is not int or not 0 <= line <= MAX_LINE_NUMBER:
+            raise ContractError(f"chunk payload: item line {shown(line)} is not a line number")
+        if item_id is not None and (type(item_id) is not int and not isinstance(item_id, str)):
+            raise ContractError(f"chunk payload: item on line {line}: the id must be a string or an integer")
+        checked.append([line, item_id, prompt, None if error is None else _item_error(error, f"item on line {line}")])
+    return checked

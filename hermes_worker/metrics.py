@@ -13,15 +13,17 @@ the whole cluster's from any machine.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, unquote
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .contract import KEY_PREFIX
+from .contract import ERROR_CODES, KEY_PREFIX
 
 __all__ = ["BUCKETS", "KEY_METRICS", "RedisCollector", "chunk_increments", "serve"]
 
@@ -30,14 +32,41 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 _SEP = "|"
 
 
+_LABEL = re.compile(r"[a-z][a-z0-9_]*")  # a metric or label name Hermes writes
+
+
 def field(name: str, **labels: str) -> str:
-    """A hash field: the metric name and its labels, e.g. ``items_ok|mode=local|profile=prompt``."""
-    return _SEP.join([name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+    """A hash field: the metric name and its labels, e.g. ``items_ok|mode=local|profile=prompt``.
+
+    Label values are percent-encoded, so no value (a code or a profile name from a worker, a
+    mode) can add a separator, a label or a line of its own; plain values stay as they are.
+
+    >>> field("items_failed", code="a|b=c", mode="local")
+    'items_failed|code=a%7Cb%3Dc|mode=local'
+    >>> parse_field(field("items_failed", code="a|b=c", mode="local"))
+    ('items_failed', {'code': 'a|b=c', 'mode': 'local'})
+    """
+    if not all(_LABEL.fullmatch(n) for n in (name, *labels)):
+        raise ValueError(f"not a metric or label name: {name!r} {sorted(labels)!r}")
+    return _SEP.join([name, *(f"{k}={quote(str(v), safe='')}" for k, v in sorted(labels.items()))])
 
 
 def parse_field(raw: str) -> tuple[str, dict[str, str]]:
+    """The metric name and labels of a hash field written by :func:`field`.
+
+    Raises:
+        ValueError: the field is not one :func:`field` writes (a corrupt or foreign field).
+    """
     name, *pairs = raw.split(_SEP)
-    return name, dict(pair.split("=", 1) for pair in pairs)
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        label, sep, value = pair.partition("=")
+        if not sep or not _LABEL.fullmatch(label) or label in labels or label == "worker":
+            raise ValueError(f"not a Hermes metrics field: {raw[:80]!r}")
+        labels[label] = unquote(value, errors="strict")
+    if not _LABEL.fullmatch(name):
+        raise ValueError(f"not a Hermes metrics field: {raw[:80]!r}")
+    return name, labels
 
 
 def chunk_increments(result: Mapping[str, Any], seconds: float, mode: str) -> dict[str, float]:
@@ -49,6 +78,8 @@ def chunk_increments(result: Mapping[str, Any], seconds: float, mode: str) -> di
         field("chunk_seconds_sum", mode=mode): seconds,
     }
     for _line, code, _message in result["errors"]:
+        # A code no Hermes version defines (a sandbox gone wrong) is counted, not made a label.
+        code = code if code in ERROR_CODES else "unknown"
         key = field("items_failed", mode=mode, profile=profile, code=code)
         counts[key] = counts.get(key, 0) + 1
     for bound in BUCKETS:
@@ -80,6 +111,7 @@ _HELP = {
     "session_restarts": ("hermes_session_restarts", "Sandbox containers recreated after dying"),
     "probe": ("hermes_probe", "Docker probe outcomes at worker start-up"),
     "fallbacks": ("hermes_fallbacks", "Times work did not go where it was meant to (in-process, local, resent)"),
+    "messages_refused": ("hermes_messages_refused", "Task messages and commands a worker refused without acting"),
 }
 
 
@@ -94,47 +126,67 @@ class RedisCollector(Collector):
     def __init__(self, client: redis.Redis, source: str | None = None) -> None:
         self._redis = client
         self._source = source
+        self.unreadable = 0  # fields skipped at the last scrape
 
-    def _hashes(self) -> Iterator[tuple[str, dict[str, float]]]:
+    def _hashes(self) -> Iterator[tuple[str, dict[bytes, bytes]]]:
         if self._source is not None:
             keys = [KEY_METRICS.format(source=self._source)]
         else:
             found: Iterator[bytes] = self._redis.scan_iter(match=KEY_METRICS.format(source="*"))
-            keys = sorted(k.decode() for k in found)
+            keys = sorted(k.decode("utf-8", "replace") for k in found)
         prefix = KEY_METRICS.format(source="")
         for key in keys:
-            raw: dict[bytes, bytes] = self._redis.hgetall(key)  # type: ignore[assignment]
-            yield key[len(prefix) :], {k.decode(): float(v) for k, v in raw.items()}
+            try:
+                raw: dict[bytes, bytes] = self._redis.hgetall(key)  # type: ignore[assignment]
+            except redis.ResponseError:  # not a hash: someone else's key under our prefix
+                self.unreadable += 1
+                continue
+            yield key[len(prefix) :], raw
+
+    def _fields(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
+        """``(source, name, labels, value)`` of every field; unreadable ones are skipped and counted."""
+        for source, values in self._hashes():
+            for raw, number in values.items():
+                try:
+                    name, labels = parse_field(raw.decode("utf-8"))
+                    value = float(number)
+                    if name == "chunk_seconds_bucket":
+                        float(labels["le"])
+                except (ValueError, KeyError):
+                    # Written by something other than Hermes (or an old one, with a '|' in a code):
+                    # one bad field must not take every metric down with it.
+                    self.unreadable += 1
+                    continue
+                yield source, name, labels, value
 
     def collect(self) -> Iterator[Any]:
         counters: dict[str, CounterMetricFamily] = {}
         histograms: dict[tuple[str, str], dict[str, Any]] = {}
-        for source, values in self._hashes():
-            for raw, value in values.items():
-                name, labels = parse_field(raw)
-                labels["worker"] = source
-                if name.startswith("chunk_seconds"):
-                    slot = histograms.setdefault(
-                        (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
-                    )
-                    if name == "chunk_seconds_bucket":
-                        slot["buckets"][float(labels["le"])] = value
-                    elif name == "chunk_seconds_sum":
-                        slot["sum"] = value
-                    continue
-                if name == "chunks":
-                    slot = histograms.setdefault(
-                        (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
-                    )
-                    slot["count"] = value
-                if name not in _HELP:
-                    continue
-                metric, help_text = _HELP[name]
-                label_names = sorted(labels)
-                family = counters.setdefault(
-                    f"{name}:{','.join(label_names)}", CounterMetricFamily(metric, help_text, labels=label_names)
+        self.unreadable = 0
+        for source, name, labels, value in self._fields():
+            labels["worker"] = source
+            if name.startswith("chunk_seconds"):
+                slot = histograms.setdefault(
+                    (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
                 )
-                family.add_metric([labels[k] for k in label_names], value)
+                if name == "chunk_seconds_bucket":
+                    slot["buckets"][float(labels["le"])] = value
+                elif name == "chunk_seconds_sum":
+                    slot["sum"] = value
+                continue
+            if name == "chunks":
+                slot = histograms.setdefault(
+                    (source, labels.get("mode", "")), {"buckets": {}, "sum": 0.0, "count": 0.0}
+                )
+                slot["count"] = value
+            if name not in _HELP:
+                continue
+            metric, help_text = _HELP[name]
+            label_names = sorted(labels)
+            family = counters.setdefault(
+                f"{name}:{','.join(label_names)}", CounterMetricFamily(metric, help_text, labels=label_names)
+            )
+            family.add_metric([labels[k] for k in label_names], value)
         yield from counters.values()
         if histograms:
             histogram = HistogramMetricFamily(
@@ -150,6 +202,11 @@ class RedisCollector(Collector):
                 cumulative.append(("+Inf", slot["count"]))
                 histogram.add_metric([source, mode], cumulative, slot["sum"])
             yield histogram
+        yield GaugeMetricFamily(
+            "hermes_metrics_unreadable_fields",
+            "Counter fields in Redis that Hermes did not write and skipped",
+            value=self.unreadable,
+        )
         if self._source is None:
             live = GaugeMetricFamily("hermes_workers_live", "Workers with a fresh heartbeat", labels=["tag"])
             from .registry import Registry

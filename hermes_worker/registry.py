@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,51 @@ class WorkerInfo:
         """Seconds since the last heartbeat."""
         return (time.time() if now is None else now) - self.heartbeat_at
 
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerInfo | None:
+        """An entry as Redis holds it, or None if it is not one a Hermes worker writes.
+
+        Anyone who can write to Redis can write an entry: producers route work by it and print
+        it, so each field must have its type and a sane range (a concurrency of 10**9 would
+        make a producer put a whole input in flight at once), and names must be printable.
+        """
+        try:
+            data = json.loads(raw)
+            info = cls(**data) if isinstance(data, dict) else None
+        except (ValueError, TypeError):
+            return None  # an entry from an incompatible Hermes: not a worker we can use
+        if info is None or not (
+            _printable(info.name)
+            and info.tag in ("local", "container")
+            and _integer(info.concurrency, 1, MAX_CONCURRENCY)
+            and isinstance(info.queues, list)
+            and all(_printable(q) for q in info.queues)
+            and _printable(info.host)
+            and _integer(info.pid, 0, 1 << 32)
+            and all(isinstance(d, dict) for d in (info.versions, info.provenance, info.probe))
+            and all(_number(t) for t in (info.started_at, info.heartbeat_at))
+            and _integer(info.active, 0, 1 << 32)
+            and _integer(info.processed, 0, 1 << 62)
+        ):
+            return None
+        return info
+
+
+# Processes one worker may report; a registry entry claiming more is not believed.
+MAX_CONCURRENCY = 4096
+
+
+def _printable(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable()
+
+
+def _integer(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
 
 class Registry:
     """Read and write worker entries.
@@ -69,10 +115,7 @@ class Registry:
     def get(self, name: str) -> WorkerInfo | None:
         """One worker's entry, or None if it has none (expired, removed, or unreadable)."""
         raw = self._redis.get(KEY_WORKER.format(name=name))
-        try:
-            return WorkerInfo(**json.loads(raw)) if raw else None
-        except (ValueError, TypeError):
-            return None
+        return WorkerInfo.from_json(raw) if raw else None
 
     def live(self) -> list[WorkerInfo]:
         """Every worker whose heartbeat is fresh, sorted by name."""
@@ -82,13 +125,8 @@ class Registry:
         now = time.time()
         workers = []
         for raw in self._redis.mget(keys):
-            if raw is None:
-                continue
-            try:
-                info = WorkerInfo(**json.loads(raw))
-            except (ValueError, TypeError):
-                continue  # an entry from an incompatible Hermes: not a worker we can use
-            if info.age(now) <= self.ttl_s:
+            info = WorkerInfo.from_json(raw) if raw is not None else None
+            if info is not None and info.age(now) <= self.ttl_s:
                 workers.append(info)
         return workers
 

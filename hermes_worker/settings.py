@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from . import contract
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .redact import redact, remember, url_secrets
 
@@ -36,16 +37,17 @@ class SettingsError(ValueError):
 # limit); max_validation is stored in SQLite and each round re-runs the profile; seconds beyond
 # a day (a year for the result TTL) are a typo, not a plan; ports and pids have the kernel's range.
 LIMITS: Mapping[str, tuple[float, float]] = {
-    "HERMES_MAX_VALIDATION": (0, 100),
-    "HERMES_MAX_PROMPT_BYTES": (1, 64 * 1024 * 1024),
-    "HERMES_CHUNK_SIZE": (1, 100_000),
+    # These three and HERMES_RESULT_TTL travel in every chunk request: within what workers accept.
+    "HERMES_MAX_VALIDATION": (0, min(100, contract.MAX_VALIDATION)),
+    "HERMES_MAX_PROMPT_BYTES": (1, contract.MAX_PROMPT_BYTES),
+    "HERMES_CHUNK_SIZE": (1, min(100_000, contract.MAX_CHUNK_LINES)),
     "HERMES_PROCESSES": (1, 1024),
     "HERMES_BROKER_TIMEOUT": (0.01, 300.0),
     "HERMES_WAIT_FOR_WORKERS": (0.0, 86_400.0),
     "HERMES_CONCURRENCY": (1, 1024),
     "HERMES_HEARTBEAT": (0.1, 3600.0),
     "HERMES_CHUNK_TIME_LIMIT": (0.01, 86_400.0),
-    "HERMES_RESULT_TTL": (1, 366 * 86_400),
+    "HERMES_RESULT_TTL": (1, contract.MAX_RESULT_TTL_S),
     "HERMES_OUTAGE_TIMEOUT": (0.01, 86_400.0),
     "HERMES_MAX_MEMORY_PER_CHILD": (1, 1024 * 1024),
     "HERMES_DOCKER_TIMEOUT": (0.01, 600.0),
@@ -212,7 +214,8 @@ def _url(text: str) -> str:
         except ValueError as exc:
             if "'" in str(exc) or '"' in str(exc):  # it quotes a piece of the URL: maybe of the password
                 raise ValueError(
-                    "cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)"
+                    "cannot be read: a port that is not a number, "
+                    "or '/', '?', '#' in the password (write %2F, %3F, %23)"
                 ) from None
             raise ValueError(f"cannot be read: {exc}") from None
     return text
@@ -344,6 +347,16 @@ class Settings:
             see :func:`hermes_worker.sandbox.docker_backend.deployment_id`).
         metrics_address: the address a worker's metrics listen on (``HERMES_METRICS_ADDRESS``,
             127.0.0.1: only this machine; ``0.0.0.0`` for a Prometheus elsewhere).
+
+        worker_remote_control: ``inspect`` (default): a worker answers Flower's and ``celery
+            inspect``'s questions and refuses remote-control commands that would change it;
+            ``all``: Celery's full set (``HERMES_WORKER_REMOTE_CONTROL``).
+        flower_allow_control: ``hermes flower`` lets its users control workers and send tasks
+            (``HERMES_FLOWER_ALLOW_CONTROL``, or ``--allow-control``); read-only otherwise.
+        signing_key, signing_cert, signing_certs: sign task and remote-control messages with
+            this RSA key and certificate, and accept only messages signed by a certificate in
+            this file or directory (``HERMES_SIGNING_KEY``, ``HERMES_SIGNING_CERT``,
+            ``HERMES_SIGNING_CERTS``: all three, or none). Checked when read; never logged.
     """
 
     home: Path
@@ -384,6 +397,12 @@ class Settings:
     metrics_port: int = 0
     deployment: str = ""
     metrics_address: str = "127.0.0.1"
+
+    worker_remote_control: str = "inspect"
+    flower_allow_control: bool = False
+    signing_key: Path | None = None
+    signing_cert: Path | None = None
+    signing_certs: Path | None = None
 
     @property
     def worker_ttl_s(self) -> float:
@@ -482,7 +501,38 @@ class Settings:
             metrics_port=read_int("HERMES_METRICS_PORT", 0),
             deployment=read("HERMES_DEPLOYMENT", _deployment, ""),
             metrics_address=read("HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1"),
+            worker_remote_control=read("HERMES_WORKER_REMOTE_CONTROL", _choice("inspect", "all"), "inspect"),
+            flower_allow_control=read("HERMES_FLOWER_ALLOW_CONTROL", _flag, False),
+            signing_key=read("HERMES_SIGNING_KEY", _path, None),
+            signing_cert=read("HERMES_SIGNING_CERT", _path, None),
+            signing_certs=read("HERMES_SIGNING_CERTS", _path, None),
         )
+        _check_signing(settings)
         # Whatever prints or logs these from now on masks them, in any shape (redact.remember).
         remember(*url_secrets(settings.broker_url), *url_secrets(settings.result_backend), settings.flower_password)
         return settings
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _check_signing(settings: Settings) -> None:
+    """All three signing files or none, each usable: a worker must not start unable to verify."""
+    files = {
+        "HERMES_SIGNING_KEY": settings.signing_key,
+        "HERMES_SIGNING_CERT": settings.signing_cert,
+        "HERMES_SIGNING_CERTS": settings.signing_certs,
+    }
+    if not any(files.values()):
+        return
+    unset = [name for name, path in files.items() if path is None]
+    if unset:
+        raise SettingsError(f"{', '.join(unset)} must be set too: message signing needs all three signing settings")
+    from .signing import SigningError, check_files
+
+    assert settings.signing_key and settings.signing_cert and settings.signing_certs
+    try:
+        check_files(settings.signing_key, settings.signing_cert, settings.signing_certs)
+    except SigningError as exc:
+        raise SettingsError(f"message signing (HERMES_SIGNING_*): {exc}") from None

@@ -2,6 +2,8 @@
 
 - :class:`DockerWatch` (container workers): stops taking container work while the Docker engine
   is gone and takes it up again once the full probe passes anew.
+- :class:`QueueWatch`: cancels any consumer the worker should not have (a queue not its tag's),
+  and records the refusals the event loop made.
 - :class:`LoopWatch`: frees the event loop when kombu leaves it blocked in a pub/sub read after
   a broker outage.
 
@@ -23,9 +25,10 @@ import redis
 
 from .contract import QUEUE_CONTAINER
 from .events import ClusterLog
+from .guard import REFUSALS, Refusal, consumed_queues
 from .settings import Settings
 
-__all__ = ["DockerWatch", "LoopWatch", "docker_health"]
+__all__ = ["DockerWatch", "LoopWatch", "QueueWatch", "docker_health"]
 
 log = logging.getLogger("hermes.worker")
 
@@ -59,29 +62,41 @@ class DockerWatch(threading.Thread):
     """A container worker's watch on its Docker engine, in the main process.
 
     Every heartbeat it runs :func:`docker_health`. When the engine is gone the worker stops
-    consuming ``hermes.container`` (Celery's ``cancel_consumer``, sent to itself) and its
+    consuming ``hermes.container`` (its consumer's ``cancel_task_queue``) and its
     registry entry lists no queue and says why, so producers re-route or wait instead of
     sending it chunks it cannot isolate. When the engine answers again, the full probe must
     pass before the worker consumes ``hermes.container`` again. The worker never takes local
     work instead: what it runs stays isolated.
 
+    The worker changes its own consumer directly (not through remote control, which workers
+    refuse by default: hermes_worker.guard), holding ``queues_lock`` while it does, so that the
+    :class:`QueueWatch` never takes a change under way for a consumer it should not have.
+
     Args:
         settings: the worker's settings (heartbeat, Docker timeout, image).
-        app: the worker's Celery app, for the control commands.
+        consumer: the worker's Celery consumer.
         name: the worker's node name (``container@NAME``).
         update: changes fields of the registry entry and publishes it at once.
         events: the cluster log.
+        queues_lock: held while the consumer's queues and the registry entry change together.
     """
 
     def __init__(
-        self, settings: Settings, app: Any, name: str, update: Callable[..., None], events: ClusterLog
+        self,
+        settings: Settings,
+        consumer: Any,
+        name: str,
+        update: Callable[..., None],
+        events: ClusterLog,
+        queues_lock: threading.Lock,
     ) -> None:
         super().__init__(name="hermes-docker-watch", daemon=True)
         self._settings = settings
-        self._app = app
+        self._consumer = consumer
         self._name = name
         self._update = update
         self._events = events
+        self._queues_lock = queues_lock
         self._stopped = threading.Event()
         self.serving = True
 
@@ -103,17 +118,24 @@ class DockerWatch(threading.Thread):
         elif reason is None and not self.serving:
             self._resume()
 
-    def _control(self, command: str) -> bool:
-        method = getattr(self._app.control, command)
-        replies = method(QUEUE_CONTAINER, destination=[self._name], reply=True, timeout=5.0)
-        return any(self._name in reply for reply in replies or [])
+    def _consume(self, on: bool, timeout_s: float = 5.0) -> bool:
+        """Start or stop consuming ``hermes.container``; True once the consumer has done it."""
+        change = self._consumer.add_task_queue if on else self._consumer.cancel_task_queue
+        self._consumer.call_soon(change, QUEUE_CONTAINER)  # run by the event loop, like a control command
+        deadline = time.monotonic() + timeout_s
+        while (QUEUE_CONTAINER in consumed_queues(self._consumer)) != on:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _pause(self, reason: str) -> None:
-        if not self._control("cancel_consumer"):
-            return  # no answer from our own consumer: try again at the next check
-        self.serving = False
         text = f"Docker engine lost, not taking container work until it is back: {reason}"
-        self._update(queues=[], probe={"tag": "local", "reason": text, "fix": "", "lost_at": time.time()})
+        with self._queues_lock:
+            if not self._consume(False):
+                return  # the consumer did not get to it (reconnecting?): try again at the next check
+            self.serving = False
+            self._update(queues=[], probe={"tag": "local", "reason": text, "fix": "", "lost_at": time.time()})
         log.warning(text)
         self._events.emit("WARNING", "probe.lost", text, reason=reason)
 
@@ -124,15 +146,72 @@ class DockerWatch(threading.Thread):
         if outcome.tag != "container":
             self._update(probe={"tag": "local", "reason": outcome.reason, "fix": outcome.fix})
             return
-        if not self._control("add_consumer"):
-            return
-        self.serving = True
         found = {"tag": outcome.tag, "reason": outcome.reason, "fix": outcome.fix, "details": outcome.details}
         image = outcome.details.get("image")
-        self._update(queues=[QUEUE_CONTAINER], probe=found, provenance={"mode": "container", "image": image})
+        with self._queues_lock:
+            if not self._consume(True):
+                return
+            self.serving = True
+            self._update(queues=[QUEUE_CONTAINER], probe=found, provenance={"mode": "container", "image": image})
         text = f"Docker engine is back, taking container work again ({outcome.reason})"
         log.warning(text)
         self._events.emit("INFO", "probe.container", text, **found)
+
+
+class QueueWatch(threading.Thread):
+    """Every heartbeat: the worker consumes no queue but the ones its registry entry lists.
+
+    Its tag decides its queue (``hermes.local`` or ``hermes.container``, or none while a container
+    worker's Docker engine is gone). A consumer of any other queue (added by a remote-control
+    command, when ``HERMES_WORKER_REMOTE_CONTROL=all`` lets one through) is cancelled at once,
+    with a WARNING in the log and the cluster log. It also records the refusals the event loop
+    made (:data:`hermes_worker.guard.REFUSALS`) in the cluster log and the metrics, off the loop.
+
+    Args:
+        consumer: the worker's Celery consumer.
+        expected: the queues the worker should consume now (its registry entry's).
+        queues_lock: held by whoever changes both (the :class:`DockerWatch`).
+        period_s: how often to look.
+        record: called with each refusal to record (cluster log, metrics).
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        expected: Callable[[], set[str]],
+        queues_lock: threading.Lock,
+        period_s: float,
+        record: Callable[[Refusal], None],
+    ) -> None:
+        super().__init__(name="hermes-queue-watch", daemon=True)
+        self._consumer = consumer
+        self._expected = expected
+        self._queues_lock = queues_lock
+        self._period_s = period_s
+        self._record = record
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._period_s):
+            try:
+                self.check()
+            except Exception:  # the watch must outlive anything a check runs into
+                log.exception("queue watch check failed")
+
+    def check(self) -> list[str]:
+        """Cancel consumers of queues the worker should not consume; return their names."""
+        with self._queues_lock:
+            extra = sorted(consumed_queues(self._consumer) - self._expected())
+            for queue in extra:
+                self._consumer.call_soon(self._consumer.cancel_task_queue, queue)
+        for queue in extra:
+            REFUSALS.add(Refusal("wrong_queue", f"this worker was consuming queue {queue!r}, not its own: cancelled"))
+        for refusal in REFUSALS.drain():
+            self._record(refusal)
+        return extra
 
 
 class LoopWatch(threading.Thread):

@@ -6,9 +6,11 @@ Everything cross-cutting lives here, in Celery signal handlers, so the task stay
   tag was decided already by ``hermes worker``), and consume only that tag's queue.
 - ``worker_ready`` / ``worker_shutdown``: start and stop the registry heartbeat, the
   :class:`LoopWatch` that frees the event loop from a pub/sub read kombu can leave it blocked
-  in after a broker outage, and on a container worker the :class:`DockerWatch`, which stops
-  taking container work while the Docker engine is gone and takes it up again once the probe
-  passes anew.
+  in after a broker outage, the :class:`QueueWatch` that cancels any consumer of a queue that
+  is not the tag's, and on a container worker the :class:`DockerWatch`, which stops taking
+  container work while the Docker engine is gone and takes it up again once the probe passes
+  anew. Remote-control commands that would change the worker are refused from here on
+  (:func:`~hermes_worker.guard.restrict_control`).
 - ``worker_process_shutdown``: close the process's sandbox session (its container goes too).
 - ``worker_process_init``: a pool process told SIGTERM closes its session before it exits.
 - ``worker_shutting_down`` (SIGTERM, Ctrl-C): warm shutdown waits for running chunks; if it is
@@ -31,6 +33,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +42,10 @@ from celery import signals
 from celery.worker import state as celery_state
 
 from . import __version__, contract
-from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_CONTAINER, QUEUE_FOR_TAG
+from .contract import EVENTS_MAXLEN, KEY_EVENTS, QUEUE_CONTAINER, QUEUE_FOR_TAG, shown
 from .engine import ProfileError
 from .events import ClusterLog
+from .guard import Refusal, restrict_control
 from .metrics import add as add_metrics
 from .metrics import bump, chunk_increments, serve
 from .metrics import field as metrics_field
@@ -51,7 +55,7 @@ from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
 from .runners import Runner, make_runner
 from .settings import Settings
-from .watches import DockerWatch, LoopWatch, docker_health
+from .watches import DockerWatch, LoopWatch, QueueWatch, docker_health
 
 log = logging.getLogger("hermes.worker")
 
@@ -73,6 +77,7 @@ IDENTITY = Identity()
 _heartbeat: Heartbeat | None = None
 _watch: DockerWatch | None = None
 _loop_watch: LoopWatch | None = None
+_queue_watch: QueueWatch | None = None
 
 
 def _settings() -> Settings:
@@ -186,6 +191,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     )
 
     lock = threading.Lock()  # the DockerWatch changes queues and probe from its own thread
+    queues_lock = threading.Lock()  # held while the consumer's queues and the entry's change together
 
     def snapshot() -> WorkerInfo:
         with lock:
@@ -200,9 +206,24 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     _heartbeat = Heartbeat(Registry(client, settings.worker_ttl_s), snapshot, settings.heartbeat_s)
     _heartbeat.beat()
     _heartbeat.start()
-    global _loop_watch
+    global _loop_watch, _queue_watch
     _loop_watch = LoopWatch(threading.get_ident(), settings.heartbeat_s)
     _loop_watch.start()
+    refused = restrict_control(settings.worker_remote_control == "all")
+    if refused:
+        log.info("remote control: %d command(s) that would change this worker are refused", len(refused))
+    events = ClusterLog(client, name)
+
+    def expected() -> set[str]:
+        with lock:
+            return set(info["queues"])
+
+    def record(refusal: Refusal) -> None:
+        bump(client, name, "messages_refused", kind=refusal.kind)
+        events.emit("WARNING", "worker.refused", refusal.reason, kind=refusal.kind)
+
+    _queue_watch = QueueWatch(sender, expected, queues_lock, settings.heartbeat_s, record)
+    _queue_watch.start()
     if IDENTITY.tag == "container" and settings.container_backend == "docker":
         global _watch
 
@@ -212,7 +233,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             if _heartbeat is not None:
                 _heartbeat.beat()  # producers must see the change now, not a heartbeat later
 
-        _watch = DockerWatch(settings, sender.app, name, update, ClusterLog(client, name))
+        _watch = DockerWatch(settings, sender, name, update, ClusterLog(client, name), queues_lock)
         _watch.start()
     bump(client, name, "probe", outcome=IDENTITY.tag)
     if settings.metrics_port:
@@ -225,7 +246,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    for thread in (_watch, _loop_watch):
+    for thread in (_watch, _loop_watch, _queue_watch):
         if thread is not None:
             thread.stop()
     if _heartbeat is not None:
@@ -318,12 +339,38 @@ class ProcessState:
             self._events[worker] = ClusterLog(self.redis, worker)
         return self._events[worker]
 
-    def handle(self, payload: dict[str, Any], reply: dict[str, Any], worker: str) -> None:
-        stream = reply.get("stream") if isinstance(reply, dict) else None
-        if not isinstance(stream, str) or not stream.startswith(contract.KEY_RESULTS.format(batch="")):
-            raise ValueError(f"reply stream {stream!r} is not a Hermes results stream")
-        ttl = int(reply.get("ttl") or self.settings.result_ttl_s)
-        chunk = payload.get("chunk")
+    def handle_message(self, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str, queue: str | None) -> None:
+        """Run the arguments of a chunk task, or refuse them: it takes exactly ``(payload, reply)``."""
+        if len(args) != 2 or kwargs:
+            keywords = shown(sorted(kwargs))
+            reason = f"a chunk message takes (payload, reply); got {len(args)} argument(s), keywords {keywords}"
+            self.refuse(reason, worker)
+            return
+        self.handle(args[0], args[1], worker, queue)
+
+    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None) -> None:
+        """Run one chunk and publish its result, after checking every field of the message.
+
+        ``queue`` is the queue the message was sent to (its routing key): a chunk sent to the
+        other kind of worker's queue, or one that must run in a container on a worker that
+        cannot, is refused (see :meth:`refuse`), never run here.
+        """
+        try:
+            answer = contract.Reply.from_wire(reply)
+        except contract.ContractError as exc:
+            self.refuse(str(exc), worker)
+            return
+        try:
+            request = contract.ChunkRequest.from_payload(payload, answer)
+        except (contract.ContractError, ProfileError) as exc:
+            self.refuse(str(exc), worker, answer, payload.get("chunk") if isinstance(payload, Mapping) else None)
+            return
+        misplaced = self._misplaced(request, queue)
+        if misplaced is not None:
+            self.refuse(misplaced, worker, answer, request.chunk, kind="wrong_queue")
+            return
+        stream, ttl, chunk = answer.stream, answer.ttl, request.chunk
+        payload = request.to_payload()  # only the fields the contract knows, checked
         events = self.events_for(worker)
         # Redis may be away for a while: keep trying to publish until shortly before Celery's
         # soft time limit (80 % of the hard one), rather than lose the chunk to a short outage.
@@ -398,6 +445,41 @@ class ProcessState:
         fields = {"r": json.dumps(result, ensure_ascii=False), "t": "\n".join(lines) + "\n" if lines else ""}
         self._publish(stream, ttl, fields, done, (worker, increments))
 
+    def _misplaced(self, request: contract.ChunkRequest, queue: str | None) -> str | None:
+        """Why this worker must not run ``request``, sent to ``queue``; None if it may."""
+        mode = self.runner.mode
+        own = QUEUE_FOR_TAG[mode]
+        if queue != own:
+            return f"chunk {request.chunk} was sent to queue {shown(queue)}; this {mode} worker serves {own}"
+        if request.isolation == contract.ISOLATION_CONTAINER and mode != "container":
+            return f"chunk {request.chunk} must run in a container; this is a {mode} worker"
+        return None
+
+    def refuse(
+        self,
+        reason: str,
+        worker: str,
+        reply: contract.Reply | None = None,
+        chunk: Any = None,
+        kind: str = "invalid",
+    ) -> None:
+        """Refuse a chunk message without acting on it: a WARNING (no prompt in it), counted, done.
+
+        The message is acknowledged and never retried. When it names a valid result stream and
+        chunk number, a refusal notice goes there (contract.NOTICE_REFUSED): the producer sends
+        the chunk again, a few times at most, or stops naming the reason. Nothing else is written.
+        """
+        log.warning("chunk message refused (%s): %s", kind, reason)
+        bump(self.redis, worker, "messages_refused", kind=kind)
+        text = f"chunk message refused: {reason}"
+        if reply is None or type(chunk) is not int or not 0 <= chunk <= contract.MAX_CHUNK_NUMBER:
+            self.events_for(worker).emit("WARNING", "chunk.refused", text, kind=kind)
+            return
+        event = self.events_for(worker).entry("WARNING", "chunk.refused", text, kind=kind, chunk=chunk)
+        self._deadline = time.monotonic() + 0.75 * self.settings.chunk_time_limit_s
+        notice = json.dumps({"chunk": chunk, "worker": worker, "reason": reason})
+        self._publish(reply.stream, reply.ttl, {contract.NOTICE_REFUSED: notice}, event)
+
     def _engine_gone(self, exc: Exception, worker: str, chunk: Any) -> bool:
         """True when the sandbox failed because the Docker engine is gone and this worker has
         stopped taking container work: the chunk is then let go without a result.
@@ -454,14 +536,32 @@ class ProcessState:
                     add_metrics(pipe, *counters)
                 if fetch is not None:
                     pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
-                replies = pipe.execute()
-                return replies[-1] if fetch is not None else None
+                replies = pipe.execute(raise_on_error=False)
+                return _fetched(replies, fetch)
+            except redis.ResponseError:
+                raise  # Redis refused a command (wrong type, bad argument): it would again, no outage
             except redis.RedisError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("Redis is not answering (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _fetched(replies: list[Any], fetch: str | None) -> bytes | None:
+    """The fetched value of a :meth:`ProcessState._publish` pipeline; raises what Redis refused."""
+    for reply in replies[:-1] if fetch is not None else replies:
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    if fetch is None:
+        return None
+    value = replies[-1]
+    if isinstance(value, redis.ResponseError):
+        # The chunk's key holds something other than its lines (a Redis writer put it there):
+        # like lines gone, the producer is told and sends the chunk again (its SET replaces it).
+        log.warning("the lines of a chunk could not be read from %s: %s", fetch, value)
+        return None
+    return value if isinstance(value, bytes) else None
 
 
 _process_state: ProcessState | None = None

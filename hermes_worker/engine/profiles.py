@@ -25,6 +25,7 @@ __all__ = ["BUILTIN_PROFILES", "DEFAULT_PROFILE", "Profile", "load_profile_file"
 
 DEFAULT_PROFILE = "prompt"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+MAX_PROFILE_STEPS = 64  # a profile travels in every chunk request: a longer one is refused, not run
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,8 @@ class Profile:
             )
         if not self.steps:
             raise ProfileError(f"profile {self.name!r} has no steps")
+        if len(self.steps) > MAX_PROFILE_STEPS:
+            raise ProfileError(f"profile {self.name!r} has {len(self.steps)} steps; at most {MAX_PROFILE_STEPS}")
         for step in self.steps:
             if step not in STEPS:
                 hint = difflib.get_close_matches(step, STEPS, n=1)
