@@ -50,6 +50,8 @@ class SettingNumber(click.ParamType[Any]):
     bound, so it passes any range check and then loops or overflows wherever it is used).
     """
 
+    loggable = True  # a number within bounds: the log may keep it (logs.command_line)
+
     def __init__(self, setting: str, parse: Any) -> None:
         self.setting = setting
         self.parse = parse

@@ -9,7 +9,8 @@ refused and never runs. Events (what Flower shows) stay unsigned JSON.
 
 Celery's serializer decodes the signed body with whatever serializer the signer named, pickle
 included; Hermes' subclass accepts JSON only, so a signed message can never unpickle anything.
-Needs the ``cryptography`` package: ``pip install 'hermes-prompts[signing]'``.
+Needs the ``cryptography`` package: ``pip install '.[signing]'`` in the Hermes checkout, or
+``pip install cryptography``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _imports() -> Any:
         from celery.security import certificate, key, serialization
     except Exception as exc:  # celery.security raises ImproperlyConfigured without cryptography
         raise SigningError(
-            "message signing needs the cryptography package: pip install 'hermes-prompts[signing]'"
+            "message signing needs the cryptography package: pip install '.[signing]' in the Hermes checkout, "
+            "or pip install cryptography"
         ) from exc
     return certificate, key, serialization
 

@@ -13,8 +13,10 @@ bytes nobody pinned.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -103,8 +105,8 @@ def test_nothing_tells_anyone_to_install_hermes_by_name_from_an_index() -> None:
     offenders = []
     for name in files:
         path = REPO / name
-        if path.suffix in {".png", ".gz", ".whl"} or not path.is_file():
-            continue
+        if path.suffix in {".png", ".gz", ".whl"} or not path.is_file() or path.resolve() == Path(__file__).resolve():
+            continue  # binaries, and this file, which quotes the commands it looks for
         text = path.read_text(encoding="utf-8", errors="replace")
         # A local build installed with --no-index (the worker Dockerfile) looks at no index at all.
         offenders += [f"{name}: {m.group(0)}" for m in pattern.finditer(text) if "--no-index" not in m.group(0)]
@@ -220,15 +222,18 @@ def test_the_locked_wheels_install_and_hermes_builds_with_no_index(tmp_path: Pat
     the locked wheels install with --require-hashes, Hermes builds from a copy of the checkout
     with no index, and `pip check` finds every dependency satisfied."""
     build, venv = tmp_path / "build", tmp_path / "hermes"
+    # The new environments must see only what they install: a PYTHONPATH pointing at a checkout
+    # (with its hermes_prompts.egg-info) would make pip think Hermes is installed already.
+    run = functools.partial(subprocess.run, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     for env in (build, venv):
-        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        run([sys.executable, "-m", "venv", str(env)], check=True)
     fetch = [str(build / "bin" / "pip"), "install", "--quiet", "--require-hashes", "--no-deps", "--only-binary=:all:"]
-    done = subprocess.run([*fetch, "-r", str(BUILD_REQUIREMENTS)], capture_output=True, text=True, timeout=300)
+    done = run([*fetch, "-r", str(BUILD_REQUIREMENTS)], capture_output=True, text=True, timeout=300)
     if done.returncode != 0 and ("NewConnectionError" in done.stderr or "No matching distribution" in done.stderr):
         missing(f"the package index is not reachable: {done.stderr.strip()[-300:]}")
     assert done.returncode == 0, done.stderr
     fetch[0] = str(venv / "bin" / "pip")
-    done = subprocess.run([*fetch, "-r", str(REQUIREMENTS)], capture_output=True, text=True, timeout=600)
+    done = run([*fetch, "-r", str(REQUIREMENTS)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     src = tmp_path / "src"
     src.mkdir()
@@ -236,13 +241,13 @@ def test_the_locked_wheels_install_and_hermes_builds_with_no_index(tmp_path: Pat
         shutil.copy(REPO / name, src / name)
     for package in ("hermes_worker", "hermes_producer"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([str(build / "bin" / "pip"), "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+    run([str(build / "bin" / "pip"), "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
                     "--wheel-dir", str(src / "dist"), str(src)], check=True, timeout=300)  # fmt: skip
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index", "--find-links",
+    run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "--no-index", "--find-links",
                     str(src / "dist"), "hermes-prompts"], check=True, timeout=300)  # fmt: skip
-    check = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True, text=True)
+    check = run([str(venv / "bin" / "pip"), "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    done = subprocess.run([str(venv / "bin" / "hermes"), "run", "--prompt", "ﬁne", "--isolation", "local", "--json"],
+    done = run([str(venv / "bin" / "hermes"), "run", "--prompt", "ﬁne", "--isolation", "local", "--json"],
                           capture_output=True, text=True, timeout=60, env={"HERMES_HOME": str(tmp_path / "home"),
                           "HERMES_BROKER_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert done.returncode == 0 and json.loads(done.stdout)["text"] == "fine", done.stderr
