@@ -33,6 +33,16 @@ the id the producer's duplicate guard checks: the explicit id, ``true`` for a li
 its line number, ``null`` for a line that failed before its id counted. The producer, which
 sees every chunk in order, turns a record whose id was used before into a ``duplicate_id``
 error record.
+
+Through Celery, results come back on the batch's stream (:data:`KEY_RESULTS`), one entry per
+message, each with one of these fields (JSON objects naming ``chunk`` and ``worker``):
+
+- ``s``: a start notice, when a worker takes a chunk (so the producer knows who holds it);
+- ``r`` and ``t``: the chunk's result (counts, ``errors``, ``ids``) and its records (raw JSONL);
+- ``m``: the chunk's lines were not in Redis (a late duplicate, or Redis lost them);
+- ``f``: a failure notice, the worker could not publish the chunk's result, with ``reason``
+  and ``split`` (true when sending the whole chunk again cannot help, e.g. its result is too
+  large): always ASCII JSON, so that it cannot fail to encode itself.
 """
 
 from __future__ import annotations
@@ -59,6 +69,11 @@ KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and star
 KEY_CHUNK_TEXT = KEY_PREFIX + "chunk:{batch}:{chunk}"
 KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
 EVENTS_MAXLEN = 20_000
+# The largest value Hermes writes to Redis (a chunk's lines, a chunk's records). Redis refuses
+# values over 512 MB (proto-max-bulk-len) by dropping the connection, which looks like an
+# outage; far below that, a chunk this large would also strain a worker's memory. A larger
+# chunk is split by the producer (its lines) or on the worker's notice (its records).
+MAX_VALUE_BYTES = 64 * 1024 * 1024
 
 # Error codes of item records. Stable: scripts match on them.
 INVALID_UTF8 = "invalid_utf8"
