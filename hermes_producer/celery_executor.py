@@ -91,7 +91,7 @@ MAX_STRANDED = 5
 # heartbeats: by then Celery has killed the process running it, and no result can come.
 _OVERDUE_GRACE_S = 5.0
 # Parts of split chunks are numbered from here: far above any chunk number a batch uses.
-_PART_BASE = 1 << 50
+_PART_BASE = 1 << 40
 # Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
 _BIG_VALUE_BYTES = 1 << 20
 
@@ -547,7 +547,7 @@ class CeleryExecutor:
     def _split(
         self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
     ) -> None:
-        """Run ``chunk``'s halves as chunks of their own; a chunk of one line gets its error record."""
+        """Run ``chunk``'s parts as chunks of their own; a chunk of one line gets its error record."""
         waiting = outstanding[chunk]
         parts = split_request(waiting.payload, _SPLIT_WAYS)
         if not parts:

@@ -44,19 +44,23 @@ _SURROGATE = re.compile("[\\ud800-\\udfff]")
 _MAX_MESSAGE_CHARS = 2000
 
 
-def _writable(text: str) -> str:
-    """``text`` as it can be written as UTF-8: a lone surrogate becomes the six characters ``\\udXXX``."""
-    if not text.isascii() and _SURROGATE.search(text) is not None:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable written as an escape, e.g. ``\\u001b``.
+
+    Messages reach terminals (the summary), logs and JUnit XML as well as records: a lone
+    surrogate could not be written as UTF-8, a control character could drive a terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
 
 
 def _clean(code: Any, message: Any) -> tuple[str, str]:
-    """An error's code and message as they may go into a record: strings, writable, bounded."""
-    code, message = _writable(str(code)), _writable(str(message))
+    """An error's code and message as they may go into a record: strings, printable, bounded."""
+    code, message = _printable(str(code)[:200]), str(message)
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[: _MAX_MESSAGE_CHARS - 1] + "\u2026"
-    return code, message
+    return code, _printable(message)
 
 
 def _error_line(item_id: str, line: int, code: str, message: str, prov: str) -> str:
@@ -214,7 +218,7 @@ def failed_chunk_result(
         profile = Profile.from_spec(spec)
         prov_dict = provenance(profile, mode=mode, worker=worker)
     except Exception:
-        prov_dict = {"profile": _writable(str(spec.get("name")))[:200], "mode": mode, "worker": worker}
+        prov_dict = {"profile": _printable(str(spec.get("name"))[:200]), "mode": mode, "worker": worker}
     prov = _dumps(prov_dict)
     items = payload.get("items") if isinstance(payload, Mapping) else None
     ids: list[Any] | None = None

@@ -116,17 +116,37 @@ def test_items_built_elsewhere_with_unwritable_ids_get_bad_id_records() -> None:
         [4, ["a"], "x", None],
         [5, "fine", "x", None],
         [6, "\udfff", None, ["malformed_json", "pre-failed, message with \udfff in it"]],
+        [7, 7, None, ["engine_failure", "line one\nline two \x1b[2J"]],
     ]
     payload = BatchOptions(resolve_profile("nfc"), "jsonl").request(0, items=items)
     # When they are processed
     result = process_chunk(payload, mode="local", worker="w")
     # Then each gets its record, all writable, the bad ids as bad_id records under the line number
     records = strict_records(result_text(result).encode("utf-8"))
-    assert [r.get("error", {}).get("code") for r in records] == ["bad_id"] * 4 + [None, "malformed_json"]
-    assert [r["id"] for r in records] == [1, 2, 3, 4, "fine", 6]
+    codes = [r.get("error", {}).get("code") for r in records]
+    assert codes == ["bad_id"] * 4 + [None, "malformed_json", "engine_failure"]
+    assert [r["id"] for r in records] == [1, 2, 3, 4, "fine", 6, 7]
     assert "U+D800" in records[0]["error"]["message"] and "31 digits" in records[1]["error"]["message"]
+    # And messages are printable: what a terminal, a log or JUnit XML shows cannot be driven by input
     assert records[5]["error"]["message"] == "pre-failed, message with \\udfff in it"
+    assert records[6]["error"]["message"] == "line one\\u000aline two \\u001b[2J"
     json.dumps(result, ensure_ascii=False).encode("utf-8")  # the counts and errors too
+
+
+def test_the_prompt_size_limit_counts_bytes_after_json_unescaping() -> None:
+    """A prompt at the limit passes however it is escaped; one byte more is too_large."""
+    # Given prompts of exactly 1,000 UTF-8 bytes written with 6- and 12-byte escapes, and 1,001
+    lines = [
+        b'{"prompt": "%s"}' % (b"\\u0041" * 1000),
+        b'{"prompt": "%s"}' % (b"\\ud83d\\ude00" * 250),
+        b'{"prompt": "%s"}' % (b"\\u0041" * 1001),
+        b'{"prompt": "%s"}' % (b"\\u00e9" * 500 + b"A"),
+    ]
+    # When they run with a 1,000-byte limit
+    records = pipeline(b"\n".join(lines), max_bytes=1000)
+    # Then the first two are normalized and the last two are too_large, named in bytes
+    assert [r.get("error", {}).get("code") for r in records] == [None, None, "too_large", "too_large"]
+    assert "1,001 bytes" in records[2]["error"]["message"] and "1,001 bytes" in records[3]["error"]["message"]
 
 
 @pytest.mark.parametrize("ways", [2, 3, 8, 100])
@@ -134,12 +154,13 @@ def test_a_chunk_split_into_parts_merges_back_into_the_same_records(ways: int) -
     """The producer's split (for chunks that keep failing) loses, doubles and reorders nothing."""
     # Given a raw chunk with good lines, bad lines, an unshippable line and a repeated id
     options = BatchOptions(resolve_profile("nfc"), "jsonl", max_prompt_bytes=1000)
-    text = "\n".join(['{"id": "a", "prompt": "x"}', "nope", "", '{"prompt": "caf\\u00e9"}', '{"id": "a", "prompt": "y"}'])
+    rows = ['{"id": "a", "prompt": "x"}', "nope", "", '{"prompt": "caf\\u00e9"}', '{"id": "a", "prompt": "y"}']
+    text = "\n".join(rows)
     payload = options.request(9, text=text, first=41, format="jsonl", bad=[[2, "invalid_utf8", "not valid UTF-8"]])
     whole = process_chunk(payload, mode="local", worker="w")
     # When it is split into parts, each part processed, and the results merged
     parts = split_request(payload, ways)
-    assert 2 <= len(parts) <= min(ways, 5) and [request_span(p)[0] for p in parts][0] == 41
+    assert 2 <= len(parts) <= min(ways, 5) and request_span(parts[0])[0] == 41
     merged = merge_results(payload, [process_chunk(p, mode="local", worker="w") for p in parts])
     # Then the merged result is the whole chunk's
     assert result_text(merged) == result_text(whole)
@@ -217,7 +238,8 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     chunk it may have died on runs alone; an outside kill (or the OOM killer) costs no record."""
     # Given an in-process batch on two pool processes
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text("".join(json.dumps({"id": n, "prompt": f"caf\u00c3\u00a9  {n}  " * 20}) + "\n" for n in range(10_000)))
+    rows = [json.dumps({"id": n, "prompt": f"caf\u00c3\u00a9  {n}  " * 20}) for n in range(10_000)]
+    src.write_text("".join(row + "\n" for row in rows))
     batch = subprocess.Popen(
         [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--processes", "2",
          "--chunk-size", "100"],
@@ -228,7 +250,7 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     # When one of its pool processes is killed
     pool = wait_until(lambda: pool_processes(batch.pid), 10, "the pool processes")
     os.kill(pool[0], signal.SIGKILL)
-    stdout, stderr = batch.communicate(timeout=240)
+    _stdout, stderr = batch.communicate(timeout=240)
     # Then the batch finishes with every record, all normalized
     assert batch.returncode == 0, stderr
     assert "Traceback" not in stderr
@@ -322,7 +344,8 @@ def test_a_task_that_raises_is_sent_again_then_gets_error_records(
     """Was: the chunk was sent again every few seconds, for ever. Now a bounded number of times."""
     # Given a worker whose Redis user may not append to streams: every task it takes raises
     server = own_redis()
-    server.client().execute_command("ACL", "SETUSER", "noxadd", "on", ">pw", "~*", "&*", "+@all", "-xadd")
+    server.client().acl_setuser("noxadd", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                                commands=["+@all", "-xadd"])  # fmt: skip
     worker_on(start_worker, server, "raises", f"redis://noxadd:pw@127.0.0.1:{server.port}/0")
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text('{"id": "a", "prompt": "one"}\n{"id": "b", "prompt": "two"}\n')
@@ -348,20 +371,23 @@ class StartWatcher(threading.Thread):
         self.client, self.act, self.done = client, act, threading.Event()
 
     def run(self) -> None:
-        stream, last = None, b"0"
+        stream: bytes | None = None
+        last: Any = b"0"
         while not self.done.is_set():
             if stream is None:
-                found = self.client.keys("hermes:results:*")
+                found: Any = self.client.keys("hermes:results:*")
                 stream = found[0] if found else None
                 time.sleep(0.005)
                 continue
-            for _key, entries in self.client.xread({stream: last}, block=100) or []:  # type: ignore[union-attr]
+            reply: Any = self.client.xread({stream: last}, block=100)
+            for _key, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
                     if b"s" in fields:
                         chunk = json.loads(fields[b"s"])["chunk"]
                         batch = stream.decode().rsplit(":", 1)[-1]
-                        self.act(chunk, self.client.get(f"hermes:chunk:{batch}:{chunk}") or b"")  # type: ignore[arg-type]
+                        lines: Any = self.client.get(f"hermes:chunk:{batch}:{chunk}")
+                        self.act(chunk, lines or b"")
 
 
 @pytest.mark.cluster
