@@ -32,7 +32,8 @@ The producer never waits for ever, and no chunk is sent again for ever:
   *split* in halves that run as chunks of their own (:mod:`.splitting`), down to the one line
   to blame, which gets an ``engine_failure`` record naming the reason and the worker: a poison
   line that kills every process running it costs its own record, not its chunk's. A chunk
-  whose lines or result are too large for one Redis value is split at once.
+  whose lines or result are too large for one Redis value is split at once; one whose result
+  Redis refuses for another reason (a permission) gets error records, since no line is to blame.
 - A chunk sent :data:`MAX_STRANDED` times that no worker ever announced gets error records.
 """
 
@@ -385,8 +386,12 @@ class CeleryExecutor:
             self._resend(outstanding, ready, [chunk], time.monotonic())
             self._on_reroute(f"chunk {chunk}: {worker} found its lines gone from Redis; sent again")
         else:
+            # A worker that knows splitting helps (too large, too slow) says so; otherwise Redis
+            # refused the result for a reason no line is to blame for: sending it in parts will
+            # not help either, and the chunk gets error records once it is out of deliveries.
             reason = f"{worker} could not finish it: {notice.get('reason')}"
-            self._failed(chunk, reason, outstanding, ready, split=bool(notice.get("split")))
+            split = bool(notice.get("split"))
+            self._failed(chunk, reason, outstanding, ready, split=split, then_split=split)
 
     def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         """The result, or error records for the whole chunk if it does not hold one record per item.
@@ -530,15 +535,19 @@ class CeleryExecutor:
 
     def _failed(
         self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]],
-        *, split: bool,
+        *, split: bool, then_split: bool = True,
     ) -> None:  # fmt: skip
         """A delivery of ``chunk`` ended without a result: send it again, or split it once that
-        happened ``allowed`` times (at once if ``split``: sending it whole again cannot help)."""
+        happened ``allowed`` times (at once if ``split``: sending it whole again cannot help).
+        Without ``then_split`` (no line can be to blame) a chunk out of deliveries gets error records."""
         waiting = outstanding[chunk]
         waiting.failures += 1
         waiting.worker = None
         if split or waiting.failures >= waiting.allowed:
-            self._split(chunk, reason, outstanding, ready)
+            if split or then_split:
+                self._split(chunk, reason, outstanding, ready)
+            else:
+                self._give_up(chunk, reason, outstanding, ready)
             return
         self._on_reroute(f"chunk {chunk} ({_lines(waiting.payload)}): {reason}; sent again "
                          f"({waiting.failures} of {waiting.allowed} deliveries failed)")  # fmt: skip

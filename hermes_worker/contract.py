@@ -40,9 +40,10 @@ message, each with one of these fields (JSON objects naming ``chunk`` and ``work
 - ``s``: a start notice, when a worker takes a chunk (so the producer knows who holds it);
 - ``r`` and ``t``: the chunk's result (counts, ``errors``, ``ids``) and its records (raw JSONL);
 - ``m``: the chunk's lines were not in Redis (a late duplicate, or Redis lost them);
-- ``f``: a failure notice, the worker could not publish the chunk's result, with ``reason``
-  and ``split`` (true when sending the whole chunk again cannot help, e.g. its result is too
-  large): always ASCII JSON, so that it cannot fail to encode itself.
+- ``f``: a failure notice, the worker could not finish or publish the chunk, with ``reason``
+  and ``split``: true when its lines are to blame and splitting helps (its result is too large,
+  it ran past the soft time limit), false when Redis refused for another reason (sent again,
+  then error records). Always ASCII JSON, so that it cannot fail to encode itself.
 """
 
 from __future__ import annotations

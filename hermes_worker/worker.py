@@ -348,7 +348,7 @@ class ProcessState:
             fields, done, increments = self._result_fields(result, worker, chunk, elapsed)
         except Exception as exc:
             log.exception("chunk %s: its result cannot be encoded", chunk)
-            self._fail(stream, ttl, chunk, worker, f"its result cannot be encoded: {type(exc).__name__}", split=False)
+            self._fail(stream, ttl, chunk, worker, f"its result cannot be encoded: {type(exc).__name__}", split=True)
             return
         if len(fields["t"]) > contract.MAX_VALUE_BYTES:
             reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
@@ -357,7 +357,8 @@ class ProcessState:
         try:
             self._publish(stream, ttl, fields, done, (worker, increments))
         except _Unpublishable as exc:
-            # Sending it again cannot help (too large for Redis, refused): tell the producer.
+            # Retrying here cannot help: tell the producer, who splits a result too large for
+            # Redis, and sends anything else again (another worker may fare better).
             self._fail(stream, ttl, chunk, worker, f"its result cannot be published: {exc}", split=exc.too_large)
 
     def _run(self, payload: dict[str, Any], text: bytes | None, worker: str, chunk: Any) -> dict[str, Any] | str | None:
@@ -534,7 +535,6 @@ class ProcessState:
                 log.warning("Redis is not answering (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
 
     def _answers(self) -> bool:
         try:
