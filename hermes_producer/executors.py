@@ -153,7 +153,14 @@ class InProcessExecutor:
 
     def _submit(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
         assert self._pool is not None
-        return self._pool.submit(_run_in_pool, payload, self.worker)
+        try:
+            return self._pool.submit(_run_in_pool, payload, self.worker)
+        except BrokenProcessPool as exc:
+            # The pool broke before anyone asked for a result: this chunk waits its turn in
+            # the window like the others, and is run again then.
+            failed: Future[dict[str, Any]] = Future()
+            failed.set_exception(exc)
+            return failed
 
     def _next(self, pending: deque[tuple[dict[str, Any], Future[dict[str, Any]]]]) -> dict[str, Any]:
         """The result of the oldest chunk in flight."""
