@@ -369,7 +369,7 @@ class CeleryExecutor:
         if kind is None:
             return
         notice = json.loads(fields[kind])
-        chunk, worker = notice.get("chunk"), str(notice.get("worker"))
+        chunk, worker = notice.get("chunk"), _shown(notice.get("worker"))
         waiting = outstanding.get(chunk)
         if waiting is None or chunk in ready or waiting.parts is not None:
             return  # done already, not ours, or split (its parts carry on)
@@ -389,7 +389,7 @@ class CeleryExecutor:
             # A worker that knows splitting helps (too large, too slow) says so; otherwise Redis
             # refused the result for a reason no line is to blame for: sending it in parts will
             # not help either, and the chunk gets error records once it is out of deliveries.
-            reason = f"{worker} could not finish it: {notice.get('reason')}"
+            reason = f"{worker} could not finish it: {_shown(notice.get('reason'))}"
             split = bool(notice.get("split"))
             self._failed(chunk, reason, outstanding, ready, split=split, then_split=split)
 
@@ -699,6 +699,12 @@ class CeleryExecutor:
             f"{route.tag} worker(s) {names}" + (f" ({route.note})" if route.note else "")
         )
         return True
+
+
+def _shown(value: Any) -> str:
+    """A worker's words as they may reach a terminal and the log: printable, bounded."""
+    text = str(value)[:300]
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
 
 
 def _lines(payload: dict[str, Any]) -> str:

@@ -315,25 +315,41 @@ def worker_on(start_worker: WorkerFactory, server: RedisServer, name: str, url: 
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_a_result_redis_refuses_is_split_and_published_in_parts(
+def test_a_chunk_whose_result_or_lines_redis_refuses_is_split_not_lost(
     own_redis: Callable[..., RedisServer], start_worker: WorkerFactory, chermes: HermesRunner, tmp_path: Path
 ) -> None:
     """Was: the worker retried the refused write until its deadline, then failed the task, and the
-    producer waited for ever. Now the worker tells the producer, which splits the chunk."""
+    producer waited for ever (records); the producer retried the refused lines as an outage for
+    five minutes, then exit 3 (lines). Now the chunk is split until its parts fit."""
     # Given a Redis that refuses values over 1 MB, as an operator may set it (proto-max-bulk-len)
     server = own_redis("--proto-max-bulk-len", "1mb")
     worker_on(start_worker, server, "bulk", server.url())
+    env = {"HERMES_BROKER_URL": server.url()}
     # And a chunk whose lines fit (60 KB) but whose 4,000 records (1.2 MB) do not
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps({"id": n, "prompt": f"p{n}"}) + "\n" for n in range(4000)))
     # When the batch runs as one chunk
     done = chermes("batch", str(src), "-o", str(out), "--chunk-size", "4000", "--isolation", "local",
-                   env={"HERMES_BROKER_URL": server.url()}, timeout=90)  # fmt: skip
-    # Then the chunk was split, and every record arrived
+                   env=env, timeout=90)  # fmt: skip
+    # Then the worker said so, the chunk was split, and every record arrived
     assert done.returncode == 0, done.stderr
     assert "cannot be published" in done.stderr and "split into" in done.stderr
     records = strict_records(out.read_bytes())
     assert [r["id"] for r in records] == list(range(4000)) and all("text" in r for r in records)
+
+    # Given a chunk whose lines do not fit (1.5 MB), one of them alone 1.2 MB
+    rows = [{"id": n, "prompt": f"{n} " + "x" * 50_000} for n in range(30)]
+    rows[17]["prompt"] = "y" * 1_200_000
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # When the batch runs as one chunk
+    done = chermes("batch", str(src), "-o", str(out), "--chunk-size", "30", "--isolation", "local", "--no-fallback",
+                   env=env, timeout=90)  # fmt: skip
+    # Then it is split before it is sent; the line that alone does not fit gets its record saying so
+    assert done.returncode == 1, done.stderr
+    records = strict_records(out.read_bytes())
+    assert [r["id"] for r in records] == list(range(30))
+    assert [r["line"] for r in records if "error" in r] == [18]
+    assert "Redis refused its 1,200,0" in records[17]["error"]["message"]
 
 
 @pytest.mark.cluster
