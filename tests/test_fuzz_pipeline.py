@@ -39,6 +39,9 @@ from .fixtures_cluster import WorkerFactory
 # No example database (the suite leaves no .hypothesis directory); no deadline (a CLI call or a
 # worker round trip takes a second, and ftfy's first call on new text is slow).
 BASE = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FUZZ_SECONDS = float(os.environ.get("HERMES_FUZZ_SECONDS", "0"))
+# The suite's per-test timeout (300 s), plus whatever longer fuzzing was asked for.
+pytestmark = pytest.mark.timeout(300 + FUZZ_SECONDS)
 
 # --- strategies -------------------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ def assert_one_record_per_line(data: bytes, output: bytes) -> list[dict[str, Any
 
 def for_the_budget(run: Callable[[], None]) -> None:
     """Run ``run`` once, then again until ``HERMES_FUZZ_SECONDS`` have passed (default 0)."""
-    deadline = time.monotonic() + float(os.environ.get("HERMES_FUZZ_SECONDS", "0"))
+    deadline = time.monotonic() + FUZZ_SECONDS
     run()
     while time.monotonic() < deadline:
         run()
