@@ -4,6 +4,12 @@
 process itself when one is enough), running the engine natively or, with ``container``
 isolation, inside one sandbox session per process. The Celery executor offers the same
 ``map_ordered``.
+
+What stops a batch here is the machinery only (a sandbox that cannot run, a profile that is
+invalid), with a message naming it; a chunk that fails for any other reason gets error
+records. A pool process that dies (out of memory, a crash) is replaced, and the chunk it may
+have died on runs alone, split in halves if it kills its process again, until the line to
+blame is alone and gets its ``engine_failure`` record.
 """
 
 from __future__ import annotations
@@ -19,16 +25,26 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from hermes_worker.contract import ContractError
+from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
 from hermes_worker.engine import ProfileError
+from hermes_worker.processing import failed_chunk_result
 from hermes_worker.runners import LocalRunner, Runner, SandboxRunner
+from hermes_worker.sandbox.errors import SandboxError
 from hermes_worker.settings import Settings
+
+from .splitting import merge_results, split_request
 
 __all__ = ["ExecutorError", "InProcessExecutor"]
 
 
 class ExecutorError(RuntimeError):
     """Chunks could not be run at all (an infrastructure failure, not a bad item)."""
+
+
+# Runs of one chunk alone whose process dies before it is split (or, one line, failed).
+_ATTEMPTS = 2
+# Parts per split (as the Celery executor does): fewer rounds to find the line to blame.
+_SPLIT_WAYS = 8
 
 
 # The runner of this process: a pool process builds its own in _init_process.
@@ -114,35 +130,111 @@ class InProcessExecutor:
         the input is.
 
         Raises:
-            ExecutorError: a pool process died, or the sandbox could not run a chunk.
+            ExecutorError: the sandbox could not run a chunk, the profile is invalid, or pool
+                processes die even on a chunk with nothing to normalize.
         """
         if self._pool is None:
             runner = self._inline or _make_runner(self.mode, self._settings)
             for payload in payloads:
-                yield _checked(lambda: runner.run(payload, self.worker))  # noqa: B023 - called at once
+                yield self._checked(payload, lambda: runner.run(payload, self.worker))  # noqa: B023 - called at once
             return
         window = 2 * self.processes + 1
-        pending: deque[Future[dict[str, Any]]] = deque()
+        pending: deque[tuple[dict[str, Any], Future[dict[str, Any]]]] = deque()
         try:
             for payload in payloads:
-                pending.append(self._pool.submit(_run_in_pool, payload, self.worker))
+                pending.append((payload, self._submit(payload)))
                 if len(pending) >= window:
-                    yield _checked(pending.popleft().result)
+                    yield self._next(pending)
             while pending:
-                yield _checked(pending.popleft().result)
+                yield self._next(pending)
         finally:
-            for future in pending:
+            for _payload, future in pending:
                 future.cancel()
 
+    def _submit(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
+        assert self._pool is not None
+        try:
+            return self._pool.submit(_run_in_pool, payload, self.worker)
+        except BrokenProcessPool as exc:
+            # The pool broke before anyone asked for a result: this chunk waits its turn in
+            # the window like the others, and is run again then.
+            failed: Future[dict[str, Any]] = Future()
+            failed.set_exception(exc)
+            return failed
 
-def _checked(get: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A chunk's result; failures of the machinery (not of items) become ExecutorError."""
-    try:
-        return get()
-    except (ContractError, ProfileError):
-        raise  # a bug in the producer, not an infrastructure failure
-    except BrokenProcessPool as exc:
-        raise ExecutorError(f"a normalization process died unexpectedly: {exc}") from exc
-    except Exception as exc:
-        # Items never raise (process_chunk turns them into error records): this is the sandbox.
-        raise ExecutorError(f"the sandbox failed: {exc}") from exc
+    def _next(self, pending: deque[tuple[dict[str, Any], Future[dict[str, Any]]]]) -> dict[str, Any]:
+        """The result of the oldest chunk in flight."""
+        payload, future = pending.popleft()
+        try:
+            return self._checked(payload, future.result)
+        except BrokenProcessPool:
+            pass
+        # A pool process died, and every chunk in flight with it: which one killed it is not
+        # known. A new pool runs this chunk alone, then the others again.
+        self._restart_pool()
+        result = self._alone(payload, _ATTEMPTS - 1)
+        for index, (other, other_future) in enumerate(pending):
+            if not other_future.done() or other_future.exception() is not None:
+                pending[index] = (other, self._submit(other))
+        return result
+
+    def _alone(self, payload: dict[str, Any], attempts: int) -> dict[str, Any]:
+        """``payload``'s result, run with no other chunk in flight; split while its process dies."""
+        for _ in range(attempts):
+            try:
+                return self._checked(payload, self._submit(payload).result)
+            except BrokenProcessPool:
+                self._restart_pool()
+        parts = split_request(payload, _SPLIT_WAYS)
+        if parts:
+            # A part that kills its process is split again at once; a single line gets a retry.
+            results = [self._alone(part, 1 if request_span(part)[1] > 1 else _ATTEMPTS) for part in parts]
+            return merge_results(payload, results)
+        self._check_pool(payload)
+        message = f"the normalization process died on this line {_ATTEMPTS} times (out of memory? a crash?)"
+        return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.mode, worker=self.worker)
+
+    def _check_pool(self, payload: dict[str, Any]) -> None:
+        """Raise ExecutorError if a pool process dies even on a chunk with nothing to normalize."""
+        first, _count = request_span(payload)
+        probe = dict(payload, items=[[first, first, None, [ENGINE_FAILURE, "probe"]]])
+        for key in ("text", "first", "format", "bad"):
+            probe.pop(key, None)
+        try:
+            self._submit(probe).result()
+        except BrokenProcessPool as exc:
+            self._restart_pool()
+            raise ExecutorError(f"normalization processes die even with nothing to normalize: {exc}") from exc
+
+    def _restart_pool(self) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self.__enter__()
+
+    def _checked(self, payload: dict[str, Any], get: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A chunk's result; error records if it failed for a reason of its own.
+
+        Raises:
+            ExecutorError: what failed is the machinery (the sandbox, the profile), named.
+            BrokenProcessPool: the pool process died.
+        """
+        try:
+            return get()
+        except BrokenProcessPool:
+            raise
+        except ProfileError as exc:
+            raise ExecutorError(f"the profile is invalid: {exc}") from exc
+        except SandboxError as exc:
+            raise ExecutorError(f"the sandbox failed on {_lines(payload)}: {exc}") from exc
+        except Exception as exc:
+            # Items never raise (process_chunk turns them into error records), so this is a
+            # fault of this chunk's request or of Hermes: its lines get records saying so.
+            kind = "was refused" if isinstance(exc, ContractError) else "failed"
+            message = f"the chunk holding this line {kind} in-process: {type(exc).__name__}: {exc}"
+            return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.mode, worker=self.worker)
+
+
+def _lines(payload: dict[str, Any]) -> str:
+    first, count = request_span(payload)
+    return f"line {first}" if count == 1 else f"lines {first}-{first + count - 1}"

@@ -33,6 +33,17 @@ the id the producer's duplicate guard checks: the explicit id, ``true`` for a li
 its line number, ``null`` for a line that failed before its id counted. The producer, which
 sees every chunk in order, turns a record whose id was used before into a ``duplicate_id``
 error record.
+
+Through Celery, results come back on the batch's stream (:data:`KEY_RESULTS`), one entry per
+message, each with one of these fields (JSON objects naming ``chunk`` and ``worker``):
+
+- ``s``: a start notice, when a worker takes a chunk (so the producer knows who holds it);
+- ``r`` and ``t``: the chunk's result (counts, ``errors``, ``ids``) and its records (raw JSONL);
+- ``m``: the chunk's lines were not in Redis (a late duplicate, or Redis lost them);
+- ``f``: a failure notice, the worker could not finish or publish the chunk, with ``reason``
+  and ``split``: true when its lines are to blame and splitting helps (its result is too large,
+  it ran past the soft time limit), false when Redis refused for another reason (sent again,
+  then error records). Always ASCII JSON, so that it cannot fail to encode itself.
 """
 
 from __future__ import annotations
@@ -62,6 +73,11 @@ KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and star
 KEY_CHUNK_TEXT = KEY_PREFIX + "chunk:{batch}:{chunk}"
 KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
 EVENTS_MAXLEN = 20_000
+# The largest value Hermes writes to Redis (a chunk's lines, a chunk's records). Redis refuses
+# values over 512 MB (proto-max-bulk-len) by dropping the connection, which looks like an
+# outage; far below that, a chunk this large would also strain a worker's memory. A larger
+# chunk is split by the producer (its lines) or on the worker's notice (its records).
+MAX_VALUE_BYTES = 64 * 1024 * 1024
 
 # Error codes of item records. Stable: scripts match on them.
 INVALID_UTF8 = "invalid_utf8"
@@ -403,7 +419,7 @@ def _items(items: Any) -> list[list[Any]]:
     for line, item_id, prompt, error in items:
         if type(line) is not int or not 0 <= line <= MAX_LINE_NUMBER:
             raise ContractError(f"chunk payload: item line {shown(line)} is not a line number")
-        if item_id is not None and (type(item_id) is not int and not isinstance(item_id, str)):
-            raise ContractError(f"chunk payload: item on line {line}: the id must be a string or an integer")
+        # Any id: one that cannot be an id (a float, a list, a 30-digit number, a lone surrogate)
+        # becomes that item's bad_id record (processing.process_chunk), not a refused chunk.
         checked.append([line, item_id, prompt, None if error is None else _item_error(error, f"item on line {line}")])
     return checked

@@ -2,19 +2,21 @@
 
 In-process pools, Celery tasks and the sandbox server all call :func:`process_chunk`; only who
 calls it, and the ``mode`` they report, differ. It never raises for a bad item: each item gets
-exactly one record, an error record if need be.
+exactly one record, an error record if need be, and every record is one line of JSON that can
+be written as UTF-8 (whatever the item, its id or an exception's message held).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import contract
 from .contract import ChunkRequest
 from .engine import ItemError, Profile, check_prompt, normalize, provenance
-from .lines import items_from_text
+from .lines import id_problem, items_from_text
 
 __all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
 
@@ -36,11 +38,57 @@ def _dumps(value: object) -> str:
 
 
 _CONVERGED = {True: "true", False: "false", None: "null"}
+# The only code points UTF-8 cannot encode: lone surrogates (JSON's "\\ud800").
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+# Error messages are for people: one that quotes a whole prompt (an exception's text) is cut.
+_MAX_MESSAGE_CHARS = 2000
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable written as an escape, e.g. ``\\u001b``.
+
+    Messages reach terminals (the summary), logs and JUnit XML as well as records: a lone
+    surrogate could not be written as UTF-8, a control character could drive a terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def _clean(code: Any, message: Any) -> tuple[str, str]:
+    """An error's code and message as they may go into a record: strings, printable, bounded."""
+    code, message = _printable(str(code)[:200]), str(message)
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[: _MAX_MESSAGE_CHARS - 1] + "\u2026"
+    return code, _printable(message)
 
 
 def _error_line(item_id: str, line: int, code: str, message: str, prov: str) -> str:
+    code, message = _clean(code, message)
     error = _dumps({"code": code, "message": message, "line": line})
     return f'{{"id":{item_id},"line":{line},"error":{error},"provenance":{prov}}}'
+
+
+def _record_id(raw_id: Any, line: int) -> tuple[str, list[Any] | None]:
+    """The id as it goes into the record, and a ``bad_id`` error if it cannot be one.
+
+    Ids parsed from JSONL lines are checked already; items built elsewhere (``hermes run``,
+    ``hermes queue``, a hand-made request) may hold anything. A bad id's record carries the
+    line number instead, so it is still valid JSON.
+    """
+    if raw_id == line and type(raw_id) is int:
+        return str(line), None
+    problem = id_problem(raw_id)
+    if problem is None:
+        return _dumps(raw_id), None
+    return str(line), [contract.BAD_ID, problem]
+
+
+def _pre_error(pre_error: Any) -> tuple[str, str]:
+    """``(code, message)`` of an item that failed before the engine, whatever shape it came in."""
+    if isinstance(pre_error, list | tuple) and len(pre_error) == 2:
+        return str(pre_error[0]), str(pre_error[1])
+    return contract.ENGINE_FAILURE, f"item arrived with an unreadable error: {str(pre_error)[:200]}"
 
 
 def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: str | None = None) -> dict[str, Any]:
@@ -66,9 +114,9 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
     max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
 
     for line, raw_id, prompt, pre_error in items:
-        item_id = _dumps(raw_id)
-        if pre_error is not None:
-            code, message = pre_error
+        item_id, id_error = _record_id(raw_id, line)
+        if pre_error is not None or id_error is not None:
+            code, message = _pre_error(pre_error if pre_error is not None else id_error)
         else:
             try:
                 if not isinstance(prompt, str):
@@ -81,11 +129,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
                         f"output still holds characters profile {profile.name!r} forbids: "
                         + "; ".join(result.violations),
                     )
-            except ItemError as exc:
-                code, message = exc.code, exc.message
-            except Exception as exc:
-                code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
-            else:
+                # Building the record is part of the item: whatever fails here fails it alone.
                 record = (
                     f'{{"id":{item_id},"line":{line},"text":{_dumps(result.text)},'
                     f'"changed":{"true" if result.changed else "false"},'
@@ -94,8 +138,19 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
                 )
                 if result.explanation is not None:
                     record += f',"explain":{_dumps(result.explanation)}'
+                if not record.isascii() and (bad := _SURROGATE.search(record)) is not None:
+                    raise ItemError(
+                        contract.ENGINE_FAILURE,
+                        f"the record for this item cannot be written as UTF-8: it holds a lone surrogate "
+                        f"U+{ord(bad.group()):04X}",
+                    )
                 lines.append(record + "}")
                 continue
+            except ItemError as exc:
+                code, message = exc.code, exc.message
+            except Exception as exc:
+                code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
+        code, message = _clean(code, message)
         errors.append([line, code, message])
         lines.append(_error_line(item_id, line, code, message, prov))
 
@@ -141,8 +196,8 @@ def with_errors(result: dict[str, Any], replaced: dict[int, tuple[str, str]]) ->
         if line not in errors:
             result["ok"] -= 1
             result["failed"] += 1
-        errors[line] = [line, code, message]
-        lines[index] = _error_line(_dumps(record.get("id")), line, code, message, prov)
+        errors[line] = [line, *_clean(code, message)]
+        lines[index] = _error_line(_record_id(record.get("id"), line)[0], line, code, message, prov)
     result["errors"] = [errors[line] for line in sorted(errors)]
     result.pop("text", None)
     result["lines"] = lines
@@ -158,11 +213,12 @@ def failed_chunk_result(
     sandbox that cannot start): its items still get exactly one record each.
     """
     spec = payload.get("profile") if isinstance(payload, Mapping) else None
+    spec = spec if isinstance(spec, Mapping) else {}
     try:
-        profile = Profile.from_spec(spec or {})
+        profile = Profile.from_spec(spec)
         prov_dict = provenance(profile, mode=mode, worker=worker)
     except Exception:
-        prov_dict = {"profile": str((spec or {}).get("name")), "mode": mode, "worker": worker}
+        prov_dict = {"profile": _printable(str(spec.get("name"))[:200]), "mode": mode, "worker": worker}
     prov = _dumps(prov_dict)
     items = payload.get("items") if isinstance(payload, Mapping) else None
     ids: list[Any] | None = None
@@ -176,8 +232,8 @@ def failed_chunk_result(
     lines, errors = [], []
     for item in items if isinstance(items, list) else []:
         line, raw_id = (item[0], item[1]) if isinstance(item, list) and len(item) >= 2 else (0, None)
-        lines.append(_error_line(_dumps(raw_id), line, code, message, prov))
-        errors.append([line, code, message])
+        lines.append(_error_line(_record_id(raw_id, line)[0], line, code, message, prov))
+        errors.append([line, *_clean(code, message)])
     chunk = payload.get("chunk") if isinstance(payload, Mapping) else None
     result = {
         "v": contract.PAYLOAD_VERSION,

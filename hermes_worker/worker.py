@@ -39,6 +39,7 @@ from typing import Any
 
 import redis
 from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import state as celery_state
 
 from . import __version__, contract
@@ -49,7 +50,7 @@ from .guard import Refusal, restrict_control
 from .metrics import add as add_metrics
 from .metrics import bump, chunk_increments, serve
 from .metrics import field as metrics_field
-from .processing import failed_chunk_result
+from .processing import failed_chunk_result, with_errors
 from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
@@ -399,29 +400,82 @@ class ProcessState:
             )
             return
         started = time.perf_counter()
+        result = self._run(payload, text, worker, chunk)
+        if result is None:
+            return  # not the items' fault: producers send the chunk again elsewhere
+        if isinstance(result, str):
+            self._fail(stream, ttl, chunk, worker, result, split=True)
+            return
+        elapsed = time.perf_counter() - started
+        try:
+            fields, done, increments = self._result_fields(result, worker, chunk, elapsed)
+        except Exception as exc:
+            log.exception("chunk %s: its result cannot be encoded", chunk)
+            self._fail(stream, ttl, chunk, worker, f"its result cannot be encoded: {type(exc).__name__}", split=True)
+            return
+        if len(fields["t"]) > contract.MAX_VALUE_BYTES:
+            reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
+            self._fail(stream, ttl, chunk, worker, reason, split=True)
+            return
+        try:
+            self._publish(stream, ttl, fields, done, (worker, increments))
+        except _Unpublishable as exc:
+            # Retrying here cannot help: tell the producer, who splits a result too large for
+            # Redis, and sends anything else again (another worker may fare better).
+            self._fail(stream, ttl, chunk, worker, f"its result cannot be published: {exc}", split=exc.too_large)
+
+    def _run(self, payload: dict[str, Any], text: bytes | None, worker: str, chunk: Any) -> dict[str, Any] | str | None:
+        """The chunk's result (error records if need be); a reason to split it; or None to let it go.
+
+        Never raises: whatever goes wrong with one chunk ends with its records or a notice.
+        """
         try:
             if text is not None:
                 payload["text"] = text.decode("utf-8")
             payload.pop("count", None)
-            result = self.runner.run(payload, worker)
+            return self.runner.run(payload, worker)
         except (contract.ContractError, ProfileError) as exc:
-            result = failed_chunk_result(
-                payload,
-                contract.ENGINE_FAILURE,
-                f"chunk rejected by the worker: {exc}",
-                mode=self.runner.mode,
-                worker=worker,
-            )
+            message = f"chunk rejected by the worker: {exc}"
+            return failed_chunk_result(payload, contract.ENGINE_FAILURE, message, mode=self.runner.mode, worker=worker)
+        except SoftTimeLimitExceeded:
+            # One slow line must not fail its neighbours: the producer splits the chunk until the
+            # line to blame is alone.
+            log.warning("chunk %s ran past its soft time limit", chunk)
+            if self.runner.mode == "container":
+                # The sandbox may still be busy with the chunk: the next one gets a fresh session.
+                with contextlib.suppress(Exception):
+                    self.runner.close()
+            return f"it ran past the soft time limit ({0.8 * self.settings.chunk_time_limit_s:.0f} s)"
         except Exception as exc:
-            if self.runner.mode == "container" and self._engine_gone(exc, worker, chunk):
-                return  # not the items' fault: producers send the chunk again elsewhere
+            try:
+                gone = self.runner.mode == "container" and self._engine_gone(exc, worker, chunk)
+            except Exception:
+                gone = False
+            if gone:
+                return None
             log.exception("chunk %s failed as a whole", chunk)
             code = contract.SANDBOX_FAILURE if self.runner.mode == "container" else contract.ENGINE_FAILURE
-            result = failed_chunk_result(
-                payload, code, f"{type(exc).__name__}: {exc}", mode=self.runner.mode, worker=worker
-            )
+            message = f"{type(exc).__name__}: {exc}"
+            events = self.events_for(worker)
             events.emit("ERROR", "chunk.failed", f"chunk {chunk} failed as a whole: {exc}", chunk=chunk)
-        elapsed = time.perf_counter() - started
+            return failed_chunk_result(payload, code, message, mode=self.runner.mode, worker=worker)
+
+    def _result_fields(
+        self, result: dict[str, Any], worker: str, chunk: Any, elapsed: float
+    ) -> tuple[dict[str, str | bytes], dict[str, str], dict[str, float]]:
+        """The stream fields of a result, its event and its metric increments."""
+        # The records travel as raw JSONL bytes next to the counts: encoding them again as JSON
+        # strings would make every quote an escape for Redis to store and the producer to undo.
+        lines = result["lines"]
+        try:
+            body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+        except UnicodeEncodeError:
+            # process_chunk never writes such a record; should one slip through, it fails alone.
+            unwritable = {i: line for i, line in enumerate(lines) if not _encodes(line)}
+            message = "the record for this item cannot be written as UTF-8"
+            result = with_errors(result, dict.fromkeys(unwritable, (contract.ENGINE_FAILURE, message)))
+            lines = result["lines"]
+            body = ("\n".join(lines) + "\n").encode("utf-8")
         elapsed_ms = round(elapsed * 1000, 2)
         increments = chunk_increments(result, elapsed, self.runner.mode)
         restarts = self.runner.restarts
@@ -429,7 +483,7 @@ class ProcessState:
             increments[metrics_field("session_restarts")] = restarts - self._restarts_seen
             self._restarts_seen = restarts
         level = "WARNING" if result["failed"] else "DEBUG"
-        done = events.entry(
+        done = self.events_for(worker).entry(
             level,
             "chunk.succeeded",
             f"chunk {chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
@@ -439,11 +493,25 @@ class ProcessState:
             ms=elapsed_ms,
             mode=self.runner.mode,
         )
-        # The records travel as raw JSONL bytes next to the counts: encoding them again as JSON
-        # strings would make every quote an escape for Redis to store and the producer to undo.
-        lines = result.pop("lines")
-        fields = {"r": json.dumps(result, ensure_ascii=False), "t": "\n".join(lines) + "\n" if lines else ""}
-        self._publish(stream, ttl, fields, done, (worker, increments))
+        # ASCII: ids and error messages are checked writable, but this must not fail either way.
+        counts = json.dumps({k: v for k, v in result.items() if k != "lines"}, ensure_ascii=True)
+        return {"r": counts, "t": body}, done, increments
+
+    def _fail(self, stream: str, ttl: int, chunk: Any, worker: str, reason: str, *, split: bool) -> None:
+        """Publish a failure notice: the producer sends the chunk again (or splits it, or gives up).
+
+        The notice is small ASCII JSON, so nothing in it can fail to encode. If even it cannot be
+        published, the task fails; the producer finds the chunk overdue and sends it again.
+        """
+        reason = reason.encode("ascii", "backslashreplace").decode("ascii")[:500]
+        notice = json.dumps({"chunk": chunk, "worker": worker, "reason": reason, "split": split})
+        log.warning("chunk %s: %s; the producer is told", chunk, reason)
+        event = self.events_for(worker).entry("ERROR", "chunk.unpublished", f"chunk {chunk}: {reason}", chunk=chunk)
+        try:
+            self._publish(stream, ttl, {"f": notice}, event)
+        except Exception:
+            log.exception("chunk %s: not even its failure notice could be published", chunk)
+            raise
 
     def _misplaced(self, request: contract.ChunkRequest, queue: str | None) -> str | None:
         """Why this worker must not run ``request``, sent to ``queue``; None if it may."""
@@ -517,15 +585,22 @@ class ProcessState:
         self,
         stream: str,
         ttl: int,
-        fields: dict[str, str],
+        fields: dict[str, str | bytes],
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None = None,
         fetch: str | None = None,
     ) -> bytes | None:
-        # A result must not be lost to a Redis outage: retry with back-off until the deadline,
-        # then let Celery redeliver the chunk (it is acknowledged only when this returns).
+        """Append ``fields`` to ``stream`` (and the event, the counters; and GET ``fetch``).
+
+        Raises:
+            _Unpublishable: Redis refuses these fields for good; retrying cannot help.
+            redis.RedisError: Redis did not answer until the deadline.
+        """
+        # A result must not be lost to a Redis outage: retry with back-off until the deadline;
+        # then the task fails and the producer, finding the chunk overdue, sends it again.
         deadline = max(self._deadline, time.monotonic() + 2.0)
         delay = 0.2
+        size = sum(len(value) for value in fields.values())
         while True:
             try:
                 pipe = self.redis.pipeline(transaction=False)
@@ -536,16 +611,74 @@ class ProcessState:
                     add_metrics(pipe, *counters)
                 if fetch is not None:
                     pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
+                # raise_on_error=False: a refused GET of the chunk's lines (a key of another type,
+                # put there by a Redis writer) is not a refusal of the notice (see _fetched).
                 replies = pipe.execute(raise_on_error=False)
                 return _fetched(replies, fetch)
-            except redis.ResponseError:
-                raise  # Redis refused a command (wrong type, bad argument): it would again, no outage
+            except (redis.DataError, UnicodeError) as exc:
+                raise _Unpublishable(f"{type(exc).__name__}: {exc}") from exc
+            except redis.ResponseError as exc:
+                # Redis refused a command: wrong type, bad argument, no permission. It would again:
+                # no outage to wait out, unless it is one of the passing states (_TRANSIENT).
+                if not _transient(exc):
+                    raise _Unpublishable(_redis_reason(exc)) from exc
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Redis is busy (%s); retrying in %.1f s", _redis_reason(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except redis.RedisError as exc:
+                if size > _BIG_VALUE_BYTES and isinstance(exc, redis.ConnectionError) and self._answers():
+                    # Redis drops the connection on a value over its proto-max-bulk-len; if it
+                    # answers a ping at once, it was the size, and waiting will not help.
+                    raise _Unpublishable(f"Redis refused {size:,} bytes ({exc})", too_large=True) from exc
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("Redis is not answering (%s); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+
+class _Unpublishable(Exception):
+    """Redis refuses what a worker tries to publish, for a reason that waiting does not fix."""
+
+    def __init__(self, reason: str, *, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.too_large = too_large
+
+
+# Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
+_BIG_VALUE_BYTES = 1 << 20
+# Redis errors that pass: loading, a replica promoted, a failed save (MISCONF), out of memory
+# (the producer frees the stream as it reads), cluster resharding.
+_TRANSIENT = ("LOADING", "READONLY", "MISCONF", "OOM", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "BUSY")
+
+
+def _transient(exc: redis.ResponseError) -> bool:
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, redis.exceptions.OutOfMemoryError | redis.ReadOnlyError) or (
+        status in _TRANSIENT or _redis_reason(exc).startswith(_TRANSIENT)
+    )
+
+
+def _redis_reason(exc: redis.RedisError) -> str:
+    """A Redis error without the command redis-py quotes in front of it (it may hold prompts)."""
+    text = str(exc)
+    return text.split(" caused error: ", 1)[-1][:300]
+
+
+def _encodes(line: str) -> bool:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fetched(replies: list[Any], fetch: str | None) -> bytes | None:

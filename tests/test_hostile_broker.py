@@ -359,6 +359,8 @@ def test_remote_control_commands_that_would_change_a_worker_are_refused(broker: 
         ("revoke", {"task_id": "x", "terminate": True}), ("disable_events", {}),
         ("autoscale", {"max": 9, "min": 1}), ("memdump", {}),
     ]  # fmt: skip
+    # The worker's remote-control consumer starts a moment after its registry entry: wait for it.
+    assert broker.wait(lambda: control.inspect(destination=[node], timeout=1).ping(), "the worker answers a ping")
     for command, arguments in commands:
         replies = control.broadcast(command, arguments=arguments, destination=[node], reply=True, timeout=3)
         assert replies and "refused by Hermes" in replies[0][node]["error"], (command, replies)

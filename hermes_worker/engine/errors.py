@@ -16,9 +16,14 @@ class ProfileError(EngineError):
 
 
 class ItemError(EngineError):
-    """One prompt cannot be normalized; ``code`` is stable, ``message`` is for people."""
+    """One item cannot be normalized; ``code`` is stable, ``message`` is for people.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``item_id``, when set, is the item's own (valid) id, for its error record; otherwise the
+    record's id is the item's line number.
+    """
+
+    def __init__(self, code: str, message: str, item_id: str | int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.item_id = item_id

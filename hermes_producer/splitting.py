@@ -1,0 +1,74 @@
+"""Split a chunk request into parts, and merge the parts' results back into the chunk's result.
+
+A chunk that keeps failing as a whole (its worker process dies on it, its result is too large
+to publish) is split, and the parts are run as chunks of their own, until the item to blame
+is alone; every other item then gets its normal record. The sandbox session does the same
+inside a container worker (:mod:`hermes_worker.sandbox.session`); this is the producer's
+version, for whatever happens outside one. Pure functions on contract payloads and results.
+
+>>> parts = split_request({"chunk": 3, "first": 10, "text": "a\\nb\\nc", "bad": [[2, "x", "y"]]})
+>>> [(p["first"], p["text"], p["bad"]) for p in parts]
+[(10, 'a', []), (11, 'b\\nc', [[1, 'x', 'y']])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
+from typing import Any
+
+from hermes_worker.contract import request_span, result_text
+
+__all__ = ["merge_results", "split_request"]
+
+
+def split_request(payload: Mapping[str, Any], ways: int = 2) -> list[dict[str, Any]]:
+    """Up to ``ways`` requests holding consecutive slices of ``payload``'s lines or items, in order.
+
+    Returns ``[]`` for a request of one line: it cannot be split. The slices keep every other
+    field (the caller numbers them) and differ in size by one line at most; their line numbers
+    are the lines' own.
+    """
+    _first, count = request_span(payload)
+    if count < 2:
+        return []
+    ways = max(2, min(ways, count))
+    bounds = [count * k // ways for k in range(ways + 1)]
+    text = payload.get("text")
+    if isinstance(text, str):
+        lines = text.split("\n")
+        first = int(payload["first"])
+        bad = payload.get("bad") or []
+        return [
+            dict(
+                payload,
+                text="\n".join(lines[start:end]),
+                first=first + start,
+                bad=[[b[0] - start, *b[1:]] for b in bad if start <= b[0] < end],
+            )
+            for start, end in pairwise(bounds)
+        ]
+    items = list(payload.get("items") or [])
+    return [dict(payload, items=items[start:end]) for start, end in pairwise(bounds)]
+
+
+def merge_results(payload: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The result of ``payload`` from the results of its parts, in order (``text`` form).
+
+    Counts and errors add up; ``ids`` (the duplicate guard's) are joined when every part has
+    them; the provenance is the first part's.
+    """
+    merged: dict[str, Any] = {
+        "v": parts[0]["v"],
+        "chunk": payload["chunk"],
+        "text": "".join(result_text(part) for part in parts),
+        "ok": sum(int(part["ok"]) for part in parts),
+        "failed": sum(int(part["failed"]) for part in parts),
+        "errors": [error for part in parts for error in part["errors"]],
+        "provenance": parts[0]["provenance"],
+    }
+    if "first" in payload and "text" in payload:
+        merged["first"] = payload["first"]
+        ids = [part.get("ids") for part in parts]
+        merged["ids"] = None if any(i is None for i in ids) else [i for part_ids in ids for i in part_ids or []]
+    return merged
