@@ -592,7 +592,7 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
     assert result["ok"] == 2 and sent == [0, 0]
     # Undecodable, not an object, unhashable chunk numbers; a start notice naming no worker and
     # a field no notice has are ignored as they come.
-    assert sum("skipped an entry on the result stream" in m for m in messages) == 4
+    assert sum("ignored a malformed entry on the result stream" in m for m in messages) == 4
     assert any("a result whose errors do not match its counts; sent again" in m for m in messages)
 
 
