@@ -37,6 +37,7 @@ error record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,8 @@ VALIDATION_FAILED = "validation_failed"
 ENGINE_FAILURE = "engine_failure"
 # The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
 SANDBOX_FAILURE = "sandbox_failure"
+# Normalizing the item used more CPU time than its budget (hermes_worker.engine.budget).
+TOO_SLOW = "too_slow"
 
 
 # Through Celery, a text request's ``text`` does not ride in the task message: the producer
@@ -84,6 +87,9 @@ SANDBOX_FAILURE = "sandbox_failure"
 # few hundred bytes, so the prompts are not JSON-escaped, base64-encoded and copied again by
 # the broker transport (and again for its unacknowledged-message store) on their way.
 TEXT_KEY = "text_key"
+
+# The largest ``item_time_budget`` scale a request may carry (hermes_worker.engine.budget).
+MAX_ITEM_TIME_BUDGET = 100.0
 
 
 def result_text(result: Mapping[str, Any]) -> str:
@@ -132,6 +138,8 @@ class ChunkRequest:
     first: int = 1
     format: str = "jsonl"
     bad: list[list[Any]] | None = None
+    # Scale of each item's CPU-time budget (hermes_worker.engine.budget): 1 the default, 0 off.
+    item_time_budget: float = 1.0
 
     def to_payload(self) -> dict[str, Any]:
         payload = {
@@ -141,6 +149,7 @@ class ChunkRequest:
             "max_validation": self.max_validation,
             "explain": self.explain,
             "max_prompt_bytes": self.max_prompt_bytes,
+            "item_time_budget": self.item_time_budget,
         }
         if self.text is not None:
             payload |= {"format": self.format, "first": self.first, "text": self.text, "bad": self.bad or []}
@@ -173,12 +182,24 @@ class ChunkRequest:
             raise ContractError("chunk payload: 'max_validation' must be an integer >= 0")
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ContractError("chunk payload: 'max_prompt_bytes' must be a positive integer")
+        budget = payload.get("item_time_budget", 1.0)
+        # Bounded: a hostile value can at most hand an item back to the chunk's own time limit.
+        if (
+            not isinstance(budget, int | float)
+            or isinstance(budget, bool)
+            or not math.isfinite(budget)
+            or not 0 <= budget <= MAX_ITEM_TIME_BUDGET
+        ):
+            raise ContractError(
+                f"chunk payload: 'item_time_budget' must be a number from 0 to {MAX_ITEM_TIME_BUDGET:g}"
+            )
         common: dict[str, Any] = {
             "chunk": chunk,
             "profile": payload.get("profile") or {},
             "max_validation": max_validation,
             "explain": bool(payload.get("explain")),
             "max_prompt_bytes": max_bytes,
+            "item_time_budget": float(budget),
         }
         text = payload.get("text")
         if text is not None:

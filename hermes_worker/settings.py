@@ -6,6 +6,7 @@ options override these values; nothing else reads the environment.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from .contract import MAX_ITEM_TIME_BUDGET
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 
 __all__ = ["Settings", "SettingsError"]
@@ -49,6 +51,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise ValueError("must be >= 0")
+    return value
+
+
+def _budget_scale(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0 <= value <= MAX_ITEM_TIME_BUDGET:
+        raise ValueError(f"must be a number from 0 (off) to {MAX_ITEM_TIME_BUDGET:g}; 1 is the default budget")
     return value
 
 
@@ -154,6 +163,9 @@ class Settings:
         flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
         metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
             (``HERMES_METRICS_PORT``, 0).
+        item_time_budget: scale of each item's CPU-time budget, ``1 s + 30 s per MiB`` of prompt
+            at 1; an item over it becomes a ``too_slow`` error record; 0 turns it off
+            (``HERMES_ITEM_TIME_BUDGET``, 1; at most 100). It travels in the chunk request.
     """
 
     home: Path
@@ -192,6 +204,7 @@ class Settings:
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     metrics_port: int = 0
+    item_time_budget: float = 1.0
 
     @property
     def worker_ttl_s(self) -> float:
@@ -278,4 +291,5 @@ class Settings:
             flower_port=read("HERMES_FLOWER_PORT", _positive_int, 5555),
             flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
             metrics_port=read("HERMES_METRICS_PORT", _non_negative_int, 0),
+            item_time_budget=read("HERMES_ITEM_TIME_BUDGET", _budget_scale, 1.0),
         )

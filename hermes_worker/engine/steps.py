@@ -22,6 +22,8 @@ import ftfy
 import ftfy.badness
 import ftfy.chardata
 
+from . import ftfy_bounded, normal_forms
+
 __all__ = ["STEPS", "Step", "ftfy_explain"]
 
 
@@ -136,8 +138,8 @@ def _untouched_by_ftfy(segment: str) -> bool:
     if segment.isascii():
         return True
     if _MOJIBAKE_REQUIRED is not None and _MOJIBAKE_REQUIRED.search(segment) is None:
-        return unicodedata.is_normalized("NFC", segment)
-    return not ftfy.badness.is_bad(segment) and unicodedata.is_normalized("NFC", segment)
+        return normal_forms.is_normalized("NFC", segment)
+    return not ftfy.badness.is_bad(segment) and normal_forms.is_normalized("NFC", segment)
 
 
 def _ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
@@ -180,7 +182,7 @@ def fix_with_ftfy(text: str) -> str:
         or (
             _MOJIBAKE_REQUIRED is not None
             and _MOJIBAKE_REQUIRED.search(text) is None
-            and unicodedata.is_normalized("NFC", text)
+            and normal_forms.is_normalized("NFC", text)
         )
     ):
         # No fix applies to any character, and no line can look like mojibake: nothing to do.
@@ -192,7 +194,7 @@ def fix_with_ftfy(text: str) -> str:
             out.append(segment)
         else:
             untouched = False
-            out.append(ftfy.fix_and_explain(segment, config).text)
+            out.append(ftfy_bounded.fix_segment(segment, config))
     return text if untouched else "".join(out)
 
 
@@ -206,7 +208,7 @@ def ftfy_explain(text: str) -> list[str]:
     for segment, segment_config in _ftfy_segments(text, _FTFY_EXPLAIN_CONFIG):
         if _untouched_by_ftfy(segment):
             continue
-        explanation = ftfy.fix_and_explain(segment, segment_config).explanation or []
+        explanation = ftfy_bounded.fix_and_explain(segment, segment_config).explanation or []
         for action, parameter in explanation:
             seen.setdefault(f"{action}:{parameter}", None)
     return list(seen)
@@ -215,12 +217,14 @@ def ftfy_explain(text: str) -> list[str]:
 # --- Unicode normalization forms ----------------------------------------------------------------
 
 
-def _unicode_form(form: str) -> Callable[[str], str]:
+def _unicode_form(form: normal_forms.Form) -> Callable[[str], str]:
     def apply(text: str) -> str:
         # ASCII is already in every normalization form; is_normalized is CPython's quick check.
-        if text.isascii() or unicodedata.is_normalized(form, text):  # type: ignore[arg-type]
+        # normal_forms gives unicodedata's results in linear time (CPython sorts long runs of
+        # combining marks in quadratic time).
+        if text.isascii() or normal_forms.is_normalized(form, text):
             return text
-        return unicodedata.normalize(form, text)  # type: ignore[arg-type]
+        return normal_forms.normalize(form, text)
 
     apply.__name__ = form.lower()
     apply.__doc__ = f"Unicode normalization form {form}, and nothing else."
@@ -276,7 +280,6 @@ def strip_terminal_escapes(text: str) -> str:
 # --- Lines and whitespace ---------------------------------------------------------------------
 
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
-_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
 # A line break followed by two or more blank lines (whitespace only, each ended by LF); the
 # literal LF in front keeps the scan fast. A run at the very start has no LF in front of it.
 _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n){2,}")
@@ -301,9 +304,12 @@ def rstrip_lines(text: str) -> str:
     >>> rstrip_lines("  a  \n\tb\t")
     '  a\n\tb'
     """
-    if _TRAILING_SPACE.search(text) is None:
-        return text
-    return _TRAILING_SPACE.sub("", text)
+    # str.rstrip() strips exactly the characters re's [^\S\n] matched (str.isspace is re's \s),
+    # and goes over each line once. The former pattern, [^\S\n]+$, restarted at every character
+    # of a whitespace run that did not end its line: quadratic (9.5 s for 40,000 spaces and "x").
+    # Splitting is also faster than any scan on text that has nothing to strip.
+    stripped = "\n".join([line.rstrip() for line in text.split("\n")])
+    return text if stripped == text else stripped
 
 
 def collapse_blank_lines(text: str) -> str:
