@@ -55,7 +55,10 @@ def _non_negative_float(text: str) -> float:
 
 
 def _budget_scale(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not math.isfinite(value) or not 0 <= value <= MAX_ITEM_TIME_BUDGET:
         raise ValueError(f"must be a number from 0 (off) to {MAX_ITEM_TIME_BUDGET:g}; 1 is the default budget")
     return value

@@ -70,12 +70,17 @@ class ItemTooSlow(ItemError):
     """An item used more CPU time than its budget."""
 
     def __init__(self, budget_s: float, prompt: str) -> None:
-        size = len(prompt.encode("utf-8", "surrogatepass"))
         super().__init__(
             TOO_SLOW,
-            f"normalization took longer than its budget of {budget_s:.3g} s of CPU time (prompt of {size:,} bytes)",
+            f"normalization took longer than its budget of {budget_s:.3g} s of CPU time "
+            f"(prompt of {utf8_size(prompt):,} bytes)",
         )
         self.budget_s = budget_s
+
+
+def utf8_size(text: str) -> int:
+    """The length of ``text`` in UTF-8, without encoding ASCII."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def item_budget_s(prompt: str, scale: float = 1.0) -> float | None:
@@ -88,9 +93,9 @@ def item_budget_s(prompt: str, scale: float = 1.0) -> float | None:
     """
     if not scale:
         return None
-    # Characters, not bytes: cheaper to count, and the work of every step follows them. A
-    # prompt of multi-byte characters gets the budget of its length in ASCII, which is smaller.
-    return scale * (BASE_S + PER_MIB_S * len(prompt) / _MIB)
+    # Bytes, like the prompt size limit. The slowest hostile text is multi-byte (mojibake is
+    # made of two-byte characters): per character it costs twice what its bytes suggest.
+    return scale * (BASE_S + PER_MIB_S * utf8_size(prompt) / _MIB)
 
 
 class Deadline:

@@ -41,7 +41,7 @@ from ftfy.badness import is_bad
 
 from .normal_forms import normalize as _normalize
 
-__all__ = ["WORK_FACTOR", "fix_and_explain", "fix_segment"]
+__all__ = ["WORK_FACTOR", "fix_and_explain", "fix_segment", "fix_within_budget"]
 
 # A segment may go over itself about this many times. Real text needs 3 to 10 (a round that
 # fixes, a round that finds nothing left, each with a step or two of encoding repair, and two
@@ -76,16 +76,18 @@ Steps = list[ftfy.ExplanationStep]
 class _Budget:
     """The work a segment may still do, in characters gone over."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "ran_out")
 
     def __init__(self, segment: str) -> None:
         self.left = WORK_FACTOR * (len(segment) + _SEGMENT_FLOOR)
+        self.ran_out = False
 
     def take(self, text: str, overhead: int = _STEP_OVERHEAD) -> bool:
         """Pay for one pass over ``text``; False (and nothing paid) if the budget cannot."""
         cost = len(text) + overhead
         if cost > self.left:
             self.left = 0  # once out, out: a shorter text later must not resume the work
+            self.ran_out = True
             return False
         self.left -= cost
         return True
@@ -106,6 +108,15 @@ def fix_and_explain(text: str, config: ftfy.TextFixerConfig) -> ftfy.ExplainedTe
 
     >>> fix_and_explain("&amp;amp; sÃ³", _PLAIN_CONFIG).text
     '& só'
+    """
+    return fix_within_budget(text, config)[0]
+
+
+def fix_within_budget(text: str, config: ftfy.TextFixerConfig) -> tuple[ftfy.ExplainedText, bool]:
+    """:func:`fix_and_explain`, and whether it finished (False: the budget ran out first).
+
+    >>> fix_within_budget("&" + "amp;" * 10, _PLAIN_CONFIG)[1], fix_within_budget("&" + "amp;" * 99, _PLAIN_CONFIG)[1]
+    (True, False)
     """
     budget = _Budget(text)
     if config.unescape_html == "auto" and "<" in text:
@@ -128,7 +139,7 @@ def fix_and_explain(text: str, config: ftfy.TextFixerConfig) -> ftfy.ExplainedTe
             text = fixed
         if text == origtext:
             break
-    return ftfy.ExplainedText(text, steps)
+    return ftfy.ExplainedText(text, steps), not budget.ran_out
 
 
 def fix_segment(segment: str, config: ftfy.TextFixerConfig) -> str:
