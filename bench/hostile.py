@@ -87,6 +87,7 @@ FAMILIES: dict[str, Callable[[int], str]] = {
     "a + U+0301 run + U+0316 run": lambda size: "a" + "\u0301" * (size // 4 - 1) + "\u0316" * (size // 4 - 1),
     "a + (U+0301 U+0316) repeated": lambda size: _repeat("\u0301\u0316", size, head="a"),
     "U+0F73 run (decomposes into marks out of order)": lambda size: _repeat("\u0f73", size),
+    "emoji + astral marks out of order": lambda size: _repeat("\U0001d167\U0001d165", size, head="\U0001f600"),
     "c-cedilla-acute + U+0316 run": lambda size: _repeat("\u0316", size, head="\u1e09"),
     "U+FDFA run (18 characters each in NFKD)": lambda size: _repeat("\ufdfa", size),
     # Mojibake-looking text.

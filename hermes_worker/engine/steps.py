@@ -138,8 +138,8 @@ def _untouched_by_ftfy(segment: str) -> bool:
     if segment.isascii():
         return True
     if _MOJIBAKE_REQUIRED is not None and _MOJIBAKE_REQUIRED.search(segment) is None:
-        return normal_forms.is_normalized("NFC", segment)
-    return not ftfy.badness.is_bad(segment) and normal_forms.is_normalized("NFC", segment)
+        return unicodedata.is_normalized("NFC", segment)
+    return not ftfy.badness.is_bad(segment) and unicodedata.is_normalized("NFC", segment)
 
 
 def _ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
@@ -191,7 +191,7 @@ def fix_with_ftfy(text: str) -> str:
         or (
             _MOJIBAKE_REQUIRED is not None
             and _MOJIBAKE_REQUIRED.search(text) is None
-            and normal_forms.is_normalized("NFC", text)
+            and unicodedata.is_normalized("NFC", text)
         )
     ):
         # No fix applies to any character, and no line can look like mojibake: nothing to do.
@@ -228,10 +228,10 @@ def ftfy_explain(text: str) -> list[str]:
 
 def _unicode_form(form: normal_forms.Form) -> Callable[[str], str]:
     def apply(text: str) -> str:
-        # ASCII is already in every normalization form; is_normalized is CPython's quick check.
-        # normal_forms gives unicodedata's results in linear time (CPython sorts long runs of
-        # combining marks in quadratic time).
-        if text.isascii() or normal_forms.is_normalized(form, text):
+        # ASCII is already in every normalization form; is_normalized is CPython's quick check
+        # (linear: see normal_forms). normal_forms.normalize gives unicodedata's result in linear
+        # time (CPython sorts long runs of combining marks in quadratic time).
+        if text.isascii() or unicodedata.is_normalized(form, text):
             return text
         return normal_forms.normalize(form, text)
 
