@@ -6,12 +6,14 @@ slower on some input nobody has tried yet: an item whose normalization uses more
 its budget raises :class:`ItemTooSlow` (code ``too_slow``), which becomes that item's error
 record while the other items of its chunk go on.
 
-The budget grows with the prompt: ``scale × (1 s + 30 s per MiB)``, 31 s for a 1 MiB prompt. The
-slowest hostile megabyte measured takes 15 s of CPU on a slow core (lines of mojibake that ftfy
-peels one character per pass; see ``bench/`` notes in the report), ordinary prompts a few
-milliseconds. It counts CPU time, not wall time: a loaded machine must not turn good items into
-errors. ``scale`` comes from ``HERMES_ITEM_TIME_BUDGET`` through the chunk request (0 turns the
-budget off; the chunk's own time limit still applies).
+The budget grows with the prompt's UTF-8 size: ``scale × (1 s + 30 s per MiB)``, 31 s for a
+1 MiB prompt, about twice the slowest hostile megabyte measured through the ``prompt`` profile
+(15 s of CPU on a slow core: mojibake that ftfy peels one character a pass, ``python -m
+bench.hostile``), and well inside a chunk's soft time limit (96 s by default). Ordinary prompts
+take milliseconds. It counts CPU time, not wall time: a loaded machine must not turn good items
+into errors. ``scale`` comes from ``HERMES_ITEM_TIME_BUDGET`` through the chunk request (0 turns
+the budget off; the chunk's own time limit still applies, and it also bounds a chunk of many
+slow items, each within its budget).
 
 How it is enforced:
 
