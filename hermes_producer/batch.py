@@ -50,6 +50,7 @@ class BatchOptions:
     explain: bool = False
     chunk_size: int = 1024
     max_prompt_bytes: int = 1024 * 1024
+    item_time_budget: float = 1.0
 
     def request(self, number: int, **body: Any) -> dict[str, Any]:
         """Chunk request ``number`` with these options and ``body`` (``items``, or ``text`` and its fields)."""
@@ -59,6 +60,7 @@ class BatchOptions:
             max_validation=self.max_validation,
             explain=self.explain,
             max_prompt_bytes=self.max_prompt_bytes,
+            item_time_budget=self.item_time_budget,
             **body,
         ).to_payload()
 

@@ -95,6 +95,7 @@ def run(
         max_validation=ctx.settings.max_validation if max_validation is None else max_validation,
         explain=explain,
         max_prompt_bytes=ctx.settings.max_prompt_bytes,
+        item_time_budget=ctx.settings.item_time_budget,
     )
     executor = choose_executor(ctx, Placement(isolation, no_fallback, wait_for_workers), processes=1)
     payload = next(chunk_requests(iter([[1, 1, prompt, None]]), options))

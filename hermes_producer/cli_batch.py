@@ -254,6 +254,7 @@ def batch(
             chunk_size=settings.chunk_size,
             max_validation=settings.max_validation if max_validation is None else max_validation,
             max_prompt_bytes=settings.max_prompt_bytes,
+            item_time_budget=settings.item_time_budget,
         )
         placement = Placement(isolation, no_fallback, wait_for_workers)
         junit = JUnitReport(Path(name).name) if junit_file is not None else None

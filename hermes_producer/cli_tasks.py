@@ -167,6 +167,7 @@ def _run_claimed(
             max_validation=max_validation,
             chunk_size=ctx.settings.chunk_size,
             max_prompt_bytes=ctx.settings.max_prompt_bytes,
+            item_time_budget=ctx.settings.item_time_budget,
         )
         items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
         for result in executor.map_ordered(chunk_requests(items, options, first_number=next(numbers) * 1_000_000)):

@@ -105,10 +105,15 @@ def read_chunks(
     first = 1
     for batch in _line_batches(stream, _max_line(fmt, max_prompt_bytes)):
         pending += batch
-        while len(pending) >= chunk_size:
-            lines, pending = pending[:chunk_size], pending[chunk_size:]
-            yield (first, *_chunk_text(lines, max_prompt_bytes))
+        # Walk an offset and drop the used lines once: slicing off each chunk copied the rest of
+        # the block every time, quadratic in lines a block (1M empty lines took 2.3 s, 190 s for
+        # 400,000 with --chunk-size 1).
+        start = 0
+        while len(pending) - start >= chunk_size:
+            yield (first, *_chunk_text(pending[start : start + chunk_size], max_prompt_bytes))
+            start += chunk_size
             first += chunk_size
+        del pending[:start]
     if pending:
         yield (first, *_chunk_text(pending, max_prompt_bytes))
 

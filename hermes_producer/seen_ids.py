@@ -3,6 +3,11 @@
 Lines without an explicit id use their line number, so those ids are one bit each in a bitmap.
 Explicit ids live in a dict; past ``spill_at`` they move to a temporary SQLite file, fronted by
 a fixed-size Bloom filter so that the common case (a new id) rarely touches disk.
+
+The dict is keyed by each id's string form (``i5`` for the integer, ``s5`` for the string), never
+by the id itself: CPython hashes an integer n as n mod (2**61 - 1), so ids k·(2**61 - 1) all
+collide and 100,000 of them made every insert scan all the others (quadratic: minutes for one
+batch). Strings hash with SipHash under a key chosen per process, which input cannot aim at.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class SeenIds:
 
     def __init__(self, spill_at: int = 100_000) -> None:
         self._default_lines = bytearray()
-        self._recent: dict[Any, int] = {}
+        self._recent: dict[str, int] = {}  # _key(id) -> line
         self._spill_at = spill_at
         self._db: sqlite3.Connection | None = None
         self._bloom: bytearray | None = None
@@ -60,8 +65,7 @@ class SeenIds:
         bloom = self._bloom
         assert bloom is not None
         rows = []
-        for item_id, line in self._recent.items():
-            key = self._key(item_id)
+        for key, line in self._recent.items():
             for p in self._positions(key):
                 bloom[p >> 3] |= 1 << (p & 7)
             rows.append((key, line))
@@ -74,7 +78,7 @@ class SeenIds:
 
     def check_default(self, line: int) -> int | None:
         """Record that ``line`` uses its line number as id; return the line that used it first."""
-        first = self._lookup(line)
+        first = self._lookup(self._key(line))
         if first is not None:
             return first
         byte = line >> 3
@@ -87,10 +91,11 @@ class SeenIds:
         """Record explicit ``item_id`` as used on ``line``; if it was used before, return that line."""
         if isinstance(item_id, int) and 0 < item_id < line and self._default_used(item_id):
             return item_id
-        first = self._lookup(item_id)
+        key = self._key(item_id)
+        first = self._lookup(key)
         if first is not None:
             return first
-        self._recent[item_id] = line
+        self._recent[key] = line
         if len(self._recent) >= self._spill_at:
             self._spill()
         return None
@@ -107,7 +112,7 @@ class SeenIds:
         """
         if self._db is None and not self._default_lines and True not in ids and None not in ids:
             # The common case, at C speed: explicit ids, none seen before, none repeated.
-            batch = dict(zip(ids, range(first, first + len(ids)), strict=True))
+            batch = dict(zip(map(self._key, ids), range(first, first + len(ids)), strict=True))
             if len(batch) == len(ids) and self._recent.keys().isdisjoint(batch):
                 self._recent.update(batch)
                 if len(self._recent) >= self._spill_at:
@@ -123,14 +128,12 @@ class SeenIds:
                 duplicates[index] = found
         return duplicates
 
-    def _lookup(self, item_id: Any) -> int | None:
-        first = self._recent.get(item_id)
+    def _lookup(self, key: str) -> int | None:
+        first = self._recent.get(key)
         if first is not None:
             return first
-        if self._db is not None:
-            key = self._key(item_id)
-            if self._bloom_has(key):
-                row = self._db.execute("SELECT line FROM ids WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    return int(row[0])
+        if self._db is not None and self._bloom_has(key):
+            row = self._db.execute("SELECT line FROM ids WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return int(row[0])
         return None

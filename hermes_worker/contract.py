@@ -48,6 +48,7 @@ message, each with one of these fields (JSON objects naming ``chunk`` and ``work
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 import uuid
@@ -95,6 +96,8 @@ VALIDATION_FAILED = "validation_failed"
 ENGINE_FAILURE = "engine_failure"
 # The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
 SANDBOX_FAILURE = "sandbox_failure"
+# Normalizing the item used more CPU time than its budget (hermes_worker.engine.budget).
+TOO_SLOW = "too_slow"
 
 
 # Through Celery, a text request's ``text`` does not ride in the task message: the producer
@@ -110,6 +113,7 @@ ERROR_CODES = frozenset(
     {
         INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_PROMPT, PROMPT_NOT_STRING, BAD_ID, DUPLICATE_ID,
         EMPTY_PROMPT, TOO_LARGE, NUL_BYTE, LONE_SURROGATE, VALIDATION_FAILED, ENGINE_FAILURE, SANDBOX_FAILURE,
+        TOO_SLOW,
     }
 )  # fmt: skip
 
@@ -150,6 +154,8 @@ def shown(value: Any) -> str:
     (True, "['x', 2, 3, ...]")
     """
     return _repr.repr(value)
+# The largest ``item_time_budget`` scale a request may carry (hermes_worker.engine.budget).
+MAX_ITEM_TIME_BUDGET = 100.0
 
 
 def result_text(result: Mapping[str, Any]) -> str:
@@ -317,6 +323,8 @@ class ChunkRequest:
     text_key: str | None = None
     count: int | None = None
     isolation: str | None = None
+    # Scale of each item's CPU-time budget (hermes_worker.engine.budget): 1 the default, 0 off.
+    item_time_budget: float = 1.0
 
     def to_payload(self) -> dict[str, Any]:
         payload = {
@@ -326,6 +334,7 @@ class ChunkRequest:
             "max_validation": self.max_validation,
             "explain": self.explain,
             "max_prompt_bytes": self.max_prompt_bytes,
+            "item_time_budget": self.item_time_budget,
         }
         if self.isolation is not None:
             payload["isolation"] = self.isolation
@@ -374,6 +383,7 @@ class ChunkRequest:
             "explain": explain,
             "max_prompt_bytes": _integer(payload, "max_prompt_bytes", 1, MAX_PROMPT_BYTES),
             "isolation": isolation,
+            "item_time_budget": _budget(payload.get("item_time_budget", 1.0)),
         }
         forms = [name for name in ("text", TEXT_KEY, "items") if payload.get(name) is not None]
         if len(forms) != 1:
@@ -407,6 +417,21 @@ class ChunkRequest:
         if text is not None:
             return cls(**common, text=text, first=first, format=fmt, bad=checked)
         return cls(**common, text_key=key, count=count, first=first, format=fmt, bad=checked)
+
+
+def _budget(budget: Any) -> float:
+    """A request's ``item_time_budget``, checked.
+
+    Bounded: a hostile value can at most hand an item back to the chunk's own time limit.
+    """
+    if (
+        not isinstance(budget, int | float)
+        or isinstance(budget, bool)
+        or not math.isfinite(budget)
+        or not 0 <= budget <= MAX_ITEM_TIME_BUDGET
+    ):
+        raise ContractError(f"chunk payload: 'item_time_budget' must be a number from 0 to {MAX_ITEM_TIME_BUDGET:g}")
+    return float(budget)
 
 
 def _items(items: Any) -> list[list[Any]]:

@@ -15,7 +15,8 @@ from typing import Any
 
 from . import contract
 from .contract import ChunkRequest
-from .engine import ItemError, Profile, check_prompt, normalize, provenance
+from .engine import ItemError, Profile, check_prompt, provenance
+from .engine.budget import chunk_clock, normalize_within_budget
 from .lines import id_problem, items_from_text
 
 __all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
@@ -91,6 +92,7 @@ def _pre_error(pre_error: Any) -> tuple[str, str]:
     return contract.ENGINE_FAILURE, f"item arrived with an unreadable error: {str(pre_error)[:200]}"
 
 
+@chunk_clock  # one SIGPROF handler for the chunk; each item's normalization has a CPU-time budget
 def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: str | None = None) -> dict[str, Any]:
     """Normalize every item of a chunk request and encode one output record per item.
 
@@ -122,7 +124,7 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
                 if not isinstance(prompt, str):
                     raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
                 check_prompt(prompt, max_bytes)
-                result = normalize(prompt, profile, max_validation, explain)
+                result = normalize_within_budget(prompt, profile, max_validation, explain, request.item_time_budget)
                 if result.violations:
                     raise ItemError(
                         contract.VALIDATION_FAILED,

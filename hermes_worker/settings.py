@@ -55,6 +55,8 @@ LIMITS: Mapping[str, tuple[float, float]] = {
     "HERMES_CONTAINER_PIDS": (1, 4_194_304),
     "HERMES_FLOWER_PORT": (1, 65535),
     "HERMES_METRICS_PORT": (0, 65535),
+    # A scale (1: 1 s + 30 s per MiB of prompt; 0: off), carried in every chunk request.
+    "HERMES_ITEM_TIME_BUDGET": (0.0, contract.MAX_ITEM_TIME_BUDGET),
 }
 
 # Python's int() and float() accept any Unicode digit ('٣' is 3) and spell infinity and NaN in
@@ -357,6 +359,9 @@ class Settings:
             this RSA key and certificate, and accept only messages signed by a certificate in
             this file or directory (``HERMES_SIGNING_KEY``, ``HERMES_SIGNING_CERT``,
             ``HERMES_SIGNING_CERTS``: all three, or none). Checked when read; never logged.
+        item_time_budget: scale of each item's CPU-time budget, ``1 s + 30 s per MiB`` of prompt
+            at 1; an item over it becomes a ``too_slow`` error record; 0 turns it off
+            (``HERMES_ITEM_TIME_BUDGET``, 1; at most 100). It travels in the chunk request.
     """
 
     home: Path
@@ -403,6 +408,7 @@ class Settings:
     signing_key: Path | None = None
     signing_cert: Path | None = None
     signing_certs: Path | None = None
+    item_time_budget: float = 1.0
 
     @property
     def worker_ttl_s(self) -> float:
@@ -506,6 +512,7 @@ class Settings:
             signing_key=read("HERMES_SIGNING_KEY", _path, None),
             signing_cert=read("HERMES_SIGNING_CERT", _path, None),
             signing_certs=read("HERMES_SIGNING_CERTS", _path, None),
+            item_time_budget=read_float("HERMES_ITEM_TIME_BUDGET", 1.0),
         )
         _check_signing(settings)
         # Whatever prints or logs these from now on masks them, in any shape (redact.remember).

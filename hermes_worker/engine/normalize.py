@@ -42,21 +42,30 @@ def _pipeline(steps: tuple[str, ...]) -> tuple[Callable[[str], str], ...]:
     return tuple(STEPS[name].apply for name in steps)
 
 
-def apply_profile(text: str, profile: Profile) -> str:
-    """One pass of every step of ``profile``, in order.
+def apply_profile(text: str, profile: Profile, between_steps: Callable[[], None] | None = None) -> str:
+    """One pass of every step of ``profile``, in order, calling ``between_steps`` after each.
 
     >>> from .profiles import BUILTIN_PROFILES
     >>> apply_profile(" caf\\u0065\\u0301 \\n\\n\\n\\n ok  ", BUILTIN_PROFILES["prompt"])
     ' café\\n\\n ok'
     """
+    if between_steps is None:
+        for step in _pipeline(profile.steps):
+            text = step(text)
+        return text
     for step in _pipeline(profile.steps):
         text = step(text)
+        between_steps()
     return text
 
 
-def _apply_explained(text: str, profile: Profile, round_no: int, log: list[dict[str, Any]]) -> str:
+def _apply_explained(
+    text: str, profile: Profile, round_no: int, log: list[dict[str, Any]], between_steps: Callable[[], None] | None
+) -> str:
     for name, step in zip(profile.steps, _pipeline(profile.steps), strict=True):
         after = step(text)
+        if between_steps is not None:
+            between_steps()
         if after != text:
             entry: dict[str, Any] = {"round": round_no, "step": name}
             if name == "ftfy":
@@ -66,12 +75,19 @@ def _apply_explained(text: str, profile: Profile, round_no: int, log: list[dict[
     return text
 
 
-def normalize(text: str, profile: Profile, max_validation: int = 1, explain: bool = False) -> Normalized:
+def normalize(
+    text: str,
+    profile: Profile,
+    max_validation: int = 1,
+    explain: bool = False,
+    between_steps: Callable[[], None] | None = None,
+) -> Normalized:
     """Normalize ``text`` with ``profile`` and check that the result is stable.
 
     After the first pass, up to ``max_validation`` validation passes run the profile again on
     its own output. A pass that changes nothing proves a fixed point (``converged``); a pass
-    that changes something replaces the output and counts as another round.
+    that changes something replaces the output and counts as another round. ``between_steps``,
+    if given, is called after every step (:mod:`.budget` checks its deadline there).
 
     >>> from .profiles import BUILTIN_PROFILES
     >>> r = normalize("ﬁne\\u200b", BUILTIN_PROFILES["prompt"])
@@ -84,8 +100,8 @@ def normalize(text: str, profile: Profile, max_validation: int = 1, explain: boo
 
     def one_pass(current: str, round_no: int) -> str:
         if log is None:
-            return apply_profile(current, profile)
-        return _apply_explained(current, profile, round_no, log)
+            return apply_profile(current, profile, between_steps)
+        return _apply_explained(current, profile, round_no, log, between_steps)
 
     out = one_pass(text, 1)
     rounds = 1
