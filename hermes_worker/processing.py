@@ -151,6 +151,8 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
             except ItemError as exc:
                 code, message = exc.code, exc.message
             except Exception as exc:
+                if _belongs_to_the_chunk(exc):
+                    raise
                 code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
         code, message = _clean(code, message)
         errors.append([line, code, message])
@@ -168,6 +170,16 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
     if request.text is not None:
         chunk_result |= {"first": request.first, "ids": ids}
     return chunk_result
+
+
+def _belongs_to_the_chunk(exc: BaseException) -> bool:
+    """Whether an exception raised while one item ran is about the whole chunk, not that item.
+
+    Celery's soft time limit arrives as an exception in whatever code runs when the chunk's time is
+    up: the item running then is not to blame, and the worker must see the exception to split the
+    chunk. Matched by name because the engine does not import Celery (the sandbox has none).
+    """
+    return type(exc).__name__ == "SoftTimeLimitExceeded"
 
 
 def request_items(request: ChunkRequest) -> tuple[list[list[Any]], list[Any] | None]:

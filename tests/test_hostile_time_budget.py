@@ -228,3 +228,28 @@ def test_in_the_sandbox_the_slow_item_fails_alone(
     out = _batch(hermes, tmp_path, "--isolation", "container", "--processes", "1", env=env)
     _assert_only_the_slow_item_failed(out, "container")
     assert docker_client.containers.list(all=True, filters={"label": label}) == []
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_chunk_of_items_each_within_budget_that_outlasts_its_time_limit_is_split_not_failed(
+    start_worker: WorkerFactory, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    """Every item is within its own budget, but together they outlast the chunk's soft time limit:
+    the item running at that moment is not to blame. The worker says so, the producer splits the
+    chunk, and every line gets its normal record (before: that item became `engine_failure`)."""
+    # Given a worker whose chunks may run 3 s (soft limit 2.4 s), and eight items of ~0.5 s each
+    limit = {"HERMES_CHUNK_TIME_LIMIT": "3"}
+    start_worker("w1", mode="local", env=limit)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": "Â" * 20_000 + "©"}) + "\n" for _ in range(8)), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    # When they go in one chunk
+    done = chermes("batch", str(source), "-o", str(out), "--chunk-size", "8", "--isolation", "local", "--no-fallback",
+                   env=limit, timeout=240)  # fmt: skip
+    # Then every line has its normal record, and the producer said it split the chunk
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert [r["line"] for r in records] == list(range(1, 9))
+    assert all("error" not in r for r in records), [r.get("error") for r in records]
+    assert "split into" in done.stderr
