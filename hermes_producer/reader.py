@@ -53,8 +53,8 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> list[Any]:
 def _line_batches(stream: BinaryIO, max_line: int) -> Iterator[list[bytes | int]]:
     """The lines of ``stream`` (without newlines), a block's worth at a time.
 
-    Like :func:`_bounded_lines`, but a list per block and no Python code per line: an over-long
-    line is skipped through without being held and shows up as its size (an int) instead.
+    A list per block and no Python code per line: an over-long line is skipped through without
+    being held and shows up as its size (an int) instead.
     """
     read = getattr(stream, "read1", stream.read)
     pending = b""  # the start of a line whose newline has not been read yet

@@ -95,7 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_connect_timeout": settings.broker_timeout_s,
             # A read that hangs is a connection error for kombu, which then reconnects (BRPOP
-            # itself blocks only 1 s server-side). Pub/sub reads ignore it: see worker.Keepalive.
+            # itself blocks only 1 s server-side). Pub/sub reads ignore it: see watches.LoopWatch.
             "socket_timeout": _READ_TIMEOUT_S,
             "socket_keepalive": True,
             "retry_on_timeout": True,

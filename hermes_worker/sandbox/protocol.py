@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 HEADER_BYTES = 4
-# 64 MiB: a 256-prompt chunk of ordinary prompts is well under 1 MiB; a bigger request is split
+# 64 MiB: a default chunk (1,024 ordinary prompts) is well under 1 MiB; a bigger request is split
 # by the session before it is sent, and the container's memory limit (512m by default) must hold
 # the frame, its decoded form and the result at the same time.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
