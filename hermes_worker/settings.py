@@ -68,6 +68,7 @@ class Secret(Enum):
     NONE = "none"
     WHOLE = "whole"  # a password
     URL = "url"  # the password and secret query parameters of the URLs in it
+    FILE = "file"  # the path of a file holding one: the path is not masked, the file's content never shown
 
     def parts(self, value: Any) -> list[str]:
         if self is Secret.WHOLE:
@@ -242,7 +243,8 @@ class Settings:
                                         options=["--wait-for-workers"])  # fmt: skip
     worker_mode: str = setting(
         "HERMES_WORKER_MODE", _MODES, "auto",
-        "worker: `auto` probes Docker, `container` fails unless the probe passes, `local` uses no Docker",
+        "how a worker runs chunks: `auto` probes Docker, `container` fails unless the probe passes, `local` "
+        "uses no Docker",
         options=["hermes worker --mode"])  # fmt: skip
     concurrency: int = setting("HERMES_CONCURRENCY", WholeRange(1, 1024), 1, "worker processes per worker",
                                computed=_every_core, shown="number of cores",
@@ -313,7 +315,7 @@ class Settings:
     signing_key: Path | None = setting(
         "HERMES_SIGNING_KEY", path, None,
         "sign task and remote-control messages with this RSA private key (PEM, unencrypted); with the next two "
-        "(all three or none: checked when read)")  # fmt: skip
+        "(all three or none: checked when read)", secret=Secret.FILE)  # fmt: skip
     signing_cert: Path | None = setting("HERMES_SIGNING_CERT", path, None, "the certificate of that key (PEM)")
     signing_certs: Path | None = setting(
         "HERMES_SIGNING_CERTS", path, None,
@@ -403,7 +405,10 @@ def option_help(variable: str) -> str:
     spec = _BY_VARIABLE[variable]
     words = spec.help.replace("`", "")
     default = spec.shown_default.replace("`", "")
-    return f"{words[:1].upper()}{words[1:]} (default: {default}; {variable})."
+    if isinstance(spec.default, bool):
+        default = "on" if spec.default else "off"
+    source = variable if default == "unset" else f"default: {default}; {variable}"
+    return f"{words[:1].upper()}{words[1:]} ({source})."
 
 
 def _check_signing(settings: Settings) -> None:
