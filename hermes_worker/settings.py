@@ -42,6 +42,7 @@ from .setting_parsers import (
 
 __all__ = [
     "LIMITS",
+    "REQUIRED",
     "SETTINGS",
     "Secret",
     "Setting",
@@ -60,6 +61,14 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """An environment variable holds a value Hermes cannot use; the message names it."""
+
+
+class _Required(Enum):
+    REQUIRED = "required"
+
+
+REQUIRED: Any = _Required.REQUIRED  # Any: it stands for a default of any type
+"""The default of a setting that a :class:`Settings` built by hand must be given."""
 
 
 class Secret(Enum):
@@ -137,14 +146,14 @@ def setting(
     strip: bool = True,
     note: str = "",
     bounds_note: str = "",
-    required: bool = False,
 ) -> T:
     """Declare a field of :class:`Settings` read from ``variable``.
 
     Args:
         variable: the ``HERMES_*`` environment variable.
         parse: text (stripped, unless ``strip`` is false) to value; ``ValueError`` says why not.
-        default: the field's default, and the value when the variable is unset or blank.
+        default: the field's default, and the value when the variable is unset or blank
+            (:data:`REQUIRED`: none; ``from_env`` then needs ``computed``).
         help: what it is, for the README and ``--help`` (lower case, Markdown backticks allowed).
         computed: the default's text from the settings read before it, parsed like the variable's
             (when the default depends on the machine or another setting).
@@ -157,11 +166,22 @@ def setting(
         strip: false: the value is taken exactly as written (passwords, paths).
         note: more for the README's table.
         bounds_note: what the bounds mean, for the README's limits table.
-        required: no default: a :class:`Settings` built by hand must be given it.
     """
-    spec = Setting(variable, parse, help, shown or _shown(default), computed, check, tuple(options), secret, strip,
-                   note, bounds_note, default)  # fmt: skip
-    if required:
+    spec = Setting(
+        variable=variable,
+        parse=parse,
+        help=help,
+        shown_default=shown or _shown(default),
+        computed=computed,
+        check=check,
+        options=tuple(options),
+        secret=secret,
+        strip=strip,
+        note=note,
+        bounds_note=bounds_note,
+        default=None if default is REQUIRED else default,
+    )
+    if default is REQUIRED:
         return field(metadata={"setting": spec})  # type: ignore[no-any-return]
     return field(default=default, repr=secret is Secret.NONE, metadata={"setting": spec})
 
@@ -199,9 +219,8 @@ class Settings:
     # max_validation, max_prompt_bytes, chunk_size, result_ttl_s and item_time_budget travel in every
     # chunk request: within what workers accept (contract.py).
 
-    home: Path = setting("HERMES_HOME", path, Path(), "task store (`hermes.db`) and log (`log/hermes.log`)",
-                         computed=lambda _: str(Path.home() / ".hermes"), shown="`~/.hermes`", strip=False,
-                         required=True)  # fmt: skip
+    home: Path = setting("HERMES_HOME", path, REQUIRED, "task store (`hermes.db`) and log (`log/hermes.log`)",
+                         computed=lambda _: str(Path.home() / ".hermes"), shown="`~/.hermes`", strip=False)  # fmt: skip
     profile: str = setting("HERMES_PROFILE", text, DEFAULT_PROFILE, "the profile used when none is named",
                            options=["--profile"])  # fmt: skip
     profile_file: Path | None = setting(
@@ -360,6 +379,8 @@ class Settings:
         values: dict[str, Any] = {}
         for spec in SETTINGS:
             values[spec.name] = spec.read(env, values)
+        # Checks once every value is read: a broker that is not a Redis URL, with no result backend
+        # set, is refused for leaving results without a Redis before anything else is said of it.
         for spec in SETTINGS:
             spec.run_check(values[spec.name])
         settings = cls(**values)
