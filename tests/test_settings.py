@@ -23,6 +23,7 @@ import click
 import pytest
 
 from hermes_producer.cli import main
+from hermes_worker import redact as redaction
 from hermes_worker.redact import is_secret_name, redact
 from hermes_worker.setting_parsers import DecimalRange, OneOf, WholeRange, flag, show_number
 from hermes_worker.settings import LIMITS, SETTINGS, Secret, Setting, Settings, SettingsError, option_help
@@ -73,6 +74,13 @@ def by_variable(*variables: str) -> list[Any]:
 
 
 DEFAULTS = dataclasses.asdict(Settings.from_env({}))
+
+
+@pytest.fixture(autouse=True)
+def forget_remembered_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings.from_env remembers its secrets for the whole process: here they are values such as
+    'redis://' in HERMES_FLOWER_PASSWORD, which later tests' redaction must not mask."""
+    monkeypatch.setattr(redaction, "_known", set(redaction._known))
 
 
 # -- reading -----------------------------------------------------------------------------------
