@@ -18,6 +18,8 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from hermes_worker.settings import option_help
+
 from . import logs
 from .batch import BatchOptions, BatchSummary, ChunkExecutor, run_batch
 from .celery_executor import CeleryExecutor
@@ -150,19 +152,19 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report 
 )
 @click.option("--explain", is_flag=True, help="Add to each record the steps that changed it.")
 @click.option(
-    "--chunk-size", type=setting_number("HERMES_CHUNK_SIZE"), default=None, help="Prompts per chunk (default 1024)."
+    "--chunk-size", type=setting_number("HERMES_CHUNK_SIZE"), default=None, help=option_help("HERMES_CHUNK_SIZE")
 )
 @click.option(
     "--processes",
     type=setting_number("HERMES_PROCESSES"),
     default=None,
-    help="In-process: processes to use (default: every core).",
+    help=option_help("HERMES_PROCESSES"),
 )
 @click.option(
     "--max-prompt-bytes",
     type=setting_number("HERMES_MAX_PROMPT_BYTES"),
     default=None,
-    help="Larger prompts are item errors (default 1 MiB).",
+    help=option_help("HERMES_MAX_PROMPT_BYTES"),
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted batch into the same OUTPUT.")
 @click.option(

@@ -22,6 +22,7 @@ import redis
 from hermes_worker import __version__
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.redact import redact, redact_data, redact_url
+from hermes_worker.settings import option_help
 
 from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, check_listen_address, fail, pass_context
 from .cluster import Cluster, ClusterRefused, ClusterUnavailable
@@ -119,9 +120,7 @@ def status(ctx: Context, as_json: bool) -> None:
 
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics on this port.")
-@click.option(
-    "--address", default=None, help="Listen address with --port (default: HERMES_METRICS_ADDRESS, 127.0.0.1)."
-)
+@click.option("--address", default=None, help=option_help("HERMES_METRICS_ADDRESS"))
 @pass_context
 def metrics(ctx: Context, port: int | None, address: str | None) -> None:
     """Print the cluster's Hermes metrics (Prometheus text), or serve them with --port.

@@ -13,7 +13,7 @@ import click
 
 from hermes_worker.engine import Profile, ProfileError, load_profile_file, resolve_profile
 from hermes_worker.redact import redact
-from hermes_worker.settings import LIMITS, Settings, float_setting, int_setting
+from hermes_worker.settings import LIMITS, Settings, float_setting, int_setting, option_help
 
 from .terminal import printable
 
@@ -124,6 +124,9 @@ def check_listen_address(option: str, address: str, port: int) -> None:
 
 
 def load_profile(ctx: Context, name: str | None, profile_file: Path | None) -> Profile:
+    """The profile ``name`` (default: HERMES_PROFILE), among the built-ins and those of
+    ``profile_file`` (default: HERMES_PROFILE_FILE); exit 2 naming what is wrong."""
+    profile_file = profile_file or ctx.settings.profile_file
     try:
         custom = load_profile_file(profile_file) if profile_file else {}
         return resolve_profile(name or ctx.settings.profile, custom)
@@ -135,18 +138,15 @@ def profile_options(command: Any) -> Any:
     command = click.option(
         "--profile-file",
         type=click.Path(path_type=Path, dir_okay=False),
-        envvar="HERMES_PROFILE_FILE",
-        help="TOML file with custom profiles ([profiles.NAME] steps = [...]).",
+        help=option_help("HERMES_PROFILE_FILE"),
     )(command)
     command = click.option(
         "--max-validation",
         type=setting_number("HERMES_MAX_VALIDATION"),
         default=None,
-        help="Validation rounds after normalizing: check for a fixed point, re-run if needed (default 1).",
+        help=option_help("HERMES_MAX_VALIDATION"),
     )(command)
-    return click.option("--profile", "-p", "profile_name", default=None, help="Profile name (default: prompt).")(
-        command
-    )
+    return click.option("--profile", "-p", "profile_name", default=None, help=option_help("HERMES_PROFILE"))(command)
 
 
 def placement_options(command: Any) -> Any:
@@ -156,19 +156,19 @@ def placement_options(command: Any) -> Any:
         type=setting_number("HERMES_WAIT_FOR_WORKERS"),
         default=None,
         metavar="SECONDS",
-        help="Wait this long for a live worker before falling back (default 0).",
+        help=option_help("HERMES_WAIT_FOR_WORKERS"),
     )(command)
     command = click.option(
         "--no-fallback/--fallback",
         "no_fallback",
         default=None,
-        help="Exit 3 instead of processing in-process when the cluster cannot take the work.",
+        help=option_help("HERMES_NO_FALLBACK"),
     )(command)
     return click.option(
         "--isolation",
         type=click.Choice(["auto", "container", "local"]),
         default=None,
-        help="container: only in containers; local: no container; auto (default): containers when any.",
+        help=option_help("HERMES_ISOLATION"),
     )(command)
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from hermes_worker.redact import redact_url
+from hermes_worker.settings import option_help
 
 from .cli_common import Context, check_listen_address, fail, pass_context
 
@@ -16,13 +17,13 @@ _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
 
 
 @click.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default 5555).")
-@click.option("--address", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help=option_help("HERMES_FLOWER_PORT"))
+@click.option("--address", default=None, help=option_help("HERMES_FLOWER_ADDRESS"))
 @click.option("--insecure-no-auth", is_flag=True, help="Start without any authentication (never on a network).")
 @click.option(
     "--allow-control",
     is_flag=True,
-    help="Let Flower users control workers and send tasks (default: read-only; HERMES_FLOWER_ALLOW_CONTROL).",
+    help=option_help("HERMES_FLOWER_ALLOW_CONTROL"),
 )
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 @pass_context

@@ -1,26 +1,60 @@
 """The one settings object, read from the environment when it is built (never at import).
 
-Every ``HERMES_*`` variable Hermes reads is here, with its default and its check. Command-line
-options override these values; nothing else reads the environment.
+Every ``HERMES_*`` variable Hermes reads is declared once, as a field of :class:`Settings`:
+its variable, parser (with its bounds), default, help text and whether it holds a secret.
+From those declarations come the parsing in :meth:`Settings.from_env`, :data:`LIMITS`, the
+``--help`` of the command-line options that override a setting (:func:`option_help`) and the
+README's tables (``python -m hermes_worker.settings_docs``; a test keeps them in step).
+Command-line options override these values; nothing else reads the environment.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from . import contract
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .redact import redact, remember, url_secrets
+from .setting_parsers import (
+    REDIS_SCHEMES,
+    DecimalRange,
+    OneOf,
+    WholeRange,
+    deployment,
+    flag,
+    labels,
+    listen_address,
+    log_level,
+    memory_size,
+    path,
+    redis_url,
+    show_number,
+    text,
+    url,
+    url_problem,
+)
 
-__all__ = ["LIMITS", "Settings", "SettingsError", "float_setting", "int_setting", "listen_address", "show_number"]
+__all__ = [
+    "LIMITS",
+    "REQUIRED",
+    "SETTINGS",
+    "Secret",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "float_setting",
+    "int_setting",
+    "listen_address",
+    "option_help",
+    "setting",
+    "show_number",
+]
 
 T = TypeVar("T")
 
@@ -29,386 +63,288 @@ class SettingsError(ValueError):
     """An environment variable holds a value Hermes cannot use; the message names it."""
 
 
-# Bounds of every numeric setting: (lowest, highest), inclusive; float bounds for settings that take
-# fractions (seconds, CPUs), int bounds for whole numbers. A value outside them is refused
-# when the settings are built, so nothing absurd reaches a timer, SQLite, Redis or the kernel.
-# Why each upper bound: chunk_size, processes, concurrency and max_prompt_bytes size memory and
-# process tables (a 64 MiB prompt in JSONL can be a 384 MiB line, under Redis' 512 MiB string
-# limit); max_validation is stored in SQLite and each round re-runs the profile; seconds beyond
-# a day (a year for the result TTL) are a typo, not a plan; ports and pids have the kernel's range.
-LIMITS: Mapping[str, tuple[float, float]] = {
-    # These three and HERMES_RESULT_TTL travel in every chunk request: within what workers accept.
-    "HERMES_MAX_VALIDATION": (0, min(100, contract.MAX_VALIDATION)),
-    "HERMES_MAX_PROMPT_BYTES": (1, contract.MAX_PROMPT_BYTES),
-    "HERMES_CHUNK_SIZE": (1, min(100_000, contract.MAX_CHUNK_LINES)),
-    "HERMES_PROCESSES": (1, 1024),
-    "HERMES_BROKER_TIMEOUT": (0.01, 300.0),
-    "HERMES_WAIT_FOR_WORKERS": (0.0, 86_400.0),
-    "HERMES_CONCURRENCY": (1, 1024),
-    "HERMES_HEARTBEAT": (0.1, 3600.0),
-    "HERMES_CHUNK_TIME_LIMIT": (0.01, 86_400.0),
-    "HERMES_RESULT_TTL": (1, contract.MAX_RESULT_TTL_S),
-    "HERMES_OUTAGE_TIMEOUT": (0.01, 86_400.0),
-    "HERMES_MAX_MEMORY_PER_CHILD": (1, 1024 * 1024),
-    "HERMES_DOCKER_TIMEOUT": (0.01, 600.0),
-    "HERMES_CONTAINER_CPUS": (0.01, 1024.0),
-    "HERMES_CONTAINER_PIDS": (1, 4_194_304),
-    "HERMES_FLOWER_PORT": (1, 65535),
-    "HERMES_METRICS_PORT": (0, 65535),
-    # A scale (1: 1 s + 30 s per MiB of prompt; 0: off), carried in every chunk request.
-    "HERMES_ITEM_TIME_BUDGET": (0.0, contract.MAX_ITEM_TIME_BUDGET),
-}
-
-# Python's int() and float() accept any Unicode digit ('٣' is 3) and spell infinity and NaN in
-# words; settings are ASCII decimal numbers ('_' between digits allowed, as in 1_048_576).
-_DIGITS = r"[0-9]+(?:_[0-9]+)*"
-_INT = re.compile(rf"[+-]?{_DIGITS}")
-_FLOAT = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
+class _Required(Enum):
+    REQUIRED = "required"
 
 
-def _int(text: str) -> int:
-    if not _INT.fullmatch(text):
-        raise ValueError("must be a whole number")
-    if len(text) > 100:  # int() refuses 4,300 digits with a message about Python, not Hermes
-        raise ValueError("is far too large")
-    return int(text)
+REQUIRED: Any = _Required.REQUIRED  # Any: it stands for a default of any type
+"""The default of a setting that a :class:`Settings` built by hand must be given."""
 
 
-def _float(text: str) -> float:
-    """A finite decimal number: NaN and infinity are refused, and so is '1e309' (= inf)."""
-    if not _FLOAT.fullmatch(text):
-        raise ValueError("must be a decimal number such as 5 or 0.5")
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("is too large to be a finite number")
-    return value + 0.0  # -0.0 becomes 0.0
+class Secret(Enum):
+    """What of a setting's value is secret: masked wherever it turns up, never in a repr."""
+
+    NONE = "none"
+    WHOLE = "whole"  # a password
+    URL = "url"  # the password and secret query parameters of the URLs in it
+    FILE = "file"  # the path of a file holding one: the path is not masked, the file's content never shown
+
+    def parts(self, value: Any) -> list[str]:
+        if self is Secret.WHOLE:
+            return [value]
+        return url_secrets(value) if self is Secret.URL else []
 
 
-def _in_range(value: float, name: str) -> None:
-    low, high = LIMITS[name]
-    if not low <= value <= high:
-        raise ValueError(f"must be between {show_number(low)} and {show_number(high)}")
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting as declared: see :func:`setting`. ``name`` is its field on :class:`Settings`."""
 
+    variable: str
+    parse: Callable[[str], Any]
+    help: str
+    shown_default: str
+    computed: Callable[[Mapping[str, Any]], str] | None = None
+    check: Callable[[Any], None] | None = None
+    options: tuple[str, ...] = ()
+    secret: Secret = Secret.NONE
+    strip: bool = True
+    note: str = ""
+    bounds_note: str = ""
+    default: Any = None
+    name: str = ""
 
-def show_number(value: float) -> str:
-    """A bound as people write it: ``1024``, ``0.01``."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    @property
+    def loggable(self) -> bool:
+        """Whether its value may appear as it is in a log or on a terminal."""
+        return self.secret is Secret.NONE
 
+    def read(self, env: Mapping[str, str], known: Mapping[str, Any]) -> Any:
+        """Its value in ``env``; the default if unset or blank. ``known``: the settings read so far."""
+        raw = env.get(self.variable, "")
+        if self.strip:
+            raw = raw.strip()
+        if raw:
+            return self.parse_text(raw)
+        return self.default if self.computed is None else self.parse_text(self.computed(known))
 
-def int_setting(name: str) -> Callable[[str], int]:
-    """A parser for the integer setting ``name``, bounded by ``LIMITS[name]``."""
-
-    def parse(text: str) -> int:
-        if _INT.fullmatch(text) and len(text) > 30:
-            _in_range(math.inf, name)  # far beyond any bound: say which
-        value = _int(text)
-        _in_range(value, name)
-        return value
-
-    return parse
-
-
-def float_setting(name: str) -> Callable[[str], float]:
-    """A parser for the finite float setting ``name``, bounded by ``LIMITS[name]``."""
-
-    def parse(text: str) -> float:
-        value = _float(text)
-        _in_range(value, name)
-        return value
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _flag(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("must be 1/0, true/false, yes/no or on/off")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def _memory(text: str) -> str:
-    # Docker's notation: a number with an optional b, k, m or g suffix. Docker refuses less
-    # than 6 MiB; more than 1 TiB for one session is a typo.
-    if not re.fullmatch(r"[0-9]{1,15}[bkmgBKMG]?", text):
-        raise ValueError("must be a size such as 512m or 2g")
-    digits = text.rstrip("bkmgBKMG")
-    size = int(digits) * _MEMORY_UNITS[text[len(digits) :].lower()]
-    if not 6 << 20 <= size <= 1 << 40:
-        raise ValueError("must be between 6m and 1024g")
-    return text.lower()
-
-
-def _labels(text: str) -> tuple[tuple[str, str], ...]:
-    """KEY=VALUE[,KEY=VALUE...]; keys under ``hermes.`` are Hermes' own (owner, session).
-
-    >>> _labels("team=nlp, env=prod")
-    (('team', 'nlp'), ('env', 'prod'))
-    """
-    pairs = []
-    for part in (p.strip() for p in text.split(",")):
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"{part!r} is not KEY=VALUE (expected e.g. team=nlp,env=prod)")
-        if key.startswith("hermes."):
-            raise ValueError(f"label {key!r}: keys starting with 'hermes.' are Hermes' own")
-        pairs.append((key, value.strip()))
-    return tuple(pairs)
-
-
-def _url(text: str) -> str:
-    """A URL (or a ``;``-separated list of them) whose host and port can be read.
-
-    Otherwise the Redis and kombu clients fail later with a traceback quoting the unreadable
-    part, which is often a piece of the password.
-
-    >>> _url("redis://:p%2Fw@h:6379/0")
-    'redis://:p%2Fw@h:6379/0'
-    >>> _url("redis://:p/w@h:6379/0")
-    Traceback (most recent call last):
-    ValueError: cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)
-    """
-    for part in text.split(";"):
+    def parse_text(self, raw: str) -> Any:
         try:
-            urlsplit(part.strip()).port  # noqa: B018 - reading the port is the check
+            return self.parse(raw)
         except ValueError as exc:
-            if "'" in str(exc) or '"' in str(exc):  # it quotes a piece of the URL: maybe of the password
-                raise ValueError(
-                    "cannot be read: a port that is not a number, "
-                    "or '/', '?', '#' in the password (write %2F, %3F, %23)"
-                ) from None
-            raise ValueError(f"cannot be read: {exc}") from None
-    return text
+            raise SettingsError(f"{self.variable}={redact(raw)!r} is invalid: {exc}") from None
+
+    def run_check(self, value: Any) -> None:
+        """Its ``check``, if any, whose refusal names the variable but never quotes the value."""
+        try:
+            if self.check is not None:
+                self.check(value)
+        except ValueError as exc:
+            raise SettingsError(f"{self.variable} is invalid: {exc}") from None
 
 
-def listen_address(text: str) -> str:
-    """A listen address: an IP address or a host name (``--metrics-address`` checks it too).
+def setting(
+    variable: str,
+    parse: Callable[[str], T],
+    default: T,
+    help: str,
+    *,
+    computed: Callable[[Mapping[str, Any]], str] | None = None,
+    check: Callable[[T], None] | None = None,
+    shown: str | None = None,
+    options: Iterable[str] = (),
+    secret: Secret = Secret.NONE,
+    strip: bool = True,
+    note: str = "",
+    bounds_note: str = "",
+) -> T:
+    """Declare a field of :class:`Settings` read from ``variable``.
 
-    >>> listen_address("127.0.0.1"), listen_address("::1"), listen_address("metrics.internal")
-    ('127.0.0.1', '::1', 'metrics.internal')
+    Args:
+        variable: the ``HERMES_*`` environment variable.
+        parse: text (stripped, unless ``strip`` is false) to value; ``ValueError`` says why not.
+        default: the field's default, and the value when the variable is unset or blank
+            (:data:`REQUIRED`: none; ``from_env`` then needs ``computed``).
+        help: what it is, for the README and ``--help`` (lower case, Markdown backticks allowed).
+        computed: the default's text from the settings read before it, parsed like the variable's
+            (when the default depends on the machine or another setting).
+        check: a further check of the value, run once every setting is read; its message names
+            the variable but not the value (for URLs, which may hold a password that the
+            redaction cannot find in a URL it cannot read).
+        shown: the default as the docs say it, when not the default itself.
+        options: the command-line options that override it, as the docs name them.
+        secret: what of the value is secret.
+        strip: false: the value is taken exactly as written (passwords, paths).
+        note: more for the README's table.
+        bounds_note: what the bounds mean, for the README's limits table.
     """
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", text):
-        raise ValueError("must be an IP address (127.0.0.1, 0.0.0.0, ::) or a host name")
-    return text
+    spec = Setting(
+        variable=variable,
+        parse=parse,
+        help=help,
+        shown_default=shown or _shown(default),
+        computed=computed,
+        check=check,
+        options=tuple(options),
+        secret=secret,
+        strip=strip,
+        note=note,
+        bounds_note=bounds_note,
+        default=None if default is REQUIRED else default,
+    )
+    if default is REQUIRED:
+        return field(metadata={"setting": spec})  # type: ignore[no-any-return]
+    return field(default=default, repr=secret is Secret.NONE, metadata={"setting": spec})
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return f"`{int(default)}`"
+    if default is None or default == "":
+        return "unset"
+    if default == ():
+        return "(none)"
+    return f"`{show_number(default) if isinstance(default, int | float) else default}`"
 
 
-def _url_problem(url: str) -> str | None:
-    """What is wrong with a broker or Redis URL, or None; never the URL itself (it may hold a password).
-
-    Checked here so that a typo is a usage error naming the variable, not a traceback from the
-    Redis or kombu client later, or a silent fallback to in-process as if Redis were down.
-
-    >>> _url_problem("redis://h:99999/0"), _url_problem("unix://")
-    ('Port out of range 0-65535', 'unix:// needs a socket path, e.g. unix:///run/redis.sock')
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port raises ValueError when it is not a port
-    except ValueError as exc:
-        return str(exc)
-    if not parts.scheme or "://" not in url:
-        return "must be a URL such as redis://host:6379/0"
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        return "contains spaces or control characters"
-    if parts.scheme not in _REDIS_SCHEMES:
-        return None  # another kombu transport: kombu checks its own URLs
-    if parts.scheme == "unix" and not parts.path:
-        return "unix:// needs a socket path, e.g. unix:///run/redis.sock"
-    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        return f"the database {parts.path.strip('/')!r} is not a number"
-    try:
-        from redis.connection import parse_url  # the worker and the producer have redis; the sandbox does not
-    except ImportError:
-        return None
-    try:
-        parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        return str(exc)
-    return None
+def _every_core(_: Mapping[str, Any]) -> str:
+    return str(min(os.cpu_count() or 1, 1024))
 
 
-def _log_level(text: str) -> str:
-    level = text.upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-    return level
+def _broker_if_redis(known: Mapping[str, Any]) -> str:
+    broker: str = known["broker_url"]
+    return broker if broker.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)) else ""
 
 
-def _deployment(text: str) -> str:
-    # A Docker label value and a filter argument (``label=hermes.deployment=VALUE``): keep it to
-    # characters no shell, filter or log line treats specially.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", text):
-        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return text
+_MODES = OneOf(("auto", "container", "local"))
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Hermes configuration. Build it with :meth:`from_env`.
+    """Hermes configuration. Build it with :meth:`from_env`; each field says where it comes from."""
 
-    Attributes:
-        home: where the task store and the log live (``HERMES_HOME``, default ``~/.hermes``).
-        profile: the default profile (``HERMES_PROFILE``, default ``prompt``).
-        profile_file: a TOML file of custom profiles (``HERMES_PROFILE_FILE``), or None.
-        max_validation: validation rounds after normalizing (``HERMES_MAX_VALIDATION``, 1).
-        max_prompt_bytes: larger prompts are item errors (``HERMES_MAX_PROMPT_BYTES``, 1 MiB).
-        chunk_size: prompts per chunk in batches (``HERMES_CHUNK_SIZE``, 1024: measured, see bench/).
-        processes: in-process worker processes (``HERMES_PROCESSES``, default: every core).
-        log_level: the lowest level written to Hermes' log (``HERMES_LOG_LEVEL``, DEBUG).
+    # Why each upper bound: chunk_size, processes, concurrency and max_prompt_bytes size memory and
+    # process tables (a 64 MiB prompt in JSONL can be a 384 MiB line, under Redis' 512 MiB string
+    # limit); max_validation is stored in SQLite and each round re-runs the profile; seconds beyond
+    # a day (a year for the result TTL) are a typo, not a plan; ports and pids have the kernel's range.
+    # max_validation, max_prompt_bytes, chunk_size, result_ttl_s and item_time_budget travel in every
+    # chunk request: within what workers accept (contract.py).
 
-        broker_url: the Celery broker (``HERMES_BROKER_URL``, ``redis://localhost:6379/0``).
-        result_backend: the Redis that carries results, the worker registry and the cluster
-            log (``HERMES_RESULT_BACKEND``, default: the broker URL when it is Redis).
-        broker_timeout_s: how long the producer waits for the broker to answer before running
-            in-process (``HERMES_BROKER_TIMEOUT``, 1.5 s).
-        no_fallback: never run in-process when the cluster cannot (``HERMES_NO_FALLBACK``).
-        isolation: ``auto``, ``container`` or ``local`` (``HERMES_ISOLATION``, auto).
-        wait_for_workers_s: how long to wait for a live worker (``HERMES_WAIT_FOR_WORKERS``, 0).
-        worker_mode: ``auto``, ``container`` or ``local`` (``HERMES_WORKER_MODE``, auto).
-        concurrency: worker processes per Celery worker (``HERMES_CONCURRENCY``, every core).
-        heartbeat_s: worker heartbeat period; a worker silent for 3 periods is gone
-            (``HERMES_HEARTBEAT``, 5 s).
-        chunk_time_limit_s: hard time limit of one chunk (``HERMES_CHUNK_TIME_LIMIT``, 120 s);
-            the soft limit is 80 % of it, the broker's visibility timeout is it plus 30 s.
-        result_ttl_s: how long unread results stay in Redis (``HERMES_RESULT_TTL``, 1 day).
-        outage_timeout_s: how long a batch keeps retrying a broker or result Redis that stopped
-            answering mid-batch before it stops with exit 3, to be finished with ``--resume``
-            (``HERMES_OUTAGE_TIMEOUT``, 300 s).
-        max_memory_per_child_mb: a worker process above this is replaced after its task
-            (``HERMES_MAX_MEMORY_PER_CHILD``, 512 MiB).
+    home: Path = setting("HERMES_HOME", path, REQUIRED, "task store (`hermes.db`) and log (`log/hermes.log`)",
+                         computed=lambda _: str(Path.home() / ".hermes"), shown="`~/.hermes`", strip=False)  # fmt: skip
+    profile: str = setting("HERMES_PROFILE", text, DEFAULT_PROFILE, "the profile used when none is named",
+                           options=["--profile"])  # fmt: skip
+    profile_file: Path | None = setting(
+        "HERMES_PROFILE_FILE", path, None, "TOML file with custom profiles, `[profiles.NAME] steps = [...]`",
+        options=["--profile-file"], strip=False)  # fmt: skip
+    max_validation: int = setting(
+        "HERMES_MAX_VALIDATION", WholeRange(0, min(100, contract.MAX_VALIDATION)), 1,
+        "validation rounds after normalizing: check for a fixed point, re-run if needed",
+        options=["--max-validation"])  # fmt: skip
+    max_prompt_bytes: int = setting(
+        "HERMES_MAX_PROMPT_BYTES", WholeRange(1, contract.MAX_PROMPT_BYTES), DEFAULT_MAX_PROMPT_BYTES,
+        "larger prompts are `too_large` item errors", options=["--max-prompt-bytes"], bounds_note="64 MiB")  # fmt: skip
+    chunk_size: int = setting(
+        "HERMES_CHUNK_SIZE", WholeRange(1, min(100_000, contract.MAX_CHUNK_LINES)), 1024,
+        "prompts per chunk in batches and queues", options=["--chunk-size"],
+        note="chosen by the chunk-size sweep in `bench/`: 1,024 moves 25 % more than 256 over Celery; "
+        "4,096 another 25 % for large batches")  # fmt: skip
+    processes: int = setting("HERMES_PROCESSES", WholeRange(1, 1024), 1, "in-process worker processes",
+                             computed=_every_core, shown="number of cores", options=["--processes"])  # fmt: skip
+    log_level: str = setting("HERMES_LOG_LEVEL", log_level, "DEBUG", "lowest level written to the log file")
 
-        container_backend: ``docker`` or ``dagger`` (``HERMES_CONTAINER_BACKEND``, docker).
-        sandbox_image: the sandbox image (``HERMES_SANDBOX_IMAGE``, ``hermes-sandbox:latest``).
-        docker_timeout_s: how long the probe waits for the Docker engine
-            (``HERMES_DOCKER_TIMEOUT``, 3 s).
-        container_memory: memory limit of a session container (``HERMES_CONTAINER_MEMORY``, 512m).
-        container_cpus: CPU limit of a session container (``HERMES_CONTAINER_CPUS``, 1).
-        container_pids: process limit of a session container (``HERMES_CONTAINER_PIDS``, 64).
-        container_labels: extra labels on session containers, e.g. to find a deployment's with
-            ``docker ps --filter label=...`` (``HERMES_CONTAINER_LABELS``, ``KEY=VALUE,...``).
+    broker_url: str = setting("HERMES_BROKER_URL", url, "redis://localhost:6379/0", "Celery broker",
+                              check=url_problem, secret=Secret.URL)  # fmt: skip
+    result_backend: str = setting(
+        "HERMES_RESULT_BACKEND", redis_url, "redis://localhost:6379/0",
+        "the Redis for results, the worker registry and the cluster log (must be Redis)",
+        computed=_broker_if_redis, check=url_problem, shown="the broker URL", secret=Secret.URL)  # fmt: skip
+    broker_timeout_s: float = setting("HERMES_BROKER_TIMEOUT", DecimalRange(0.01, 300.0), 1.5,
+                                      "seconds to wait for the broker before running in-process")  # fmt: skip
+    no_fallback: bool = setting("HERMES_NO_FALLBACK", flag, False,
+                                "never run in-process when the cluster cannot take the work: exit 3 instead",
+                                options=["--no-fallback"])  # fmt: skip
+    isolation: str = setting(
+        "HERMES_ISOLATION", _MODES, "auto",
+        "where chunks run: `container` only in containers, `local` in no container, `auto` in containers when any",
+        options=["--isolation"])  # fmt: skip
+    wait_for_workers_s: float = setting("HERMES_WAIT_FOR_WORKERS", DecimalRange(0.0, 86_400.0), 0.0,
+                                        "seconds to wait for a live worker before falling back",
+                                        options=["--wait-for-workers"])  # fmt: skip
+    worker_mode: str = setting(
+        "HERMES_WORKER_MODE", _MODES, "auto",
+        "how a worker runs chunks: `auto` probes Docker, `container` fails unless the probe passes, `local` "
+        "uses no Docker",
+        options=["hermes worker --mode"])  # fmt: skip
+    concurrency: int = setting("HERMES_CONCURRENCY", WholeRange(1, 1024), 1, "worker processes per worker",
+                               computed=_every_core, shown="number of cores",
+                               options=["hermes worker --concurrency"])  # fmt: skip
+    heartbeat_s: float = setting("HERMES_HEARTBEAT", DecimalRange(0.1, 3600.0), 5.0,
+                                 "worker heartbeat period, seconds; silent for 3 periods = gone")  # fmt: skip
+    chunk_time_limit_s: float = setting(
+        "HERMES_CHUNK_TIME_LIMIT", DecimalRange(0.01, 86_400.0), 120.0,
+        "hard limit per chunk, seconds (soft limit 80 %, visibility timeout +30 s)")  # fmt: skip
+    result_ttl_s: int = setting("HERMES_RESULT_TTL", WholeRange(1, contract.MAX_RESULT_TTL_S), 86_400,
+                                "seconds unread results stay in Redis", bounds_note="30 days")  # fmt: skip
+    outage_timeout_s: float = setting(
+        "HERMES_OUTAGE_TIMEOUT", DecimalRange(0.01, 86_400.0), 300.0,
+        "seconds a batch keeps retrying a broker or Redis that stopped answering mid-batch, then exit 3 "
+        "(finish with `--resume`)")  # fmt: skip
+    max_memory_per_child_mb: int = setting(
+        "HERMES_MAX_MEMORY_PER_CHILD", WholeRange(1, 1024 * 1024), 512,
+        "MiB; a worker process above it is replaced after its chunk", bounds_note="MiB: 1 TiB")  # fmt: skip
 
-        flower_user, flower_password: Flower's basic-auth credentials (``HERMES_FLOWER_USER``,
-            ``HERMES_FLOWER_PASSWORD``); ``hermes flower`` refuses to start without them unless
-            told ``--insecure-no-auth`` or given Flower's own OAuth settings.
-        flower_port: Flower's port (``HERMES_FLOWER_PORT``, 5555).
-        flower_address: the address Flower listens on (``HERMES_FLOWER_ADDRESS``, 127.0.0.1).
-        metrics_port: a worker serves its Prometheus metrics here; 0 turns it off
-            (``HERMES_METRICS_PORT``, 0).
-        deployment: the deployment that owns this process's sandbox containers, written on their
-            ``hermes.deployment`` label; reaping and cleanup touch only containers of the same
-            deployment (``HERMES_DEPLOYMENT``; default: derived from the result backend's address,
-            see :func:`hermes_worker.sandbox.docker_backend.deployment_id`).
-        metrics_address: the address a worker's metrics listen on (``HERMES_METRICS_ADDRESS``,
-            127.0.0.1: only this machine; ``0.0.0.0`` for a Prometheus elsewhere).
+    container_backend: str = setting("HERMES_CONTAINER_BACKEND", OneOf(("docker", "dagger")), "docker",
+                                     "what runs session containers: `docker` or `dagger`")  # fmt: skip
+    sandbox_image: str = setting("HERMES_SANDBOX_IMAGE", text, "hermes-sandbox:latest", "the sandbox image")
+    docker_timeout_s: float = setting("HERMES_DOCKER_TIMEOUT", DecimalRange(0.01, 600.0), 3.0,
+                                      "seconds the probe waits for the Docker engine")  # fmt: skip
+    container_memory: str = setting(
+        "HERMES_CONTAINER_MEMORY", memory_size, "512m",
+        "memory limit of a session container, `6m` (Docker's minimum) to `1024g`")  # fmt: skip
+    container_cpus: float = setting("HERMES_CONTAINER_CPUS", DecimalRange(0.01, 1024.0), 1.0,
+                                    "CPU limit of a session container")  # fmt: skip
+    container_pids: int = setting("HERMES_CONTAINER_PIDS", WholeRange(1, 4_194_304), 64,
+                                  "process limit of a session container")  # fmt: skip
+    container_labels: tuple[tuple[str, str], ...] = setting(
+        "HERMES_CONTAINER_LABELS", labels, (),
+        "extra labels on session containers, `KEY=VALUE,...` (keys under `hermes.` are reserved), e.g. to "
+        "find a deployment's with `docker ps --filter label=...`")  # fmt: skip
 
-        worker_remote_control: ``inspect`` (default): a worker answers Flower's and ``celery
-            inspect``'s questions and refuses remote-control commands that would change it;
-            ``all``: Celery's full set (``HERMES_WORKER_REMOTE_CONTROL``).
-        flower_allow_control: ``hermes flower`` lets its users control workers and send tasks
-            (``HERMES_FLOWER_ALLOW_CONTROL``, or ``--allow-control``); read-only otherwise.
-        signing_key, signing_cert, signing_certs: sign task and remote-control messages with
-            this RSA key and certificate, and accept only messages signed by a certificate in
-            this file or directory (``HERMES_SIGNING_KEY``, ``HERMES_SIGNING_CERT``,
-            ``HERMES_SIGNING_CERTS``: all three, or none). Checked when read; never logged.
-        item_time_budget: scale of each item's CPU-time budget, ``1 s + 30 s per MiB`` of prompt
-            at 1; an item over it becomes a ``too_slow`` error record; 0 turns it off
-            (``HERMES_ITEM_TIME_BUDGET``, 1; at most 100). It travels in the chunk request.
-    """
+    flower_user: str = setting("HERMES_FLOWER_USER", text, "", "the user of `hermes flower`'s login", strip=False)
+    flower_password: str = setting(
+        "HERMES_FLOWER_PASSWORD", text, "", "the password of that login", strip=False, secret=Secret.WHOLE,
+        note="`hermes flower` refuses to start without a login unless told `--insecure-no-auth` or given "
+        "Flower's own OAuth settings")  # fmt: skip
+    flower_port: int = setting("HERMES_FLOWER_PORT", WholeRange(1, 65535), 5555, "the port Flower listens on",
+                               options=["hermes flower --port"])  # fmt: skip
+    flower_address: str = setting("HERMES_FLOWER_ADDRESS", text, "127.0.0.1", "the address Flower listens on",
+                                  options=["hermes flower --address"])  # fmt: skip
+    metrics_port: int = setting("HERMES_METRICS_PORT", WholeRange(0, 65535), 0,
+                                "a worker serves its Prometheus metrics on this port; `0`: off",
+                                options=["hermes worker --metrics-port"])  # fmt: skip
+    deployment: str = setting(
+        "HERMES_DEPLOYMENT", deployment, "",
+        "the deployment that owns this process's sandbox containers (label `hermes.deployment`); reaping "
+        "and cleanup touch no other deployment's. Letters, digits, `.`, `_`, `-`; at most 63",
+        shown="derived from `HERMES_RESULT_BACKEND` (address, no credentials)")  # fmt: skip
+    metrics_address: str = setting(
+        "HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1",
+        "where a worker's metrics and `hermes metrics --port` listen: `127.0.0.1` this machine only, "
+        "`0.0.0.0` for a Prometheus on another machine",
+        options=["hermes worker --metrics-address", "hermes metrics --address"])  # fmt: skip
 
-    home: Path
-    profile: str = DEFAULT_PROFILE
-    profile_file: Path | None = None
-    max_validation: int = 1
-    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
-    chunk_size: int = 1024
-    processes: int = 1
-    log_level: str = "DEBUG"
-
-    broker_url: str = "redis://localhost:6379/0"
-    result_backend: str = "redis://localhost:6379/0"
-    broker_timeout_s: float = 1.5
-    no_fallback: bool = False
-    isolation: str = "auto"
-    wait_for_workers_s: float = 0.0
-    worker_mode: str = "auto"
-    concurrency: int = 1
-    heartbeat_s: float = 5.0
-    chunk_time_limit_s: float = 120.0
-    result_ttl_s: int = 86_400
-    outage_timeout_s: float = 300.0
-    max_memory_per_child_mb: int = 512
-
-    container_backend: str = "docker"
-    sandbox_image: str = "hermes-sandbox:latest"
-    docker_timeout_s: float = 3.0
-    container_memory: str = "512m"
-    container_cpus: float = 1.0
-    container_pids: int = 64
-    container_labels: tuple[tuple[str, str], ...] = ()
-
-    flower_user: str = ""
-    flower_password: str = ""
-    flower_port: int = 5555
-    flower_address: str = "127.0.0.1"
-    metrics_port: int = 0
-    deployment: str = ""
-    metrics_address: str = "127.0.0.1"
-
-    worker_remote_control: str = "inspect"
-    flower_allow_control: bool = False
-    signing_key: Path | None = None
-    signing_cert: Path | None = None
-    signing_certs: Path | None = None
-    item_time_budget: float = 1.0
+    worker_remote_control: str = setting(
+        "HERMES_WORKER_REMOTE_CONTROL", OneOf(("inspect", "all")), "inspect",
+        "worker: answer remote-control questions only (`inspect`), or accept Celery's every command "
+        "(`all`)")  # fmt: skip
+    flower_allow_control: bool = setting(
+        "HERMES_FLOWER_ALLOW_CONTROL", flag, False,
+        "let Flower's users control workers and send tasks; read-only otherwise",
+        options=["hermes flower --allow-control"])  # fmt: skip
+    signing_key: Path | None = setting(
+        "HERMES_SIGNING_KEY", path, None,
+        "sign task and remote-control messages with this RSA private key (PEM, unencrypted); with the next two "
+        "(all three or none: checked when read)", secret=Secret.FILE)  # fmt: skip
+    signing_cert: Path | None = setting("HERMES_SIGNING_CERT", path, None, "the certificate of that key (PEM)")
+    signing_certs: Path | None = setting(
+        "HERMES_SIGNING_CERTS", path, None,
+        "a certificate file or directory: only messages signed by one of these are accepted")  # fmt: skip
+    item_time_budget: float = setting(
+        "HERMES_ITEM_TIME_BUDGET", DecimalRange(0.0, contract.MAX_ITEM_TIME_BUDGET), 1.0,
+        "scale of each item's CPU-time budget (at `1`: 1 s + 30 s per MiB of prompt); an item over it becomes "
+        "a `too_slow` error record and its chunk goes on; `0` turns it off",
+        note="set where batches are started: it travels in the chunk request",
+        bounds_note="0 turns the budget off")  # fmt: skip
 
     @property
     def worker_ttl_s(self) -> float:
@@ -434,94 +370,66 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and check every ``HERMES_*`` variable.
+        """Read and check every declared ``HERMES_*`` variable, in the order declared.
 
         Raises:
             SettingsError: naming the variable, its value and what it must be.
         """
         env = os.environ if env is None else env
-
-        def read(name: str, parse: Callable[[str], T], default: T) -> T:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return parse(raw)
-            except ValueError as exc:
-                raise SettingsError(f"{name}={redact(raw)!r} is invalid: {exc}") from None
-
-        def read_int(name: str, default: int) -> int:
-            return read(name, int_setting(name), default)
-
-        def read_float(name: str, default: float) -> float:
-            return read(name, float_setting(name), default)
-
-        home = Path(env.get("HERMES_HOME") or Path.home() / ".hermes").expanduser()
-        profile_file = env.get("HERMES_PROFILE_FILE") or None
-        cores = os.cpu_count() or 1
-        broker_url = read("HERMES_BROKER_URL", _url, "redis://localhost:6379/0")
-        default_backend = broker_url if broker_url.startswith(("redis://", "rediss://", "unix://")) else ""
-        result_backend = read("HERMES_RESULT_BACKEND", _url, default_backend)
-        if not result_backend.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(
-                f"HERMES_RESULT_BACKEND={redact(result_backend)!r} is invalid: results, the worker registry and the "
-                "cluster log need Redis (redis://, rediss:// or unix://)"
-            )
-        for name, url in (("HERMES_BROKER_URL", broker_url), ("HERMES_RESULT_BACKEND", result_backend)):
-            problem = _url_problem(url)
-            if problem:
-                raise SettingsError(f"{name} is invalid: {problem}")
-        settings = cls(
-            home=home,
-            profile=read("HERMES_PROFILE", str, DEFAULT_PROFILE),
-            profile_file=Path(profile_file).expanduser() if profile_file else None,
-            max_validation=read_int("HERMES_MAX_VALIDATION", 1),
-            max_prompt_bytes=read_int("HERMES_MAX_PROMPT_BYTES", DEFAULT_MAX_PROMPT_BYTES),
-            chunk_size=read_int("HERMES_CHUNK_SIZE", 1024),
-            processes=read_int("HERMES_PROCESSES", min(cores, 1024)),
-            log_level=read("HERMES_LOG_LEVEL", _log_level, "DEBUG"),
-            broker_url=broker_url,
-            result_backend=result_backend,
-            broker_timeout_s=read_float("HERMES_BROKER_TIMEOUT", 1.5),
-            no_fallback=read("HERMES_NO_FALLBACK", _flag, False),
-            isolation=read("HERMES_ISOLATION", _choice("auto", "container", "local"), "auto"),
-            wait_for_workers_s=read_float("HERMES_WAIT_FOR_WORKERS", 0.0),
-            worker_mode=read("HERMES_WORKER_MODE", _choice("auto", "container", "local"), "auto"),
-            concurrency=read_int("HERMES_CONCURRENCY", min(cores, 1024)),
-            heartbeat_s=read_float("HERMES_HEARTBEAT", 5.0),
-            chunk_time_limit_s=read_float("HERMES_CHUNK_TIME_LIMIT", 120.0),
-            result_ttl_s=read_int("HERMES_RESULT_TTL", 86_400),
-            outage_timeout_s=read_float("HERMES_OUTAGE_TIMEOUT", 300.0),
-            max_memory_per_child_mb=read_int("HERMES_MAX_MEMORY_PER_CHILD", 512),
-            container_backend=read("HERMES_CONTAINER_BACKEND", _choice("docker", "dagger"), "docker"),
-            sandbox_image=read("HERMES_SANDBOX_IMAGE", str, "hermes-sandbox:latest"),
-            docker_timeout_s=read_float("HERMES_DOCKER_TIMEOUT", 3.0),
-            container_memory=read("HERMES_CONTAINER_MEMORY", _memory, "512m"),
-            container_cpus=read_float("HERMES_CONTAINER_CPUS", 1.0),
-            container_pids=read_int("HERMES_CONTAINER_PIDS", 64),
-            container_labels=read("HERMES_CONTAINER_LABELS", _labels, ()),
-            flower_user=env.get("HERMES_FLOWER_USER", ""),
-            flower_password=env.get("HERMES_FLOWER_PASSWORD", ""),
-            flower_port=read_int("HERMES_FLOWER_PORT", 5555),
-            flower_address=read("HERMES_FLOWER_ADDRESS", str, "127.0.0.1"),
-            metrics_port=read_int("HERMES_METRICS_PORT", 0),
-            deployment=read("HERMES_DEPLOYMENT", _deployment, ""),
-            metrics_address=read("HERMES_METRICS_ADDRESS", listen_address, "127.0.0.1"),
-            worker_remote_control=read("HERMES_WORKER_REMOTE_CONTROL", _choice("inspect", "all"), "inspect"),
-            flower_allow_control=read("HERMES_FLOWER_ALLOW_CONTROL", _flag, False),
-            signing_key=read("HERMES_SIGNING_KEY", _path, None),
-            signing_cert=read("HERMES_SIGNING_CERT", _path, None),
-            signing_certs=read("HERMES_SIGNING_CERTS", _path, None),
-            item_time_budget=read_float("HERMES_ITEM_TIME_BUDGET", 1.0),
-        )
+        values: dict[str, Any] = {}
+        for spec in SETTINGS:
+            values[spec.name] = spec.read(env, values)
+        # Checks once every value is read: a broker that is not a Redis URL, with no result backend
+        # set, is refused for leaving results without a Redis before anything else is said of it.
+        for spec in SETTINGS:
+            spec.run_check(values[spec.name])
+        settings = cls(**values)
         _check_signing(settings)
         # Whatever prints or logs these from now on masks them, in any shape (redact.remember).
-        remember(*url_secrets(settings.broker_url), *url_secrets(settings.result_backend), settings.flower_password)
+        remember(*(part for spec in SETTINGS for part in spec.secret.parts(values[spec.name])))
         return settings
 
 
-def _path(text: str) -> Path:
-    return Path(text).expanduser()
+SETTINGS: tuple[Setting, ...] = tuple(
+    replace(f.metadata["setting"], name=f.name) for f in fields(Settings) if "setting" in f.metadata
+)
+"""Every declared setting, in the order of the fields."""
+
+_BY_VARIABLE = {spec.variable: spec for spec in SETTINGS}
+
+LIMITS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {spec.variable: spec.parse.bounds() for spec in SETTINGS if isinstance(spec.parse, WholeRange | DecimalRange)}
+)
+"""Bounds of every numeric setting, by variable: (lowest, highest), inclusive; ints for whole numbers."""
+
+
+def int_setting(variable: str) -> Callable[[str], int]:
+    """The parser of the whole-number setting ``variable``, bounded by ``LIMITS[variable]``."""
+    parse = _BY_VARIABLE[variable].parse
+    assert isinstance(parse, WholeRange), variable
+    return parse
+
+
+def float_setting(variable: str) -> Callable[[str], float]:
+    """The parser of the decimal setting ``variable``, bounded by ``LIMITS[variable]``."""
+    parse = _BY_VARIABLE[variable].parse
+    assert isinstance(parse, DecimalRange), variable
+    return parse
+
+
+def option_help(variable: str) -> str:
+    """The ``--help`` text of a command-line option that overrides ``variable``.
+
+    >>> option_help("HERMES_CHUNK_SIZE")
+    'Prompts per chunk in batches and queues (default: 1024; HERMES_CHUNK_SIZE).'
+    """
+    spec = _BY_VARIABLE[variable]
+    words = spec.help.replace("`", "")
+    default = spec.shown_default.replace("`", "")
+    if isinstance(spec.default, bool):
+        default = "on" if spec.default else "off"
+    source = variable if default == "unset" else f"default: {default}; {variable}"
+    return f"{words[:1].upper()}{words[1:]} ({source})."
 
 
 def _check_signing(settings: Settings) -> None:
@@ -533,7 +441,7 @@ def _check_signing(settings: Settings) -> None:
     }
     if not any(files.values()):
         return
-    unset = [name for name, path in files.items() if path is None]
+    unset = [name for name, file in files.items() if file is None]
     if unset:
         raise SettingsError(f"{', '.join(unset)} must be set too: message signing needs all three signing settings")
     from .signing import SigningError, check_files

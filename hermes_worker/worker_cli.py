@@ -12,7 +12,7 @@ import click
 
 from .contract import QUEUE_FOR_TAG
 from .redact import redact, redact_url
-from .settings import LIMITS, Settings, listen_address
+from .settings import LIMITS, Settings, listen_address, option_help
 
 
 @click.command()
@@ -20,14 +20,14 @@ from .settings import LIMITS, Settings, listen_address
     "--mode",
     type=click.Choice(["auto", "container", "local"]),
     default=None,
-    help="auto (default): probe Docker; container: fail unless the probe passes; local: no Docker.",
+    help=option_help("HERMES_WORKER_MODE"),
 )
 @click.option(
     "--concurrency",
     "-c",
     type=click.IntRange(1, int(LIMITS["HERMES_CONCURRENCY"][1])),
     default=None,
-    help="Worker processes (default: every core).",
+    help=option_help("HERMES_CONCURRENCY"),
 )
 @click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
 @click.option(
@@ -41,14 +41,14 @@ from .settings import LIMITS, Settings, listen_address
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve this worker's Prometheus metrics on this port (default: off).",
+    help=option_help("HERMES_METRICS_PORT"),
 )
 @click.option(
     "--metrics-address",
     default=None,
     metavar="ADDRESS",
     callback=lambda _ctx, _param, value: _address(value),
-    help="Listen address of the metrics (default 127.0.0.1: this machine only; 0.0.0.0: every interface).",
+    help=option_help("HERMES_METRICS_ADDRESS"),
 )
 def worker(
     mode: str | None,
