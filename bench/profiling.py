@@ -28,7 +28,7 @@ __all__ = ["available", "cprofile_engine", "pyspy_batch", "summarize_raw"]
 _AREAS = (
     ("process_chunk (", "process_chunk: engine + record encoding"),
     ("normalize (", "engine normalize()"),
-    ("ProcessState._publish (", "worker: publish start notice + result to Redis"),
+    ("Publisher.publish (", "worker: publish start notice + result to Redis"),
     ("Producer._publish (", "kombu: publish a message"),
     ("send_offset (", "Celery prefork: payload piped to the child"),
     ("CeleryExecutor.map_ordered (", "producer: executor loop (send, read results)"),

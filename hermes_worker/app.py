@@ -1,21 +1,51 @@
 """The worker's Celery app: ``celery -A hermes_worker.app worker`` and ``hermes worker`` run it.
 
-Settings are read once, here, when a worker starts; producers build their own client app from
-the same :func:`~hermes_worker.celeryconfig.make_celery` and never import this module.
+:func:`create_app` builds a worker app from settings: the Celery configuration, the one task,
+and the :class:`~hermes_worker.runtime.WorkerRuntime` that answers the worker's signals.
+``hermes worker`` calls it with its own settings and the identity its probe decided. For
+``celery -A hermes_worker.app``, this module's ``app`` is built from ``Settings.from_env()`` the
+first time it is asked for (not when the module is imported, so importing :func:`create_app`
+reads no environment). Producers build their own client app from the same
+:func:`~hermes_worker.celeryconfig.make_celery` and never import this module.
 """
 
 from __future__ import annotations
 
+from celery import Celery
+
 from .celeryconfig import make_celery
+from .guard import drop_builtins
+from .identity import Identity
+from .runtime import WorkerRuntime
 from .settings import Settings
+from .tasks import register
 
-settings = Settings.from_env()
-app = make_celery(settings, main="hermes_worker")
+__all__ = ["app", "create_app"]
 
-# Registered for their side effects: the task, and the worker's signal handlers.
-from . import tasks, worker  # noqa: E402, F401
-from .guard import drop_builtins  # noqa: E402
+app: Celery  # see __getattr__ below
 
-# Celery's built-in tasks (celery.map, celery.group...) would run Hermes' task, or send others,
-# for anyone who can write to the broker: a Hermes worker has only its own.
-drop_builtins(app)
+
+def create_app(settings: Settings, identity: Identity | None = None) -> Celery:
+    """A worker app configured from ``settings``.
+
+    Args:
+        settings: the worker's settings; nothing else is read.
+        identity: the tag and probe outcome, when decided already; None: the worker probes
+            when it initialises.
+    """
+    app = make_celery(settings, main="hermes_worker")
+    runtime = WorkerRuntime(settings, identity)
+    register(app, runtime)
+    runtime.attach(app)
+    # Celery's built-in tasks (celery.map, celery.group...) would run Hermes' task, or send others,
+    # for anyone who can write to the broker: a Hermes worker has only its own.
+    drop_builtins(app)
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A hermes_worker.app` looks up `app` here: built once, from the environment, then.
+    if name == "app":
+        globals()["app"] = built = create_app(Settings.from_env())
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -153,18 +153,20 @@ def message_problem(
 def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
     """The task's Celery strategy: :func:`message_problem` first, then Celery's default one.
 
-    Set as ``Task.Strategy``; Celery calls it once per task when the consumer starts.
+    Set as ``Task.Strategy``; Celery calls it once per task when the consumer starts. The task
+    carries the worker's runtime (:func:`hermes_worker.tasks.register`), whose tag decides the queue.
     """
     from celery.worker.strategy import default
 
     handle = default(task, app, consumer, **kwargs)
-    from .worker import IDENTITY  # decided in celeryd_init, before the consumer starts
+    runtime = task.runtime  # its identity was decided in celeryd_init, before the consumer started
 
     def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **more: Any) -> Any:
         # message.payload decodes the body (Celery's default strategy does the same next); a
         # body that cannot be decoded or is not allowed raises here, and the consumer refuses
         # it the usual way.
-        problem = message_problem(message.headers or {}, message.payload, message.delivery_info, IDENTITY.tag)
+        tag = runtime.identity.tag
+        problem = message_problem(message.headers or {}, message.payload, message.delivery_info, tag)
         if problem is None:
             return handle(message, body, ack, reject, callbacks, **more)
         if problem.requeue:

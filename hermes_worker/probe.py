@@ -1,8 +1,9 @@
 """The start-up probe: may this worker process prompts in the sandbox, or must it run locally?
 
-It checks the real thing, step by step, each within its own bound: the Docker engine answers
-(honouring DOCKER_HOST), the sandbox image is there, a session starts, and a self-test of tricky
-strings gives, inside the sandbox, the same bytes as the local engine. Any failure gives the tag
+It checks the real thing, step by step, each within its own bound: the backend's preflight (for
+Docker: the engine answers, honouring DOCKER_HOST, and the sandbox image is there), a session
+starts, and a self-test of tricky strings gives, inside the sandbox, the same bytes as the
+local engine. Any failure gives the tag
 ``local`` with a reason and a fix. The probe never raises and leaves no container behind.
 """
 
@@ -11,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .contract import PAYLOAD_VERSION
 from .engine import DEFAULT_MAX_PROMPT_BYTES, resolve_profile
 from .processing import process_chunk
+from .sandbox.backends import backend, open_session
 from .sandbox.errors import SandboxError, SelfTestMismatch
-from .sandbox.session import SandboxSession, open_session
+from .sandbox.session import SandboxSession, timed
 from .settings import Settings
 
 __all__ = ["SELF_TEST_PROMPTS", "ProbeResult", "probe", "self_test", "self_test_payload"]
@@ -121,17 +121,16 @@ def probe(
     worker = worker_id or f"probe@{socket.gethostname()}:{os.getpid()}"
     details: dict[str, Any] = {"backend": settings.container_backend, "timings_ms": {}, "self_test": "not run"}
     try:
-        if settings.container_backend == "docker":
-            _check_engine(settings, details)
-        with _timed(details, "session_start"):
+        backend(settings.container_backend).preflight(settings, details)
+        with timed(details, "session_start"):
             session = open_sandbox(settings, worker)
             session.__enter__()
         try:
             details["image"] = session.image_digest
-            with _timed(details, "self_test"):
+            with timed(details, "self_test"):
                 sandbox = self_test(session, worker)
         finally:
-            with _timed(details, "close"):
+            with timed(details, "close"):
                 session.close()
     except SelfTestMismatch as exc:
         details["self_test"] = f"mismatch: {exc.reason}"
@@ -151,40 +150,6 @@ def probe(
         "",
         details,
     )
-
-
-def _check_engine(settings: Settings, details: dict[str, Any]) -> None:
-    from .sandbox.docker_backend import connect  # Docker code only when Docker is wanted
-    from .sandbox.errors import ImageMissing, translate
-
-    with _timed(details, "engine"):
-        client = connect(settings.docker_timeout_s)
-    try:
-        version = client.version()
-        details.update(docker_version=version.get("Version"), api_version=version.get("ApiVersion"))
-        with _timed(details, "image"):
-            images = client.images.list(name=settings.sandbox_image)
-        if not images:
-            raise ImageMissing(
-                f"sandbox image {settings.sandbox_image} is not built",
-                "hermes image build --base hermes-base:bookworm (or ops/ensure-images.sh)",
-            )
-        details["image"] = images[0].id
-    except SandboxError:
-        raise
-    except Exception as exc:
-        raise translate(exc, "talk to the Docker engine", settings.docker_timeout_s) from exc
-    finally:
-        client.close()
-
-
-@contextmanager
-def _timed(details: dict[str, Any], step: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        details["timings_ms"][step] = round((time.perf_counter() - started) * 1000, 1)
 
 
 def _host_python() -> str:

@@ -54,7 +54,7 @@ class SandboxRunner:
 
     def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
         if self._session is None:
-            from .sandbox.session import open_session  # Docker code only where it is needed
+            from .sandbox.backends import open_session  # Docker code only where it is needed
 
             session = open_session(self._settings, self._worker_id)
             session.start()

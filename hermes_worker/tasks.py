@@ -1,14 +1,17 @@
-"""The one Celery task: a thin wrapper that runs a chunk and publishes its result."""
+"""The one Celery task: a thin wrapper that hands a chunk message to its process's handler."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Task
+from celery import Celery, Task
 
-from .app import app
 from .contract import TASK_NORMALIZE_CHUNK
-from .worker import process_state
+
+if TYPE_CHECKING:
+    from .runtime import WorkerRuntime
+
+__all__ = ["ChunkTask", "register"]
 
 
 class ChunkTask(Task):
@@ -16,10 +19,11 @@ class ChunkTask(Task):
     Strategy = "hermes_worker.guard:strategy"
     # Checked by the task itself: a hand-made message may carry any arguments at all.
     typing = False
+    # The runtime of the app the task is registered on (set by register()).
+    runtime: WorkerRuntime
 
 
-@app.task(name=TASK_NORMALIZE_CHUNK, bind=True, base=ChunkTask)
-def normalize_chunk(self: Task, *args: Any, **kwargs: Any) -> None:
+def normalize_chunk(self: ChunkTask, *args: Any, **kwargs: Any) -> None:
     """Normalize one chunk and publish its result on the producer's reply stream.
 
     Takes exactly ``(payload, reply)``: a chunk request (hermes_worker.contract) and
@@ -27,4 +31,13 @@ def normalize_chunk(self: Task, *args: Any, **kwargs: Any) -> None:
     running (logged and counted): anyone who can write to the broker can send this task.
     """
     delivery = self.request.delivery_info or {}
-    process_state().handle_message(args, kwargs, self.request.hostname or "unknown", delivery.get("routing_key"))
+    handler = self.runtime.handler()
+    handler.handle_message(args, kwargs, self.request.hostname or "unknown", delivery.get("routing_key"))
+
+
+def register(app: Celery, runtime: WorkerRuntime) -> Task:
+    """Register :func:`normalize_chunk` on ``app``, run by ``runtime``'s handlers."""
+    # shared=False: the task belongs to this app only, never to apps made later in the process.
+    return app.task(name=TASK_NORMALIZE_CHUNK, bind=True, base=ChunkTask, shared=False, runtime=runtime)(
+        normalize_chunk
+    )

@@ -1,13 +1,14 @@
 """Watches a worker's main process keeps, each on its own thread.
 
-- :class:`DockerWatch` (container workers): stops taking container work while the Docker engine
-  is gone and takes it up again once the full probe passes anew.
+- :class:`EngineWatch` (container workers): stops taking container work while the sandbox
+  backend's engine (Docker) is gone and takes it up again once the full probe passes anew.
 - :class:`QueueWatch`: cancels any consumer the worker should not have (a queue not its tag's),
   and records the refusals the event loop made.
 - :class:`LoopWatch`: frees the event loop when kombu leaves it blocked in a pub/sub read after
   a broker outage.
 
-:func:`docker_health` is the cheap engine check both the watch and a pool process use.
+The engine check is the backend's own (:meth:`~hermes_worker.sandbox.session.SandboxSession.health`,
+found by name in :mod:`hermes_worker.sandbox.backends`): cheap, so the watch asks every heartbeat.
 """
 
 from __future__ import annotations
@@ -26,45 +27,22 @@ import redis
 from .contract import QUEUE_CONTAINER
 from .events import ClusterLog
 from .guard import REFUSALS, Refusal, consumed_queues
+from .sandbox.backends import backend
 from .settings import Settings
 
-__all__ = ["DockerWatch", "LoopWatch", "QueueWatch", "docker_health"]
+__all__ = ["EngineWatch", "LoopWatch", "QueueWatch"]
 
 log = logging.getLogger("hermes.worker")
 
 
-def docker_health(settings: Settings) -> str | None:
-    """None when the Docker engine answers and holds the sandbox image; otherwise why not.
+class EngineWatch(threading.Thread):
+    """A container worker's watch on its sandbox engine, in the main process.
 
-    Cheap (a ping and an image lookup, each within ``docker_timeout_s``), so a container worker
-    can ask every heartbeat. The full probe (a session and the self-test) runs only when this
-    turns healthy again.
-    """
-    if settings.container_backend != "docker":
-        return None  # no cheap check for other backends: their sessions report failures
-    from .sandbox.docker_backend import connect as docker_connect
-    from .sandbox.errors import SandboxError, translate
-
-    try:
-        client = docker_connect(settings.docker_timeout_s)
-    except SandboxError as exc:
-        return exc.reason
-    try:
-        client.images.get(settings.sandbox_image)
-    except Exception as exc:
-        return translate(exc, "look up the sandbox image", settings.docker_timeout_s).reason
-    finally:
-        client.close()
-    return None
-
-
-class DockerWatch(threading.Thread):
-    """A container worker's watch on its Docker engine, in the main process.
-
-    Every heartbeat it runs :func:`docker_health`. When the engine is gone the worker stops
-    consuming ``hermes.container`` (its consumer's ``cancel_task_queue``) and its
-    registry entry lists no queue and says why, so producers re-route or wait instead of
-    sending it chunks it cannot isolate. When the engine answers again, the full probe must
+    Every heartbeat it asks the backend's ``health`` (Docker's: the engine answers a ping and
+    holds the sandbox image; a backend without a cheap check always answers yes). When the
+    engine is gone the worker stops consuming ``hermes.container`` (its consumer's
+    ``cancel_task_queue``) and its registry entry lists no queue and says why, so producers
+    re-route or wait instead of sending it chunks it cannot isolate. When the engine answers again, the full probe must
     pass before the worker consumes ``hermes.container`` again. The worker never takes local
     work instead: what it runs stays isolated.
 
@@ -90,7 +68,8 @@ class DockerWatch(threading.Thread):
         events: ClusterLog,
         queues_lock: threading.Lock,
     ) -> None:
-        super().__init__(name="hermes-docker-watch", daemon=True)
+        super().__init__(name="hermes-engine-watch", daemon=True)
+        self._backend = backend(settings.container_backend)
         self._settings = settings
         self._consumer = consumer
         self._name = name
@@ -108,11 +87,11 @@ class DockerWatch(threading.Thread):
             try:
                 self.check()
             except Exception:  # the watch must outlive anything a check runs into
-                log.exception("Docker watch check failed")
+                log.exception("engine watch check failed")
 
     def check(self) -> None:
         """Look at the engine once; stop or resume taking container work if that changed."""
-        reason = docker_health(self._settings)
+        reason = self._backend.health(self._settings)
         if reason is not None and self.serving:
             self._pause(reason)
         elif reason is None and not self.serving:
@@ -130,7 +109,7 @@ class DockerWatch(threading.Thread):
         return True
 
     def _pause(self, reason: str) -> None:
-        text = f"Docker engine lost, not taking container work until it is back: {reason}"
+        text = f"{self._backend.engine_name} engine lost, not taking container work until it is back: {reason}"
         with self._queues_lock:
             if not self._consume(False):
                 return  # the consumer did not get to it (reconnecting?): try again at the next check
@@ -153,7 +132,7 @@ class DockerWatch(threading.Thread):
                 return
             self.serving = True
             self._update(queues=[QUEUE_CONTAINER], probe=found, provenance={"mode": "container", "image": image})
-        text = f"Docker engine is back, taking container work again ({outcome.reason})"
+        text = f"{self._backend.engine_name} engine is back, taking container work again ({outcome.reason})"
         log.warning(text)
         self._events.emit("INFO", "probe.container", text, **found)
 
@@ -170,7 +149,7 @@ class QueueWatch(threading.Thread):
     Args:
         consumer: the worker's Celery consumer.
         expected: the queues the worker should consume now (its registry entry's).
-        queues_lock: held by whoever changes both (the :class:`DockerWatch`).
+        queues_lock: held by whoever changes both (the :class:`EngineWatch`).
         period_s: how often to look.
         record: called with each refusal to record (cluster log, metrics).
     """

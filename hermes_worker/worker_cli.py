@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import sys
 from typing import NoReturn
@@ -71,53 +69,59 @@ def worker(
       hermes worker --mode local --concurrency 2 --name cpu1
       celery -A hermes_worker.app worker -E -n local@%h     # the same, for Celery users
     """
-    # The app reads its settings from the environment: hand the options over that way.
-    if mode:
-        os.environ["HERMES_WORKER_MODE"] = mode
-    if concurrency:
-        os.environ["HERMES_CONCURRENCY"] = str(concurrency)
-    if metrics_port is not None:
-        os.environ["HERMES_METRICS_PORT"] = str(metrics_port)
-    if metrics_address is not None:
-        os.environ["HERMES_METRICS_ADDRESS"] = metrics_address
-    from .app import app, settings  # the worker side is imported only to run a worker
+    # The options go into the settings the app is built from: nothing is handed over through
+    # the environment. Celery's worker runs in this process (worker_main), so the app built here,
+    # with the identity decided here, is the one its pool processes inherit when they fork.
+    settings = _settings().with_overrides(
+        worker_mode=mode, concurrency=concurrency, metrics_port=metrics_port, metrics_address=metrics_address
+    )
+    from .app import create_app  # the worker side is imported only to run a worker
     from .events import ClusterLog
+    from .identity import announce, decide
     from .redis_conn import connect
-    from .worker import ENV_PROBE, ENV_TAG, announce, decide_tag
 
     refused = credentials_refused(settings)
     if refused is not None:
         _fail(refused, 2)
-    tag, found = decide_tag(settings)
-    if settings.worker_mode == "container" and tag != "container":
+    identity = decide(settings)
+    found = identity.probe
+    if settings.worker_mode == "container" and identity.tag != "container":
         _fail(f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}", 3)
-    node = f"{tag}@{name or socket.gethostname()}"
+    node = f"{identity.tag}@{name or socket.gethostname()}"
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
     except Exception:
         events = None
     # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
-    click.echo(f"hermes worker {node}: {announce(tag, found, events)}", err=True)
-    os.environ[ENV_TAG] = tag
-    os.environ[ENV_PROBE] = json.dumps(found, default=str)
-    app.worker_main(
-        [
-            "worker",
-            "--hostname",
-            node,
-            "--queues",
-            QUEUE_FOR_TAG[tag],
-            "--concurrency",
-            str(settings.concurrency),
-            "--loglevel",
-            loglevel.upper(),
-            "--events",
-            "--pool",
-            "prefork",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    click.echo(f"hermes worker {node}: {announce(identity, events)}", err=True)
+    create_app(settings, identity).worker_main(_celery_argv(node, identity.tag, settings.concurrency, loglevel))
+
+
+def _celery_argv(node: str, tag: str, concurrency: int, loglevel: str) -> list[str]:
+    """The arguments of Celery's worker command: the node, the tag's queue, the prefork pool."""
+    return [
+        "worker",
+        "--hostname",
+        node,
+        "--queues",
+        QUEUE_FOR_TAG[tag],
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel.upper(),
+        "--events",
+        "--pool",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def _settings() -> Settings:
+    """The settings the `hermes` group read (``HERMES_*``), or read them now if run on its own."""
+    context = click.get_current_context(silent=True)
+    settings = getattr(context.find_root().obj, "settings", None) if context is not None else None
+    return settings if isinstance(settings, Settings) else Settings.from_env()
 
 
 def credentials_refused(settings: Settings) -> str | None:

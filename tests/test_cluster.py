@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.settings import Settings
 
 from .conftest import EXAMPLES, HermesRunner, read_records
 from .fixtures_cluster import RedisServer, WorkerFactory, registry_entry
@@ -267,7 +269,9 @@ def test_plain_celery_command_line_runs_the_same_worker(
     cluster_env: dict[str, str], redis_server: RedisServer, chermes: HermesRunner, tmp_path: Path
 ) -> None:
     log_path = tmp_path / "celery.log"
-    env = dict(cluster_env, HERMES_WORKER_MODE="local")
+    # A heartbeat longer than the test: the queue watch, which would cancel a consumer of the
+    # wrong queue at its first look, must not be what keeps the worker to its own queue.
+    env = dict(cluster_env, HERMES_WORKER_MODE="local", HERMES_HEARTBEAT="60")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "hermes_worker.app", "worker", "-E", "-c", "1", "-n", "local@plain"],
@@ -283,6 +287,10 @@ def test_plain_celery_command_line_runs_the_same_worker(
             time.sleep(0.1)
         entry = registry_entry(redis_server.client(), "local@plain")
         assert entry is not None and entry["queues"] == ["hermes.local"]
+        # It consumes its tag's queue only, from the start
+        inspect = make_celery(Settings.from_env(env)).control.inspect(destination=["local@plain"], timeout=5)
+        consumed = {queue["name"] for queue in (inspect.active_queues() or {}).get("local@plain", [])}
+        assert consumed == {"hermes.local"}, log_path.read_text()
         done = chermes("run", "--prompt", "ok", "--json", "--isolation", "local")
         assert json.loads(done.stdout)["provenance"]["worker"] == "local@plain"
     finally:
@@ -297,7 +305,6 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
     from hermes_producer.celery_executor import CeleryExecutor
     from hermes_producer.cluster import Cluster, Route
     from hermes_worker.registry import WorkerInfo
-    from hermes_worker.settings import Settings
 
     settings = Settings.from_env(cluster_env)
     cluster = Cluster.connect(settings)

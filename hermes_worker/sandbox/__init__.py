@@ -1,6 +1,7 @@
 """The sandbox: hardened container sessions that run the engine, and the protocol they speak.
 
-Import :func:`open_session` to get a session of the backend the settings choose::
+Import :func:`open_session` to get a session of the backend the settings choose (backends are
+registered by name in :mod:`.backends`)::
 
     with open_session(settings, worker_id) as session:
         result = session.run_chunk(payload, worker)
@@ -10,6 +11,7 @@ inside the sandbox image, where the server runs); Docker and dagger are imported
 backends, when a session of theirs is opened.
 """
 
+from .backends import BACKENDS, backend, open_session
 from .errors import (
     ContainerDied,
     DaggerUnavailable,
@@ -23,9 +25,10 @@ from .errors import (
     TornStream,
 )
 from .reply import BadReply
-from .session import SandboxSession, open_session
+from .session import SandboxSession
 
 __all__ = [
+    "BACKENDS",
     "BadReply",
     "ContainerDied",
     "DaggerUnavailable",
@@ -38,5 +41,6 @@ __all__ = [
     "SelfTestMismatch",
     "SessionFailed",
     "TornStream",
+    "backend",
     "open_session",
 ]

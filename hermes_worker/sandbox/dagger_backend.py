@@ -62,6 +62,8 @@ def find_cli() -> str | None:
 class DaggerSession(SandboxSession):
     """A session whose chunks run as ``with_exec`` calls in a Dagger engine."""
 
+    engine_name = "Dagger"
+
     def __init__(self, settings: Any, worker_id: str, *, base: str = DEFAULT_BASE) -> None:
         super().__init__(settings, worker_id)
         self._base_ref = base

@@ -29,6 +29,7 @@ from .errors import (
     DockerUnavailable,
     ImageMissing,
     ProtocolError,
+    SandboxError,
     SessionFailed,
     TornStream,
     translate,
@@ -36,7 +37,7 @@ from .errors import (
 from .protocol import DockerDemux, FrameReader, encode_frame
 from .reply import BadReply, check_hello
 from .server import TEST_HOOKS_ENV
-from .session import SandboxSession, unwrap_reply
+from .session import SandboxSession, timed, unwrap_reply
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -247,6 +248,54 @@ def reap_orphans(client: docker.DockerClient, worker_id: str, deployment: str) -
 
 class DockerSession(SandboxSession):
     """A session whose sandbox is one hardened Docker container running the engine server."""
+
+    engine_name = "Docker"
+
+    @classmethod
+    def preflight(cls, settings: Settings, details: dict[str, Any]) -> None:
+        """The engine answers (``docker_version``, ``api_version``) and holds the sandbox ``image``.
+
+        Raises:
+            DockerUnavailable: no engine answers within ``settings.docker_timeout_s``.
+            ImageMissing: the sandbox image is not built.
+        """
+        with timed(details, "engine"):
+            client = connect(settings.docker_timeout_s)
+        try:
+            version = client.version()
+            details.update(docker_version=version.get("Version"), api_version=version.get("ApiVersion"))
+            with timed(details, "image"):
+                images = client.images.list(name=settings.sandbox_image)
+            if not images:
+                raise ImageMissing(
+                    f"sandbox image {settings.sandbox_image} is not built",
+                    "hermes image build --base hermes-base:bookworm (or ops/ensure-images.sh)",
+                )
+            details["image"] = images[0].id
+        except SandboxError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "talk to the Docker engine", settings.docker_timeout_s) from exc
+        finally:
+            client.close()
+
+    @classmethod
+    def health(cls, settings: Settings) -> str | None:
+        """None when the engine answers a ping and holds the sandbox image; otherwise why not.
+
+        The full probe (a session and the self-test) runs only when this turns healthy again.
+        """
+        try:
+            client = connect(settings.docker_timeout_s)
+        except SandboxError as exc:
+            return exc.reason
+        try:
+            client.images.get(settings.sandbox_image)
+        except Exception as exc:
+            return translate(exc, "look up the sandbox image", settings.docker_timeout_s).reason
+        finally:
+            client.close()
+        return None
 
     def __init__(self, settings: Settings, worker_id: str, *, test_hooks: bool | str = False) -> None:
         super().__init__(settings, worker_id)

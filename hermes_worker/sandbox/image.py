@@ -45,7 +45,7 @@ _SOURCES = (
     "lines.py",
     "processing.py",
     "engine/*.py",
-    *(f"sandbox/{name}.py" for name in ("__init__", "errors", "protocol", "reply", "server", "session")),
+    *(f"sandbox/{name}.py" for name in ("__init__", "backends", "errors", "protocol", "reply", "server", "session")),
 )
 _TEXT_DISTRIBUTIONS = ("ftfy",)
 

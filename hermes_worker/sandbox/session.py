@@ -10,18 +10,25 @@ Nothing the sandbox sends back is trusted: every reply goes through :mod:`.reply
 it against what the host knows (the items it parsed itself, the provenance it builds) and
 rebuilds every field but the records. A reply that fails is handled like a death.
 
+A backend also says whether it can run here before a session starts (:meth:`SandboxSession.preflight`,
+run by the start-up probe) and whether its engine still answers (:meth:`SandboxSession.health`,
+asked every heartbeat by a container worker): nothing outside a backend knows which one it is.
+Backends are chosen by name in :mod:`.backends`.
+
 Imports the standard library, the contract and the engine only (the package ``__init__``
 imports this module, and the package ships inside the sandbox image); the backends, and with
-them Docker or dagger, are imported when a session is opened.
+them Docker or dagger, are imported when one is chosen.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .. import contract
 from ..contract import ChunkRequest
@@ -33,7 +40,7 @@ from .reply import BadReply, ClaimedTooLarge, Expected, check_result, error_resu
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["SandboxSession", "open_session", "unwrap_reply"]
+__all__ = ["SandboxSession", "timed", "unwrap_reply"]
 
 log = logging.getLogger("hermes.sandbox")
 
@@ -44,6 +51,32 @@ class SandboxSession(ABC):
     ``with open_session(settings, worker_id) as session: session.run_chunk(payload, worker)``.
     ``__enter__`` starts the sandbox and, if starting fails half-way, cleans up before raising.
     """
+
+    # What runs the sandboxes, as the worker names it when it goes or comes back ("Docker engine lost").
+    engine_name: ClassVar[str] = "sandbox"
+
+    @classmethod
+    def preflight(cls, settings: Settings, details: dict[str, Any]) -> None:
+        """Check, before any session starts, that this backend's engine can run a sandbox here.
+
+        Run by the start-up probe. Records what it finds in ``details`` (engine version, image
+        id) and how long each step took (:func:`timed`). The default checks nothing: a backend
+        without a cheap check reports its failures when the session starts.
+
+        Raises:
+            SandboxError: a subclass saying why not, with a fix.
+        """
+        return
+
+    @classmethod
+    def health(cls, settings: Settings) -> str | None:
+        """None when this backend's engine answers now; otherwise why not.
+
+        Cheap (bounded by ``settings.docker_timeout_s`` per call): a container worker asks every
+        heartbeat, and a pool process asks when a sandbox failed, to tell an engine that is gone
+        from a chunk that is the problem. The default cannot tell, and says the engine answers.
+        """
+        return None
 
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self.settings = settings
@@ -217,18 +250,11 @@ def unwrap_reply(reply: Mapping[str, Any]) -> dict[str, Any]:
     raise BadReply(f"the sandbox engine failed the chunk as a whole ({str(kind)[:40]}): {message}")
 
 
-def open_session(settings: Settings, worker_id: str) -> SandboxSession:
-    """A new, not yet started, session of the backend ``settings.container_backend`` names.
-
-    Args:
-        settings: container_backend, sandbox_image, the container limits and timeouts.
-        worker_id: who owns the sandbox; written on its labels so leftovers can be reaped.
-            Unique per worker process, e.g. ``celery@host:1234``.
-    """
-    if settings.container_backend == "dagger":
-        from .dagger_backend import DaggerSession
-
-        return DaggerSession(settings, worker_id)
-    from .docker_backend import DockerSession
-
-    return DockerSession(settings, worker_id)
+@contextmanager
+def timed(details: dict[str, Any], step: str) -> Iterator[None]:
+    """Record how long ``step`` took, in ms, in ``details["timings_ms"]``, even when it fails."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        details.setdefault("timings_ms", {})[step] = round((time.perf_counter() - started) * 1000, 1)

@@ -1,0 +1,351 @@
+"""One chunk message in a worker process: accept it, fetch its lines, run it, publish its result.
+
+:class:`ChunkHandler` is what the task calls (one per pool process). Each step is its own method:
+
+- :meth:`~ChunkHandler.accept` checks every field of the message; a bad one is refused
+  (:meth:`~ChunkHandler.refuse`), never run.
+- :meth:`~ChunkHandler.fetch` publishes the start notice (which tells the producer who holds the
+  chunk) and reads the chunk's lines in the same round trip.
+- :meth:`~ChunkHandler.run` runs the chunk here or in the sandbox; whatever goes wrong ends as
+  error records, a reason to split the chunk, or (the sandbox's engine gone) letting it go.
+- :meth:`~ChunkHandler.publish` sends the records with their counts, event and metrics, or a
+  failure notice when Redis will not take them.
+
+A chunk whose sandbox cannot run because the engine is gone is not failed: the handler waits
+until the worker's registry entry shows it has stopped consuming ``hermes.container``, then lets
+the chunk go without a result; producers send it again elsewhere (or wait for the engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from . import contract
+from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, shown
+from .engine import ProfileError
+from .events import ClusterLog
+from .metrics import bump, chunk_increments
+from .metrics import field as metrics_field
+from .processing import failed_chunk_result, with_errors
+from .publishing import Publisher, Unpublishable
+from .registry import Registry
+from .runners import Runner
+from .sandbox.backends import backend
+from .settings import Settings
+
+__all__ = ["ChunkHandler", "Job"]
+
+log = logging.getLogger("hermes.worker")
+
+
+@dataclass(slots=True)
+class Job:
+    """An accepted chunk message: who runs it, where its result goes, what to run."""
+
+    worker: str
+    stream: str
+    ttl: int
+    chunk: int
+    payload: dict[str, Any]
+    text: bytes | None = None  # the chunk's lines, once fetched from Redis
+
+
+# What :meth:`ChunkHandler.run` gives: a result, a reason to split the chunk, or None to let it go.
+Outcome = dict[str, Any] | str | None
+
+
+class ChunkHandler:
+    """One per worker process: the runner (maybe a sandbox session) and the Redis client.
+
+    Args:
+        settings: the worker's settings.
+        runner: runs a chunk here or in this process's sandbox session.
+        client: the result Redis.
+    """
+
+    def __init__(self, settings: Settings, runner: Runner, client: redis.Redis) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.redis = client
+        self.publisher = Publisher(client)
+        self._events: dict[str, ClusterLog] = {}
+        self._restarts_seen = 0
+
+    def events_for(self, worker: str) -> ClusterLog:
+        if worker not in self._events:
+            self._events[worker] = ClusterLog(self.redis, worker)
+        return self._events[worker]
+
+    def handle_message(self, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str, queue: str | None) -> None:
+        """Run the arguments of a chunk task, or refuse them: it takes exactly ``(payload, reply)``."""
+        if len(args) != 2 or kwargs:
+            keywords = shown(sorted(kwargs))
+            reason = f"a chunk message takes (payload, reply); got {len(args)} argument(s), keywords {keywords}"
+            self.refuse(reason, worker)
+            return
+        self.handle(args[0], args[1], worker, queue)
+
+    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None) -> None:
+        """Run one chunk and publish its result, after checking every field of the message.
+
+        ``queue`` is the queue the message was sent to (its routing key): a chunk sent to the
+        other kind of worker's queue, or one that must run in a container on a worker that
+        cannot, is refused (see :meth:`refuse`), never run here.
+        """
+        job = self.accept(payload, reply, worker, queue)
+        if job is None:
+            return
+        # Redis may be away for a while: keep trying to publish until shortly before Celery's
+        # soft time limit (80 % of the hard one), rather than lose the chunk to a short outage.
+        self.publisher.allow(0.75 * self.settings.chunk_time_limit_s)
+        if not self.fetch(job):
+            return
+        started = time.perf_counter()
+        outcome = self.run(job)
+        self.publish(job, outcome, time.perf_counter() - started)
+
+    def accept(self, payload: Any, reply: Any, worker: str, queue: str | None) -> Job | None:
+        """The job this message asks for, checked against the contract; None once refused."""
+        try:
+            answer = contract.Reply.from_wire(reply)
+        except contract.ContractError as exc:
+            self.refuse(str(exc), worker)
+            return None
+        try:
+            request = contract.ChunkRequest.from_payload(payload, answer)
+        except (contract.ContractError, ProfileError) as exc:
+            self.refuse(str(exc), worker, answer, payload.get("chunk") if isinstance(payload, Mapping) else None)
+            return None
+        misplaced = self._misplaced(request, queue)
+        if misplaced is not None:
+            self.refuse(misplaced, worker, answer, request.chunk, kind="wrong_queue")
+            return None
+        # Only the fields the contract knows, checked.
+        return Job(worker, answer.stream, answer.ttl, request.chunk, request.to_payload())
+
+    def fetch(self, job: Job) -> bool:
+        """Publish the start notice and read the chunk's lines (one round trip); False: let it go."""
+        chunk, worker = job.chunk, job.worker
+        events = self.events_for(worker)
+        text_key = job.payload.pop(contract.TEXT_KEY, None)
+        job.text = self.publisher.publish(
+            job.stream,
+            job.ttl,
+            {"s": json.dumps({"chunk": chunk, "worker": worker})},
+            events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
+            fetch=text_key if isinstance(text_key, str) else None,
+        )
+        if text_key is None or job.text is not None:
+            return True
+        # The producer deletes a chunk's lines once it has written the chunk, so this is a late
+        # duplicate delivery, or Redis lost the key (restarted without persistence): say so, and
+        # a producer still waiting for the chunk sends it again.
+        self.publisher.publish(
+            job.stream,
+            job.ttl,
+            {"m": json.dumps({"chunk": chunk, "worker": worker})},
+            events.entry("WARNING", "chunk.lines_missing", f"chunk {chunk}: its lines are not in Redis", chunk=chunk),
+        )
+        return False
+
+    def run(self, job: Job) -> Outcome:
+        """The chunk's result (error records if need be); a reason to split it; or None to let it go.
+
+        Never raises: whatever goes wrong with one chunk ends with its records or a notice.
+        """
+        payload, worker, chunk, mode = job.payload, job.worker, job.chunk, self.runner.mode
+        try:
+            if job.text is not None:
+                payload["text"] = job.text.decode("utf-8")
+            payload.pop("count", None)
+            return self.runner.run(payload, worker)
+        except (contract.ContractError, ProfileError) as exc:
+            message = f"chunk rejected by the worker: {exc}"
+            return failed_chunk_result(payload, contract.ENGINE_FAILURE, message, mode=mode, worker=worker)
+        except SoftTimeLimitExceeded:
+            # One slow line must not fail its neighbours: the producer splits the chunk until the
+            # line to blame is alone.
+            log.warning("chunk %s ran past its soft time limit", chunk)
+            if mode == "container":
+                # The sandbox may still be busy with the chunk: the next one gets a fresh session.
+                with contextlib.suppress(Exception):
+                    self.runner.close()
+            return f"it ran past the soft time limit ({0.8 * self.settings.chunk_time_limit_s:.0f} s)"
+        except Exception as exc:
+            try:
+                gone = mode == "container" and self._engine_gone(exc, worker, chunk)
+            except Exception:
+                gone = False
+            if gone:
+                return None
+            log.exception("chunk %s failed as a whole", chunk)
+            code = contract.SANDBOX_FAILURE if mode == "container" else contract.ENGINE_FAILURE
+            message = f"{type(exc).__name__}: {exc}"
+            events = self.events_for(worker)
+            events.emit("ERROR", "chunk.failed", f"chunk {chunk} failed as a whole: {exc}", chunk=chunk)
+            return failed_chunk_result(payload, code, message, mode=mode, worker=worker)
+
+    def publish(self, job: Job, outcome: Outcome, elapsed: float) -> None:
+        """Publish the outcome of :meth:`run`: the records, or a notice that the chunk must be split."""
+        if outcome is None:
+            return  # not the items' fault: producers send the chunk again elsewhere
+        if isinstance(outcome, str):
+            self._fail(job, outcome, split=True)
+            return
+        try:
+            fields, done, increments = self._result_fields(outcome, job, elapsed)
+        except Exception as exc:
+            log.exception("chunk %s: its result cannot be encoded", job.chunk)
+            self._fail(job, f"its result cannot be encoded: {type(exc).__name__}", split=True)
+            return
+        if len(fields["t"]) > contract.MAX_VALUE_BYTES:
+            reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
+            self._fail(job, reason, split=True)
+            return
+        try:
+            self.publisher.publish(job.stream, job.ttl, fields, done, (job.worker, increments))
+        except Unpublishable as exc:
+            # Retrying here cannot help: tell the producer, who splits a result too large for
+            # Redis, and sends anything else again (another worker may fare better).
+            self._fail(job, f"its result cannot be published: {exc}", split=exc.too_large)
+
+    def _result_fields(
+        self, result: dict[str, Any], job: Job, elapsed: float
+    ) -> tuple[dict[str, str | bytes], dict[str, str], dict[str, float]]:
+        """The stream fields of a result, its event and its metric increments."""
+        # The records travel as raw JSONL bytes next to the counts: encoding them again as JSON
+        # strings would make every quote an escape for Redis to store and the producer to undo.
+        lines = result["lines"]
+        try:
+            body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+        except UnicodeEncodeError:
+            # process_chunk never writes such a record; should one slip through, it fails alone.
+            unwritable = {i: line for i, line in enumerate(lines) if not _encodes(line)}
+            message = "the record for this item cannot be written as UTF-8"
+            result = with_errors(result, dict.fromkeys(unwritable, (contract.ENGINE_FAILURE, message)))
+            lines = result["lines"]
+            body = ("\n".join(lines) + "\n").encode("utf-8")
+        elapsed_ms = round(elapsed * 1000, 2)
+        increments = chunk_increments(result, elapsed, self.runner.mode)
+        restarts = self.runner.restarts
+        if restarts > self._restarts_seen:
+            increments[metrics_field("session_restarts")] = restarts - self._restarts_seen
+            self._restarts_seen = restarts
+        level = "WARNING" if result["failed"] else "DEBUG"
+        done = self.events_for(job.worker).entry(
+            level,
+            "chunk.succeeded",
+            f"chunk {job.chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
+            chunk=job.chunk,
+            ok=result["ok"],
+            failed=result["failed"],
+            ms=elapsed_ms,
+            mode=self.runner.mode,
+        )
+        # ASCII: ids and error messages are checked writable, but this must not fail either way.
+        counts = json.dumps({k: v for k, v in result.items() if k != "lines"}, ensure_ascii=True)
+        return {"r": counts, "t": body}, done, increments
+
+    def _fail(self, job: Job, reason: str, *, split: bool) -> None:
+        """Publish a failure notice: the producer sends the chunk again (or splits it, or gives up).
+
+        The notice is small ASCII JSON, so nothing in it can fail to encode. If even it cannot be
+        published, the task fails; the producer finds the chunk overdue and sends it again.
+        """
+        chunk, worker = job.chunk, job.worker
+        reason = reason.encode("ascii", "backslashreplace").decode("ascii")[:500]
+        notice = json.dumps({"chunk": chunk, "worker": worker, "reason": reason, "split": split})
+        log.warning("chunk %s: %s; the producer is told", chunk, reason)
+        event = self.events_for(worker).entry("ERROR", "chunk.unpublished", f"chunk {chunk}: {reason}", chunk=chunk)
+        try:
+            self.publisher.publish(job.stream, job.ttl, {"f": notice}, event)
+        except Exception:
+            log.exception("chunk %s: not even its failure notice could be published", chunk)
+            raise
+
+    def _misplaced(self, request: contract.ChunkRequest, queue: str | None) -> str | None:
+        """Why this worker must not run ``request``, sent to ``queue``; None if it may."""
+        mode = self.runner.mode
+        own = QUEUE_FOR_TAG[mode]
+        if queue != own:
+            return f"chunk {request.chunk} was sent to queue {shown(queue)}; this {mode} worker serves {own}"
+        if request.isolation == contract.ISOLATION_CONTAINER and mode != "container":
+            return f"chunk {request.chunk} must run in a container; this is a {mode} worker"
+        return None
+
+    def refuse(
+        self,
+        reason: str,
+        worker: str,
+        reply: contract.Reply | None = None,
+        chunk: Any = None,
+        kind: str = "invalid",
+    ) -> None:
+        """Refuse a chunk message without acting on it: a WARNING (no prompt in it), counted, done.
+
+        The message is acknowledged and never retried. When it names a valid result stream and
+        chunk number, a refusal notice goes there (contract.NOTICE_REFUSED): the producer sends
+        the chunk again, a few times at most, or stops naming the reason. Nothing else is written.
+        """
+        log.warning("chunk message refused (%s): %s", kind, reason)
+        bump(self.redis, worker, "messages_refused", kind=kind)
+        text = f"chunk message refused: {reason}"
+        if reply is None or type(chunk) is not int or not 0 <= chunk <= contract.MAX_CHUNK_NUMBER:
+            self.events_for(worker).emit("WARNING", "chunk.refused", text, kind=kind)
+            return
+        event = self.events_for(worker).entry("WARNING", "chunk.refused", text, kind=kind, chunk=chunk)
+        self.publisher.allow(0.75 * self.settings.chunk_time_limit_s)
+        notice = json.dumps({"chunk": chunk, "worker": worker, "reason": reason})
+        self.publisher.publish(reply.stream, reply.ttl, {contract.NOTICE_REFUSED: notice}, event)
+
+    def _engine_gone(self, exc: Exception, worker: str, chunk: Any) -> bool:
+        """True when the sandbox failed because its engine is gone and this worker has stopped
+        taking container work: the chunk is then let go without a result.
+
+        Waits (a few heartbeats at most) for the main process's
+        :class:`~hermes_worker.watches.EngineWatch` to withdraw the worker from
+        ``hermes.container``; only then may the chunk go, since producers send a chunk again once
+        the worker that announced it no longer serves the queue. False when the engine is fine
+        (the chunk itself is the problem) or the worker is still registered as serving: the
+        chunk then gets error records, as before.
+        """
+        from .sandbox.errors import SandboxError
+
+        if not isinstance(exc, SandboxError):
+            return False
+        sandbox = backend(self.settings.container_backend)
+        reason = sandbox.health(self.settings)
+        if reason is None:
+            return False
+        registry = Registry(self.redis, self.settings.worker_ttl_s)
+        deadline = time.monotonic() + 2 * self.settings.worker_ttl_s + self.settings.docker_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                entry = registry.get(worker)
+            except redis.RedisError:
+                entry = None
+            if entry is not None and QUEUE_CONTAINER not in entry.queues:
+                log.warning("chunk %s let go: the %s engine is gone (%s)", chunk, sandbox.engine_name, reason)
+                self.events_for(worker).emit(
+                    "WARNING", "chunk.returned", f"chunk {chunk} let go: {reason}", chunk=chunk, reason=reason
+                )
+                return True
+            time.sleep(0.2)
+        return False
+
+
+def _encodes(line: str) -> bool:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

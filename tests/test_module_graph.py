@@ -1,0 +1,146 @@
+"""No Hermes module imports itself back, directly or through others, at import time or later.
+
+The graph is read from the source (every ``import`` statement, at module level or inside a
+function, TYPE_CHECKING blocks included), so a cycle hidden behind a lazy import counts too:
+``worker`` importing ``app`` inside a function to dodge ``app`` -> ``tasks`` -> ``worker`` was one.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("hermes_worker", "hermes_producer")
+
+# The modules of the worker's start-up, each imported first in a fresh interpreter.
+WORKER_MODULES = (
+    "hermes_worker.app",
+    "hermes_worker.tasks",
+    "hermes_worker.runtime",
+    "hermes_worker.handling",
+    "hermes_worker.publishing",
+    "hermes_worker.identity",
+    "hermes_worker.guard",
+    "hermes_worker.watches",
+    "hermes_worker.probe",
+    "hermes_worker.worker_cli",
+    "hermes_worker.sandbox.backends",
+)
+
+
+def modules(root: Path, packages: tuple[str, ...]) -> dict[str, tuple[Path, bool]]:
+    """Module name -> (source file, is a package) for every module of ``packages`` under ``root``."""
+    found = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _targets(name: str, is_package: bool, node: ast.Import | ast.ImportFrom, known: set[str]) -> set[str]:
+    if isinstance(node, ast.Import):
+        wanted = [alias.name for alias in node.names]
+    else:
+        here = name.split(".") if is_package else name.split(".")[:-1]
+        base = here[: len(here) - node.level + 1] if node.level else []
+        target = ".".join(base + (node.module.split(".") if node.module else []))
+        # `from . import contract` names a module; `from .engine import ProfileError` does not.
+        wanted = [f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target for alias in node.names]
+    targets = set()
+    for module in wanted:
+        while module and module not in known:
+            module = module.rpartition(".")[0]
+        if module and module != name:
+            targets.add(module)
+    return targets
+
+
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports anywhere in its source."""
+    known = modules(root, packages)
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in known.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                graph[name] |= _targets(name, is_package, node, set(known))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that reach each other (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_planted_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
+    # Given a package whose modules import each other, one of them only inside a function
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from .leaf import VALUE\n")
+    (package / "sub" / "leaf.py").write_text("def late():\n    from .. import top\n    return top\nVALUE = 1\n")
+    (package / "top.py").write_text("import pkg.sub.leaf\n")
+    (package / "other.py").write_text("from .sub import VALUE\n")
+    # When the graph is read / Then the late import is an edge, and the cycle through it is found
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.sub.leaf"] == {"pkg.top"} and graph["pkg.top"] == {"pkg.sub.leaf"}
+    assert graph["pkg.other"] == {"pkg.sub"} and graph["pkg.sub"] == {"pkg.sub.leaf"}
+    assert cycles(graph) == [["pkg.sub.leaf", "pkg.top"]]
+
+
+def test_no_import_cycle_among_hermes_modules() -> None:
+    graph = import_graph(REPO, PACKAGES)
+    assert "hermes_worker.runtime" in graph["hermes_worker.app"]  # the graph is the real one
+    assert cycles(graph) == []
+
+
+def test_the_worker_modules_import_alone_in_a_fresh_interpreter() -> None:
+    # Each first, on its own: an import that only works after another module is loaded fails here.
+    started = {
+        name: subprocess.Popen([sys.executable, "-c", f"import {name}"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        for name in WORKER_MODULES
+    }
+    failed = {}
+    for name, process in started.items():
+        _, err = process.communicate(timeout=120)
+        if process.returncode != 0:
+            failed[name] = err.strip().splitlines()[-1:]
+    assert failed == {}
