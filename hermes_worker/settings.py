@@ -115,7 +115,14 @@ class Setting:
             raw = raw.strip()
         if raw:
             return self.parse_text(raw)
-        return self.default if self.computed is None else self.parse_text(self.computed(known))
+        if self.computed is None:
+            return self.default
+        derived = self.computed(known)
+        try:
+            return self.parse(derived)
+        except ValueError as exc:
+            # Nobody typed this value: say where it came from rather than quote an empty string.
+            raise SettingsError(f"{self.variable} is not set and {self.shown_default} will not do: {exc}") from None
 
     def parse_text(self, raw: str) -> Any:
         try:
@@ -378,10 +385,9 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for spec in SETTINGS:
+            # Each value checked as soon as it is read: a typo in the broker URL is named as such,
+            # not as the result backend that would have been derived from it.
             values[spec.name] = spec.read(env, values)
-        # Checks once every value is read: a broker that is not a Redis URL, with no result backend
-        # set, is refused for leaving results without a Redis before anything else is said of it.
-        for spec in SETTINGS:
             spec.run_check(values[spec.name])
         settings = cls(**values)
         _check_signing(settings)

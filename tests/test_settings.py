@@ -136,7 +136,7 @@ def test_computed_defaults_come_from_the_machine_or_another_setting() -> None:
     assert settings.processes == settings.concurrency == min(os.cpu_count() or 1, 1024)
     assert settings.result_backend == "redis://broker:6379/3"
     assert Settings(home=Path("/h")).processes == 1
-    with pytest.raises(SettingsError, match=r"^HERMES_RESULT_BACKEND='' is invalid: .* need Redis"):
+    with pytest.raises(SettingsError, match=r"^HERMES_RESULT_BACKEND is not set and .* need Redis"):
         Settings.from_env({"HERMES_BROKER_URL": "amqp://mq//"})  # and no Redis named for results
 
 
@@ -157,9 +157,9 @@ def test_numbers_refuse_hostile_text_naming_the_variable_and_the_value(spec: Set
 @pytest.mark.parametrize("spec", by_variable())
 def test_no_value_crashes_the_parsing(spec: Setting, value: str) -> None:
     """Whatever the text, a setting is read or refused with a SettingsError naming it: never another exception."""
-    # A broker that is not a Redis URL leaves results without a Redis: that is said first. A signing
-    # file alone is refused naming the two missing.
-    names = {"HERMES_BROKER_URL": ("HERMES_BROKER_URL", "HERMES_RESULT_BACKEND=''")}.get(spec.variable, ())
+    # A broker URL that is not Redis leaves results without a Redis: that names the result backend.
+    # A signing file alone is refused naming the two missing.
+    names = {"HERMES_BROKER_URL": ("HERMES_BROKER_URL", "HERMES_RESULT_BACKEND is not set")}.get(spec.variable, ())
     names += ("HERMES_SIGNING_",) if spec.variable in SIGNING else (spec.variable,)
     try:
         Settings.from_env({spec.variable: value})
@@ -181,6 +181,19 @@ def test_a_url_the_clients_would_refuse_is_refused_without_quoting_it() -> None:
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"HERMES_BROKER_URL": "redis://:pw-in-url@h/0?socket_timeout=x"})
     assert str(refused.value).startswith("HERMES_BROKER_URL is invalid: ") and "pw-in-url" not in str(refused.value)
+
+
+def test_a_broker_typo_is_named_as_the_broker_not_as_the_result_backend_derived_from_it() -> None:
+    with pytest.raises(SettingsError, match=r"^HERMES_BROKER_URL is invalid: must be a URL"):
+        Settings.from_env({"HERMES_BROKER_URL": "abc"})
+
+
+def test_a_broker_that_is_not_redis_needs_a_result_backend_and_the_message_says_so() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"HERMES_BROKER_URL": "amqp://guest:pw@localhost//"})
+    message = str(refused.value)
+    assert message.startswith("HERMES_RESULT_BACKEND is not set and the broker URL will not do: ")
+    assert "''" not in message and "pw" not in message
 
 
 def test_signing_needs_all_three_files() -> None:
