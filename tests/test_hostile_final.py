@@ -1,0 +1,159 @@
+"""The last attacker pass of issue 11: siblings of the listed classes that nobody had tried.
+
+Each test names the attack and the promise it broke before its fix: a value nested too deeply
+for Python's JSON parser in any place a broker writer can reach (registry, result stream,
+cluster log, sandbox frame); a FIFO or a link planted in place of Hermes' own log; a resume
+journal that claims chunks the output does not hold; metrics fields Hermes never writes; and
+text from input that a terminal or ``click`` would otherwise rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.processing import process_chunk
+
+from .conftest import HermesRunner
+from .fixtures_cluster import RedisServer
+
+# Deeper than any JSON parser in Python follows: json.loads raises RecursionError, which is not
+# a ValueError, so code that catches only ValueError lets it through.
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+# -- nested too deeply: every place a Redis writer or a sandbox can put JSON --------------------
+
+
+@pytest.mark.cluster
+def test_a_deeply_nested_registry_entry_is_ignored_not_a_crash_of_every_command(
+    redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    """One `SET hermes:worker:x [[[[...]]]]` made run, batch, workers and status exit 3 ("internal error")."""
+    # Given a forged registry entry nested 100,000 deep next to nothing else
+    redis_server.client().set("hermes:worker:deep", DEEP)
+
+    # When cluster commands read the registry
+    for command in (("workers", "--json"), ("status",), ("run", "--prompt", "x")):
+        done = chermes(*command)
+
+        # Then the entry is not a worker, and the command does its job
+        assert done.returncode == 0, (command, done.stderr)
+        assert "internal error" not in done.stderr and "Traceback" not in done.stderr, command
+    assert json.loads(chermes("workers", "--json").stdout) == []
+
+
+@pytest.mark.cluster
+def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[str, str]) -> None:
+    """A forged entry nested too deeply on a batch's stream crashed the producer mid-batch."""
+    from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.cluster import Cluster, Route
+    from hermes_worker.registry import WorkerInfo
+    from hermes_worker.settings import Settings
+
+    cluster = Cluster.connect(Settings.from_env(cluster_env))
+    route = Route("hermes.local", "local", [WorkerInfo("local@w", "local", 1, ["hermes.local"], "h", 1, {}, {})])
+    messages: list[str] = []
+    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+
+    def answer(payload: dict[str, Any]) -> None:
+        # Given a forged result and a forged notice, each nested too deeply, before the real result
+        result = process_chunk(payload, mode="local", worker="local@w")
+        lines = result.pop("lines")
+        cluster.redis.xadd(executor.stream, {"r": DEEP})
+        cluster.redis.xadd(executor.stream, {"s": DEEP})
+        cluster.redis.xadd(executor.stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
+
+    executor._send = answer  # type: ignore[method-assign]
+    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
+               "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None]]}  # fmt: skip
+
+    # When the producer reads the stream
+    [result] = list(executor.map_ordered([payload]))
+
+    # Then the forged entries are skipped and the real result is the one taken
+    assert result["ok"] == 1
+    assert sum("ignored a malformed entry on the result stream (RecursionError)" in m for m in messages) == 2
+
+
+@pytest.mark.cluster
+def test_a_forged_cluster_event_cannot_hide_the_others(redis_server: RedisServer, cluster_env: dict[str, str]) -> None:
+    """An event nested too deeply, or with a level that is a list, hid the whole cluster log.
+
+    `hermes log` said "cluster log unavailable"; `hermes log --follow` printed a thread's
+    traceback and stopped following the cluster.
+    """
+    from hermes_worker.events import ClusterLog
+
+    client = redis_server.client()
+    events = ClusterLog(client, "test")
+    events.emit("INFO", "before", "shown")
+    # Given forged events between real ones
+    client.xadd("hermes:events", {"r": DEEP})
+    client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": ["INFO"], "event": "x", "message": "m"})})
+    client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": {"a": 1}, "event": "x", "message": "m"})})
+    events.emit("INFO", "after", "shown")
+
+    # When the cluster log is read, and followed while more forged events arrive
+    assert [r["event"] for r in events.read(10)] == ["before", "after"]
+    followed: list[str] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        for record in events.follow(stop=stop.is_set, block_ms=100):
+            followed.append(record["event"])
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(0.5)  # the follower starts at "$": what is added from now on
+    client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": ["INFO"], "event": "x", "message": "m"})})
+    client.xadd("hermes:events", {"r": DEEP})
+    events.emit("INFO", "later", "shown")
+    deadline = time.monotonic() + 10
+    while "later" not in followed and time.monotonic() < deadline and reader.is_alive():
+        time.sleep(0.05)
+    stop.set()
+    reader.join(timeout=10)
+
+    # Then only the real events are shown, and following goes on past the forged ones
+    assert followed == ["later"]
+
+
+@pytest.mark.cluster
+def test_hermes_log_shows_the_cluster_log_whatever_a_redis_writer_added(
+    redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    """The CLI view of the same attack: no "cluster log unavailable", the real event shown."""
+    client = redis_server.client()
+    client.xadd("hermes:events", {"r": json.dumps({"ts": "2030-01-01", "level": "INFO", "event": "real",
+                                                   "message": "m", "worker": "w"})})  # fmt: skip
+    client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": ["INFO"], "event": "x", "message": "m"})})
+    client.xadd("hermes:events", {"r": DEEP})
+    done = chermes("log", "-n", "5")
+    assert done.returncode == 0, done.stderr
+    assert "unavailable" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "real" in done.stdout
+
+
+def test_a_sandbox_frame_nested_too_deeply_is_a_protocol_error() -> None:
+    """A compromised sandbox answering `[[[[...]]]]` raised RecursionError past the session's checks.
+
+    As a ProtocolError it is handled like any broken framing: the container is replaced and the
+    chunk's items are retried and isolated (tests/test_hostile_sandbox.py shows that path).
+    """
+    from hermes_worker.sandbox.errors import ProtocolError
+    from hermes_worker.sandbox.protocol import decode_body
+
+    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+        decode_body(DEEP.encode())
+    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+        decode_body(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
