@@ -157,3 +157,62 @@ def test_a_sandbox_frame_nested_too_deeply_is_a_protocol_error() -> None:
         decode_body(DEEP.encode())
     with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
         decode_body(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+
+
+# -- Hermes' own files: a FIFO or a link planted in place of the log ------------------------------
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link", "dangling-link"])
+def test_a_fifo_or_link_in_place_of_the_log_is_never_opened(
+    planted: str, hermes: HermesRunner, hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A FIFO at HERMES_HOME/log/hermes.log made every command (run, log, ...) hang for ever;
+    a link there made Hermes append its log to whatever file the link named."""
+    # Given something planted where the log goes
+    log = Path(hermes_env["HERMES_HOME"]) / "log" / "hermes.log"
+    log.parent.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    if planted == "fifo":
+        os.mkfifo(log)
+    else:
+        if planted == "link":
+            victim.write_text("precious\n")
+        log.symlink_to(victim)
+
+    # When commands that write and read the log run
+    ran = hermes("run", "--prompt", "x", timeout=30)
+    shown = hermes("log", "-n", "5", timeout=30)
+    debug = hermes("debug", "-n", "5", timeout=30)
+
+    # Then they finish, without a log, saying so; nothing is written through the link
+    assert ran.returncode == 0 and ran.stdout == "x\n", ran.stderr
+    why = "not a regular file" if planted == "fifo" else "a symbolic link, not followed"
+    assert "running without a log" in ran.stderr and why in ran.stderr, ran.stderr
+    assert shown.returncode == 0 and debug.returncode == 0, shown.stderr + debug.stderr
+    assert "Traceback" not in ran.stderr + shown.stderr + debug.stderr
+    if planted == "link":
+        assert victim.read_text() == "precious\n"
+    if planted == "dangling-link":
+        assert not victim.exists()
+    assert log.is_symlink() or log.is_fifo()
+
+
+def test_follow_skips_a_fifo_in_place_of_the_log(tmp_path: Path) -> None:
+    """`hermes log --follow` opened the log as it found it: a FIFO blocked it before it printed anything."""
+    from hermes_producer import logs
+
+    os.mkfifo(tmp_path / "hermes.log")
+    stop = threading.Event()
+    done = threading.Event()
+    read: list[Any] = []
+
+    def drain() -> None:
+        list(logs.follow(tmp_path, stop=stop.is_set, poll_s=0.01))
+        read.extend(logs.read(tmp_path, 5))
+        done.set()
+
+    threading.Thread(target=drain, daemon=True).start()  # daemon: a thread blocked on the FIFO ends with the test
+    time.sleep(0.2)
+    stop.set()
+    assert done.wait(10), "follow or read blocked on the FIFO"
+    assert read == []
