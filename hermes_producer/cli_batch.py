@@ -407,7 +407,7 @@ def _run_to_file(
             fail(str(exc))
         journal = Journal(journal_handle, journal_name)
         try:
-            point = journal.resume({"input": identity, "options": header_options}, os.fstat(sink.fileno()).st_size)
+            point = journal.resume({"input": identity, "options": header_options}, sink.fileno())
         except JournalError as exc:
             sink.close()
             journal.close()
