@@ -216,3 +216,43 @@ def test_follow_skips_a_fifo_in_place_of_the_log(tmp_path: Path) -> None:
     stop.set()
     assert done.wait(10), "follow or read blocked on the FIFO"
     assert read == []
+
+
+# -- metrics: fields of a shape Hermes never writes ----------------------------------------------
+
+
+@pytest.mark.cluster
+def test_metrics_fields_hermes_never_writes_cannot_make_a_second_family_or_series(
+    redis_server: RedisServer, chermes: HermesRunner
+) -> None:
+    """A known metric with other labels made a second `# HELP`/`# TYPE` of the same name; another
+    spelling of the same label value (%6c for l) a second series of the same labels; NaN, -5 and
+    1e999 were exported as counter values. The exposition format allows none of these."""
+    # Given a worker's real counters and, next to them, forged fields of every such kind
+    client = redis_server.client()
+    client.hset("hermes:metrics:local@w", mapping={
+        "items_ok|mode=local|profile=prompt": 5,
+        "chunks|mode=local": 2,
+        "chunk_seconds_bucket|le=0.5|mode=local": 2,
+        "items_ok|mode=%6cocal|profile=prompt": 7,          # the same series, spelled otherwise
+        "items_ok|mode=local": 3,                           # the same metric, other labels
+        "items_ok|mode=local|profile=prompt|extra=x": 1,
+        "chunk_seconds_bucket|le=nan|mode=local": 1,        # a bound that is not one of ours
+        "items_failed|code=too_large|mode=local|profile=prompt": "-5",
+        "session_restarts": "nan",
+        "chunk_seconds_sum|mode=local": "1e999",
+    })  # fmt: skip
+
+    # When the cluster's metrics are exported
+    done = chermes("metrics")
+
+    # Then each family appears once, each series once, every value a finite count
+    assert done.returncode == 0, done.stderr
+    helps = [line for line in done.stdout.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps)), helps
+    series = [line.rsplit(" ", 1) for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    names = [name for name, _value in series]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert all(value not in ("NaN", "+Inf", "-Inf") and float(value) >= 0 for _name, value in series), series
+    assert 'hermes_items_processed_total{mode="local",profile="prompt",worker="local@w"} 5.0' in done.stdout
+    assert "hermes_metrics_unreadable_fields 7.0" in done.stdout
