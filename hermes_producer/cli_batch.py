@@ -48,7 +48,7 @@ from .output import (
     write_file,
 )
 from .reader import InputFormat, detect_format
-from .terminal import printable
+from .terminal import TerminalSink, printable
 
 
 @contextmanager
@@ -74,9 +74,11 @@ def checked_output(path: str, what: str) -> OutputPath:
 
 @contextmanager
 def stdout_sink() -> Iterator[TextIO]:
-    sink = io.TextIOWrapper(std_stream("stdout").buffer, encoding="utf-8", newline="\n", write_through=False)
+    """Standard output for records; on a terminal, ids and texts from input are shown, not obeyed."""
+    stdout = std_stream("stdout")
+    sink = io.TextIOWrapper(stdout.buffer, encoding="utf-8", newline="\n", write_through=False)
     try:
-        yield sink
+        yield TerminalSink(sink) if stdout.isatty() else sink  # type: ignore[misc]
     finally:
         sink.flush()
         sink.detach()

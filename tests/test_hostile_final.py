@@ -256,3 +256,80 @@ def test_metrics_fields_hermes_never_writes_cannot_make_a_second_family_or_serie
     assert all(value not in ("NaN", "+Inf", "-Inf") and float(value) >= 0 for _name, value in series), series
     assert 'hermes_items_processed_total{mode="local",profile="prompt",worker="local@w"} 5.0' in done.stdout
     assert "hermes_metrics_unreadable_fields 7.0" in done.stdout
+
+
+# -- text from input on standard output ------------------------------------------------------------
+
+HOSTILE_TEXT = "a\x1b[2Jb\x9b31m\u202egnp"  # a clear-screen, a one-byte CSI, a right-to-left override
+
+
+def on_a_terminal(hermes_env: dict[str, str], cwd: Path, *args: str) -> tuple[int, bytes]:
+    """Run hermes with its standard output on a pseudo-terminal; returns the exit code and what it printed."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hermes_producer", *args],
+            stdout=slave,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=hermes_env,
+            cwd=cwd,
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer has gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return process.wait(timeout=60), shown
+    finally:
+        os.close(master)
+
+
+@pytest.fixture
+def nfc_only(tmp_path: Path) -> Path:
+    """A profile that keeps control characters (the built-in ones strip them)."""
+    path = tmp_path / "keep.toml"
+    path.write_text('[profiles.keep]\nsteps = ["nfc"]\n')
+    return path
+
+
+def test_hermes_run_prints_the_exact_text_to_a_pipe(hermes: HermesRunner, nfc_only: Path) -> None:
+    """click.echo stripped what looked like colour codes from the text when not on a terminal:
+    `hermes run ... > file` silently wrote another text than the record's."""
+    done = hermes("run", "--prompt", HOSTILE_TEXT, "--profile-file", str(nfc_only), "--profile", "keep")
+    as_json = hermes("run", "--prompt", HOSTILE_TEXT, "--profile-file", str(nfc_only), "--profile", "keep", "--json")
+    assert done.returncode == 0 and as_json.returncode == 0, done.stderr + as_json.stderr
+    assert done.stdout == HOSTILE_TEXT + "\n"
+    assert json.loads(as_json.stdout)["text"] == HOSTILE_TEXT
+
+
+def test_text_from_input_reaches_a_terminal_escaped(
+    hermes_env: dict[str, str], tmp_path: Path, nfc_only: Path
+) -> None:
+    """On a terminal, `hermes run` printed the normalized text raw and `hermes batch -o -` the
+    records' ids and texts with their C1 controls and bidi overrides raw: input commanded the
+    terminal (SECURITY.md promises it cannot)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": HOSTILE_TEXT, "prompt": HOSTILE_TEXT}) + "\n")
+    profile = ("--profile-file", str(nfc_only), "--profile", "keep")
+
+    runs = {
+        "run": on_a_terminal(hermes_env, tmp_path, "run", "--prompt", HOSTILE_TEXT, *profile),
+        "run --json": on_a_terminal(hermes_env, tmp_path, "run", "--prompt", HOSTILE_TEXT, "--json", *profile),
+        "batch -o -": on_a_terminal(hermes_env, tmp_path, "batch", str(source), "-o", "-", *profile),
+    }
+    for command, (code, shown) in runs.items():
+        assert code == 0, command
+        text = shown.decode("utf-8")
+        for raw in ("\x1b", "\x9b", "\u202e"):
+            assert raw not in text, (command, text)
+    assert "a\\x1b[2Jb\\x9b31m\\u202egnp" in runs["run"][1].decode()
+    record = json.loads(runs["batch -o -"][1].decode())  # still the same JSON, the escapes spelled out
+    assert record["id"] == HOSTILE_TEXT and record["text"] == HOSTILE_TEXT
