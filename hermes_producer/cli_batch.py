@@ -248,7 +248,10 @@ def batch(
         if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
             fail(f"--resume needs a regular file as input; {input_path} is not one")
 
-        fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
+        try:
+            fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
+        except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
+            fail(f"cannot read input {name}: {exc.strerror or exc}")
         options = BatchOptions(
             profile=profile,
             input_format=fmt,
