@@ -359,7 +359,7 @@ class CeleryExecutor:
                     self._last_id = entry_id
                     try:
                         self._take(fields, outstanding, ready)
-                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                         # Not something a Hermes worker writes: say so, and wait for the real one.
                         self._on_reroute(f"ignored a malformed entry on the result stream ({type(exc).__name__})")
                     consumed_ids.append(entry_id)

@@ -35,6 +35,7 @@ from .cli_common import (
 from .dispatch import Placement, choose_executor
 from .executors import ExecutorError
 from .guard import GuardedGroup
+from .terminal import printable, printable_json
 
 
 @click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,9 +114,12 @@ def run(
     if as_json:
         record.pop("id", None)
         record.pop("line", None)
-        click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+        click.echo(printable_json(record, indent=2))
         return
-    click.echo(record["text"])
+    if sys.stdout.isatty():  # the text came from input: shown, never obeyed
+        click.echo(printable(record["text"], keep_newlines=True))
+    else:  # the exact text for a pipe or file (click would strip what looks like colour codes)
+        click.echo(record["text"], color=True)
     if explain:
         for entry in record.get("explain", []):
             detail = f" ({', '.join(entry['detail'])})" if entry.get("detail") else ""

@@ -50,7 +50,7 @@ from .output import (
     write_file,
 )
 from .reader import InputFormat, detect_format
-from .terminal import printable
+from .terminal import TerminalSink, printable
 
 
 @contextmanager
@@ -76,9 +76,11 @@ def checked_output(path: str, what: str) -> OutputPath:
 
 @contextmanager
 def stdout_sink() -> Iterator[TextIO]:
-    sink = io.TextIOWrapper(std_stream("stdout").buffer, encoding="utf-8", newline="\n", write_through=False)
+    """Standard output for records; on a terminal, ids and texts from input are shown, not obeyed."""
+    stdout = std_stream("stdout")
+    sink = io.TextIOWrapper(stdout.buffer, encoding="utf-8", newline="\n", write_through=False)
     try:
-        yield sink
+        yield TerminalSink(sink) if stdout.isatty() else sink  # type: ignore[misc]
     finally:
         sink.flush()
         sink.detach()
@@ -248,7 +250,10 @@ def batch(
         if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
             fail(f"--resume needs a regular file as input; {input_path} is not one")
 
-        fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
+        try:
+            fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
+        except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
+            fail(f"cannot read input {name}: {exc.strerror or exc}")
         options = BatchOptions(
             profile=profile,
             input_format=fmt,
@@ -409,7 +414,7 @@ def _run_to_file(
             fail(str(exc))
         journal = Journal(journal_handle, journal_name)
         try:
-            point = journal.resume({"input": identity, "options": header_options}, os.fstat(sink.fileno()).st_size)
+            point = journal.resume({"input": identity, "options": header_options}, sink.fileno())
         except JournalError as exc:
             sink.close()
             journal.close()

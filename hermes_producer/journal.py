@@ -65,12 +65,17 @@ class Journal:
         """Begin a new journal (a fresh batch)."""
         self._write({"header": header})
 
-    def resume(self, header: dict[str, Any], output_size: int) -> ResumePoint:
+    def resume(self, header: dict[str, Any], output_fd: int) -> ResumePoint:
         """Read the journal of an interrupted batch that matches ``header``.
+
+        Every chunk line is checked against the partial output: chunks in order from the
+        first, and each chunk's records really there (as many lines between its offsets as it
+        counts). A journal that claimed chunks the output does not hold made the resumed batch
+        skip their input lines: records lost, and a summary counting them anyway.
 
         Args:
             header: what this batch is (input identity and options), to compare.
-            output_size: the partial output's size now: the journal may not claim more.
+            output_fd: the partial output, open for reading: the journal may not claim more.
 
         Raises:
             JournalError: a journal made for another input or other options, or one that is
@@ -98,8 +103,11 @@ class Journal:
         if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
             raise JournalError(f"{self.name}: the batch id is damaged; run without --resume to start over")
         point = ResumePoint(batch_id=batch_id, chunks_done=0, output_size=0)
+        output_size = os.fstat(output_fd).st_size
         for number, entry in enumerate(records[1:], start=2):
-            problem = _entry_problem(entry, point.output_size, output_size)
+            problem = _entry_problem(entry, point.chunks_done, point.output_size, output_size) or _lines_problem(
+                entry, output_fd, point.output_size
+            )
             if problem:
                 raise JournalError(f"{self.name}, line {number}: {problem}; run without --resume to start over")
             point.chunks_done += 1
@@ -139,14 +147,16 @@ class Journal:
             self._handle = None
 
 
-def _entry_problem(entry: Any, previous_size: int, output_size: int) -> str | None:
-    """What is wrong with one chunk line of a journal, or None."""
+def _entry_problem(entry: Any, chunk: int, previous_size: int, output_size: int) -> str | None:
+    """What is wrong with one chunk line of a journal (the ``chunk``-th), or None."""
     if not isinstance(entry, dict):
         return "not a chunk entry"
     for key in _COUNTS:
         value = entry.get(key)
         if type(value) is not int or value < 0:
             return f"{key!r} is not a count"
+    if entry["c"] != chunk:
+        return f"names chunk {entry['c']:,} where chunk {chunk:,} was written"
     if not previous_size <= entry["o"] <= output_size:
         return f"claims {entry['o']:,} bytes of output; the partial output holds {output_size:,}"
     for key in ("codes", "workers", "modes"):
@@ -155,4 +165,29 @@ def _entry_problem(entry: Any, previous_size: int, output_size: int) -> str | No
             isinstance(k, str) and type(v) is int and v >= 0 for k, v in counts.items()
         ):
             return f"{key!r} is not a table of counts"
+    return None
+
+
+_READ_BLOCK = 1 << 20
+
+
+def _lines_problem(entry: dict[str, Any], output_fd: int, start: int) -> str | None:
+    """Whether the output holds, between the previous chunk's end and this one's, its records.
+
+    One record is one line, so the bytes there must hold exactly ``ok + failed`` newlines.
+    """
+    claimed = entry["ok"] + entry["failed"]
+    found = 0
+    position = start
+    while position < entry["o"]:
+        block = os.pread(output_fd, min(_READ_BLOCK, entry["o"] - position), position)
+        if not block:
+            break
+        found += block.count(b"\n")
+        position += len(block)
+    if found != claimed or claimed == 0:
+        return (
+            f"claims {claimed:,} records for chunk {entry['c']:,}; "
+            f"the partial output holds {found:,} lines there"
+        )
     return None

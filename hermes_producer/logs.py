@@ -321,11 +321,9 @@ def follow(
     keep = _level_filter(min_level, errors_only=False)
     path = Path(log_dir) / LOG_FILE
     handle: BinaryIO | None
-    try:
-        handle = path.open("rb")
+    handle = privacy.open_to_read(path)
+    if handle is not None:
         handle.seek(0, os.SEEK_END)
-    except OSError:
-        handle = None
     return _follow(path, handle, keep, poll_s, stop or (lambda: False))
 
 
@@ -383,10 +381,7 @@ def _follow(
 def _reopen(path: Path, old: BinaryIO | None) -> BinaryIO | None:
     if old is not None:
         old.close()
-    try:
-        return path.open("rb")
-    except OSError:
-        return None
+    return privacy.open_to_read(path)
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -442,9 +437,8 @@ def _log_files(log_dir: Path) -> list[Path]:
 
 def _lines_backwards(path: Path, block: int = _BLOCK) -> Iterator[bytes]:
     """The lines of a file, last first, reading ``block`` bytes at a time from the end."""
-    try:
-        handle = path.open("rb")
-    except OSError:
+    handle = privacy.open_to_read(path)
+    if handle is None:
         return
     with handle:
         position = handle.seek(0, os.SEEK_END)
@@ -464,6 +458,6 @@ def _parse(line: bytes) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(line)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, nested too deeply
         return None
     return record if isinstance(record, dict) else None

@@ -12,12 +12,14 @@ link planted in place of a file cannot make Hermes chmod something else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["DIR_MODE", "FILE_MODE", "check_dir", "make_dir", "open_file", "tighten"]
+__all__ = ["DIR_MODE", "FILE_MODE", "check_dir", "make_dir", "open_file", "open_to_read", "tighten"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -84,11 +86,57 @@ def tighten(path: Path, mode: int = FILE_MODE) -> None:
             os.chmod(path, mode)
 
 
-def open_file(path: Path, flags: int) -> int:
-    """``os.open`` that creates the file 0600 and tightens an existing one; returns the descriptor."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    with contextlib.suppress(OSError):
+def open_file(path: Path, flags: int, *, follow_links: bool = False) -> int:
+    """``os.open`` that creates the file 0600 and tightens an existing one; returns the descriptor.
+
+    Only a regular file is opened: a FIFO planted in its place would block the open (and every
+    ``hermes`` command with it) for ever, a device would swallow or feed anything. A symbolic
+    link is not followed unless ``follow_links`` (a link planted in place of the log would make
+    Hermes append to whatever it names).
+
+    Raises:
+        OSError: the file cannot be opened, is a link (``ELOOP``) or is not a regular file.
+    """
+    nofollow = 0 if follow_links else os.O_NOFOLLOW
+    # O_NONBLOCK: opening a FIFO for writing with no reader returns at once instead of waiting.
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | nofollow, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise OSError(errno.EINVAL, "not a regular file", str(path)) from None
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise OSError(errno.ELOOP, "a symbolic link, not followed", str(path)) from None
+        raise
+    try:
         info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & _OTHERS:
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    if info.st_uid == os.geteuid() and info.st_mode & _OTHERS:
+        with contextlib.suppress(OSError):
             os.fchmod(fd, FILE_MODE)
     return fd
+
+
+def open_to_read(path: Path) -> BinaryIO | None:
+    """``path`` open for reading if it is a regular file (not a link, a FIFO or a device), else None.
+
+    What reads Hermes' own files (``hermes log``) must not hang on a FIFO or read a device
+    for ever either.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")

@@ -113,7 +113,7 @@ def _make_private(path: Path) -> None:
     they are private too; ones an older Hermes left readable are tightened here.
     """
     with contextlib.suppress(OSError):  # sqlite3.connect reports a path it cannot open
-        os.close(privacy.open_file(path, os.O_RDWR))
+        os.close(privacy.open_file(path, os.O_RDWR, follow_links=True))  # a store moved elsewhere by a link
     for suffix in ("-wal", "-shm", "-journal"):
         privacy.tighten(path.with_name(path.name + suffix))
 

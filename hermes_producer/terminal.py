@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["printable", "printable_json"]
+__all__ = ["TerminalSink", "printable", "printable_json", "printable_json_text"]
 
 # C0 controls but tab and newline, DEL, C1 controls (U+009B is a one-character CSI on many
 # terminals), line and paragraph separators, bidi marks, embeddings, overrides and isolates,
@@ -54,5 +54,29 @@ def printable_json(value: Any, **dumps: Any) -> str:
     >>> printable_json({"id": "\x9b2J\u202e"})
     '{"id": "\\u009b2J\\u202e"}'
     """
-    text = json.dumps(value, ensure_ascii=False, **dumps)
+    return printable_json_text(json.dumps(value, ensure_ascii=False, **dumps))
+
+
+def printable_json_text(text: str) -> str:
+    r"""JSON text (records, as ``json.dumps(..., ensure_ascii=False)`` wrote them), made safe for a terminal.
+
+    The C1 controls, bidi marks and line separators that ``json.dumps`` leaves raw become
+    ``\uXXXX`` escapes: the same JSON values, shown instead of obeyed.
+
+    >>> printable_json_text('{"id": "a\u009b2J\u202e"}\n')
+    '{"id": "a\\u009b2J\\u202e"}\n'
+    """
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class TerminalSink:
+    """A text stream of JSON lines that escapes what a terminal would obey (``-o -`` on a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable_json_text(text))
+
+    def flush(self) -> None:
+        self._stream.flush()

@@ -99,8 +99,13 @@ class ClusterLog:
 
 
 def _decode(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """The event an entry holds, or None for one no Hermes wrote.
+
+    Anyone who can write to Redis can add entries: one that is not JSON, is nested too deeply
+    to parse, or has a level that is not a string is skipped, so it cannot hide the others.
+    """
     try:
         record = json.loads(fields[b"r"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("level"), str) else None

@@ -13,6 +13,7 @@ the whole cluster's from any machine.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,20 @@ _SEP = "|"
 
 
 _LABEL = re.compile(r"[a-z][a-z0-9_]*")  # a metric or label name Hermes writes
+
+# Every counter Hermes writes, with its label names. A field of another shape (a known name with
+# other labels) would make a second family of one name; the exposition format allows one.
+_SCHEMA: dict[str, frozenset[str]] = {
+    "items_ok": frozenset({"mode", "profile"}),
+    "items_failed": frozenset({"code", "mode", "profile"}),
+    "chunks": frozenset({"mode"}),
+    "chunk_seconds_sum": frozenset({"mode"}),
+    "chunk_seconds_bucket": frozenset({"le", "mode"}),
+    "session_restarts": frozenset(),
+    "probe": frozenset({"outcome"}),
+    "fallbacks": frozenset({"kind"}),
+    "messages_refused": frozenset({"kind"}),
+}
 
 
 def field(name: str, **labels: str) -> str:
@@ -67,6 +82,31 @@ def parse_field(raw: str) -> tuple[str, dict[str, str]]:
     if not _LABEL.fullmatch(name):
         raise ValueError(f"not a Hermes metrics field: {raw[:80]!r}")
     return name, labels
+
+
+_BOUNDS = frozenset(str(bound) for bound in BUCKETS)
+
+
+def _readable(raw: bytes, number: bytes) -> tuple[str, dict[str, str], float]:
+    """The metric, labels and value of one hash field, if Hermes could have written it.
+
+    The field must be exactly what :func:`field` writes for its parse (``mode=%6cocal`` spells
+    ``mode=local`` too, and would be a second series of the same labels), with the label names
+    of its metric (:data:`_SCHEMA`), and its value a finite count, never negative.
+
+    Raises:
+        ValueError: or KeyError: the field is not one Hermes writes.
+    """
+    text = raw.decode("utf-8")
+    name, labels = parse_field(text)
+    if _SCHEMA.get(name) != frozenset(labels) or field(name, **labels) != text:
+        raise ValueError(f"not a Hermes metrics field: {text[:80]!r}")
+    if name == "chunk_seconds_bucket" and labels["le"] not in _BOUNDS:
+        raise ValueError(f"not a bucket bound: {labels['le'][:20]!r}")
+    value = float(number)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"not a count: {value}")
+    return name, labels, value
 
 
 def chunk_increments(result: Mapping[str, Any], seconds: float, mode: str) -> dict[str, float]:
@@ -148,10 +188,7 @@ class RedisCollector(Collector):
         for source, values in self._hashes():
             for raw, number in values.items():
                 try:
-                    name, labels = parse_field(raw.decode("utf-8"))
-                    value = float(number)
-                    if name == "chunk_seconds_bucket":
-                        float(labels["le"])
+                    name, labels, value = _readable(raw, number)
                 except (ValueError, KeyError):
                     # Written by something other than Hermes (or an old one, with a '|' in a code):
                     # one bad field must not take every metric down with it.

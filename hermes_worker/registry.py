@@ -58,8 +58,10 @@ class WorkerInfo:
         try:
             data = json.loads(raw)
             info = cls(**data) if isinstance(data, dict) else None
-        except (ValueError, TypeError):
-            return None  # an entry from an incompatible Hermes: not a worker we can use
+        except (ValueError, TypeError, RecursionError):
+            # An entry from an incompatible Hermes, or a forged one nested too deeply for the
+            # parser: not a worker we can use, and no reason for every cluster command to fail.
+            return None
         if info is None or not (
             _printable(info.name)
             and info.tag in ("local", "container")

@@ -324,6 +324,62 @@ def test_resume_refuses_a_journal_that_claims_more_than_the_output_holds(
     assert partial.stat().st_size == size
 
 
+def _repeat_last(lines: list[str]) -> list[str]:
+    return [*lines, lines[-1]]
+
+
+def _next_chunk_claimed(lines: list[str]) -> list[str]:
+    entry = json.loads(lines[-1])
+    return [*lines, json.dumps(entry | {"c": entry["c"] + 1})]
+
+
+def _more_records_counted(lines: list[str]) -> list[str]:
+    entry = json.loads(lines[-1])
+    return [*lines[:-1], json.dumps(entry | {"ok": entry["ok"] + 5})]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [
+        (_repeat_last, "names chunk"),  # same offset again: a chunk "written" in no bytes
+        (_next_chunk_claimed, "the partial output holds 0 lines there"),
+        (_more_records_counted, "the partial output holds 10 lines there"),
+    ],
+)
+def test_resume_refuses_a_journal_that_claims_chunks_the_output_does_not_hold(
+    tamper: Callable[[list[str]], list[str]],
+    says: str,
+    slow_batch: Callable[..., subprocess.Popen[str]],
+    hermes: HermesRunner,
+    tmp_path: Path,
+) -> None:
+    """A journal line repeated or edited (offsets still within the output) made --resume skip that
+    many chunks of input: records lost for good, the summary counting them anyway, exit 0."""
+    # Given an interrupted batch whose journal claims a chunk that is not in the output
+    source = write_input(tmp_path / "in.jsonl", ROWS)
+    output = tmp_path / "out.jsonl"
+    interrupted_batch(slow_batch, source, output)
+    journal = output.with_name("out.jsonl.partial.journal")
+    honest = journal.read_text()
+    journal.write_text("\n".join(tamper(honest.splitlines())) + "\n")
+    args = ("batch", str(source), "-o", str(output), "--chunk-size", "10", "--processes", "1", "--resume")
+
+    # When it is resumed
+    done = hermes(*args)
+
+    # Then it is refused naming the line and what is wrong, before any work
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not output.exists()
+
+    # And the honest journal still resumes to every record, once
+    journal.write_text(honest)
+    finished = hermes(*args)
+    assert finished.returncode == 0, finished.stderr
+    ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
+    assert ids == [f"p{n}" for n in range(ROWS)]
+
+
 def test_a_directory_put_at_the_output_meanwhile_keeps_the_records_for_resume(
     slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
 ) -> None:

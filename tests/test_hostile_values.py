@@ -128,6 +128,8 @@ VALUES = [
     case("batch", "in.jsonl", "-o", "x" * 300, says=("File name too long",), id="output-name-too-long"),
     case("batch", "in.jsonl", "-o", "", says=("empty",), id="output-empty"),
     case("batch", NOT_UTF8, "-o", "-", says=("cannot read input", "caf\\xff"), id="input-name-not-utf8"),
+    case("batch", "/proc/self/mem", "-o", "-", says=("cannot read input /proc/self/mem", "Input/output error"),
+         id="input-fails-on-first-read"),
 ]
 
 

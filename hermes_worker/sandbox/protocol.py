@@ -70,7 +70,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """
     try:
         message = json.loads(body.decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ProtocolError(f"frame body is not UTF-8 JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"frame body is a JSON {type(message).__name__}, not an object")
