@@ -129,7 +129,8 @@ def load_profile(ctx: Context, name: str | None, profile_file: Path | None) -> P
     profile_file = profile_file or ctx.settings.profile_file
     try:
         custom = load_profile_file(profile_file) if profile_file else {}
-        return resolve_profile(name or ctx.settings.profile, custom)
+        # An empty --profile is a mistake (an unset variable in a script), not a request for the default.
+        return resolve_profile(ctx.settings.profile if name is None else name, custom)
     except ProfileError as exc:
         fail(str(exc))
 

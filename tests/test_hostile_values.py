@@ -130,6 +130,7 @@ VALUES = [
     case("batch", NOT_UTF8, "-o", "-", says=("cannot read input", "caf\\xff"), id="input-name-not-utf8"),
     case("batch", "/proc/self/mem", "-o", "-", says=("cannot read input /proc/self/mem", "Input/output error"),
          id="input-fails-on-first-read"),
+    case("run", "--prompt", "x", "--profile", "", says=("unknown profile ''",), id="profile-empty"),
 ]
 
 
