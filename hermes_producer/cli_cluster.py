@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import sys
 import time
-import unicodedata
 from dataclasses import asdict
 from typing import Any
 
 import click
-import ftfy
 import redis
 
-from hermes_worker import __version__
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
 
@@ -178,12 +175,7 @@ def doctor(ctx: Context) -> None:
         _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""), keep_newlines=True)
 
     settings = ctx.settings
-    local = {
-        "python": platform.python_version(),
-        "unicode": unicodedata.unidata_version,
-        "ftfy": ftfy.__version__,
-        "engine": __version__,
-    }
+    local = engine_versions()
     report(
         True,
         f"here: engine {local['engine']}, Python {local['python']}, Unicode {local['unicode']}, ftfy {local['ftfy']}",

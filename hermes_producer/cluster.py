@@ -15,15 +15,13 @@ from celery import Celery
 from kombu import Connection  # type: ignore[attr-defined]
 
 from hermes_worker.celeryconfig import kombu_url, make_celery
-from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.contract import FALLBACK_MESSAGE, QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.redact import redact, redact_url
 from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
 from hermes_worker.settings import Settings
 
 __all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route"]
-
-FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
 
 
 class ClusterUnavailable(Exception):

@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, BinaryIO
 import click
 
 from hermes_worker.redact import redact, redact_data
+from hermes_worker.timestamps import utc_iso
 
 from . import privacy
 
@@ -204,7 +204,7 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": _iso_ms(record.created),
+            "ts": utc_iso(record.created),
             "level": record.levelname,
             # Plain logger.info() calls still get an event: the logger's name.
             "event": getattr(record, "hermes_event", record.name),
@@ -270,10 +270,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
         return {key: _json_safe(item) for key, item in value.items()}
     return repr(value)
-
-
-def _iso_ms(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -27,10 +27,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from hermes_worker.timestamps import utc_iso
 
 from . import privacy
 
@@ -118,11 +119,6 @@ def _make_private(path: Path) -> None:
         privacy.tighten(path.with_name(path.name + suffix))
 
 
-def _utc_now() -> str:
-    """Now as ISO-8601 UTC with milliseconds, e.g. ``2026-11-27T08:00:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class TaskStore:
     """The task store in one SQLite file. A context manager: leaving it closes the connection.
 
@@ -185,7 +181,7 @@ class TaskStore:
         """Schedule a prompt; it starts ``pending``."""
         if max_validation < 0:
             raise ValueError(f"max_validation must be >= 0, not {max_validation}")
-        created_at = _utc_now()
+        created_at = utc_iso()
         profile_json = json.dumps(dict(profile), ensure_ascii=False)
         with self._errors():
             cursor = self._db.execute(
@@ -271,7 +267,7 @@ class TaskStore:
                 "UPDATE tasks SET status = ?, result = ?, finished_at = ?, claim_token = NULL, claimed_at = NULL,"
                 " finish_order = (SELECT coalesce(max(finish_order), 0) + 1 FROM tasks)"
                 " WHERE id = ? AND status = 'running' AND claim_token = ?",
-                ("done" if ok else "failed", result, _utc_now(), task_id, self._token),
+                ("done" if ok else "failed", result, utc_iso(), task_id, self._token),
             )
         if cursor.rowcount == 0:
             status = self.get(task_id).status  # raises TaskNotFound

@@ -56,6 +56,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .engine.errors import EMPTY_PROMPT as EMPTY_PROMPT  # re-exported: contract lists every code
+from .engine.errors import LONE_SURROGATE as LONE_SURROGATE
+from .engine.errors import NUL_BYTE as NUL_BYTE
+from .engine.errors import TOO_LARGE as TOO_LARGE
+from .engine.errors import TOO_SLOW as TOO_SLOW
+
 # 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
 # 3: requests may carry raw input lines ("text"), parsed by the worker; results carry "ids".
 PAYLOAD_VERSION = 3
@@ -64,6 +70,9 @@ TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
 QUEUE_CONTAINER = "hermes.container"
 QUEUE_LOCAL = "hermes.local"
 QUEUE_FOR_TAG = {"container": QUEUE_CONTAINER, "local": QUEUE_LOCAL}
+# Said by a worker that found no usable Docker, and by a producer with no container worker to
+# send to: one wording, which operators grep logs for.
+FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
 
 # Redis keys, all of them. Results come back on a per-batch stream, never over pub/sub: a
 # producer that reads slowly must not make Redis drop its connection.
@@ -80,7 +89,8 @@ EVENTS_MAXLEN = 20_000
 # chunk is split by the producer (its lines) or on the worker's notice (its records).
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 
-# Error codes of item records. Stable: scripts match on them.
+# Error codes of item records. Stable: scripts match on them. The engine's own checks declare
+# theirs (empty, too large, NUL, lone surrogate, over the CPU budget: too_slow).
 INVALID_UTF8 = "invalid_utf8"
 MALFORMED_JSON = "malformed_json"
 NOT_AN_OBJECT = "not_an_object"
@@ -88,16 +98,10 @@ MISSING_PROMPT = "missing_prompt"
 PROMPT_NOT_STRING = "prompt_not_string"
 BAD_ID = "bad_id"
 DUPLICATE_ID = "duplicate_id"
-EMPTY_PROMPT = "empty_prompt"
-TOO_LARGE = "too_large"
-NUL_BYTE = "nul_byte"
-LONE_SURROGATE = "lone_surrogate"
 VALIDATION_FAILED = "validation_failed"
 ENGINE_FAILURE = "engine_failure"
 # The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
 SANDBOX_FAILURE = "sandbox_failure"
-# Normalizing the item used more CPU time than its budget (hermes_worker.engine.budget).
-TOO_SLOW = "too_slow"
 
 
 # Through Celery, a text request's ``text`` does not ride in the task message: the producer

@@ -12,22 +12,18 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from .contract import EVENTS_MAXLEN, KEY_EVENTS
 from .redact import redact, redact_data
+from .timestamps import utc_iso
 
 __all__ = ["ClusterLog"]
 
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 log = logging.getLogger("hermes.events")
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ClusterLog:
@@ -40,7 +36,7 @@ class ClusterLog:
 
     def entry(self, level: str, event: str, message: str, **fields: Any) -> dict[str, str]:
         """The stream fields of one event, for callers that add it to their own pipeline."""
-        record = {"ts": _now_iso(), "level": level, "event": event, "message": redact(message), "worker": self._source}
+        record = {"ts": utc_iso(), "level": level, "event": event, "message": redact(message), "worker": self._source}
         # Through JSON first, so that objects are redacted as the repr() they are stored as.
         record.update(redact_data(json.loads(json.dumps(fields, default=repr))))
         return {"r": json.dumps(record, default=repr)}

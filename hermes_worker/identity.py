@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from .contract import FALLBACK_MESSAGE
 from .events import ClusterLog
 from .redact import redact
 from .settings import Settings
@@ -22,7 +22,6 @@ __all__ = ["FALLBACK_MESSAGE", "Identity", "announce", "decide", "versions"]
 
 log = logging.getLogger("hermes.worker")
 
-FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
 
 
 @dataclass(slots=True)
@@ -41,20 +40,12 @@ class Identity:
 
 
 def versions() -> dict[str, str]:
-    """The versions that decide a worker's output bytes, for its registry entry."""
-    import platform
-    import unicodedata
-
+    """The versions that decide a worker's output bytes (and its Celery), for its registry entry."""
     import celery
-    import ftfy
 
-    return {
-        "engine": __version__,
-        "python": platform.python_version(),
-        "unicode": unicodedata.unidata_version,
-        "ftfy": ftfy.__version__,
-        "celery": celery.__version__,
-    }
+    from .engine.provenance import engine_versions
+
+    return {**engine_versions(), "celery": celery.__version__}
 
 
 def decide(settings: Settings) -> Identity:

@@ -10,7 +10,7 @@ Imports only the standard library and ftfy, so it runs unchanged inside the sand
 from .errors import EngineError, ItemError, ProfileError
 from .normalize import Normalized, apply_profile, normalize
 from .profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, Profile, load_profile_file, resolve_profile
-from .provenance import provenance
+from .provenance import engine_versions, provenance
 from .steps import STEPS, Step
 from .validate import DEFAULT_MAX_PROMPT_BYTES, check_prompt, find_violations
 
@@ -27,6 +27,7 @@ __all__ = [
     "Step",
     "apply_profile",
     "check_prompt",
+    "engine_versions",
     "find_violations",
     "load_profile_file",
     "normalize",

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
-from .errors import ItemError
+from .errors import TOO_SLOW, ItemError
 from .normalize import Normalized, normalize
 from .profiles import Profile
 
@@ -56,7 +56,6 @@ __all__ = [
     "normalize_within_budget",
 ]
 
-TOO_SLOW = "too_slow"  # the same code as hermes_worker.contract.TOO_SLOW (the engine imports nothing)
 BASE_S = 1.0
 PER_MIB_S = 30.0
 # The largest scale a chunk request may carry: a budget 100 times the default is already far

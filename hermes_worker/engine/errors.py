@@ -6,6 +6,14 @@ stops a batch. A :class:`ProfileError` describes a bad profile: it is a usage er
 
 from __future__ import annotations
 
+# Error codes of the item records the engine's own checks make; contract.py lists them with the
+# rest (it imports these: the engine imports nothing of the worker). Stable: scripts match on them.
+EMPTY_PROMPT = "empty_prompt"
+TOO_LARGE = "too_large"
+NUL_BYTE = "nul_byte"
+LONE_SURROGATE = "lone_surrogate"
+TOO_SLOW = "too_slow"
+
 
 class EngineError(Exception):
     """Root of every error the engine raises on purpose."""

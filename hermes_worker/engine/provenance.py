@@ -15,7 +15,21 @@ import ftfy
 from .. import __version__
 from .profiles import Profile
 
-__all__ = ["provenance"]
+__all__ = ["engine_versions", "provenance"]
+
+
+def engine_versions() -> dict[str, str]:
+    """The versions that decide the engine's output bytes here: engine, Python, Unicode, ftfy.
+
+    The one list: provenance records, worker registry entries, the sandbox's hello and
+    ``hermes doctor`` all show these, and two places that agree on them give the same bytes.
+    """
+    return {
+        "engine": __version__,
+        "python": platform.python_version(),
+        "unicode": unicodedata.unidata_version,
+        "ftfy": ftfy.__version__,
+    }
 
 
 def provenance(profile: Profile, *, mode: str, worker: str, image: str | None = None) -> dict[str, Any]:
@@ -30,10 +44,7 @@ def provenance(profile: Profile, *, mode: str, worker: str, image: str | None = 
     return {
         "profile": profile.name,
         "profile_digest": profile.digest,
-        "engine": __version__,
-        "python": platform.python_version(),
-        "unicode": unicodedata.unidata_version,
-        "ftfy": ftfy.__version__,
+        **engine_versions(),
         "mode": mode,
         "worker": worker,
         "image": image,

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
-import unicodedata
 from typing import Any
 
-from .. import __version__
 from ..contract import ChunkRequest, ContractError
-from ..engine import ProfileError
+from ..engine import ProfileError, engine_versions
 from ..processing import process_chunk, request_items
 from .errors import FrameTooLarge, ProtocolError
 from .protocol import HEADER_BYTES, MAX_FRAME_BYTES, FrameReader, encode_frame
@@ -54,13 +51,8 @@ FRAME_LIES = ("giant_frame", "stderr_flood", "trickle")
 
 
 def _hello() -> dict[str, Any]:
-    import ftfy  # the engine imports it anyway; here only for its version
-
     return {
-        "engine": __version__,
-        "python": platform.python_version(),
-        "unicode": unicodedata.unidata_version,
-        "ftfy": ftfy.__version__,
+        **engine_versions(),
         "uid": os.getuid(),
         "pid": os.getpid(),
     }
