@@ -30,19 +30,15 @@ DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def _docker_ready() -> str | None:
-    """None when Docker and the sandbox image answer, else why not."""
+    """None when the configured sandbox backend and its image answer, else why not."""
     try:
-        from hermes_worker.sandbox.docker_backend import connect
+        from hermes_worker.sandbox.backends import backend
         from hermes_worker.settings import Settings
 
-        client = connect()
-        try:
-            client.images.get(Settings.from_env().sandbox_image)
-        finally:
-            client.close()
+        settings = Settings.from_env()
+        return backend(settings.container_backend).health(settings)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def _section(results: dict[str, Any], timings: dict[str, float], name: str, work: Callable[[], Any]) -> None:

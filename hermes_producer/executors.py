@@ -28,7 +28,7 @@ from typing import Any
 from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
 from hermes_worker.engine import ProfileError
 from hermes_worker.processing import failed_chunk_result
-from hermes_worker.runners import LocalRunner, Runner, SandboxRunner
+from hermes_worker.runners import Runner, make_runner
 from hermes_worker.sandbox.errors import SandboxError
 from hermes_worker.settings import Settings
 
@@ -52,10 +52,7 @@ _runner: Runner | None = None
 
 
 def _make_runner(isolation: str, settings: Settings | None) -> Runner:
-    if isolation == "container":
-        assert settings is not None
-        return SandboxRunner(settings, f"embedded@{socket.gethostname()}:{os.getpid()}")
-    return LocalRunner()
+    return make_runner(isolation, settings, f"embedded@{socket.gethostname()}:{os.getpid()}")
 
 
 def _init_process(isolation: str, settings: Settings | None) -> None:

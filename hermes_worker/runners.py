@@ -68,5 +68,9 @@ class SandboxRunner:
             session.close()
 
 
-def make_runner(tag: str, settings: Settings, worker_id: str) -> Runner:
-    return SandboxRunner(settings, worker_id) if tag == "container" else LocalRunner()
+def make_runner(tag: str, settings: Settings | None, worker_id: str) -> Runner:
+    """The runner for ``tag`` (``container`` or ``local``): workers and in-process pools alike."""
+    if tag == "container":
+        assert settings is not None, "a sandbox needs its settings"
+        return SandboxRunner(settings, worker_id)
+    return LocalRunner()

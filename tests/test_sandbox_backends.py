@@ -38,7 +38,7 @@ class FakeSession(SandboxSession):
     def health(cls, settings: Settings) -> str | None:
         return f"fake engine lost {cls.missing}" if cls.missing else None
 
-    def start(self) -> None:
+    def _start(self) -> None:
         FakeSession.started += 1
         raise SessionFailed("the fake sandbox never starts", "")
 

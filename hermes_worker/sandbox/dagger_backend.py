@@ -72,14 +72,6 @@ class DaggerSession(SandboxSession):
         self._base: Any = None
         self._context_dir: tempfile.TemporaryDirectory[str] | None = None
 
-    def start(self) -> None:
-        # A start that fails half-way closes what it opened, even outside a ``with`` block.
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-
     def _start(self) -> None:
         try:
             import dagger

@@ -315,18 +315,6 @@ class DockerSession(SandboxSession):
         """The id of the current container (it changes when a dead one is replaced)."""
         return self._container.id if self._container is not None else None
 
-    def start(self) -> None:
-        # A start that fails half-way removes what it made, even when not used as a context manager.
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        log.info(
-            "sandbox session started: container %s, image %s, deployment %s",
-            self.container_id, self._digest, self.deployment,
-        )  # fmt: skip
-
     def _start(self) -> None:
         self._client = connect(_API_TIMEOUT_S)
         try:
@@ -340,6 +328,10 @@ class DockerSession(SandboxSession):
             raise translate(exc, "look up the sandbox image") from exc
         reap_orphans(self._client, self.worker_id, self.deployment)
         self._spawn()
+        log.info(
+            "sandbox session started: container %s, image %s, deployment %s",
+            self.container_id, self._digest, self.deployment,
+        )  # fmt: skip
 
     def _spawn(self) -> None:
         assert self._client is not None

@@ -98,13 +98,24 @@ class SandboxSession(ABC):
         """How many times the sandbox was replaced after it died."""
         return self._restarts
 
-    @abstractmethod
     def start(self) -> None:
         """Start the sandbox and wait until its engine answers.
+
+        A start that fails half-way closes what it opened, even outside a ``with`` block: every
+        backend gets that from here and only writes :meth:`_start`.
 
         Raises:
             SandboxError: a subclass saying why, with a fix.
         """
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    @abstractmethod
+    def _start(self) -> None:
+        """Open the sandbox and check its engine answers (:meth:`start` cleans up a failure)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -205,11 +216,7 @@ class SandboxSession(ABC):
         return _merge(left, right)
 
     def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
+        self.start()
         return self
 
     def __exit__(
