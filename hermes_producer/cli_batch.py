@@ -19,8 +19,7 @@ from typing import Any, BinaryIO, TextIO
 import click
 
 from . import logs
-from .batch import BatchOptions, BatchSummary, ChunkExecutor, run_batch
-from .celery_executor import CeleryExecutor
+from .batch import BatchOptions, BatchSummary, run_batch
 from .cli_common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -34,7 +33,7 @@ from .cli_common import (
     std_stream,
 )
 from .dispatch import Placement, choose_executor
-from .executors import ExecutorError
+from .executors import ChunkExecutor, ExecutorError
 from .journal import Journal, JournalError, input_identity
 from .junit import JUnitReport
 from .output import (
@@ -466,6 +465,5 @@ def _run_to_file(
         output.commit()
     except OutputError as exc:
         fail(str(exc))
-    if isinstance(executor, CeleryExecutor):
-        executor.finish()
+    executor.finish()
     return outcome

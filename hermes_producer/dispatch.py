@@ -29,11 +29,11 @@ from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
 
 from . import logs
-from .batch import ChunkExecutor
 from .celery_executor import CeleryExecutor
+from .chunk_events import Event, render
 from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail
 from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable
-from .executors import InProcessExecutor
+from .executors import ChunkExecutor, InProcessExecutor
 
 __all__ = ["Placement", "choose_executor"]
 
@@ -112,16 +112,17 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         ctx.notice(route.note)
         logs.event(ctx.log, logging.WARNING, "dispatch.fallback", route.note)
 
-    def reroute(message: str) -> None:
+    def report(event: Event) -> None:
+        message = render(event)
         ctx.notice(message)
-        logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message)
+        logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message, kind=type(event).__name__)
 
     allow_fallback = not no_fallback and isolation != "container"
     executor = CeleryExecutor(
         cluster,
         route,
         batch_id=batch_id,
-        on_reroute=reroute,
+        on_event=report,
         fallback=_in_process_fallback if allow_fallback else None,
         isolation=isolation,
         wait_for_workers_s=wait_s,
