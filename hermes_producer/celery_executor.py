@@ -27,8 +27,9 @@ from hermes_worker.metrics import bump
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
 from .cluster import Cluster, Route
 from .executors import ExecutorError
+from .notices import decode_entry
 from .tracker import HEALTH_EVERY_S, ChunkTracker, Forget, Limits, RunHere, Send
-from .transport import ChunkTransport, NotAnswering, ValueTooLarge, decode_entry
+from .transport import ChunkTransport, NotAnswering, ValueTooLarge
 
 __all__ = ["CeleryExecutor"]
 

@@ -1,11 +1,10 @@
 """The chunk tracker: what a batch sent, who took what, what is done, and what to do next.
 
-Pure bookkeeping, the decision logic of :class:`~.celery_executor.CeleryExecutor` and nothing
-else: no I/O, no Redis, no clock. The executor feeds it what the transport observed (a notice
-or a result read from the batch's stream, the live workers, a queue's depth, an outage) with
-the time it happened, and carries out what it decided: :class:`Send` a chunk, :class:`Forget`
-a chunk's lines, :class:`RunHere` (in-process). What happened is emitted as events
-(:mod:`.chunk_events`). Faults it rides out, and how:
+The decision logic of :class:`~.celery_executor.CeleryExecutor`, and no I/O, no Redis, no
+clock. The executor feeds it what the transport observed (:mod:`.notices` read from the
+batch's stream, the live workers, a queue's depth, an outage) with the time, and carries out
+its decisions (:class:`Send`, :class:`Forget`, :class:`RunHere`); it emits what happened as
+:mod:`.chunk_events`. Faults it rides out, and how:
 
 - A worker vanishes (killed, or its heartbeat stops): every chunk it announced, and every chunk
   nobody announced yet (it may have reserved them without starting), is sent again at once.
@@ -38,54 +37,22 @@ The producer never waits for ever, and no chunk is sent again for ever:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ENGINE_FAILURE, ISOLATION_CONTAINER, PAYLOAD_VERSION, request_span, result_problem
+from hermes_worker.contract import ENGINE_FAILURE, request_span
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
 
-from .chunk_events import (
-    ChunkRefused,
-    ChunkResent,
-    ChunkSplit,
-    ChunksStranded,
-    Event,
-    FailureReason,
-    FellBack,
-    GaveUp,
-    LinesLost,
-    Malformed,
-    Misplaced,
-    NeverTaken,
-    NotFinished,
-    NoWorker,
-    OutageEnded,
-    OutageStarted,
-    Overdue,
-    RefusalReason,
-    RefusedBy,
-    ResultUnreadable,
-    RouteMoved,
-    TakenRepeatedly,
-    TooLarge,
-    Vanished,
-    WorkersLost,
-    WorkersStuck,
-    bounded_printable,
-    describe,
-    idle_clause,
-    sentence,
-)  # fmt: skip
+from . import chunk_events as events
 from .executors import ExecutorError
+from .notices import MissingNotice, Observation, RefusalNotice, ResultPosted, StartNotice, refusal, unreadable_result
 from .routes import Route, route_for
 from .splitting import merge_results, split_request
 
-__all__ = [
-    "MAX_DELIVERIES", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Decision", "FailureNotice", "Forget",
-    "Limits", "MissingNotice", "Observation", "RefusalNotice", "ResultPosted", "RunHere", "Send", "StartNotice",
-]  # fmt: skip
+__all__ = ["MAX_DELIVERIES", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Decision", "Forget", "Limits",
+           "RunHere", "Send"]
 
 # How often the executor checks the registry; the tracker's grace after an outage counts it too.
 HEALTH_EVERY_S = 1.0
@@ -109,56 +76,6 @@ OVERDUE_GRACE_S = 5.0
 PART_BASE = 1 << 40
 # A chunk workers refused (or answered from the wrong kind of worker) this often stops the batch.
 MAX_REFUSALS = 3
-
-
-# What the transport observed on the batch's result stream (see contract.py for the wire).
-
-
-@dataclass(frozen=True, slots=True)
-class ResultPosted:
-    """An ``r`` entry: the result (decoded JSON) and its records, still bytes (``t``)."""
-
-    chunk: Any
-    result: Mapping[str, Any]
-    text: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StartNotice:
-    """An ``s`` entry: ``worker`` took the chunk."""
-
-    chunk: Any
-    worker: str
-
-
-@dataclass(frozen=True, slots=True)
-class MissingNotice:
-    """An ``m`` entry: ``worker`` found no lines under the chunk's key."""
-
-    chunk: Any
-    worker: str
-
-
-@dataclass(frozen=True, slots=True)
-class FailureNotice:
-    """An ``f`` entry: ``worker`` could not finish the chunk; ``split``: splitting it helps."""
-
-    chunk: Any
-    worker: str
-    reason: str
-    split: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RefusalNotice:
-    """An ``x`` entry: ``worker`` refused the chunk without running it."""
-
-    chunk: Any
-    worker: str
-    reason: str
-
-
-Observation = ResultPosted | StartNotice | MissingNotice | FailureNotice | RefusalNotice
 
 
 # What the tracker decided: the executor carries these out, in order.
@@ -241,7 +158,7 @@ class ChunkTracker:
 
     def __init__(
         self, route: Route, *, isolation: str, limits: Limits, fallback: bool, producer: str,
-        on_event: Callable[[Event], None], now: float,
+        on_event: Callable[[events.Event], None], now: float,
     ) -> None:  # fmt: skip
         self.route = route
         self.isolation = isolation
@@ -308,7 +225,7 @@ class ChunkTracker:
 
     def too_large(self, chunk: int, detail: str, now: float) -> None:
         """Redis refused ``chunk``'s lines as one value: split it."""
-        self._split(chunk, TooLarge(detail), now)
+        self._split(chunk, events.TooLarge(detail), now)
 
     def ran_here(self, chunk: int, result: dict[str, Any]) -> None:
         """The in-process result of a :class:`RunHere`."""
@@ -349,64 +266,40 @@ class ChunkTracker:
             if waiting.starts > waiting.allowed:
                 # Taken again and again, and never a result: the process running it dies on it
                 # (memory, a crash) and Celery puts it back each time. No notice says so.
-                self._failed(chunk, TakenRepeatedly(waiting.starts, seen.worker), now, split=True)
+                self._failed(chunk, events.TakenRepeatedly(waiting.starts, seen.worker), now, split=True)
         elif isinstance(seen, RefusalNotice):
             # Refused without running it (a queue not its own, a container chunk on a local
             # worker, a request it does not accept): sent again, a few times.
-            self._refused(chunk, RefusedBy(seen.worker, seen.reason), now)
+            self._refused(chunk, events.RefusedBy(seen.worker, seen.reason), now)
         elif isinstance(seen, MissingNotice):
             # Redis lost the chunk's lines: send it again.
             self._resend([chunk], now)
-            self._emit(LinesLost(chunk, seen.worker))
+            self._emit(events.LinesLost(chunk, seen.worker))
         else:
             # A worker that knows splitting helps (too large, too slow) says so; otherwise Redis
             # refused the result for a reason no line is to blame for: sending it in parts will
             # not help either, and the chunk gets error records once it is out of deliveries.
-            reason = NotFinished(seen.worker, seen.reason)
+            reason = events.NotFinished(seen.worker, seen.reason)
             self._failed(chunk, reason, now, split=seen.split, then_split=seen.split)
 
     def _result(self, seen: ResultPosted, waiting: _Chunk, now: float) -> None:
         if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
             return  # a part of another run of this batch, numbered alike: other lines
         result = dict(seen.result, text=seen.text.decode("utf-8"))
-        problem = result_problem(result)
-        wrong = Malformed(problem) if problem else self._misplaced(result)
+        wrong = refusal(result, self.isolation)
         if wrong is not None:
             self._refused(seen.chunk, wrong, now)
             return
-        self._complete(seen.chunk, self._checked(result, waiting.payload))
+        unreadable = unreadable_result(result, waiting.payload)
+        if unreadable is not None:
+            # Its records must not vanish quietly: every line gets an error record saying why.
+            self._emit(unreadable)
+            message = events.sentence(unreadable)
+            result = failed_chunk_result(waiting.payload, ENGINE_FAILURE, message, mode=self.route.tag,
+                                         worker=unreadable.worker)  # fmt: skip
+        self._complete(seen.chunk, result)
 
-    def _misplaced(self, result: dict[str, Any]) -> Misplaced | None:
-        """Why a result must not be written: it did not run where ``--isolation`` demands; or None.
-
-        With ``--isolation container`` only records that ran in a container are accepted,
-        whoever sent them (a worker consuming a queue not its own, an old worker, a forged
-        registry entry): the summary never claims isolation the records do not have.
-        """
-        provenance = result.get("provenance")
-        mode = provenance.get("mode") if isinstance(provenance, dict) else None
-        if self.isolation != ISOLATION_CONTAINER or mode == ISOLATION_CONTAINER:
-            return None
-        worker = provenance.get("worker") if isinstance(provenance, dict) else None
-        return Misplaced(bounded_printable(worker), bounded_printable(mode))
-
-    def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-        """The result, or error records for the whole chunk if it does not hold one record per item.
-
-        A worker of another Hermes version could answer in a shape this producer does not read;
-        its records must not vanish quietly.
-        """
-        _first, count = request_span(payload)
-        records = result["text"].count("\n")
-        if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
-            return result
-        worker = result.get("provenance", {}).get("worker", "unknown worker")
-        unreadable = ResultUnreadable(str(worker), records, count, result.get("v"))
-        self._emit(unreadable)
-        message = sentence(unreadable)
-        return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.route.tag, worker=str(worker))
-
-    def _refused(self, chunk: int, why: RefusalReason, now: float) -> None:
+    def _refused(self, chunk: int, why: events.RefusalReason, now: float) -> None:
         """Send a refused (or wrongly placed) chunk again; stop the batch once it happened too often.
 
         Unlike a failed delivery, no line is to blame and no error record would be true: a batch
@@ -417,11 +310,11 @@ class ChunkTracker:
         """
         times = self._refusals[chunk] = self._refusals.get(chunk, 0) + 1
         if times >= MAX_REFUSALS:
-            raise ExecutorError(bounded_printable(f"chunk {chunk} was refused {times} times; last: {describe(why)}",
-                                                  limit=2000))  # fmt: skip
+            message = f"chunk {chunk} was refused {times} times; last: {events.describe(why)}"
+            raise ExecutorError(events.bounded_printable(message, limit=2000))
         self._chunks[chunk].worker = None
         self._resend([chunk], now)
-        self._emit(ChunkRefused(chunk, why))
+        self._emit(events.ChunkRefused(chunk, why))
 
     # -- outages --
 
@@ -435,14 +328,14 @@ class ChunkTracker:
         limit = self.limits.outage_timeout_s
         if self._outage_since is None:
             self._outage_since, self._outage_of = now, what
-            self._emit(OutageStarted(what, error, limit))
+            self._emit(events.OutageStarted(what, error, limit))
         elif now - self._outage_since > limit:
             raise ExecutorError(f"{what} has not answered for {limit:.0f} s ({error})")
 
     def answered(self, now: float) -> None:
         """Redis or the broker answered."""
         if self._outage_since is not None:
-            self._emit(OutageEnded(self._outage_of, now - self._outage_since))
+            self._emit(events.OutageEnded(self._outage_of, now - self._outage_since))
             self._outage_since = None
 
     # -- the health check, once a second: three steps, with the executor's sends in between --
@@ -476,13 +369,13 @@ class ChunkTracker:
         gone = vanished | {w for c in lost if (w := self._chunks[c].worker) is not None}
         for chunk in struck:
             if chunk in self._chunks:
-                self._failed(chunk, Vanished(str(self._chunks[chunk].worker)), now, split=True)
+                self._failed(chunk, events.Vanished(str(self._chunks[chunk].worker)), now, split=True)
         lost = [c for c in lost if c not in struck]
         for chunk in lost:
             self._chunks[chunk].failures += self._chunks[chunk].worker is not None
         self._resend(lost, now)
         if lost:
-            self._emit(WorkersLost(tuple(sorted(gone)), tuple(lost)))
+            self._emit(events.WorkersLost(tuple(sorted(gone)), tuple(lost)))
         self._overdue([c for c in pending if c not in lost and c not in struck], now)
         return True
 
@@ -510,11 +403,11 @@ class ChunkTracker:
         given_up = [c for c in stranded if self._chunks[c].stranded >= MAX_STRANDED]
         for chunk in given_up:
             if chunk in self._chunks:
-                self._give_up(chunk, NeverTaken(MAX_STRANDED))
+                self._give_up(chunk, events.NeverTaken(MAX_STRANDED))
         stranded = [c for c in stranded if c not in given_up]
         self._resend(stranded, now)
         if stranded:
-            self._emit(ChunksStranded(tuple(stranded)))
+            self._emit(events.ChunksStranded(tuple(stranded)))
 
     def check_silence(self, now: float, workers: list[WorkerInfo]) -> None:
         """Fall back (or fail) when workers serve the queue but are stuck, or none served it for too long.
@@ -528,7 +421,7 @@ class ChunkTracker:
             # Workers that serve the queue, and not one word from any of them for longer than a
             # chunk may take: they are stuck (a pool process wedged between chunks takes nothing
             # and announces nothing). Waiting longer cannot help.
-            stuck = WorkersStuck(silent, tuple(sorted(self._serving)), self.route.queue)
+            stuck = events.WorkersStuck(silent, tuple(sorted(self._serving)), self.route.queue)
             if not self.fallback:
                 names = ", ".join(stuck.workers)
                 raise ExecutorError(
@@ -547,21 +440,21 @@ class ChunkTracker:
         """The route had no worker for ``patience_s``: fall back, or fail naming who is idle and why."""
         route = self.route
         idle = [w for w in workers if w.tag == route.tag and route.queue not in w.queues]
-        cause = NoWorker(route.tag, self.limits.patience_s,
+        cause = events.NoWorker(route.tag, self.limits.patience_s,
                          tuple((w.name, str(w.probe.get("reason", "unknown reason"))) for w in idle))  # fmt: skip
         if not self.fallback:
             raise ExecutorError(
                 f"no live {route.tag} worker for {cause.waited_s:.0f} s with {pending} chunk(s) outstanding"
-                f"{idle_clause(cause.idle)}; start one with: hermes worker --mode {route.tag}"
+                f"{events.idle_clause(cause.idle)}; start one with: hermes worker --mode {route.tag}"
             )
         self._degrade(cause)
 
-    def _degrade(self, cause: WorkersStuck | NoWorker) -> None:
+    def _degrade(self, cause: events.WorkersStuck | events.NoWorker) -> None:
         """Finish the batch in-process: every outstanding chunk now, every later one as it comes."""
         self._orphaned_since = None
         pending = [c for c in self._chunks if c not in self._ready and self._chunks[c].parent is None]
         self.degraded = True
-        self._emit(FellBack(cause, len(pending)))
+        self._emit(events.FellBack(cause, len(pending)))
         # A split chunk runs whole; its parts are forgotten.
         self._decisions += [RunHere(chunk, self._chunks[chunk].payload) for chunk in pending]
         for part in [c for c in self._chunks if self._chunks[c].parent is not None]:
@@ -578,7 +471,8 @@ class ChunkTracker:
         old, self.route = self.route, route
         self._serving = {w.name for w in route.workers}
         self._resend(pending, now)
-        self._emit(RouteMoved(old.tag, route.tag, tuple(w.name for w in route.workers), len(pending), route.note))
+        names = tuple(w.name for w in route.workers)
+        self._emit(events.RouteMoved(old.tag, route.tag, names, len(pending), route.note))
         return True
 
     def _overdue(self, pending: list[int], now: float) -> None:
@@ -593,7 +487,7 @@ class ChunkTracker:
             if waiting is None or chunk in self._ready or waiting.worker is None:
                 continue
             if now - waiting.started_at > self.limits.overdue_after_s:
-                reason = Overdue(waiting.worker, now - waiting.started_at, self.limits.chunk_time_limit_s)
+                reason = events.Overdue(waiting.worker, now - waiting.started_at, self.limits.chunk_time_limit_s)
                 self._failed(chunk, reason, now, split=False)
 
     # -- sending again, splitting, giving up --
@@ -611,7 +505,9 @@ class ChunkTracker:
             self._decisions.append(Send(chunk, waiting.payload, self.route.queue, resend=True))
             self.resent += 1
 
-    def _failed(self, chunk: int, reason: FailureReason, now: float, *, split: bool, then_split: bool = True) -> None:
+    def _failed(
+        self, chunk: int, reason: events.FailureReason, now: float, *, split: bool, then_split: bool = True
+    ) -> None:
         """A delivery of ``chunk`` ended without a result: send it again, or split it once that
         happened ``allowed`` times (at once if ``split``: sending it whole again cannot help).
         Without ``then_split`` (no line can be to blame) a chunk out of deliveries gets error records."""
@@ -624,17 +520,17 @@ class ChunkTracker:
             else:
                 self._give_up(chunk, reason)
             return
-        self._emit(ChunkResent(chunk, *waiting.span, reason, waiting.failures, waiting.allowed))
+        self._emit(events.ChunkResent(chunk, *waiting.span, reason, waiting.failures, waiting.allowed))
         self._resend([chunk], now)
 
-    def _split(self, chunk: int, reason: FailureReason, now: float) -> None:
+    def _split(self, chunk: int, reason: events.FailureReason, now: float) -> None:
         """Run ``chunk``'s parts as chunks of their own; a chunk of one line gets its error record."""
         waiting = self._chunks[chunk]
         parts = split_request(waiting.payload, SPLIT_WAYS)
         if not parts:
             self._give_up(chunk, reason)
             return
-        self._emit(ChunkSplit(chunk, *waiting.span, reason, len(parts)))
+        self._emit(events.ChunkSplit(chunk, *waiting.span, reason, len(parts)))
         waiting.parts, waiting.worker = [], None
         # Copies of the whole chunk still in the broker now find no lines, and end at once.
         self._decisions.append(Forget(chunk))
@@ -646,11 +542,11 @@ class ChunkTracker:
             waiting.parts.append(number)
             self._decisions.append(Send(number, part, self.route.queue))
 
-    def _give_up(self, chunk: int, reason: FailureReason) -> None:
+    def _give_up(self, chunk: int, reason: events.FailureReason) -> None:
         """Error records, written by the producer, for every line of ``chunk``."""
         waiting = self._chunks[chunk]
-        self._emit(GaveUp(chunk, *waiting.span, reason))
-        message = f"no worker could process this line: {describe(reason)}"
+        self._emit(events.GaveUp(chunk, *waiting.span, reason))
+        message = f"no worker could process this line: {events.describe(reason)}"
         result = failed_chunk_result(waiting.payload, ENGINE_FAILURE, message, mode=self.route.tag,
                                      worker=self._producer)  # fmt: skip
         self._complete(chunk, result)

@@ -4,8 +4,8 @@ Thin on purpose: each call is one attempt at one thing, and raises what went wro
 about it (retry, resend, split, give up) is the tracker's to decide (:mod:`.tracker`).
 
 Results never travel over pub/sub: each worker appends to the batch's own stream, which the
-producer reads at its own pace (:func:`decode_entry` turns an entry into what the tracker
-observes). The prompts never ride inside the broker message: the chunk's lines go to their own
+producer reads at its own pace (:func:`.notices.decode_entry` turns an entry into what the
+tracker observes). The prompts never ride inside the broker message: the chunk's lines go to their own
 Redis key, and the message names it.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from typing import Any
 
 import redis
@@ -22,7 +21,6 @@ from kombu.exceptions import ChannelError, OperationalError
 from hermes_worker.contract import (
     ISOLATION_CONTAINER,
     MAX_VALUE_BYTES,
-    NOTICE_REFUSED,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
     Reply,
@@ -30,15 +28,12 @@ from hermes_worker.contract import (
 )  # fmt: skip
 from hermes_worker.registry import WorkerInfo
 
-from .chunk_events import bounded_printable
 from .cluster import Cluster
-from .tracker import FailureNotice, MissingNotice, Observation, RefusalNotice, ResultPosted, StartNotice
 
-__all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "decode_entry", "summarize"]
+__all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 
 # Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
 _BIG_VALUE_BYTES = 1 << 20
-_REFUSED = NOTICE_REFUSED.encode()
 
 
 class ValueTooLarge(Exception):
@@ -71,33 +66,6 @@ def summarize(payload: dict[str, Any]) -> str:
         f"chunk {payload['chunk']}: {count} prompts ({lines}), {chars:,} chars, "
         f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}"
     )
-
-
-def decode_entry(fields: dict[bytes, bytes]) -> Observation | None:
-    """What one entry of the result stream says, or None for an entry of no kind the producer reads.
-
-    Raises:
-        ValueError, KeyError, TypeError, AttributeError: not something a Hermes worker writes.
-    """
-    if b"r" in fields:
-        result = json.loads(fields[b"r"])
-        chunk = result.get("chunk")
-        hash(chunk)  # a chunk number that cannot be one (a list, an object)
-        return ResultPosted(chunk, result, fields.get(b"t", b""))
-    kind = next((k for k in (b"s", b"m", b"f", _REFUSED) if k in fields), None)
-    if kind is None:
-        return None
-    notice = json.loads(fields[kind])
-    chunk, worker = notice.get("chunk"), bounded_printable(notice.get("worker"))
-    hash(chunk)
-    if kind == b"s":
-        return StartNotice(chunk, worker)
-    if kind == b"m":
-        return MissingNotice(chunk, worker)
-    reason = bounded_printable(notice.get("reason"))
-    if kind == _REFUSED:
-        return RefusalNotice(chunk, worker, reason)
-    return FailureNotice(chunk, worker, reason, split=bool(notice.get("split")))
 
 
 class ChunkTransport:
