@@ -89,7 +89,6 @@ class CeleryExecutor:
             route, isolation=isolation, limits=limits, fallback=fallback is not None,
             producer=f"hermes-producer@{socket.gethostname()}", on_event=self._event, now=time.monotonic(),
         )  # fmt: skip
-        self._initial = route
 
     @property
     def route(self) -> Route:
@@ -101,8 +100,9 @@ class CeleryExecutor:
         return self.tracker.route.tag
 
     def describe(self) -> str:
-        names = ", ".join(w.name for w in self._initial.workers)
-        return f"on {len(self._initial.workers)} {self._initial.tag} worker(s) via {self._initial.queue} ({names})"
+        route = self.route
+        names = ", ".join(w.name for w in route.workers)
+        return f"on {len(route.workers)} {route.tag} worker(s) via {route.queue} ({names})"
 
     def __enter__(self) -> CeleryExecutor:
         return self
@@ -142,19 +142,20 @@ class CeleryExecutor:
                 self.transport.written(chunk)
             if tracker.idle and exhausted:
                 return
-            self._read()
+            if not self._read():
+                continue  # Redis is away: the registry cannot be read either
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 self._check_health()
 
-    def _read(self) -> None:
-        """Feed the result stream's next entries to the tracker."""
+    def _read(self) -> bool:
+        """Feed the result stream's next entries to the tracker; False if Redis did not answer."""
         try:
             entries = self.transport.read()
         except NotAnswering as exc:
             self.tracker.unanswered(exc.what, str(exc.cause), time.monotonic())
             time.sleep(1.0)
-            return
+            return False
         now = time.monotonic()
         self.tracker.answered(now)
         if entries:
@@ -168,6 +169,7 @@ class CeleryExecutor:
                 # Not something a Hermes worker writes: say so, and wait for the real one.
                 self._event(StreamEntryIgnored(type(exc).__name__))
             self._carry_out()
+        return True
 
     def _check_health(self) -> None:
         """Once a second: workers that vanished, stranded chunks, a route with no worker."""
