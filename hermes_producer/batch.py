@@ -11,33 +11,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, BinaryIO, Protocol, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from hermes_worker.contract import DUPLICATE_ID, ChunkRequest, result_text
 from hermes_worker.engine import Profile
 from hermes_worker.processing import request_items, with_errors
 
+from .executors import ChunkExecutor
 from .reader import InputFormat, read_chunks
 from .seen_ids import SeenIds
 
-__all__ = ["BatchOptions", "BatchSummary", "ChunkExecutor", "chunk_requests", "guard_duplicates", "run_batch",
+__all__ = ["BatchOptions", "BatchSummary", "chunk_requests", "guard_duplicates", "run_batch",
            "text_chunk_requests"]
 
 FIRST_ERRORS_KEPT = 10
-
-
-class ChunkExecutor(Protocol):
-    """Anything that runs chunk payloads and yields their results in order."""
-
-    mode: str
-
-    def describe(self) -> str: ...
-
-    def __enter__(self) -> ChunkExecutor: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
-
-    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True, slots=True)

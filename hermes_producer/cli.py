@@ -20,7 +20,6 @@ from hermes_worker.settings import Settings, SettingsError
 
 from . import logs
 from .batch import BatchOptions, chunk_requests
-from .celery_executor import CeleryExecutor
 from .cli_common import (
     EXIT_INFRA,
     EXIT_ITEMS_FAILED,
@@ -105,8 +104,7 @@ def run(
             result = next(iter(executor.map_ordered([payload])))
     except ExecutorError as exc:
         fail(str(exc), EXIT_INFRA)
-    if isinstance(executor, CeleryExecutor):
-        executor.finish()
+    executor.finish()
     record = json.loads(result_lines(result)[0])
     logs.event(ctx.log, logging.DEBUG, "run.finished", "one prompt", ok="error" not in record, profile=profile.name)
     if "error" in record:

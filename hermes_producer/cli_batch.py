@@ -18,11 +18,11 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
-from hermes_worker.settings import option_help
+from hermes_worker.engine import Profile
+from hermes_worker.settings import Settings, option_help
 
 from . import logs
-from .batch import BatchOptions, BatchSummary, ChunkExecutor, run_batch
-from .celery_executor import CeleryExecutor
+from .batch import BatchOptions, BatchSummary, run_batch
 from .cli_common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -36,8 +36,8 @@ from .cli_common import (
     std_stream,
 )
 from .dispatch import Placement, choose_executor
-from .executors import ExecutorError
-from .journal import Journal, JournalError, input_identity
+from .executors import ChunkExecutor, ExecutorError
+from .journal import Journal, JournalError, ResumePoint, input_identity
 from .junit import JUnitReport
 from .output import (
     JOURNAL_SUFFIX,
@@ -222,6 +222,50 @@ def batch(
         chunk_size=chunk_size, processes=processes, max_prompt_bytes=max_prompt_bytes
     )
     profile = load_profile(ctx, profile_name, profile_file)
+    _check_streams(resume, input_path, output_path, summary_path, junit_path)
+
+    with ExitStack() as stack, open_input(input_path) as (name, source):
+        output, summary_json, junit_file = _open_outputs(stack, source, input_path, output_path, summary_path,
+                                                         junit_path)  # fmt: skip
+        if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            fail(f"--resume needs a regular file as input; {input_path} is not one")
+
+        try:
+            fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
+        except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
+            fail(f"cannot read input {name}: {exc.strerror or exc}")
+        options = _batch_options(settings, profile, fmt, explain, max_validation)
+        placement = Placement(isolation, no_fallback, wait_for_workers)
+        junit = JUnitReport(Path(name).name) if junit_file is not None else None
+        if output is None:
+            summary, how = _run_to_stdout(ctx, source, name, fmt, options, settings.processes, placement, junit)
+        else:
+            summary, how = _run_to_file(ctx, output, input_path, source, name, fmt, options, settings.processes,
+                                        resume, placement, junit)  # fmt: skip
+        if junit is not None and junit_file is not None:
+            junit_file.write(junit.render(summary.seconds), "the JUnit report")
+        _report(ctx, summary, how, summary_json)
+    sys.exit(summary.exit_code)
+
+
+def _batch_options(
+    settings: Settings, profile: Profile, fmt: InputFormat, explain: bool, max_validation: int | None
+) -> BatchOptions:
+    return BatchOptions(
+        profile=profile,
+        input_format=fmt,
+        explain=explain,
+        chunk_size=settings.chunk_size,
+        max_validation=settings.max_validation if max_validation is None else max_validation,
+        max_prompt_bytes=settings.max_prompt_bytes,
+        item_time_budget=settings.item_time_budget,
+    )
+
+
+def _check_streams(
+    resume: bool, input_path: str, output_path: str, summary_path: str | None, junit_path: str | None
+) -> None:
+    """Exit 2 if ``--resume`` meets '-', or two outputs would write to standard output; else claim it."""
     if resume and (output_path == "-" or input_path == "-"):
         fail("--resume needs a file input and a file output (not '-')")
     to_stdout = [option for option, path in (("-o", output_path), ("--summary-json", summary_path),
@@ -231,62 +275,47 @@ def batch(
     if to_stdout:
         std_stream("stdout")
 
-    with ExitStack() as stack, open_input(input_path) as (name, source):
-        # Every output is checked, and the batch's output locked, before any work starts.
-        output = None
-        if output_path != "-":
-            target = checked_output(output_path, "output")
-            stack.callback(target.close)  # after the lock is released: that needs the directory
-            output = stack.enter_context(BatchOutput(target))
-        summary_json = Report.open(stack, "--summary-json", summary_path)
-        junit_file = Report.open(stack, "--junit", junit_path)
-        _refuse_clashes(source, input_path, output, [r for r in (summary_json, junit_file) if r is not None])
-        if output is not None:
-            try:
-                output.lock()
-                output.check_leftovers()
-            except OutputError as exc:
-                fail(str(exc))
-        if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-            fail(f"--resume needs a regular file as input; {input_path} is not one")
 
+def _open_outputs(
+    stack: ExitStack, source: BinaryIO, input_path: str, output_path: str, summary_path: str | None,
+    junit_path: str | None,
+) -> tuple[BatchOutput | None, Report | None, Report | None]:
+    """Every output checked, and the batch's output locked, before any work starts (None: standard output)."""
+    output = None
+    if output_path != "-":
+        target = checked_output(output_path, "output")
+        stack.callback(target.close)  # after the lock is released: that needs the directory
+        output = stack.enter_context(BatchOutput(target))
+    summary_json = Report.open(stack, "--summary-json", summary_path)
+    junit_file = Report.open(stack, "--junit", junit_path)
+    _refuse_clashes(source, input_path, output, [r for r in (summary_json, junit_file) if r is not None])
+    if output is not None:
         try:
-            fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
-        except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
-            fail(f"cannot read input {name}: {exc.strerror or exc}")
-        options = BatchOptions(
-            profile=profile,
-            input_format=fmt,
-            explain=explain,
-            chunk_size=settings.chunk_size,
-            max_validation=settings.max_validation if max_validation is None else max_validation,
-            max_prompt_bytes=settings.max_prompt_bytes,
-            item_time_budget=settings.item_time_budget,
+            output.lock()
+            output.check_leftovers()
+        except OutputError as exc:
+            fail(str(exc))
+    return output, summary_json, junit_file
+
+
+def _run_to_stdout(
+    ctx: Context, source: BinaryIO, name: str, fmt: InputFormat, options: BatchOptions, processes: int,
+    placement: Placement, junit: JUnitReport | None,
+) -> tuple[BatchSummary, str]:
+    """Write records to standard output as chunks finish (no journal: nothing to resume)."""
+    executor = choose_executor(ctx, placement, processes)
+    with stdout_sink() as sink:
+        return _run(
+            ctx,
+            executor,
+            name,
+            "-",
+            fmt,
+            options.profile.name,
+            lambda progress: run_batch(
+                source, sink, options, executor, progress, on_written=junit.add if junit else None
+            ),
         )
-        placement = Placement(isolation, no_fallback, wait_for_workers)
-        junit = JUnitReport(Path(name).name) if junit_file is not None else None
-        if output is None:
-            executor = choose_executor(ctx, placement, settings.processes)
-            with stdout_sink() as sink:
-                summary, how = _run(
-                    ctx,
-                    executor,
-                    name,
-                    output_path,
-                    fmt,
-                    profile.name,
-                    lambda progress: run_batch(
-                        source, sink, options, executor, progress, on_written=junit.add if junit else None
-                    ),
-                )
-        else:
-            summary, how = _run_to_file(
-                ctx, output, input_path, source, name, fmt, options, settings.processes, resume, placement, junit
-            )
-        if junit is not None and junit_file is not None:
-            junit_file.write(junit.render(summary.seconds), "the JUnit report")
-        _report(ctx, summary, how, summary_json)
-    sys.exit(summary.exit_code)
 
 
 @dataclass(slots=True)
@@ -392,65 +421,21 @@ def _run_to_file(
     junit: JUnitReport | None,
 ) -> tuple[BatchSummary, str]:
     """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
-    header_options = {
-        "profile": options.profile.spec(),
-        "format": fmt,
-        "chunk_size": options.chunk_size,
-        "max_validation": options.max_validation,
-        "explain": options.explain,
-        "max_prompt_bytes": options.max_prompt_bytes,
-    }
+    header_options = _header_options(options, fmt)
     try:
         identity = input_identity(input_path) if input_path != "-" else {"path": "<stdin>"}
     except OSError as exc:
         fail(f"cannot read input {input_path}: {exc.strerror or exc}")
     summary = BatchSummary()
     skip = 0
-    journal_name = output.describe(output.journal)
     if resume:
-        try:
-            sink, journal_handle = output.reopen()
-        except OutputError as exc:
-            fail(str(exc))
-        journal = Journal(journal_handle, journal_name)
-        try:
-            point = journal.resume({"input": identity, "options": header_options}, sink.fileno())
-        except JournalError as exc:
-            sink.close()
-            journal.close()
-            fail(str(exc))
-        skip = point.chunks_done
-        summary = BatchSummary(
-            total=point.ok + point.failed,
-            ok=point.ok,
-            failed=point.failed,
-            errors_by_code=point.errors_by_code,
-            records_by_worker=point.records_by_worker,
-            records_by_mode=point.records_by_mode,
-            carried=point.ok + point.failed,
-        )
-        sink.truncate(point.output_size)
-        sink.seek(point.output_size)
+        sink, journal, point = _resume(output, {"input": identity, "options": header_options})
+        skip, summary = point.chunks_done, _carried(point)
         ctx.notice(f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)")
         executor = choose_executor(ctx, placement, processes, batch_id=point.batch_id)
     else:
         executor = choose_executor(ctx, placement, processes)
-        if output.had_unfinished():
-            ctx.notice(
-                f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded"
-            )
-        try:
-            sink, journal_handle = output.create()
-        except OutputError as exc:
-            fail(str(exc))
-        journal = Journal(journal_handle, journal_name)
-        journal.start(
-            {
-                "input": identity,
-                "options": header_options,
-                "batch_id": getattr(executor, "batch_id", None) or os.urandom(8).hex(),
-            }
-        )
+        sink, journal = _start(ctx, output, {"input": identity, "options": header_options}, executor)
 
     def written(result: dict[str, Any]) -> None:
         journal.chunk_written(sink.tell(), result)
@@ -473,6 +458,63 @@ def _run_to_file(
         output.commit()
     except OutputError as exc:
         fail(str(exc))
-    if isinstance(executor, CeleryExecutor):
-        executor.finish()
+    executor.finish()
     return outcome
+
+
+def _header_options(options: BatchOptions, fmt: InputFormat) -> dict[str, Any]:
+    """The options a resume must find unchanged (the journal's header)."""
+    return {
+        "profile": options.profile.spec(),
+        "format": fmt,
+        "chunk_size": options.chunk_size,
+        "max_validation": options.max_validation,
+        "explain": options.explain,
+        "max_prompt_bytes": options.max_prompt_bytes,
+    }
+
+
+def _carried(point: ResumePoint) -> BatchSummary:
+    """The counts of the records an interrupted run already wrote."""
+    return BatchSummary(
+        total=point.ok + point.failed,
+        ok=point.ok,
+        failed=point.failed,
+        errors_by_code=point.errors_by_code,
+        records_by_worker=point.records_by_worker,
+        records_by_mode=point.records_by_mode,
+        carried=point.ok + point.failed,
+    )
+
+
+def _resume(output: BatchOutput, header: dict[str, Any]) -> tuple[TextIO, Journal, ResumePoint]:
+    """Reopen an interrupted batch's output and journal, cut back to the last chunk the journal vouches for."""
+    try:
+        sink, journal_handle = output.reopen()
+    except OutputError as exc:
+        fail(str(exc))
+    journal = Journal(journal_handle, output.describe(output.journal))
+    try:
+        point = journal.resume(header, sink.fileno())
+    except JournalError as exc:
+        sink.close()
+        journal.close()
+        fail(str(exc))
+    sink.truncate(point.output_size)
+    sink.seek(point.output_size)
+    return sink, journal, point
+
+
+def _start(
+    ctx: Context, output: BatchOutput, header: dict[str, Any], executor: ChunkExecutor
+) -> tuple[TextIO, Journal]:
+    """Create the output's partial file and a journal whose header says what would make a resume valid."""
+    if output.had_unfinished():
+        ctx.notice(f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded")
+    try:
+        sink, journal_handle = output.create()
+    except OutputError as exc:
+        fail(str(exc))
+    journal = Journal(journal_handle, output.describe(output.journal))
+    journal.start(header | {"batch_id": getattr(executor, "batch_id", None) or os.urandom(8).hex()})
+    return sink, journal

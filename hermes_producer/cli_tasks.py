@@ -20,8 +20,7 @@ from hermes_worker.contract import result_lines
 from hermes_worker.engine import Profile
 
 from . import logs
-from .batch import BatchOptions, ChunkExecutor, chunk_requests
-from .celery_executor import CeleryExecutor
+from .batch import BatchOptions, chunk_requests
 from .cli_common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -38,7 +37,7 @@ from .cli_common import (
     std_stream,
 )
 from .dispatch import Placement, choose_executor
-from .executors import ExecutorError
+from .executors import ChunkExecutor, ExecutorError
 from .output import OutputError, OutputPath, check_output, write_file
 from .store import ClaimLost, StoreError, Task, TaskStore
 from .terminal import printable, printable_json
@@ -241,8 +240,7 @@ def queue(
                 ran, ok, failed = ran + len(tasks), ok + round_ok, failed + round_failed
                 if remaining is not None:
                     remaining -= len(tasks)
-        if isinstance(executor, CeleryExecutor):
-            executor.finish()
+        executor.finish()
         if not ran:
             ctx.notice("no scheduled tasks")
             return

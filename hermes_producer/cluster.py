@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 from celery import Celery
 from kombu import Connection  # type: ignore[attr-defined]
 
 from hermes_worker.celeryconfig import kombu_url, make_celery
-from hermes_worker.contract import FALLBACK_MESSAGE, QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.redact import redact, redact_url
 from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
 from hermes_worker.settings import Settings
 
-__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route"]
+from .routes import FALLBACK_MESSAGE, Route, route_for
+
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "route_for"]
 
 
 class ClusterUnavailable(Exception):
@@ -35,20 +35,6 @@ class ClusterRefused(ClusterUnavailable):
     A subclass, so code that only knows "the cluster cannot be used" still stops using it;
     :mod:`.dispatch` and the cluster commands tell the two apart.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a batch goes: a queue, the live workers behind it, and anything to tell the user."""
-
-    queue: str
-    tag: str
-    workers: list[WorkerInfo]
-    note: str | None = None
-
-    @property
-    def concurrency(self) -> int:
-        return sum(max(1, w.concurrency) for w in self.workers)
 
 
 class Cluster:
@@ -94,21 +80,8 @@ class Cluster:
         return self.registry.live()
 
     def route(self, isolation: str) -> Route | None:
-        """The route for ``isolation`` given who is alive now, or None if no worker can take it.
-
-        A worker counts for a queue only while it consumes it: a container worker that lost its
-        Docker engine stays registered, with no queue, until the engine is back.
-        """
-        workers = self.live_workers()
-        container = [w for w in workers if w.tag == "container" and QUEUE_CONTAINER in w.queues]
-        local = [w for w in workers if w.tag == "local" and QUEUE_LOCAL in w.queues]
-        if isolation in ("container", "auto") and container:
-            return Route(QUEUE_CONTAINER, "container", container)
-        if isolation == "local" and local:
-            return Route(QUEUE_LOCAL, "local", local)
-        if isolation == "auto" and local:
-            return Route(QUEUE_LOCAL, "local", local, note=f"{FALLBACK_MESSAGE}: no live container worker")
-        return None
+        """The route for ``isolation`` given who is alive now (:func:`route_for`), or None."""
+        return route_for(self.live_workers(), isolation)
 
     def wait_for_route(self, isolation: str, wait_s: float, on_wait: Callable[[], None] | None = None) -> Route | None:
         """Like :meth:`route`, polling up to ``wait_s`` seconds for a worker to appear."""

@@ -29,11 +29,11 @@ from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
 
 from . import logs
-from .batch import ChunkExecutor
 from .celery_executor import CeleryExecutor
+from .chunk_events import Event, render
 from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail
-from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable
-from .executors import InProcessExecutor
+from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable, Route
+from .executors import ChunkExecutor, InProcessExecutor
 
 __all__ = ["Placement", "choose_executor"]
 
@@ -111,18 +111,26 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         bump(cluster.redis, "producers", "fallbacks", kind="local_instead_of_container")
         ctx.notice(route.note)
         logs.event(ctx.log, logging.WARNING, "dispatch.fallback", route.note)
-
-    def reroute(message: str) -> None:
-        ctx.notice(message)
-        logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message)
-
     allow_fallback = not no_fallback and isolation != "container"
+    return _on_cluster(ctx, cluster, route, isolation, allow_fallback, wait_s, batch_id)
+
+
+def _on_cluster(
+    ctx: Context, cluster: Cluster, route: Route, isolation: str, fallback: bool, wait_s: float, batch_id: str | None
+) -> CeleryExecutor:
+    """The Celery executor for ``route``; what it reports goes to stderr and the log, in words."""
+
+    def report(event: Event) -> None:
+        message = render(event)
+        ctx.notice(message)
+        logs.event(ctx.log, logging.WARNING, "dispatch.reroute", message, kind=type(event).__name__)
+
     executor = CeleryExecutor(
         cluster,
         route,
         batch_id=batch_id,
-        on_reroute=reroute,
-        fallback=_in_process_fallback if allow_fallback else None,
+        on_event=report,
+        fallback=_in_process_fallback if fallback else None,
         isolation=isolation,
         wait_for_workers_s=wait_s,
     )

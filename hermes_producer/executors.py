@@ -2,8 +2,8 @@
 
 :class:`InProcessExecutor` is the embedded default: a pool of local processes (or the calling
 process itself when one is enough), running the engine natively or, with ``container``
-isolation, inside one sandbox session per process. The Celery executor offers the same
-``map_ordered``.
+isolation, inside one sandbox session per process. The Celery executor
+(:mod:`.celery_executor`) is the other :class:`ChunkExecutor`.
 
 What stops a batch here is the machinery only (a sandbox that cannot run, a profile that is
 invalid), with a message naming it; a chunk that fails for any other reason gets error
@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, Protocol
 
 from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
 from hermes_worker.engine import ProfileError
@@ -34,11 +34,37 @@ from hermes_worker.settings import Settings
 
 from .splitting import merge_results, split_request
 
-__all__ = ["ExecutorError", "InProcessExecutor"]
+__all__ = ["ChunkExecutor", "ExecutorError", "InProcessExecutor"]
 
 
 class ExecutorError(RuntimeError):
     """Chunks could not be run at all (an infrastructure failure, not a bad item)."""
+
+
+class ChunkExecutor(Protocol):
+    """Anything that runs chunk payloads and yields their results in order.
+
+    A command enters it, runs one or more ``map_ordered``, calls ``finish`` once every result
+    is safely written (not after a failure: a resumed batch still needs what it left), and
+    leaves it.
+    """
+
+    @property
+    def mode(self) -> str:
+        """Where chunks run now: ``local`` or ``container``."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def __enter__(self) -> ChunkExecutor: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
+
+    def finish(self) -> None:
+        """Drop what the batch kept outside this process (a result stream); nothing to drop in-process."""
+        ...
 
 
 # Runs of one chunk alone whose process dies before it is split (or, one line, failed).
@@ -119,6 +145,9 @@ class InProcessExecutor:
         if self._inline is not None:
             self._inline.close()
             self._inline = None
+
+    def finish(self) -> None:
+        """Nothing outlives a batch run in-process."""
 
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Run every payload; yield results in the order the payloads came.

@@ -303,6 +303,7 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
 ) -> None:
     """A worker of another Hermes version must not make records vanish quietly."""
     from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.chunk_events import render
     from hermes_producer.cluster import Cluster, Route
     from hermes_worker.registry import WorkerInfo
 
@@ -310,15 +311,15 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
     cluster = Cluster.connect(settings)
     route = Route("hermes.local", "local", [WorkerInfo("local@old", "local", 1, ["hermes.local"], "h", 1, {}, {})])
     messages: list[str] = []
-    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+    executor = CeleryExecutor(cluster, route, on_event=lambda event: messages.append(render(event)))
 
-    def old_worker_answers(payload: dict[str, object]) -> None:
+    def old_worker_answers(payload: dict[str, object], queue: str) -> None:
         # Version 1 workers sent the records inside "r" and nothing in "t".
         old = {"v": 1, "chunk": payload["chunk"], "lines": ['{"id": 1}'], "ok": 2, "failed": 0, "errors": [],
                "provenance": {"worker": "local@old", "mode": "local"}}
         cluster.redis.xadd(executor.stream, {"r": json.dumps(old)})
 
-    executor._send = old_worker_answers  # type: ignore[method-assign]
+    executor.transport.send = old_worker_answers  # type: ignore[method-assign]
     payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
                "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None], [2, "b", "y", None]]}
     [result] = list(executor.map_ordered([payload]))

@@ -560,6 +560,7 @@ def test_forged_registry_entries_are_ignored_not_obeyed_or_printed(
 def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, str]) -> None:
     """Given garbage and a malformed result on a batch's stream; then the real result is the one written."""
     from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.chunk_events import render
     from hermes_producer.cluster import Cluster, Route
     from hermes_worker.registry import WorkerInfo
     from hermes_worker.settings import Settings
@@ -567,10 +568,10 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
     cluster = Cluster.connect(Settings.from_env(cluster_env))
     route = Route("hermes.local", "local", [WorkerInfo("local@w", "local", 1, ["hermes.local"], "h", 1, {}, {})])
     messages: list[str] = []
-    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+    executor = CeleryExecutor(cluster, route, on_event=lambda event: messages.append(render(event)))
     sent: list[int] = []
 
-    def answer(payload: dict[str, Any]) -> None:
+    def answer(payload: dict[str, Any], queue: str) -> None:
         sent.append(payload["chunk"])
         stream = executor.stream
         result = process_chunk(payload, mode="local", worker="local@w")
@@ -584,7 +585,7 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
             return
         cluster.redis.xadd(stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
 
-    executor._send = answer  # type: ignore[method-assign]
+    executor.transport.send = answer  # type: ignore[method-assign]
     items = [[1, "a", "x", None], [2, "b", "y", None]]
     payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
                "explain": False, "max_prompt_bytes": 100, "items": items}  # fmt: skip

@@ -1,0 +1,137 @@
+"""What the entries of a batch's result stream say, as values: the chunk tracker's observations.
+
+Workers append to the batch's stream (``contract.KEY_RESULTS``) a *start notice* when they
+take a chunk, then its result, or a notice saying why there is none. :func:`decode_entry`
+reads one entry; anything no Hermes worker writes raises, and the executor skips it.
+
+>>> decode_entry({b"s": b'{"chunk": 3, "worker": "local@w1"}'})
+StartNotice(chunk=3, worker='local@w1')
+>>> decode_entry({b"f": b'{"chunk": 3, "worker": "local@w1", "reason": "too large", "split": true}'})
+FailureNotice(chunk=3, worker='local@w1', reason='too large', split=True)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION, request_span, result_problem
+
+from .chunk_events import Malformed, Misplaced, ResultUnreadable, bounded_printable
+
+__all__ = [
+    "FailureNotice", "MissingNotice", "Observation", "RefusalNotice", "ResultPosted", "StartNotice", "decode_entry",
+    "refusal", "unreadable_result",
+]  # fmt: skip
+
+_REFUSED = NOTICE_REFUSED.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultPosted:
+    """An ``r`` entry: the result (decoded JSON) and its records, still bytes (``t``)."""
+
+    chunk: Any
+    result: Mapping[str, Any]
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartNotice:
+    """An ``s`` entry: ``worker`` took the chunk."""
+
+    chunk: Any
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class MissingNotice:
+    """An ``m`` entry: ``worker`` found no lines under the chunk's key."""
+
+    chunk: Any
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailureNotice:
+    """An ``f`` entry: ``worker`` could not finish the chunk; ``split``: splitting it helps."""
+
+    chunk: Any
+    worker: str
+    reason: str
+    split: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalNotice:
+    """An ``x`` entry: ``worker`` refused the chunk without running it."""
+
+    chunk: Any
+    worker: str
+    reason: str
+
+
+Observation = ResultPosted | StartNotice | MissingNotice | FailureNotice | RefusalNotice
+
+
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> Observation | None:
+    """What one entry of the result stream says, or None for an entry of no kind the producer reads.
+
+    Worker names and reasons come printable and bounded: they reach a terminal.
+
+    Raises:
+        ValueError, KeyError, TypeError, AttributeError: not something a Hermes worker writes.
+    """
+    if b"r" in fields:
+        result = json.loads(fields[b"r"])
+        chunk = result.get("chunk")
+        hash(chunk)  # a chunk number that cannot be one (a list, an object)
+        return ResultPosted(chunk, result, fields.get(b"t", b""))
+    kind = next((k for k in (b"s", b"m", b"f", _REFUSED) if k in fields), None)
+    if kind is None:
+        return None
+    notice = json.loads(fields[kind])
+    chunk, worker = notice.get("chunk"), bounded_printable(notice.get("worker"))
+    hash(chunk)
+    if kind == b"s":
+        return StartNotice(chunk, worker)
+    if kind == b"m":
+        return MissingNotice(chunk, worker)
+    reason = bounded_printable(notice.get("reason"))
+    if kind == _REFUSED:
+        return RefusalNotice(chunk, worker, reason)
+    return FailureNotice(chunk, worker, reason, split=bool(notice.get("split")))
+
+
+def refusal(result: Mapping[str, Any], isolation: str) -> Malformed | Misplaced | None:
+    """Why a posted result must not be written, and its chunk goes again; or None.
+
+    Anyone who can write to Redis can post a result: it must have the shape a Hermes worker
+    gives it. With ``--isolation container`` only records that ran in a container are accepted,
+    whoever sent them (a worker consuming a queue not its own, an old worker, a forged registry
+    entry): the summary never claims isolation the records do not have.
+    """
+    problem = result_problem(result)
+    if problem is not None:
+        return Malformed(problem)
+    provenance = result.get("provenance")
+    mode = provenance.get("mode") if isinstance(provenance, dict) else None
+    if isolation != ISOLATION_CONTAINER or mode == ISOLATION_CONTAINER:
+        return None
+    worker = provenance.get("worker") if isinstance(provenance, dict) else None
+    return Misplaced(bounded_printable(worker), bounded_printable(mode))
+
+
+def unreadable_result(result: Mapping[str, Any], payload: Mapping[str, Any]) -> ResultUnreadable | None:
+    """Why a well-formed result cannot be written as it is: not one record per item (a worker of
+    another Hermes version answering in a shape this producer does not read); or None."""
+    _first, count = request_span(payload)
+    records = str(result["text"]).count("\n")
+    if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
+        return None
+    worker = result.get("provenance", {}).get("worker", "unknown worker")
+    return ResultUnreadable(str(worker), records, count, result.get("v"))

@@ -1,0 +1,578 @@
+"""The chunk tracker: what a batch sent, who took what, what is done, and what to do next.
+
+The decision logic of :class:`~.celery_executor.CeleryExecutor`, and no I/O, no Redis, no
+clock. The executor feeds it what the transport observed (:mod:`.notices` read from the
+batch's stream, the live workers, a queue's depth, an outage) with the time, and carries out
+its decisions (:class:`Send`, :class:`Forget`, :class:`RunHere`); it emits what happened as
+:mod:`.chunk_events`. Faults it rides out, and how:
+
+- A worker vanishes (killed, or its heartbeat stops): every chunk it announced, and every chunk
+  nobody announced yet (it may have reserved them without starting), is sent again at once.
+- A chunk is stranded: nobody announced it for :data:`STRANDED_AFTER_S` while its queue stayed
+  empty. Workers announce a chunk the moment they take it, so it is in no queue and no worker:
+  the Redis transport pops a message before it records it as unacknowledged, and a connection
+  that breaks in between loses the message. It is sent again.
+- Every worker of the route stops serving it (e.g. container workers whose Docker engine went
+  away): with ``--isolation auto`` the outstanding chunks move to the other kind of worker;
+  otherwise they wait for a worker (``patience_s``), then run in-process or fail, as configured.
+- Redis or the broker stops answering: the executor retries, and tells the tracker, which ends
+  the batch after the outage timeout and judges nobody gone until every worker had a
+  heartbeat to publish its registry entry again.
+
+The producer never waits for ever, and no chunk is sent again for ever:
+
+- A *failure notice*, or a chunk announced by a live worker that has not answered within the
+  chunk time limit (plus a grace period), ends a delivery: the chunk is sent again.
+- A chunk gets at most :data:`MAX_DELIVERIES` deliveries that end without a result (failure
+  notices, overdue, its worker gone, or taken again while no result came). Past that it is
+  *split* into parts that run as chunks of their own (:mod:`.splitting`), down to the one line
+  to blame, which gets an ``engine_failure`` record naming the reason: a poison line that kills
+  every process running it costs its own record, not its chunk's. A chunk whose lines or result
+  are too large for one Redis value is split at once; one whose result Redis refuses for
+  another reason (a permission) gets error records, since no line is to blame.
+- A chunk sent :data:`MAX_STRANDED` times that no worker ever announced gets error records.
+- Workers that serve the queue and say nothing for longer than a chunk may take are stuck.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hermes_worker.contract import ENGINE_FAILURE, request_span
+from hermes_worker.processing import failed_chunk_result
+from hermes_worker.registry import WorkerInfo
+
+from . import chunk_events as events
+from .executors import ExecutorError
+from .notices import MissingNotice, Observation, RefusalNotice, ResultPosted, StartNotice, refusal, unreadable_result
+from .routes import Route, route_for
+from .splitting import merge_results, split_request
+
+__all__ = ["MAX_DELIVERIES", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Decision", "Forget", "Limits",
+           "RunHere", "Send"]
+
+# How often the executor checks the registry; the tracker's grace after an outage counts it too.
+HEALTH_EVERY_S = 1.0
+# A chunk nobody announced this long after it was sent, with its queue empty all that time, is stranded.
+STRANDED_AFTER_S = 3.0
+# Deliveries of one chunk that may end without a result before it is split (or, alone, failed).
+MAX_DELIVERIES = 3
+# A part of a split chunk is split again as soon as one delivery fails: it holds the culprit,
+# and splitting an innocent part by bad luck costs nothing. A part of one line is failed only
+# after MAX_DELIVERIES, so that one unlucky death cannot blame it.
+PART_DELIVERIES = 1
+# Parts per split: eight parts in parallel find the line to blame in a 1,024-line chunk in four
+# rounds (halves would take ten), each round costing a dead process or two.
+SPLIT_WAYS = 8
+# Sends of one chunk that no worker ever announced (each "stranded") before it gets error records.
+MAX_STRANDED = 5
+# A chunk announced by a live worker is overdue this long after the chunk time limit, plus two
+# heartbeats: by then Celery has killed the process running it, and no result can come.
+OVERDUE_GRACE_S = 5.0
+# Parts of split chunks are numbered from here: far above any chunk number a batch uses.
+PART_BASE = 1 << 40
+# A chunk workers refused (or answered from the wrong kind of worker) this often stops the batch.
+MAX_REFUSALS = 3
+
+
+# What the tracker decided: the executor carries these out, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``payload`` (chunk ``chunk``) to ``queue``; ``resend``: it was sent before."""
+
+    chunk: int
+    payload: dict[str, Any]
+    queue: str
+    resend: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Delete chunk ``chunk``'s lines: copies of its message still in the broker then end at once."""
+
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunHere:
+    """Run ``payload`` in-process and hand the result to :meth:`ChunkTracker.ran_here`."""
+
+    chunk: int
+    payload: dict[str, Any]
+
+
+Decision = Send | Forget | RunHere
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The times the tracker judges by, from the settings."""
+
+    chunk_time_limit_s: float
+    heartbeat_s: float
+    worker_ttl_s: float
+    outage_timeout_s: float
+    patience_s: float  # how long the route may have no worker before the batch falls back or fails
+
+    @property
+    def overdue_after_s(self) -> float:
+        """How long after a worker took a chunk no result can come any more (Celery killed it)."""
+        return self.chunk_time_limit_s + OVERDUE_GRACE_S + 2 * self.heartbeat_s
+
+
+@dataclass(slots=True)
+class _Chunk:
+    payload: dict[str, Any]
+    sent_at: float
+    worker: str | None = None
+    started_at: float = 0.0  # when ``worker`` announced it
+    starts: int = 0  # start notices seen: deliveries that began
+    failures: int = 0  # deliveries known to have ended without a result
+    stranded: int = 0  # times sent again because nobody ever took it
+    allowed: int = MAX_DELIVERIES
+    parent: int | None = None  # the chunk this is a part of
+    parts: list[int] | None = None  # set once this chunk is split: its parts, in order
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return request_span(self.payload)
+
+
+class ChunkTracker:
+    """The state of one executor's chunks, across its batches (``hermes queue`` runs several).
+
+    Args:
+        route: where chunks go now (a re-route changes it).
+        isolation: what the user asked for; ``auto`` lets chunks move to the other kind of worker.
+        limits: the times to judge by.
+        fallback: whether chunks may run in-process once no worker is left; if not, the batch fails.
+        producer: the name error records written by the producer carry.
+        on_event: called with every :mod:`.chunk_events` event.
+        now: the time, to start counting silence and outages from.
+    """
+
+    def __init__(
+        self, route: Route, *, isolation: str, limits: Limits, fallback: bool, producer: str,
+        on_event: Callable[[events.Event], None], now: float,
+    ) -> None:  # fmt: skip
+        self.route = route
+        self.isolation = isolation
+        self.limits = limits
+        self.fallback = fallback
+        self.degraded = False  # True once the rest of the batch runs in-process
+        self.resent = 0
+        self._producer = producer
+        self._emit = on_event
+        self._serving = {w.name for w in route.workers}  # who consumed the route's queue last time we looked
+        self._outage_since: float | None = None  # when Redis or the broker stopped answering, if it did
+        self._outage_of = "Redis"
+        self._heard_at = now  # when the last entry came on the result stream
+        self._trouble_at = float("-inf")  # when an outage was last seen
+        self._suspects: dict[int, float] = {}  # chunk -> since when it looks stranded
+        self._refusals: dict[int, int] = {}  # chunk -> times refused, or answered by the wrong kind of worker
+        self._next_part = PART_BASE
+        self._decisions: list[Decision] = []
+        self.begin()
+
+    # -- one batch: admitting, completing and handing back chunks in order --
+
+    def begin(self) -> None:
+        """Start a batch (a call of ``map_ordered``): no chunk outstanding, a window for the route."""
+        self._window = 4 * self.route.concurrency + 4
+        self._order: deque[int] = deque()  # chunks admitted and not yet handed back, in input order
+        self._chunks: dict[int, _Chunk] = {}  # chunks and parts not yet handed back
+        self._ready: dict[int, dict[str, Any]] = {}  # results of chunks, waiting for their turn
+        self._part_results: dict[int, dict[str, Any]] = {}  # finished parts of split chunks
+        self._orphaned_since: float | None = None  # since when the route has had no worker
+
+    def has_room(self) -> bool:
+        """Whether another chunk may be admitted: at most ``4 * concurrency + 4`` are in flight."""
+        return len(self._order) < self._window
+
+    @property
+    def idle(self) -> bool:
+        """No chunk admitted and not handed back."""
+        return not self._order
+
+    def admit(self, payload: dict[str, Any], now: float) -> None:
+        """Take chunk ``payload["chunk"]``: send it, or run it here once the batch fell back."""
+        chunk = payload["chunk"]
+        self._order.append(chunk)
+        if not self._chunks:
+            self._heard_at = now  # silence counts from the first chunk out
+        self._chunks[chunk] = _Chunk(payload, now)
+        if self.degraded and self.fallback:
+            self._decisions.append(RunHere(chunk, payload))
+        else:
+            self._decisions.append(Send(chunk, payload, self.route.queue))
+
+    def take_decisions(self) -> list[Decision]:
+        """What to do now, in order; the executor carries each out (and may add more by reporting back)."""
+        decisions, self._decisions = self._decisions, []
+        return decisions
+
+    def wants_sent(self, chunk: int) -> bool:
+        """Whether a :class:`Send` of ``chunk`` decided earlier still makes sense (it may have finished meanwhile)."""
+        waiting = self._chunks.get(chunk)
+        if waiting is None or chunk in self._ready or waiting.parts is not None:
+            return False
+        return waiting.parent is None or (waiting.parent in self._chunks and waiting.parent not in self._ready)
+
+    def too_large(self, chunk: int, detail: str, now: float) -> None:
+        """Redis refused ``chunk``'s lines as one value: split it."""
+        self._split(chunk, events.TooLarge(detail), now)
+
+    def ran_here(self, chunk: int, result: dict[str, Any]) -> None:
+        """The in-process result of a :class:`RunHere`."""
+        self._ready[chunk] = result
+
+    def next_written(self) -> tuple[int, dict[str, Any]] | None:
+        """The next chunk in input order and its result, if it has one; it leaves the tracker."""
+        if not self._order or self._order[0] not in self._ready:
+            return None
+        chunk = self._order.popleft()
+        self._chunks.pop(chunk, None)
+        return chunk, self._ready.pop(chunk)
+
+    # -- what came on the result stream --
+
+    def heard(self, now: float) -> None:
+        """Entries came on the result stream: the workers are not silent."""
+        self._heard_at = now
+
+    def observe(self, seen: Observation, now: float) -> None:
+        """Take a notice or a result read from the stream; duplicates and strangers are dropped.
+
+        Raises:
+            UnicodeDecodeError: a result's records are not UTF-8 (no Hermes worker wrote it).
+        """
+        waiting = self._chunks.get(seen.chunk)
+        if waiting is None or seen.chunk in self._ready:
+            return  # done already (a duplicate), or not ours
+        if isinstance(seen, ResultPosted):
+            self._result(seen, waiting, now)
+            return
+        if waiting.parts is not None:
+            return  # split: its parts carry on
+        chunk = seen.chunk
+        if isinstance(seen, StartNotice):
+            waiting.worker, waiting.started_at = seen.worker, now
+            waiting.starts += 1
+            if waiting.starts > waiting.allowed:
+                # Taken again and again, and never a result: the process running it dies on it
+                # (memory, a crash) and Celery puts it back each time. No notice says so.
+                self._failed(chunk, events.TakenRepeatedly(waiting.starts, seen.worker), now, split=True)
+        elif isinstance(seen, RefusalNotice):
+            # Refused without running it (a queue not its own, a container chunk on a local
+            # worker, a request it does not accept): sent again, a few times.
+            self._refused(chunk, events.RefusedBy(seen.worker, seen.reason), now)
+        elif isinstance(seen, MissingNotice):
+            # Redis lost the chunk's lines: send it again.
+            self._resend([chunk], now)
+            self._emit(events.LinesLost(chunk, seen.worker))
+        else:
+            # A worker that knows splitting helps (too large, too slow) says so; otherwise Redis
+            # refused the result for a reason no line is to blame for: sending it in parts will
+            # not help either, and the chunk gets error records once it is out of deliveries.
+            reason = events.NotFinished(seen.worker, seen.reason)
+            self._failed(chunk, reason, now, split=seen.split, then_split=seen.split)
+
+    def _result(self, seen: ResultPosted, waiting: _Chunk, now: float) -> None:
+        if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
+            return  # a part of another run of this batch, numbered alike: other lines
+        result = dict(seen.result, text=seen.text.decode("utf-8"))
+        wrong = refusal(result, self.isolation)
+        if wrong is not None:
+            self._refused(seen.chunk, wrong, now)
+            return
+        unreadable = unreadable_result(result, waiting.payload)
+        if unreadable is not None:
+            # Its records must not vanish quietly: every line gets an error record saying why.
+            self._emit(unreadable)
+            message = events.sentence(unreadable)
+            result = failed_chunk_result(waiting.payload, ENGINE_FAILURE, message, mode=self.route.tag,
+                                         worker=unreadable.worker)  # fmt: skip
+        self._complete(seen.chunk, result)
+
+    def _refused(self, chunk: int, why: events.RefusalReason, now: float) -> None:
+        """Send a refused (or wrongly placed) chunk again; stop the batch once it happened too often.
+
+        Unlike a failed delivery, no line is to blame and no error record would be true: a batch
+        whose chunks keep going to the wrong kind of worker stops, naming why.
+
+        Raises:
+            ExecutorError: the chunk was refused :data:`MAX_REFUSALS` times.
+        """
+        times = self._refusals[chunk] = self._refusals.get(chunk, 0) + 1
+        if times >= MAX_REFUSALS:
+            message = f"chunk {chunk} was refused {times} times; last: {events.describe(why)}"
+            raise ExecutorError(events.bounded_printable(message, limit=2000))
+        self._chunks[chunk].worker = None
+        self._resend([chunk], now)
+        self._emit(events.ChunkRefused(chunk, why))
+
+    # -- outages --
+
+    def unanswered(self, what: str, error: str, now: float) -> None:
+        """``what`` ("Redis", "the broker") did not answer; the executor retries after a pause.
+
+        Raises:
+            ExecutorError: the outage lasted longer than ``HERMES_OUTAGE_TIMEOUT``.
+        """
+        self._trouble_at = now
+        limit = self.limits.outage_timeout_s
+        if self._outage_since is None:
+            self._outage_since, self._outage_of = now, what
+            self._emit(events.OutageStarted(what, error, limit))
+        elif now - self._outage_since > limit:
+            raise ExecutorError(f"{what} has not answered for {limit:.0f} s ({error})")
+
+    def answered(self, now: float) -> None:
+        """Redis or the broker answered."""
+        if self._outage_since is not None:
+            self._emit(events.OutageEnded(self._outage_of, now - self._outage_since))
+            self._outage_since = None
+
+    # -- the health check, once a second: three steps, with the executor's sends in between --
+
+    def check_workers(self, now: float, workers: list[WorkerInfo]) -> bool:
+        """Resend the chunks of workers that vanished, re-route, resend overdue chunks.
+
+        Returns:
+            whether the check goes on (:meth:`check_stranded`, :meth:`check_silence`): not
+            right after an outage, nor after a re-route.
+        """
+        if now - self._trouble_at < self.limits.worker_ttl_s + HEALTH_EVERY_S:
+            # Registry entries expired while Redis was away: nobody is judged gone until every
+            # worker has had a heartbeat to publish its entry again.
+            self._orphaned_since = None
+            return False
+        serving = {w.name for w in workers if self.route.queue in w.queues}
+        vanished, self._serving = self._serving - serving, serving
+        pending = self._pending()
+        if pending and not serving and self._reroute(workers, pending, now):
+            self._orphaned_since = None
+            return False
+        lost = [c for c in pending if self._chunks[c].worker is not None and self._chunks[c].worker not in serving]
+        # A chunk whose worker keeps vanishing with it may be what kills the worker: counted.
+        struck = [c for c in lost if self._chunks[c].failures + 1 >= self._chunks[c].allowed]
+        if vanished:
+            # A worker killed outright may hold chunks it had reserved but not announced; the
+            # broker would hand them out again only after its visibility timeout. Send every
+            # unannounced chunk again now: a result that arrives twice is written once.
+            lost += [c for c in pending if self._chunks[c].worker is None]
+        gone = vanished | {w for c in lost if (w := self._chunks[c].worker) is not None}
+        for chunk in struck:
+            if chunk in self._chunks:
+                self._failed(chunk, events.Vanished(str(self._chunks[chunk].worker)), now, split=True)
+        lost = [c for c in lost if c not in struck]
+        for chunk in lost:
+            self._chunks[chunk].failures += self._chunks[chunk].worker is not None
+        self._resend(lost, now)
+        if lost:
+            self._emit(events.WorkersLost(tuple(sorted(gone)), tuple(lost)))
+        self._overdue([c for c in pending if c not in lost and c not in struck], now)
+        return True
+
+    def stranded_candidates(self, now: float) -> list[int]:
+        """Chunks nobody announced for :data:`STRANDED_AFTER_S`: worth asking the queue's depth for."""
+        return [c for c in self._pending()
+                if self._chunks[c].worker is None and now - self._chunks[c].sent_at >= STRANDED_AFTER_S]  # fmt: skip
+
+    def check_stranded(self, now: float, queue_depth: int | None) -> None:
+        """Resend chunks that stayed out of the (empty) queue, and out of every worker, too long.
+
+        Args:
+            queue_depth: messages in the route's queue now (None: the broker cannot say); asked
+                for only when :meth:`stranded_candidates` has any.
+        """
+        unannounced = self.stranded_candidates(now)
+        if not unannounced or queue_depth != 0:
+            self._suspects = {}
+            return
+        self._suspects = {c: self._suspects.get(c, now) for c in unannounced}
+        stranded = sorted(c for c, since in self._suspects.items() if now - since >= STRANDED_AFTER_S)
+        for chunk in stranded:
+            del self._suspects[chunk]
+            self._chunks[chunk].stranded += 1
+        given_up = [c for c in stranded if self._chunks[c].stranded >= MAX_STRANDED]
+        for chunk in given_up:
+            if chunk in self._chunks:
+                self._give_up(chunk, events.NeverTaken(MAX_STRANDED))
+        stranded = [c for c in stranded if c not in given_up]
+        self._resend(stranded, now)
+        if stranded:
+            self._emit(events.ChunksStranded(tuple(stranded)))
+
+    def check_silence(self, now: float, workers: list[WorkerInfo]) -> None:
+        """Fall back (or fail) when workers serve the queue but are stuck, or none served it for too long.
+
+        Raises:
+            ExecutorError: either, and the batch may not fall back.
+        """
+        pending = self._pending()
+        silent = now - max(self._heard_at, self._trouble_at)
+        if pending and self._serving and silent > self.limits.overdue_after_s:
+            # Workers that serve the queue, and not one word from any of them for longer than a
+            # chunk may take: they are stuck (a pool process wedged between chunks takes nothing
+            # and announces nothing). Waiting longer cannot help.
+            stuck = events.WorkersStuck(silent, tuple(sorted(self._serving)), self.route.queue)
+            if not self.fallback:
+                names = ", ".join(stuck.workers)
+                raise ExecutorError(
+                    f"no worker answered for {silent:.0f} s with {len(pending)} chunk(s) outstanding, although "
+                    f"{names} serve {stuck.queue}: are they stuck? (see hermes workers and their logs)"
+                )
+            self._degrade(stuck)
+        elif self._serving or not pending:
+            self._orphaned_since = None
+        elif self._orphaned_since is None:
+            self._orphaned_since = now
+        elif now - self._orphaned_since > self.limits.patience_s:
+            self._no_worker(workers, len(pending))
+
+    def _no_worker(self, workers: list[WorkerInfo], pending: int) -> None:
+        """The route had no worker for ``patience_s``: fall back, or fail naming who is idle and why."""
+        route = self.route
+        idle = [w for w in workers if w.tag == route.tag and route.queue not in w.queues]
+        cause = events.NoWorker(route.tag, self.limits.patience_s,
+                         tuple((w.name, str(w.probe.get("reason", "unknown reason"))) for w in idle))  # fmt: skip
+        if not self.fallback:
+            raise ExecutorError(
+                f"no live {route.tag} worker for {cause.waited_s:.0f} s with {pending} chunk(s) outstanding"
+                f"{events.idle_clause(cause.idle)}; start one with: hermes worker --mode {route.tag}"
+            )
+        self._degrade(cause)
+
+    def _degrade(self, cause: events.WorkersStuck | events.NoWorker) -> None:
+        """Finish the batch in-process: every outstanding chunk now, every later one as it comes."""
+        self._orphaned_since = None
+        pending = [c for c in self._chunks if c not in self._ready and self._chunks[c].parent is None]
+        self.degraded = True
+        self._emit(events.FellBack(cause, len(pending)))
+        # A split chunk runs whole; its parts are forgotten.
+        self._decisions += [RunHere(chunk, self._chunks[chunk].payload) for chunk in pending]
+        for part in [c for c in self._chunks if self._chunks[c].parent is not None]:
+            del self._chunks[part]
+        self._part_results.clear()
+
+    def _reroute(self, workers: list[WorkerInfo], pending: list[int], now: float) -> bool:
+        """With ``auto`` isolation, move the outstanding chunks to the other kind of worker, if any is alive."""
+        if self.isolation != "auto":
+            return False
+        route = route_for(workers, "auto")
+        if route is None or route.queue == self.route.queue:
+            return False
+        old, self.route = self.route, route
+        self._serving = {w.name for w in route.workers}
+        self._resend(pending, now)
+        names = tuple(w.name for w in route.workers)
+        self._emit(events.RouteMoved(old.tag, route.tag, names, len(pending), route.note))
+        return True
+
+    def _overdue(self, pending: list[int], now: float) -> None:
+        """Chunks announced by a worker that still serves, with no result long past the chunk time limit.
+
+        Celery kills a chunk's process at the time limit (and acknowledges the message, so the
+        broker never delivers it again); whatever else ended it without a word, no result can
+        come any more.
+        """
+        for chunk in pending:
+            waiting = self._chunks.get(chunk)
+            if waiting is None or chunk in self._ready or waiting.worker is None:
+                continue
+            if now - waiting.started_at > self.limits.overdue_after_s:
+                reason = events.Overdue(waiting.worker, now - waiting.started_at, self.limits.chunk_time_limit_s)
+                self._failed(chunk, reason, now, split=False)
+
+    # -- sending again, splitting, giving up --
+
+    def _pending(self) -> list[int]:
+        """Chunks and parts still to be answered; split chunks are not sent any more: their parts are."""
+        return [c for c, waiting in self._chunks.items() if c not in self._ready and waiting.parts is None]
+
+    def _resend(self, chunks: Iterable[int], now: float) -> None:
+        for chunk in chunks:
+            waiting = self._chunks.get(chunk)
+            if waiting is None or chunk in self._ready:
+                continue  # finished meanwhile (given up on, or its result came)
+            waiting.worker, waiting.sent_at = None, now
+            self._decisions.append(Send(chunk, waiting.payload, self.route.queue, resend=True))
+            self.resent += 1
+
+    def _failed(
+        self, chunk: int, reason: events.FailureReason, now: float, *, split: bool, then_split: bool = True
+    ) -> None:
+        """A delivery of ``chunk`` ended without a result: send it again, or split it once that
+        happened ``allowed`` times (at once if ``split``: sending it whole again cannot help).
+        Without ``then_split`` (no line can be to blame) a chunk out of deliveries gets error records."""
+        waiting = self._chunks[chunk]
+        waiting.failures += 1
+        waiting.worker = None
+        if split or waiting.failures >= waiting.allowed:
+            if split or then_split:
+                self._split(chunk, reason, now)
+            else:
+                self._give_up(chunk, reason)
+            return
+        self._emit(events.ChunkResent(chunk, *waiting.span, reason, waiting.failures, waiting.allowed))
+        self._resend([chunk], now)
+
+    def _split(self, chunk: int, reason: events.FailureReason, now: float) -> None:
+        """Run ``chunk``'s parts as chunks of their own; a chunk of one line gets its error record."""
+        waiting = self._chunks[chunk]
+        parts = split_request(waiting.payload, SPLIT_WAYS)
+        if not parts:
+            self._give_up(chunk, reason)
+            return
+        self._emit(events.ChunkSplit(chunk, *waiting.span, reason, len(parts)))
+        waiting.parts, waiting.worker = [], None
+        # Copies of the whole chunk still in the broker now find no lines, and end at once.
+        self._decisions.append(Forget(chunk))
+        for part in parts:
+            number, self._next_part = self._next_part, self._next_part + 1
+            part["chunk"] = number
+            allowed = PART_DELIVERIES if request_span(part)[1] > 1 else MAX_DELIVERIES
+            self._chunks[number] = _Chunk(part, now, allowed=allowed, parent=chunk)
+            waiting.parts.append(number)
+            self._decisions.append(Send(number, part, self.route.queue))
+
+    def _give_up(self, chunk: int, reason: events.FailureReason) -> None:
+        """Error records, written by the producer, for every line of ``chunk``."""
+        waiting = self._chunks[chunk]
+        self._emit(events.GaveUp(chunk, *waiting.span, reason))
+        message = f"no worker could process this line: {events.describe(reason)}"
+        result = failed_chunk_result(waiting.payload, ENGINE_FAILURE, message, mode=self.route.tag,
+                                     worker=self._producer)  # fmt: skip
+        self._complete(chunk, result)
+
+    def _complete(self, chunk: int, result: dict[str, Any]) -> None:
+        """``chunk`` has its result: ready to be written, or one part closer to its parent's."""
+        waiting = self._chunks[chunk]
+        self._drop_parts(waiting)
+        if waiting.parent is None:
+            self._ready[chunk] = result
+            return
+        del self._chunks[chunk]
+        self._decisions.append(Forget(chunk))
+        self._part_results[chunk] = result
+        parent = self._chunks.get(waiting.parent)
+        if parent is None or parent.parts is None or waiting.parent in self._ready:
+            return
+        if all(part in self._part_results for part in parent.parts):
+            results = [self._part_results.pop(part) for part in parent.parts]
+            self._complete(waiting.parent, merge_results(parent.payload, results))
+
+    def _drop_parts(self, waiting: _Chunk) -> None:
+        """Forget the parts of a chunk that has its result (a copy of the whole chunk may finish first)."""
+        for part in waiting.parts or []:
+            self._part_results.pop(part, None)
+            dropped = self._chunks.pop(part, None)
+            if dropped is not None:
+                self._decisions.append(Forget(part))
+                self._drop_parts(dropped)

@@ -1,0 +1,211 @@
+"""The Celery executor's transport: send a chunk by name, read the batch's result stream, tidy up.
+
+Thin on purpose: each call is one attempt at one thing, and raises what went wrong; what to do
+about it (retry, resend, split, give up) is the tracker's to decide (:mod:`.tracker`).
+
+Results never travel over pub/sub: each worker appends to the batch's own stream, which the
+producer reads at its own pace (:func:`.notices.decode_entry` turns an entry into what the
+tracker observes). The prompts never ride inside the broker message: the chunk's lines go to their own
+Redis key, and the message names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Any
+
+import redis
+from kombu.exceptions import ChannelError, OperationalError
+
+from hermes_worker.contract import (
+    ISOLATION_CONTAINER,
+    MAX_VALUE_BYTES,
+    TASK_NORMALIZE_CHUNK,
+    TEXT_KEY,
+    Reply,
+    request_span,
+)  # fmt: skip
+from hermes_worker.registry import WorkerInfo
+
+from .cluster import Cluster
+
+__all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
+
+# Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
+_BIG_VALUE_BYTES = 1 << 20
+
+
+class ValueTooLarge(Exception):
+    """Redis refuses a chunk's lines as one value: the chunk must be split."""
+
+
+class NotAnswering(Exception):
+    """Redis or the broker did not answer; ``what`` says which, ``cause`` how."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: {cause}")
+        self.what = what
+        self.cause = cause
+
+
+def summarize(payload: dict[str, Any]) -> str:
+    """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts."""
+    digest = hashlib.sha256()
+    chars = 0
+    if "text" in payload:
+        chars = len(payload["text"])
+        digest.update(payload["text"].encode("utf-8", "surrogatepass"))
+    for _line, _id, prompt, _error in payload.get("items") or []:
+        if isinstance(prompt, str):
+            chars += len(prompt)
+            digest.update(prompt.encode("utf-8", "surrogatepass"))
+    first, count = request_span(payload)
+    lines = f"lines {first}-{first + count - 1}" if count else "no lines"
+    return (
+        f"chunk {payload['chunk']}: {count} prompts ({lines}), {chars:,} chars, "
+        f"sha256 {digest.hexdigest()[:16]}, profile {payload['profile'].get('name')}"
+    )
+
+
+class ChunkTransport:
+    """One batch's traffic with the cluster: its chunks' lines and messages out, its stream in.
+
+    Args:
+        cluster: the connected cluster.
+        reply: the batch's result stream, and how long what the batch writes lives.
+        isolation: ``container`` marks every message so that only a container worker runs it.
+    """
+
+    def __init__(self, cluster: Cluster, reply: Reply, isolation: str) -> None:
+        self.cluster = cluster
+        self.reply = reply
+        self.stream = reply.stream
+        self._wire = reply.to_wire()
+        self._isolation = isolation
+        self._broker: Any = None  # a kombu connection for queue depths, opened when first needed
+        self._consumed: list[bytes] = []  # stream entries read, deleted once the next chunk is written
+        self._unwanted: list[str] = []  # keys of chunks' lines nobody needs, still to delete
+        # Where reading the stream resumes; "0" the first time: a resumed batch picks up
+        # results that arrived while no producer was reading.
+        self._last_id: bytes | str = "0"
+
+    def send(self, payload: dict[str, Any], queue: str) -> None:
+        """Write the chunk's lines, then send its message to ``queue``: one attempt.
+
+        Raises:
+            ValueTooLarge: the chunk's lines are too large for one Redis value.
+            NotAnswering: Redis or the broker did not answer.
+        """
+        message = {k: v for k, v in payload.items() if k != "text"}
+        if self._isolation == ISOLATION_CONTAINER:
+            message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
+        if "text" in payload:
+            # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
+            key = self.reply.text_key(payload["chunk"])
+            message |= {TEXT_KEY: key, "count": request_span(payload)[1]}
+            self._write_lines(key, payload["text"].encode("utf-8"))
+        try:
+            self.cluster.app.send_task(
+                TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload),
+                kwargsrepr="{}",
+            )  # fmt: skip
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            raise NotAnswering("the broker", exc) from exc
+
+    def _write_lines(self, key: str, body: bytes) -> None:
+        if len(body) > MAX_VALUE_BYTES:
+            bound = f"over the {MAX_VALUE_BYTES:,}-byte bound of one value"
+            raise ValueTooLarge(f"its lines are {len(body):,} bytes, {bound}")
+        try:
+            self.cluster.redis.set(key, body, ex=self.reply.ttl)
+        except redis.ConnectionError as exc:
+            # Redis drops the connection on a value over its proto-max-bulk-len: if it answers a
+            # ping at once, it was the size, and waiting will not help.
+            if len(body) > _BIG_VALUE_BYTES and self._answers():
+                raise ValueTooLarge(f"Redis refused its {len(body):,} bytes of lines ({exc})") from exc
+            raise NotAnswering("Redis", exc) from exc
+        except (redis.RedisError, OSError) as exc:
+            raise NotAnswering("Redis", exc) from exc
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.cluster.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The stream's next entries, waiting up to half a second for one.
+
+        Raises:
+            NotAnswering: Redis did not answer.
+        """
+        try:
+            reply: Any = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
+        except redis.RedisError as exc:
+            raise NotAnswering("Redis", exc) from exc
+        entries = [entry for _stream, stream_entries in reply or [] for entry in stream_entries]
+        if entries:
+            self._last_id = entries[-1][0]
+            self._consumed += [entry_id for entry_id, _fields in entries]
+        return entries
+
+    def written(self, chunk: int) -> None:
+        """Chunk ``chunk`` is written: the entries read so far and its lines may go.
+
+        Only now: a resumed batch would need them otherwise. What Redis refuses now is tried
+        again after the next chunk; a resumed batch skips it anyway.
+        """
+        self._unwanted.append(self.reply.text_key(chunk))
+        try:
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            if self._consumed:
+                pipe.xdel(self.stream, *self._consumed)
+            pipe.delete(*self._unwanted)
+            pipe.execute()
+        except redis.RedisError:
+            return
+        self._consumed.clear()
+        self._unwanted.clear()
+
+    def forget_lines(self, chunk: int) -> None:
+        """Delete the lines of a chunk nobody needs to run any more (a split chunk, a finished
+        part): copies of its message still in the broker then end at once, with an ``m`` notice."""
+        key = self.reply.text_key(chunk)
+        try:
+            self.cluster.redis.delete(key)
+        except redis.RedisError:
+            self._unwanted.append(key)  # tried again after the next chunk is written
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """The registry's live workers.
+
+        Raises:
+            redis.RedisError: Redis did not answer.
+        """
+        return self.cluster.live_workers()
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in ``queue``, or None if the broker cannot say right now."""
+        try:
+            if self._broker is None:
+                self._broker = self.cluster.app.connection_for_write()
+            _, count, _ = self._broker.default_channel.queue_declare(queue=queue, passive=True)
+            return int(count)
+        except ChannelError:
+            return 0  # "no such queue": the Redis transport's way of saying its list is empty
+        except Exception:
+            self.close()
+            return None
+
+    def finish(self) -> None:
+        """Drop the batch's result stream (call once every result is safely written)."""
+        with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
+            self.cluster.redis.delete(self.stream)
+
+    def close(self) -> None:
+        """Release the broker connection opened for queue depths, if any."""
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.release()
+            self._broker = None
