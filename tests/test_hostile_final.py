@@ -56,6 +56,7 @@ def test_a_deeply_nested_registry_entry_is_ignored_not_a_crash_of_every_command(
 def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[str, str]) -> None:
     """A forged entry nested too deeply on a batch's stream crashed the producer mid-batch."""
     from hermes_producer.celery_executor import CeleryExecutor
+    from hermes_producer.chunk_events import render
     from hermes_producer.cluster import Cluster, Route
     from hermes_worker.registry import WorkerInfo
     from hermes_worker.settings import Settings
@@ -63,9 +64,9 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
     cluster = Cluster.connect(Settings.from_env(cluster_env))
     route = Route("hermes.local", "local", [WorkerInfo("local@w", "local", 1, ["hermes.local"], "h", 1, {}, {})])
     messages: list[str] = []
-    executor = CeleryExecutor(cluster, route, on_reroute=messages.append)
+    executor = CeleryExecutor(cluster, route, on_event=lambda event: messages.append(render(event)))
 
-    def answer(payload: dict[str, Any]) -> None:
+    def answer(payload: dict[str, Any], queue: str) -> None:
         # Given a forged result and a forged notice, each nested too deeply, before the real result
         result = process_chunk(payload, mode="local", worker="local@w")
         lines = result.pop("lines")
@@ -73,7 +74,7 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
         cluster.redis.xadd(executor.stream, {"s": DEEP})
         cluster.redis.xadd(executor.stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
 
-    executor._send = answer  # type: ignore[method-assign]
+    executor.transport.send = answer  # type: ignore[method-assign]
     payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
                "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None]]}  # fmt: skip
 
