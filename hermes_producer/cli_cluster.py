@@ -22,7 +22,7 @@ from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
 
 from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, check_listen_address, fail, pass_context
-from .cluster import Cluster, ClusterRefused, ClusterUnavailable
+from .cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
 from .terminal import printable
 
 
@@ -80,10 +80,9 @@ def queue_depths(cluster: Cluster) -> dict[str, int]:
         channel = conn.default_channel
         for name in (QUEUE_CONTAINER, QUEUE_LOCAL):
             try:
-                _, count, _ = channel.queue_declare(queue=name, passive=True)
-            except Exception:
-                count = 0
-            depths[name] = int(count)
+                depths[name] = queue_depth(channel, name)
+            except Exception:  # status shows what it can: a queue it cannot ask about shows 0
+                depths[name] = 0
     return depths
 
 

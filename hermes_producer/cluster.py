@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery
 from kombu import Connection  # type: ignore[attr-defined]
+from kombu.exceptions import ChannelError
 
 from hermes_worker.celeryconfig import kombu_url, make_celery
 from hermes_worker.redact import redact, redact_url
@@ -21,7 +23,20 @@ from hermes_worker.settings import Settings
 
 from .routes import FALLBACK_MESSAGE, Route, route_for
 
-__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "route_for"]
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "queue_depth", "route_for"]
+
+
+def queue_depth(channel: Any, queue: str) -> int:
+    """Messages waiting in ``queue``, asked on a kombu ``channel`` of any broker kombu supports.
+
+    A queue the broker does not know counts as empty: that is how the Redis transport answers
+    for a list with nothing in it. Any other error is the caller's to judge.
+    """
+    try:
+        _, count, _ = channel.queue_declare(queue=queue, passive=True)
+    except ChannelError:
+        return 0
+    return int(count)
 
 
 class ClusterUnavailable(Exception):

@@ -16,7 +16,7 @@ import hashlib
 from typing import Any
 
 import redis
-from kombu.exceptions import ChannelError, OperationalError
+from kombu.exceptions import OperationalError
 
 from hermes_worker.contract import (
     ISOLATION_CONTAINER,
@@ -28,7 +28,7 @@ from hermes_worker.contract import (
 )  # fmt: skip
 from hermes_worker.registry import WorkerInfo
 
-from .cluster import Cluster
+from .cluster import Cluster, queue_depth
 
 __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 
@@ -190,10 +190,7 @@ class ChunkTransport:
         try:
             if self._broker is None:
                 self._broker = self.cluster.app.connection_for_write()
-            _, count, _ = self._broker.default_channel.queue_declare(queue=queue, passive=True)
-            return int(count)
-        except ChannelError:
-            return 0  # "no such queue": the Redis transport's way of saying its list is empty
+            return queue_depth(self._broker.default_channel, queue)
         except Exception:
             self.close()
             return None
