@@ -67,6 +67,7 @@ from hermes_worker.contract import (
     request_span,
     result_problem,
 )
+from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
@@ -136,7 +137,7 @@ class _Outstanding:
     parts: list[int] | None = None  # set once this chunk is split: its parts, in order
 
 
-class _TooLarge(Exception):
+class _TooLarge(HermesError):
     """Redis refuses a chunk's lines as one value: the chunk must be split."""
 
 

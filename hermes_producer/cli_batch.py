@@ -67,11 +67,8 @@ def open_input(path: str) -> Iterator[tuple[str, BinaryIO]]:
 
 
 def checked_output(path: str, what: str) -> OutputPath:
-    """``path`` checked as an output (see :mod:`.output`), or exit 2 naming it and the problem."""
-    try:
-        return check_output(path, what)
-    except OutputError as exc:
-        fail(str(exc))
+    """``path`` checked as an output (see :mod:`.output`); an OutputError names it and the problem."""
+    return check_output(path, what)
 
 
 @contextmanager
@@ -242,11 +239,8 @@ def batch(
         junit_file = Report.open(stack, "--junit", junit_path)
         _refuse_clashes(source, input_path, output, [r for r in (summary_json, junit_file) if r is not None])
         if output is not None:
-            try:
-                output.lock()
-                output.check_leftovers()
-            except OutputError as exc:
-                fail(str(exc))
+            output.lock()
+            output.check_leftovers()
         if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
             fail(f"--resume needs a regular file as input; {input_path} is not one")
 
@@ -408,17 +402,14 @@ def _run_to_file(
     skip = 0
     journal_name = output.describe(output.journal)
     if resume:
-        try:
-            sink, journal_handle = output.reopen()
-        except OutputError as exc:
-            fail(str(exc))
+        sink, journal_handle = output.reopen()
         journal = Journal(journal_handle, journal_name)
         try:
             point = journal.resume({"input": identity, "options": header_options}, sink.fileno())
-        except JournalError as exc:
+        except JournalError:
             sink.close()
             journal.close()
-            fail(str(exc))
+            raise
         skip = point.chunks_done
         summary = BatchSummary(
             total=point.ok + point.failed,
@@ -439,10 +430,7 @@ def _run_to_file(
             ctx.notice(
                 f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded"
             )
-        try:
-            sink, journal_handle = output.create()
-        except OutputError as exc:
-            fail(str(exc))
+        sink, journal_handle = output.create()
         journal = Journal(journal_handle, journal_name)
         journal.start(
             {
@@ -469,10 +457,7 @@ def _run_to_file(
                 source, sink, options, executor, progress, summary=summary, skip_chunks=skip, on_written=written
             ),
         )
-    try:
-        output.commit()
-    except OutputError as exc:
-        fail(str(exc))
+    output.commit()
     if isinstance(executor, CeleryExecutor):
         executor.finish()
     return outcome

@@ -16,6 +16,7 @@ from kombu import Connection  # type: ignore[attr-defined]
 
 from hermes_worker.celeryconfig import kombu_url, make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.redact import redact, redact_url
 from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
@@ -26,8 +27,8 @@ __all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable"
 FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
 
 
-class ClusterUnavailable(Exception):
-    """The broker or the result Redis does not answer."""
+class ClusterUnavailable(HermesError):
+    """The broker or the result Redis does not answer (exit 3 where nothing else can be done)."""
 
 
 class ClusterRefused(ClusterUnavailable):
@@ -35,8 +36,10 @@ class ClusterRefused(ClusterUnavailable):
     a TLS certificate that does not verify. A configuration error: never a reason to fall back.
 
     A subclass, so code that only knows "the cluster cannot be used" still stops using it;
-    :mod:`.dispatch` and the cluster commands tell the two apart.
+    :mod:`.dispatch` and the cluster commands tell the two apart. A usage error (exit 2).
     """
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True, slots=True)

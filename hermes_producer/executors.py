@@ -27,6 +27,7 @@ from typing import Any
 
 from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
 from hermes_worker.engine import ProfileError
+from hermes_worker.errors import HermesError
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.runners import LocalRunner, Runner, SandboxRunner
 from hermes_worker.sandbox.errors import SandboxError
@@ -37,8 +38,8 @@ from .splitting import merge_results, split_request
 __all__ = ["ExecutorError", "InProcessExecutor"]
 
 
-class ExecutorError(RuntimeError):
-    """Chunks could not be run at all (an infrastructure failure, not a bad item)."""
+class ExecutorError(HermesError):
+    """Chunks could not be run at all (an infrastructure failure, not a bad item: exit 3)."""
 
 
 # Runs of one chunk alone whose process dies before it is split (or, one line, failed).

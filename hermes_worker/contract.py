@@ -56,6 +56,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import HermesError
+
 # 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
 # 3: requests may carry raw input lines ("text"), parsed by the worker; results carry "ids".
 PAYLOAD_VERSION = 3
@@ -213,8 +215,13 @@ def result_problem(result: Any) -> str | None:
     return None
 
 
-class ContractError(ValueError):
-    """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message)."""
+class ContractError(HermesError, ValueError):
+    """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message).
+
+    Still a ``ValueError`` too: a payload that breaks the contract is a bad value, and readers of
+    untrusted data (the result-stream reader, JSON decoding) catch ``ValueError`` around decoding
+    and checking alike, to skip what no Hermes component wrote.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""One root exception for the engine, with narrow subclasses.
+"""The engine's errors: narrow subclasses of Hermes' one root (:mod:`hermes_worker.errors`).
 
 An :class:`ItemError` describes one bad prompt: it becomes that item's error record and never
 stops a batch. A :class:`ProfileError` describes a bad profile: it is a usage error.
@@ -6,13 +6,17 @@ stops a batch. A :class:`ProfileError` describes a bad profile: it is a usage er
 
 from __future__ import annotations
 
+from ..errors import EXIT_ITEMS_FAILED, EXIT_USAGE, HermesError
 
-class EngineError(Exception):
+
+class EngineError(HermesError):
     """Root of every error the engine raises on purpose."""
 
 
 class ProfileError(EngineError):
     """A profile is unknown, or a profile definition is invalid."""
+
+    exit_code = EXIT_USAGE
 
 
 class ItemError(EngineError):
@@ -21,6 +25,8 @@ class ItemError(EngineError):
     ``item_id``, when set, is the item's own (valid) id, for its error record; otherwise the
     record's id is the item's line number.
     """
+
+    exit_code = EXIT_ITEMS_FAILED  # `hermes run`: its one item failed
 
     def __init__(self, code: str, message: str, item_id: str | int | None = None) -> None:
         super().__init__(message)
