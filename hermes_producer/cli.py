@@ -1,7 +1,8 @@
 """The ``hermes`` command line: thin commands over the batch pipeline, store and log.
 
 Exit codes: 0 all ok, 1 some items failed, 2 usage error, 3 infrastructure or internal error,
-130 interrupted (see guard.py: no traceback ever reaches the user).
+130 interrupted. Commands let Hermes errors (hermes_worker.errors) through, each with its exit
+code; guard.py prints them, and no traceback ever reaches the user.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import click
 from hermes_worker import __version__
 from hermes_worker.contract import result_lines
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
-from hermes_worker.settings import Settings, SettingsError
+from hermes_worker.settings import Settings
 
 from . import logs
 from .batch import BatchOptions, chunk_requests
 from .cli_common import (
-    EXIT_INFRA,
     EXIT_ITEMS_FAILED,
     Context,
     fail,
@@ -32,7 +32,6 @@ from .cli_common import (
     read_prompt,
 )
 from .dispatch import Placement, choose_executor
-from .executors import ExecutorError
 from .guard import GuardedGroup
 from .terminal import printable, printable_json
 
@@ -50,10 +49,7 @@ def main(click_ctx: click.Context, quiet: bool) -> None:
       hermes batch examples/prompts.jsonl -o cleaned.jsonl
       hermes profiles
     """
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        fail(str(exc))
+    settings = Settings.from_env()  # a SettingsError names the variable (exit 2)
     log = logs.configure(settings.log_dir, settings.log_level)
     logs.event(
         log, logging.DEBUG, "cli.invoked", "command line", argv=logs.command_line(sys.argv[1:], click_ctx.command)
@@ -99,11 +95,8 @@ def run(
     )
     executor = choose_executor(ctx, Placement(isolation, no_fallback, wait_for_workers), processes=1)
     payload = next(chunk_requests(iter([[1, 1, prompt, None]]), options))
-    try:
-        with executor:
-            result = next(iter(executor.map_ordered([payload])))
-    except ExecutorError as exc:
-        fail(str(exc), EXIT_INFRA)
+    with executor:  # an ExecutorError: exit 3 naming what failed
+        result = next(iter(executor.map_ordered([payload])))
     executor.finish()
     record = json.loads(result_lines(result)[0])
     logs.event(ctx.log, logging.DEBUG, "run.finished", "one prompt", ok="error" not in record, profile=profile.name)

@@ -67,11 +67,8 @@ def open_input(path: str) -> Iterator[tuple[str, BinaryIO]]:
 
 
 def checked_output(path: str, what: str) -> OutputPath:
-    """``path`` checked as an output (see :mod:`.output`), or exit 2 naming it and the problem."""
-    try:
-        return check_output(path, what)
-    except OutputError as exc:
-        fail(str(exc))
+    """``path`` checked as an output (see :mod:`.output`); an OutputError names it and the problem."""
+    return check_output(path, what)
 
 
 @contextmanager
@@ -290,11 +287,8 @@ def _open_outputs(
     junit_file = Report.open(stack, "--junit", junit_path)
     _refuse_clashes(source, input_path, output, [r for r in (summary_json, junit_file) if r is not None])
     if output is not None:
-        try:
-            output.lock()
-            output.check_leftovers()
-        except OutputError as exc:
-            fail(str(exc))
+        output.lock()
+        output.check_leftovers()
     return output, summary_json, junit_file
 
 
@@ -454,10 +448,7 @@ def _run_to_file(
                 source, sink, options, executor, progress, summary=summary, skip_chunks=skip, on_written=written
             ),
         )
-    try:
-        output.commit()
-    except OutputError as exc:
-        fail(str(exc))
+    output.commit()
     executor.finish()
     return outcome
 
@@ -489,17 +480,14 @@ def _carried(point: ResumePoint) -> BatchSummary:
 
 def _resume(output: BatchOutput, header: dict[str, Any]) -> tuple[TextIO, Journal, ResumePoint]:
     """Reopen an interrupted batch's output and journal, cut back to the last chunk the journal vouches for."""
-    try:
-        sink, journal_handle = output.reopen()
-    except OutputError as exc:
-        fail(str(exc))
+    sink, journal_handle = output.reopen()
     journal = Journal(journal_handle, output.describe(output.journal))
     try:
         point = journal.resume(header, sink.fileno())
-    except JournalError as exc:
+    except JournalError:
         sink.close()
         journal.close()
-        fail(str(exc))
+        raise
     sink.truncate(point.output_size)
     sink.seek(point.output_size)
     return sink, journal, point
@@ -511,10 +499,7 @@ def _start(
     """Create the output's partial file and a journal whose header says what would make a resume valid."""
     if output.had_unfinished():
         ctx.notice(f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded")
-    try:
-        sink, journal_handle = output.create()
-    except OutputError as exc:
-        fail(str(exc))
+    sink, journal_handle = output.create()
     journal = Journal(journal_handle, output.describe(output.journal))
     journal.start(header | {"batch_id": getattr(executor, "batch_id", None) or os.urandom(8).hex()})
     return sink, journal

@@ -21,16 +21,17 @@ from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
 
-from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, check_listen_address, fail, pass_context
+from .cli_common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
 from .cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
 from .terminal import printable
 
 
 def _connect(ctx: Context) -> Cluster:
+    """The cluster; a refusal ends the command as it is (exit 2), an outage says what to do."""
     try:
         return Cluster.connect(ctx.settings)
-    except ClusterRefused as exc:
-        fail(str(exc), EXIT_USAGE)
+    except ClusterRefused:
+        raise
     except ClusterUnavailable as exc:
         fail(f"{exc}; set HERMES_BROKER_URL, or start Redis", EXIT_INFRA)
 

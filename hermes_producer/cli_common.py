@@ -11,13 +11,25 @@ from typing import Any, NoReturn
 
 import click
 
-from hermes_worker.engine import Profile, ProfileError, load_profile_file, resolve_profile
+from hermes_worker.engine import Profile, load_profile_file, resolve_profile
+from hermes_worker.errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, HermesError
 from hermes_worker.redact import redact
 from hermes_worker.settings import LIMITS, Settings, float_setting, int_setting, option_help
 
 from .terminal import printable
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = [
+    "EXIT_INFRA",
+    "EXIT_INTERRUPTED",
+    "EXIT_ITEMS_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "SQLITE_MAX_INT",
+    "CommandError",
+    "Context",
+    "fail",
+]
+
 # The largest integer SQLite stores: task ids and counts that reach the task store.
 SQLITE_MAX_INT = 2**63 - 1
 
@@ -36,11 +48,17 @@ class Context:
             click.echo(f"hermes: {printable(redact(message), keep_newlines=True)}", err=True)
 
 
+class CommandError(HermesError):
+    """A command refuses to go on: the reason is for the user, the exit code the command's."""
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    # Messages quote ids, file names, values and library errors: secrets masked, control
-    # characters shown, never obeyed by the terminal.
-    click.echo(f"hermes: error: {printable(redact(message), keep_newlines=True)}", err=True)
-    sys.exit(code)
+    """End the command with ``hermes: error: MESSAGE`` and exit ``code`` (2 unless told).
+
+    It raises, like every Hermes error: the entry point (:mod:`.guard`) prints and exits, after
+    the command's ``with`` blocks have closed what they opened.
+    """
+    raise CommandError(message, exit_code=code)
 
 
 class SettingNumber(click.ParamType[Any]):
@@ -125,14 +143,15 @@ def check_listen_address(option: str, address: str, port: int) -> None:
 
 def load_profile(ctx: Context, name: str | None, profile_file: Path | None) -> Profile:
     """The profile ``name`` (default: HERMES_PROFILE), among the built-ins and those of
-    ``profile_file`` (default: HERMES_PROFILE_FILE); exit 2 naming what is wrong."""
+    ``profile_file`` (default: HERMES_PROFILE_FILE).
+
+    Raises:
+        ProfileError: naming what is wrong (exit 2).
+    """
     profile_file = profile_file or ctx.settings.profile_file
-    try:
-        custom = load_profile_file(profile_file) if profile_file else {}
-        # An empty --profile is a mistake (an unset variable in a script), not a request for the default.
-        return resolve_profile(ctx.settings.profile if name is None else name, custom)
-    except ProfileError as exc:
-        fail(str(exc))
+    custom = load_profile_file(profile_file) if profile_file else {}
+    # An empty --profile is a mistake (an unset variable in a script), not a request for the default.
+    return resolve_profile(ctx.settings.profile if name is None else name, custom)
 
 
 def profile_options(command: Any) -> Any:

@@ -38,7 +38,7 @@ from .cli_common import (
 )
 from .dispatch import Placement, choose_executor
 from .executors import ChunkExecutor, ExecutorError
-from .output import OutputError, OutputPath, check_output, write_file
+from .output import OutputPath, check_output, write_file
 from .store import ClaimLost, StoreError, Task, TaskStore
 from .terminal import printable, printable_json
 
@@ -234,9 +234,9 @@ def queue(
                 except KeyboardInterrupt:
                     store.release(t.id for t in tasks)
                     fail("interrupted: unfinished tasks were rescheduled", EXIT_INTERRUPTED)
-                except ExecutorError as exc:
+                except ExecutorError:  # exit 3 naming what failed, once the tasks are released
                     store.release(t.id for t in tasks)
-                    fail(str(exc), EXIT_INFRA)
+                    raise
                 ran, ok, failed = ran + len(tasks), ok + round_ok, failed + round_failed
                 if remaining is not None:
                     remaining -= len(tasks)
@@ -271,10 +271,7 @@ def history(ctx: Context, count: int, export: str | None) -> None:
     if export is not None:
         task_id, path = parse_export(export)
         if path != "-":
-            try:
-                target = check_output(path, "--export")
-            except OutputError as exc:
-                fail(str(exc))
+            target = check_output(path, "--export")
     with open_store(ctx) as store, contextlib.ExitStack() as stack:
         if target is not None:
             stack.callback(target.close)
@@ -298,10 +295,7 @@ def history(ctx: Context, count: int, export: str | None) -> None:
             if target is None:
                 click.echo(printable_json(exported, indent=2), file=std_stream("stdout"))
                 return
-            try:
-                write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
-            except OutputError as exc:
-                fail(str(exc))
+            write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
             ctx.notice(f"task {task_id} exported to {path}")
             return
         finished = store.history(count)

@@ -16,6 +16,7 @@ from kombu import Connection  # type: ignore[attr-defined]
 from kombu.exceptions import ChannelError
 
 from hermes_worker.celeryconfig import kombu_url, make_celery
+from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.redact import redact, redact_url
 from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
@@ -39,8 +40,8 @@ def queue_depth(channel: Any, queue: str) -> int:
     return int(count)
 
 
-class ClusterUnavailable(Exception):
-    """The broker or the result Redis does not answer."""
+class ClusterUnavailable(HermesError):
+    """The broker or the result Redis does not answer (exit 3 where nothing else can be done)."""
 
 
 class ClusterRefused(ClusterUnavailable):
@@ -48,8 +49,10 @@ class ClusterRefused(ClusterUnavailable):
     a TLS certificate that does not verify. A configuration error: never a reason to fall back.
 
     A subclass, so code that only knows "the cluster cannot be used" still stops using it;
-    :mod:`.dispatch` and the cluster commands tell the two apart.
+    :mod:`.dispatch` and the cluster commands tell the two apart. A usage error (exit 2).
     """
+
+    exit_code = EXIT_USAGE
 
 
 class Cluster:

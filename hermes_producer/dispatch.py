@@ -3,18 +3,21 @@
 The rules, in order:
 
 0. A broker or result Redis that answers but refuses us (wrong password, no permission, a TLS
-   certificate that does not verify): exit 2 naming the URL (password masked) and the reason.
+   certificate that does not verify): :class:`ClusterRefused` (exit 2) naming the URL (password
+   masked) and the reason.
    A configuration error is never a reason to run somewhere else.
 1. No broker answering: in-process (the embedded default), with a one-line notice;
-   ``--no-fallback`` makes it exit 3. ``auto`` and ``container`` probe Docker here first and
+   ``--no-fallback`` makes it :class:`NowhereToRun` (exit 3). ``auto`` and ``container`` probe Docker here first and
    run inside sandbox sessions when it passes; ``auto`` otherwise says ``Docker is
-   unavailable, using local processing``, ``container`` exits 3.
+   unavailable, using local processing``, ``container`` raises :class:`NowhereToRun`.
 2. Broker answering, a live worker for the isolation asked for: the cluster.
    ``--isolation auto`` prefers container workers and, with none alive, uses local workers
    and says ``Docker is unavailable, using local processing``.
 3. Broker answering, no suitable worker: wait up to ``--wait-for-workers`` seconds; then, for
-   ``auto`` and ``local``, in-process with a notice (``--no-fallback``: exit 3 naming the kind
-   of worker missing). ``container`` never falls back to unisolated processing.
+   ``auto`` and ``local``, in-process with a notice (``--no-fallback``: :class:`NowhereToRun`
+   naming the kind of worker missing). ``container`` never falls back to unisolated processing.
+
+This module decides and raises; the command line turns its errors into exit codes (guard.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
@@ -31,11 +35,16 @@ from hermes_worker.redact import redact
 from . import logs
 from .celery_executor import CeleryExecutor
 from .chunk_events import Event, render
-from .cli_common import EXIT_INFRA, EXIT_USAGE, Context, fail
+from .cli_common import Context
 from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable, Route
 from .executors import ChunkExecutor, InProcessExecutor
 
-__all__ = ["Placement", "choose_executor"]
+__all__ = ["NowhereToRun", "Placement", "choose_executor"]
+
+
+class NowhereToRun(HermesError):
+    """No executor may take the chunks as asked: ``--isolation container`` with no container to
+    run in, or ``--no-fallback`` with no cluster to run on (an infrastructure error, exit 3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +59,10 @@ class Placement:
 def _probe_here(ctx: Context, isolation: str) -> str:
     """In-process isolation on this machine: ``container`` if the Docker probe passes here.
 
-    ``auto`` falls back to ``local`` with the same message a worker gives; ``container``
-    exits 3 with the reason and the fix.
+    ``auto`` falls back to ``local`` with the same message a worker gives.
+
+    Raises:
+        NowhereToRun: ``container`` asked for and the probe failed; the reason and the fix.
     """
     from hermes_worker.probe import probe  # Docker code only when a container is wanted
 
@@ -61,7 +72,7 @@ def _probe_here(ctx: Context, isolation: str) -> str:
     # The reason may name DOCKER_HOST, which can carry credentials.
     reason, fix = redact(outcome.reason), f". Fix: {redact(outcome.fix)}" if outcome.fix else ""
     if isolation == "container":
-        fail(f"--isolation container, but the Docker probe failed: {reason}{fix}", EXIT_INFRA)
+        raise NowhereToRun(f"--isolation container, but the Docker probe failed: {reason}{fix}")
     message = f"{FALLBACK_MESSAGE}: {reason}{fix}"
     ctx.notice(message)
     logs.event(ctx.log, logging.WARNING, "probe.fallback", message, reason=reason, fix=redact(outcome.fix))
@@ -73,7 +84,12 @@ def _in_process_fallback(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id: str | None = None) -> ChunkExecutor:
-    """Pick the executor for this command and tell the user, once, what was chosen and why."""
+    """Pick the executor for this command and tell the user, once, what was chosen and why.
+
+    Raises:
+        ClusterRefused: the broker or the result Redis refuses our credentials (exit 2).
+        NowhereToRun: the chunks may run nowhere that ``placement`` allows (exit 3).
+    """
     settings = ctx.settings
     isolation = placement.isolation or settings.isolation
     no_fallback = settings.no_fallback if placement.no_fallback is None else placement.no_fallback
@@ -82,9 +98,9 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
     def in_process(reason: str, embedded: bool) -> ChunkExecutor:
         """``embedded``: no broker at all, so this machine is the whole of Hermes."""
         if no_fallback:
-            fail(f"{reason}; --no-fallback forbids processing in-process", EXIT_INFRA)
+            raise NowhereToRun(f"{reason}; --no-fallback forbids processing in-process")
         if isolation == "container" and not embedded:
-            fail(f"{reason}; --isolation container never runs prompts outside a container", EXIT_INFRA)
+            raise NowhereToRun(f"{reason}; --isolation container never runs prompts outside a container")
         mode = "local" if isolation == "local" else _probe_here(ctx, isolation)
         executor = InProcessExecutor(processes, mode, settings)
         ctx.notice(f"{reason}: processing {executor.describe()}")
@@ -95,7 +111,7 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         cluster = Cluster.connect(settings)
     except ClusterRefused as exc:
         logs.event(ctx.log, logging.ERROR, "dispatch.refused", str(exc))
-        fail(str(exc), EXIT_USAGE)
+        raise
     except ClusterUnavailable as exc:
         return in_process(str(exc), embedded=True)
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
 from hermes_worker.engine import ProfileError
+from hermes_worker.errors import HermesError
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.runners import Runner, make_runner
 from hermes_worker.sandbox.errors import SandboxError
@@ -37,8 +38,8 @@ from .splitting import merge_results, split_request
 __all__ = ["ChunkExecutor", "ExecutorError", "InProcessExecutor"]
 
 
-class ExecutorError(RuntimeError):
-    """Chunks could not be run at all (an infrastructure failure, not a bad item)."""
+class ExecutorError(HermesError):
+    """Chunks could not be run at all (an infrastructure failure, not a bad item: exit 3)."""
 
 
 class ChunkExecutor(Protocol):

@@ -5,6 +5,9 @@ the ``hermes`` script and ``python -m hermes_producer`` call) runs the command i
 non-standalone mode and decides every ending itself:
 
 - usage errors (bad options, values out of range): click's message, exit 2, as before;
+- a Hermes error (:class:`~hermes_worker.errors.HermesError`), raised anywhere, by the library
+  or by a command's ``fail()``: ``hermes: error: REASON`` (and ``hermes: fix: FIX`` when it has
+  one), exit with the error's code: the one place where errors become exit codes;
 - Ctrl-C or click's ``Abort`` anywhere, even before a command has set up its own handling:
   ``hermes: interrupted``, exit 130 (click alone would print "Aborted!" and exit 1);
 - standard output closed by the reader (``hermes log | head``): silence, exit 141 like any
@@ -25,8 +28,10 @@ from typing import Any, NoReturn
 
 import click
 
+from hermes_worker.errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, HermesError
+from hermes_worker.redact import redact
+
 from . import logs
-from .cli_common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE
 from .terminal import printable
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "GuardedGroup"]
@@ -60,6 +65,8 @@ class GuardedGroup(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:
             _show_click_error(exc)
+        except HermesError as exc:
+            _show_error(exc)
         except Exception as exc:  # the last line of defence: everything else is a bug
             _internal_error(exc)
         # Non-standalone mode returns the command's return value (None) or ctx.exit()'s code.
@@ -109,6 +116,15 @@ def _show_click_error(exc: click.ClickException) -> NoReturn:
     _say(printable(shown.getvalue().rstrip("\n"), keep_newlines=True))
     # A plain ClickException exits 1 in click, which Hermes reserves for "some items failed".
     sys.exit(exc.exit_code if isinstance(exc, click.UsageError) else EXIT_USAGE)
+
+
+def _show_error(exc: HermesError) -> NoReturn:
+    # Reasons quote ids, file names, values and library errors: secrets masked, control
+    # characters shown, never obeyed by the terminal.
+    _say(f"hermes: error: {printable(redact(exc.reason), keep_newlines=True)}")
+    if exc.fix:
+        _say(f"hermes: fix: {printable(redact(exc.fix), keep_newlines=True)}")
+    sys.exit(exc.exit_code)
 
 
 def _quiet_broken_pipe() -> NoReturn:

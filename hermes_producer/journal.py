@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hermes_worker.errors import EXIT_USAGE, HermesError
+
 __all__ = ["Journal", "JournalError", "ResumePoint", "input_identity"]
 
 
-class JournalError(Exception):
-    """The journal cannot be used to resume; the message says why and what to do."""
+class JournalError(HermesError):
+    """The journal cannot be used to resume; the message says why and what to do (exit 2: the
+    batch has not started, and the command line or the files need changing)."""
+
+    exit_code = EXIT_USAGE
 
 
 def input_identity(path: str) -> dict[str, Any]:

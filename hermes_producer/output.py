@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from hermes_worker.errors import EXIT_USAGE, HermesError
+
 __all__ = ["BatchOutput", "OutputError", "OutputPath", "check_output", "write_file"]
 
 PARTIAL_SUFFIX = ".partial"
@@ -48,8 +50,10 @@ _OPEN_NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_EXISTING = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-class OutputError(Exception):
-    """An output cannot be written; the message names the path and the problem."""
+class OutputError(HermesError):
+    """An output cannot be written; the message names the path and the problem (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 def _kind(mode: int) -> str | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.timestamps import utc_iso
 
 from . import privacy
@@ -70,12 +71,14 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _COLUMNS = "id, created_at, prompt, profile, max_validation, status, finished_at, result"
 
 
-class StoreError(Exception):
-    """The task store cannot do what was asked; the message names the task or the file."""
+class StoreError(HermesError):
+    """The task store cannot do what was asked; the message names the task or the file (exit 3)."""
 
 
 class TaskNotFound(StoreError):
-    """No task has that id."""
+    """No task has that id (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ClaimLost(StoreError):

@@ -26,6 +26,7 @@ from hermes_worker.contract import (
     Reply,
     request_span,
 )  # fmt: skip
+from hermes_worker.errors import HermesError
 from hermes_worker.registry import WorkerInfo
 
 from .cluster import Cluster, queue_depth
@@ -36,11 +37,11 @@ __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 _BIG_VALUE_BYTES = 1 << 20
 
 
-class ValueTooLarge(Exception):
+class ValueTooLarge(HermesError):
     """Redis refuses a chunk's lines as one value: the chunk must be split."""
 
 
-class NotAnswering(Exception):
+class NotAnswering(HermesError):
     """Redis or the broker did not answer; ``what`` says which, ``cause`` how."""
 
     def __init__(self, what: str, cause: BaseException) -> None:

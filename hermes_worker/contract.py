@@ -61,6 +61,7 @@ from .engine.errors import LONE_SURROGATE as LONE_SURROGATE
 from .engine.errors import NUL_BYTE as NUL_BYTE
 from .engine.errors import TOO_LARGE as TOO_LARGE
 from .engine.errors import TOO_SLOW as TOO_SLOW
+from .errors import HermesError
 
 # 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
 # 3: requests may carry raw input lines ("text"), parsed by the worker; results carry "ids".
@@ -217,8 +218,13 @@ def result_problem(result: Any) -> str | None:
     return None
 
 
-class ContractError(ValueError):
-    """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message)."""
+class ContractError(HermesError, ValueError):
+    """A payload does not follow the contract (a bug, a version mismatch, or a hand-made message).
+
+    Still a ``ValueError`` too: a payload that breaks the contract is a bad value, and readers of
+    untrusted data (the result-stream reader, JSON decoding) catch ``ValueError`` around decoding
+    and checking alike, to skip what no Hermes component wrote.
+    """
 
 
 @dataclass(frozen=True, slots=True)

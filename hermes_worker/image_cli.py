@@ -1,4 +1,8 @@
-"""`hermes image`: build the sandbox image, with no registry needed."""
+"""`hermes image`: build the sandbox image, with no registry needed.
+
+Errors are raised, not printed: a SettingsError (exit 2) or a SandboxError (exit 3, with its
+fix) ends the command through the `hermes` group's entry point (hermes_producer/guard.py).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import sys
 
 import click
 
-from .redact import redact
-from .settings import Settings, SettingsError
+from .settings import Settings
 
 __all__ = ["image"]
 
@@ -46,24 +49,14 @@ def build(base: str | None, tags: tuple[str, ...], rebuild: bool, verbose: bool)
       hermes image build
       ops/build-base-image.sh && hermes image build --base hermes-base:bookworm   # air gap
     """
-    from .sandbox.errors import SandboxError  # Docker code only when an image is wanted
-    from .sandbox.image import DEFAULT_BASE, build_image
+    from .sandbox.image import DEFAULT_BASE, build_image  # Docker code only when an image is wanted
 
     obj = click.get_current_context().find_root().obj
-    try:
-        settings = obj.settings if hasattr(obj, "settings") else Settings.from_env()
-    except SettingsError as exc:
-        click.echo(f"hermes: error: {exc}", err=True)
-        sys.exit(2)
+    settings = obj.settings if hasattr(obj, "settings") else Settings.from_env()
     if verbose:
         logging.getLogger("hermes.sandbox").addHandler(logging.StreamHandler(sys.stderr))
         logging.getLogger("hermes.sandbox").setLevel(logging.DEBUG)
-    try:
-        built = build_image(base=base or DEFAULT_BASE, tags=tags or (settings.sandbox_image,), rebuild=rebuild)
-    except SandboxError as exc:
-        # The reason may name DOCKER_HOST, credentials and all.
-        click.echo(redact(f"hermes: error: {exc.reason}" + (f"\nhermes: fix: {exc.fix}" if exc.fix else "")), err=True)
-        sys.exit(3)
+    built = build_image(base=base or DEFAULT_BASE, tags=tags or (settings.sandbox_image,), rebuild=rebuild)
     click.echo(f"{built.tag} {built.digest}")
     for extra in built.tags[1:]:
         click.echo(f"tagged {extra}", err=True)

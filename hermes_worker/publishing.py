@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from .contract import EVENTS_MAXLEN, KEY_EVENTS
+from .errors import HermesError
 from .metrics import add as add_metrics
 
 __all__ = ["Publisher", "Unpublishable"]
@@ -28,7 +29,7 @@ _BIG_VALUE_BYTES = 1 << 20
 _TRANSIENT = ("LOADING", "READONLY", "MISCONF", "OOM", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "BUSY")
 
 
-class Unpublishable(Exception):
+class Unpublishable(HermesError):
     """Redis refuses what a worker tries to publish, for a reason that waiting does not fix."""
 
     def __init__(self, reason: str, *, too_large: bool = False) -> None:

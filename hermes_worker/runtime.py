@@ -135,6 +135,8 @@ class WorkerRuntime:
             announce(self.identity, None)
             self._decided = True
         if self.settings.worker_mode == "container" and self.identity.tag != "container":
+            # SystemExit, not a HermesError: Celery's signal dispatcher logs and swallows any
+            # Exception a receiver raises, and the worker would start anyway (`celery -A`).
             raise SystemExit(f"--mode container, but {FALLBACK_MESSAGE.lower()}: {self.identity.probe.get('reason')}")
         # The tag decides the queue: a local worker never takes container work, or vice versa.
         # (A -Q on the command line selects again after this; the guard refuses what it lets in.)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from . import contract
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
+from .errors import EXIT_USAGE, HermesError
 from .redact import redact, remember, url_secrets
 from .setting_parsers import (
     REDIS_SCHEMES,
@@ -59,8 +60,15 @@ __all__ = [
 T = TypeVar("T")
 
 
-class SettingsError(ValueError):
-    """An environment variable holds a value Hermes cannot use; the message names it."""
+class SettingsError(HermesError):
+    """An environment variable holds a value Hermes cannot use; the message names it (exit 2).
+
+    Not a ``ValueError``: the parsers raise ``ValueError`` (:mod:`.setting_parsers`) and
+    :class:`Setting` turns it into this, naming the variable; nothing catches ``ValueError`` to
+    get one.
+    """
+
+    exit_code = EXIT_USAGE
 
 
 class _Required(Enum):

@@ -18,13 +18,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import EXIT_USAGE, HermesError
+
 __all__ = ["SigningError", "check_files", "enable"]
 
 _JSON = "application/json"
 
 
-class SigningError(ValueError):
-    """The signing files cannot be used; the message says which and why (never their contents)."""
+class SigningError(HermesError):
+    """The signing files cannot be used; the message says which and why (never their contents).
+
+    A usage error (exit 2): the files are named by ``HERMES_SIGNING_*``, and ``Settings.from_env``
+    turns it into a ``SettingsError`` (not its subclass: :mod:`.settings` imports this module).
+    """
+
+    exit_code = EXIT_USAGE
 
 
 def _imports() -> Any:

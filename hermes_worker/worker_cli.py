@@ -1,16 +1,24 @@
-"""`hermes worker`: probe Docker, then run a Celery worker tagged and routed by the outcome."""
+"""`hermes worker`: probe Docker, then run a Celery worker tagged and routed by the outcome.
+
+A worker that must not start raises :class:`WorkerRefused` with its exit code; the `hermes`
+group's entry point (hermes_producer/guard.py) prints it and exits.
+"""
 
 from __future__ import annotations
 
 import socket
-import sys
-from typing import NoReturn
 
 import click
 
 from .contract import QUEUE_FOR_TAG
+from .errors import EXIT_INFRA, EXIT_USAGE, HermesError
 from .redact import redact, redact_url
 from .settings import LIMITS, Settings, listen_address, option_help
+
+
+class WorkerRefused(HermesError):
+    """The worker will not start: the broker or the result Redis refuses its credentials (exit
+    2), or ``--mode container`` and the Docker probe failed (exit 3)."""
 
 
 @click.command()
@@ -82,11 +90,12 @@ def worker(
 
     refused = credentials_refused(settings)
     if refused is not None:
-        _fail(refused, 2)
+        raise WorkerRefused(refused, exit_code=EXIT_USAGE)
     identity = decide(settings)
     found = identity.probe
     if settings.worker_mode == "container" and identity.tag != "container":
-        _fail(f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}", 3)
+        message = f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}"
+        raise WorkerRefused(message, exit_code=EXIT_INFRA)
     node = f"{identity.tag}@{name or socket.gethostname()}"
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
@@ -169,8 +178,3 @@ def _address(value: str | None) -> str | None:
         return None if value is None else listen_address(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"hermes: error: {redact(message)}", err=True)
-    sys.exit(code)

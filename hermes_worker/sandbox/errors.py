@@ -1,4 +1,4 @@
-"""One root exception for the sandbox, with narrow subclasses.
+"""The sandbox's errors: one branch of Hermes' root (:mod:`hermes_worker.errors`), narrow subclasses.
 
 Docker, requests and dagger errors never leave :mod:`hermes_worker.sandbox`: each backend
 translates them at its boundary into one of these, with a ``reason`` (what went wrong, short
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+
+from ..errors import HermesError
 
 __all__ = [
     "ContainerDied",
@@ -29,18 +31,13 @@ _FIX_START = "start it: sudo systemctl start docker (or ops/ensure-docker.sh); c
 _FIX_GROUP = "add the user to the docker group: sudo usermod -aG docker $USER, then log in again (or newgrp docker)"
 
 
-class SandboxError(Exception):
-    """Root of every error the sandbox raises on purpose.
+class SandboxError(HermesError):
+    """Root of every error the sandbox raises on purpose: an infrastructure error (exit 3).
 
     Attributes:
-        reason: what went wrong, one line.
+        reason: what went wrong, one line (short enough for a worker tag).
         fix: what to do about it, or an empty string when there is nothing to do.
     """
-
-    def __init__(self, reason: str, fix: str = "") -> None:
-        super().__init__(f"{reason} (fix: {fix})" if fix else reason)
-        self.reason = reason
-        self.fix = fix
 
 
 class DockerUnavailable(SandboxError):

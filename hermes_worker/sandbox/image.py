@@ -42,6 +42,7 @@ DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 _SOURCES = (
     "__init__.py",
     "contract.py",
+    "errors.py",
     "lines.py",
     "processing.py",
     "engine/*.py",
