@@ -35,14 +35,19 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 class Flower:
     """A running `hermes flower`, and raw HTTP to it: any method, any path, exactly as written."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, log: Path) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.log = log
 
-    def call(self, method: str, path: str, body: str | None = None, auth: bool = True) -> tuple[int, str]:
+    def call(
+        self, method: str, path: str, body: str | None = None, auth: bool = True, login: str | None = None
+    ) -> tuple[int, str]:
+        """``login``: the ``user:password`` to send (default: the right one), UTF-8 encoded."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
         if auth:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            credential = base64.b64encode((login or f"{USER}:{PASSWORD}").encode()).decode()
+            headers["Authorization"] = "Basic " + credential
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
         try:
             connection.request(method, path, body=body, headers=headers)
@@ -63,13 +68,13 @@ FlowerFactory = Callable[..., Flower]
 def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[FlowerFactory]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Flower:
-        flower = Flower(free_port())
-        full_env = dict(cluster_env, HERMES_FLOWER_USER=USER, HERMES_FLOWER_PASSWORD=PASSWORD, **(env or {}))
-        log = tmp_path / f"flower-{flower.port}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(flower.port),
-                                        *args], env=full_env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Flower:
+        port = free_port()
+        flower = Flower(port, tmp_path / f"flower-{port}.log")
+        full_env = {**cluster_env, "HERMES_FLOWER_USER": USER, "HERMES_FLOWER_PASSWORD": PASSWORD, **(env or {})}
+        with flower.log.open("wb") as out:
+            command = [sys.executable, "-m", "hermes_producer", "flower", "--port", str(flower.port), *args]
+            process = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         processes.append(process)
         deadline = time.monotonic() + 30
         while True:
@@ -78,7 +83,7 @@ def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Flower
                     return flower
             except OSError:
                 pass
-            assert process.poll() is None, log.read_text()
+            assert process.poll() is None, flower.log.read_text()
             assert time.monotonic() < deadline, "Flower did not answer"
             time.sleep(0.2)
 
@@ -263,6 +268,76 @@ def test_the_dashboard_shows_no_control_buttons_and_refuses_their_requests(
             browser.close()
     assert buttons == 0
     assert status == 403 and "read-only" in text
+
+
+def test_the_login_is_the_whole_password_whatever_its_characters(
+    start_worker: WorkerFactory, start_flower: FlowerFactory
+) -> None:
+    """Flower's own FLOWER_BASIC_AUTH split a password at its commas (each piece a login of its own:
+    here "1" alone got in) and answered 500, with a traceback in its log, to any non-ASCII login."""
+    password = "s\u00e4kret,1"
+    start_worker("w1")
+    flower = start_flower(env={"HERMES_FLOWER_PASSWORD": password})
+    for path in ("/api/workers", "/workers", "/api/worker/shutdown/local@w1"):
+        assert flower.call("GET", path, login=f"{USER}:{password}")[0] in (200, 403), path
+        for wrong in ("1", f"{USER}:s\u00e4kret", f"{USER}:\u00e9", "\u00e9", f"{USER}:{password}\n", ":"):
+            assert flower.call("GET", path, login=wrong)[0] == 401, (path, wrong)
+    assert "Traceback" not in flower.log.read_text(encoding="utf-8", errors="replace")
+
+
+PLANTED_MODULE = """
+import importlib, os, sys
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ran-humanize"), "w").close()
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+del sys.modules["humanize"]
+sys.modules["humanize"] = importlib.import_module("humanize")  # the real one: Flower starts as usual
+"""
+PLANTED_CONFIG = """
+import os
+open(os.path.join(os.getcwd(), "ran-flowerconfig"), "w").close()
+basic_auth = ["x:y"]
+"""
+
+
+def test_flower_runs_nothing_from_the_directory_it_starts_in(
+    start_worker: WorkerFactory, start_flower: FlowerFactory, tmp_path: Path
+) -> None:
+    """Given a directory anyone can write to, with a module Flower imports and a flowerconfig.py
+    planted in it; when `hermes flower` starts there; then neither runs and the login is Hermes'."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "humanize.py").write_text(PLANTED_MODULE)
+    (shared / "flowerconfig.py").write_text(PLANTED_CONFIG)
+    start_worker("w1")
+    flower = start_flower(cwd=shared)
+    assert flower.call("GET", "/api/workers")[0] == 200
+    assert flower.call("GET", "/api/workers", login="x:y")[0] == 401
+    assert sorted(path.name for path in shared.iterdir()) == ["flowerconfig.py", "humanize.py"]
+
+
+@pytest.mark.parametrize(
+    ("arg", "instead"),
+    [
+        ("--basic-auth=ops:on-the-command-line", "HERMES_FLOWER_PASSWORD"),
+        ("--basic_auth=ops:on-the-command-line", "HERMES_FLOWER_PASSWORD"),
+        ("--cookie-secret=on-the-command-line", "FLOWER_COOKIE_SECRET"),
+        ("--oauth2_secret=on-the-command-line", "FLOWER_OAUTH2_SECRET"),
+        ("--broker-api=http://guest:on-the-command-line@mq:15672/api/", "FLOWER_BROKER_API"),
+    ],
+)
+def test_flower_refuses_a_secret_on_its_command_line(hermes: HermesRunner, arg: str, instead: str) -> None:
+    """`ps` shows every command line to every user of the machine: Flower gets secrets in its environment."""
+    env = {"HERMES_FLOWER_USER": USER, "HERMES_FLOWER_PASSWORD": PASSWORD}
+    done = hermes("flower", "--port", str(free_port()), "--", arg, env=env, timeout=30)
+    assert done.returncode == 2 and instead in done.stderr and "environment" in done.stderr, done.stderr
+    assert "on-the-command-line" not in done.stderr + done.stdout
+
+
+def test_flower_refuses_a_user_name_with_a_colon(hermes: HermesRunner) -> None:
+    env = {"HERMES_FLOWER_USER": "ops:admin", "HERMES_FLOWER_PASSWORD": PASSWORD}
+    done = hermes("flower", "--port", str(free_port()), env=env, timeout=30)
+    assert done.returncode == 2 and "HERMES_FLOWER_USER" in done.stderr and "':'" in done.stderr, done.stderr
 
 
 def test_flower_help_says_what_a_login_can_and_cannot_do(hermes: HermesRunner) -> None:
