@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
+import logging
 import os
 import sys
 from typing import Any
@@ -36,6 +38,8 @@ from flower.views import workers as view_workers
 from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.settings import Settings
+
+from .terminal import printable
 
 _active_queue_names = BaseHandler.get_active_queue_names
 
@@ -157,9 +161,29 @@ def read_only(allow_control: bool) -> None:
     Flower.__init__ = read_only_init
 
 
+def printable_log() -> None:
+    """Make every log record of this process printable: control characters shown, never obeyed.
+
+    Flower's log quotes what requests and the broker say (a path, an unknown worker's name):
+    a logged-in user could otherwise write terminal escapes into the operator's terminal or journal.
+    Newlines stay; Tornado's formatter indents the lines after the first, so none poses as a record.
+    """
+    make_record = logging.getLogRecordFactory()
+
+    def printable_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        # A message that does not format stays as it is: logging reports it, as it always has.
+        with contextlib.suppress(TypeError, ValueError):
+            record.msg, record.args = printable(record.getMessage(), keep_newlines=True), None
+        return record
+
+    logging.setLogRecordFactory(printable_record)
+
+
 settings = Settings.from_env()
 if not getattr(Flower, "hermes_guarded", False):  # once, however many times this module is imported
     setattr(Flower, "hermes_guarded", True)  # noqa: B010 (an attribute of Flower's class, not ours)
+    printable_log()
     read_only(settings.flower_allow_control)
     if settings.flower_user and settings.flower_password:
         require_login(settings.flower_user, settings.flower_password)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flower.urls import handlers as flower_handlers
@@ -338,6 +339,74 @@ def test_flower_refuses_a_user_name_with_a_colon(hermes: HermesRunner) -> None:
     env = {"HERMES_FLOWER_USER": "ops:admin", "HERMES_FLOWER_PASSWORD": PASSWORD}
     done = hermes("flower", "--port", str(free_port()), env=env, timeout=30)
     assert done.returncode == 2 and "HERMES_FLOWER_USER" in done.stderr and "':'" in done.stderr, done.stderr
+
+
+def test_flower_log_shows_control_characters_and_never_obeys_them(
+    start_worker: WorkerFactory, start_flower: FlowerFactory
+) -> None:
+    """A logged-in user asks for a worker whose name is a terminal escape and a forged log line;
+    Flower logs the unknown name, with the escape shown, never raw, and the line indented."""
+    start_worker("w1")
+    flower = start_flower()
+    forged = "x\n[E 261129 19:00:00 web:1] FORGED\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    status, _ = flower.call("GET", "/worker/" + quote(forged, safe=""))
+    assert status == 404
+    log = wait_for(lambda: (lambda text: text if "FORGED" in text else None)(flower.log.read_text("utf-8")),
+                   "the unknown worker in Flower's log")  # fmt: skip
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", log), log
+    assert "\\x1b]0;pwned\\x07" in log
+    assert not re.search("^\\[E [^\n]*FORGED", log, re.MULTILINE)
+
+
+def script(tag: str) -> str:
+    """Markup that, if a page ran it, would leave ``tag`` in ``window.ran``."""
+    run = f"(window.ran=window.ran||[]).push('{tag}')"
+    return f'"><img src=x onerror="{run}"><script>{run}</script>\'`'
+
+
+def test_a_broker_writer_cannot_run_script_in_the_dashboard(
+    start_worker: WorkerFactory, start_flower: FlowerFactory, cluster_env: dict[str, str]
+) -> None:
+    """Given worker and task events forged on the broker with markup in every field Flower shows;
+    when a logged-in browser opens every page that shows them; then all of it is text, none runs."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        missing("Debian's chromium is not installed (apt-get install chromium)")
+    from hermes_worker.celeryconfig import make_celery
+    from hermes_worker.settings import Settings
+
+    start_worker("w1")
+    flower = start_flower()
+    host, task = "evil" + script("host") + "@h", "t" + script("uuid")
+    app = make_celery(Settings.from_env(cluster_env))
+    with app.connection() as connection:
+        events = app.events.Dispatcher(connection, hostname=host, enabled=True)
+        events.send("worker-online", freq=2, sw_ident=script("sw_ident"), sw_ver=script("sw_ver"))
+        events.send("task-received", uuid=task, name="hermes." + script("name"), args=script("args"),
+                    kwargs=script("kwargs"), eta=script("eta"), routing_key=script("routing_key"))  # fmt: skip
+        events.send("task-failed", uuid=task, exception=script("exception"), traceback=script("traceback"))
+    wait_for(lambda: task in json.loads(flower.call("GET", "/api/tasks")[1]), "the forged task in Flower")
+    pages = ["/workers", "/tasks", f"/task/{quote(task, safe='')}", f"/worker/{quote(host, safe='')}",
+             f"/worker/{quote(script('missing'), safe='')}", "/broker"]  # fmt: skip
+    ran: dict[str, list[str]] = {}
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])  # fmt: skip
+        try:
+            page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}).new_page()
+            page.on("dialog", lambda dialog: dialog.dismiss())
+            for path in pages:
+                page.goto(f"{flower.url}{path}")
+                page.wait_for_load_state("networkidle")
+                ran[path] = page.evaluate("window.ran || []")
+            page.goto(f"{flower.url}/tasks")
+            page.wait_for_selector("text=hermes.", timeout=30_000)  # the forged name, shown as text
+            ran["/tasks rows"] = page.evaluate("window.ran || []")
+        finally:
+            browser.close()
+    assert ran == {path: [] for path in ran}
 
 
 def test_flower_help_says_what_a_login_can_and_cannot_do(hermes: HermesRunner) -> None:
