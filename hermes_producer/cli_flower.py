@@ -14,6 +14,14 @@ from .cli_common import Context, check_listen_address, fail, pass_context
 
 # Flower's own OAuth configuration: with it, basic auth is not required.
 _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
+# Flower options that carry a secret, and where to put it instead: `ps` shows every process's
+# command line to every user of the machine.
+_SECRET_OPTIONS = {
+    "basic_auth": "HERMES_FLOWER_USER and HERMES_FLOWER_PASSWORD",
+    "oauth2_secret": "FLOWER_OAUTH2_SECRET",
+    "cookie_secret": "FLOWER_COOKIE_SECRET",
+    "broker_api": "FLOWER_BROKER_API",
+}
 
 
 @click.command()
@@ -56,6 +64,15 @@ def flower(
       hermes flower --allow-control      # the operators' own Flower, with the buttons
     """
     settings = ctx.settings
+    for arg in flower_args:
+        name = arg.lstrip("-").partition("=")[0].replace("-", "_").lower()
+        if name in _SECRET_OPTIONS:
+            fail(
+                f"Flower's option {name!r} takes a secret, and every user of this machine can read a "
+                f"command line (ps): set {_SECRET_OPTIONS[name]} in the environment instead"
+            )
+    if ":" in settings.flower_user:
+        fail("HERMES_FLOWER_USER contains ':', which HTTP basic auth cannot carry in a user name")
     env = dict(os.environ)
     if allow_control or settings.flower_allow_control:
         env["HERMES_FLOWER_ALLOW_CONTROL"] = "1"
@@ -63,7 +80,9 @@ def flower(
     else:
         env.pop("HERMES_FLOWER_ALLOW_CONTROL", None)
     if settings.flower_user and settings.flower_password:
-        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
+        # flower_main checks this login itself (Flower's FLOWER_BASIC_AUTH splits it at commas).
+        env["HERMES_FLOWER_USER"], env["HERMES_FLOWER_PASSWORD"] = settings.flower_user, settings.flower_password
+        env.pop("FLOWER_BASIC_AUTH", None)
     elif any(env.get(name) for name in _OAUTH_VARIABLES):
         pass  # Flower enforces its OAuth configuration itself
     elif not insecure_no_auth:
@@ -76,6 +95,7 @@ def flower(
     check_listen_address("--address", address or settings.flower_address, port or settings.flower_port)
     argv = [
         sys.executable,
+        "-P",  # nothing imported from the current directory, whoever can write there
         "-m",
         "hermes_producer.flower_main",
         f"--port={port or settings.flower_port}",

@@ -1,8 +1,11 @@
 """`hermes flower` runs this: Flower on Hermes' Celery configuration, read-only unless told otherwise.
 
-Run as ``python -m hermes_producer.flower_main [flower options]``. Credentials arrive in
-Flower's own environment variables (``FLOWER_BASIC_AUTH``), never on the command line where
-`ps` would show them.
+Run as ``python -P -m hermes_producer.flower_main [flower options]``. The login arrives in the
+environment (``HERMES_FLOWER_USER``, ``HERMES_FLOWER_PASSWORD``), never on the command line where
+`ps` would show it, and is checked here, byte for byte: Flower's own ``FLOWER_BASIC_AUTH`` would
+split a password at its commas (each piece a login of its own) and fail with a 500 on any
+non-ASCII login. Nothing is read from the directory Flower starts in: no module (``-P``) and no
+``flowerconfig.py`` (Flower's default configuration file is Python, run as it is read).
 
 Read-only by default: a Flower login may look at everything Flower shows, and change nothing.
 Every request is checked against the handler Flower routed it to (not its path, so no spelling
@@ -15,6 +18,12 @@ commands that would change them unless they run with ``HERMES_WORKER_REMOTE_CONT
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import os
 import sys
 from typing import Any
 
@@ -29,6 +38,8 @@ from flower.views import workers as view_workers
 from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 from hermes_worker.settings import Settings
+
+from .terminal import printable
 
 _active_queue_names = BaseHandler.get_active_queue_names
 
@@ -90,6 +101,46 @@ class Forbidden(BaseHandler):
         self.finish(exc.log_message if isinstance(exc, tornado.web.HTTPError) else "Forbidden")
 
 
+def login_matches(authorization: str, user: str, password: str) -> bool:
+    """Whether an ``Authorization`` header carries exactly ``user:password`` (HTTP basic auth).
+
+    Compared as bytes (UTF-8), so a login in any script works and no header can raise; the
+    whole login, commas and colons included, is one credential.
+    """
+    scheme, _, token = authorization.partition(" ")
+    try:
+        given = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return scheme == "Basic" and hmac.compare_digest(given, f"{user}:{password}".encode())
+
+
+def require_login(user: str, password: str) -> None:
+    """Make every Flower started in this process require exactly this login (HTTP basic auth)."""
+    flower_current_user, init = BaseHandler.get_current_user, Flower.__init__
+
+    def current_user(self: BaseHandler) -> Any:
+        if not login_matches(self.request.headers.get("Authorization", ""), user, password):
+            raise tornado.web.HTTPError(401)
+        options = self.application.options
+        if not options.auth:
+            return True
+        # Flower's OAuth as well, when it is configured: its own check, without its basic auth.
+        basic_auth, options.basic_auth = options.basic_auth, []
+        try:
+            return flower_current_user(self)
+        finally:
+            options.basic_auth = basic_auth
+
+    def login_init(self: Flower, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        # Authentication is on, for every other check Flower makes (which only ask whether it is).
+        self.options.basic_auth = [f"{user}:{password}"]
+
+    BaseHandler.get_current_user = current_user
+    Flower.__init__ = login_init
+
+
 def read_only(allow_control: bool) -> None:
     """Make every Flower started in this process read-only, unless ``allow_control``."""
     if allow_control:
@@ -110,12 +161,38 @@ def read_only(allow_control: bool) -> None:
     Flower.__init__ = read_only_init
 
 
+def printable_log() -> None:
+    """Make every log record of this process printable: control characters shown, never obeyed.
+
+    Flower's log quotes what requests and the broker say (a path, an unknown worker's name):
+    a logged-in user could otherwise write terminal escapes into the operator's terminal or journal.
+    Newlines stay; Tornado's formatter indents the lines after the first, so none poses as a record.
+    """
+    make_record = logging.getLogRecordFactory()
+
+    def printable_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        # A message that does not format stays as it is: logging reports it, as it always has.
+        with contextlib.suppress(TypeError, ValueError):
+            record.msg, record.args = printable(record.getMessage(), keep_newlines=True), None
+        return record
+
+    logging.setLogRecordFactory(printable_record)
+
+
 settings = Settings.from_env()
-read_only(settings.flower_allow_control)
+if not getattr(Flower, "hermes_guarded", False):  # once, however many times this module is imported
+    setattr(Flower, "hermes_guarded", True)  # noqa: B010 (an attribute of Flower's class, not ours)
+    printable_log()
+    read_only(settings.flower_allow_control)
+    if settings.flower_user and settings.flower_password:
+        require_login(settings.flower_user, settings.flower_password)
 app = make_celery(settings, main="hermes_flower")
 
 if __name__ == "__main__":
     from celery.bin.celery import main as celery_main
 
-    sys.argv = ["celery", "-A", "hermes_producer.flower_main:app", "flower", *sys.argv[1:]]
+    # This very module's app (not imported again, from a path Celery puts the current directory
+    # on); no configuration file unless the operator names one (later arguments win).
+    sys.argv = ["celery", "-A", "__main__:app", "flower", f"--conf={os.devnull}", *sys.argv[1:]]
     celery_main()

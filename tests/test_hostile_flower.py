@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flower.urls import handlers as flower_handlers
@@ -35,14 +36,19 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 class Flower:
     """A running `hermes flower`, and raw HTTP to it: any method, any path, exactly as written."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, log: Path) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.log = log
 
-    def call(self, method: str, path: str, body: str | None = None, auth: bool = True) -> tuple[int, str]:
+    def call(
+        self, method: str, path: str, body: str | None = None, auth: bool = True, login: str | None = None
+    ) -> tuple[int, str]:
+        """``login``: the ``user:password`` to send (default: the right one), UTF-8 encoded."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
         if auth:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            credential = base64.b64encode((login or f"{USER}:{PASSWORD}").encode()).decode()
+            headers["Authorization"] = "Basic " + credential
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
         try:
             connection.request(method, path, body=body, headers=headers)
@@ -63,13 +69,13 @@ FlowerFactory = Callable[..., Flower]
 def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[FlowerFactory]:
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Flower:
-        flower = Flower(free_port())
-        full_env = dict(cluster_env, HERMES_FLOWER_USER=USER, HERMES_FLOWER_PASSWORD=PASSWORD, **(env or {}))
-        log = tmp_path / f"flower-{flower.port}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(flower.port),
-                                        *args], env=full_env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Flower:
+        port = free_port()
+        flower = Flower(port, tmp_path / f"flower-{port}.log")
+        full_env = {**cluster_env, "HERMES_FLOWER_USER": USER, "HERMES_FLOWER_PASSWORD": PASSWORD, **(env or {})}
+        with flower.log.open("wb") as out:
+            command = [sys.executable, "-m", "hermes_producer", "flower", "--port", str(flower.port), *args]
+            process = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         processes.append(process)
         deadline = time.monotonic() + 30
         while True:
@@ -78,7 +84,7 @@ def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Flower
                     return flower
             except OSError:
                 pass
-            assert process.poll() is None, log.read_text()
+            assert process.poll() is None, flower.log.read_text()
             assert time.monotonic() < deadline, "Flower did not answer"
             time.sleep(0.2)
 
@@ -263,6 +269,144 @@ def test_the_dashboard_shows_no_control_buttons_and_refuses_their_requests(
             browser.close()
     assert buttons == 0
     assert status == 403 and "read-only" in text
+
+
+def test_the_login_is_the_whole_password_whatever_its_characters(
+    start_worker: WorkerFactory, start_flower: FlowerFactory
+) -> None:
+    """Flower's own FLOWER_BASIC_AUTH split a password at its commas (each piece a login of its own:
+    here "1" alone got in) and answered 500, with a traceback in its log, to any non-ASCII login."""
+    password = "s\u00e4kret,1"
+    start_worker("w1")
+    flower = start_flower(env={"HERMES_FLOWER_PASSWORD": password})
+    for path in ("/api/workers", "/workers", "/api/worker/shutdown/local@w1"):
+        assert flower.call("GET", path, login=f"{USER}:{password}")[0] in (200, 403), path
+        for wrong in ("1", f"{USER}:s\u00e4kret", f"{USER}:\u00e9", "\u00e9", f"{USER}:{password}\n", ":"):
+            assert flower.call("GET", path, login=wrong)[0] == 401, (path, wrong)
+    assert "Traceback" not in flower.log.read_text(encoding="utf-8", errors="replace")
+
+
+PLANTED_MODULE = """
+import importlib, os, sys
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ran-humanize"), "w").close()
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+del sys.modules["humanize"]
+sys.modules["humanize"] = importlib.import_module("humanize")  # the real one: Flower starts as usual
+"""
+PLANTED_CONFIG = """
+import os
+open(os.path.join(os.getcwd(), "ran-flowerconfig"), "w").close()
+basic_auth = ["x:y"]
+"""
+
+
+def test_flower_runs_nothing_from_the_directory_it_starts_in(
+    start_worker: WorkerFactory, start_flower: FlowerFactory, tmp_path: Path
+) -> None:
+    """Given a directory anyone can write to, with a module Flower imports and a flowerconfig.py
+    planted in it; when `hermes flower` starts there; then neither runs and the login is Hermes'."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "humanize.py").write_text(PLANTED_MODULE)
+    (shared / "flowerconfig.py").write_text(PLANTED_CONFIG)
+    start_worker("w1")
+    flower = start_flower(cwd=shared)
+    assert flower.call("GET", "/api/workers")[0] == 200
+    assert flower.call("GET", "/api/workers", login="x:y")[0] == 401
+    assert sorted(path.name for path in shared.iterdir()) == ["flowerconfig.py", "humanize.py"]
+
+
+@pytest.mark.parametrize(
+    ("arg", "instead"),
+    [
+        ("--basic-auth=ops:on-the-command-line", "HERMES_FLOWER_PASSWORD"),
+        ("--basic_auth=ops:on-the-command-line", "HERMES_FLOWER_PASSWORD"),
+        ("--cookie-secret=on-the-command-line", "FLOWER_COOKIE_SECRET"),
+        ("--oauth2_secret=on-the-command-line", "FLOWER_OAUTH2_SECRET"),
+        ("--broker-api=http://guest:on-the-command-line@mq:15672/api/", "FLOWER_BROKER_API"),
+    ],
+)
+def test_flower_refuses_a_secret_on_its_command_line(hermes: HermesRunner, arg: str, instead: str) -> None:
+    """`ps` shows every command line to every user of the machine: Flower gets secrets in its environment."""
+    env = {"HERMES_FLOWER_USER": USER, "HERMES_FLOWER_PASSWORD": PASSWORD}
+    done = hermes("flower", "--port", str(free_port()), "--", arg, env=env, timeout=30)
+    assert done.returncode == 2 and instead in done.stderr and "environment" in done.stderr, done.stderr
+    assert "on-the-command-line" not in done.stderr + done.stdout
+
+
+def test_flower_refuses_a_user_name_with_a_colon(hermes: HermesRunner) -> None:
+    env = {"HERMES_FLOWER_USER": "ops:admin", "HERMES_FLOWER_PASSWORD": PASSWORD}
+    done = hermes("flower", "--port", str(free_port()), env=env, timeout=30)
+    assert done.returncode == 2 and "HERMES_FLOWER_USER" in done.stderr and "':'" in done.stderr, done.stderr
+
+
+def test_flower_log_shows_control_characters_and_never_obeys_them(
+    start_worker: WorkerFactory, start_flower: FlowerFactory
+) -> None:
+    """A logged-in user asks for a worker whose name is a terminal escape and a forged log line;
+    Flower logs the unknown name, with the escape shown, never raw, and the line indented."""
+    start_worker("w1")
+    flower = start_flower()
+    forged = "x\n[E 261129 19:00:00 web:1] FORGED\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    status, _ = flower.call("GET", "/worker/" + quote(forged, safe=""))
+    assert status == 404
+    log = wait_for(lambda: (lambda text: text if "FORGED" in text else None)(flower.log.read_text("utf-8")),
+                   "the unknown worker in Flower's log")  # fmt: skip
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", log), log
+    assert "\\x1b]0;pwned\\x07" in log
+    assert not re.search("^\\[E [^\n]*FORGED", log, re.MULTILINE)
+
+
+def script(tag: str) -> str:
+    """Markup that, if a page ran it, would leave ``tag`` in ``window.ran``."""
+    run = f"(window.ran=window.ran||[]).push('{tag}')"
+    return f'"><img src=x onerror="{run}"><script>{run}</script>\'`'
+
+
+def test_a_broker_writer_cannot_run_script_in_the_dashboard(
+    start_worker: WorkerFactory, start_flower: FlowerFactory, cluster_env: dict[str, str]
+) -> None:
+    """Given worker and task events forged on the broker with markup in every field Flower shows;
+    when a logged-in browser opens every page that shows them; then all of it is text, none runs."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        missing("Debian's chromium is not installed (apt-get install chromium)")
+    from hermes_worker.celeryconfig import make_celery
+    from hermes_worker.settings import Settings
+
+    start_worker("w1")
+    flower = start_flower()
+    host, task = "evil" + script("host") + "@h", "t" + script("uuid")
+    app = make_celery(Settings.from_env(cluster_env))
+    with app.connection() as connection:
+        events = app.events.Dispatcher(connection, hostname=host, enabled=True)
+        events.send("worker-online", freq=2, sw_ident=script("sw_ident"), sw_ver=script("sw_ver"))
+        events.send("task-received", uuid=task, name="hermes." + script("name"), args=script("args"),
+                    kwargs=script("kwargs"), eta=script("eta"), routing_key=script("routing_key"))  # fmt: skip
+        events.send("task-failed", uuid=task, exception=script("exception"), traceback=script("traceback"))
+    wait_for(lambda: task in json.loads(flower.call("GET", "/api/tasks")[1]), "the forged task in Flower")
+    pages = ["/workers", "/tasks", f"/task/{quote(task, safe='')}", f"/worker/{quote(host, safe='')}",
+             f"/worker/{quote(script('missing'), safe='')}", "/broker"]  # fmt: skip
+    ran: dict[str, list[str]] = {}
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])  # fmt: skip
+        try:
+            page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}).new_page()
+            page.on("dialog", lambda dialog: dialog.dismiss())
+            for path in pages:
+                page.goto(f"{flower.url}{path}")
+                page.wait_for_load_state("networkidle")
+                ran[path] = page.evaluate("window.ran || []")
+            page.goto(f"{flower.url}/tasks")
+            page.wait_for_selector("text=hermes.", timeout=30_000)  # the forged name, shown as text
+            ran["/tasks rows"] = page.evaluate("window.ran || []")
+        finally:
+            browser.close()
+    assert ran == {path: [] for path in ran}
 
 
 def test_flower_help_says_what_a_login_can_and_cannot_do(hermes: HermesRunner) -> None:
