@@ -61,11 +61,11 @@ from hermes_worker.contract import (
     PAYLOAD_VERSION,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
+    ChunkResult,
     ContractError,
     Reply,
     new_batch_id,
     request_span,
-    result_problem,
 )
 from hermes_worker.metrics import bump
 from hermes_worker.processing import failed_chunk_result
@@ -163,7 +163,7 @@ class CeleryExecutor:
         route: Route,
         batch_id: str | None = None,
         on_reroute: Callable[[str], None] | None = None,
-        fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        fallback: Callable[[dict[str, Any]], ChunkResult] | None = None,
         isolation: str | None = None,
         wait_for_workers_s: float | None = None,
     ) -> None:
@@ -195,7 +195,7 @@ class CeleryExecutor:
         self._suspects: dict[int, float] = {}  # chunk -> since when it looks stranded
         self._broker: Any = None  # a kombu connection for queue depths, opened when first needed
         self._written_texts: list[str] = []  # keys of written chunks' lines still to delete
-        self._part_results: dict[int, dict[str, Any]] = {}  # finished parts of split chunks
+        self._part_results: dict[int, ChunkResult] = {}  # finished parts of split chunks
         self._next_part = _PART_BASE
         self._name = f"hermes-producer@{socket.gethostname()}"  # who wrote the records the producer gives up on
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
@@ -294,7 +294,7 @@ class CeleryExecutor:
             self._on_reroute(f"{self._outage_of} answers again after {time.monotonic() - self._outage_since:.1f} s")
             self._outage_since = None
 
-    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]:
         """Send every payload, yield the results in payload order.
 
         Raises:
@@ -306,7 +306,7 @@ class CeleryExecutor:
         exhausted = False
         order: deque[int] = deque()
         outstanding: dict[int, _Outstanding] = {}
-        ready: dict[int, dict[str, Any]] = {}
+        ready: dict[int, ChunkResult] = {}
         consumed_ids: list[bytes] = []
         next_health = time.monotonic() + _HEALTH_EVERY_S
         orphaned_since: float | None = None
@@ -368,7 +368,7 @@ class CeleryExecutor:
                 orphaned_since = self._check_health(outstanding, ready, orphaned_since)
 
     def _take(
-        self, fields: dict[bytes, bytes], outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
+        self, fields: dict[bytes, bytes], outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult]
     ) -> None:
         if b"r" in fields:
             result = json.loads(fields[b"r"])
@@ -376,13 +376,16 @@ class CeleryExecutor:
             waiting = outstanding.get(chunk)
             # else: a duplicate, not ours, or a part of another run of this batch (other lines)
             if waiting is not None and chunk not in ready and _same_lines(result, waiting.payload):
-                result["text"] = fields.get(b"t", b"").decode("utf-8")
-                malformed = result_problem(result)
-                wrong = f"answered with {malformed}" if malformed else self._misplaced(result)
+                try:
+                    posted = ChunkResult.from_stream(result, fields.get(b"t", b""))
+                except ContractError as exc:
+                    self._refused(outstanding, ready, chunk, f"answered with {exc}")
+                    return
+                wrong = self._misplaced(posted)
                 if wrong is not None:
                     self._refused(outstanding, ready, chunk, wrong)
                     return
-                self._complete(chunk, self._checked(result, waiting.payload), outstanding, ready)
+                self._complete(chunk, self._checked(posted, waiting.payload), outstanding, ready)
             return
         kind = next((k for k in (b"s", b"m", b"f", _REFUSED) if k in fields), None)
         if kind is None:
@@ -416,22 +419,20 @@ class CeleryExecutor:
             split = bool(notice.get("split"))
             self._failed(chunk, reason, outstanding, ready, split=split, then_split=split)
 
-    def _misplaced(self, result: dict[str, Any]) -> str | None:
+    def _misplaced(self, result: ChunkResult) -> str | None:
         """Why a result must not be written: it did not run where ``--isolation`` demands; or None.
 
         With ``--isolation container`` only records that ran in a container are accepted,
         whoever sent them (a worker consuming a queue not its own, an old worker, a forged
         registry entry): the summary never claims isolation the records do not have.
         """
-        provenance = result.get("provenance")
-        mode = provenance.get("mode") if isinstance(provenance, dict) else None
+        mode, worker = result.provenance.get("mode"), result.provenance.get("worker")
         if self.isolation != ISOLATION_CONTAINER or mode == ISOLATION_CONTAINER:
             return None
-        worker = provenance.get("worker") if isinstance(provenance, dict) else None
         return f"answered by {_shown(worker)} with records that ran in mode {_shown(mode)!r}, not in a container"
 
     def _refused(
-        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], chunk: int, why: str
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], chunk: int, why: str
     ) -> None:
         """Send a refused (or wrongly placed) chunk again; stop the batch once it happened too often.
 
@@ -448,24 +449,24 @@ class CeleryExecutor:
         self._resend(outstanding, ready, [chunk], time.monotonic())
         self._on_reroute(f"chunk {chunk} {why}; sent again")
 
-    def _checked(self, result: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    def _checked(self, result: ChunkResult, payload: dict[str, Any]) -> ChunkResult:
         """The result, or error records for the whole chunk if it does not hold one record per item.
 
         A worker of another Hermes version could answer in a shape this producer does not read;
         its records must not vanish quietly.
         """
         _first, count = request_span(payload)
-        records = result["text"].count("\n")
-        if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
+        records = result.records.count("\n")
+        if result.version == PAYLOAD_VERSION and records == count == result.count:
             return result
-        worker = result.get("provenance", {}).get("worker", "unknown worker")
+        worker = result.provenance["worker"]
         message = (f"{worker} answered with {records} record(s) for {count} item(s) (result version "
-                   f"{result.get('v')!r}, expected {PAYLOAD_VERSION}): run the same Hermes version everywhere")
+                   f"{result.version!r}, expected {PAYLOAD_VERSION}): run the same Hermes version everywhere")
         self._on_reroute(message)
         return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.route.tag, worker=str(worker))
 
     def _check_health(
-        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], orphaned_since: float | None
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], orphaned_since: float | None
     ) -> float | None:
         """Resend chunks whose worker vanished, re-route or wait when the route has no worker left."""
         try:
@@ -551,7 +552,7 @@ class CeleryExecutor:
         self._degrade(outstanding, ready, f"no live {self.route.tag} worker for {patience:.0f} s{why}")
         return None
 
-    def _degrade(self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], why: str) -> None:
+    def _degrade(self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], why: str) -> None:
         """Finish the batch in-process: every outstanding chunk now, every later one as it comes."""
         assert self._fallback is not None
         pending = [c for c in outstanding if c not in ready and outstanding[c].parent is None]
@@ -570,7 +571,7 @@ class CeleryExecutor:
         return settings.chunk_time_limit_s + _OVERDUE_GRACE_S + 2 * settings.heartbeat_s
 
     def _resend(
-        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], chunks: list[int], now: float
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], chunks: list[int], now: float
     ) -> None:
         for chunk in chunks:
             if chunk not in outstanding or chunk in ready:
@@ -581,7 +582,7 @@ class CeleryExecutor:
             self.resent += 1
             bump(self.cluster.redis, "producers", "fallbacks", kind="resent")
 
-    def _dispatch(self, chunk: int, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]) -> None:
+    def _dispatch(self, chunk: int, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult]) -> None:
         """Send ``chunk``; split it first if its lines are too large for one Redis value."""
         try:
             self._send(outstanding[chunk].payload)
@@ -589,7 +590,7 @@ class CeleryExecutor:
             self._split(chunk, str(exc), outstanding, ready)
 
     def _failed(
-        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]],
+        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult],
         *, split: bool, then_split: bool = True,
     ) -> None:  # fmt: skip
         """A delivery of ``chunk`` ended without a result: send it again, or split it once that
@@ -609,7 +610,7 @@ class CeleryExecutor:
         self._resend(outstanding, ready, [chunk], time.monotonic())
 
     def _split(
-        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
+        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult]
     ) -> None:
         """Run ``chunk``'s parts as chunks of their own; a chunk of one line gets its error record."""
         waiting = outstanding[chunk]
@@ -635,7 +636,7 @@ class CeleryExecutor:
                 self._dispatch(number, outstanding, ready)
 
     def _give_up(
-        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
+        self, chunk: int, reason: str, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult]
     ) -> None:
         """Error records, written by the producer, for every line of ``chunk``."""
         payload = outstanding[chunk].payload
@@ -649,7 +650,7 @@ class CeleryExecutor:
         )
 
     def _complete(
-        self, chunk: int, result: dict[str, Any], outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]]
+        self, chunk: int, result: ChunkResult, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult]
     ) -> None:
         """``chunk`` has its result: ready to be written, or one part closer to its parent's."""
         waiting = outstanding[chunk]
@@ -686,7 +687,7 @@ class CeleryExecutor:
             self._written_texts.append(key)  # tried again after the next chunk is written
 
     def _overdue(
-        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], pending: list[int], now: float
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], pending: list[int], now: float
     ) -> None:
         """Chunks announced by a worker that still serves, with no result long past the chunk time limit.
 
@@ -733,7 +734,7 @@ class CeleryExecutor:
             return None
 
     def _reroute(
-        self, outstanding: dict[int, _Outstanding], ready: dict[int, dict[str, Any]], pending: list[int]
+        self, outstanding: dict[int, _Outstanding], ready: dict[int, ChunkResult], pending: list[int]
     ) -> bool:
         """With ``auto`` isolation, move the outstanding chunks to the other kind of worker, if any is alive."""
         if self.isolation != "auto":

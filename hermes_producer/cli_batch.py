@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from hermes_worker.contract import ChunkResult
 from hermes_worker.settings import option_help
 
 from . import logs
@@ -452,7 +453,7 @@ def _run_to_file(
             }
         )
 
-    def written(result: dict[str, Any]) -> None:
+    def written(result: ChunkResult) -> None:
         journal.chunk_written(sink.tell(), result)
         if junit is not None:
             junit.add(result)
