@@ -1,7 +1,15 @@
 """The contract between producers and workers: task and queue names, payloads, error codes.
 
-Both sides import this module and nothing else of each other. It uses only the standard
-library, so it also ships inside the sandbox image. Payloads are plain JSON: no pickle, ever.
+It uses only the standard library, so it also ships inside the sandbox image. Payloads are
+plain JSON: no pickle, ever.
+
+What crosses a wire is a typed value with one encode and one decode each (as arq's
+``JobDef``/``JobResult``, dramatiq's ``Message``): :class:`ChunkRequest` (``to_payload`` /
+``from_payload``), :class:`ChunkResult`, :class:`Item` and :class:`ItemFailure` (``to_wire`` /
+``from_wire``), :class:`Reply`. Code reads them by attribute; the dict shapes below exist only
+on the wire, and every decode checks its input (types, bounds) and names the field that is wrong
+in a :class:`ContractError`. A result's records stay one pre-encoded JSONL string from where the
+chunk runs to the output file: no value is made per record.
 
 A chunk request carries either raw input lines (what ``hermes batch`` sends)::
 
@@ -18,10 +26,12 @@ items already parsed (``hermes run``, ``hermes queue``, tests)::
 
      ... "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
 
+(each an :class:`Item`)
+
 An item whose fourth field is set failed before it reached the engine; the worker turns it
 into its error record so that records stay in input order.
 
-A chunk result::
+A chunk result (:class:`ChunkResult`; its ``errors`` are :class:`ItemFailure` values)::
 
     {"v": 3, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
      "errors": [[line, code, message], ...], "provenance": {...},
