@@ -573,16 +573,16 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
         sent.append(payload["chunk"])
         stream = executor.stream
         result = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="local@w")
-        fields = result.to_stream()
+        posted = result.to_stream()
         if len(sent) == 1:
             for fields in ({"r": "{not json"}, {"r": "[1, 2]"}, {"s": json.dumps({"chunk": 0, "worker": ["x"]})},
                            {"x": json.dumps({"chunk": [0], "worker": "w", "reason": "r"})},
                            {"m": json.dumps({"chunk": {"a": 1}})}, {"t": b"\xff\xfe"}):  # fmt: skip
                 cluster.redis.xadd(stream, fields)  # type: ignore[arg-type]
-            forged = json.dumps(json.loads(fields["r"]) | {"errors": [[1, "x"]]})
-            cluster.redis.xadd(stream, {"r": forged, "t": fields["t"]})
+            forged = json.dumps(json.loads(posted["r"]) | {"errors": [[1, "x"]]})
+            cluster.redis.xadd(stream, {"r": forged, "t": posted["t"]})
             return
-        cluster.redis.xadd(stream, fields)  # type: ignore[arg-type]
+        cluster.redis.xadd(stream, posted)  # type: ignore[arg-type]
 
     executor._send = answer  # type: ignore[method-assign]
     items = [Item(1, "a", "x"), Item(2, "b", "y")]
