@@ -11,23 +11,21 @@ import statistics
 import uuid
 from typing import Any
 
-from hermes_worker.contract import ChunkRequest
+from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.settings import Settings
 
 from .session_vs_run import docker_run_once, timed
 
-__all__ = ["chunk_payload", "session_vs_run"]
+__all__ = ["chunk_request", "session_vs_run"]
 
 
-def chunk_payload(texts: list[str], profile: str = "prompt", number: int = 0) -> dict[str, Any]:
+def chunk_request(texts: list[str], profile: str = "prompt", number: int = 0) -> ChunkRequest:
     """A contract chunk request holding ``texts``."""
-    items = [[n + 1, n, text, None] for n, text in enumerate(texts)]
+    items = [Item(n + 1, n, text) for n, text in enumerate(texts)]
     spec = resolve_profile(profile).spec()
-    return ChunkRequest(
-        number, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20, items=items
-    ).to_payload()
+    return ChunkRequest(number, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20, items=items)
 
 
 def _stats(times: list[float]) -> dict[str, float]:
@@ -40,15 +38,15 @@ def session_vs_run(texts: list[str], rounds: int, run_rounds: int) -> dict[str, 
 
     settings = Settings.from_env()
     worker = f"bench-{uuid.uuid4().hex[:8]}"
-    chunk = chunk_payload(texts[:256])
-    tiny = chunk_payload(texts[:1])
+    chunk = chunk_request(texts[:256])
+    tiny = chunk_request(texts[:1])
     with DockerSession(settings, worker) as session:
         session.run_chunk(chunk, worker)  # warm: the first call pays for imports inside
         session_ms = timed(lambda: session.run_chunk(chunk, worker), rounds)
         tiny_ms = timed(lambda: session.run_chunk(tiny, worker), rounds)
         digest = session.image_digest
     local_ms = timed(lambda: process_chunk(chunk, mode="local", worker=worker), rounds)
-    request = {"op": "chunk", "id": 1, "worker": worker, "image": digest, "payload": chunk}
+    request = {"op": "chunk", "id": 1, "worker": worker, "image": digest, "payload": chunk.to_payload()}
     run_ms = timed(lambda: docker_run_once(settings.sandbox_image, settings, request), run_rounds)
     rows = {
         "in_process": _stats(local_ms),
@@ -58,7 +56,7 @@ def session_vs_run(texts: list[str], rounds: int, run_rounds: int) -> dict[str, 
     }
     session_med, run_med, local_med = (rows[k]["median_ms"] for k in ("session", "docker_run_per_chunk", "in_process"))
     return {
-        "chunk_prompts": len(chunk["items"]),
+        "chunk_prompts": len(chunk.items or []),
         "image": settings.sandbox_image,
         "rows": rows,
         "session_minus_in_process_ms": round(session_med - local_med, 3),

@@ -124,24 +124,16 @@ def _item_seconds(profile: str, text: str) -> tuple[float, str]:
     """CPU seconds of one item through process_chunk (budget off), and its record's outcome."""
     import json
 
-    from hermes_worker.contract import PAYLOAD_VERSION
+    from hermes_worker.contract import ChunkRequest, Item
     from hermes_worker.engine import BUILTIN_PROFILES
     from hermes_worker.processing import process_chunk
 
-    payload = {
-        "v": PAYLOAD_VERSION,
-        "chunk": 1,
-        "profile": BUILTIN_PROFILES[profile].spec(),
-        "max_validation": 1,
-        "explain": False,
-        "max_prompt_bytes": 1024 * 1024,
-        "item_time_budget": 0,
-        "items": [[1, 1, text, None]],
-    }
+    spec = BUILTIN_PROFILES[profile].spec()
+    request = ChunkRequest(1, spec, 1, False, 1024 * 1024, items=[Item(1, 1, text)], item_time_budget=0)
     start = time.process_time()
-    result = process_chunk(payload, mode="local", worker="bench")
+    result = process_chunk(request, mode="local", worker="bench")
     seconds = time.process_time() - start
-    record = json.loads(result["lines"][0])
+    record = json.loads(result.record_lines()[0])
     outcome = record["error"]["code"] if "error" in record else f"ok, rounds {record['validation']['rounds']}"
     return seconds, outcome
 

@@ -23,11 +23,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.docker_backend import DockerSession, connect
@@ -47,13 +48,13 @@ def prompts(total: int) -> list[str]:
     return list(islice(cycle(texts), total))
 
 
-def chunks(total: int, size: int = 256) -> list[dict[str, Any]]:
+def chunks(total: int, size: int = 256) -> list[ChunkRequest]:
     texts, spec = prompts(total), resolve_profile("prompt").spec()
     result = []
     for start in range(0, total, size):
-        items = [[start + n + 1, f"p{start + n}", text, None] for n, text in enumerate(texts[start : start + size])]
-        result.append({"v": PAYLOAD_VERSION, "chunk": start // size, "profile": spec, "max_validation": 1,
-                       "explain": False, "max_prompt_bytes": 1 << 20, "items": items})  # fmt: skip
+        items = [Item(start + n + 1, f"p{start + n}", text) for n, text in enumerate(texts[start : start + size])]
+        result.append(ChunkRequest(start // size, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20,
+                                   items=items))  # fmt: skip
     return result
 
 
@@ -98,18 +99,18 @@ def main() -> None:
     since = int(time.time()) - 1
     with DockerSession(settings, worker) as session:
         started = time.perf_counter()
-        lines = sum(len(session.run_chunk(c, worker)["lines"]) for c in batch)
+        lines = sum(session.run_chunk(c, worker).count for c in batch)
         batch_s = time.perf_counter() - started
         host = client.containers.get(session.container_id).attrs["HostConfig"]
         session_ms = timed(lambda: session.run_chunk(chunk, worker), args.rounds)
-        tiny = chunk | {"items": chunk["items"][:1]}
+        tiny = replace(chunk, items=(chunk.items or [])[:1])
         tiny_ms = timed(lambda: session.run_chunk(tiny, worker), args.rounds)
         digest = session.image_digest
     wanted = {"type": "container", "event": "create", "label": f"hermes.worker={worker}"}
     events = client.events(since=since, until=int(time.time()) + 1, decode=True, filters=wanted)
     created = sum(1 for _ in events)
     local_ms = timed(lambda: process_chunk(chunk, mode="local", worker=worker), args.rounds)
-    request = {"op": "chunk", "id": 1, "worker": worker, "image": digest, "payload": chunk}
+    request = {"op": "chunk", "id": 1, "worker": worker, "image": digest, "payload": chunk.to_payload()}
     run_ms = timed(lambda: docker_run_once(settings.sandbox_image, settings, request), max(3, args.rounds // 3))
     client.close()
 
@@ -121,7 +122,7 @@ def main() -> None:
     print("HostConfig of the session container:")
     for name in HOST_CONFIG_FIELDS:
         print(f"  {name}: {json.dumps(host.get(name))}")
-    print(f"One {len(chunk['items'])}-prompt chunk, round trip:")
+    print(f"One {len(chunk.items or [])}-prompt chunk, round trip:")
     print(summary("in-process (no container)", local_ms))
     print(summary("session (one long-running container)", session_ms))
     print(summary("docker run --rm per chunk", run_ms))

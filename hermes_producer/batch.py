@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, BinaryIO, TextIO
 
-from hermes_worker.contract import DUPLICATE_ID, ChunkRequest, result_text
+from hermes_worker.contract import DUPLICATE_ID, ChunkRequest, ChunkResult, Item
 from hermes_worker.engine import Profile
 from hermes_worker.processing import request_items, with_errors
 
@@ -76,18 +76,17 @@ class BatchSummary:
         """0 when every item succeeded, 1 when some failed."""
         return 1 if self.failed else 0
 
-    def add(self, result: dict[str, Any]) -> None:
-        count = result["ok"] + result["failed"]
+    def add(self, result: ChunkResult) -> None:
+        count = result.count
         self.total += count
-        self.ok += result["ok"]
-        self.failed += result["failed"]
-        provenance = result["provenance"]
-        self.records_by_worker[provenance["worker"]] += count
-        self.records_by_mode[provenance["mode"]] += count
-        for line, code, message in result["errors"]:
-            self.errors_by_code[code] += 1
+        self.ok += result.ok
+        self.failed += result.failed
+        self.records_by_worker[result.provenance["worker"]] += count
+        self.records_by_mode[result.provenance["mode"]] += count
+        for error in result.errors:
+            self.errors_by_code[error.code] += 1
             if len(self.first_errors) < FIRST_ERRORS_KEPT:
-                self.first_errors.append((line, code, message))
+                self.first_errors.append((error.line, error.code, error.message))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,9 +101,7 @@ class BatchSummary:
         }
 
 
-def chunk_requests(
-    items: Iterator[list[Any]], options: BatchOptions, first_number: int = 0
-) -> Iterator[dict[str, Any]]:
+def chunk_requests(items: Iterator[Item], options: BatchOptions, first_number: int = 0) -> Iterator[dict[str, Any]]:
     """Group parsed items into chunk request payloads of ``options.chunk_size`` items.
 
     Chunks are numbered from ``first_number``; numbers must be unique within one executor.
@@ -136,17 +133,16 @@ def text_chunk_requests(
         yield payload
 
 
-def guard_duplicates(result: dict[str, Any], seen: SeenIds) -> dict[str, Any]:
+def guard_duplicates(result: ChunkResult, seen: SeenIds) -> ChunkResult:
     """``result`` with every record whose id an earlier line used turned into a ``duplicate_id`` error.
 
     Chunks must come in input order: the first line to use an id keeps it, as it did when
     the producer parsed every line itself. Results without ``ids`` (plain text, whose ids are
     line numbers, and item requests) pass as they are.
     """
-    ids = result.get("ids")
-    if not ids:
+    ids, first = result.ids, result.first
+    if not ids or first is None:
         return result
-    first = result["first"]
     duplicates = seen.check_chunk(first, ids)
     if not duplicates:
         return result
@@ -169,7 +165,7 @@ def run_batch(
     *,
     summary: BatchSummary | None = None,
     skip_chunks: int = 0,
-    on_written: Callable[[dict[str, Any]], None] | None = None,
+    on_written: Callable[[ChunkResult], None] | None = None,
 ) -> BatchSummary:
     """Normalize every line of ``source`` and write one JSONL record per line to ``sink``.
 
@@ -196,7 +192,7 @@ def run_batch(
     chunks = read_chunks(source, options.input_format, options.max_prompt_bytes, options.chunk_size)
     for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
         result = guard_duplicates(result, seen)
-        sink.write(result_text(result))
+        sink.write(result.records)
         summary.add(result)
         if on_written is not None:
             sink.flush()

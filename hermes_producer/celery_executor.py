@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from hermes_worker.contract import ContractError, Reply, new_batch_id
+from hermes_worker.contract import ChunkResult, ContractError, Reply, new_batch_id
 from hermes_worker.metrics import bump
 
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
@@ -61,7 +61,7 @@ class CeleryExecutor:
         route: Route,
         batch_id: str | None = None,
         on_event: Callable[[Event], None] | None = None,
-        fallback: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        fallback: Callable[[dict[str, Any]], ChunkResult] | None = None,
         isolation: str | None = None,
         wait_for_workers_s: float | None = None,
     ) -> None:
@@ -114,7 +114,7 @@ class CeleryExecutor:
         """Drop the batch's result stream (call once every result is safely written)."""
         self.transport.finish()
 
-    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]:
         """Send every payload, yield the results in payload order.
 
         Raises:

@@ -92,7 +92,7 @@ class RefusedBy:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A result that is not the shape a Hermes worker gives (``contract.result_problem``)."""
+    """A result that is not the shape a Hermes worker gives (``ChunkResult.from_stream`` refused it)."""
 
     problem: str
 

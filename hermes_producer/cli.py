@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from hermes_worker import __version__
-from hermes_worker.contract import result_lines
+from hermes_worker.contract import Item
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.settings import Settings
 
@@ -94,11 +94,11 @@ def run(
         item_time_budget=ctx.settings.item_time_budget,
     )
     executor = choose_executor(ctx, Placement(isolation, no_fallback, wait_for_workers), processes=1)
-    payload = next(chunk_requests(iter([[1, 1, prompt, None]]), options))
+    payload = next(chunk_requests(iter([Item(1, 1, prompt)]), options))
     with executor:  # an ExecutorError: exit 3 naming what failed
         result = next(iter(executor.map_ordered([payload])))
     executor.finish()
-    record = json.loads(result_lines(result)[0])
+    record = json.loads(result.record_lines()[0])
     logs.event(ctx.log, logging.DEBUG, "run.finished", "one prompt", ok="error" not in record, profile=profile.name)
     if "error" in record:
         fail(f"{record['error']['code']}: {record['error']['message']}", EXIT_ITEMS_FAILED)

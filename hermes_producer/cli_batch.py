@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from hermes_worker.contract import ChunkResult
 from hermes_worker.engine import Profile
 from hermes_worker.settings import Settings, option_help
 
@@ -431,7 +432,7 @@ def _run_to_file(
         executor = choose_executor(ctx, placement, processes)
         sink, journal = _start(ctx, output, {"input": identity, "options": header_options}, executor)
 
-    def written(result: dict[str, Any]) -> None:
+    def written(result: ChunkResult) -> None:
         journal.chunk_written(sink.tell(), result)
         if junit is not None:
             junit.add(result)

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hermes_worker.contract import result_lines
+from hermes_worker.contract import Item
 from hermes_worker.engine import Profile
 
 from . import logs
@@ -168,9 +168,9 @@ def _run_claimed(
             max_prompt_bytes=ctx.settings.max_prompt_bytes,
             item_time_budget=ctx.settings.item_time_budget,
         )
-        items = iter([[n, item.id, item.prompt, None] for n, item in enumerate(members, 1)])
+        items = iter([Item(n, task.id, task.prompt) for n, task in enumerate(members, 1)])
         for result in executor.map_ordered(chunk_requests(items, options, first_number=next(numbers) * 1_000_000)):
-            for line in result_lines(result):
+            for line in result.record_lines():
                 record: dict[str, Any] = json.loads(line)
                 success = "error" not in record
                 try:

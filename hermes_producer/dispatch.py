@@ -27,6 +27,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
@@ -79,8 +80,8 @@ def _probe_here(ctx: Context, isolation: str) -> str:
     return "local"
 
 
-def _in_process_fallback(payload: dict[str, Any]) -> dict[str, Any]:
-    return process_chunk(payload, mode="local", worker=f"embedded@{socket.gethostname()}")
+def _in_process_fallback(payload: dict[str, Any]) -> ChunkResult:
+    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker=f"embedded@{socket.gethostname()}")
 
 
 def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id: str | None = None) -> ChunkExecutor:

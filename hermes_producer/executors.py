@@ -25,7 +25,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from hermes_worker.contract import ENGINE_FAILURE, ContractError, request_span
+from hermes_worker.contract import ENGINE_FAILURE, ChunkRequest, ChunkResult, ContractError, Item, request_span
 from hermes_worker.engine import ProfileError
 from hermes_worker.errors import HermesError
 from hermes_worker.processing import failed_chunk_result
@@ -61,7 +61,7 @@ class ChunkExecutor(Protocol):
 
     def __exit__(self, *exc_info: object) -> None: ...
 
-    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]: ...
 
     def finish(self) -> None:
         """Drop what the batch kept outside this process (a result stream); nothing to drop in-process."""
@@ -92,9 +92,14 @@ def _init_process(isolation: str, settings: Settings | None) -> None:
     multiprocessing.util.Finalize(None, _runner.close, exitpriority=10)
 
 
-def _run_in_pool(payload: dict[str, Any], worker: str) -> dict[str, Any]:
+def _run(runner: Runner, payload: dict[str, Any], worker: str) -> ChunkResult:
+    """Check a chunk payload against the contract, then run it (ContractError: the request is bad)."""
+    return runner.run(ChunkRequest.from_payload(payload), worker)
+
+
+def _run_in_pool(payload: dict[str, Any], worker: str) -> ChunkResult:
     assert _runner is not None
-    return _runner.run(payload, worker)
+    return _run(_runner, payload, worker)
 
 
 class InProcessExecutor:
@@ -150,7 +155,7 @@ class InProcessExecutor:
     def finish(self) -> None:
         """Nothing outlives a batch run in-process."""
 
-    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]:
         """Run every payload; yield results in the order the payloads came.
 
         At most ``2 * processes + 1`` chunks are read ahead, so memory stays flat however long
@@ -163,10 +168,10 @@ class InProcessExecutor:
         if self._pool is None:
             runner = self._inline or _make_runner(self.mode, self._settings)
             for payload in payloads:
-                yield self._checked(payload, lambda: runner.run(payload, self.worker))  # noqa: B023 - called at once
+                yield self._checked(payload, lambda: _run(runner, payload, self.worker))  # noqa: B023 - called at once
             return
         window = 2 * self.processes + 1
-        pending: deque[tuple[dict[str, Any], Future[dict[str, Any]]]] = deque()
+        pending: deque[tuple[dict[str, Any], Future[ChunkResult]]] = deque()
         try:
             for payload in payloads:
                 pending.append((payload, self._submit(payload)))
@@ -178,18 +183,18 @@ class InProcessExecutor:
             for _payload, future in pending:
                 future.cancel()
 
-    def _submit(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
+    def _submit(self, payload: dict[str, Any]) -> Future[ChunkResult]:
         assert self._pool is not None
         try:
             return self._pool.submit(_run_in_pool, payload, self.worker)
         except BrokenProcessPool as exc:
             # The pool broke before anyone asked for a result: this chunk waits its turn in
             # the window like the others, and is run again then.
-            failed: Future[dict[str, Any]] = Future()
+            failed: Future[ChunkResult] = Future()
             failed.set_exception(exc)
             return failed
 
-    def _next(self, pending: deque[tuple[dict[str, Any], Future[dict[str, Any]]]]) -> dict[str, Any]:
+    def _next(self, pending: deque[tuple[dict[str, Any], Future[ChunkResult]]]) -> ChunkResult:
         """The result of the oldest chunk in flight."""
         payload, future = pending.popleft()
         try:
@@ -205,7 +210,7 @@ class InProcessExecutor:
                 pending[index] = (other, self._submit(other))
         return result
 
-    def _alone(self, payload: dict[str, Any], attempts: int) -> dict[str, Any]:
+    def _alone(self, payload: dict[str, Any], attempts: int) -> ChunkResult:
         """``payload``'s result, run with no other chunk in flight; split while its process dies."""
         for _ in range(attempts):
             try:
@@ -224,7 +229,7 @@ class InProcessExecutor:
     def _check_pool(self, payload: dict[str, Any]) -> None:
         """Raise ExecutorError if a pool process dies even on a chunk with nothing to normalize."""
         first, _count = request_span(payload)
-        probe = dict(payload, items=[[first, first, None, [ENGINE_FAILURE, "probe"]]])
+        probe = dict(payload, items=[Item(first, first, None, (ENGINE_FAILURE, "probe")).to_wire()])
         for key in ("text", "first", "format", "bad"):
             probe.pop(key, None)
         try:
@@ -239,7 +244,7 @@ class InProcessExecutor:
         self._pool = None
         self.__enter__()
 
-    def _checked(self, payload: dict[str, Any], get: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _checked(self, payload: dict[str, Any], get: Callable[[], ChunkResult]) -> ChunkResult:
         """A chunk's result; error records if it failed for a reason of its own.
 
         Raises:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hermes_worker.contract import ChunkResult
 from hermes_worker.errors import EXIT_USAGE, HermesError
 
 __all__ = ["Journal", "JournalError", "ResumePoint", "input_identity"]
@@ -125,16 +126,16 @@ class Journal:
         self._handle.seek(0, 2)
         return point
 
-    def chunk_written(self, output_size: int, result: dict[str, Any]) -> None:
-        count = result["ok"] + result["failed"]
-        provenance = result["provenance"]
-        codes = Counter(code for _line, code, _message in result["errors"])
+    def chunk_written(self, output_size: int, result: ChunkResult) -> None:
+        count = result.count
+        provenance = result.provenance
+        codes = Counter(error.code for error in result.errors)
         self._write(
             {
-                "c": result["chunk"],
+                "c": result.chunk,
                 "o": output_size,
-                "ok": result["ok"],
-                "failed": result["failed"],
+                "ok": result.ok,
+                "failed": result.failed,
                 "codes": codes,
                 "workers": {provenance["worker"]: count},
                 "modes": {provenance["mode"]: count},

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from typing import Any
 
-from hermes_worker.contract import result_lines
+from hermes_worker.contract import ChunkResult
 
 __all__ = ["JUnitReport", "xml_text"]
 
@@ -46,20 +45,20 @@ class JUnitReport:
         self._cases: list[ET.Element] = []
         self._failures = 0
 
-    def add(self, result: dict[str, Any]) -> None:
-        lines = result_lines(result)
+    def add(self, result: ChunkResult) -> None:
+        lines = result.record_lines()
         first = json.loads(lines[0])["line"] if lines else 0
         last = json.loads(lines[-1])["line"] if lines else 0
-        provenance = result["provenance"]
+        provenance = result.provenance
         case = ET.Element(
             "testcase",
             {
                 "classname": f"hermes.batch.{self.suite}",
-                "name": f"chunk {result['chunk']} (lines {first}-{last})",
+                "name": f"chunk {result.chunk} (lines {first}-{last})",
                 "time": "0",
             },
         )
-        if result["errors"]:
+        if result.errors:
             self._failures += 1
             ids = {}
             for line in lines:
@@ -67,14 +66,14 @@ class JUnitReport:
                     record = json.loads(line)
                     ids[record["line"]] = record["id"]
             detail = "\n".join(
-                f"line {line} (id {ids.get(line)!r}): {code}: {message}" for line, code, message in result["errors"]
+                f"line {e.line} (id {ids.get(e.line)!r}): {e.code}: {e.message}" for e in result.errors
             )
             failure = ET.SubElement(
                 case,
                 "failure",
                 {
-                    "message": f"{len(result['errors'])} of {len(lines)} prompts failed",
-                    "type": xml_text(",".join(sorted({code for _l, code, _m in result["errors"]}))),
+                    "message": f"{len(result.errors)} of {len(lines)} prompts failed",
+                    "type": xml_text(",".join(sorted({e.code for e in result.errors}))),
                 },
             )
             failure.text = xml_text(detail)

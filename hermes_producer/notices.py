@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION, request_span, result_problem
+from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION, ChunkResult, request_span
 
-from .chunk_events import Malformed, Misplaced, ResultUnreadable, bounded_printable
+from .chunk_events import Misplaced, ResultUnreadable, bounded_printable
 
 __all__ = [
     "FailureNotice", "MissingNotice", "Observation", "RefusalNotice", "ResultPosted", "StartNotice", "decode_entry",
@@ -31,7 +31,11 @@ _REFUSED = NOTICE_REFUSED.encode()
 
 @dataclass(frozen=True, slots=True)
 class ResultPosted:
-    """An ``r`` entry: the result (decoded JSON) and its records, still bytes (``t``)."""
+    """An ``r`` entry: its counts (decoded JSON, not yet checked) and its records, still bytes (``t``).
+
+    The tracker first sees whether the result is about the lines it waits for (``first``), and
+    only then decodes it (:meth:`ChunkResult.from_stream`).
+    """
 
     chunk: Any
     result: Mapping[str, Any]
@@ -107,31 +111,24 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Observation | None:
     return FailureNotice(chunk, worker, reason, split=bool(notice.get("split")))
 
 
-def refusal(result: Mapping[str, Any], isolation: str) -> Malformed | Misplaced | None:
-    """Why a posted result must not be written, and its chunk goes again; or None.
+def refusal(result: ChunkResult, isolation: str) -> Misplaced | None:
+    """Why a well-formed posted result must not be written, and its chunk goes again; or None.
 
-    Anyone who can write to Redis can post a result: it must have the shape a Hermes worker
-    gives it. With ``--isolation container`` only records that ran in a container are accepted,
-    whoever sent them (a worker consuming a queue not its own, an old worker, a forged registry
-    entry): the summary never claims isolation the records do not have.
+    With ``--isolation container`` only records that ran in a container are accepted, whoever
+    sent them (a worker consuming a queue not its own, an old worker, a forged registry entry):
+    the summary never claims isolation the records do not have.
     """
-    problem = result_problem(result)
-    if problem is not None:
-        return Malformed(problem)
-    provenance = result.get("provenance")
-    mode = provenance.get("mode") if isinstance(provenance, dict) else None
+    mode = result.provenance.get("mode")
     if isolation != ISOLATION_CONTAINER or mode == ISOLATION_CONTAINER:
         return None
-    worker = provenance.get("worker") if isinstance(provenance, dict) else None
-    return Misplaced(bounded_printable(worker), bounded_printable(mode))
+    return Misplaced(bounded_printable(result.provenance.get("worker")), bounded_printable(mode))
 
 
-def unreadable_result(result: Mapping[str, Any], payload: Mapping[str, Any]) -> ResultUnreadable | None:
+def unreadable_result(result: ChunkResult, payload: Mapping[str, Any]) -> ResultUnreadable | None:
     """Why a well-formed result cannot be written as it is: not one record per item (a worker of
     another Hermes version answering in a shape this producer does not read); or None."""
     _first, count = request_span(payload)
-    records = str(result["text"]).count("\n")
-    if result.get("v") == PAYLOAD_VERSION and records == count == result["ok"] + result["failed"]:
+    records = result.records.count("\n")
+    if result.version == PAYLOAD_VERSION and records == count == result.count:
         return None
-    worker = result.get("provenance", {}).get("worker", "unknown worker")
-    return ResultUnreadable(str(worker), records, count, result.get("v"))
+    return ResultUnreadable(str(result.provenance.get("worker", "unknown worker")), records, count, result.version)

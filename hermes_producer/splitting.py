@@ -4,7 +4,7 @@ A chunk that keeps failing as a whole (its worker process dies on it, its result
 to publish) is split, and the parts are run as chunks of their own, until the item to blame
 is alone; every other item then gets its normal record. The sandbox session does the same
 inside a container worker (:mod:`hermes_worker.sandbox.session`); this is the producer's
-version, for whatever happens outside one. Pure functions on contract payloads and results.
+version, for whatever happens outside one. Pure functions on encoded requests and result values.
 
 >>> parts = split_request({"chunk": 3, "first": 10, "text": "a\\nb\\nc", "bad": [[2, "x", "y"]]})
 >>> [(p["first"], p["text"], p["bad"]) for p in parts]
@@ -14,10 +14,11 @@ version, for whatever happens outside one. Pure functions on contract payloads a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
-from hermes_worker.contract import request_span, result_text
+from hermes_worker.contract import ChunkResult, request_span
 
 __all__ = ["merge_results", "split_request"]
 
@@ -52,23 +53,17 @@ def split_request(payload: Mapping[str, Any], ways: int = 2) -> list[dict[str, A
     return [dict(payload, items=items[start:end]) for start, end in pairwise(bounds)]
 
 
-def merge_results(payload: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The result of ``payload`` from the results of its parts, in order (``text`` form).
+def merge_results(payload: Mapping[str, Any], parts: Sequence[ChunkResult]) -> ChunkResult:
+    """The result of ``payload`` from the results of its parts, in order.
 
     Counts and errors add up; ``ids`` (the duplicate guard's) are joined when every part has
-    them; the provenance is the first part's.
+    them; the provenance and version are the first part's.
     """
-    merged: dict[str, Any] = {
-        "v": parts[0]["v"],
-        "chunk": payload["chunk"],
-        "text": "".join(result_text(part) for part in parts),
-        "ok": sum(int(part["ok"]) for part in parts),
-        "failed": sum(int(part["failed"]) for part in parts),
-        "errors": [error for part in parts for error in part["errors"]],
-        "provenance": parts[0]["provenance"],
-    }
+    merged = parts[0].followed_by(*parts[1:])
+    first: int | None = None
+    ids: list[Any] | None = None
     if "first" in payload and "text" in payload:
-        merged["first"] = payload["first"]
-        ids = [part.get("ids") for part in parts]
-        merged["ids"] = None if any(i is None for i in ids) else [i for part_ids in ids for i in part_ids or []]
-    return merged
+        first = payload["first"]
+        if all(part.ids is not None for part in parts):
+            ids = [i for part in parts for i in part.ids or []]
+    return replace(merged, chunk=payload["chunk"], first=first, ids=ids)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ENGINE_FAILURE, request_span
+from hermes_worker.contract import ENGINE_FAILURE, ChunkResult, ContractError, request_span
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
 
@@ -186,8 +186,8 @@ class ChunkTracker:
         self._window = 4 * self.route.concurrency + 4
         self._order: deque[int] = deque()  # chunks admitted and not yet handed back, in input order
         self._chunks: dict[int, _Chunk] = {}  # chunks and parts not yet handed back
-        self._ready: dict[int, dict[str, Any]] = {}  # results of chunks, waiting for their turn
-        self._part_results: dict[int, dict[str, Any]] = {}  # finished parts of split chunks
+        self._ready: dict[int, ChunkResult] = {}  # results of chunks, waiting for their turn
+        self._part_results: dict[int, ChunkResult] = {}  # finished parts of split chunks
         self._orphaned_since: float | None = None  # since when the route has had no worker
 
     def has_room(self) -> bool:
@@ -227,11 +227,11 @@ class ChunkTracker:
         """Redis refused ``chunk``'s lines as one value: split it."""
         self._split(chunk, events.TooLarge(detail), now)
 
-    def ran_here(self, chunk: int, result: dict[str, Any]) -> None:
+    def ran_here(self, chunk: int, result: ChunkResult) -> None:
         """The in-process result of a :class:`RunHere`."""
         self._ready[chunk] = result
 
-    def next_written(self) -> tuple[int, dict[str, Any]] | None:
+    def next_written(self) -> tuple[int, ChunkResult] | None:
         """The next chunk in input order and its result, if it has one; it leaves the tracker."""
         if not self._order or self._order[0] not in self._ready:
             return None
@@ -248,8 +248,7 @@ class ChunkTracker:
     def observe(self, seen: Observation, now: float) -> None:
         """Take a notice or a result read from the stream; duplicates and strangers are dropped.
 
-        Raises:
-            UnicodeDecodeError: a result's records are not UTF-8 (no Hermes worker wrote it).
+        A result that is not the shape a Hermes worker gives counts as a refusal of its chunk.
         """
         waiting = self._chunks.get(seen.chunk)
         if waiting is None or seen.chunk in self._ready:
@@ -285,7 +284,11 @@ class ChunkTracker:
     def _result(self, seen: ResultPosted, waiting: _Chunk, now: float) -> None:
         if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
             return  # a part of another run of this batch, numbered alike: other lines
-        result = dict(seen.result, text=seen.text.decode("utf-8"))
+        try:
+            result = ChunkResult.from_stream(seen.result, seen.text)
+        except ContractError as exc:  # not the shape a Hermes worker gives a result
+            self._refused(seen.chunk, events.Malformed(exc.reason), now)
+            return
         wrong = refusal(result, self.isolation)
         if wrong is not None:
             self._refused(seen.chunk, wrong, now)
@@ -551,7 +554,7 @@ class ChunkTracker:
                                      worker=self._producer)  # fmt: skip
         self._complete(chunk, result)
 
-    def _complete(self, chunk: int, result: dict[str, Any]) -> None:
+    def _complete(self, chunk: int, result: ChunkResult) -> None:
         """``chunk`` has its result: ready to be written, or one part closer to its parent's."""
         waiting = self._chunks[chunk]
         self._drop_parts(waiting)

@@ -1,7 +1,15 @@
 """The contract between producers and workers: task and queue names, payloads, error codes.
 
-Both sides import this module and nothing else of each other. It uses only the standard
-library, so it also ships inside the sandbox image. Payloads are plain JSON: no pickle, ever.
+It uses only the standard library, so it also ships inside the sandbox image. Payloads are
+plain JSON: no pickle, ever.
+
+What crosses a wire is a typed value with one encode and one decode each (as arq's
+``JobDef``/``JobResult``, dramatiq's ``Message``): :class:`ChunkRequest` (``to_payload`` /
+``from_payload``), :class:`ChunkResult`, :class:`Item` and :class:`ItemFailure` (``to_wire`` /
+``from_wire``), :class:`Reply`. Code reads them by attribute; the dict shapes below exist only
+on the wire, and every decode checks its input (types, bounds) and names the field that is wrong
+in a :class:`ContractError`. A result's records stay one pre-encoded JSONL string from where the
+chunk runs to the output file: no value is made per record.
 
 A chunk request carries either raw input lines (what ``hermes batch`` sends)::
 
@@ -18,10 +26,12 @@ items already parsed (``hermes run``, ``hermes queue``, tests)::
 
      ... "items": [[line, id, prompt, null], [line, id, null, ["malformed_json", "..."]], ...]}
 
+(each an :class:`Item`)
+
 An item whose fourth field is set failed before it reached the engine; the worker turns it
 into its error record so that records stay in input order.
 
-A chunk result::
+A chunk result (:class:`ChunkResult`; its ``errors`` are :class:`ItemFailure` values)::
 
     {"v": 3, "chunk": 7, "lines": ["{...record...}", ...], "ok": 255, "failed": 1,
      "errors": [[line, code, message], ...], "provenance": {...},
@@ -48,12 +58,13 @@ message, each with one of these fields (JSON objects naming ``chunk`` and ``work
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import reprlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .engine.errors import EMPTY_PROMPT as EMPTY_PROMPT  # re-exported: contract lists every code
@@ -163,59 +174,13 @@ def shown(value: Any) -> str:
 MAX_ITEM_TIME_BUDGET = 100.0
 
 
-def result_text(result: Mapping[str, Any]) -> str:
-    """A chunk result's records as JSONL text, one line each, ending with a newline.
-
-    Results made in this process carry ``lines`` (a list); results that crossed Redis carry
-    ``text`` (the same records, already joined).
-    """
-    if "text" in result:
-        return str(result["text"])
-    lines = result["lines"]
-    return "\n".join(lines) + "\n" if lines else ""
-
-
-def result_lines(result: Mapping[str, Any]) -> list[str]:
-    """A chunk result's records as a list of JSON strings."""
-    if "lines" in result:
-        return list(result["lines"])
-    return str(result["text"]).split("\n")[:-1]
-
-
 def request_span(payload: Mapping[str, Any]) -> tuple[int, int]:
-    """``(first line, number of lines)`` of a chunk request, without parsing its lines."""
+    """``(first line, number of lines)`` of an encoded chunk request, without parsing its lines."""
     text = payload.get("text")
     if isinstance(text, str):
         return int(payload.get("first") or 1), text.count("\n") + 1
     items = payload.get("items") or []
     return (items[0][0] if items else 0), len(items)
-
-
-def result_problem(result: Any) -> str | None:
-    """What is wrong with a chunk result read back from a result stream, or None.
-
-    Anyone who can write to Redis can add entries to a stream: a producer writes nothing, and
-    counts nothing, that does not have the shape a Hermes worker gives it.
-    """
-    if not isinstance(result, Mapping):
-        return "a result that is not an object"
-    provenance, errors, ids = result.get("provenance"), result.get("errors"), result.get("ids")
-    ok, failed = result.get("ok"), result.get("failed")
-    if not (type(result.get("chunk")) is int and type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
-        return "a result without its chunk number or counts"
-    if not isinstance(provenance, Mapping):
-        return "a result without its provenance"
-    worker = provenance.get("worker")
-    if not (isinstance(worker, str) and worker.isprintable() and isinstance(provenance.get("mode"), str)):
-        return "a result without its provenance"  # (a worker name goes to the summary, on a terminal)
-    if not (isinstance(errors, list) and len(errors) == failed and all(
-        isinstance(e, list) and len(e) == 3 and type(e[0]) is int and all(isinstance(x, str) for x in e[1:])
-        for e in errors
-    )):  # fmt: skip
-        return "a result whose errors do not match its counts"
-    if ids is not None and not (isinstance(ids, list) and len(ids) == ok + failed and type(result.get("first")) is int):
-        return "a result whose ids do not match its counts"
-    return None
 
 
 class ContractError(HermesError, ValueError):
@@ -225,6 +190,65 @@ class ContractError(HermesError, ValueError):
     untrusted data (the result-stream reader, JSON decoding) catch ``ValueError`` around decoding
     and checking alike, to skip what no Hermes component wrote.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """Why one item got an error record; on the wire (a result's ``errors``): ``[line, code, message]``.
+
+    Named so that it does not clash with the engine's :class:`~hermes_worker.engine.ItemError`,
+    the exception an item's check raises; this is the record of it that travels.
+
+    >>> ItemFailure.from_wire([7, "too_large", "prompt is 2 MB"])
+    ItemFailure(line=7, code='too_large', message='prompt is 2 MB')
+    """
+
+    line: int
+    code: str
+    message: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.line, self.code, self.message]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> ItemFailure:
+        """Raises: ContractError: not a ``[line, code, message]`` list of an integer and two strings."""
+        if not (isinstance(value, list) and len(value) == 3 and type(value[0]) is int
+                and isinstance(value[1], str) and isinstance(value[2], str)):  # fmt: skip
+            raise ContractError(f"result 'errors': {shown(value)} is not a [line, code, message] list")
+        return cls(value[0], value[1], value[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input item of a chunk; on the wire (a request's ``items``): ``[line, id, prompt, error]``.
+
+    ``error`` is ``(code, message)`` when the item failed before it reached the engine (the
+    worker turns it into the item's error record, in order), else None. ``id`` and ``prompt``
+    are whatever the item holds: an id that cannot be one, or a prompt that is not a string,
+    becomes that item's error record where the chunk runs, not a refused chunk.
+
+    >>> Item.from_wire([3, "a", None, ["too_large", "big"]]).error
+    ('too_large', 'big')
+    """
+
+    line: int
+    id: Any
+    prompt: Any
+    error: tuple[str, str] | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.line, self.id, self.prompt, None if self.error is None else list(self.error)]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Item:
+        """Raises: ContractError: naming the field that is wrong."""
+        if not (isinstance(value, list) and len(value) == 4):
+            raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
+        line, item_id, prompt, error = value
+        if type(line) is not int or not 0 <= line <= MAX_LINE_NUMBER:
+            raise ContractError(f"chunk payload: item line {shown(line)} is not a line number")
+        return cls(line, item_id, prompt, None if error is None else _item_error(error, f"item on line {line}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +302,7 @@ def _integer(payload: Mapping[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def _item_error(value: Any, where: str) -> list[Any]:
+def _item_error(value: Any, where: str) -> tuple[str, str]:
     """A ``[code, message]`` pair a producer put in a request, checked."""
     if not (isinstance(value, list) and len(value) == 2):
         raise ContractError(f"chunk payload: {where} must be a [code, message] pair")
@@ -287,7 +311,7 @@ def _item_error(value: Any, where: str) -> list[Any]:
         raise ContractError(f"chunk payload: {where}: unknown error code {shown(code)}")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
         raise ContractError(f"chunk payload: {where}: the message must be a string of at most {MAX_MESSAGE_CHARS}")
-    return [code, message]
+    return code, message
 
 
 def _profile(value: Any) -> dict[str, Any]:
@@ -325,7 +349,7 @@ class ChunkRequest:
     max_validation: int
     explain: bool
     max_prompt_bytes: int
-    items: list[list[Any]] | None = None
+    items: list[Item] | None = None
     text: str | None = None
     first: int = 1
     format: str = "jsonl"
@@ -354,12 +378,12 @@ class ChunkRequest:
             payload |= {"format": self.format, "first": self.first, TEXT_KEY: self.text_key, "count": self.count}
             payload["bad"] = self.bad or []
         else:
-            payload["items"] = self.items
+            payload["items"] = None if self.items is None else [item.to_wire() for item in self.items]
         return payload
 
-    def bad_lines(self) -> dict[int, list[Any]]:
-        """Lines of a text request the producer could not ship: index in the chunk -> [code, message]."""
-        return {index: [code, message] for index, code, message in self.bad or []}
+    def bad_lines(self) -> dict[int, tuple[str, str]]:
+        """Lines of a text request the producer could not ship: index in the chunk -> (code, message)."""
+        return {index: (code, message) for index, code, message in self.bad or []}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], reply: Reply | None = None) -> ChunkRequest:
@@ -429,6 +453,136 @@ class ChunkRequest:
         return cls(**common, text_key=key, count=count, first=first, format=fmt, bad=checked)
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """A chunk's result: its records, already JSON-encoded, and what the producer counts.
+
+    ``records`` holds one JSON-encoded output record per item, in item order, each line ending
+    with ``"\\n"``: the records are encoded once, where the chunk runs, and written as they are;
+    nothing decodes them again on the way. ``first`` and ``ids`` (text requests only: ``first``
+    is None for an items request) feed the producer's duplicate guard; ``ids`` is None for plain
+    text, whose ids are line numbers. ``version`` is the payload version of whoever made it.
+
+    On the wire a result is one JSON object (:meth:`to_wire`; see the module docstring) whose
+    records are a list (``lines``: the sandbox's frames, the in-process pool) or one string
+    (``text``: a result stream's ``t`` field, put back by :meth:`from_stream`).
+    """
+
+    chunk: int
+    records: str
+    ok: int
+    failed: int
+    errors: tuple[ItemFailure, ...]
+    provenance: Mapping[str, Any]
+    first: int | None = None
+    ids: list[Any] | None = None
+    version: int | None = PAYLOAD_VERSION
+
+    @property
+    def count(self) -> int:
+        """How many records (items) the result claims."""
+        return self.ok + self.failed
+
+    def record_lines(self) -> list[str]:
+        """The records, one JSON string each, without their newlines."""
+        return self.records.split("\n")[:-1]
+
+    def followed_by(self, *others: ChunkResult) -> ChunkResult:
+        """This result with the records, counts and errors of ``others`` after its own."""
+        parts = (self, *others)
+        return replace(
+            self,
+            records="".join(part.records for part in parts),
+            ok=sum(part.ok for part in parts),
+            failed=sum(part.failed for part in parts),
+            errors=tuple(error for part in parts for error in part.errors),
+        )
+
+    def _counts(self) -> dict[str, Any]:
+        counts = {"v": self.version, "chunk": self.chunk, "ok": self.ok, "failed": self.failed,
+                  "errors": [error.to_wire() for error in self.errors], "provenance": self.provenance}  # fmt: skip
+        if self.first is not None:
+            counts |= {"first": self.first, "ids": self.ids}
+        return counts
+
+    def to_wire(self) -> dict[str, Any]:
+        """The result as one JSON object, its records a list (``lines``)."""
+        return {"v": self.version, "chunk": self.chunk, "lines": self.record_lines()} | self._counts()
+
+    def to_stream(self) -> dict[str, str | bytes]:
+        """The fields of the result's entry on a result stream: ``r`` the rest as ASCII JSON,
+        ``t`` the records as UTF-8 bytes (raw JSONL: encoding them again as JSON strings would
+        make every quote an escape for Redis to store and the producer to undo).
+
+        Raises:
+            UnicodeEncodeError: a record holds a lone surrogate.
+        """
+        return {"r": json.dumps(self._counts(), ensure_ascii=True), "t": self.records.encode("utf-8")}
+
+    @classmethod
+    def from_stream(cls, counts: Mapping[str, Any], text: bytes) -> ChunkResult:
+        """A result read back from a result stream: ``r`` (decoded JSON) and ``t``.
+
+        Raises:
+            ContractError: as :meth:`from_wire`; also records that are not UTF-8.
+        """
+        try:
+            records = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ContractError("a result whose records are not UTF-8") from None
+        if not isinstance(counts, Mapping):
+            raise ContractError("a result that is not an object")
+        return cls.from_wire({**counts, "text": records})
+
+    @classmethod
+    def from_wire(cls, value: Any) -> ChunkResult:
+        """Check a result that crossed a boundary: its shape, its types and its counts.
+
+        Anyone who can write to Redis can add entries to a stream: a producer writes nothing,
+        and counts nothing, that does not have the shape a Hermes worker gives it. Whether the
+        records are the request's (one per item, this version) is the caller's to judge.
+
+        Raises:
+            ContractError: naming the field that is wrong.
+        """
+        if not isinstance(value, Mapping):
+            raise ContractError("a result that is not an object")
+        chunk, ok, failed = value.get("chunk"), value.get("ok"), value.get("failed")
+        if not (type(chunk) is int and type(ok) is int and type(failed) is int and ok >= 0 and failed >= 0):
+            raise ContractError("a result without its chunk number or counts")
+        provenance = value.get("provenance")
+        if not isinstance(provenance, Mapping):
+            raise ContractError("a result without its provenance")
+        worker = provenance.get("worker")  # (a worker name goes to the summary, on a terminal)
+        if not (isinstance(worker, str) and worker.isprintable() and isinstance(provenance.get("mode"), str)):
+            raise ContractError("a result without its provenance")
+        errors = value.get("errors")
+        if not (isinstance(errors, list) and len(errors) == failed):
+            raise ContractError("a result whose errors do not match its counts")
+        try:
+            failures = tuple(ItemFailure.from_wire(error) for error in errors)
+        except ContractError:
+            raise ContractError("a result whose errors do not match its counts") from None
+        first, ids = value.get("first"), value.get("ids")
+        if ids is not None and not (isinstance(ids, list) and len(ids) == ok + failed and type(first) is int):
+            raise ContractError("a result whose ids do not match its counts")
+        if first is not None and type(first) is not int:
+            raise ContractError("a result whose first line is not a line number")
+        version = value.get("v")
+        return cls(chunk, _records(value), ok, failed, failures, provenance, first, ids,
+                   version if type(version) is int else None)  # fmt: skip
+
+
+def _records(result: Mapping[str, Any]) -> str:
+    """A wire result's records as JSONL text: its ``text``, or its ``lines`` joined."""
+    text, lines = result.get("text"), result.get("lines")
+    if isinstance(text, str):
+        return text
+    if not (isinstance(lines, list) and all(isinstance(line, str) for line in lines)):
+        raise ContractError("a result without its records ('lines' or 'text')")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _budget(budget: Any) -> float:
     """A request's ``item_time_budget``, checked.
 
@@ -444,17 +598,10 @@ def _budget(budget: Any) -> float:
     return float(budget)
 
 
-def _items(items: Any) -> list[list[Any]]:
-    """The items of a request that carries them parsed, checked: ``[line, id, prompt, error]`` each."""
-    if not isinstance(items, list) or not all(isinstance(i, list) and len(i) == 4 for i in items):
+def _items(items: Any) -> list[Item]:
+    """The items of a request that carries them parsed, each checked (:meth:`Item.from_wire`)."""
+    if not isinstance(items, list):
         raise ContractError("chunk payload: 'items' must be a list of [line, id, prompt, error] lists")
     if len(items) > MAX_CHUNK_LINES:
         raise ContractError(f"chunk payload: more than {MAX_CHUNK_LINES} items in one chunk")
-    checked = []
-    for line, item_id, prompt, error in items:
-        if type(line) is not int or not 0 <= line <= MAX_LINE_NUMBER:
-            raise ContractError(f"chunk payload: item line {shown(line)} is not a line number")
-        # Any id: one that cannot be an id (a float, a list, a 30-digit number, a lone surrogate)
-        # becomes that item's bad_id record (processing.process_chunk), not a refused chunk.
-        checked.append([line, item_id, prompt, None if error is None else _item_error(error, f"item on line {line}")])
-    return checked
+    return [Item.from_wire(item) for item in items]

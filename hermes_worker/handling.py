@@ -30,7 +30,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from . import contract
-from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, shown
+from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, ChunkRequest, ChunkResult, shown
 from .engine import ProfileError
 from .events import ClusterLog
 from .metrics import bump, chunk_increments
@@ -54,13 +54,16 @@ class Job:
     worker: str
     stream: str
     ttl: int
-    chunk: int
-    payload: dict[str, Any]
+    request: ChunkRequest
     text: bytes | None = None  # the chunk's lines, once fetched from Redis
+
+    @property
+    def chunk(self) -> int:
+        return self.request.chunk
 
 
 # What :meth:`ChunkHandler.run` gives: a result, a reason to split the chunk, or None to let it go.
-Outcome = dict[str, Any] | str | None
+Outcome = ChunkResult | str | None
 
 
 class ChunkHandler:
@@ -121,7 +124,7 @@ class ChunkHandler:
             self.refuse(str(exc), worker)
             return None
         try:
-            request = contract.ChunkRequest.from_payload(payload, answer)
+            request = ChunkRequest.from_payload(payload, answer)
         except (contract.ContractError, ProfileError) as exc:
             self.refuse(str(exc), worker, answer, payload.get("chunk") if isinstance(payload, Mapping) else None)
             return None
@@ -129,20 +132,19 @@ class ChunkHandler:
         if misplaced is not None:
             self.refuse(misplaced, worker, answer, request.chunk, kind="wrong_queue")
             return None
-        # Only the fields the contract knows, checked.
-        return Job(worker, answer.stream, answer.ttl, request.chunk, request.to_payload())
+        return Job(worker, answer.stream, answer.ttl, request)
 
     def fetch(self, job: Job) -> bool:
         """Publish the start notice and read the chunk's lines (one round trip); False: let it go."""
         chunk, worker = job.chunk, job.worker
         events = self.events_for(worker)
-        text_key = job.payload.pop(contract.TEXT_KEY, None)
+        text_key = job.request.text_key
         job.text = self.publisher.publish(
             job.stream,
             job.ttl,
             {"s": json.dumps({"chunk": chunk, "worker": worker})},
             events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
-            fetch=text_key if isinstance(text_key, str) else None,
+            fetch=text_key,
         )
         if text_key is None or job.text is not None:
             return True
@@ -162,12 +164,15 @@ class ChunkHandler:
 
         Never raises: whatever goes wrong with one chunk ends with its records or a notice.
         """
-        payload, worker, chunk, mode = job.payload, job.worker, job.chunk, self.runner.mode
+        request, worker, chunk, mode = job.request, job.worker, job.chunk, self.runner.mode
+        # Only the fields the contract knows, checked (and again with the lines put back in).
+        payload = request.to_payload()
         try:
             if job.text is not None:
+                del payload[contract.TEXT_KEY], payload["count"]
                 payload["text"] = job.text.decode("utf-8")
-            payload.pop("count", None)
-            return self.runner.run(payload, worker)
+                request = ChunkRequest.from_payload(payload)
+            return self.runner.run(request, worker)
         except (contract.ContractError, ProfileError) as exc:
             message = f"chunk rejected by the worker: {exc}"
             return failed_chunk_result(payload, contract.ENGINE_FAILURE, message, mode=mode, worker=worker)
@@ -219,41 +224,35 @@ class ChunkHandler:
             self._fail(job, f"its result cannot be published: {exc}", split=exc.too_large)
 
     def _result_fields(
-        self, result: dict[str, Any], job: Job, elapsed: float
+        self, result: ChunkResult, job: Job, elapsed: float
     ) -> tuple[dict[str, str | bytes], dict[str, str], dict[str, float]]:
         """The stream fields of a result, its event and its metric increments."""
-        # The records travel as raw JSONL bytes next to the counts: encoding them again as JSON
-        # strings would make every quote an escape for Redis to store and the producer to undo.
-        lines = result["lines"]
         try:
-            body = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+            fields = result.to_stream()
         except UnicodeEncodeError:
             # process_chunk never writes such a record; should one slip through, it fails alone.
-            unwritable = {i: line for i, line in enumerate(lines) if not _encodes(line)}
+            unwritable = [i for i, line in enumerate(result.record_lines()) if not _encodes(line)]
             message = "the record for this item cannot be written as UTF-8"
             result = with_errors(result, dict.fromkeys(unwritable, (contract.ENGINE_FAILURE, message)))
-            lines = result["lines"]
-            body = ("\n".join(lines) + "\n").encode("utf-8")
+            fields = result.to_stream()
         elapsed_ms = round(elapsed * 1000, 2)
         increments = chunk_increments(result, elapsed, self.runner.mode)
         restarts = self.runner.restarts
         if restarts > self._restarts_seen:
             increments[metrics_field("session_restarts")] = restarts - self._restarts_seen
             self._restarts_seen = restarts
-        level = "WARNING" if result["failed"] else "DEBUG"
+        level = "WARNING" if result.failed else "DEBUG"
         done = self.events_for(job.worker).entry(
             level,
             "chunk.succeeded",
-            f"chunk {job.chunk}: {result['ok']} ok, {result['failed']} failed in {elapsed_ms} ms",
+            f"chunk {job.chunk}: {result.ok} ok, {result.failed} failed in {elapsed_ms} ms",
             chunk=job.chunk,
-            ok=result["ok"],
-            failed=result["failed"],
+            ok=result.ok,
+            failed=result.failed,
             ms=elapsed_ms,
             mode=self.runner.mode,
         )
-        # ASCII: ids and error messages are checked writable, but this must not fail either way.
-        counts = json.dumps({k: v for k, v in result.items() if k != "lines"}, ensure_ascii=True)
-        return {"r": counts, "t": body}, done, increments
+        return fields, done, increments
 
     def _fail(self, job: Job, reason: str, *, split: bool) -> None:
         """Publish a failure notice: the producer sends the chunk again (or splits it, or gives up).
@@ -272,7 +271,7 @@ class ChunkHandler:
             log.exception("chunk %s: not even its failure notice could be published", chunk)
             raise
 
-    def _misplaced(self, request: contract.ChunkRequest, queue: str | None) -> str | None:
+    def _misplaced(self, request: ChunkRequest, queue: str | None) -> str | None:
         """Why this worker must not run ``request``, sent to ``queue``; None if it may."""
         mode = self.runner.mode
         own = QUEUE_FOR_TAG[mode]

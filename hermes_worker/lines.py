@@ -2,7 +2,7 @@
 
 A producer ships chunks of raw input lines (see :mod:`hermes_worker.contract`); whoever runs
 the chunk (an in-process pool, a Celery worker, the sandbox server) turns each line into an
-item ``[line, id, prompt, error]`` here, so every path does the same work and the producer
+item (:class:`~hermes_worker.contract.Item`) here, so every path does the same work and the producer
 only splits lines. A line that cannot be read (malformed JSON, no prompt, a bad id, a prompt
 over the limit) becomes an item that already carries its error: nothing one line holds can
 make this module raise (huge numbers, deep nesting, lone surrogates, duplicate keys...).
@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from . import contract
+from .contract import Item
 from .engine.errors import ItemError
 
 __all__ = [
@@ -160,18 +161,18 @@ def parse_json_item(text: str) -> tuple[Any, Any]:
     return item_id, prompt
 
 
-def _too_large(prompt: str, max_bytes: int) -> list[Any] | None:
+def _too_large(prompt: str, max_bytes: int) -> tuple[str, str] | None:
     # Only long prompts pay for the exact byte count (UTF-8 takes at most 4 bytes a character).
     if len(prompt) * 4 > max_bytes:
         size = len(prompt.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
-            return [contract.TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_bytes:,} bytes"]
+            return contract.TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_bytes:,} bytes"
     return None
 
 
 def items_from_text(
-    text: str, first: int, fmt: str, max_bytes: int, bad: dict[int, list[Any]] | None = None
-) -> tuple[list[list[Any]], list[Any] | None]:
+    text: str, first: int, fmt: str, max_bytes: int, bad: dict[int, tuple[str, str]] | None = None
+) -> tuple[list[Item], list[Any] | None]:
     """The items of a chunk of raw lines, and the ids the producer's duplicate guard checks.
 
     Args:
@@ -179,7 +180,7 @@ def items_from_text(
         first: the line number of the first line.
         fmt: ``jsonl`` or ``text`` (a prompt per line; its id is its line number).
         max_bytes: prompts larger than this become ``too_large`` items.
-        bad: lines the producer could not ship (index in the chunk -> ``[code, message]``).
+        bad: lines the producer could not ship (index in the chunk -> ``(code, message)``).
 
     Returns:
         ``(items, ids)``. ``ids`` (``None`` for plain text, whose ids are unique by construction)
@@ -190,7 +191,7 @@ def items_from_text(
     [7, True, None]
     """
     bad = bad or {}
-    items: list[list[Any]] = []
+    items: list[Item] = []
     ids: list[Any] | None = [] if fmt == "jsonl" else None
     for index, raw in enumerate(text.split("\n")):
         line = first + index
@@ -201,28 +202,28 @@ def items_from_text(
             # (files joined with cat), where it can only be a mark: JSON never starts with one.
             raw = raw[1:]
         if index in bad:
-            items.append([line, line, None, bad[index]])
+            items.append(Item(line, line, None, bad[index]))
             if ids is not None:
                 ids.append(None)
             continue
         if ids is None:
-            items.append([line, line, raw, _too_large(raw, max_bytes)])
-            if items[-1][3] is not None:
-                items[-1][2] = None
+            error = _too_large(raw, max_bytes)
+            items.append(Item(line, line, None if error else raw, error))
             continue
         try:
             explicit, prompt = parse_json_item(raw)
         except ItemError as exc:
-            items.append([line, line if exc.item_id is None else exc.item_id, None, [exc.code, exc.message]])
+            items.append(Item(line, line if exc.item_id is None else exc.item_id, None, (exc.code, exc.message)))
             ids.append(None)
             continue
         except Exception as exc:  # whatever one line does, it is that line's error
             # MemoryError from a line of a million nested arrays, or a parser failure nobody
             # foresaw: the message names the kind only (an exception's text may quote the line).
-            items.append([line, line, None, [contract.MALFORMED_JSON, f"line cannot be parsed: {type(exc).__name__}"]])
+            error = (contract.MALFORMED_JSON, f"line cannot be parsed: {type(exc).__name__}")
+            items.append(Item(line, line, None, error))
             ids.append(None)
             continue
         error = _too_large(prompt, max_bytes)
-        items.append([line, line if explicit is None else explicit, None if error else prompt, error])
+        items.append(Item(line, line if explicit is None else explicit, None if error else prompt, error))
         ids.append(DEFAULT_ID if explicit is None else explicit)
     return items, ids

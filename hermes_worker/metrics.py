@@ -24,7 +24,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .contract import ERROR_CODES, KEY_PREFIX
+from .contract import ERROR_CODES, KEY_PREFIX, ChunkResult
 
 __all__ = ["BUCKETS", "KEY_METRICS", "RedisCollector", "chunk_increments", "serve"]
 
@@ -109,17 +109,17 @@ def _readable(raw: bytes, number: bytes) -> tuple[str, dict[str, str], float]:
     return name, labels, value
 
 
-def chunk_increments(result: Mapping[str, Any], seconds: float, mode: str) -> dict[str, float]:
+def chunk_increments(result: ChunkResult, seconds: float, mode: str) -> dict[str, float]:
     """The counter increments one finished chunk contributes."""
-    profile = str(result.get("provenance", {}).get("profile", "?"))
+    profile = str(result.provenance.get("profile", "?"))
     counts: dict[str, float] = {
-        field("items_ok", mode=mode, profile=profile): result["ok"],
+        field("items_ok", mode=mode, profile=profile): result.ok,
         field("chunks", mode=mode): 1,
         field("chunk_seconds_sum", mode=mode): seconds,
     }
-    for _line, code, _message in result["errors"]:
+    for error in result.errors:
         # A code no Hermes version defines (a sandbox gone wrong) is counted, not made a label.
-        code = code if code in ERROR_CODES else "unknown"
+        code = error.code if error.code in ERROR_CODES else "unknown"
         key = field("items_failed", mode=mode, profile=profile, code=code)
         counts[key] = counts.get(key, 0) + 1
     for bound in BUCKETS:

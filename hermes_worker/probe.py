@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .contract import PAYLOAD_VERSION
+from .contract import ChunkRequest, ChunkResult, Item
 from .engine import DEFAULT_MAX_PROMPT_BYTES, resolve_profile
 from .processing import process_chunk
 from .sandbox.backends import backend, open_session
@@ -24,7 +24,7 @@ from .sandbox.errors import SandboxError, SelfTestMismatch
 from .sandbox.session import SandboxSession, timed
 from .settings import Settings
 
-__all__ = ["SELF_TEST_PROMPTS", "ProbeResult", "probe", "self_test", "self_test_payload"]
+__all__ = ["SELF_TEST_PROMPTS", "ProbeResult", "probe", "self_test", "self_test_request"]
 
 # Strings that differ between Python/Unicode/ftfy versions or that a broken transport would
 # mangle: mojibake, emoji sequences, controls, line breaks, compatibility forms, invalid items.
@@ -64,18 +64,18 @@ class ProbeResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def self_test_payload() -> dict[str, Any]:
+def self_test_request() -> ChunkRequest:
     """The chunk request of the self-test: every tricky string, explained, one validation round."""
-    items = [[n, f"self-test-{n}", text, None] for n, text in enumerate(SELF_TEST_PROMPTS, 1)]
-    items.append([len(items) + 1, "self-test-not-a-string", 42, None])
-    return {"v": PAYLOAD_VERSION, "chunk": 0, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
-            "explain": True, "max_prompt_bytes": DEFAULT_MAX_PROMPT_BYTES, "items": items}  # fmt: skip
+    items = [Item(n, f"self-test-{n}", text) for n, text in enumerate(SELF_TEST_PROMPTS, 1)]
+    items.append(Item(len(items) + 1, "self-test-not-a-string", 42))
+    return ChunkRequest(0, resolve_profile("prompt").spec(), max_validation=1, explain=True,
+                        max_prompt_bytes=DEFAULT_MAX_PROMPT_BYTES, items=items)  # fmt: skip
 
 
-def _comparable(result: dict[str, Any]) -> list[dict[str, Any]]:
+def _comparable(result: ChunkResult) -> list[dict[str, Any]]:
     # Provenance legitimately differs (mode, image, the base image's Python patch level); the
     # parts that decide the bytes are compared separately below.
-    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result["lines"]]
+    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result.record_lines()]
 
 
 def self_test(session: SandboxSession, worker: str) -> dict[str, Any]:
@@ -85,13 +85,13 @@ def self_test(session: SandboxSession, worker: str) -> dict[str, Any]:
         SelfTestMismatch: naming the first string whose record differs.
         SandboxError: the session failed.
     """
-    payload = self_test_payload()
-    inside = session.run_chunk(payload, worker)
-    local = process_chunk(payload, mode="container", worker=worker, image=session.image_digest)
+    request = self_test_request()
+    inside = session.run_chunk(request, worker)
+    local = process_chunk(request, mode="container", worker=worker, image=session.image_digest)
     for key in ("engine", "unicode", "ftfy", "profile_digest"):
-        if inside["provenance"].get(key) != local["provenance"][key]:
+        if inside.provenance.get(key) != local.provenance[key]:
             raise SelfTestMismatch(
-                f"sandbox {key} is {inside['provenance'].get(key)!r}, here it is {local['provenance'][key]!r}",
+                f"sandbox {key} is {inside.provenance.get(key)!r}, here it is {local.provenance[key]!r}",
                 "rebuild the image from this installation: hermes image build --base <a base with this Python>",
             )
     for got, want in zip(_comparable(inside), _comparable(local), strict=True):
@@ -101,8 +101,7 @@ def self_test(session: SandboxSession, worker: str) -> dict[str, Any]:
                 f"{json.dumps(got, ensure_ascii=True)[:200]} != {json.dumps(want, ensure_ascii=True)[:200]}",
                 "rebuild the image from this installation: hermes image build",
             )
-    provenance: dict[str, Any] = inside["provenance"]
-    return provenance
+    return dict(inside.provenance)
 
 
 def probe(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import contract
-from .contract import ChunkRequest
+from .contract import ChunkRequest, ChunkResult, Item, ItemFailure
 from .engine import ItemError, Profile, check_prompt, provenance
 from .engine.budget import chunk_clock, normalize_within_budget
 from .lines import id_problem, items_from_text
@@ -70,7 +71,7 @@ def _error_line(item_id: str, line: int, code: str, message: str, prov: str) -> 
     return f'{{"id":{item_id},"line":{line},"error":{error},"provenance":{prov}}}'
 
 
-def _record_id(raw_id: Any, line: int) -> tuple[str, list[Any] | None]:
+def _record_id(raw_id: Any, line: int) -> tuple[str, tuple[str, str] | None]:
     """The id as it goes into the record, and a ``bad_id`` error if it cannot be one.
 
     Ids parsed from JSONL lines are checked already; items built elsewhere (``hermes run``,
@@ -82,43 +83,36 @@ def _record_id(raw_id: Any, line: int) -> tuple[str, list[Any] | None]:
     problem = id_problem(raw_id)
     if problem is None:
         return _dumps(raw_id), None
-    return str(line), [contract.BAD_ID, problem]
-
-
-def _pre_error(pre_error: Any) -> tuple[str, str]:
-    """``(code, message)`` of an item that failed before the engine, whatever shape it came in."""
-    if isinstance(pre_error, list | tuple) and len(pre_error) == 2:
-        return str(pre_error[0]), str(pre_error[1])
-    return contract.ENGINE_FAILURE, f"item arrived with an unreadable error: {str(pre_error)[:200]}"
+    return str(line), (contract.BAD_ID, problem)
 
 
 @chunk_clock  # one SIGPROF handler for the chunk; each item's normalization has a CPU-time budget
-def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: str | None = None) -> dict[str, Any]:
+def process_chunk(request: ChunkRequest, *, mode: str, worker: str, image: str | None = None) -> ChunkResult:
     """Normalize every item of a chunk request and encode one output record per item.
 
     Args:
-        payload: a chunk request (see :mod:`hermes_worker.contract`).
+        request: a checked chunk request (:meth:`ChunkRequest.from_payload` checks a payload).
         mode: ``local`` or ``container``: where this code is running, for provenance.
         worker: the name of whoever runs it, for provenance.
         image: the sandbox image digest in container mode.
 
     Raises:
-        ContractError: the payload itself is malformed.
-        ProfileError: the payload's profile is invalid.
+        ProfileError: the request's profile is invalid.
     """
-    request = ChunkRequest.from_payload(payload)
     items, ids = request_items(request)
     profile = Profile.from_spec(request.profile)
     prov_dict = provenance(profile, mode=mode, worker=worker, image=image)
     prov = _dumps(prov_dict)
     lines: list[str] = []
-    errors: list[list[Any]] = []
+    errors: list[ItemFailure] = []
     max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
 
-    for line, raw_id, prompt, pre_error in items:
-        item_id, id_error = _record_id(raw_id, line)
-        if pre_error is not None or id_error is not None:
-            code, message = _pre_error(pre_error if pre_error is not None else id_error)
+    for item in items:
+        line, prompt, pre_error = item.line, item.prompt, item.error
+        item_id, id_error = _record_id(item.id, line)
+        failure = pre_error if pre_error is not None else id_error
+        if failure is not None:
+            code, message = failure
         else:
             try:
                 if not isinstance(prompt, str):
@@ -155,21 +149,16 @@ def process_chunk(payload: Mapping[str, Any], *, mode: str, worker: str, image: 
                     raise
                 code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
         code, message = _clean(code, message)
-        errors.append([line, code, message])
+        errors.append(ItemFailure(line, code, message))
         lines.append(_error_line(item_id, line, code, message, prov))
 
-    chunk_result: dict[str, Any] = {
-        "v": contract.PAYLOAD_VERSION,
-        "chunk": request.chunk,
-        "lines": lines,
-        "ok": len(lines) - len(errors),
-        "failed": len(errors),
-        "errors": errors,
-        "provenance": prov_dict,
-    }
-    if request.text is not None:
-        chunk_result |= {"first": request.first, "ids": ids}
-    return chunk_result
+    text_request = request.text is not None
+    return ChunkResult(request.chunk, _jsonl(lines), len(lines) - len(errors), len(errors), tuple(errors), prov_dict,
+                       request.first if text_request else None, ids if text_request else None)  # fmt: skip
+
+
+def _jsonl(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _belongs_to_the_chunk(exc: BaseException) -> bool:
@@ -182,7 +171,7 @@ def _belongs_to_the_chunk(exc: BaseException) -> bool:
     return type(exc).__name__ == "SoftTimeLimitExceeded"
 
 
-def request_items(request: ChunkRequest) -> tuple[list[list[Any]], list[Any] | None]:
+def request_items(request: ChunkRequest) -> tuple[list[Item], list[Any] | None]:
     """A request's items (parsing its raw lines if it carries text) and their guard ids."""
     if request.text is None:
         return request.items or [], None
@@ -191,40 +180,39 @@ def request_items(request: ChunkRequest) -> tuple[list[list[Any]], list[Any] | N
     )
 
 
-def with_errors(result: dict[str, Any], replaced: dict[int, tuple[str, str]]) -> dict[str, Any]:
+def with_errors(result: ChunkResult, replaced: dict[int, tuple[str, str]]) -> ChunkResult:
     """``result`` with the records at the given indexes replaced by error records.
 
     Args:
-        result: a chunk result (``lines`` or ``text`` form; see :mod:`hermes_worker.contract`).
+        result: a chunk result.
         replaced: index of the record in the chunk -> ``(code, message)``.
 
     The replacement keeps the record's id, line and provenance: it only says why the item
     failed (the producer's duplicate guard uses it).
     """
-    lines = contract.result_lines(result)
-    prov = _dumps(result["provenance"])
-    errors = {line: [line, code, message] for line, code, message in result["errors"]}
+    lines = result.record_lines()
+    prov = _dumps(result.provenance)
+    errors = {error.line: error for error in result.errors}
+    ok, failed = result.ok, result.failed
     for index, (code, message) in replaced.items():
         record = json.loads(lines[index])
         line = record["line"]
         if line not in errors:
-            result["ok"] -= 1
-            result["failed"] += 1
-        errors[line] = [line, *_clean(code, message)]
+            ok, failed = ok - 1, failed + 1
+        errors[line] = ItemFailure(line, *_clean(code, message))
         lines[index] = _error_line(_record_id(record.get("id"), line)[0], line, code, message, prov)
-    result["errors"] = [errors[line] for line in sorted(errors)]
-    result.pop("text", None)
-    result["lines"] = lines
-    return result
+    failures = tuple(errors[line] for line in sorted(errors))
+    return replace(result, records=_jsonl(lines), ok=ok, failed=failed, errors=failures)
 
 
 def failed_chunk_result(
     payload: Mapping[str, Any], code: str, message: str, *, mode: str, worker: str
-) -> dict[str, Any]:
+) -> ChunkResult:
     """A result that gives every item of ``payload`` the same error record.
 
     Used when a chunk cannot be processed at all (a payload or profile the worker rejects, a
-    sandbox that cannot start): its items still get exactly one record each.
+    sandbox that cannot start): its items still get exactly one record each. ``payload`` is an
+    encoded request, maybe one that breaks the contract: whatever it holds, its lines get records.
     """
     spec = payload.get("profile") if isinstance(payload, Mapping) else None
     spec = spec if isinstance(spec, Mapping) else {}
@@ -239,26 +227,18 @@ def failed_chunk_result(
     first = payload.get("first") if isinstance(payload, Mapping) else None
     if isinstance(payload, Mapping) and isinstance(payload.get("text"), str):
         try:
-            items, ids = request_items(ChunkRequest.from_payload(payload))
+            parsed, ids = request_items(ChunkRequest.from_payload(payload))
+            items = [[item.line, item.id] for item in parsed]
         except Exception:  # the payload is what is wrong: a record per line all the same
             text, start = payload["text"], first if isinstance(first, int) else 0
-            items, ids = [[start + n, start + n, None, None] for n in range(text.count("\n") + 1)], None
+            items, ids = [[start + n, start + n] for n in range(text.count("\n") + 1)], None
     lines, errors = [], []
     for item in items if isinstance(items, list) else []:
         line, raw_id = (item[0], item[1]) if isinstance(item, list) and len(item) >= 2 else (0, None)
         lines.append(_error_line(_record_id(raw_id, line)[0], line, code, message, prov))
-        errors.append([line, *_clean(code, message)])
+        errors.append(ItemFailure(line, *_clean(code, message)))
     chunk = payload.get("chunk") if isinstance(payload, Mapping) else None
-    result = {
-        "v": contract.PAYLOAD_VERSION,
-        "chunk": chunk,
-        "lines": lines,
-        "ok": 0,
-        "failed": len(lines),
-        "errors": errors,
-        "provenance": prov_dict,
-    }
-    if isinstance(first, int) and isinstance(payload.get("text"), str):
-        # The guard still learns these ids: a later line reusing one is a duplicate either way.
-        result |= {"first": first, "ids": ids}
-    return result
+    # The guard still learns these ids: a later line reusing one is a duplicate either way.
+    text_request = isinstance(first, int) and isinstance(payload.get("text"), str)
+    return ChunkResult(chunk, _jsonl(lines), 0, len(lines), tuple(errors), prov_dict,  # type: ignore[arg-type]
+                       first if text_request else None, ids if text_request else None)  # fmt: skip

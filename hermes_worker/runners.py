@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from .contract import ChunkRequest, ChunkResult
 from .processing import process_chunk
 from .settings import Settings
 
@@ -19,7 +20,7 @@ class Runner(Protocol):
     @property
     def restarts(self) -> int: ...
 
-    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]: ...
+    def run(self, request: ChunkRequest, worker: str) -> ChunkResult: ...
 
     def close(self) -> None: ...
 
@@ -30,8 +31,8 @@ class LocalRunner:
     mode = "local"
     restarts = 0
 
-    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
-        return process_chunk(payload, mode="local", worker=worker)
+    def run(self, request: ChunkRequest, worker: str) -> ChunkResult:
+        return process_chunk(request, mode="local", worker=worker)
 
     def close(self) -> None:
         pass
@@ -52,14 +53,14 @@ class SandboxRunner:
         """How many times this process's sandbox container had to be recreated."""
         return int(self._session.restarts) if self._session is not None else 0
 
-    def run(self, payload: dict[str, Any], worker: str) -> dict[str, Any]:
+    def run(self, request: ChunkRequest, worker: str) -> ChunkResult:
         if self._session is None:
             from .sandbox.backends import open_session  # Docker code only where it is needed
 
             session = open_session(self._settings, self._worker_id)
             session.start()
             self._session = session
-        result: dict[str, Any] = self._session.run_chunk(payload, worker)
+        result: ChunkResult = self._session.run_chunk(request, worker)
         return result
 
     def close(self) -> None:

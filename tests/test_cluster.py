@@ -14,7 +14,7 @@ import pytest
 from kombu import Connection, Exchange, Producer
 
 from hermes_worker.celeryconfig import make_celery
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
 from hermes_worker.settings import Settings
 
 from .conftest import EXAMPLES, HermesRunner, read_records
@@ -320,11 +320,12 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
         cluster.redis.xadd(executor.stream, {"r": json.dumps(old)})
 
     executor.transport.send = old_worker_answers  # type: ignore[method-assign]
-    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
-               "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None], [2, "b", "y", None]]}
+    items = [Item(1, "a", "x"), Item(2, "b", "y")]
+    nfc = {"name": "nfc", "steps": ["nfc"]}
+    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=items).to_payload()
     [result] = list(executor.map_ordered([payload]))
-    assert result["failed"] == 2 and len(result["lines"]) == 2
-    assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result["lines"])
+    assert result.failed == 2 and len(result.record_lines()) == 2
+    assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result.record_lines())
     assert "run the same Hermes version everywhere" in messages[0]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
 from hermes_worker.engine import ProfileError
 from hermes_worker.metrics import field
 from hermes_worker.processing import process_chunk
@@ -129,7 +129,7 @@ def test_what_producers_send_passes_and_unknown_fields_are_dropped() -> None:
     assert resumed.text_key(3) == "hermes:chunk:0123456789abcdef:3"
     parsed = [[1, "a", "x", None], [2, 2, None, ["bad_id", "m"]]]
     items = {**request(), "text_key": None, "count": None, "items": parsed}
-    assert ChunkRequest.from_payload(items).items == items["items"]
+    assert ChunkRequest.from_payload(items).to_payload()["items"] == items["items"]
 
 
 def test_metric_label_values_cannot_add_labels_or_lines() -> None:
@@ -411,9 +411,8 @@ class ForgedContainerWorker(threading.Thread):
             (payload, answer), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
             payload["text"] = self.redis.get(payload.pop("text_key")).decode()
             payload.pop("count")
-            result = process_chunk(payload, mode="local", worker="container@evil")
-            lines = result.pop("lines")
-            self.redis.xadd(answer["stream"], {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
+            result = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="container@evil")
+            self.redis.xadd(answer["stream"], result.to_stream())  # type: ignore[arg-type]
             self.answered += 1
 
 
@@ -574,23 +573,24 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
     def answer(payload: dict[str, Any], queue: str) -> None:
         sent.append(payload["chunk"])
         stream = executor.stream
-        result = process_chunk(payload, mode="local", worker="local@w")
-        lines = result.pop("lines")
+        result = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="local@w")
+        posted = result.to_stream()
         if len(sent) == 1:
             for fields in ({"r": "{not json"}, {"r": "[1, 2]"}, {"s": json.dumps({"chunk": 0, "worker": ["x"]})},
                            {"x": json.dumps({"chunk": [0], "worker": "w", "reason": "r"})},
                            {"m": json.dumps({"chunk": {"a": 1}})}, {"t": b"\xff\xfe"}):  # fmt: skip
                 cluster.redis.xadd(stream, fields)  # type: ignore[arg-type]
-            cluster.redis.xadd(stream, {"r": json.dumps(result | {"errors": [[1, "x"]]}), "t": "\n".join(lines) + "\n"})
+            forged = json.dumps(json.loads(posted["r"]) | {"errors": [[1, "x"]]})
+            cluster.redis.xadd(stream, {"r": forged, "t": posted["t"]})
             return
-        cluster.redis.xadd(stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
+        cluster.redis.xadd(stream, posted)  # type: ignore[arg-type]
 
     executor.transport.send = answer  # type: ignore[method-assign]
-    items = [[1, "a", "x", None], [2, "b", "y", None]]
-    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
-               "explain": False, "max_prompt_bytes": 100, "items": items}  # fmt: skip
+    items = [Item(1, "a", "x"), Item(2, "b", "y")]
+    nfc = {"name": "nfc", "steps": ["nfc"]}
+    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=items).to_payload()
     [result] = list(executor.map_ordered([payload]))
-    assert result["ok"] == 2 and sent == [0, 0]
+    assert result.ok == 2 and sent == [0, 0]
     # Undecodable, not an object, unhashable chunk numbers; a start notice naming no worker and
     # a field no notice has are ignored as they come.
     assert sum("ignored a malformed entry on the result stream" in m for m in messages) == 4

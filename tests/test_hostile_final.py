@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.processing import process_chunk
 
 from .conftest import HermesRunner
@@ -68,21 +68,20 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
 
     def answer(payload: dict[str, Any], queue: str) -> None:
         # Given a forged result and a forged notice, each nested too deeply, before the real result
-        result = process_chunk(payload, mode="local", worker="local@w")
-        lines = result.pop("lines")
+        result = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="local@w")
         cluster.redis.xadd(executor.stream, {"r": DEEP})
         cluster.redis.xadd(executor.stream, {"s": DEEP})
-        cluster.redis.xadd(executor.stream, {"r": json.dumps(result), "t": "\n".join(lines) + "\n"})
+        cluster.redis.xadd(executor.stream, result.to_stream())  # type: ignore[arg-type]
 
     executor.transport.send = answer  # type: ignore[method-assign]
-    payload = {"v": PAYLOAD_VERSION, "chunk": 0, "profile": {"name": "nfc", "steps": ["nfc"]}, "max_validation": 0,
-               "explain": False, "max_prompt_bytes": 100, "items": [[1, "a", "x", None]]}  # fmt: skip
+    nfc = {"name": "nfc", "steps": ["nfc"]}
+    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=[Item(1, "a", "x")])
 
     # When the producer reads the stream
-    [result] = list(executor.map_ordered([payload]))
+    [result] = list(executor.map_ordered([payload.to_payload()]))
 
     # Then the forged entries are skipped and the real result is the one taken
-    assert result["ok"] == 1
+    assert result.ok == 1
     assert sum("ignored a malformed entry on the result stream (RecursionError)" in m for m in messages) == 2
 
 

@@ -29,7 +29,7 @@ from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_req
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
 from hermes_producer.splitting import merge_results, split_request
-from hermes_worker.contract import request_span, result_text
+from hermes_worker.contract import ChunkRequest, Item, request_span
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 
@@ -53,9 +53,9 @@ def pipeline(data: bytes, chunk_size: int = 4, fmt: str = "jsonl", max_bytes: in
     options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
     seen, out = SeenIds(), b""
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
-        result = guard_duplicates(process_chunk(payload, mode="local", worker="w"), seen)
-        assert result["ok"] + result["failed"] == request_span(payload)[1]
-        out += result_text(result).encode("utf-8")
+        result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
+        assert result.count == request_span(payload)[1]
+        out += result.records.encode("utf-8")
     return strict_records(out)
 
 
@@ -118,11 +118,11 @@ def test_items_built_elsewhere_with_unwritable_ids_get_bad_id_records() -> None:
         [6, "\udfff", None, ["malformed_json", "pre-failed, message with \udfff in it"]],
         [7, 7, None, ["engine_failure", "line one\nline two \x1b[2J"]],
     ]
-    payload = BatchOptions(resolve_profile("nfc"), "jsonl").request(0, items=items)
+    payload = BatchOptions(resolve_profile("nfc"), "jsonl").request(0, items=[Item.from_wire(i) for i in items])
     # When they are processed
-    result = process_chunk(payload, mode="local", worker="w")
+    result = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w")
     # Then each gets its record, all writable, the bad ids as bad_id records under the line number
-    records = strict_records(result_text(result).encode("utf-8"))
+    records = strict_records(result.records.encode("utf-8"))
     codes = [r.get("error", {}).get("code") for r in records]
     assert codes == ["bad_id"] * 4 + [None, "malformed_json", "engine_failure"]
     assert [r["id"] for r in records] == [1, 2, 3, 4, "fine", 6, 7]
@@ -130,7 +130,7 @@ def test_items_built_elsewhere_with_unwritable_ids_get_bad_id_records() -> None:
     # And messages are printable: what a terminal, a log or JUnit XML shows cannot be driven by input
     assert records[5]["error"]["message"] == "pre-failed, message with \\udfff in it"
     assert records[6]["error"]["message"] == "line one\\u000aline two \\u001b[2J"
-    json.dumps(result, ensure_ascii=False).encode("utf-8")  # the counts and errors too
+    json.dumps(result.to_wire(), ensure_ascii=False).encode("utf-8")  # the counts and errors too
 
 
 def test_the_prompt_size_limit_counts_bytes_after_json_unescaping() -> None:
@@ -157,15 +157,15 @@ def test_a_chunk_split_into_parts_merges_back_into_the_same_records(ways: int) -
     rows = ['{"id": "a", "prompt": "x"}', "nope", "", '{"prompt": "caf\\u00e9"}', '{"id": "a", "prompt": "y"}']
     text = "\n".join(rows)
     payload = options.request(9, text=text, first=41, format="jsonl", bad=[[2, "invalid_utf8", "not valid UTF-8"]])
-    whole = process_chunk(payload, mode="local", worker="w")
+    whole = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w")
     # When it is split into parts, each part processed, and the results merged
     parts = split_request(payload, ways)
     assert 2 <= len(parts) <= min(ways, 5) and request_span(parts[0])[0] == 41
-    merged = merge_results(payload, [process_chunk(p, mode="local", worker="w") for p in parts])
+    results = [process_chunk(ChunkRequest.from_payload(part), mode="local", worker="w") for part in parts]
+    merged = merge_results(payload, results)
     # Then the merged result is the whole chunk's
-    assert result_text(merged) == result_text(whole)
-    assert (merged["ok"], merged["failed"], merged["errors"]) == (whole["ok"], whole["failed"], whole["errors"])
-    assert (merged["first"], merged["ids"], merged["chunk"]) == (41, whole["ids"], 9)
+    assert merged == whole  # records, counts, errors, the guard's ids, the chunk number
+    assert (merged.first, merged.chunk) == (41, 9)
     # And a chunk of one line cannot be split
     assert split_request(options.request(1, text="x", first=3, format="text", bad=[])) == []
 

@@ -29,21 +29,36 @@ import docker.errors
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest
+from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.engine import Profile, provenance
-from hermes_worker.probe import probe, self_test_payload
+from hermes_worker.probe import probe, self_test_request
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import BadReply, SessionFailed
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import BytesRecv, DockerDemux, FrameReader, FrameTooLarge
 from hermes_worker.sandbox.reply import Expected, check_result
 from hermes_worker.sandbox.server import DATA_LIES, handle
+from hermes_worker.sandbox.session import SandboxSession
 from hermes_worker.settings import Settings, SettingsError
-from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, chunk, records
+from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, chunk
 
 LIE = "hermes-test:lie"
 TEXTS = ["ﬁrst “quoted” line  ", "Ã©tÃ© cafÃ©", "plain", "", "zero\u200bwidth", "\ud800 lone", "x" * 50, "last"]
 HONEST = {"text"}  # a lie about the text itself keeps the shape: only the self-test can catch it
+
+
+def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
+    """``payload`` (an encoded request, as the fixtures build them) run in ``session`` for worker w1."""
+    return session.run_chunk(ChunkRequest.from_payload(payload), "w1")
+
+
+def locally(payload: dict[str, Any]) -> ChunkResult:
+    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w1")
+
+
+def records(result: ChunkResult) -> list[dict[str, Any]]:
+    """A result's records without provenance (which says where they ran, and so differs)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result.record_lines()]
 
 
 def text_chunk(lines: list[str], first: int = 41) -> dict[str, Any]:
@@ -79,7 +94,7 @@ def test_an_honest_reply_passes_unchanged() -> None:
     """Given honest replies to item and text chunks, the host's rebuilt result equals the sandbox's."""
     for payload in (chunk([*TEXTS, 7, LIE]), text_chunk(jsonl([*TEXTS, LIE]))):
         reply = honest_reply(payload)
-        assert check_result(reply["result"], expected_for(payload)) == reply["result"]
+        assert check_result(reply["result"], expected_for(payload)).to_wire() == reply["result"]
 
 
 @pytest.mark.parametrize("lie", sorted(set(DATA_LIES) - HONEST - {"reply_id", "contract", "too_large"}))
@@ -196,25 +211,25 @@ def test_a_trickling_container_cannot_stretch_the_deadline() -> None:
 # Real containers that lie ---------------------------------------------------------------------
 
 
-def assert_true_records(result: dict[str, Any], payload: dict[str, Any], session: Any, liar_index: int | None) -> None:
+def assert_true_records(result: ChunkResult, payload: dict[str, Any], session: Any, liar_index: int | None) -> None:
     """Every record but the liar's equals the local one; the liar's is a host-written
     sandbox_failure; provenance is the host's everywhere; counts match the records."""
-    local = process_chunk(payload, mode="local", worker="w1")
+    local = locally(payload)
     got, want = records(result), records(local)
-    assert len(got) == len(want) == len(result["lines"])
+    assert len(got) == len(want) == len(result.record_lines())
     for index, (record, expected) in enumerate(zip(got, want, strict=True)):
         if index == liar_index:
             assert record["error"]["code"] == contract.SANDBOX_FAILURE, record
             assert record["line"] == expected["line"] and record["id"] == expected["id"]
         else:
             assert record == expected, index
-    for line in result["lines"]:
+    for line in result.record_lines():
         prov = json.loads(line)["provenance"]
         assert (prov["mode"], prov["worker"], prov["image"]) == ("container", "w1", session.image_digest)
-        assert prov["engine"] == local["provenance"]["engine"]
-    assert result["failed"] == len(result["errors"]) == sum("error" in r for r in got)
-    assert result["ok"] == len(got) - result["failed"]
-    assert result["provenance"]["mode"] == "container" and result["provenance"]["worker"] == "w1"
+        assert prov["engine"] == local.provenance["engine"]
+    assert result.failed == len(result.errors) == sum("error" in r for r in got)
+    assert result.ok == len(got) - result.failed
+    assert result.provenance["mode"] == "container" and result.provenance["worker"] == "w1"
 
 
 @pytest.mark.docker
@@ -228,14 +243,14 @@ def test_a_container_that_lies_is_replaced_and_its_item_isolated(session_factory
     session = session_factory(test_hooks=f"lie={lie}")
     lines = jsonl([*TEXTS[:5], LIE, *TEXTS[5:]])
     payload = text_chunk(lines)
-    result = session.run_chunk(payload, "w1")
-    assert result["ids"] == process_chunk(payload, mode="local", worker="w1")["ids"]  # the guard's ids: the host's
+    result = run(session, payload)
+    assert result.ids == locally(payload).ids  # the guard's ids: the host's
     if lie == "ids":  # only a raw-lines reply carries ids: the retry, as items, cannot lie about them
         assert_true_records(result, payload, session, liar_index=None)
         assert session.restarts == 1
         return
     assert_true_records(result, payload, session, liar_index=5)
-    assert "refused" in json.loads(result["lines"][5])["error"]["message"]
+    assert "refused" in json.loads(result.record_lines()[5])["error"]["message"]
     assert session.restarts >= 2
 
 
@@ -248,7 +263,7 @@ def test_a_container_that_breaks_the_framing_is_replaced_and_its_item_isolated(
     recovery, and the same true records."""
     session = session_factory(test_hooks=f"lie={lie}")
     payload = chunk([*TEXTS[:2], LIE, *TEXTS[2:]])
-    result = session.run_chunk(payload, "w1")
+    result = run(session, payload)
     assert_true_records(result, payload, session, liar_index=2)
 
 
@@ -260,8 +275,8 @@ def test_a_stderr_flood_is_drained_within_bounds(session_factory: SessionFactory
     the bound itself is proven by test_a_huge_stderr_header_never_asks_for_a_huge_read.)"""
     session = session_factory(test_hooks="lie=stderr_flood")
     payload = chunk([LIE, *TEXTS])
-    result = session.run_chunk(payload, "w1")
-    assert records(result) == records(process_chunk(payload, mode="local", worker="w1"))
+    result = run(session, payload)
+    assert records(result) == records(locally(payload))
     assert session.restarts == 0
     assert len(session._stream.stderr_tail()) <= 600
     assert sum(len(piece) for piece in session._stream.stderr) <= 64 * 256 * 1024
@@ -276,7 +291,7 @@ def test_a_container_that_trickles_stderr_forever_times_out_on_the_deadline(
     session = session_factory(sandbox_settings.with_overrides(chunk_time_limit_s=2.0), test_hooks="lie=trickle")
     started = time.monotonic()
     with pytest.raises(SessionFailed, match="did not answer within 2 s"):
-        session.run_chunk(chunk([LIE]), "w1")
+        run(session, chunk([LIE]))
     assert time.monotonic() - started < 8
 
 
@@ -294,7 +309,7 @@ def test_a_sandbox_that_lies_in_the_self_test_gets_no_container_tag(sandbox_sett
     outcome = probe(sandbox_settings, worker_id, open_sandbox=liar)
     assert outcome.tag == "local", outcome
     assert "self-test" in outcome.reason
-    assert len(self_test_payload()["items"]) > 1
+    assert len(self_test_request().items or []) > 1
 
 
 # Deployments: nobody reaps what is not theirs ---------------------------------------------------

@@ -34,7 +34,7 @@ import pytest
 from bench.hostile import FAMILIES
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.processing import process_chunk
 
@@ -181,18 +181,10 @@ def _item_path(profile: str) -> Callable[[str], Any]:
     spec = BUILTIN_PROFILES[profile].spec()
 
     def run(text: str) -> None:
-        payload = {
-            "v": PAYLOAD_VERSION,
-            "chunk": 1,
-            "profile": spec,
-            "max_validation": 1,
-            "explain": False,
-            "max_prompt_bytes": LARGE,
-            "item_time_budget": 0,  # the engine's own time is measured here, not the budget's
-            "items": [[1, 1, text, None]],
-        }
-        result = process_chunk(payload, mode="local", worker="test")
-        assert result["ok"] == 1, result["errors"]
+        # item_time_budget 0: the engine's own time is measured here, not the budget's
+        request = ChunkRequest(1, spec, 1, False, LARGE, items=[Item(1, 1, text)], item_time_budget=0)
+        result = process_chunk(request, mode="local", worker="test")
+        assert result.ok == 1, result.errors
 
     return run
 

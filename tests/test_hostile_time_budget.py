@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, ContractError
+from hermes_worker.contract import ChunkRequest, ContractError, Item
 from hermes_worker.engine import BUILTIN_PROFILES
 from hermes_worker.engine import budget as budget_module
 from hermes_worker.engine.budget import ItemTooSlow, item_budget_s, normalize_within_budget
@@ -111,16 +111,16 @@ def test_the_default_budget_grows_with_the_prompt_and_zero_turns_it_off() -> Non
 # --- one chunk: the slow item fails alone ----------------------------------------------------
 
 
-def _chunk(prompts: list[str], scale: Any = TEST_SCALE) -> dict[str, Any]:
+def _chunk(prompts: list[str], scale: Any = TEST_SCALE) -> ChunkRequest:
     return ChunkRequest(
         chunk=1,
         profile=BUILTIN_PROFILES["prompt"].spec(),
         max_validation=1,
         explain=False,
         max_prompt_bytes=MIB,
-        items=[[n, f"p{n}", prompt, None] for n, prompt in enumerate(prompts, 1)],
+        items=[Item(n, f"p{n}", prompt) for n, prompt in enumerate(prompts, 1)],
         item_time_budget=scale,
-    ).to_payload()
+    )
 
 
 def test_the_slow_item_of_a_chunk_fails_alone_and_names_its_budget() -> None:
@@ -128,7 +128,7 @@ def test_the_slow_item_of_a_chunk_fails_alone_and_names_its_budget() -> None:
     prompts = ["caf\u00c3\u00a9", SLOW_PROMPT, "fine  ", "ﬁne\u200b"]
     # When the chunk runs
     result = process_chunk(_chunk(prompts), mode="local", worker="test")
-    records = [json.loads(line) for line in result["lines"]]
+    records = [json.loads(line) for line in result.record_lines()]
     # Then exactly one record per item, the slow one too_slow, the others normalized
     assert [r["id"] for r in records] == ["p1", "p2", "p3", "p4"]
     assert [r.get("text") for r in records] == ["café", None, "fine", "fine"]
@@ -137,19 +137,19 @@ def test_the_slow_item_of_a_chunk_fails_alone_and_names_its_budget() -> None:
         "message": "normalization took longer than its budget of 1.55 s of CPU time (prompt of 1,048,576 bytes)",
         "line": 2,
     }
-    assert (result["ok"], result["failed"]) == (3, 1)
+    assert (result.ok, result.failed) == (3, 1)
     assert _restored()
 
 
 def test_with_the_budget_off_the_slow_item_finishes() -> None:
     """Scale 0: no budget; the engine's own bound still ends ftfy's work on the line."""
     result = process_chunk(_chunk(["\u00c2" * 5_000 + "\u00a9", "ok"], scale=0), mode="local", worker="test")
-    assert (result["ok"], result["failed"]) == (2, 0)
+    assert (result.ok, result.failed) == (2, 0)
 
 
 @pytest.mark.parametrize("bad", [-1, 101, math.nan, math.inf, True, "1", None, [1]])
 def test_a_chunk_request_with_a_hostile_budget_is_refused(bad: Any) -> None:
-    payload = _chunk(["x"])
+    payload = _chunk(["x"]).to_payload()
     payload["item_time_budget"] = bad
     with pytest.raises(ContractError, match="'item_time_budget' must be a number from 0 to 100"):
         ChunkRequest.from_payload(payload)
@@ -157,7 +157,7 @@ def test_a_chunk_request_with_a_hostile_budget_is_refused(bad: Any) -> None:
 
 def test_a_chunk_request_without_a_budget_gets_the_default() -> None:
     """Requests of producers older than the field keep the protection."""
-    payload = _chunk(["x"])
+    payload = _chunk(["x"]).to_payload()
     del payload["item_time_budget"]
     assert ChunkRequest.from_payload(payload).item_time_budget == 1.0
 

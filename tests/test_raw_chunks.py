@@ -14,7 +14,7 @@ from typing import Any
 from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_requests
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import request_span
+from hermes_worker.contract import ChunkRequest, request_span
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 
@@ -24,9 +24,9 @@ def run(data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1
     options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
     seen, records = SeenIds(), []
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
-        result = guard_duplicates(process_chunk(payload, mode="local", worker="w"), seen)
-        lines = result["lines"]
-        assert len(lines) == request_span(payload)[1] == result["ok"] + result["failed"]
+        result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
+        lines = result.record_lines()
+        assert len(lines) == request_span(payload)[1] == result.count
         records += [json.loads(line) for line in lines]
     return records
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes_worker import contract
-from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.errors import FrameTooLarge, ProtocolError, TornStream
@@ -31,9 +31,9 @@ IMITATIONS = [
 
 
 def payload(prompts: list[Any]) -> dict[str, Any]:
-    items = [[n, f"id-{n}", text, None] for n, text in enumerate(prompts, 1)]
-    return {"v": PAYLOAD_VERSION, "chunk": 3, "profile": resolve_profile("prompt").spec(), "max_validation": 1,
-            "explain": False, "max_prompt_bytes": 1 << 20, "items": items}  # fmt: skip
+    items = [Item(n, f"id-{n}", text) for n, text in enumerate(prompts, 1)]
+    spec = resolve_profile("prompt").spec()
+    return ChunkRequest(3, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20, items=items).to_payload()
 
 
 @given(st.lists(st.dictionaries(st.text(max_size=5), st.text() | st.integers() | st.none(), max_size=4),
@@ -99,8 +99,8 @@ def test_frames_are_taken_out_of_dockers_multiplexing_with_stderr_kept_aside() -
 def test_server_answers_like_process_chunk_and_never_raises() -> None:
     chunk = payload(["Ã©tÃ©", "", "\ud800", 7, *IMITATIONS])
     reply = handle({"op": "chunk", "id": 9, "worker": "w", "image": "sha256:x", "payload": chunk})
-    assert reply == {"id": 9, "ok": True,
-                     "result": process_chunk(chunk, mode="container", worker="w", image="sha256:x")}  # fmt: skip
+    local = process_chunk(ChunkRequest.from_payload(chunk), mode="container", worker="w", image="sha256:x")
+    assert reply == {"id": 9, "ok": True, "result": local.to_wire()}
     bad = handle({"op": "chunk", "id": 10, "payload": chunk | {"v": 99}})
     assert bad["ok"] is False and bad["error"]["type"] == "ContractError"
     profile = handle({"op": "chunk", "id": 11, "payload": chunk | {"profile": {"name": "x", "steps": ["nope"]}}})
@@ -132,7 +132,8 @@ def test_server_process_serves_frames_until_end_of_input() -> None:
     assert reader.read() is None and done.returncode == 0
     assert [r["id"] for r in replies if r] == [1, 2, 3]
     assert replies[1] and replies[1]["ok"] is False
-    assert replies[2] and replies[2]["result"] == process_chunk(requests[2]["payload"], mode="container", worker="w")
+    local = process_chunk(ChunkRequest.from_payload(requests[2]["payload"]), mode="container", worker="w")
+    assert replies[2] and replies[2]["result"] == local.to_wire()
 
 
 def test_server_process_exits_on_a_torn_stream_after_answering_what_came_whole() -> None:
@@ -149,5 +150,6 @@ def test_server_once_mode_answers_one_json_request_in_ascii() -> None:
     done = run_server(json.dumps(request).encode(), "--once")
     assert done.stdout.isascii() and done.returncode == 0
     result = json.loads(done.stdout)["result"]
-    assert result == process_chunk(request["payload"], mode="container", worker="w")
+    local = process_chunk(ChunkRequest.from_payload(request["payload"]), mode="container", worker="w")
+    assert result == local.to_wire()
     assert result["failed"] == 0 and result["v"] == contract.PAYLOAD_VERSION

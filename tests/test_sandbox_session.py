@@ -19,13 +19,28 @@ import docker.errors
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ContractError
+from hermes_worker.contract import ChunkRequest, ChunkResult, ContractError
 from hermes_worker.engine import ProfileError
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import SessionFailed, open_session
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import encode_frame
-from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, batch_chunks, chunk, golden_chunks, records
+from hermes_worker.sandbox.session import SandboxSession
+from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, batch_chunks, chunk, golden_chunks
+
+
+def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
+    """``payload`` (an encoded request, as the fixtures build them) run in ``session`` for worker w1."""
+    return session.run_chunk(ChunkRequest.from_payload(payload), "w1")
+
+
+def locally(payload: dict[str, Any]) -> ChunkResult:
+    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w1")
+
+
+def records(result: ChunkResult) -> list[dict[str, Any]]:
+    """A result's records without provenance (which says where they ran, and so differs)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result.record_lines()]
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 
@@ -44,26 +59,28 @@ def test_one_container_serves_a_5000_prompt_batch(session_factory: SessionFactor
     since = int(time.time()) - 1
     # When every chunk runs through one session
     session = session_factory()
-    results = [session.run_chunk(c, "w1") for c in chunks]
+    results = [run(session, c) for c in chunks]
     session.close()
     # Then Docker created exactly one container, and every record equals the local one
     assert created_containers(docker_client, worker_id, since) == 1
-    assert sum(len(r["lines"]) for r in results) == 5000
+    assert sum(r.count for r in results) == 5000
     for request, result in zip(chunks, results, strict=True):
-        assert records(result) == records(process_chunk(request, mode="local", worker="w1"))
-        assert result["provenance"]["mode"] == "container"
-        assert result["provenance"]["image"] == session.image_digest
+        assert records(result) == records(locally(request))
+        assert result.provenance["mode"] == "container"
+        assert result.provenance["image"] == session.image_digest
 
 
 def test_container_output_equals_local_output_on_the_golden_data(session_factory: SessionFactory) -> None:
     session = session_factory()
     for request in golden_chunks():
-        inside = session.run_chunk(request, "w1")
-        local = process_chunk(request, mode="container", worker="w1", image=session.image_digest)
+        inside = run(session, request)
+        local = process_chunk(
+            ChunkRequest.from_payload(request), mode="container", worker="w1", image=session.image_digest
+        )
         assert records(inside) == records(local)
         # Byte for byte, once the interpreter's patch level (3.11.x, same Unicode) is set aside
-        here, there = (f'"python":"{r["provenance"]["python"]}"' for r in (local, inside))
-        assert inside["lines"] == [line.replace(here, there) for line in local["lines"]]
+        here, there = (f'"python":"{r.provenance["python"]}"' for r in (local, inside))
+        assert inside.records == local.records.replace(here, there)
 
 
 INSIDE_CHECK = """
@@ -116,15 +133,15 @@ def test_an_item_that_exhausts_memory_fails_alone(session_factory: SessionFactor
     texts[10] = "hermes-test:exhaust-memory"
     request = chunk(texts)
     # When it runs
-    result = session.run_chunk(request, "w1")
+    result = run(session, request)
     # Then that item alone is a sandbox_failure, the others are what local mode gives
-    assert result["failed"] == 1 and result["ok"] == 15
-    assert result["errors"][0][:2] == [11, contract.SANDBOX_FAILURE]
-    assert "out-of-memory" in result["errors"][0][2]
-    local = records(process_chunk(request, mode="local", worker="w1"))
+    assert result.failed == 1 and result.ok == 15
+    assert (result.errors[0].line, result.errors[0].code) == (11, contract.SANDBOX_FAILURE)
+    assert "out-of-memory" in result.errors[0].message
+    local = records(locally(request))
     assert [r for r in records(result) if r["line"] != 11] == [r for r in local if r["line"] != 11]
     assert session.restarts >= 2
-    assert session.run_chunk(chunk(["still works"]), "w1")["ok"] == 1
+    assert run(session, chunk(["still works"])).ok == 1
 
 
 def test_a_killed_container_is_replaced_and_nothing_is_lost(session_factory: SessionFactory,
@@ -141,13 +158,13 @@ def test_a_killed_container_is_replaced_and_nothing_is_lost(session_factory: Ses
             docker_client.containers.get(first).kill()
         if number == 3:
             threading.Timer(0.2, docker_client.containers.get(first).kill).start()
-        results.append(session.run_chunk(request, "w1"))
+        results.append(run(session, request))
         if number in (1, 3):
             assert session.container_id != first
     # Then each was replaced once, and every record is there and right
     assert session.restarts == 2
     for request, result in zip(chunks, results, strict=True):
-        assert records(result) == records(process_chunk(request, mode="local", worker="w1"))
+        assert records(result) == records(locally(request))
 
 
 def test_a_chunk_over_the_time_limit_fails_and_the_next_gets_a_fresh_container(
@@ -156,8 +173,8 @@ def test_a_chunk_over_the_time_limit_fails_and_the_next_gets_a_fresh_container(
     session = session_factory(sandbox_settings.with_overrides(chunk_time_limit_s=0.2), test_hooks=True)
     first = session.container_id
     with pytest.raises(SessionFailed, match=r"did not answer within 0\.2 s"):
-        session.run_chunk(chunk(["hermes-test:sleep"]), "w1")
-    assert session.run_chunk(chunk(["next"]), "w1")["ok"] == 1
+        run(session, chunk(["hermes-test:sleep"]))
+    assert run(session, chunk(["next"])).ok == 1
     assert session.restarts == 1 and session.container_id != first
 
 
@@ -167,18 +184,18 @@ def test_a_chunk_too_large_for_one_frame_is_split(session_factory: SessionFactor
     session = session_factory()
     texts = [f"{n} " + "é" * 900 for n in range(12)]
     texts[5] = "x" * 7000  # alone over the bound
-    result = session.run_chunk(chunk(texts), "w1")
-    assert result["ok"] == 11 and [e[:2] for e in result["errors"]] == [[6, contract.SANDBOX_FAILURE]]
+    result = run(session, chunk(texts))
+    assert result.ok == 11 and [(e.line, e.code) for e in result.errors] == [(6, contract.SANDBOX_FAILURE)]
     assert [r["line"] for r in records(result)] == list(range(1, 13))
 
 
 def test_bad_payloads_and_profiles_raise_as_they_do_locally(session_factory: SessionFactory) -> None:
     session = session_factory()
     with pytest.raises(ContractError):
-        session.run_chunk(chunk(["a"]) | {"v": 99}, "w1")
+        run(session, chunk(["a"]) | {"v": 99})
     with pytest.raises(ProfileError):
-        session.run_chunk(chunk(["a"], profile={"name": "bad", "steps": ["no_such_step"]}), "w1")
-    assert session.run_chunk(chunk(["a"]), "w1")["ok"] == 1
+        run(session, chunk(["a"], profile={"name": "bad", "steps": ["no_such_step"]}))
+    assert run(session, chunk(["a"])).ok == 1
 
 
 def test_close_removes_the_container(session_factory: SessionFactory, docker_client: Any) -> None:
@@ -336,4 +353,4 @@ def test_dagger_session_output_equals_local(tmp_path: Path, sandbox_settings: An
         sandbox_settings.with_overrides(container_backend="dagger"), f"dagger@{socket.gethostname()}"
     ) as s:
         for request in golden_chunks():
-            assert records(s.run_chunk(request, "w1")) == records(process_chunk(request, mode="local", worker="w1"))
+            assert records(run(s, request)) == records(locally(request))

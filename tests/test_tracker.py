@@ -55,7 +55,7 @@ from hermes_producer.notices import (
 )  # fmt: skip
 from hermes_producer.routes import route_for
 from hermes_producer.tracker import ChunkTracker, Forget, Limits, RunHere, Send
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest
+from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, ChunkResult
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
 
@@ -82,15 +82,13 @@ def chunk(number: int, lines: int = 4, *, poison: int | None = None) -> dict[str
 
 def posted(payload: dict[str, Any], by: str, **changes: Any) -> ResultPosted:
     """What a worker posts for ``payload``: its result (``r``) and its records (``t``), as on the stream."""
-    result = process_chunk(payload, mode=by.split("@")[0], worker=by)
-    text = "".join(line + "\n" for line in result.pop("lines"))
-    return ResultPosted(payload["chunk"], result | changes, text.encode())
+    result = process_chunk(ChunkRequest.from_payload(payload), mode=by.split("@")[0], worker=by)
+    fields = result.to_stream()
+    return ResultPosted(payload["chunk"], json.loads(fields["r"]) | changes, bytes(fields["t"]))  # type: ignore[arg-type]
 
 
-def records(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in result["text"].splitlines()] if "text" in result else [
-        json.loads(line) for line in result["lines"]
-    ]  # fmt: skip
+def records(result: ChunkResult) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.record_lines()]
 
 
 class FakeCluster:
@@ -104,7 +102,7 @@ class FakeCluster:
         self.events: list[Event] = []
         self.sends: list[Send] = []
         self.forgotten: list[int] = []
-        self.written: list[tuple[int, dict[str, Any]]] = []
+        self.written: list[tuple[int, ChunkResult]] = []
         route = route_for(self.registry, isolation)
         assert route is not None
         self.tracker = ChunkTracker(
@@ -131,8 +129,8 @@ class FakeCluster:
                 elif isinstance(decision, Forget):
                     self.forgotten.append(decision.chunk)
                 elif isinstance(decision, RunHere):
-                    self.tracker.ran_here(decision.chunk, process_chunk(decision.payload, mode="local",
-                                                                        worker="embedded@test"))  # fmt: skip
+                    request = ChunkRequest.from_payload(decision.payload)
+                    self.tracker.ran_here(decision.chunk, process_chunk(request, mode="local", worker="embedded@test"))
         while (written := self.tracker.next_written()) is not None:
             self.written.append(written)
 
@@ -314,7 +312,7 @@ def test_a_chunk_no_worker_ever_takes_gets_error_records_after_five_sends() -> N
     assert [type(e) for e in cluster.events] == [ChunksStranded] * 4 + [GaveUp]
     assert cluster.events[-1] == GaveUp(0, 1, 2, NeverTaken(5))
     [(number, result)] = cluster.written
-    assert number == 0 and result["failed"] == 2
+    assert number == 0 and result.failed == 2
     error = records(result)[0]["error"]
     assert error["code"] == "engine_failure"
     assert error["message"] == ("no worker could process this line: sent 5 times and never taken by a worker "
@@ -366,7 +364,7 @@ def test_a_notice_that_splitting_helps_splits_at_once_and_the_parts_merge_in_ord
         cluster.answer(part)
     assert cluster.written_chunks() == [0, 1]
     merged = cluster.written[0][1]
-    assert merged["chunk"] == 0 and merged["ok"] == 16
+    assert merged.chunk == 0 and merged.ok == 16
     assert [r["line"] for r in records(merged)] == list(range(1, 17))
     assert sorted(cluster.forgotten) == sorted([0, *parts])  # the parts' lines go as they finish
 

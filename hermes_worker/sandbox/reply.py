@@ -35,8 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import contract
-from ..contract import ChunkRequest
+from ..contract import ChunkRequest, ChunkResult, Item, ItemFailure
 from ..engine import Profile
 from ..processing import request_items
 from .errors import ContainerDied, FrameTooLarge
@@ -90,7 +89,7 @@ class Expected:
 
     Attributes:
         chunk: the chunk number of the request.
-        items: ``[line, id, prompt, error]`` per item, as the host parsed them.
+        items: the items, as the host parsed them.
         provenance: the provenance every record must carry, built by the host.
         explain: whether ok records carry an explanation.
         explain_room: characters an explanation may take in one record.
@@ -99,7 +98,7 @@ class Expected:
     """
 
     chunk: int
-    items: list[list[Any]]
+    items: list[Item]
     provenance: dict[str, Any]
     explain: bool = False
     explain_room: int = 0
@@ -123,16 +122,15 @@ class Expected:
         """The expectation for the same items sent as an items request (no guard ids)."""
         return self.part(0, len(self.items))
 
-    def record_bound(self, item: list[Any]) -> int:
+    def record_bound(self, item: Item) -> int:
         """The longest record (in characters) the item can legitimately get."""
-        _line, item_id, prompt, error = item
         bound = _RECORD_SLACK + self.explain_room
-        if isinstance(prompt, str):
-            bound += _EXPANSION * len(prompt)
-        if isinstance(item_id, str):
-            bound += 6 * len(item_id)
-        if isinstance(error, list) and len(error) == 2:
-            bound += 6 * len(str(error[1]))
+        if isinstance(item.prompt, str):
+            bound += _EXPANSION * len(item.prompt)
+        if isinstance(item.id, str):
+            bound += 6 * len(item.id)
+        if item.error is not None:
+            bound += 6 * len(item.error[1])
         return bound
 
     def reply_bound(self) -> int:
@@ -160,9 +158,9 @@ def _refuse(line: Any, problem: str) -> BadReply:
     return BadReply(f"the sandbox's record for line {line} {problem}")
 
 
-def _check_record(record: Any, item: list[Any], expected: Expected) -> list[Any] | None:
-    """Check one record against its item; return its ``[line, code, message]`` if it is an error."""
-    line, item_id, prompt, pre_error = item
+def _check_record(record: Any, item: Item, expected: Expected) -> ItemFailure | None:
+    """Check one record against its item; return its failure if it is an error record."""
+    line, item_id, prompt, pre_error = item.line, item.id, item.prompt, item.error
     if not isinstance(record, str):
         raise _refuse(line, f"is a JSON {type(record).__name__}, not an encoded record")
     bound = expected.record_bound(item)
@@ -205,7 +203,7 @@ def _check_record(record: Any, item: list[Any], expected: Expected) -> list[Any]
     return None
 
 
-def _check_error(value: dict[str, Any], line: int, pre_error: list[Any] | None) -> list[Any]:
+def _check_error(value: dict[str, Any], line: int, pre_error: tuple[str, str] | None) -> ItemFailure:
     error = value["error"]
     if value.keys() != _ERROR_KEYS or type(error) is not dict or error.keys() != {"code", "message", "line"}:
         raise _refuse(line, "is a malformed error record")
@@ -214,12 +212,12 @@ def _check_error(value: dict[str, Any], line: int, pre_error: list[Any] | None) 
         raise _refuse(line, f"has an invalid error code {str(code)[:40]!r}")
     if error["line"] != line or type(error["line"]) is not int:
         raise _refuse(line, "has an error naming another line")
-    if pre_error is not None and [code, message] != list(pre_error):
+    if pre_error is not None and (code, message) != pre_error:
         raise _refuse(line, f"is not the {pre_error[0]} error the host found in the item")
-    return [line, code, message]
+    return ItemFailure(line, code, message)
 
 
-def check_result(result: Any, expected: Expected) -> dict[str, Any]:
+def check_result(result: Any, expected: Expected) -> ChunkResult:
     """The chunk result to pass on, rebuilt by the host from a sandbox result it checked.
 
     Every field besides the records is the host's own; the sandbox's must equal it.
@@ -234,20 +232,14 @@ def check_result(result: Any, expected: Expected) -> dict[str, Any]:
         count = len(lines) if type(lines) is list else "no list of"
         raise BadReply(f"the sandbox returned {count} records for {len(expected.items)} items")
     errors = [e for e in (_check_record(r, i, expected) for r, i in zip(lines, expected.items, strict=True)) if e]
-    rebuilt: dict[str, Any] = {
-        "v": contract.PAYLOAD_VERSION,
-        "chunk": expected.chunk,
-        "lines": lines,
-        "ok": len(lines) - len(errors),
-        "failed": len(errors),
-        "errors": errors,
-        "provenance": expected.provenance,
-    }
-    if expected.ids is not None:
-        rebuilt |= {"first": expected.first, "ids": expected.ids}
-    if result.keys() != rebuilt.keys():
-        raise BadReply(f"the sandbox's result has the fields {sorted(result)[:12]}, not {sorted(rebuilt)}")
-    for key, value in rebuilt.items():
+    records = "\n".join(lines) + "\n" if lines else ""
+    first = expected.first if expected.ids is not None else None
+    rebuilt = ChunkResult(expected.chunk, records, len(lines) - len(errors), len(errors), tuple(errors),
+                          expected.provenance, first, expected.ids)  # fmt: skip
+    wire = rebuilt.to_wire()
+    if result.keys() != wire.keys():
+        raise BadReply(f"the sandbox's result has the fields {sorted(result)[:12]}, not {sorted(wire)}")
+    for key, value in wire.items():
         if key != "lines" and (result[key] != value or _shape(result[key]) != _shape(value)):
             raise BadReply(f"the sandbox's {key!r} is not what its records and its request say")
     return rebuilt
@@ -262,7 +254,7 @@ def _shape(value: Any) -> Any:
     return type(value).__name__
 
 
-def error_result(expected: Expected, code: str, message: str) -> dict[str, Any]:
+def error_result(expected: Expected, code: str, message: str) -> ChunkResult:
     """A result giving every item of ``expected`` the error ``code``, written by the host.
 
     The record has the form :mod:`hermes_worker.processing` writes, and the provenance the
@@ -270,19 +262,12 @@ def error_result(expected: Expected, code: str, message: str) -> dict[str, Any]:
     """
     prov = _encode(expected.provenance)
     lines, errors = [], []
-    for line, item_id, _prompt, _error in expected.items:
+    for item in expected.items:
+        line = item.line
         error = {"code": code, "message": message, "line": line}
-        record = f'{{"id":{_encode(item_id)},"line":{line},"error":{_encode(error)},"provenance":{prov}}}'
+        record = f'{{"id":{_encode(item.id)},"line":{line},"error":{_encode(error)},"provenance":{prov}}}'
         for raw, escaped in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
             record = record.replace(raw, escaped)
-        lines.append(record)
-        errors.append([line, code, message])
-    return {
-        "v": contract.PAYLOAD_VERSION,
-        "chunk": expected.chunk,
-        "lines": lines,
-        "ok": 0,
-        "failed": len(lines),
-        "errors": errors,
-        "provenance": expected.provenance,
-    }
+        lines.append(record + "\n")
+        errors.append(ItemFailure(line, code, message))
+    return ChunkResult(expected.chunk, "".join(lines), 0, len(lines), tuple(errors), expected.provenance)

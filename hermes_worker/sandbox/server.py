@@ -58,13 +58,12 @@ def _hello() -> dict[str, Any]:
     }
 
 
-def _run_test_hooks(payload: dict[str, Any]) -> bool:
+def _run_test_hooks(request: ChunkRequest) -> bool:
     """Act on the marker prompts; True when the chunk holds the _LIE marker."""
     hog: list[bytes] = []
-    items = request_items(ChunkRequest.from_payload(payload))[0]
     marked = False
-    for item in items:
-        prompt = item[2] if isinstance(item, list) and len(item) == 4 else None
+    for item in request_items(request)[0]:
+        prompt = item.prompt
         marked = marked or prompt == _LIE
         if prompt == _SLOW:
             time.sleep(0.5)
@@ -166,10 +165,11 @@ def handle(request: dict[str, Any], test_hooks: bool = False, lie: str = "") -> 
             payload = request.get("payload")
             if not isinstance(payload, dict):
                 raise ContractError("request has no chunk payload object")
+            chunk = ChunkRequest.from_payload(payload)
             if test_hooks:
-                marked = _run_test_hooks(payload)
+                marked = _run_test_hooks(chunk)
             worker, image = request.get("worker"), request.get("image")
-            result = process_chunk(payload, mode="container", worker=str(worker), image=image)
+            result = process_chunk(chunk, mode="container", worker=str(worker), image=image).to_wire()
         else:
             raise ContractError(f"unknown request op {op!r}")
     except (ContractError, ProfileError) as exc:

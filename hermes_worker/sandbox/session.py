@@ -27,11 +27,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .. import contract
-from ..contract import ChunkRequest
+from ..contract import ChunkRequest, ChunkResult
 from ..engine import Profile
 from .errors import ContainerDied, FrameTooLarge, SessionFailed
 from .protocol import MAX_FRAME_BYTES
@@ -48,7 +49,7 @@ log = logging.getLogger("hermes.sandbox")
 class SandboxSession(ABC):
     """A running sandbox that normalizes chunks; a context manager.
 
-    ``with open_session(settings, worker_id) as session: session.run_chunk(payload, worker)``.
+    ``with open_session(settings, worker_id) as session: session.run_chunk(request, worker)``.
     ``__enter__`` starts the sandbox and, if starting fails half-way, cleans up before raising.
     """
 
@@ -134,37 +135,33 @@ class SandboxSession(ABC):
     def _replace(self) -> None:
         """Replace a dead sandbox with a fresh one (and count it in :attr:`restarts`)."""
 
-    def run_chunk(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
+    def run_chunk(self, request: ChunkRequest, worker: str) -> ChunkResult:
         """Normalize a chunk in the sandbox.
 
         Returns:
-            What ``process_chunk(payload, mode="container", worker=worker, image=...)`` returns,
+            What ``process_chunk(request, mode="container", worker=worker, image=...)`` returns,
             computed inside the sandbox and checked here (see :mod:`.reply`).
 
         Raises:
-            ContractError: the payload is malformed (checked here, before anything is sent).
-            ProfileError: the payload's profile is invalid (likewise).
+            ProfileError: the request's profile is invalid (checked here, before anything is sent).
             SessionFailed: the sandbox cannot start, or does not answer in time.
         """
-        request = ChunkRequest.from_payload(payload)
         profile = Profile.from_spec(request.profile)
         expect = Expected.of(request, profile, self._provenance(profile, worker))
-        base = dict(payload)
         if request.text is None:
-            return self._run_items(base, expect, worker, retried=False)
+            return self._run_items(request, expect, worker, retried=False)
         # Raw lines go in as they came; only a chunk that fails is sent again as items, so that
         # it can be split item by item.
         try:
-            return self._checked(base, expect, worker)
+            return self._checked(request.to_payload(), expect, worker)
         except FrameTooLarge:
             died = False
         except ContainerDied:
             self._replace()
             died = True
-        for key in ("text", "first", "format", "bad"):
-            base.pop(key, None)
-        result = self._run_items(base, expect.as_items(), worker, retried=died)
-        return result | {"first": request.first, "ids": expect.ids}
+        as_items = replace(request, text=None, first=1, format="jsonl", bad=None)
+        result = self._run_items(as_items, expect.as_items(), worker, retried=died)
+        return replace(result, first=request.first, ids=expect.ids)
 
     def _provenance(self, profile: Profile, worker: str) -> dict[str, Any]:
         """The provenance every record of this sandbox must carry, built here, not by the sandbox."""
@@ -173,7 +170,7 @@ class SandboxSession(ABC):
         return {"profile": profile.name, "profile_digest": profile.digest, **self._versions,
                 "mode": "container", "worker": worker, "image": self.image_digest}  # fmt: skip
 
-    def _checked(self, payload: dict[str, Any], expect: Expected, worker: str) -> dict[str, Any]:
+    def _checked(self, payload: dict[str, Any], expect: Expected, worker: str) -> ChunkResult:
         """One attempt, its reply checked; a refused reply is raised as :class:`BadReply`."""
         try:
             raw = self._attempt(payload, worker)
@@ -192,10 +189,10 @@ class SandboxSession(ABC):
         log.warning("sandbox reply refused, its container is replaced: %s", exc.reason)
         return exc
 
-    def _run_items(self, base: dict[str, Any], expect: Expected, worker: str, *, retried: bool) -> dict[str, Any]:
+    def _run_items(self, base: ChunkRequest, expect: Expected, worker: str, *, retried: bool) -> ChunkResult:
         items = expect.items
         try:
-            return self._checked(base | {"items": items}, expect, worker)
+            return self._checked(replace(base, items=items).to_payload(), expect, worker)
         except FrameTooLarge as exc:
             if len(items) == 1:
                 return error_result(expect, contract.SANDBOX_FAILURE, f"too large for the sandbox: {exc.reason}")
@@ -213,7 +210,7 @@ class SandboxSession(ABC):
         # A single half left over gets one retry again, so one unlucky death cannot blame an item.
         left = self._run_items(base, expect.part(0, half), worker, retried=half > 1)
         right = self._run_items(base, expect.part(half, len(items)), worker, retried=len(items) - half > 1)
-        return _merge(left, right)
+        return left.followed_by(right)
 
     def __enter__(self) -> Self:
         self.start()
@@ -223,15 +220,6 @@ class SandboxSession(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    return left | {
-        "lines": left["lines"] + right["lines"],
-        "ok": left["ok"] + right["ok"],
-        "failed": left["failed"] + right["failed"],
-        "errors": left["errors"] + right["errors"],
-    }
 
 
 def unwrap_reply(reply: Mapping[str, Any]) -> dict[str, Any]:
