@@ -91,8 +91,12 @@ def honest_reply(payload: dict[str, Any], lie: str = "") -> dict[str, Any]:
 
 
 def test_an_honest_reply_passes_unchanged() -> None:
-    """Given honest replies to item and text chunks, the host's rebuilt result equals the sandbox's."""
-    for payload in (chunk([*TEXTS, 7, LIE]), text_chunk(jsonl([*TEXTS, LIE]))):
+    """Given honest replies to item, JSONL and plain-text chunks, the host's rebuilt result equals the sandbox's.
+
+    (A plain-text chunk has no guard ids: its honest reply was refused, and every such chunk
+    replaced its container and ran again item by item.)"""
+    plain = text_chunk([t for t in TEXTS if t]) | {"format": "text"}
+    for payload in (chunk([*TEXTS, 7, LIE]), text_chunk(jsonl([*TEXTS, LIE])), plain):
         reply = honest_reply(payload)
         assert check_result(reply["result"], expected_for(payload)).to_wire() == reply["result"]
 
