@@ -23,8 +23,9 @@ import pytest
 from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.processing import process_chunk
 
-from .conftest import HermesRunner
-from .fixtures_cluster import RedisServer
+from .support.fixture_types import HermesRunner
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 # Deeper than any JSON parser in Python follows: json.loads raises RecursionError, which is not
 # a ValueError, so code that catches only ValueError lets it through.
@@ -114,13 +115,13 @@ def test_a_forged_cluster_event_cannot_hide_the_others(redis_server: RedisServer
 
     reader = threading.Thread(target=follow)
     reader.start()
-    time.sleep(0.5)  # the follower starts at "$": what is added from now on
+    # The follower reads from "$", what is added from now on: wait until its read is blocking.
+    wait_until(lambda: any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in client.client_list()),
+               10, 0.02, "the follower to block in XREAD")  # fmt: skip
     client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": ["INFO"], "event": "x", "message": "m"})})
     client.xadd("hermes:events", {"r": DEEP})
     events.emit("INFO", "later", "shown")
-    deadline = time.monotonic() + 10
-    while "later" not in followed and time.monotonic() < deadline and reader.is_alive():
-        time.sleep(0.05)
+    wait_until(lambda: "later" in followed or not reader.is_alive(), 10, 0.05, "the follower to show the real event")
     stop.set()
     reader.join(timeout=10)
 

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,10 @@ import pytest
 from hermes_worker import settings as hermes_settings
 from hermes_worker.settings import Settings, SettingsError
 
-from .conftest import HermesRunner, read_records
+from .support.fixture_types import HermesRunner
+from .support.inputs import read_records
+from .support.processes import start_hermes
+from .support.waiting import wait_until
 
 BIG = "99999999999999999999999"
 NOT_UTF8 = os.fsdecode(b"caf\xff")  # what Python makes of a byte that is not UTF-8 in argv or environ
@@ -294,22 +296,17 @@ def test_ctrl_c_while_waiting_for_workers_is_exit_130(cluster_env: dict[str, str
     # Given a batch waiting for a worker that never comes
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "x"}\n')
-    command = [sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", str(tmp_path / "out.jsonl"),
-               "--isolation", "local", "--wait-for-workers", "60"]  # fmt: skip
-    with subprocess.Popen(command, env=cluster_env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as process:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        deadline = time.monotonic() + 30
-        while "waiting up to" not in line and line and time.monotonic() < deadline:
-            line = process.stderr.readline()
-        assert "waiting up to" in line
+    command = ["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--isolation", "local",
+               "--wait-for-workers", "60"]  # fmt: skip
+    batch = start_hermes(command, cluster_env, tmp_path, tmp_path / "batch.err")
+    wait_until(lambda: "waiting up to" in batch.stderr, 30, 0.1, lambda: f"the batch to wait:\n{batch.stderr}")
 
-        # When the user presses Ctrl-C
-        process.send_signal(signal.SIGINT)
+    # When the user presses Ctrl-C
+    batch.process.send_signal(signal.SIGINT)
 
-        # Then
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 130, rest
+    # Then
+    assert batch.wait(timeout=30) == 130, batch.stderr
+    rest = batch.stderr
     assert "hermes: interrupted" in rest and "Aborted!" not in rest and "Traceback" not in rest
     assert not (tmp_path / "out.jsonl.lock").exists()
 
