@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
+from hermes_worker.settings import Settings
 
 from . import logs
 from .batch import ChunkExecutor
@@ -72,8 +74,17 @@ def _in_process_fallback(payload: dict[str, Any]) -> dict[str, Any]:
     return process_chunk(payload, mode="local", worker=f"embedded@{socket.gethostname()}")
 
 
-def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id: str | None = None) -> ChunkExecutor:
-    """Pick the executor for this command and tell the user, once, what was chosen and why."""
+def choose_executor(
+    ctx: Context,
+    placement: Placement,
+    processes: int,
+    batch_id: str | None = None,
+    connect: Callable[[Settings], Cluster] = Cluster.connect,
+) -> ChunkExecutor:
+    """Pick the executor for this command and tell the user, once, what was chosen and why.
+
+    ``connect`` opens the cluster view (tests hand in one whose live workers they choose).
+    """
     settings = ctx.settings
     isolation = placement.isolation or settings.isolation
     no_fallback = settings.no_fallback if placement.no_fallback is None else placement.no_fallback
@@ -92,7 +103,7 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         return executor
 
     try:
-        cluster = Cluster.connect(settings)
+        cluster = connect(settings)
     except ClusterRefused as exc:
         logs.event(ctx.log, logging.ERROR, "dispatch.refused", str(exc))
         fail(str(exc), EXIT_USAGE)
