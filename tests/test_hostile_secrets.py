@@ -39,7 +39,7 @@ import pytest
 import redis
 
 from .support.environment import free_port
-from .support.processes import WorkerProcess, start_worker_process
+from .support.processes import WorkerProcess, start_flower_process, start_worker_process
 from .support.redis_server import RedisServer, make_tls_files
 from .support.waiting import wait_until
 
@@ -619,11 +619,9 @@ def test_celery_inspect_and_flower_show_no_password(
     flower_user, flower_password = "ops", unique("flower-pw")
     port = free_port()
     flower_out = tmp_path / "flower.out"
-    with flower_out.open("wb") as out:
-        flower = subprocess.Popen([PYTHON, "-m", "hermes_producer", "flower", "--port", str(port)],
-                                  env=cluster | {"HERMES_FLOWER_USER": flower_user,
-                                                 "HERMES_FLOWER_PASSWORD": flower_password},
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    flower = start_flower_process(
+        cluster | {"HERMES_FLOWER_USER": flower_user, "HERMES_FLOWER_PASSWORD": flower_password}, port, flower_out
+    )
     try:
         token = base64.b64encode(f"{flower_user}:{flower_password}".encode()).decode()
 
