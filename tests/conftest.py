@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 pytest.register_assert_rewrite("tests.support")  # helpers that assert: show the values when they fail
 
 from .support.environment import TEST_DEPLOYMENT  # noqa: E402
-from .support.fixture_types import HermesRunner  # noqa: E402
+from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
+from .support.processes import Producer, start_hermes  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
 
@@ -83,3 +85,19 @@ def chermes(hermes: HermesRunner, cluster_env: dict[str, str]) -> HermesRunner:
 
     return run
 
+
+@pytest.fixture
+def hermes_process(tmp_path: Path) -> Iterator[HermesProcessFactory]:
+    """Start `hermes ARGS...` in the background (``start(*args, env=..., stdout=None)``), its
+    standard error in a file; whatever still runs after the test is killed."""
+    started: list[Producer] = []
+
+    def start(*args: str, env: dict[str, str], stdout: Any = None) -> Producer:
+        stderr_path = tmp_path / f"hermes-{len(started)}.err"
+        started.append(start_hermes(list(args), env, tmp_path, stderr_path, stdout=stdout))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.kill()

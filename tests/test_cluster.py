@@ -17,9 +17,9 @@ from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.settings import Settings
 
-from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.inputs import make_input, read_records
-from .support.processes import WorkerProcess, registry_entry, start_hermes, wait_registered
+from .support.processes import WorkerProcess, registry_entry, wait_registered
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
 
@@ -124,12 +124,12 @@ def test_no_live_worker_runs_in_process_or_exits_3(chermes: HermesRunner) -> Non
 
 
 def test_waiting_for_workers_picks_up_one_that_starts_late(
-    start_worker: WorkerFactory, cluster_env: dict[str, str], tmp_path: Path
+    start_worker: WorkerFactory, hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:
     # Given a command waiting for a worker, with none alive
     with (tmp_path / "run.out").open("wb") as stdout:
-        run = start_hermes(["run", "--prompt", "x", "--json", "--wait-for-workers", "60", "--isolation", "local"],
-                           cluster_env, tmp_path, tmp_path / "run.err", stdout=stdout)  # fmt: skip
+        run = hermes_process("run", "--prompt", "x", "--json", "--wait-for-workers", "60", "--isolation", "local",
+                             env=cluster_env, stdout=stdout)  # fmt: skip
     wait_until(lambda: "waiting up to 60 s" in run.stderr, 30, 0.1, lambda: f"the command to wait:\n{run.stderr}")
     # When a worker starts
     start_worker("late", wait=False)

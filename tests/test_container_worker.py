@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from .support.environment import EXAMPLES
-from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.inputs import journal_chunks, make_input, read_records
-from .support.processes import start_hermes
 from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
@@ -125,6 +124,7 @@ def test_a_container_killed_mid_batch_loses_nothing(
     start_worker: WorkerFactory,
     container_env: dict[str, str],
     cluster_env: dict[str, str],
+    hermes_process: HermesProcessFactory,
     docker_client: Any,
     session_containers: Callable[[], list[Any]],
     tmp_path: Path,
@@ -132,8 +132,8 @@ def test_a_container_killed_mid_batch_loses_nothing(
     start_worker("c1", mode="container", env=container_env, expect_tag="container")
     src = make_input(tmp_path / "in.jsonl", 20_000)
     out = tmp_path / "out.jsonl"
-    batch = start_hermes(["batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100"],
-                         cluster_env, tmp_path, tmp_path / "batch.err")  # fmt: skip
+    batch = hermes_process("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100",
+                           env=cluster_env)  # fmt: skip
     # When its sandbox container is killed once the batch has written its first chunk
     wait_until(lambda: journal_chunks(out) >= 1, 120, 0.05, lambda: f"the batch to get going:\n{batch.stderr}")
     running = wait_until(lambda: [c for c in session_containers() if c.status == "running"], 30, 0.05,

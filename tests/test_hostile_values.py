@@ -21,9 +21,8 @@ import pytest
 from hermes_worker import settings as hermes_settings
 from hermes_worker.settings import Settings, SettingsError
 
-from .support.fixture_types import HermesRunner
+from .support.fixture_types import HermesProcessFactory, HermesRunner
 from .support.inputs import read_records
-from .support.processes import start_hermes
 from .support.waiting import wait_until
 
 BIG = "99999999999999999999999"
@@ -291,14 +290,16 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(hermes_env: dict[str
 
 
 @pytest.mark.cluster
-def test_ctrl_c_while_waiting_for_workers_is_exit_130(cluster_env: dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_while_waiting_for_workers_is_exit_130(
+    hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
+) -> None:
     """Ctrl-C during --wait-for-workers (a broker, no worker): "hermes: interrupted", exit 130, no "Aborted!"."""
     # Given a batch waiting for a worker that never comes
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "x"}\n')
     command = ["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--isolation", "local",
                "--wait-for-workers", "60"]  # fmt: skip
-    batch = start_hermes(command, cluster_env, tmp_path, tmp_path / "batch.err")
+    batch = hermes_process(*command, env=cluster_env)
     wait_until(lambda: "waiting up to" in batch.stderr, 30, 0.1, lambda: f"the batch to wait:\n{batch.stderr}")
 
     # When the user presses Ctrl-C

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from .processes import WorkerProcess
+from .processes import Producer, WorkerProcess
 
 # `hermes`, `chermes`: run `hermes ARGS...` as a real subprocess, get the completed process (text).
 HermesRunner = Callable[..., subprocess.CompletedProcess[str]]
@@ -14,3 +14,5 @@ HermesRunner = Callable[..., subprocess.CompletedProcess[str]]
 WorkerFactory = Callable[..., WorkerProcess]
 # `session_factory`: factory(settings=None, *, test_hooks=False, start=True) -> an open DockerSession.
 SessionFactory = Callable[..., Any]
+# `hermes_process`: start(*args, env=..., stdout=None) -> a running `hermes ARGS...`, killed after the test.
+HermesProcessFactory = Callable[..., Producer]
