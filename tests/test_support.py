@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 from pathlib import Path
 
@@ -44,3 +45,22 @@ def test_a_private_redis_can_be_flushed_paused_killed_and_started_again_on_its_p
             server.client().ping()
         server.start()
         assert server.port == port and server.client().ping()
+
+
+def test_no_test_module_imports_another_test_module_or_a_conftest() -> None:
+    """Shared helpers live in tests/support, fixtures in the plugins conftest registers."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                names += [alias.name for alias in node.names] if not node.module else []
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            last = [name.rsplit(".", 1)[-1] for name in names]
+            if any(part.startswith("test_") or part == "conftest" for part in last):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
