@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -206,14 +205,19 @@ def test_follow_skips_a_fifo_in_place_of_the_log(tmp_path: Path) -> None:
     stop = threading.Event()
     done = threading.Event()
     read: list[Any] = []
+    polls: list[bool] = []
+
+    def asked() -> bool:  # follow() asks between polls: it got past the FIFO
+        polls.append(stop.is_set())
+        return polls[-1]
 
     def drain() -> None:
-        list(logs.follow(tmp_path, stop=stop.is_set, poll_s=0.01))
+        list(logs.follow(tmp_path, stop=asked, poll_s=0.01))
         read.extend(logs.read(tmp_path, 5))
         done.set()
 
     threading.Thread(target=drain, daemon=True).start()  # daemon: a thread blocked on the FIFO ends with the test
-    time.sleep(0.2)
+    wait_until(lambda: len(polls) >= 3, 10, 0.01, "follow to poll, not block on the FIFO")
     stop.set()
     assert done.wait(10), "follow or read blocked on the FIFO"
     assert read == []
