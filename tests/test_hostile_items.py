@@ -33,7 +33,7 @@ from hermes_worker.contract import request_span, result_text
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 
-from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.processes import wait_registered
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
@@ -234,7 +234,7 @@ def test_resume_after_an_interrupted_batch_gets_past_a_5000_digit_id(
 
 @pytest.mark.slow
 def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
-    hermes_env: dict[str, str], tmp_path: Path
+    hermes_process: HermesProcessFactory, hermes_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Was: exit 3 "a normalization process died unexpectedly". Now the pool is replaced, and the
     chunk it may have died on runs alone; an outside kill (or the OOM killer) costs no record."""
@@ -242,20 +242,15 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     rows = [json.dumps({"id": n, "prompt": f"caf\u00c3\u00a9  {n}  " * 20}) for n in range(10_000)]
     src.write_text("".join(row + "\n" for row in rows))
-    batch = subprocess.Popen(
-        [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--processes", "2",
-         "--chunk-size", "100"],
-        env=hermes_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    batch = hermes_process("batch", str(src), "-o", str(out), "--processes", "2", "--chunk-size", "100", env=hermes_env)
     journal = tmp_path / "out.jsonl.partial.journal"
     wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 5, 60, 0.05, "the batch to get going")
     # When one of its pool processes is killed
-    pool = wait_until(lambda: pool_processes(batch.pid), 10, 0.05, "the pool processes")
+    pool = wait_until(lambda: pool_processes(batch.process.pid), 10, 0.05, "the pool processes")
     os.kill(pool[0], signal.SIGKILL)
-    _stdout, stderr = batch.communicate(timeout=240)
     # Then the batch finishes with every record, all normalized
-    assert batch.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    assert batch.wait(timeout=240) == 0, batch.stderr
+    assert "Traceback" not in batch.stderr
     records = strict_records(out.read_bytes())
     assert [r["id"] for r in records] == list(range(10_000))
     assert all("text" in r for r in records)
