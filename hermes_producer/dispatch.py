@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
+from hermes_worker.settings import Settings
 
 from . import logs
 from .celery_executor import CeleryExecutor
@@ -84,8 +86,16 @@ def _in_process_fallback(payload: dict[str, Any]) -> ChunkResult:
     return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker=f"embedded@{socket.gethostname()}")
 
 
-def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id: str | None = None) -> ChunkExecutor:
+def choose_executor(
+    ctx: Context,
+    placement: Placement,
+    processes: int,
+    batch_id: str | None = None,
+    connect: Callable[[Settings], Cluster] = Cluster.connect,
+) -> ChunkExecutor:
     """Pick the executor for this command and tell the user, once, what was chosen and why.
+
+    ``connect`` opens the cluster view (tests hand in one whose live workers they choose).
 
     Raises:
         ClusterRefused: the broker or the result Redis refuses our credentials (exit 2).
@@ -109,7 +119,7 @@ def choose_executor(ctx: Context, placement: Placement, processes: int, batch_id
         return executor
 
     try:
-        cluster = Cluster.connect(settings)
+        cluster = connect(settings)
     except ClusterRefused as exc:
         logs.event(ctx.log, logging.ERROR, "dispatch.refused", str(exc))
         raise

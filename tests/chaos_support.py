@@ -1,4 +1,8 @@
-"""What the chaos tests (tests/test_chaos*.py) share: prompt mixes, clusters, the report's safety nets."""
+"""What the chaos tests (tests/test_chaos*.py) share: prompt mixes, clusters, the report's safety nets.
+
+``container_env`` is a fixture of :mod:`tests.fixtures_chaos`, imported here because the chaos
+tests import it from this module.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +11,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from hermes_worker.sandbox.docker_backend import session_filters
 
-from .fixtures_chaos import (
-    DEFAULT_PROMPTS,
-    Cluster,
-    RedisInstance,
-    check_output,
-    descendants,
-    journal_chunks,
-    wait_for,
-    write_prompts,
-)
+from .fixtures_chaos import DEFAULT_PROMPTS, Cluster, check_output, write_prompts
+from .fixtures_chaos import container_env as container_env  # the chaos tests import it from here
 from .fixtures_docker import TEST_DEPLOYMENT
 from .fixtures_faults import TcpProxy
+from .support.inputs import journal_chunks
+from .support.processes import descendants
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 # Longer prompts where the fault must land mid-batch however fast the machine is: the engine
 # does ~10,000 (MEDIUM) or ~4,000 (HEAVY) of them a second per core, against ~40,000 short ones.
 MEDIUM = [" ".join([text] * 10) for text in DEFAULT_PROMPTS]
 HEAVY = [" ".join([text] * 30) for text in DEFAULT_PROMPTS]
 
-RedisFactory = Callable[..., RedisInstance]
+RedisFactory = Callable[..., RedisServer]
 ClusterFactory = Callable[..., Cluster]
 
 
 def progress_after(out: Path, written: int, timeout: float, what: str) -> float:
     """Wait until the batch writing ``out`` has written more than ``written`` chunks; return when."""
-    wait_for(lambda: journal_chunks(out) > written, timeout, what, interval=0.05)
+    wait_until(lambda: journal_chunks(out) > written, timeout, 0.05, what)
     return time.monotonic()
 
 
 def local_cluster(redis_factory: RedisFactory, cluster_factory: ClusterFactory, workers: int = 2,
-                  **options: Any) -> tuple[RedisInstance, Cluster]:  # fmt: skip
+                  **options: Any) -> tuple[RedisServer, Cluster]:  # fmt: skip
     server = redis_factory(**options)
     cluster = cluster_factory(server.url(), server.client)
     started = [cluster.worker(f"w{n}", wait=False) for n in range(1, workers + 1)]
@@ -67,11 +65,6 @@ def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
     mine = session_filters(TEST_DEPLOYMENT)  # this test run's containers only
     found = docker_client.containers.list(all=True, filters=mine, ignore_removed=True)
     return [c for c in found if c.labels.get("hermes.pid") in pids]
-
-
-@pytest.fixture
-def container_env(sandbox_image: Any) -> dict[str, str]:
-    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
 
 
 SAFETY_NETS = {

@@ -1,21 +1,27 @@
-"""Shared fixtures: a private HERMES_HOME and a way to run the real `hermes` command."""
+"""Shared fixtures: a private HERMES_HOME and a way to run the real `hermes` command.
+
+Every fixture module is registered here, once, for the whole suite; plain helpers are in
+:mod:`tests.support`. Test modules import neither this file nor each other.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker"]
+pytest.register_assert_rewrite("tests.support")  # helpers that assert: show the values when they fail
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
+from .support.environment import TEST_DEPLOYMENT  # noqa: E402
+from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
+from .support.processes import Producer, start_hermes  # noqa: E402
+
+pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
 
 
 @pytest.fixture
@@ -28,13 +34,8 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     # In-process runs stay local unless a test asks for isolation: the engine and the CLI are
     # what most tests are about, and a sandbox session per command would only slow them down.
     env["HERMES_ISOLATION"] = "local"
-    from tests.fixtures_docker import TEST_DEPLOYMENT  # (a plugin: imported once pytest has registered it)
-
     env["HERMES_DEPLOYMENT"] = TEST_DEPLOYMENT  # sandbox containers of this test run, and only those
     return env
-
-
-HermesRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -85,7 +86,18 @@ def chermes(hermes: HermesRunner, cluster_env: dict[str, str]) -> HermesRunner:
     return run
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every JSONL record of an output file, in order."""
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+@pytest.fixture
+def hermes_process(tmp_path: Path) -> Iterator[HermesProcessFactory]:
+    """Start `hermes ARGS...` in the background (``start(*args, env=..., stdout=None)``), its
+    standard error in a file; whatever still runs after the test is killed."""
+    started: list[Producer] = []
+
+    def start(*args: str, env: dict[str, str], stdout: Any = None) -> Producer:
+        stderr_path = tmp_path / f"hermes-{len(started)}.err"
+        started.append(start_hermes(list(args), env, tmp_path, stderr_path, stdout=stdout))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.kill()

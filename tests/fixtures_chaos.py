@@ -1,8 +1,8 @@
 """Things chaos tests break on purpose, and the harness that checks nothing was lost.
 
-- :class:`RedisInstance`: a private redis-server on its own port and directory, append-only on,
-  that a test may stop, kill and start again on the same port; optionally with a password
-  and/or TLS (certificates made in the test with ``openssl``).
+- :func:`redis_factory`: private redis-servers (:class:`~tests.support.redis_server.RedisServer`,
+  append-only on) that a test may stop, kill, pause and start again on the same port;
+  optionally with a password and/or TLS (certificates made in the test with ``openssl``).
 - the network and Docker faults (a proxy to cut, a private dockerd): :mod:`tests.fixtures_faults`.
 - :class:`Cluster`: workers (``hermes worker``) and producers (``hermes batch``) as real
   processes against any of the above; :func:`check_output` counts records, duplicates,
@@ -12,174 +12,67 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 
-from .fixtures_cluster import WorkerProcess, free_port, missing
+from .support.environment import ARTIFACTS
+from .support.inputs import journal_chunks as journal_chunks  # the chaos tests import it from here
+from .support.processes import (
+    Producer,
+    WorkerProcess,
+    descendants,
+    registry_entry,
+    start_hermes,
+    start_worker_process,
+    wait_registered,
+    worker_options,
+)
+from .support.redis_server import RedisServer
+from .support.redis_server import make_tls_files as make_tls_files  # the chaos tests import it from here
+from .support.waiting import wait_until
 
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = Path(os.environ.get("HERMES_TEST_ARTIFACTS", REPO / "artifacts"))
+T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """:func:`~tests.support.waiting.wait_until` with the argument order the chaos tests were written with."""
+    return wait_until(condition, timeout, interval, what)
 
 
 # Redis -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private Redis servers (``factory(password=None, tls=None, appendonly=True)``),
+    append-only unless told otherwise; all killed afterwards."""
+    made: list[RedisServer] = []
 
+    def make(**options: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(made)}", **{"appendonly": True, **options})
+        made.append(server)
+        return server.start()
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
-    if shutil.which("openssl") is None:
-        missing("openssl is not installed")
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-        "-subj", "/CN=hermes-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
-    return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
-
-
-@dataclass
-class RedisInstance:
-    """A redis-server of the test's own that can be stopped and started again on the same port."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    password: str | None = None
-    tls: TlsFiles | None = None
-    appendonly: bool = True
-    process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0, port: int | None = None) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        if self.tls is None:
-            return f"redis://{auth}127.0.0.1:{port or self.port}/{db}"
-        return f"rediss://{auth}127.0.0.1:{port or self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url(), socket_connect_timeout=1, socket_timeout=10)
-
-    def start(self) -> RedisInstance:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            missing("redis-server is not installed (apt-get install redis-server)")
-        assert binary is not None
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [binary, "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]  # fmt: skip
-        if self.tls is None:
-            args += ["--port", str(self.port)]
-        else:
-            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
-                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
-                     "--tls-auth-clients", "no"]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
-        log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-        def answers() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}")
-            try:
-                return bool(self.client().ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(answers, 30, f"redis-server on port {self.port}")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM: a clean shutdown (the append-only file is flushed); SIGKILL: a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-        self.process = None
+    yield make
+    for server in made:
+        server.kill()
 
 
 @pytest.fixture
-def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisInstance]]:
-    """Start private Redis servers (``factory(password=None, tls=None)``); all stopped afterwards."""
-    made: list[RedisInstance] = []
-
-    def make(**options: Any) -> RedisInstance:
-        instance = RedisInstance(tmp_path / f"redis-{len(made)}", **options)
-        made.append(instance)
-        return instance.start()
-
-    yield make
-    for instance in made:
-        instance.stop(signal.SIGKILL)
+def container_env(sandbox_image: Any) -> dict[str, str]:
+    """The environment a container worker of the chaos tests needs: this run's sandbox image."""
+    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag}
 
 
 # The cluster under test ----------------------------------------------------------------------------
-
-
-@dataclass
-class Producer:
-    """A `hermes batch` (or other command) running as a process; stderr goes to a file."""
-
-    process: subprocess.Popen[bytes]
-    stderr_path: Path
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(f"the producer did not finish within {timeout:.0f} s:\n{self.stderr[-4000:]}")
-        raise AssertionError
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def first_line_with(self, text: str) -> str | None:
-        return next((line for line in self.stderr.splitlines() if text in line), None)
 
 
 @dataclass
@@ -194,14 +87,8 @@ class Cluster:
 
     def worker(self, name: str, mode: str = "local", concurrency: int = 1, env: dict[str, str] | None = None,
                expect_tag: str = "local", wait: bool = True) -> WorkerProcess:  # fmt: skip
-        log_path = self.tmp / f"worker-{name}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "hermes_producer", "worker", "--mode", mode, "-c", str(concurrency),
-                 "--name", name, "-l", "info"],
-                env=dict(self.env, **(env or {})), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        worker = WorkerProcess(name, process, log_path)
+        worker = start_worker_process(dict(self.env, **(env or {})), self.tmp / f"worker-{name}.log", name,
+                                      *worker_options(mode, concurrency))  # fmt: skip
         self.workers.append(worker)
         if wait:
             self.wait_registered(worker, f"{expect_tag}@{name}")
@@ -209,28 +96,17 @@ class Cluster:
 
     def entry(self, node: str) -> dict[str, Any] | None:
         try:
-            raw = self.client().get(f"hermes:worker:{node}")
+            return registry_entry(self.client(), node)
         except redis.RedisError:
             return None
-        return json.loads(raw) if raw else None
 
     def wait_registered(self, worker: WorkerProcess, node: str, timeout: float = 90) -> None:
-        def registered() -> bool:
-            if worker.process.poll() is not None:
-                pytest.fail(f"worker {node} exited with {worker.process.returncode}:\n{worker.log[-3000:]}")
-            return self.entry(node) is not None
-
-        wait_for(registered, timeout, f"worker {node} to register")
+        wait_registered(worker, node, self.client, timeout)
 
     def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer") -> Producer:
         """Start `hermes ARGS...`; standard output is discarded (batches write to files)."""
         stderr_path = self.tmp / f"{name}-{len(self.producers)}.err"
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "hermes_producer", *args],
-                env=dict(self.env, **(env or {})), cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-        producer = Producer(process, stderr_path)
+        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path)
         self.producers.append(producer)
         return producer
 
@@ -254,11 +130,7 @@ class Cluster:
             if producer.process.poll() is None:
                 producer.kill()
         for worker in self.workers:
-            if worker.process.poll() is None:
-                try:
-                    worker.stop(timeout=20)
-                except Exception:
-                    worker.kill()
+            worker.halt()
 
 
 @pytest.fixture
@@ -358,14 +230,6 @@ def write_prompts(path: Path, count: int, prompts: Iterable[str] | None = None, 
     return ids
 
 
-def journal_chunks(output: Path) -> int:
-    """How many chunks the running batch has written (lines of its journal after the header)."""
-    try:
-        return max(0, (output.with_name(output.name + ".partial.journal")).read_text().count("\n") - 1)
-    except FileNotFoundError:
-        return 0
-
-
 def peak_rss_mb(pid: int) -> float:
     """The peak resident set size (VmHWM) of a live process, in MiB; 0 if it is gone."""
     try:
@@ -375,26 +239,6 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (children of children too)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                found.append(child)
-                todo.append(child)
-    return found
 
 
 class RssSampler(threading.Thread):
@@ -467,7 +311,13 @@ class Report:
         self.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+# One table for the whole run: each chaos module imports the fixture, and pytest would give each
+# importing module a session fixture of its own, each rewriting the file with its rows alone.
+_REPORTS: dict[Path, Report] = {}
+
+
 @pytest.fixture(scope="session")
 def chaos_report() -> Report:
-    """The table of this run's chaos scenarios (artifacts/chaos-report.md)."""
-    return Report(ARTIFACTS / "chaos-report.md")
+    """The table of this run's chaos scenarios (artifacts/chaos-report.md), shared by every module."""
+    path = ARTIFACTS / "chaos-report.md"
+    return _REPORTS.setdefault(path, Report(path))

@@ -24,10 +24,8 @@ from typing import Any
 
 import pytest
 
-from .fixtures_chaos import wait_for
-from .fixtures_cluster import free_port, missing
-
-__all__ = ["PrivateDockerd", "TcpProxy", "private_dockerd"]
+from .support.environment import free_port, missing
+from .support.waiting import wait_until
 
 
 class TcpProxy:
@@ -148,7 +146,7 @@ class PrivateDockerd:
             done = subprocess.run(["docker", "-H", self.host, "version"], capture_output=True, timeout=30)
             return done.returncode == 0
 
-        wait_for(answers, timeout, "the private dockerd", interval=0.5)
+        wait_until(answers, timeout, 0.5, "the private dockerd")
 
     def log(self) -> str:
         return (self.root / "dockerd.log").read_text(errors="replace")

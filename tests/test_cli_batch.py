@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, HermesRunner, read_records
+from .support.environment import EXAMPLES
+from .support.fixture_types import HermesRunner
+from .support.inputs import read_records
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from hermes_worker import __version__
 
-from .conftest import HermesRunner
+from .support.fixture_types import HermesRunner
 
 
 def test_run_prints_the_normalized_text(hermes: HermesRunner) -> None:

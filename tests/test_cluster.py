@@ -17,18 +17,13 @@ from hermes_worker.celeryconfig import make_celery
 from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
 from hermes_worker.settings import Settings
 
-from .conftest import EXAMPLES, HermesRunner, read_records
-from .fixtures_cluster import RedisServer, WorkerFactory, registry_entry
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
+from .support.inputs import make_input, read_records
+from .support.processes import WorkerProcess, registry_entry, wait_registered
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def make_input(path: Path, count: int) -> Path:
-    prompts = [row["prompt"] for row in read_records(EXAMPLES / "prompts.jsonl")]
-    with path.open("w", encoding="utf-8") as handle:
-        for n in range(count):
-            handle.write(json.dumps({"id": f"p{n}", "prompt": prompts[n % len(prompts)]}, ensure_ascii=False) + "\n")
-    return path
 
 
 def test_a_local_worker_registers_its_tag_versions_and_queue(
@@ -128,16 +123,19 @@ def test_no_live_worker_runs_in_process_or_exits_3(chermes: HermesRunner) -> Non
     assert strict.returncode == 3 and "no live Hermes worker" in strict.stderr and "--no-fallback" in strict.stderr
 
 
-def test_waiting_for_workers_picks_up_one_that_starts_late(start_worker: WorkerFactory, chermes: HermesRunner) -> None:
-    starter = threading.Timer(2.0, lambda: start_worker("late", wait=False))
-    starter.start()
-    try:
-        done = chermes("run", "--prompt", "x", "--json", "--wait-for-workers", "60", "--isolation", "local")
-    finally:
-        starter.join()
-    assert done.returncode == 0, done.stderr
-    assert "waiting up to 60 s" in done.stderr
-    assert json.loads(done.stdout)["provenance"]["worker"] == "local@late"
+def test_waiting_for_workers_picks_up_one_that_starts_late(
+    start_worker: WorkerFactory, hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a command waiting for a worker, with none alive
+    with (tmp_path / "run.out").open("wb") as stdout:
+        run = hermes_process("run", "--prompt", "x", "--json", "--wait-for-workers", "60", "--isolation", "local",
+                             env=cluster_env, stdout=stdout)  # fmt: skip
+    wait_until(lambda: "waiting up to 60 s" in run.stderr, 30, 0.1, lambda: f"the command to wait:\n{run.stderr}")
+    # When a worker starts
+    start_worker("late", wait=False)
+    # Then the command runs on it
+    assert run.wait(timeout=120) == 0, run.stderr
+    assert json.loads((tmp_path / "run.out").read_text())["provenance"]["worker"] == "local@late"
 
 
 def test_an_unreachable_broker_means_in_process_unless_no_fallback(hermes: HermesRunner) -> None:
@@ -189,11 +187,12 @@ def test_resume_after_killing_the_producer_loses_and_duplicates_nothing(
     errors = tmp_path / "producer.err"
     with errors.open("wb") as stderr:
         producer = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
-    deadline = time.monotonic() + 60
-    while not journal.exists() or journal.read_text().count("\n") < 30:
+
+    def progressed() -> bool:
         assert producer.poll() is None, errors.read_text()
-        assert time.monotonic() < deadline, "the batch made no progress"
-        time.sleep(0.05)
+        return journal.exists() and journal.read_text().count("\n") >= 30
+
+    wait_until(progressed, 60, 0.05, "the batch to write 30 chunks")
     producer.kill()
     producer.wait()
     assert not out.exists()
@@ -246,9 +245,7 @@ def test_a_pickled_message_is_refused_and_never_run(
             serializer="pickle",
             declare=[],
         )
-    deadline = time.monotonic() + 20
-    while "pickle" not in worker.log and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: "pickle" in worker.log, 20, 0.1, lambda: f"the worker to say so:\n{worker.log[-3000:]}")
     assert "Refusing to deserialize untrusted content of type pickle" in worker.log
     assert redis_server.client().xlen("hermes:results:pickle-test") == 0
     # The worker is still healthy and serves JSON messages.
@@ -280,11 +277,7 @@ def test_plain_celery_command_line_runs_the_same_worker(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while registry_entry(redis_server.client(), "local@plain") is None:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_registered(WorkerProcess("plain", process, log_path), "local@plain", redis_server.client, timeout=60)
         entry = registry_entry(redis_server.client(), "local@plain")
         assert entry is not None and entry["queues"] == ["hermes.local"]
         # It consumes its tag's queue only, from the start

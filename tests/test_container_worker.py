@@ -12,28 +12,29 @@ from typing import Any
 
 import pytest
 
-from .conftest import EXAMPLES, HermesRunner, read_records
-from .fixtures_cluster import WorkerFactory
-from .test_cluster import make_input
+from .support.environment import EXAMPLES
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
+from .support.inputs import journal_chunks, make_input, read_records
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
 
 @pytest.fixture
-def test_label() -> str:
+def container_label() -> str:
     """A label only this test's session containers carry: other runs may share the engine."""
     return f"hermes-test={uuid.uuid4().hex}"
 
 
 @pytest.fixture
-def container_env(sandbox_image: Any, test_label: str) -> dict[str, str]:
-    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag, "HERMES_CONTAINER_LABELS": test_label}
+def container_env(sandbox_image: Any, container_label: str) -> dict[str, str]:
+    return {"HERMES_SANDBOX_IMAGE": sandbox_image.tag, "HERMES_CONTAINER_LABELS": container_label}
 
 
 @pytest.fixture
-def session_containers(docker_client: Any, test_label: str) -> Callable[[], list[Any]]:
+def session_containers(docker_client: Any, container_label: str) -> Callable[[], list[Any]]:
     """The session containers this test's workers and commands created and left."""
-    return lambda: docker_client.containers.list(all=True, filters={"label": test_label}, ignore_removed=True)
+    return lambda: docker_client.containers.list(all=True, filters={"label": container_label}, ignore_removed=True)
 
 
 def created_since(docker_client: Any, since: float, label: str) -> int:
@@ -58,7 +59,7 @@ def test_a_worker_that_passes_the_probe_is_a_container_worker(
 
 
 def test_a_batch_runs_in_one_reused_container_per_worker_process(
-    test_label: str,
+    container_label: str,
     start_worker: WorkerFactory,
     container_env: dict[str, str],
     chermes: HermesRunner,
@@ -79,7 +80,7 @@ def test_a_batch_runs_in_one_reused_container_per_worker_process(
         json.loads(chermes("workers", "--json").stdout)[0]["provenance"]["image"]
     }
     # 50 chunks, 2 worker processes: at most 2 containers, counted from Docker's own events.
-    assert 1 <= created_since(docker_client, since, test_label) <= 2
+    assert 1 <= created_since(docker_client, since, container_label) <= 2
 
     # SIGTERM: the worker removes its session containers on the way out.
     assert worker.stop(signal.SIGTERM) == 0
@@ -114,42 +115,31 @@ def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
     assert len(session_containers()) == 1
     start_worker("c1b", mode="container", env=container_env, expect_tag="container")
     assert chermes("run", "--prompt", "new session", "--isolation", "container").returncode == 0
-    deadline = time.monotonic() + 30
-    while len(session_containers()) != 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = session_containers()
-    assert len(left) == 1, [(c.status, c.labels) for c in left]  # the orphan is gone, the new one runs
+    # The orphan is gone, the new one runs
+    wait_until(lambda: len(session_containers()) == 1, 30, 0.2,
+               lambda: f"one session container: {[(c.status, c.labels) for c in session_containers()]}")  # fmt: skip
 
 
 def test_a_container_killed_mid_batch_loses_nothing(
     start_worker: WorkerFactory,
     container_env: dict[str, str],
-    chermes: HermesRunner,
+    cluster_env: dict[str, str],
+    hermes_process: HermesProcessFactory,
     docker_client: Any,
     session_containers: Callable[[], list[Any]],
     tmp_path: Path,
 ) -> None:
-    import threading
-
     start_worker("c1", mode="container", env=container_env, expect_tag="container")
     src = make_input(tmp_path / "in.jsonl", 20_000)
     out = tmp_path / "out.jsonl"
-
-    def kill_the_sandbox() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            running = [c for c in session_containers() if c.status == "running"]
-            if running:
-                time.sleep(0.5)
-                running[0].kill()
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_the_sandbox)
-    killer.start()
-    done = chermes("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100")
-    killer.join()
-    assert done.returncode == 0, done.stderr
+    batch = hermes_process("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "100",
+                           env=cluster_env)  # fmt: skip
+    # When its sandbox container is killed once the batch has written its first chunk
+    wait_until(lambda: journal_chunks(out) >= 1, 120, 0.05, lambda: f"the batch to get going:\n{batch.stderr}")
+    running = wait_until(lambda: [c for c in session_containers() if c.status == "running"], 30, 0.05,
+                         "a running sandbox container")  # fmt: skip
+    running[0].kill()
+    assert batch.wait(timeout=300) == 0, batch.stderr
     records = read_records(out)
     assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
     assert all(r["provenance"]["mode"] == "container" for r in records)

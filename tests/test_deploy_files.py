@@ -37,7 +37,9 @@ import pytest
 import yaml
 
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
-from tests.fixtures_cluster import WorkerFactory, missing
+
+from .support.environment import missing
+from .support.fixture_types import WorkerFactory
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"

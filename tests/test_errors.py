@@ -20,8 +20,9 @@ import pytest
 from hermes_worker.engine import ItemError
 from hermes_worker.errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_USAGE, HermesError
 from hermes_worker.sandbox.errors import DockerUnavailable
-from tests.conftest import HermesRunner
-from tests.fixtures_cluster import RedisServer
+
+from .support.fixture_types import HermesRunner
+from .support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("hermes_worker", "hermes_producer")

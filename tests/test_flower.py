@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import EXAMPLES, HermesRunner
-from .fixtures_cluster import WorkerFactory, free_port, missing
+from .support.environment import EXAMPLES, free_port, missing
+from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.processes import start_flower_process
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
@@ -41,40 +40,16 @@ def get(url: str, auth: bool = True) -> tuple[int, bytes]:
 def flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = dict(cluster_env, HERMES_FLOWER_USER=USER, HERMES_FLOWER_PASSWORD=PASSWORD)
-    log = (tmp_path / "flower.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if get(f"{url}/healthcheck", auth=False)[0] == 200:
-                break
-        except OSError:
-            pass
-        assert process.poll() is None, (tmp_path / "flower.log").read_text()
-        assert time.monotonic() < deadline, "Flower did not answer"
-        time.sleep(0.2)
-    yield url
+    process = start_flower_process(env, port, tmp_path / "flower.log")
+    yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=20)
-    log.close()
 
 
 @pytest.fixture
 def two_workers(start_worker: WorkerFactory, sandbox_image: Any) -> None:
     start_worker("c1", mode="container", env={"HERMES_SANDBOX_IMAGE": sandbox_image.tag}, expect_tag="container")
     start_worker("l1", mode="local")
-
-
-def wait_for(check: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_flower_refuses_to_start_without_credentials(hermes: HermesRunner) -> None:
@@ -94,13 +69,13 @@ def test_flower_shows_both_workers_their_tasks_and_metrics(
                        "--isolation", isolation, "--chunk-size", "10")
         assert done.returncode == 0, done.stderr
 
-    workers = wait_for(lambda: (lambda w: w if {"container@c1", "local@l1"} <= w.keys() else None)(
-        json.loads(get(f"{flower}/api/workers?refresh=1")[1])), "both workers in /api/workers")
+    workers = wait_until(lambda: (lambda w: w if {"container@c1", "local@l1"} <= w.keys() else None)(
+        json.loads(get(f"{flower}/api/workers?refresh=1")[1])), 30, 0.3, "both workers in /api/workers")
     assert workers["container@c1"]["active_queues"][0]["name"] == "hermes.container"
     assert workers["local@l1"]["active_queues"][0]["name"] == "hermes.local"
 
-    tasks = wait_for(lambda: (lambda t: t if len(t) >= 8 else None)(
-        json.loads(get(f"{flower}/api/tasks?state=SUCCESS")[1])), "8 finished chunks in /api/tasks")
+    tasks = wait_until(lambda: (lambda t: t if len(t) >= 8 else None)(
+        json.loads(get(f"{flower}/api/tasks?state=SUCCESS")[1])), 30, 0.3, "8 finished chunks in /api/tasks")
     shown = json.dumps(tasks)
     assert {t["name"] for t in tasks.values()} == {"hermes.normalize_chunk"}
     assert {t["worker"] for t in tasks.values()} == {"container@c1", "local@l1"}

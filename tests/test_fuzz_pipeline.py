@@ -33,8 +33,7 @@ from hermes_producer.batch import BatchOptions, run_batch
 from hermes_producer.executors import InProcessExecutor
 from hermes_worker.engine import resolve_profile
 
-from .conftest import HermesRunner
-from .fixtures_cluster import WorkerFactory
+from .support.fixture_types import HermesRunner, WorkerFactory
 
 # No example database (the suite leaves no .hypothesis directory); no deadline (a CLI call or a
 # worker round trip takes a second, and ftfy's first call on new text is slow).

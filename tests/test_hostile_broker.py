@@ -9,7 +9,6 @@ signed deployments refuse every unsigned or wrongly signed message.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import threading
 import time
@@ -26,8 +25,11 @@ from hermes_worker.engine import ProfileError
 from hermes_worker.metrics import field
 from hermes_worker.processing import process_chunk
 
-from .conftest import HermesRunner, read_records
-from .fixtures_cluster import RedisServer, WorkerFactory, WorkerProcess
+from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.inputs import make_signing_files, read_records
+from .support.processes import WorkerProcess
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 BATCH = "0123456789abcdef0123456789abcdef"
 
@@ -203,12 +205,13 @@ class Broker:
         return int(self.redis.hget(f"hermes:metrics:{node}", field("messages_refused", kind=kind)) or 0)
 
     def wait(self, check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-        deadline = time.monotonic() + timeout
-        while not (value := check()):
+        """Wait until ``check()`` is truthy while the worker lives; show its log if it never is."""
+
+        def checked() -> Any:
             assert self.worker.process.poll() is None, f"the worker died:\n{self.worker.log[-3000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.worker.log[-3000:]}"
-            time.sleep(0.1)
-        return value
+            return check()
+
+        return wait_until(checked, timeout, 0.1, lambda: f"{what}:\n{self.worker.log[-3000:]}")
 
     def records_published(self) -> list[bytes]:
         """Every record any worker published on any result stream."""
@@ -439,27 +442,6 @@ def test_a_forged_container_worker_cannot_make_a_container_batch_accept_local_re
 # Signed messages --------------------------------------------------------------------------------------
 
 
-def make_signing_files(directory: Path, name: str) -> tuple[Path, Path]:
-    """An RSA key and a self-signed certificate, made here, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 @pytest.fixture
 def signing(tmp_path: Path) -> dict[str, str]:
     pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
@@ -505,10 +487,8 @@ def test_unsigned_or_wrongly_signed_messages_are_refused_and_never_run(
                     HERMES_SIGNING_CERTS=str(other_cert))  # fmt: skip
     make_celery(Settings.from_env(intruder), main="intruder").send_task(
         "hermes.normalize_chunk", args=good, queue="hermes.local")
-    deadline = time.monotonic() + 20
-    while not ("untrusted content of type json" in worker.log and "Unknown certificate" in worker.log):
-        assert time.monotonic() < deadline, worker.log[-3000:]
-        time.sleep(0.1)
+    wait_until(lambda: "untrusted content of type json" in worker.log and "Unknown certificate" in worker.log, 20, 0.1,
+               lambda: f"both refusals in the worker's log:\n{worker.log[-3000:]}")  # fmt: skip
     assert client.xlen(f"hermes:results:{batch}") == 0 and client.llen("hermes.local") == 0
     assert "BEGIN" not in worker.log  # no key material in the log
 

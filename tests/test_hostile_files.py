@@ -15,14 +15,15 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import HermesRunner, read_records
+from .support.fixture_types import HermesRunner
+from .support.inputs import read_records
+from .support.waiting import wait_until
 
 ROWS = 30_000  # enough for a batch of 10-line chunks in one process to run for a few seconds
 
@@ -32,13 +33,6 @@ def write_input(path: Path, count: int) -> Path:
         for n in range(count):
             handle.write(json.dumps({"id": f"p{n}", "prompt": f"prompt  number {n}  "}) + "\n")
     return path
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def journal_lines(output: Path) -> int:
@@ -76,7 +70,7 @@ def slow_batch(hermes_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
 def interrupted_batch(slow_batch: Callable[..., subprocess.Popen[str]], source: Path, output: Path) -> None:
     """Leave ``output`` as a killed batch leaves it: a partial, a journal with chunks in it."""
     process = slow_batch(source, output)
-    wait_for(lambda: journal_lines(output) > 3 or process.poll() is not None, 60, "the batch to write chunks")
+    wait_until(lambda: journal_lines(output) > 3 or process.poll() is not None, 60, 0.02, "the batch to write chunks")
     process.kill()
     process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the batch ended before it could be interrupted"
@@ -211,7 +205,7 @@ def test_partial_and_journal_are_new_files_of_hermes_own(
         process = slow_batch(source, output)
     finally:
         os.umask(old)
-    wait_for(lambda: journal_lines(output) > 1, 60, "the batch to write chunks")
+    wait_until(lambda: journal_lines(output) > 1, 60, 0.02, "the batch to write chunks")
     modes = {suffix: stat.S_IMODE(output.with_name(output.name + suffix).stat().st_mode)
              for suffix in (".partial", ".partial.journal", ".lock")}  # fmt: skip
     process.kill()
@@ -234,7 +228,7 @@ def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
     with fifo.open("w") as feed:
         feed.write("".join(json.dumps({"id": f"p{n}", "prompt": f"prompt {n}"}) + "\n" for n in range(100)))
         feed.flush()
-        wait_for(lambda: journal_lines(output) > 1, 60, "the first batch to write chunks")
+        wait_until(lambda: journal_lines(output) > 1, 60, 0.02, "the first batch to write chunks")
 
         # When a second batch targets the same output (spelled differently)
         second = hermes("batch", str(other), "-o", "./out.jsonl")
@@ -388,7 +382,7 @@ def test_a_directory_put_at_the_output_meanwhile_keeps_the_records_for_resume(
     source = write_input(tmp_path / "in.jsonl", ROWS)
     output = tmp_path / "out.jsonl"
     process = slow_batch(source, output)
-    wait_for(lambda: journal_lines(output) > 1, 60, "the batch to write chunks")
+    wait_until(lambda: journal_lines(output) > 1, 60, 0.02, "the batch to write chunks")
     output.mkdir()
 
     # When the batch finishes

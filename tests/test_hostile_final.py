@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ import pytest
 from hermes_worker.contract import ChunkRequest, Item
 from hermes_worker.processing import process_chunk
 
-from .conftest import HermesRunner
-from .fixtures_cluster import RedisServer
+from .support.fixture_types import HermesRunner
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 # Deeper than any JSON parser in Python follows: json.loads raises RecursionError, which is not
 # a ValueError, so code that catches only ValueError lets it through.
@@ -114,13 +114,13 @@ def test_a_forged_cluster_event_cannot_hide_the_others(redis_server: RedisServer
 
     reader = threading.Thread(target=follow)
     reader.start()
-    time.sleep(0.5)  # the follower starts at "$": what is added from now on
+    # The follower reads from "$", what is added from now on: wait until its read is blocking.
+    wait_until(lambda: any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in client.client_list()),
+               10, 0.02, "the follower to block in XREAD")  # fmt: skip
     client.xadd("hermes:events", {"r": json.dumps({"ts": "t", "level": ["INFO"], "event": "x", "message": "m"})})
     client.xadd("hermes:events", {"r": DEEP})
     events.emit("INFO", "later", "shown")
-    deadline = time.monotonic() + 10
-    while "later" not in followed and time.monotonic() < deadline and reader.is_alive():
-        time.sleep(0.05)
+    wait_until(lambda: "later" in followed or not reader.is_alive(), 10, 0.05, "the follower to show the real event")
     stop.set()
     reader.join(timeout=10)
 
@@ -205,14 +205,19 @@ def test_follow_skips_a_fifo_in_place_of_the_log(tmp_path: Path) -> None:
     stop = threading.Event()
     done = threading.Event()
     read: list[Any] = []
+    polls: list[bool] = []
+
+    def asked() -> bool:  # follow() asks between polls: it got past the FIFO
+        polls.append(stop.is_set())
+        return polls[-1]
 
     def drain() -> None:
-        list(logs.follow(tmp_path, stop=stop.is_set, poll_s=0.01))
+        list(logs.follow(tmp_path, stop=asked, poll_s=0.01))
         read.extend(logs.read(tmp_path, 5))
         done.set()
 
     threading.Thread(target=drain, daemon=True).start()  # daemon: a thread blocked on the FIFO ends with the test
-    time.sleep(0.2)
+    wait_until(lambda: len(polls) >= 3, 10, 0.01, "follow to poll, not block on the FIFO")
     stop.set()
     assert done.wait(10), "follow or read blocked on the FIFO"
     assert read == []

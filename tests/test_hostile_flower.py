@@ -13,8 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,12 @@ from urllib.parse import quote
 import pytest
 from flower.urls import handlers as flower_handlers
 
-from .conftest import HermesRunner, read_records
-from .fixtures_cluster import RedisServer, WorkerFactory, free_port, missing, registry_entry
+from .support.environment import free_port, missing
+from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.inputs import make_signing_files, read_records
+from .support.processes import registry_entry, start_flower_process
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -73,33 +75,13 @@ def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Flower
         port = free_port()
         flower = Flower(port, tmp_path / f"flower-{port}.log")
         full_env = {**cluster_env, "HERMES_FLOWER_USER": USER, "HERMES_FLOWER_PASSWORD": PASSWORD, **(env or {})}
-        with flower.log.open("wb") as out:
-            command = [sys.executable, "-m", "hermes_producer", "flower", "--port", str(flower.port), *args]
-            process = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-        processes.append(process)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if flower.call("GET", "/healthcheck", auth=False)[0] == 200:
-                    return flower
-            except OSError:
-                pass
-            assert process.poll() is None, flower.log.read_text()
-            assert time.monotonic() < deadline, "Flower did not answer"
-            time.sleep(0.2)
+        processes.append(start_flower_process(full_env, port, flower.log, *args, cwd=cwd))
+        return flower
 
     yield start
     for process in processes:
         process.terminate()
         process.wait(timeout=20)
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-    return value
 
 
 # The Flower handlers that only read (Flower 2.2): everything else changes something.
@@ -140,7 +122,7 @@ def test_flower_is_read_only_by_default(
     spelling; then 403 (401 without the login), and the worker, its queues and the broker are unchanged."""
     start_worker("w1")
     flower = start_flower()
-    wait_for(lambda: "local@w1" in flower.workers(), "the worker in Flower")
+    wait_until(lambda: "local@w1" in flower.workers(), 30, 0.3, "the worker in Flower")
     body = "queue=hermes.container&n=4&max=9&min=1&timeout=1&soft=1&ratelimit=1/h&args=[]"
     for name, path in control_endpoints():
         for method in METHODS:
@@ -184,7 +166,7 @@ def test_allow_control_opens_flower_but_workers_still_refuse_what_would_change_t
 ) -> None:
     start_worker("w1")
     flower = start_flower("--allow-control")
-    wait_for(lambda: "local@w1" in flower.workers(), "the worker in Flower")
+    wait_until(lambda: "local@w1" in flower.workers(), 30, 0.3, "the worker in Flower")
     status, text = flower.call("POST", "/api/worker/queue/add-consumer/local@w1", body="queue=hermes.container")
     assert status == 403 and "refused by Hermes" in text  # Flower asked; the worker said no
     status, text = flower.call("POST", "/api/worker/pool/grow/local@w1", body="n=4")
@@ -192,7 +174,8 @@ def test_allow_control_opens_flower_but_workers_still_refuse_what_would_change_t
     assert flower.call("POST", "/api/worker/shutdown/local@w1", body="")[0] == 200  # Flower does not wait
     client = redis_server.client()
     refused = "messages_refused|kind=control"
-    wait_for(lambda: int(client.hget("hermes:metrics:local@w1", refused) or 0) == 3, "the shutdown refused too")
+    wait_until(lambda: int(client.hget("hermes:metrics:local@w1", refused) or 0) == 3, 30, 0.3,
+               "the shutdown refused too")
     entry = registry_entry(client, "local@w1")
     assert entry is not None and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
 
@@ -213,12 +196,12 @@ def test_a_flower_login_cannot_make_container_work_run_unisolated(
     start_worker("c1", mode="container", env={"HERMES_SANDBOX_IMAGE": sandbox_image.tag}, expect_tag="container")
     start_worker("rt1", mode="local", env={"HERMES_WORKER_REMOTE_CONTROL": "all", "HERMES_HEARTBEAT": "30"})
     read_only = start_flower()
-    wait_for(lambda: "local@rt1" in read_only.workers(), "the local worker in Flower")
+    wait_until(lambda: "local@rt1" in read_only.workers(), 30, 0.3, "the local worker in Flower")
     attack = ("POST", "/api/worker/queue/add-consumer/local@rt1", "queue=hermes.container")
     assert read_only.call(*attack)[0] == 403
 
     opened = start_flower("--allow-control")
-    wait_for(lambda: "local@rt1" in opened.workers(), "the local worker in the second Flower")
+    wait_until(lambda: "local@rt1" in opened.workers(), 30, 0.3, "the local worker in the second Flower")
     status, text = opened.call(*attack)
     assert status == 200, text  # accepted, by Flower and by this worker
 
@@ -233,7 +216,7 @@ def test_a_flower_login_cannot_make_container_work_run_unisolated(
         assert "by mode" not in done.stderr and "mode 'local'" not in done.stderr
     else:
         assert not out.exists() and "container" in done.stderr
-    queues = wait_for(lambda: opened.workers().get("local@rt1", {}).get("active_queues"), "rt1's queues")
+    queues = wait_until(lambda: opened.workers().get("local@rt1", {}).get("active_queues"), 30, 0.3, "rt1's queues")
     assert [q["name"] for q in queues] == ["hermes.local"]
 
 
@@ -246,7 +229,7 @@ def test_the_dashboard_shows_no_control_buttons_and_refuses_their_requests(
         missing("Debian's chromium is not installed (apt-get install chromium)")
     start_worker("w1")
     flower = start_flower()
-    wait_for(lambda: "local@w1" in flower.workers(), "the worker in Flower")
+    wait_until(lambda: "local@w1" in flower.workers(), 30, 0.3, "the worker in Flower")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
@@ -351,8 +334,8 @@ def test_flower_log_shows_control_characters_and_never_obeys_them(
     forged = "x\n[E 261129 19:00:00 web:1] FORGED\x1b]0;pwned\x07\x1b[2J\x9b31m"
     status, _ = flower.call("GET", "/worker/" + quote(forged, safe=""))
     assert status == 404
-    log = wait_for(lambda: (lambda text: text if "FORGED" in text else None)(flower.log.read_text("utf-8")),
-                   "the unknown worker in Flower's log")  # fmt: skip
+    log = wait_until(lambda: (lambda text: text if "FORGED" in text else None)(flower.log.read_text("utf-8")),
+                     30, 0.2, "the unknown worker in Flower's log")  # fmt: skip
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", log), log
     assert "\\x1b]0;pwned\\x07" in log
     assert not re.search("^\\[E [^\n]*FORGED", log, re.MULTILINE)
@@ -386,7 +369,7 @@ def test_a_broker_writer_cannot_run_script_in_the_dashboard(
         events.send("task-received", uuid=task, name="hermes." + script("name"), args=script("args"),
                     kwargs=script("kwargs"), eta=script("eta"), routing_key=script("routing_key"))  # fmt: skip
         events.send("task-failed", uuid=task, exception=script("exception"), traceback=script("traceback"))
-    wait_for(lambda: task in json.loads(flower.call("GET", "/api/tasks")[1]), "the forged task in Flower")
+    wait_until(lambda: task in json.loads(flower.call("GET", "/api/tasks")[1]), 30, 0.2, "the forged task in Flower")
     pages = ["/workers", "/tasks", f"/task/{quote(task, safe='')}", f"/worker/{quote(host, safe='')}",
              f"/worker/{quote(script('missing'), safe='')}", "/broker"]  # fmt: skip
     ran: dict[str, list[str]] = {}
@@ -420,12 +403,10 @@ def test_a_signed_flower_still_sees_signed_workers(
 ) -> None:
     """Flower's questions to workers are remote-control messages: with signing on, they are signed too."""
     pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
-    from .test_hostile_broker import make_signing_files
-
     key, cert = make_signing_files(tmp_path / "signing", "hermes")
     signing = {"HERMES_SIGNING_KEY": str(key), "HERMES_SIGNING_CERT": str(cert), "HERMES_SIGNING_CERTS": str(cert)}
     start_worker("w1", env=signing)
     flower = start_flower(env=signing)
-    workers = wait_for(lambda: (lambda w: w if w.get("local@w1", {}).get("active_queues") else None)(flower.workers()),
-                       "the worker's queues, asked with a signed command")  # fmt: skip
+    workers = wait_until(lambda: (lambda w: w if w.get("local@w1", {}).get("active_queues") else None)(
+        flower.workers()), 30, 0.3, "the worker's queues, asked with a signed command")  # fmt: skip
     assert [q["name"] for q in workers["local@w1"]["active_queues"]] == ["hermes.local"]

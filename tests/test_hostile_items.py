@@ -33,8 +33,10 @@ from hermes_worker.contract import ChunkRequest, Item, request_span
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 
-from .conftest import HermesRunner
-from .fixtures_cluster import RedisServer, WorkerFactory, free_port, start_redis
+from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
+from .support.processes import wait_registered
+from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 BIG_ID = "9" * 5000
 
@@ -215,7 +217,7 @@ def test_resume_after_an_interrupted_batch_gets_past_a_5000_digit_id(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     journal = tmp_path / "out.jsonl.partial.journal"
-    wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 20, 60, "the batch to write chunks")
+    wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 20, 60, 0.05, "the batch to write chunks")
     assert first.poll() is None, "the batch finished before it could be interrupted"
     first.kill()
     first.wait(10)
@@ -232,7 +234,7 @@ def test_resume_after_an_interrupted_batch_gets_past_a_5000_digit_id(
 
 @pytest.mark.slow
 def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
-    hermes_env: dict[str, str], tmp_path: Path
+    hermes_process: HermesProcessFactory, hermes_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Was: exit 3 "a normalization process died unexpectedly". Now the pool is replaced, and the
     chunk it may have died on runs alone; an outside kill (or the OOM killer) costs no record."""
@@ -240,20 +242,15 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     rows = [json.dumps({"id": n, "prompt": f"caf\u00c3\u00a9  {n}  " * 20}) for n in range(10_000)]
     src.write_text("".join(row + "\n" for row in rows))
-    batch = subprocess.Popen(
-        [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--processes", "2",
-         "--chunk-size", "100"],
-        env=hermes_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    batch = hermes_process("batch", str(src), "-o", str(out), "--processes", "2", "--chunk-size", "100", env=hermes_env)
     journal = tmp_path / "out.jsonl.partial.journal"
-    wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 5, 60, "the batch to get going")
+    wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 5, 60, 0.05, "the batch to get going")
     # When one of its pool processes is killed
-    pool = wait_until(lambda: pool_processes(batch.pid), 10, "the pool processes")
+    pool = wait_until(lambda: pool_processes(batch.process.pid), 10, 0.05, "the pool processes")
     os.kill(pool[0], signal.SIGKILL)
-    _stdout, stderr = batch.communicate(timeout=240)
     # Then the batch finishes with every record, all normalized
-    assert batch.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    assert batch.wait(timeout=240) == 0, batch.stderr
+    assert "Traceback" not in batch.stderr
     records = strict_records(out.read_bytes())
     assert [r["id"] for r in records] == list(range(10_000))
     assert all("text" in r for r in records)
@@ -290,26 +287,24 @@ def test_a_hostile_id_fails_its_line_alone_on_a_cluster(
 
 
 @pytest.fixture
-def own_redis() -> Iterator[Callable[..., RedisServer]]:
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Private Redis servers started with extra options, stopped after the test (and its workers)."""
     started: list[RedisServer] = []
 
     def start(*options: str) -> RedisServer:
-        port = free_port()
-        server = RedisServer(port, start_redis(port, *options))
+        server = RedisServer(tmp_path / f"redis-{len(started)}", options=options)
         started.append(server)
-        return server
+        return server.start()
 
     yield start
     for server in started:
-        server.process.terminate()
-        server.process.wait(timeout=10)
+        server.stop()
 
 
 def worker_on(start_worker: WorkerFactory, server: RedisServer, name: str, url: str, **env: str) -> int:
     """Start a worker on ``url`` (a private Redis), wait until it registers; return its main pid."""
     worker = start_worker(name, env={"HERMES_BROKER_URL": url, **env}, wait=False)
-    wait_until(lambda: server.client().exists(f"hermes:worker:local@{name}"), 60, f"worker {name} to register")
+    wait_registered(worker, f"local@{name}", server.client, timeout=60)
     return worker.process.pid
 
 
@@ -455,7 +450,7 @@ def test_a_worker_stuck_between_chunks_ends_the_batch_instead_of_a_wait_for_ever
     # Given a registered worker whose only pool process is frozen before any chunk
     limit = {"HERMES_CHUNK_TIME_LIMIT": "4"}
     main = start_worker("stuck", env=limit).process.pid
-    pool = wait_until(lambda: children(main), 10, "the pool process")
+    pool = wait_until(lambda: children(main), 10, 0.05, "the pool process")
     for pid in pool:
         os.kill(pid, signal.SIGSTOP)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -517,17 +512,6 @@ def test_a_line_that_kills_every_process_running_it_gets_its_own_error_record(
 
 
 # Helpers -----------------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def children(pid: int) -> list[int]:

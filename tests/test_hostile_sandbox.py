@@ -40,7 +40,10 @@ from hermes_worker.sandbox.reply import Expected, check_result
 from hermes_worker.sandbox.server import DATA_LIES, handle
 from hermes_worker.sandbox.session import SandboxSession
 from hermes_worker.settings import Settings, SettingsError
-from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, chunk
+
+from .support.chunks import chunk
+from .support.environment import TEST_DEPLOYMENT
+from .support.fixture_types import SessionFactory
 
 LIE = "hermes-test:lie"
 TEXTS = ["ﬁrst “quoted” line  ", "Ã©tÃ© cafÃ©", "plain", "", "zero\u200bwidth", "\ud800 lone", "x" * 50, "last"]

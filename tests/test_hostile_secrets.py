@@ -38,12 +38,12 @@ from typing import Any
 import pytest
 import redis
 
-from .fixtures_chaos import RedisInstance, make_tls_files, redis_factory, wait_for
-from .fixtures_cluster import WorkerProcess, free_port
+from .support.environment import free_port
+from .support.processes import WorkerProcess, start_flower_process, start_worker_process
+from .support.redis_server import RedisServer, make_tls_files
+from .support.waiting import wait_until
 
-__all__ = ["redis_factory"]  # a fixture used below
-
-RedisFactory = Callable[..., RedisInstance]
+RedisFactory = Callable[..., RedisServer]
 PYTHON = sys.executable
 
 
@@ -89,23 +89,13 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str], name: str, *args: str) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{name}.out"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [PYTHON, "-m", "hermes_producer", "worker", "--name", name, "-c", "1", *args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        worker = WorkerProcess(name, process, log_path)
+        worker = start_worker_process(env, tmp_path / f"worker-{name}.out", name, "-c", "1", *args)
         started.append(worker)
         return worker
 
     yield start
     for worker in started:
-        if worker.process.poll() is None:
-            try:
-                worker.stop(timeout=20)
-            except Exception:
-                worker.kill()
+        worker.halt()
 
 
 def registered(client: redis.Redis, worker: WorkerProcess, node: str, timeout: float = 90) -> dict[str, Any]:
@@ -116,7 +106,7 @@ def registered(client: redis.Redis, worker: WorkerProcess, node: str, timeout: f
         raw = client.get(f"hermes:worker:{node}")
         return json.loads(raw) if raw else None
 
-    found: dict[str, Any] = wait_for(entry, timeout, f"worker {node} to register")
+    found: dict[str, Any] = wait_until(entry, timeout, 0.1, f"worker {node} to register")
     return found
 
 
@@ -319,7 +309,7 @@ def test_cluster_commands_print_no_password(
 
 
 @pytest.fixture
-def secured(redis_factory: RedisFactory) -> tuple[RedisInstance, str]:
+def secured(redis_factory: RedisFactory) -> tuple[RedisServer, str]:
     password = unique("right-pw")
     server = redis_factory(password=password)
     # An ACL user who may log in but run nothing: "permission denied", not "not answering".
@@ -345,7 +335,7 @@ REFUSALS = {
 @pytest.mark.cluster
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_refusal_is_a_configuration_error_never_a_fallback(
-    case: str, secured: tuple[RedisInstance, str], env: dict[str, str], tmp_path: Path
+    case: str, secured: tuple[RedisServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Given a Redis that refuses the credentials in the URL, `hermes run` and `hermes batch`
     (without --no-fallback) exit 2 naming the URL (password masked) and the reason, process
@@ -411,7 +401,7 @@ def test_a_certificate_that_does_not_verify_is_a_configuration_error(
 
 @pytest.mark.cluster
 def test_a_worker_with_a_wrong_password_stops_at_start(
-    secured: tuple[RedisInstance, str], env: dict[str, str], workers: Callable[..., WorkerProcess]
+    secured: tuple[RedisServer, str], env: dict[str, str], workers: Callable[..., WorkerProcess]
 ) -> None:
     """Given a wrong password, `hermes worker` exits 2 at once saying authentication failed
     (instead of retrying for ever as if Redis were down), the password masked."""
@@ -596,7 +586,8 @@ def test_worker_metrics_listen_on_loopback_unless_told(
 
     for worker, node in ((quiet, "local@m1"), (wide, "local@m2"), (by_env, "local@m3")):
         registered(redis_server.client(), worker, node)
-    wait_for(lambda: listening(quiet_port) and listening(open_port) and listening(env_port), 30, "metrics listening")
+    wait_until(lambda: listening(quiet_port) and listening(open_port) and listening(env_port), 30, 0.1,
+               "metrics listening")
     assert listening(quiet_port) == {"127.0.0.1"}
     assert listening(open_port) == {"0.0.0.0"} and listening(env_port) == {"0.0.0.0"}
     with urllib.request.urlopen(f"http://127.0.0.1:{quiet_port}/metrics", timeout=10) as response:
@@ -628,11 +619,9 @@ def test_celery_inspect_and_flower_show_no_password(
     flower_user, flower_password = "ops", unique("flower-pw")
     port = free_port()
     flower_out = tmp_path / "flower.out"
-    with flower_out.open("wb") as out:
-        flower = subprocess.Popen([PYTHON, "-m", "hermes_producer", "flower", "--port", str(port)],
-                                  env=cluster | {"HERMES_FLOWER_USER": flower_user,
-                                                 "HERMES_FLOWER_PASSWORD": flower_password},
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    flower = start_flower_process(
+        cluster | {"HERMES_FLOWER_USER": flower_user, "HERMES_FLOWER_PASSWORD": flower_password}, port, flower_out
+    )
     try:
         token = base64.b64encode(f"{flower_user}:{flower_password}".encode()).decode()
 
@@ -646,7 +635,7 @@ def test_celery_inspect_and_flower_show_no_password(
                 return None
             return body if '"conf"' in body and "broker_url" in body else None
 
-        shown = wait_for(api_workers, 60, "Flower's /api/workers with the worker's configuration")
+        shown = wait_until(api_workers, 60, 0.1, "Flower's /api/workers with the worker's configuration")
     finally:
         flower.send_signal(signal.SIGTERM)
         flower.wait(timeout=20)

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures_cluster import missing
+from .support.environment import missing
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / "ops" / "ci" / "github-actions.yml"

@@ -30,8 +30,8 @@ from hermes_worker.engine.budget import ItemTooSlow, item_budget_s, normalize_wi
 from hermes_worker.processing import process_chunk
 from hermes_worker.settings import Settings, SettingsError
 
-from .conftest import HermesRunner, read_records
-from .fixtures_cluster import WorkerFactory
+from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.inputs import read_records
 
 MIB = 1024 * 1024
 # Two-byte characters: 1 MiB of UTF-8, a line ftfy repairs by removing one "Â" a pass.

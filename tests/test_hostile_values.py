@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,9 @@ import pytest
 from hermes_worker import settings as hermes_settings
 from hermes_worker.settings import Settings, SettingsError
 
-from .conftest import HermesRunner, read_records
+from .support.fixture_types import HermesProcessFactory, HermesRunner
+from .support.inputs import read_records
+from .support.waiting import wait_until
 
 BIG = "99999999999999999999999"
 NOT_UTF8 = os.fsdecode(b"caf\xff")  # what Python makes of a byte that is not UTF-8 in argv or environ
@@ -289,27 +290,24 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(hermes_env: dict[str
 
 
 @pytest.mark.cluster
-def test_ctrl_c_while_waiting_for_workers_is_exit_130(cluster_env: dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_while_waiting_for_workers_is_exit_130(
+    hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
+) -> None:
     """Ctrl-C during --wait-for-workers (a broker, no worker): "hermes: interrupted", exit 130, no "Aborted!"."""
     # Given a batch waiting for a worker that never comes
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "x"}\n')
-    command = [sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", str(tmp_path / "out.jsonl"),
-               "--isolation", "local", "--wait-for-workers", "60"]  # fmt: skip
-    with subprocess.Popen(command, env=cluster_env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as process:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        deadline = time.monotonic() + 30
-        while "waiting up to" not in line and line and time.monotonic() < deadline:
-            line = process.stderr.readline()
-        assert "waiting up to" in line
+    command = ["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--isolation", "local",
+               "--wait-for-workers", "60"]  # fmt: skip
+    batch = hermes_process(*command, env=cluster_env)
+    wait_until(lambda: "waiting up to" in batch.stderr, 30, 0.1, lambda: f"the batch to wait:\n{batch.stderr}")
 
-        # When the user presses Ctrl-C
-        process.send_signal(signal.SIGINT)
+    # When the user presses Ctrl-C
+    batch.process.send_signal(signal.SIGINT)
 
-        # Then
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 130, rest
+    # Then
+    assert batch.wait(timeout=30) == 130, batch.stderr
+    rest = batch.stderr
     assert "hermes: interrupted" in rest and "Aborted!" not in rest and "Traceback" not in rest
     assert not (tmp_path / "out.jsonl.lock").exists()
 

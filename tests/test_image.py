@@ -13,7 +13,8 @@ import pytest
 from hermes_worker import __version__
 from hermes_worker.sandbox.errors import ImageMissing
 from hermes_worker.sandbox.image import DEFAULT_BASE, DOCKERFILE, build_image, content_tag, context_files
-from tests.fixtures_docker import BASE_IMAGE, REPO
+
+from .support.environment import BASE_IMAGE, REPO
 
 
 def test_context_holds_the_engine_and_its_text_libraries_only() -> None:

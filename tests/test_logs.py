@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -352,18 +351,25 @@ def test_follow_survives_truncation_and_waits_for_a_missing_file(tmp_path: Path)
 def test_follow_waits_for_a_line_to_be_complete(tmp_path: Path) -> None:
     path = tmp_path / "hermes.log"
     path.write_text("")
-    records = logs.follow(tmp_path, poll_s=0.01, stop=_deadline())
     line = _record(1).encode()
+    out_of_time = _deadline()
+    polls = 0
 
     with path.open("ab", buffering=0) as handle:
+
+        def stop() -> bool:
+            # follow() asks between polls: from its second question on, it has read the first part
+            # and found nothing more. Only then does the rest of the line arrive.
+            nonlocal polls
+            polls += 1
+            if polls == 2:
+                handle.write(line[10:] + b"\n")
+            return bool(out_of_time())
+
+        records = logs.follow(tmp_path, poll_s=0.01, stop=stop)
         handle.write(line[:10])
-        # The rest arrives while follow() is polling and has already read the first part.
-        finish = threading.Timer(0.05, handle.write, args=(line[10:] + b"\n",))
-        finish.start()
-        try:
-            assert [r["seq"] for r in _take(records, 1)] == [1]
-        finally:
-            finish.join()
+        assert [r["seq"] for r in _take(records, 1)] == [1]
+    assert polls >= 2  # the line was yielded only once it was complete
 
 
 def test_follow_ends_when_stop_says_so(tmp_path: Path) -> None:

@@ -12,17 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import HermesRunner, read_records
-from tests.fixtures_cluster import free_port, missing
+from .support.environment import free_port, missing
+from .support.fixture_types import HermesRunner
+from .support.inputs import read_records
+from .support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -89,20 +90,19 @@ class Honcho:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_for(self, what: str, ready: object, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    def wait_ready(self, what: str, ready: Callable[[], object], timeout: float = 60) -> None:
+        """Wait until ``ready()`` is truthy (a service not up yet may refuse), noting every process seen."""
+
+        def up() -> object:
             self.seen.update(descendants(self.process.pid))
-            try:
-                if ready():  # type: ignore[operator]
-                    return
-            except (redis.RedisError, OSError):
-                pass
             if self.process.poll() is not None:
                 pytest.fail(f"honcho exited ({self.process.returncode}) before {what}:\n{self.log[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {what} within {timeout:.0f} s:\n{self.log[-4000:]}")
-            time.sleep(0.2)
+            try:
+                return ready()
+            except (redis.RedisError, OSError):
+                return False
+
+        wait_until(up, timeout, 0.2, lambda: f"{what}:\n{self.log[-4000:]}")
 
     def stop(self) -> int:
         self.seen.update(descendants(self.process.pid))
@@ -159,8 +159,8 @@ def test_honcho_start_runs_a_cluster_that_processes_a_batch(
     client = redis.Redis(port=ports["redis"], socket_connect_timeout=0.5)
     flower = f"http://127.0.0.1:{ports['flower']}"
     # When: Redis answers, a worker registers and Flower is up
-    cluster.wait_for("worker registered in Redis", lambda: list(client.scan_iter("hermes:worker:*")))
-    cluster.wait_for("Flower", lambda: get(f"{flower}/healthcheck") == 200)
+    cluster.wait_ready("worker registered in Redis", lambda: list(client.scan_iter("hermes:worker:*")))
+    cluster.wait_ready("Flower", lambda: get(f"{flower}/healthcheck") == 200)
     (node,) = [key.decode().removeprefix("hermes:worker:") for key in client.scan_iter("hermes:worker:*")]
     assert node.startswith("local@")
     # And: a small batch goes through the cluster, never in-process
@@ -186,9 +186,10 @@ def test_honcho_start_runs_a_cluster_that_processes_a_batch(
     assert len(seen) >= 3, cluster.log  # redis, the worker (and its pool), flower
     cluster.stop()
     # Then: every process it started is gone, and the ports are free
-    deadline = time.monotonic() + 15
-    while (left := {pid for pid, start in seen.items() if running(pid, start)}) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"still running after honcho stopped: {left}\n{cluster.log[-3000:]}"
+    def still_running() -> set[int]:
+        return {pid for pid, start in seen.items() if running(pid, start)}
+
+    wait_until(lambda: not still_running(), 15, 0.2,
+               lambda: f"every process to end; still running: {still_running()}\n{cluster.log[-3000:]}")  # fmt: skip
     with pytest.raises(redis.ConnectionError):
         client.ping()

@@ -9,33 +9,18 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
-from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_requests
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import ChunkRequest, request_span
-from hermes_worker.engine import resolve_profile
-from hermes_worker.processing import process_chunk
 
-
-def run(data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000) -> list[dict[str, Any]]:
-    """Every record ``hermes batch`` would write for ``data``, through raw chunks and the guard."""
-    options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
-    seen, records = SeenIds(), []
-    for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
-        result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
-        lines = result.record_lines()
-        assert len(lines) == request_span(payload)[1] == result.count
-        records += [json.loads(line) for line in lines]
-    return records
+from .support.inputs import batch_records
 
 
 def test_an_invalid_utf8_line_in_a_raw_chunk_fails_alone_with_its_line_number() -> None:
     # Given a chunk whose middle line is not UTF-8
     data = b'{"id": "a", "prompt": "one"}\n{"id": "b", "prompt": "\xff\xfe"}\n{"id": "c", "prompt": "three"}\n'
     # When it is run as one raw chunk
-    records = run(data, chunk_size=3)
+    records = batch_records(data, chunk_size=3)
     # Then only that line is an error, it says where, and its neighbours are normalized
     assert [r.get("text") for r in records] == ["one", None, "three"]
     assert records[1]["line"] == 2 and records[1]["error"]["code"] == "invalid_utf8"
@@ -47,7 +32,7 @@ def test_malformed_json_becomes_an_error_record_in_the_worker_not_in_the_produce
     first, text, bad = next(read_chunks(io.BytesIO(b'{"prompt": "ok"}\n{"prompt": \n'), "jsonl", 100, 10))
     assert (first, bad) == (1, []) and text == '{"prompt": "ok"}\n{"prompt": '
     # When the worker runs them, Then the broken line is an error record naming its line
-    records = run(b'{"prompt": "ok"}\n{"prompt": \n')
+    records = batch_records(b'{"prompt": "ok"}\n{"prompt": \n')
     assert records[1]["line"] == 2 and records[1]["error"]["code"] == "malformed_json"
 
 
@@ -57,7 +42,7 @@ def test_a_duplicate_id_in_a_later_chunk_becomes_an_error_naming_the_first_line(
             {"id": "x", "prompt": "again"}]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     # When the batch runs in chunks of two
-    records = run(data, chunk_size=2)
+    records = batch_records(data, chunk_size=2)
     # Then line 5 is a duplicate of line 1, and explicit 3 collides with line 3's default id
     assert [r.get("error", {}).get("code") for r in records] == [None, None, None, "duplicate_id", "duplicate_id"]
     assert "already used on line 1" in records[4]["error"]["message"] and records[4]["id"] == "x"
@@ -66,7 +51,7 @@ def test_a_duplicate_id_in_a_later_chunk_becomes_an_error_naming_the_first_line(
 
 def test_an_overlong_line_is_an_error_record_and_the_next_chunk_still_lines_up() -> None:
     data = b"short\n" + b"x" * 300_000 + b"\nafter\nlast\n"
-    records = run(data, chunk_size=2, fmt="text", max_bytes=1000)
+    records = batch_records(data, chunk_size=2, fmt="text", max_bytes=1000)
     assert [r["line"] for r in records] == [1, 2, 3, 4]
     assert records[1]["error"]["code"] == "too_large" and "300,001 bytes" in records[1]["error"]["message"]
     assert [r.get("text") for r in records] == ["short", None, "after", "last"]

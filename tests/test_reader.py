@@ -7,7 +7,7 @@ import io
 from hermes_producer.reader import detect_format
 from hermes_producer.seen_ids import SeenIds
 
-from .test_raw_chunks import run
+from .support.inputs import batch_records
 
 
 def test_duplicate_ids_are_found_after_the_guard_spills_to_disk() -> None:
@@ -29,7 +29,7 @@ def test_default_ids_and_explicit_integer_ids_collide_both_ways() -> None:
 
 def test_every_line_becomes_one_record_in_order() -> None:
     data = b'\xef\xbb\xbf{"prompt": "bom"}\n{"prompt": "crlf"}\r\n\xff\n{"prompt": "last, no newline"}'
-    records = run(data, chunk_size=3)
+    records = batch_records(data, chunk_size=3)
     assert [r["line"] for r in records] == [1, 2, 3, 4]
     assert [r.get("text") for r in records] == ["bom", "crlf", None, "last, no newline"]
     assert records[2]["error"]["code"] == "invalid_utf8"
@@ -37,7 +37,7 @@ def test_every_line_becomes_one_record_in_order() -> None:
 
 def test_an_overlong_line_is_skipped_without_losing_the_next_one() -> None:
     data = b"short\n" + b"x" * 300_000 + b"\nafter\n"
-    records = run(data, chunk_size=2, fmt="text")
+    records = batch_records(data, chunk_size=2, fmt="text")
     assert [(r["line"], r.get("text")) for r in records] == [(1, "short"), (2, None), (3, "after")]
     assert records[1]["error"]["code"] == "too_large" and "300,001 bytes" in records[1]["error"]["message"]
 

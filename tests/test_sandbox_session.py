@@ -26,7 +26,11 @@ from hermes_worker.sandbox import SessionFailed, open_session
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import encode_frame
 from hermes_worker.sandbox.session import SandboxSession
-from tests.fixtures_docker import TEST_DEPLOYMENT, SessionFactory, batch_chunks, chunk, golden_chunks
+
+from .support.chunks import batch_chunks, chunk, golden_chunks
+from .support.environment import TEST_DEPLOYMENT
+from .support.fixture_types import SessionFactory
+from .support.waiting import wait_until
 
 
 def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
@@ -144,9 +148,33 @@ def test_an_item_that_exhausts_memory_fails_alone(session_factory: SessionFactor
     assert run(session, chunk(["still works"])).ok == 1
 
 
+class KillWhenInFlight(threading.Thread):
+    """Kills ``container`` once its server sleeps in the ``hermes-test:sleep`` marker: a chunk in flight.
+
+    The condition is the kernel's: a process of the container waits in a nanosleep (``ps`` WCHAN).
+    """
+
+    def __init__(self, container: Any) -> None:
+        super().__init__(daemon=True)
+        self.container, self.killed, self.failure = container, False, ""
+        self.start()
+
+    def sleeping(self) -> bool:
+        top = self.container.top(ps_args="-o pid,wchan:32")
+        return any("nanosleep" in " ".join(process) for process in top["Processes"] or [])
+
+    def run(self) -> None:
+        try:
+            wait_until(self.sleeping, 30, 0.01, "the chunk in flight (the server sleeping)")
+            self.container.kill()
+            self.killed = True
+        except BaseException as exc:  # pytest.fail raises an Exception subclass of BaseException
+            self.failure = str(exc)
+
+
 def test_a_killed_container_is_replaced_and_nothing_is_lost(session_factory: SessionFactory,
                                                             docker_client: Any) -> None:  # fmt: skip
-    # Given a session and six chunks, the fourth of which stays in flight for half a second
+    # Given a session and six chunks, the fourth of which stays in flight for half a second (asleep)
     session = session_factory(test_hooks=True)
     chunks = batch_chunks(3000, size=500)
     chunks[3]["items"][7][2] = "hermes-test:sleep"
@@ -157,8 +185,11 @@ def test_a_killed_container_is_replaced_and_nothing_is_lost(session_factory: Ses
         if number == 1:
             docker_client.containers.get(first).kill()
         if number == 3:
-            threading.Timer(0.2, docker_client.containers.get(first).kill).start()
+            killer = KillWhenInFlight(docker_client.containers.get(first))
         results.append(run(session, request))
+        if number == 3:
+            killer.join(timeout=30)
+            assert killer.killed, killer.failure
         if number in (1, 3):
             assert session.container_id != first
     # Then each was replaced once, and every record is there and right

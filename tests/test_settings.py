@@ -29,7 +29,8 @@ from hermes_worker.setting_parsers import DecimalRange, OneOf, WholeRange, flag,
 from hermes_worker.settings import LIMITS, SETTINGS, Secret, Setting, Settings, SettingsError, option_help
 from hermes_worker.settings_docs import update_readme
 
-from .conftest import EXAMPLES, REPO, HermesRunner
+from .support.environment import EXAMPLES, REPO
+from .support.fixture_types import HermesRunner
 
 # A value each non-numeric, non-choice setting accepts, and what it becomes: never its default.
 SAMPLES: dict[str, tuple[str, Any]] = {

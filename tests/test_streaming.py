@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .support.environment import REPO
 
 
 def peak_rss_mib(args: list[str], env: dict[str, str], cwd: Path) -> float:

@@ -1,0 +1,11 @@
+"""What the tests share that is not a fixture: plain helpers, imported by name.
+
+- :mod:`.waiting`: ``wait_until``, the one way a test waits for something to become true.
+- :mod:`.environment`: where the repository is, free ports, ``missing`` (skip here, fail in CI).
+- :mod:`.redis_server`: :class:`RedisServer`, the one private redis-server harness.
+- :mod:`.processes`: ``hermes worker`` and ``hermes ...`` as real processes, and the registry.
+- :mod:`.inputs`: input files, records, and the raw-chunk pipeline run in-process.
+
+Fixtures live in the ``tests/fixtures_*.py`` plugins (registered in ``tests/conftest.py``);
+no test module imports another test module or a conftest.
+"""

@@ -1,0 +1,185 @@
+"""Hermes as real processes: ``hermes worker`` (the one worker starter) and any other command.
+
+Workers run in a session of their own, so a test can SIGKILL a worker with its pool; every
+process writes to a log file the test shows when something goes wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from .waiting import wait_until
+
+
+@dataclass
+class WorkerProcess:
+    """A running ``hermes worker``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` and wait for the exit code (SIGKILL after ``timeout`` seconds)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: the main process and its pool children."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def halt(self) -> None:
+        """Stop the worker whatever state it is in (after a test): SIGTERM, then SIGKILL."""
+        if self.process.poll() is None:
+            try:
+                self.stop(timeout=20)
+            except Exception:
+                self.kill()
+
+
+def worker_options(mode: str = "local", concurrency: int = 1) -> tuple[str, ...]:
+    """The options most tests start a worker with: its mode, its concurrency, INFO logging."""
+    return ("--mode", mode, "-c", str(concurrency), "-l", "info")
+
+
+def start_worker_process(env: dict[str, str], log_path: Path, name: str, *options: str) -> WorkerProcess:
+    """Start ``hermes worker --name NAME OPTIONS...`` with ``env``; it logs (appending) to ``log_path``.
+
+    The worker has a process group of its own, so :meth:`WorkerProcess.kill` takes its pool too.
+    """
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hermes_producer", "worker", "--name", name, *options],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return WorkerProcess(name, process, log_path)
+
+
+def registry_entry(client: redis.Redis, node: str) -> dict[str, Any] | None:
+    """The registry entry of worker ``node`` (``local@w1``), or None while it has none."""
+    raw = client.get(f"hermes:worker:{node}")
+    return json.loads(raw) if raw else None
+
+
+def wait_registered(worker: WorkerProcess, node: str, client: Callable[[], redis.Redis], timeout: float = 90) -> None:
+    """Wait until ``node`` is in the registry; fail at once, with its log, if the worker exits."""
+
+    def registered() -> bool:
+        if worker.process.poll() is not None:
+            pytest.fail(f"worker {node} exited with {worker.process.returncode}:\n{worker.log[-3000:]}")
+        try:
+            return registry_entry(client(), node) is not None
+        except redis.RedisError:  # a chaos test may have stopped the server for a while
+            return False
+
+    wait_until(registered, timeout, 0.1, f"worker {node} to register")
+
+
+@dataclass
+class Producer:
+    """A ``hermes batch`` (or any other command) running as a process; stderr goes to a file."""
+
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; the test fails (and the process is killed) after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            pytest.fail(f"the producer did not finish within {timeout:.0f} s:\n{self.stderr[-4000:]}")
+        raise AssertionError
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def first_line_with(self, text: str) -> str | None:
+        return next((line for line in self.stderr.splitlines() if text in line), None)
+
+
+def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None) -> Producer:
+    """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise."""
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hermes_producer", *args],
+            env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,
+        )  # fmt: skip
+    return Producer(process, stderr_path)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children of children too)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def start_flower_process(
+    env: dict[str, str], port: int, log_path: Path, *options: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``hermes flower --port PORT OPTIONS...`` (in ``cwd``) and return once its /healthcheck answers 200."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(port), *options],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)  # fmt: skip
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"Flower exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:  # not listening yet (URLError and HTTPError are OSErrors too)
+            return False
+
+    try:
+        wait_until(healthy, 30, 0.2, "Flower to answer")
+    except BaseException:
+        process.kill()
+        process.wait(timeout=10)
+        raise
+    return process
