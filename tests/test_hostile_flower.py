@@ -363,13 +363,19 @@ def test_a_broker_writer_cannot_run_script_in_the_dashboard(
     flower = start_flower()
     host, task = "evil" + script("host") + "@h", "t" + script("uuid")
     app = make_celery(Settings.from_env(cluster_env))
-    with app.connection() as connection:
-        events = app.events.Dispatcher(connection, hostname=host, enabled=True)
-        events.send("worker-online", freq=2, sw_ident=script("sw_ident"), sw_ver=script("sw_ver"))
-        events.send("task-received", uuid=task, name="hermes." + script("name"), args=script("args"),
-                    kwargs=script("kwargs"), eta=script("eta"), routing_key=script("routing_key"))  # fmt: skip
-        events.send("task-failed", uuid=task, exception=script("exception"), traceback=script("traceback"))
-    wait_until(lambda: task in json.loads(flower.call("GET", "/api/tasks")[1]), 30, 0.2, "the forged task in Flower")
+
+    def forge() -> bool:
+        """Send the forged events; True once Flower shows the task. Events are broadcast, so those
+        sent before Flower's receiver bound its queue are lost: sent again until one arrives."""
+        with app.connection() as connection:
+            events = app.events.Dispatcher(connection, hostname=host, enabled=True)
+            events.send("worker-online", freq=2, sw_ident=script("sw_ident"), sw_ver=script("sw_ver"))
+            events.send("task-received", uuid=task, name="hermes." + script("name"), args=script("args"),
+                        kwargs=script("kwargs"), eta=script("eta"), routing_key=script("routing_key"))  # fmt: skip
+            events.send("task-failed", uuid=task, exception=script("exception"), traceback=script("traceback"))
+        return task in json.loads(flower.call("GET", "/api/tasks")[1])
+
+    wait_until(forge, 60, 1.0, "the forged task in Flower")
     pages = ["/workers", "/tasks", f"/task/{quote(task, safe='')}", f"/worker/{quote(host, safe='')}",
              f"/worker/{quote(script('missing'), safe='')}", "/broker"]  # fmt: skip
     ran: dict[str, list[str]] = {}
