@@ -404,6 +404,37 @@ def test_reaping_removes_only_this_deployments_dead_owners_containers(
 
 
 @pytest.mark.docker
+def test_workers_reaping_the_same_orphans_at_once_never_fail_their_sessions(
+    docker_client: Any, made: Any, dead_pid: int
+) -> None:
+    """Seen in-process: after a pool process was killed, both new pool processes reaped its
+    container at once; Docker answered one "removal … is already in progress" (409), and that
+    failed the whole batch with exit 3. A container someone else is removing is reaped."""
+    import threading
+
+    for _round in range(8):
+        # Given orphans of this deployment, and four workers reaping at the same moment
+        orphans = [made(backend.owner_labels("w-dead", dead_pid, deployment=TEST_DEPLOYMENT)) for _ in range(3)]
+        start, failures = threading.Barrier(4), []
+
+        def reap(n: int, start: threading.Barrier, failures: list[Exception]) -> None:
+            start.wait()
+            try:
+                backend.reap_orphans(docker_client, f"w-reaper-{n}", TEST_DEPLOYMENT)
+            except Exception as exc:  # what a session start would have died of
+                failures.append(exc)
+
+        reapers = [threading.Thread(target=reap, args=(n, start, failures)) for n in range(4)]
+        for reaper in reapers:
+            reaper.start()
+        for reaper in reapers:
+            reaper.join(timeout=60)
+        # Then none of them fails, and the orphans are gone
+        assert failures == []
+        assert not any(exists(docker_client, orphan) for orphan in orphans)
+
+
+@pytest.mark.docker
 def test_a_hermes_run_of_another_deployment_leaves_our_orphans_alone(
     hermes: Any, sandbox_image: Any, docker_client: Any, made: Any, dead_pid: int
 ) -> None:

@@ -239,6 +239,12 @@ def reap_orphans(client: docker.DockerClient, worker_id: str, deployment: str) -
                     removed.append(container.id)
                 except docker.errors.NotFound:  # another worker reaped it first
                     pass
+                except docker.errors.APIError as exc:
+                    # 409 "removal … is already in progress": another worker is reaping it now (the
+                    # new processes of a pool whose sibling was killed all reap at start). Gone
+                    # all the same; anything else about one leftover must not fail this session.
+                    if exc.status_code != 409:
+                        log.warning("could not remove leftover sandbox container %s: %s", container.id, exc)
     except Exception as exc:
         raise translate(exc, "reap orphan containers") from exc
     if removed:
