@@ -19,9 +19,12 @@ import multiprocessing.util
 import os
 import signal
 import socket
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
@@ -72,6 +75,10 @@ class ChunkExecutor(Protocol):
 _ATTEMPTS = 2
 # Parts per split (as the Celery executor does): fewer rounds to find the line to blame.
 _SPLIT_WAYS = 8
+# How often a wait for a result looks at the pool's processes, and how long a dead one may go
+# unreported by the pool before the pool is taken for hung (it reports one within milliseconds).
+_POLL_S = 0.5
+_UNREPORTED_S = 3.0
 
 
 # The runner of this process: a pool process builds its own in _init_process.
@@ -123,6 +130,7 @@ class InProcessExecutor:
         self.worker = f"embedded@{socket.gethostname()}"
         self._pool: ProcessPoolExecutor | None = None
         self._inline: Runner | None = None
+        self._hung = False  # the pool hung on a dead process (see _wait): release it, do not just drop it
 
     def describe(self) -> str:
         noun = "process" if self.processes == 1 else "processes"
@@ -198,7 +206,7 @@ class InProcessExecutor:
         """The result of the oldest chunk in flight."""
         payload, future = pending.popleft()
         try:
-            return self._checked(payload, future.result)
+            return self._checked(payload, lambda: self._wait(future))
         except BrokenProcessPool:
             pass
         # A pool process died, and every chunk in flight with it: which one killed it is not
@@ -214,7 +222,8 @@ class InProcessExecutor:
         """``payload``'s result, run with no other chunk in flight; split while its process dies."""
         for _ in range(attempts):
             try:
-                return self._checked(payload, self._submit(payload).result)
+                future = self._submit(payload)
+                return self._checked(payload, lambda: self._wait(future))  # noqa: B023 - called at once
             except BrokenProcessPool:
                 self._restart_pool()
         parts = split_request(payload, _SPLIT_WAYS)
@@ -233,15 +242,39 @@ class InProcessExecutor:
         for key in ("text", "first", "format", "bad"):
             probe.pop(key, None)
         try:
-            self._submit(probe).result()
+            self._wait(self._submit(probe))
         except BrokenProcessPool as exc:
             self._restart_pool()
             raise ExecutorError(f"normalization processes die even with nothing to normalize: {exc}") from exc
 
+    def _wait(self, future: Future[ChunkResult]) -> ChunkResult:
+        """``future``'s result; BrokenProcessPool when a pool process died and the pool never says so.
+
+        CPython's pool hangs for ever when a process is killed while it sends a result (the OOM
+        killer, a kill -9): its manager thread waits for the rest of a message that never comes,
+        and the other processes for the lock the dead one held. Seen about once in 40 kills.
+        """
+        unreported_since: float | None = None
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except FutureTimeout:
+                pass
+            if not _lost_a_process(self._pool):
+                unreported_since = None
+            elif unreported_since is None:
+                unreported_since = time.monotonic()
+            elif time.monotonic() - unreported_since > _UNREPORTED_S:
+                self._hung = True
+                raise BrokenProcessPool("a pool process died and the pool hung on its half-sent result")
+
     def _restart_pool(self) -> None:
         assert self._pool is not None
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
+        old, self._pool = self._pool, None
+        if self._hung:  # before shutdown, which drops the pool's references to what must be released
+            _release(old)
+            self._hung = False
+        old.shutdown(wait=False, cancel_futures=True)
         self.__enter__()
 
     def _checked(self, payload: dict[str, Any], get: Callable[[], ChunkResult]) -> ChunkResult:
@@ -265,6 +298,38 @@ class InProcessExecutor:
             kind = "was refused" if isinstance(exc, ContractError) else "failed"
             message = f"the chunk holding this line {kind} in-process: {type(exc).__name__}: {exc}"
             return failed_chunk_result(payload, ENGINE_FAILURE, message, mode=self.mode, worker=self.worker)
+
+
+def _lost_a_process(pool: ProcessPoolExecutor | None) -> bool:
+    """Whether a process of ``pool`` has exited (pool processes live as long as their pool)."""
+    processes = getattr(pool, "_processes", None) or {}
+    return any(process.exitcode is not None for process in list(processes.values()))
+
+
+def _release(pool: ProcessPoolExecutor) -> None:
+    """Let go of a hung pool: its processes killed, its manager thread freed.
+
+    The manager thread blocks in a read of the rest of a result that will never come; the
+    interpreter would wait for it at exit for ever. Bytes written into the result pipe complete
+    that message: it fails to unpickle, the thread takes the pool for broken, and ends.
+    """
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    manager = getattr(pool, "_executor_manager_thread", None)
+    queue = getattr(pool, "_result_queue", None)
+    if manager is None or queue is None:
+        return
+    writer = queue._writer.fileno()
+
+    def feed() -> None:
+        filler = b"\0" * 65536
+        while manager.is_alive():
+            try:
+                os.write(writer, filler)
+            except OSError:
+                return
+
+    threading.Thread(target=feed, name="hermes-release-hung-pool", daemon=True).start()
 
 
 def _lines(payload: dict[str, Any]) -> str:

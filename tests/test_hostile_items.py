@@ -256,6 +256,32 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     assert all("text" in r for r in records)
 
 
+@pytest.mark.slow
+def test_a_pool_process_killed_while_it_sends_a_result_never_hangs_the_batch(
+    hermes_process: HermesProcessFactory, hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    """CPython's pool hangs for ever when a process dies while it sends a result (the dead one
+    holds the result pipe's lock; the pool's manager waits for the rest of the message): a
+    batch waited for ever, or finished and then hung at exit. Large results make that window
+    wide: about one kill in four or eight landed in it. Now the executor sees a dead process
+    the pool never reports, releases that pool and runs its chunks again."""
+    # Given batches whose chunks send back about 2 MB of records each (fast to normalize)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": n, "prompt": f"word{n} " * 300}) + "\n" for n in range(100_000)))
+    for attempt in range(6):
+        out = tmp_path / f"out-{attempt}.jsonl"
+        batch = hermes_process("batch", str(src), "-o", str(out), "--processes", "2", "--chunk-size", "1000",
+                               "--profile", "nfc", env=hermes_env)  # fmt: skip
+        journal = tmp_path / f"out-{attempt}.jsonl.partial.journal"
+        wait_until(lambda: journal.exists() and journal.read_text().count("\n") > 5, 60, 0.02, "the batch to get going")  # noqa: B023
+        # When one of its pool processes is killed, wherever it is
+        pool = wait_until(lambda: pool_processes(batch.process.pid), 10, 0.02, "the pool processes")  # noqa: B023
+        os.kill(pool[0], signal.SIGKILL)
+        # Then the batch ends, with every record
+        assert batch.wait(timeout=120) == 0, batch.stderr
+        assert out.read_bytes().count(b"\n") == 100_000
+
+
 # On a cluster: one real local worker ----------------------------------------------------------------
 
 
