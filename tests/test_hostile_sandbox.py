@@ -32,36 +32,20 @@ from hermes_worker import contract
 from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.engine import Profile, provenance
 from hermes_worker.probe import probe, self_test_request
-from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import BadReply, SessionFailed
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import BytesRecv, DockerDemux, FrameReader, FrameTooLarge
 from hermes_worker.sandbox.reply import Expected, check_result
 from hermes_worker.sandbox.server import DATA_LIES, handle
-from hermes_worker.sandbox.session import SandboxSession
 from hermes_worker.settings import Settings, SettingsError
 
-from .support.chunks import chunk
+from .support.chunks import chunk, locally, records, run
 from .support.environment import TEST_DEPLOYMENT
 from .support.fixture_types import SessionFactory
 
 LIE = "hermes-test:lie"
 TEXTS = ["ﬁrst “quoted” line  ", "Ã©tÃ© cafÃ©", "plain", "", "zero\u200bwidth", "\ud800 lone", "x" * 50, "last"]
 HONEST = {"text"}  # a lie about the text itself keeps the shape: only the self-test can catch it
-
-
-def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
-    """``payload`` (an encoded request, as the fixtures build them) run in ``session`` for worker w1."""
-    return session.run_chunk(ChunkRequest.from_payload(payload), "w1")
-
-
-def locally(payload: dict[str, Any]) -> ChunkResult:
-    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w1")
-
-
-def records(result: ChunkResult) -> list[dict[str, Any]]:
-    """A result's records without provenance (which says where they ran, and so differs)."""
-    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result.record_lines()]
 
 
 def text_chunk(lines: list[str], first: int = 41) -> dict[str, Any]:

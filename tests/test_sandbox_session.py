@@ -19,32 +19,17 @@ import docker.errors
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, ChunkResult, ContractError
+from hermes_worker.contract import ChunkRequest, ContractError
 from hermes_worker.engine import ProfileError
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import SessionFailed, open_session
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import encode_frame
-from hermes_worker.sandbox.session import SandboxSession
 
-from .support.chunks import batch_chunks, chunk, golden_chunks
+from .support.chunks import batch_chunks, chunk, golden_chunks, locally, records, run
 from .support.environment import TEST_DEPLOYMENT
 from .support.fixture_types import SessionFactory
 from .support.waiting import wait_until
-
-
-def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
-    """``payload`` (an encoded request, as the fixtures build them) run in ``session`` for worker w1."""
-    return session.run_chunk(ChunkRequest.from_payload(payload), "w1")
-
-
-def locally(payload: dict[str, Any]) -> ChunkResult:
-    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w1")
-
-
-def records(result: ChunkResult) -> list[dict[str, Any]]:
-    """A result's records without provenance (which says where they ran, and so differs)."""
-    return [{k: v for k, v in json.loads(line).items() if k != "provenance"} for line in result.record_lines()]
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 

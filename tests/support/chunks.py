@@ -6,8 +6,10 @@ import json
 from itertools import cycle, islice
 from typing import Any
 
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkResult
+from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, ChunkResult
 from hermes_worker.engine import resolve_profile
+from hermes_worker.processing import process_chunk
+from hermes_worker.sandbox.session import SandboxSession
 
 from .environment import EXAMPLES, REPO
 
@@ -53,6 +55,15 @@ def batch_chunks(total: int, size: int = 256) -> list[dict[str, Any]]:
     """``total`` prompts (the golden inputs, over and over) in chunks of ``size``."""
     texts = list(islice(cycle(golden_inputs()), total))
     return [chunk(texts[i : i + size], start=i + 1, number=i // size) for i in range(0, total, size)]
+
+
+def run(session: SandboxSession, payload: dict[str, Any]) -> ChunkResult:
+    """``payload`` (an encoded request, as the fixtures build them) run in ``session`` for worker w1."""
+    return session.run_chunk(ChunkRequest.from_payload(payload), "w1")
+
+
+def locally(payload: dict[str, Any]) -> ChunkResult:
+    return process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w1")
 
 
 def records(result: ChunkResult) -> list[dict[str, Any]]:
