@@ -70,12 +70,12 @@ class WholeRange(_Range):
     """
 
     def __call__(self, text: str) -> int:
-        if _INT.fullmatch(text) and len(text) > 30:
-            self.check(math.inf)  # far beyond any bound: say which
         if not _INT.fullmatch(text):
             raise ValueError("must be a whole number")
-        if len(text) > 100:  # int() refuses 4,300 digits with a message about Python, not Hermes
-            raise ValueError("is far too large")
+        if len(text) > 30:
+            # Far beyond any bound: say which, before int() (which refuses 4,300 digits with a
+            # message about Python, not Hermes) is ever asked.
+            self.check(math.inf)
         value = int(text)
         self.check(value)
         return value
