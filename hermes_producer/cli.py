@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 
 from hermes_worker import __version__
-from hermes_worker.contract import Item
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.settings import Settings
+from hermes_worker.wire import Item
 
 from . import logs
 from .batch import BatchOptions, chunk_requests

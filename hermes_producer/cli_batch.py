@@ -18,9 +18,9 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
-from hermes_worker.contract import ChunkResult
 from hermes_worker.engine import Profile
 from hermes_worker.settings import Settings, option_help
+from hermes_worker.wire import ChunkResult
 
 from . import logs
 from .batch import BatchOptions, BatchSummary, run_batch

@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from hermes_worker.contract import Item
 from hermes_worker.engine import Profile
+from hermes_worker.wire import Item
 
 from . import logs
 from .batch import BatchOptions, chunk_requests

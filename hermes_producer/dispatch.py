@@ -28,12 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from . import logs
 from .celery_executor import CeleryExecutor

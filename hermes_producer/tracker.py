@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ENGINE_FAILURE, ChunkResult, ContractError, request_span
+from hermes_worker.contract import ENGINE_FAILURE, ContractError
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.wire import ChunkResult, request_span
 
 from . import chunk_events as events
 from .executors import ExecutorError

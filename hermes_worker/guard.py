@@ -2,7 +2,7 @@
 
 Anyone who can write to the broker can put messages on Hermes' queues and broadcast remote-control
 commands to workers (SECURITY.md, "Broker writers"). A pool process checks every field of a chunk
-request against the contract (:meth:`~hermes_worker.contract.ChunkRequest.from_payload`); here the
+request against the contract (:meth:`~hermes_worker.wire.ChunkRequest.from_payload`); here the
 main process checks what only the message around it says, and what it may be told to do:
 
 - :func:`strategy` is the task's Celery strategy. A message for another queue than the worker's

@@ -30,7 +30,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from . import contract
-from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, ChunkRequest, ChunkResult, shown
+from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, shown
 from .engine import ProfileError
 from .events import ClusterLog
 from .metrics import bump, chunk_increments
@@ -41,6 +41,7 @@ from .registry import Registry
 from .runners import Runner
 from .sandbox.backends import backend
 from .settings import Settings
+from .wire import ChunkRequest, ChunkResult, Reply
 
 __all__ = ["ChunkHandler", "Job"]
 
@@ -119,7 +120,7 @@ class ChunkHandler:
     def accept(self, payload: Any, reply: Any, worker: str, queue: str | None) -> Job | None:
         """The job this message asks for, checked against the contract; None once refused."""
         try:
-            answer = contract.Reply.from_wire(reply)
+            answer = Reply.from_wire(reply)
         except contract.ContractError as exc:
             self.refuse(str(exc), worker)
             return None
@@ -285,7 +286,7 @@ class ChunkHandler:
         self,
         reason: str,
         worker: str,
-        reply: contract.Reply | None = None,
+        reply: Reply | None = None,
         chunk: Any = None,
         kind: str = "invalid",
     ) -> None:

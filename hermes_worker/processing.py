@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import Any
 
 from . import contract
-from .contract import ChunkRequest, ChunkResult, Item, ItemFailure
 from .engine import ItemError, Profile, check_prompt, provenance
 from .engine.budget import chunk_clock, normalize_within_budget
 from .lines import id_problem, items_from_text
+from .wire import ChunkRequest, ChunkResult, Item, ItemFailure
 
 __all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
 
@@ -105,7 +105,10 @@ def process_chunk(request: ChunkRequest, *, mode: str, worker: str, image: str |
     prov = _dumps(prov_dict)
     lines: list[str] = []
     errors: list[ItemFailure] = []
-    max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
+    options = request.options
+    max_validation, explain, max_bytes, budget = (
+        options.max_validation, options.explain, options.max_prompt_bytes, options.item_time_budget
+    )
 
     for item in items:
         line, prompt, pre_error = item.line, item.prompt, item.error
@@ -118,7 +121,7 @@ def process_chunk(request: ChunkRequest, *, mode: str, worker: str, image: str |
                 if not isinstance(prompt, str):
                     raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
                 check_prompt(prompt, max_bytes)
-                result = normalize_within_budget(prompt, profile, max_validation, explain, request.item_time_budget)
+                result = normalize_within_budget(prompt, profile, max_validation, explain, budget)
                 if result.violations:
                     raise ItemError(
                         contract.VALIDATION_FAILED,
@@ -176,7 +179,7 @@ def request_items(request: ChunkRequest) -> tuple[list[Item], list[Any] | None]:
     if request.text is None:
         return request.items or [], None
     return items_from_text(
-        request.text, request.first, request.format, request.max_prompt_bytes, request.bad_lines()
+        request.text, request.first, request.format, request.options.max_prompt_bytes, request.bad_lines()
     )
 
 

@@ -14,8 +14,10 @@ import pytest
 from kombu import Connection, Exchange, Producer
 
 from hermes_worker.celeryconfig import make_celery
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.inputs import make_input, read_records
@@ -315,7 +317,8 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
     executor.transport.send = old_worker_answers  # type: ignore[method-assign]
     items = [Item(1, "a", "x"), Item(2, "b", "y")]
     nfc = {"name": "nfc", "steps": ["nfc"]}
-    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=items).to_payload()
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    payload = ChunkRequest(0, nfc, options=options, items=items).to_payload()
     [result] = list(executor.map_ordered([payload]))
     assert result.failed == 2 and len(result.record_lines()) == 2
     assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result.record_lines())

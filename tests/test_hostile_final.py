@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesRunner
 from .support.redis_server import RedisServer
@@ -75,7 +76,8 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
 
     executor.transport.send = answer  # type: ignore[method-assign]
     nfc = {"name": "nfc", "steps": ["nfc"]}
-    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=[Item(1, "a", "x")])
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    payload = ChunkRequest(0, nfc, options=options, items=[Item(1, "a", "x")])
 
     # When the producer reads the stream
     [result] = list(executor.map_ordered([payload.to_payload()]))

@@ -29,9 +29,9 @@ from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_req
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
 from hermes_producer.splitting import merge_results, split_request
-from hermes_worker.contract import ChunkRequest, Item, request_span
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, Item, request_span
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.processes import wait_registered

@@ -11,9 +11,9 @@ from typing import Any
 from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_requests
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import ChunkRequest, request_span
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, request_span
 
 from .environment import EXAMPLES
 
