@@ -38,8 +38,8 @@ from hermes_worker.wire import ChunkRequest, ChunkResult
 from . import logs
 from .celery_executor import CeleryExecutor
 from .chunk_events import Event, render
-from .cli_common import Context
 from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable, Route
+from .context import Context
 from .executors import ChunkExecutor, InProcessExecutor
 
 __all__ = ["NowhereToRun", "Placement", "choose_executor"]

@@ -23,11 +23,10 @@ from hermes_worker.contract import (
     MAX_VALUE_BYTES,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
-    Reply,
-    request_span,
 )  # fmt: skip
 from hermes_worker.errors import HermesError
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.wire import Reply, request_span
 
 from .cluster import Cluster, queue_depth
 

@@ -1,7 +1,7 @@
 """`hermes worker`: probe Docker, then run a Celery worker tagged and routed by the outcome.
 
 A worker that must not start raises :class:`WorkerRefused` with its exit code; the `hermes`
-group's entry point (hermes_producer/guard.py) prints it and exits.
+group's entry point (hermes_producer/cli/guard.py) prints it and exits.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from hermes_producer.cli_common import Context
 from hermes_producer.cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable
+from hermes_producer.context import Context
 from hermes_producer.dispatch import Placement, choose_executor
 from hermes_producer.executors import InProcessExecutor
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL

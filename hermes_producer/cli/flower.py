@@ -10,7 +10,7 @@ import click
 from hermes_worker.redact import redact_url
 from hermes_worker.settings import option_help
 
-from .cli_common import Context, check_listen_address, fail, pass_context
+from .common import Context, check_listen_address, fail, pass_context
 
 # Flower's own OAuth configuration: with it, basic auth is not required.
 _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")

@@ -21,9 +21,9 @@ from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
 
-from .cli_common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
-from .cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
-from .terminal import printable
+from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
+from ..terminal import printable
+from .common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
 
 
 def _connect(ctx: Context) -> Cluster:

@@ -10,18 +10,23 @@ import os
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import Profile
 from hermes_worker.wire import Item
 
-from . import logs
-from .batch import BatchOptions, chunk_requests
-from .cli_common import (
+from .. import logs
+from ..batch import BatchOptions, chunk_requests
+from ..dispatch import Placement, choose_executor
+from ..executors import ChunkExecutor, ExecutorError
+from ..output import OutputPath, check_output, write_file
+from ..store import ClaimLost, StoreError, Task, TaskStore
+from ..terminal import printable, printable_json
+from .common import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
     EXIT_ITEMS_FAILED,
@@ -29,18 +34,11 @@ from .cli_common import (
     SQLITE_MAX_INT,
     Context,
     fail,
-    load_profile,
     pass_context,
-    placement_options,
-    profile_options,
     read_prompt,
     std_stream,
 )
-from .dispatch import Placement, choose_executor
-from .executors import ChunkExecutor, ExecutorError
-from .output import OutputPath, check_output, write_file
-from .store import ClaimLost, StoreError, Task, TaskStore
-from .terminal import printable, printable_json
+from .options import chunk_options, with_chunk_options, with_lazy_profile, with_placement
 
 # A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
 STALE_CLAIM_S = 15 * 60
@@ -98,16 +96,16 @@ def parse_export(spec: str) -> tuple[int, str]:
 @click.option(
     "--delete", "delete_id", type=click.IntRange(1, SQLITE_MAX_INT), metavar="ID", help="Delete a scheduled task by id."
 )
-@profile_options
+@with_lazy_profile
+@with_chunk_options(only=["max_validation"])
 @pass_context
 def task(
     ctx: Context,
     prompt: str | None,
     list_tasks: bool,
     delete_id: int | None,
-    profile_name: str | None,
-    profile_file: Path | None,
-    max_validation: int | None,
+    profile: Callable[[], Profile],
+    chunk: ChunkOptions,
 ) -> None:
     """Schedule a prompt for `hermes queue`, list scheduled tasks, or delete one.
 
@@ -121,19 +119,18 @@ def task(
         fail("give exactly one of --prompt TEXT, --list or --delete ID")
     with open_store(ctx) as store:
         if prompt is not None:
-            profile = load_profile(ctx, profile_name, profile_file)
-            prompt = read_prompt(prompt, ctx.settings.max_prompt_bytes)
-            validation = ctx.settings.max_validation if max_validation is None else max_validation
-            added = store.add(prompt, profile.spec(), validation)
+            chosen = profile()
+            prompt = read_prompt(prompt, chunk.max_prompt_bytes)
+            added = store.add(prompt, chosen.spec(), chunk.max_validation)
             logs.event(
                 ctx.log,
                 logging.INFO,
                 "task.scheduled",
                 f"task {added.id} scheduled",
                 task=added.id,
-                profile=profile.name,
+                profile=chosen.name,
             )
-            click.echo(f"task {added.id} scheduled (profile {profile.name}); run it with: hermes queue --all")
+            click.echo(f"task {added.id} scheduled (profile {chosen.name}); run it with: hermes queue --all")
         elif list_tasks:
             tasks = store.list("pending") + store.list("running")
             if not tasks:
@@ -163,10 +160,8 @@ def _run_claimed(
         options = BatchOptions(
             profile=Profile.from_spec(json.loads(profile_json)),
             input_format="text",
-            max_validation=max_validation,
+            chunk=chunk_options(ctx.settings, max_validation=max_validation),
             chunk_size=ctx.settings.chunk_size,
-            max_prompt_bytes=ctx.settings.max_prompt_bytes,
-            item_time_budget=ctx.settings.item_time_budget,
         )
         items = iter([Item(n, task.id, task.prompt) for n, task in enumerate(members, 1)])
         for result in executor.map_ordered(chunk_requests(items, options, first_number=next(numbers) * 1_000_000)):
@@ -187,16 +182,9 @@ def _run_claimed(
 @click.command()
 @click.option("--all", "run_all", is_flag=True, help="Run every scheduled task.")
 @click.option("-n", "count", type=click.IntRange(1, SQLITE_MAX_INT), help="Run the N oldest scheduled tasks.")
-@placement_options
+@with_placement
 @pass_context
-def queue(
-    ctx: Context,
-    run_all: bool,
-    count: int | None,
-    isolation: str | None,
-    no_fallback: bool | None,
-    wait_for_workers: float | None,
-) -> None:
+def queue(ctx: Context, run_all: bool, count: int | None, placement: Placement) -> None:
     """Run scheduled tasks, oldest first, and record their results in the history.
 
     With a broker and live workers the tasks fan out over all of them (containers reused
@@ -209,7 +197,6 @@ def queue(
     """
     if run_all == (count is not None):
         fail("give exactly one of --all or -n N")
-    placement = Placement(isolation, no_fallback, wait_for_workers)
     if not store_has_pending(ctx):
         ctx.notice("no scheduled tasks")
         return

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +18,18 @@ from typing import Any, BinaryIO, TextIO
 
 import click
 
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import Profile
-from hermes_worker.settings import Settings, option_help
+from hermes_worker.settings import option_help
 from hermes_worker.wire import ChunkResult
 
-from . import logs
-from .batch import BatchOptions, BatchSummary, run_batch
-from .cli_common import (
-    EXIT_INFRA,
-    EXIT_INTERRUPTED,
-    Context,
-    fail,
-    load_profile,
-    pass_context,
-    placement_options,
-    profile_options,
-    setting_number,
-    std_stream,
-)
-from .dispatch import Placement, choose_executor
-from .executors import ChunkExecutor, ExecutorError
-from .journal import Journal, JournalError, ResumePoint, input_identity
-from .junit import JUnitReport
-from .output import (
+from .. import logs
+from ..batch import BatchOptions, BatchSummary, run_batch
+from ..dispatch import Placement, choose_executor
+from ..executors import ChunkExecutor, ExecutorError
+from ..journal import Journal, JournalError, ResumePoint, input_identity
+from ..junit import JUnitReport
+from ..output import (
     JOURNAL_SUFFIX,
     LOCK_SUFFIX,
     PARTIAL_SUFFIX,
@@ -50,8 +39,10 @@ from .output import (
     check_output,
     write_file,
 )
-from .reader import InputFormat, detect_format
-from .terminal import TerminalSink, printable
+from ..reader import InputFormat, detect_format
+from ..terminal import TerminalSink, printable
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, Context, fail, pass_context, std_stream
+from .options import setting_number, with_chunk_options, with_placement, with_profile
 
 
 @contextmanager
@@ -140,8 +131,9 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report 
 @click.command()
 @click.argument("input_path", metavar="INPUT")
 @click.option("-o", "--output", "output_path", required=True, help="Output JSONL file; '-' is standard output.")
-@profile_options
-@placement_options
+@with_profile
+@with_chunk_options()
+@with_placement
 @click.option(
     "--format",
     "input_format",
@@ -150,21 +142,11 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report 
     show_default=True,
     help="Input format: JSONL objects with 'prompt' (and 'id'), or one prompt a line.",
 )
-@click.option("--explain", is_flag=True, help="Add to each record the steps that changed it.")
 @click.option(
     "--chunk-size", type=setting_number("HERMES_CHUNK_SIZE"), default=None, help=option_help("HERMES_CHUNK_SIZE")
 )
 @click.option(
-    "--processes",
-    type=setting_number("HERMES_PROCESSES"),
-    default=None,
-    help=option_help("HERMES_PROCESSES"),
-)
-@click.option(
-    "--max-prompt-bytes",
-    type=setting_number("HERMES_MAX_PROMPT_BYTES"),
-    default=None,
-    help=option_help("HERMES_MAX_PROMPT_BYTES"),
+    "--processes", type=setting_number("HERMES_PROCESSES"), default=None, help=option_help("HERMES_PROCESSES")
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted batch into the same OUTPUT.")
 @click.option(
@@ -186,17 +168,12 @@ def batch(
     ctx: Context,
     input_path: str,
     output_path: str,
-    profile_name: str | None,
-    profile_file: Path | None,
-    max_validation: int | None,
-    isolation: str | None,
-    no_fallback: bool | None,
-    wait_for_workers: float | None,
+    profile: Profile,
+    chunk: ChunkOptions,
+    placement: Placement,
     input_format: str,
-    explain: bool,
     chunk_size: int | None,
     processes: int | None,
-    max_prompt_bytes: int | None,
     resume: bool,
     summary_path: str | None,
     junit_path: str | None,
@@ -216,48 +193,31 @@ def batch(
       hermes batch big.jsonl -o out.jsonl --resume        # after Ctrl-C or a crash
       hermes batch prompts.jsonl -o out.jsonl --junit report.xml   # CI: a test case per chunk
     """
-    settings = ctx.settings.with_overrides(
-        chunk_size=chunk_size, processes=processes, max_prompt_bytes=max_prompt_bytes
-    )
-    profile = load_profile(ctx, profile_name, profile_file)
+    settings = ctx.settings.with_overrides(chunk_size=chunk_size, processes=processes)
     _check_streams(resume, input_path, output_path, summary_path, junit_path)
-
     with ExitStack() as stack, open_input(input_path) as (name, source):
         output, summary_json, junit_file = _open_outputs(stack, source, input_path, output_path, summary_path,
                                                          junit_path)  # fmt: skip
         if resume and not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
             fail(f"--resume needs a regular file as input; {input_path} is not one")
-
-        try:
-            fmt: InputFormat = detect_format(name, source) if input_format == "auto" else input_format  # type: ignore[assignment]
-        except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
-            fail(f"cannot read input {name}: {exc.strerror or exc}")
-        options = _batch_options(settings, profile, fmt, explain, max_validation)
-        placement = Placement(isolation, no_fallback, wait_for_workers)
+        options = BatchOptions(profile, _input_format(name, source, input_format), chunk, settings.chunk_size)
         junit = JUnitReport(Path(name).name) if junit_file is not None else None
-        if output is None:
-            summary, how = _run_to_stdout(ctx, source, name, fmt, options, settings.processes, placement, junit)
-        else:
-            summary, how = _run_to_file(ctx, output, input_path, source, name, fmt, options, settings.processes,
-                                        resume, placement, junit)  # fmt: skip
+        job = BatchJob(ctx, source, name, input_path, options, placement, settings.processes, junit)
+        summary, how = job.to_stdout() if output is None else job.to_file(output, resume)
         if junit is not None and junit_file is not None:
             junit_file.write(junit.render(summary.seconds), "the JUnit report")
         _report(ctx, summary, how, summary_json)
     sys.exit(summary.exit_code)
 
 
-def _batch_options(
-    settings: Settings, profile: Profile, fmt: InputFormat, explain: bool, max_validation: int | None
-) -> BatchOptions:
-    return BatchOptions(
-        profile=profile,
-        input_format=fmt,
-        explain=explain,
-        chunk_size=settings.chunk_size,
-        max_validation=settings.max_validation if max_validation is None else max_validation,
-        max_prompt_bytes=settings.max_prompt_bytes,
-        item_time_budget=settings.item_time_budget,
-    )
+def _input_format(name: str, source: BinaryIO, asked: str) -> InputFormat:
+    """``--format``, or for ``auto`` what the input's name and first bytes say."""
+    if asked != "auto":
+        return asked  # type: ignore[return-value]
+    try:
+        return detect_format(name, source)
+    except OSError as exc:  # the first read: /proc/self/mem, a device or a disk that fails
+        fail(f"cannot read input {name}: {exc.strerror or exc}")
 
 
 def _check_streams(
@@ -291,26 +251,6 @@ def _open_outputs(
         output.lock()
         output.check_leftovers()
     return output, summary_json, junit_file
-
-
-def _run_to_stdout(
-    ctx: Context, source: BinaryIO, name: str, fmt: InputFormat, options: BatchOptions, processes: int,
-    placement: Placement, junit: JUnitReport | None,
-) -> tuple[BatchSummary, str]:
-    """Write records to standard output as chunks finish (no journal: nothing to resume)."""
-    executor = choose_executor(ctx, placement, processes)
-    with stdout_sink() as sink:
-        return _run(
-            ctx,
-            executor,
-            name,
-            "-",
-            fmt,
-            options.profile.name,
-            lambda progress: run_batch(
-                source, sink, options, executor, progress, on_written=junit.add if junit else None
-            ),
-        )
 
 
 @dataclass(slots=True)
@@ -367,103 +307,95 @@ def _refuse_clashes(source: BinaryIO, input_path: str, output: BatchOutput | Non
         seen[report.target.identity] = f"{report.option} {report.target.path}"
 
 
-def _run(
-    ctx: Context, executor: ChunkExecutor, name: str, output: str, fmt: str, profile: str, work: Any
-) -> tuple[BatchSummary, str]:
-    how = executor.describe()
-    ctx.notice(f"batch {name} ({fmt}, profile {profile!r}) {how}")
-    logs.event(
-        ctx.log,
-        logging.INFO,
-        "batch.started",
-        f"batch {name} -> {output}",
-        input=name,
-        output=output,
-        profile=profile,
-        mode=executor.mode,
-        executor=how,
-    )
-    try:
-        with executor, progress_bar(ctx) as progress:
-            summary: BatchSummary = work(progress)
-    except KeyboardInterrupt:
-        logs.event(ctx.log, logging.WARNING, "batch.interrupted", f"interrupted; partial output of {output} kept")
-        fail(f"interrupted: rerun with --resume to finish {output}", EXIT_INTERRUPTED)
-    except ExecutorError as exc:
-        logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
-        fail(f"{exc}; rerun with --resume to finish {output}", EXIT_INFRA)
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:  # standard output closed by its reader: see guard.py
-            raise
-        # A full disk, a file size limit, an I/O error: the records written so far are safe.
-        where = f" ({exc.filename})" if exc.filename else ""
-        logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
-        fail(f"cannot go on: {exc.strerror or exc}{where}; rerun with --resume to finish {output}", EXIT_INFRA)
-    return summary, how
+@dataclass(slots=True)
+class BatchJob:
+    """One ``hermes batch`` once its input, outputs and options are checked.
 
+    Whether the records go to standard output or to a file, the batch runs through one place
+    (:meth:`_run`): the notices, the log events and what a failure says are the same.
+    """
 
-def _run_to_file(
-    ctx: Context,
-    output: BatchOutput,
-    input_path: str,
-    source: BinaryIO,
-    name: str,
-    fmt: InputFormat,
-    options: BatchOptions,
-    processes: int,
-    resume: bool,
-    placement: Placement,
-    junit: JUnitReport | None,
-) -> tuple[BatchSummary, str]:
-    """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
-    header_options = _header_options(options, fmt)
-    try:
-        identity = input_identity(input_path) if input_path != "-" else {"path": "<stdin>"}
-    except OSError as exc:
-        fail(f"cannot read input {input_path}: {exc.strerror or exc}")
-    summary = BatchSummary()
-    skip = 0
-    if resume:
-        sink, journal, point = _resume(output, {"input": identity, "options": header_options})
-        skip, summary = point.chunks_done, _carried(point)
-        ctx.notice(f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)")
-        executor = choose_executor(ctx, placement, processes, batch_id=point.batch_id)
-    else:
-        executor = choose_executor(ctx, placement, processes)
-        sink, journal = _start(ctx, output, {"input": identity, "options": header_options}, executor)
+    ctx: Context
+    source: BinaryIO
+    name: str  # the input as notices name it ("<stdin>" for '-')
+    input_path: str
+    options: BatchOptions
+    placement: Placement
+    processes: int
+    junit: JUnitReport | None
 
-    def written(result: ChunkResult) -> None:
-        journal.chunk_written(sink.tell(), result)
-        if junit is not None:
-            junit.add(result)
+    def to_stdout(self) -> tuple[BatchSummary, str]:
+        """Write records to standard output as chunks finish (no journal: nothing to resume)."""
+        executor = choose_executor(self.ctx, self.placement, self.processes)
+        with stdout_sink() as sink:
+            outcome = self._run(executor, sink, "-", on_written=self.junit.add if self.junit else None)
+        executor.finish()
+        return outcome
 
-    with sink, contextlib.closing(journal):
-        outcome = _run(
-            ctx,
-            executor,
-            name,
-            output.target.path,
-            fmt,
-            options.profile.name,
-            lambda progress: run_batch(
-                source, sink, options, executor, progress, summary=summary, skip_chunks=skip, on_written=written
-            ),
-        )
-    output.commit()
-    executor.finish()
-    return outcome
+    def to_file(self, output: BatchOutput, resume: bool) -> tuple[BatchSummary, str]:
+        """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
+        try:
+            identity = input_identity(self.input_path) if self.input_path != "-" else {"path": "<stdin>"}
+        except OSError as exc:
+            fail(f"cannot read input {self.input_path}: {exc.strerror or exc}")
+        header = {"input": identity, "options": self.options.header()}
+        summary, skip = BatchSummary(), 0
+        if resume:
+            sink, journal, point = _resume(output, header)
+            skip, summary = point.chunks_done, _carried(point)
+            self.ctx.notice(
+                f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)"
+            )
+            executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=point.batch_id)
+        else:
+            executor = choose_executor(self.ctx, self.placement, self.processes)
+            sink, journal = _start(self.ctx, output, header, executor)
 
+        def written(result: ChunkResult) -> None:
+            journal.chunk_written(sink.tell(), result)
+            if self.junit is not None:
+                self.junit.add(result)
 
-def _header_options(options: BatchOptions, fmt: InputFormat) -> dict[str, Any]:
-    """The options a resume must find unchanged (the journal's header)."""
-    return {
-        "profile": options.profile.spec(),
-        "format": fmt,
-        "chunk_size": options.chunk_size,
-        "max_validation": options.max_validation,
-        "explain": options.explain,
-        "max_prompt_bytes": options.max_prompt_bytes,
-    }
+        with sink, contextlib.closing(journal):
+            outcome = self._run(executor, sink, output.target.path, summary=summary, skip=skip, on_written=written)
+        output.commit()
+        executor.finish()
+        return outcome
+
+    def _run(
+        self,
+        executor: ChunkExecutor,
+        sink: TextIO,
+        output: str,
+        *,
+        summary: BatchSummary | None = None,
+        skip: int = 0,
+        on_written: Callable[[ChunkResult], None] | None = None,
+    ) -> tuple[BatchSummary, str]:
+        """The batch through ``executor`` into ``sink``; a failure is exit 3 (130 interrupted)
+        saying how to finish ``output``."""
+        ctx, profile, how = self.ctx, self.options.profile.name, executor.describe()
+        ctx.notice(f"batch {self.name} ({self.options.input_format}, profile {profile!r}) {how}")
+        logs.event(ctx.log, logging.INFO, "batch.started", f"batch {self.name} -> {output}", input=self.name,
+                   output=output, profile=profile, mode=executor.mode, executor=how)  # fmt: skip
+        try:
+            with executor, progress_bar(ctx) as progress:
+                done = run_batch(self.source, sink, self.options, executor, progress, summary=summary,
+                                 skip_chunks=skip, on_written=on_written)  # fmt: skip
+        except KeyboardInterrupt:
+            logs.event(ctx.log, logging.WARNING, "batch.interrupted", f"interrupted; partial output of {output} kept")
+            fail(f"interrupted: rerun with --resume to finish {output}", EXIT_INTERRUPTED)
+        except ExecutorError as exc:
+            logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
+            fail(f"{exc}; rerun with --resume to finish {output}", EXIT_INFRA)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # standard output closed by its reader: see guard.py
+                raise
+            # A full disk, a file size limit, an I/O error: the records written so far are safe.
+            where = f" ({exc.filename})" if exc.filename else ""
+            logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
+            fail(f"cannot go on: {exc.strerror or exc}{where}; rerun with --resume to finish {output}", EXIT_INFRA)
+        return done, how
 
 
 def _carried(point: ResumePoint) -> BatchSummary:
