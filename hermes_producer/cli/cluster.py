@@ -196,34 +196,36 @@ def doctor(ctx: Context) -> None:
         )
     _doctor_docker(settings, local, report)
     if cluster is not None:
-        try:
-            live = cluster.live_workers()
-        except redis.RedisError as exc:
-            live = []
-            report(False, f"cannot read the worker registry: {exc}")
-        if not live:
-            report(None, "no live workers: batches run in-process", "start one with: hermes worker")
-        for w in live:
-            report(
-                True,
-                f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
-                f"{time.time() - w.heartbeat_at:.1f} s ago",
-            )
-            if w.tag == "local" and w.probe.get("reason"):
-                report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
-            differs = {
-                k: (local[k], w.versions.get(k))
-                for k in ("python", "unicode", "ftfy", "engine")
-                if w.versions.get(k) != local[k]
-            }
-            if differs:
-                report(
-                    None,
-                    f"worker {w.name} differs from here: "
-                    + ", ".join(f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
-                    "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance",
-                )
+        _doctor_workers(cluster, local, report)
     sys.exit(1 if problems else 0)
+
+
+def _doctor_workers(cluster: Cluster, local: dict[str, str], report: Any) -> None:
+    """One line a live worker, and a warning for each that is local or runs other versions."""
+    try:
+        live = cluster.live_workers()
+    except redis.RedisError as exc:
+        report(False, f"cannot read the worker registry: {exc}")
+        return
+    if not live:
+        report(None, "no live workers: batches run in-process", "start one with: hermes worker")
+    for w in live:
+        report(
+            True,
+            f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
+            f"{time.time() - w.heartbeat_at:.1f} s ago",
+        )
+        if w.tag == "local" and w.probe.get("reason"):
+            report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
+        compared = ("python", "unicode", "ftfy", "engine")
+        differs = {k: (local[k], w.versions.get(k)) for k in compared if w.versions.get(k) != local[k]}
+        if differs:
+            report(
+                None,
+                f"worker {w.name} differs from here: "
+                + ", ".join(f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
+                "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance",
+            )
 
 
 def _doctor_docker(settings: Any, local: dict[str, str], report: Any) -> None:
