@@ -29,6 +29,7 @@ from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_req
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
 from hermes_producer.splitting import merge_results, split_request
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.wire import ChunkRequest, Item, request_span
@@ -52,7 +53,7 @@ def strict_records(data: bytes) -> list[dict[str, Any]]:
 
 def pipeline(data: bytes, chunk_size: int = 4, fmt: str = "jsonl", max_bytes: int = 1000) -> list[dict[str, Any]]:
     """The records ``hermes batch`` writes for ``data``: raw chunks, the worker's parser, the guard."""
-    options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
+    options = BatchOptions(resolve_profile("nfc"), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
     seen, out = SeenIds(), b""
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
         result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
@@ -155,7 +156,7 @@ def test_the_prompt_size_limit_counts_bytes_after_json_unescaping() -> None:
 def test_a_chunk_split_into_parts_merges_back_into_the_same_records(ways: int) -> None:
     """The producer's split (for chunks that keep failing) loses, doubles and reorders nothing."""
     # Given a raw chunk with good lines, bad lines, an unshippable line and a repeated id
-    options = BatchOptions(resolve_profile("nfc"), "jsonl", max_prompt_bytes=1000)
+    options = BatchOptions(resolve_profile("nfc"), "jsonl", ChunkOptions(max_prompt_bytes=1000))
     rows = ['{"id": "a", "prompt": "x"}', "nope", "", '{"prompt": "caf\\u00e9"}', '{"id": "a", "prompt": "y"}']
     text = "\n".join(rows)
     payload = options.request(9, text=text, first=41, format="jsonl", bad=[[2, "invalid_utf8", "not valid UTF-8"]])
