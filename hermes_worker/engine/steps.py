@@ -260,8 +260,6 @@ def _remover(pattern: re.Pattern[str]) -> Callable[[str], str]:
 
 strip_controls = _remover(_CONTROLS)
 strip_invisible = _remover(_INVISIBLES)
-_ZWSP = re.compile("\u200b")
-strip_zwsp = _remover(_ZWSP)
 
 
 # --- Terminal escape sequences ----------------------------------------------------------------
@@ -399,7 +397,6 @@ _STEP_LIST = (
     Step(
         "unify_newlines", unify_newlines, "CRLF, CR, NEL, U+2028, U+2029 become LF", re.compile("[\r\u2028\u2029\x85]")
     ),
-    Step("strip_zwsp", strip_zwsp, "remove zero-width space only", _ZWSP),
     Step("rstrip_lines", rstrip_lines, "remove trailing whitespace on every line"),
     Step("collapse_blank_lines", collapse_blank_lines, "at most one blank line in a row"),
     Step("trim_blank_edges", trim_blank_edges, "remove leading blank lines and trailing whitespace"),
