@@ -134,7 +134,6 @@ EMPTY_PROMPT = _item_code("empty_prompt", "the prompt is empty")
 TOO_LARGE = _item_code("too_large", "the prompt, or its line, is larger than `--max-prompt-bytes`")
 NUL_BYTE = _item_code("nul_byte", "the prompt holds a NUL character: binary data is not a prompt")
 LONE_SURROGATE = _item_code("lone_surrogate", "the prompt holds a lone surrogate: it is not valid Unicode text")
-HAS_NONCHARACTER = _item_code("has_noncharacter", "the prompt holds U+FFFF, a noncharacter")
 VALIDATION_FAILED = _item_code(
     "validation_failed", "the output still holds a character the profile forbids (see `--max-validation`)"
 )

@@ -36,8 +36,6 @@ def check_prompt(prompt: str, max_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> None
         size = len(prompt.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
             raise ItemError("too_large", f"prompt is {size:,} bytes; the limit is {max_bytes:,} bytes")
-    if "\uffff" in prompt:
-        raise ItemError("has_noncharacter", "prompt contains U+FFFF, a noncharacter")
     nul = prompt.find("\x00")
     if nul >= 0:
         raise ItemError("nul_byte", f"prompt contains a NUL character at offset {nul}: binary data is not a prompt")
