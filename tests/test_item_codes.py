@@ -30,7 +30,8 @@ from hermes_worker.settings_docs import codes_table, update_readme
 from .support.environment import REPO
 
 PACKAGES = ("hermes_worker", "hermes_producer")
-# What a code looks like: what lets a (code, message) pair be told from other pairs of strings.
+# What a code looks like (two lowercase words at least): what tells a (code, message) pair from
+# other pairs of strings, such as ("image", "sha256:" + digest).
 CODE_SHAPE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 # contract.py's declaration takes a code and raises none; an __init__ counts as its class.
 NOT_TAKERS = ("_item_code", "__init__")
@@ -261,7 +262,7 @@ def test_the_scanner_finds_every_way_of_raising_a_code(tmp_path: Path, monkeypat
 def test_each_code_is_snake_case_with_a_one_line_meaning() -> None:
     assert set(ITEM_CODES) == ERROR_CODES
     for code, meaning in ITEM_CODES.items():
-        assert CODE_SHAPE.fullmatch(code), code
+        assert CODE_SHAPE.fullmatch(code), f"{code!r}: a code is lowercase words joined by '_', two at least"
         assert meaning and "\n" not in meaning and "|" not in meaning, code
 
 
