@@ -12,13 +12,10 @@ from __future__ import annotations
 import re
 import reprlib
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from .engine.errors import EMPTY_PROMPT as EMPTY_PROMPT  # re-exported: contract lists every code
-from .engine.errors import LONE_SURROGATE as LONE_SURROGATE
-from .engine.errors import NUL_BYTE as NUL_BYTE
-from .engine.errors import TOO_LARGE as TOO_LARGE
-from .engine.errors import TOO_SLOW as TOO_SLOW
 from .errors import HermesError
 
 # 2: results cross Redis as raw JSONL ("t") next to their counts ("r"), not as a list in "r".
@@ -48,20 +45,58 @@ EVENTS_MAXLEN = 20_000
 # chunk is split by the producer (its lines) or on the worker's notice (its records).
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 
-# Error codes of item records. Stable: scripts match on them. The engine's own checks declare
-# theirs (empty, too large, NUL, lone surrogate, over the CPU budget: too_slow).
-INVALID_UTF8 = "invalid_utf8"
-MALFORMED_JSON = "malformed_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_PROMPT = "missing_prompt"
-PROMPT_NOT_STRING = "prompt_not_string"
-BAD_ID = "bad_id"
-DUPLICATE_ID = "duplicate_id"
-VALIDATION_FAILED = "validation_failed"
-ENGINE_FAILURE = "engine_failure"
-# The item kept killing the sandbox container (memory, crash) or cannot fit in one frame.
-SANDBOX_FAILURE = "sandbox_failure"
+# Error codes of item records, each declared once, here, with what it means: ITEM_CODES gives
+# the README's table of codes (python -m hermes_worker.settings_docs --update README.md) and the
+# set a request's item errors are checked against. Stable: scripts match on them.
+#
+# The engine's codes are here too. The engine imports only the error root of the worker package
+# (it must run alone in the sandbox), so it cannot read a constant from here: its checks raise
+# their codes as literals (``ItemError("too_slow", ...)``), and tests/test_item_codes.py finds
+# every code any module raises, literal or constant, and fails unless it is declared here. A new
+# code, the engine's or not, is then one line here and its raise; had the engine kept constants
+# of its own, a new one would take three files (its constant, this list, the check raising it).
+_item_codes: dict[str, str] = {}
+ITEM_CODES: Mapping[str, str] = MappingProxyType(_item_codes)  # code -> meaning, in the README's order
 
+
+def _item_code(code: str, meaning: str) -> str:
+    """Declare ``code``: one line of the README's table, and the constant raisers use."""
+    _item_codes[code] = meaning
+    return code
+
+
+INVALID_UTF8 = _item_code("invalid_utf8", "the line is not valid UTF-8 (the message names the byte and its offset)")
+MALFORMED_JSON = _item_code(
+    "malformed_json", "the line is blank or not valid JSON, nests too deeply, or names `prompt` or `id` twice"
+)
+NOT_AN_OBJECT = _item_code("not_an_object", "the line is JSON, but not an object")
+MISSING_PROMPT = _item_code("missing_prompt", "the object has no `prompt` field")
+PROMPT_NOT_STRING = _item_code("prompt_not_string", "`prompt` is not a string")
+BAD_ID = _item_code(
+    "bad_id",
+    "the `id` is not a string or an integer Hermes accepts (the message says why); the record's `id` is the line "
+    "number",
+)
+DUPLICATE_ID = _item_code("duplicate_id", "an earlier line used the same `id` (the message names that line)")
+EMPTY_PROMPT = _item_code("empty_prompt", "the prompt is empty")
+TOO_LARGE = _item_code("too_large", "the prompt, or its line, is larger than `--max-prompt-bytes`")
+NUL_BYTE = _item_code("nul_byte", "the prompt holds a NUL character: binary data is not a prompt")
+LONE_SURROGATE = _item_code("lone_surrogate", "the prompt holds a lone surrogate: it is not valid Unicode text")
+VALIDATION_FAILED = _item_code(
+    "validation_failed", "the output still holds a character the profile forbids (see `--max-validation`)"
+)
+ENGINE_FAILURE = _item_code(
+    "engine_failure",
+    "no worker could finish the item: the engine failed on it, or its process died or ran past the time limit "
+    "every time (the message says which)",
+)
+SANDBOX_FAILURE = _item_code(
+    "sandbox_failure", "the item kept killing the sandbox container (memory, crash) or cannot fit in one frame"
+)
+TOO_SLOW = _item_code(
+    "too_slow",
+    "normalizing the item used more CPU time than its budget, named in the message; see `HERMES_ITEM_TIME_BUDGET`",
+)
 
 # Through Celery, a text request's ``text`` does not ride in the task message: the producer
 # stores it, as the UTF-8 bytes it read, under KEY_CHUNK_TEXT and the message names that key
@@ -70,15 +105,9 @@ SANDBOX_FAILURE = "sandbox_failure"
 # the broker transport (and again for its unacknowledged-message store) on their way.
 TEXT_KEY = "text_key"
 
-# Every error code above: item errors a producer may put in a request (``bad``, ``items``) must
-# be one of these. Add a new code here as well as above.
-ERROR_CODES = frozenset(
-    {
-        INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_PROMPT, PROMPT_NOT_STRING, BAD_ID, DUPLICATE_ID,
-        EMPTY_PROMPT, TOO_LARGE, NUL_BYTE, LONE_SURROGATE, VALIDATION_FAILED, ENGINE_FAILURE, SANDBOX_FAILURE,
-        TOO_SLOW,
-    }
-)  # fmt: skip
+# Every error code declared above: item errors a producer may put in a request (``bad``, ``items``)
+# must be one of these.
+ERROR_CODES = frozenset(ITEM_CODES)
 
 # Bounds every request is checked against before a worker acts on it: anyone who can write to
 # the broker can send a task message by hand, so nothing in one is taken on trust (SECURITY.md).

@@ -62,7 +62,7 @@ def test_a_runaway_regular_expression_in_c_is_interrupted() -> None:
         clock.run(0.2, line, lambda: runaway.sub("", line))
     # Then it stops at the budget, with a message naming it, and leaves no handler or timer behind
     assert time.process_time() - start < 5
-    assert raised.value.code == contract.TOO_SLOW == budget_module.TOO_SLOW
+    assert raised.value.code == contract.TOO_SLOW
     assert raised.value.message == (
         "normalization took longer than its budget of 0.2 s of CPU time (prompt of 200,001 bytes)"
     )
