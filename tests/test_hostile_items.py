@@ -32,6 +32,7 @@ from hermes_producer.splitting import merge_results, split_request
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.wire import ChunkRequest, Item, request_span
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
@@ -333,6 +334,25 @@ def worker_on(start_worker: WorkerFactory, server: RedisServer, name: str, url: 
     worker = start_worker(name, env={"HERMES_BROKER_URL": url, **env}, wait=False)
     wait_registered(worker, f"local@{name}", server.client, timeout=60)
     return worker.process.pid
+
+
+def test_a_write_redis_drops_for_its_size_is_told_from_an_outage(own_redis: Callable[..., RedisServer]) -> None:
+    """The one rule the worker (a chunk's result) and the producer (a chunk's lines) both apply:
+    Redis drops the connection on a value over its proto-max-bulk-len, as if it were down."""
+    # Given a Redis that refuses values over 1 MB
+    server = own_redis("--proto-max-bulk-len", "1mb")
+    client, big = server.client(), b"x" * 1_200_000
+    # When a value over that limit is written
+    with pytest.raises(redis.ConnectionError) as dropped:
+        client.set("big", big)
+    # Then Redis still answers, and the broken connection is read as a refusal of that size
+    assert refused_for_size(client, len(big), dropped.value)
+    # But not for a small write, nor for an error that is not a dropped connection
+    assert not refused_for_size(client, 1000, dropped.value)
+    assert not refused_for_size(client, len(big), redis.ResponseError("WRONGTYPE"))
+    # And not when Redis does not answer either: that is an outage, to wait out
+    server.stop()
+    assert not refused_for_size(client, len(big), dropped.value)
 
 
 @pytest.mark.cluster
