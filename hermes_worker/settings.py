@@ -22,6 +22,7 @@ from . import contract
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .errors import EXIT_USAGE, HermesError
 from .redact import redact, remember, url_secrets
+from .sandbox.backends import BACKENDS
 from .setting_parsers import (
     REDIS_SCHEMES,
     DecimalRange,
@@ -298,10 +299,9 @@ class Settings:
         "HERMES_MAX_MEMORY_PER_CHILD", WholeRange(1, 1024 * 1024), 512,
         "MiB; a worker process above it is replaced after its chunk", bounds_note="MiB: 1 TiB")  # fmt: skip
 
-    # The names of sandbox/backends.py's registry (tests/test_sandbox_backends.py keeps them equal):
-    # settings cannot import the registry, whose backends read settings.
-    container_backend: str = setting("HERMES_CONTAINER_BACKEND", OneOf(("docker", "dagger")), "docker",
-                                     "what runs session containers: `docker` or `dagger`")  # fmt: skip
+    container_backend: str = setting(  # the names of the registry: a new backend is a choice here at once
+        "HERMES_CONTAINER_BACKEND", OneOf(tuple(BACKENDS)), "docker",
+        "what runs session containers: " + " or ".join(f"`{name}`" for name in BACKENDS))  # fmt: skip
     sandbox_image: str = setting("HERMES_SANDBOX_IMAGE", text, "hermes-sandbox:latest", "the sandbox image")
     docker_timeout_s: float = setting("HERMES_DOCKER_TIMEOUT", DecimalRange(0.01, 600.0), 3.0,
                                       "seconds the probe waits for the Docker engine")  # fmt: skip

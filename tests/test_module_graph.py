@@ -1,8 +1,10 @@
 """No Hermes module imports itself back, directly or through others, at import time or later.
 
 The graph is read from the source (every ``import`` statement, at module level or inside a
-function, TYPE_CHECKING blocks included), so a cycle hidden behind a lazy import counts too:
-``worker`` importing ``app`` inside a function to dodge ``app`` -> ``tasks`` -> ``worker`` was one.
+function), so a cycle hidden behind a lazy import counts too: ``worker`` importing ``app`` inside
+a function to dodge ``app`` -> ``tasks`` -> ``worker`` was one. Only ``if TYPE_CHECKING:``
+blocks are left out: they are for the type checker, never run, and so import nothing (a module
+may name the type of what it is handed, ``Settings`` say, whoever imports whom).
 
 And no function or method of theirs is longer than 60 lines (read from the source the same way).
 """
@@ -63,13 +65,27 @@ def _targets(name: str, is_package: bool, node: ast.Import | ast.ImportFrom, kno
     return targets
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except those inside ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            todo.extend(node.orelse)
+            continue
+        found.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     """Module -> the modules of ``packages`` it imports anywhere in its source."""
     known = modules(root, packages)
     graph: dict[str, set[str]] = {}
     for name, (path, is_package) in known.items():
         graph[name] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 graph[name] |= _targets(name, is_package, node, set(known))
     return graph
@@ -127,6 +143,19 @@ def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert graph["pkg.sub.leaf"] == {"pkg.top"} and graph["pkg.top"] == {"pkg.sub.leaf"}
     assert graph["pkg.other"] == {"pkg.sub"} and graph["pkg.sub"] == {"pkg.sub.leaf"}
     assert cycles(graph) == [["pkg.sub.leaf", "pkg.top"]]
+
+
+def test_the_graph_leaves_out_what_only_the_type_checker_reads(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import b\nelse:\n    from . import c\n"
+    )
+    (package / "b.py").write_text("from . import a\n")
+    (package / "c.py").write_text("")
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.a"] == {"pkg.c"} and cycles(graph) == []
 
 
 def test_no_import_cycle_among_hermes_modules() -> None:
