@@ -82,7 +82,7 @@ def test_an_unknown_backend_name_says_which_ones_exist(tmp_path: Path) -> None:
     with pytest.raises(SessionFailed) as caught:
         open_session(Settings(home=tmp_path).with_overrides(container_backend="podman"), "w1")
     assert caught.value.reason == "unknown container backend 'podman'"
-    assert caught.value.fix == "set HERMES_CONTAINER_BACKEND to one of: dagger, docker"
+    assert caught.value.fix == "set HERMES_CONTAINER_BACKEND to one of: " + ", ".join(sorted(BACKENDS))
 
 
 def test_a_backend_without_a_cheap_check_is_taken_as_answering(tmp_path: Path) -> None:
