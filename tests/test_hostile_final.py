@@ -88,6 +88,26 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
 
 
 @pytest.mark.cluster
+def test_following_the_cluster_log_loses_no_event_appended_between_reads(redis_server: RedisServer) -> None:
+    """follow() read from "$" after every empty read: an event appended while it was not
+    blocked in XREAD (here: while it asks whether to stop, between two reads) was lost."""
+    from hermes_worker.events import ClusterLog
+
+    events = ClusterLog(redis_server.client(), "test")
+    events.emit("INFO", "before", "not followed: it came before following began")
+    asked = 0
+
+    def stop() -> bool:  # called between reads: the first read came back empty
+        nonlocal asked
+        asked += 1
+        if asked == 2:
+            events.emit("INFO", "between", "appended between two reads")
+        return asked > 4
+
+    assert [record["event"] for record in events.follow(stop=stop, block_ms=50)] == ["between"]
+
+
+@pytest.mark.cluster
 def test_a_forged_cluster_event_cannot_hide_the_others(redis_server: RedisServer, cluster_env: dict[str, str]) -> None:
     """An event nested too deeply, or with a level that is a list, hid the whole cluster log.
 
