@@ -386,13 +386,18 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, given: Mapping[str, str] | None = None) -> Settings:
         """Read and check every declared ``HERMES_*`` variable, in the order declared.
+
+        ``given``: values from the command line, by the variable they stand for, read in its
+        place (``hermes --broker URL``): what is derived from it (the result backend) follows.
 
         Raises:
             SettingsError: naming the variable, its value and what it must be.
         """
         env = os.environ if env is None else env
+        if given:
+            env = {**env, **given}
         values: dict[str, Any] = {}
         for spec in SETTINGS:
             # Each value checked as soon as it is read: a typo in the broker URL is named as such,

@@ -130,7 +130,7 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report 
 
 @click.command()
 @click.argument("input_path", metavar="INPUT")
-@click.option("-o", "--output", "output_path", required=True, help="Output JSONL file; '-' is standard output.")
+@click.option("-o", "--output", "output_path", default="-", help="Output JSONL file (default '-': standard output).")
 @with_profile
 @with_chunk_options()
 @with_placement
@@ -188,7 +188,8 @@ def batch(
     \b
     Examples:
       hermes batch examples/prompts.jsonl -o cleaned.jsonl
-      cat prompts.txt | hermes batch - -o - --format text --profile compact
+      hermes batch examples/prompts.jsonl | jq -r .text
+      cat examples/prompts.txt | hermes batch - --format text --profile compact
       hermes batch big.jsonl -o out.jsonl --isolation container --wait-for-workers 60
       hermes batch big.jsonl -o out.jsonl --resume        # after Ctrl-C or a crash
       hermes batch prompts.jsonl -o out.jsonl --junit report.xml   # CI: a test case per chunk

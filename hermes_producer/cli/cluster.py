@@ -155,22 +155,29 @@ def metrics(ctx: Context, port: int | None, address: str | None) -> None:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help='Print the checks as JSON: [{"ok": true|false|null, ...}].')
 @pass_context
-def doctor(ctx: Context) -> None:
+def doctor(ctx: Context, as_json: bool) -> None:
     """Check the broker, the result backend, Docker, the sandbox image and the workers.
 
     Every line is a check; a failed check says what to do. Exit 0 when nothing failed.
+    With --json, one list of checks: ok (true, false; null for a warning), what, fix.
 
     \b
-    Example:
+    Examples:
       hermes doctor
+      hermes doctor --json | jq '.[] | select(.ok == false)'
     """
     problems = 0
+    checks: list[dict[str, Any]] = []
 
     def report(ok: bool | None, what: str, fix: str = "") -> None:
         nonlocal problems
-        mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         problems += ok is False
+        if as_json:  # the same text as the lines: masked secrets, escaped controls
+            checks.append({"ok": ok, "what": printable(redact(what)), "fix": printable(redact(fix)) or None})
+            return
+        mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         # Every line: a probe's reason or a library's error text may quote a URL.
         _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""), keep_newlines=True)
 
@@ -197,6 +204,8 @@ def doctor(ctx: Context) -> None:
     _doctor_docker(settings, local, report)
     if cluster is not None:
         _doctor_workers(cluster, local, report)
+    if as_json:
+        click.echo(json.dumps(checks, indent=2))
     sys.exit(1 if problems else 0)
 
 

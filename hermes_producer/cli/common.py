@@ -78,8 +78,8 @@ def read_prompt(value: str, limit: int) -> str:
         try:
             byte = value[exc.start].encode("utf-8", "surrogateescape")[0]
         except UnicodeEncodeError:  # a surrogate that is not an undecodable byte
-            fail(f"--prompt is not valid Unicode text: a lone surrogate at offset {len(head)}")
-        fail(f"--prompt is not valid UTF-8: byte 0x{byte:02x} at offset {len(head)}")
+            fail(f"the prompt is not valid Unicode text: a lone surrogate at offset {len(head)}")
+        fail(f"the prompt is not valid UTF-8: byte 0x{byte:02x} at offset {len(head)}")
     return value
 
 

@@ -21,25 +21,39 @@ from .options import with_chunk_options, with_placement, with_profile
 
 
 @click.command()
-@click.option("--prompt", "prompt", required=True, help="The prompt text; '-' reads it from standard input.")
+@click.argument("text", metavar="[TEXT]", required=False)
+@click.option("--prompt", "prompt", metavar="TEXT", help="The prompt, as TEXT (kept for scripts that use it).")
 @with_profile
 @with_chunk_options()
 @with_placement
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, changed, validation, provenance.")
 @pass_context
 def run(
-    ctx: Context, prompt: str, profile: Profile, chunk: ChunkOptions, placement: Placement, as_json: bool
+    ctx: Context,
+    text: str | None,
+    prompt: str | None,
+    profile: Profile,
+    chunk: ChunkOptions,
+    placement: Placement,
+    as_json: bool,
 ) -> None:
-    """Normalize one prompt and print it (on a worker when the cluster has one, else in-process).
+    """Normalize TEXT and print it (on a worker when the cluster has one, else in-process).
 
-    With --explain, the steps that changed it are listed on standard error.
+    TEXT '-', or no TEXT, reads the prompt from standard input (the way for a private prompt:
+    an argument is visible to every user of the machine). With --explain, the steps that
+    changed it are listed on standard error.
 
     \b
     Examples:
-      hermes run --prompt 'ﬁrst “quoted” line  '
-      echo 'cafÃ©' | hermes run --prompt - --json --explain
+      hermes run 'ﬁrst “quoted” line  '
+      echo 'cafÃ©' | hermes run --json --explain
     """
-    prompt = read_prompt(prompt, chunk.max_prompt_bytes)
+    if text is not None and prompt is not None:
+        fail("give the prompt once: as TEXT or as --prompt, not both")
+    given = text if text is not None else prompt if prompt is not None else "-"
+    if given == "-" and sys.stdin is not None and sys.stdin.isatty():
+        fail("give the prompt: hermes run 'TEXT' (or pipe it in: echo TEXT | hermes run)")
+    prompt = read_prompt(given, chunk.max_prompt_bytes)
     options = BatchOptions(profile=profile, input_format="text", chunk=chunk)
     executor = choose_executor(ctx, placement, processes=1)
     payload = next(chunk_requests(iter([Item(1, 1, prompt)]), options))
@@ -66,14 +80,21 @@ def run(
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles and steps as one JSON object.")
 @pass_context
-def profiles(ctx: Context) -> None:
+def profiles(ctx: Context, as_json: bool) -> None:
     """List the built-in profiles and every step.
 
     \b
-    Example:
+    Examples:
       hermes profiles
+      hermes profiles --json | jq '.profiles[].name'
     """
+    if as_json:
+        listed = [profile.spec() | {"description": profile.description} for profile in BUILTIN_PROFILES.values()]
+        steps = [{"name": step.name, "summary": step.summary} for step in STEPS.values()]
+        click.echo(printable_json({"profiles": listed, "steps": steps}, indent=2))
+        return
     for profile in BUILTIN_PROFILES.values():
         click.echo(f"{profile.name:10} {' > '.join(profile.steps)}")
         click.echo(f"{'':10} {profile.description}")

@@ -23,7 +23,7 @@ from .. import logs
 from ..batch import BatchOptions, chunk_requests
 from ..dispatch import Placement, choose_executor
 from ..executors import ChunkExecutor, ExecutorError
-from ..output import OutputPath, check_output, write_file
+from ..output import check_output, write_file
 from ..store import ClaimLost, StoreError, Task, TaskStore
 from ..terminal import printable, printable_json
 from .common import (
@@ -38,7 +38,7 @@ from .common import (
     read_prompt,
     std_stream,
 )
-from .options import chunk_options, with_chunk_options, with_lazy_profile, with_placement
+from .options import chunk_options, with_chunk_options, with_lazy_profile, with_placement, with_profile
 
 # A `hermes queue` killed mid-run leaves its tasks 'running'; after this long they are fair game.
 STALE_CLAIM_S = 15 * 60
@@ -90,12 +90,23 @@ def parse_export(spec: str) -> tuple[int, str]:
     return int(task_id), path
 
 
-@click.command()
-@click.option("--prompt", help="Schedule this prompt ('-' reads standard input).")
-@click.option("--list", "list_tasks", is_flag=True, help="List scheduled and running tasks.")
+def _task_record(item: Task) -> dict[str, Any]:
+    """A scheduled task as ``--json`` prints it."""
+    return {"task": item.id, "status": item.status, "created_at": item.created_at, "prompt": item.prompt,
+            "profile": item.profile, "max_validation": item.max_validation}  # fmt: skip
+
+
+@click.group(invoke_without_command=True)
+@click.option("--prompt", help="Schedule this prompt ('-' reads standard input); as `hermes task add`.")
+@click.option("--list", "list_tasks", is_flag=True, help="List scheduled and running tasks; as `hermes task list`.")
 @click.option(
-    "--delete", "delete_id", type=click.IntRange(1, SQLITE_MAX_INT), metavar="ID", help="Delete a scheduled task by id."
+    "--delete",
+    "delete_id",
+    type=click.IntRange(1, SQLITE_MAX_INT),
+    metavar="ID",
+    help="Delete a scheduled task by id; as `hermes task delete ID`.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --list or --prompt).")
 @with_lazy_profile
 @with_chunk_options(only=["max_validation"])
 @pass_context
@@ -104,48 +115,98 @@ def task(
     prompt: str | None,
     list_tasks: bool,
     delete_id: int | None,
+    as_json: bool,
     profile: Callable[[], Profile],
     chunk: ChunkOptions,
 ) -> None:
-    """Schedule a prompt for `hermes queue`, list scheduled tasks, or delete one.
+    """Schedule prompts for `hermes queue`, list scheduled tasks, or delete one.
 
     \b
     Examples:
-      hermes task --prompt 'Summarize this: …' --profile compact
-      hermes task --list
-      hermes task --delete 3
+      hermes task add 'Summarize this: …' --profile compact
+      hermes task list
+      hermes task list --json | jq '.[].task'
+      hermes task delete 1
     """
-    if sum(x is not None and x is not False for x in (prompt, list_tasks or None, delete_id)) != 1:
-        fail("give exactly one of --prompt TEXT, --list or --delete ID")
+    given = [name for name, value in (("--prompt", prompt), ("--list", list_tasks or None), ("--delete", delete_id))
+             if value is not None]  # fmt: skip
+    subcommand = click.get_current_context().invoked_subcommand
+    if subcommand is not None:
+        if given:
+            fail(f"give either `hermes task {subcommand}` or {given[0]}, not both")
+        return
+    if len(given) != 1:
+        fail("give one of: hermes task add TEXT, hermes task list, hermes task delete ID")
+    if prompt is not None:
+        _add(ctx, prompt, profile(), chunk, as_json)
+    elif list_tasks:
+        _list(ctx, as_json)
+    else:
+        assert delete_id is not None
+        _delete(ctx, delete_id)
+
+
+@task.command("add")
+@click.argument("text", metavar="TEXT", default="-")
+@with_profile
+@with_chunk_options(only=["max_validation"])
+@click.option("--json", "as_json", is_flag=True, help="Print the scheduled task as JSON.")
+@pass_context
+def task_add(ctx: Context, text: str, profile: Profile, chunk: ChunkOptions, as_json: bool) -> None:
+    """Schedule TEXT ('-' or nothing: standard input) for `hermes queue`."""
+    if text == "-" and sys.stdin is not None and sys.stdin.isatty():
+        fail("give the prompt: hermes task add 'TEXT' (or pipe it in)")
+    _add(ctx, text, profile, chunk, as_json)
+
+
+@task.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as a JSON list.")
+@pass_context
+def task_list(ctx: Context, as_json: bool) -> None:
+    """List scheduled and running tasks, oldest first."""
+    _list(ctx, as_json)
+
+
+@task.command("delete")
+@click.argument("task_id", metavar="ID", type=click.IntRange(1, SQLITE_MAX_INT))
+@pass_context
+def task_delete(ctx: Context, task_id: int) -> None:
+    """Delete the scheduled task ID."""
+    _delete(ctx, task_id)
+
+
+def _add(ctx: Context, text: str, profile: Profile, chunk: ChunkOptions, as_json: bool) -> None:
+    prompt = read_prompt(text, chunk.max_prompt_bytes)
     with open_store(ctx) as store:
-        if prompt is not None:
-            chosen = profile()
-            prompt = read_prompt(prompt, chunk.max_prompt_bytes)
-            added = store.add(prompt, chosen.spec(), chunk.max_validation)
-            logs.event(
-                ctx.log,
-                logging.INFO,
-                "task.scheduled",
-                f"task {added.id} scheduled",
-                task=added.id,
-                profile=chosen.name,
-            )
-            click.echo(f"task {added.id} scheduled (profile {chosen.name}); run it with: hermes queue --all")
-        elif list_tasks:
-            tasks = store.list("pending") + store.list("running")
-            if not tasks:
-                click.echo("no scheduled tasks")
-            for item in tasks:
-                profile_name = printable(str(item.profile.get("name")))
-                shown = one_line(item.prompt)
-                click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {profile_name:10} {shown}")
-        else:
-            assert delete_id is not None
-            try:
-                store.delete(delete_id)
-            except StoreError as exc:
-                fail(str(exc), EXIT_USAGE)
-            click.echo(f"task {delete_id} deleted")
+        added = store.add(prompt, profile.spec(), chunk.max_validation)
+    logs.event(ctx.log, logging.INFO, "task.scheduled", f"task {added.id} scheduled", task=added.id,
+               profile=profile.name)  # fmt: skip
+    if as_json:
+        click.echo(printable_json(_task_record(added)))
+    else:
+        click.echo(f"task {added.id} scheduled (profile {profile.name}); run it with: hermes queue --all")
+
+
+def _list(ctx: Context, as_json: bool) -> None:
+    with open_store(ctx) as store:
+        tasks = store.list("pending") + store.list("running")
+    if as_json:
+        click.echo(printable_json([_task_record(item) for item in tasks]))
+        return
+    if not tasks:
+        click.echo("no scheduled tasks")
+    for item in tasks:
+        profile_name = printable(str(item.profile.get("name")))
+        click.echo(f"{item.id:>6}  {item.status:8} {item.created_at}  {profile_name:10} {one_line(item.prompt)}")
+
+
+def _delete(ctx: Context, task_id: int) -> None:
+    with open_store(ctx) as store:
+        try:
+            store.delete(task_id)
+        except StoreError as exc:
+            fail(str(exc), EXIT_USAGE)
+    click.echo(f"task {task_id} deleted")
 
 
 def _run_claimed(
@@ -238,58 +299,92 @@ def queue(ctx: Context, run_all: bool, count: int | None, placement: Placement) 
     sys.exit(EXIT_ITEMS_FAILED if failed else 0)
 
 
-@click.command()
-@click.option(
+def _history_record(item: Task) -> dict[str, Any]:
+    """A finished task as ``history --json`` and ``history export`` give it: everything it holds."""
+    return {"task": item.id, "status": item.status, "created_at": item.created_at, "finished_at": item.finished_at,
+            "prompt": item.prompt, "profile": item.profile, "max_validation": item.max_validation,
+            "result": item.result}  # fmt: skip
+
+
+_COUNT = click.option(
     "-n", "count", type=click.IntRange(1, SQLITE_MAX_INT), default=20, show_default=True, help="How many to show."
 )
+
+
+@click.group(invoke_without_command=True)
+@_COUNT
 @click.option(
     "--export", "export", metavar="ID:PATH", help="Write task ID's full record as JSON to PATH ('-' = stdout)."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the finished tasks as a JSON list.")
 @pass_context
-def history(ctx: Context, count: int, export: str | None) -> None:
+def history(ctx: Context, count: int, export: str | None, as_json: bool) -> None:
     """Show finished tasks, newest first, or export one task's result.
 
     \b
     Examples:
       hermes history -n 5
-      hermes history --export 3:result.json
+      hermes history --json | jq '.[0].result.text'
+      hermes history export 1 result.json
     """
-    target: OutputPath | None = None
+    subcommand = click.get_current_context().invoked_subcommand
+    if subcommand is not None:
+        if export is not None:
+            fail(f"give either `hermes history {subcommand}` or --export, not both")
+        return
     if export is not None:
-        task_id, path = parse_export(export)
-        if path != "-":
-            target = check_output(path, "--export")
+        _export(ctx, *parse_export(export))
+        return
+    _history(ctx, count, as_json)
+
+
+@history.command("list")
+@_COUNT
+@click.option("--json", "as_json", is_flag=True, help="Print the finished tasks as a JSON list.")
+@pass_context
+def history_list(ctx: Context, count: int, as_json: bool) -> None:
+    """Show finished tasks, newest first."""
+    _history(ctx, count, as_json)
+
+
+@history.command("export")
+@click.argument("task_id", metavar="ID", type=click.IntRange(1, SQLITE_MAX_INT))
+@click.argument("path", metavar="[PATH]", default="-")
+@pass_context
+def history_export(ctx: Context, task_id: int, path: str) -> None:
+    """Write task ID's full record as JSON to PATH (default '-': standard output)."""
+    _export(ctx, task_id, path)
+
+
+def _history(ctx: Context, count: int, as_json: bool) -> None:
+    with open_store(ctx) as store:
+        finished = store.history(count)
+    if as_json:
+        click.echo(printable_json([_history_record(item) for item in finished]))
+        return
+    if not finished:
+        click.echo("no finished tasks yet")
+    for item in finished:
+        result = item.result or {}
+        shown = result.get("text") if "text" in result else f"error {result.get('error', {}).get('code')}"
+        name = printable(str(item.profile.get("name")))
+        click.echo(f"{item.id:>6}  {item.status:6} {item.finished_at}  {name:10} {one_line(str(shown))}")
+
+
+def _export(ctx: Context, task_id: int, path: str) -> None:
+    target = check_output(path, "--export") if path != "-" else None
     with open_store(ctx) as store, contextlib.ExitStack() as stack:
         if target is not None:
             stack.callback(target.close)
-        if export is not None:
-            try:
-                item = store.get(task_id)
-            except StoreError as exc:
-                fail(str(exc))
-            if item.result is None:
-                fail(f"task {task_id} has not run yet (status {item.status}); run: hermes queue --all")
-            exported = {
-                "task": item.id,
-                "status": item.status,
-                "created_at": item.created_at,
-                "finished_at": item.finished_at,
-                "prompt": item.prompt,
-                "profile": item.profile,
-                "max_validation": item.max_validation,
-                "result": item.result,
-            }
-            if target is None:
-                click.echo(printable_json(exported, indent=2), file=std_stream("stdout"))
-                return
-            write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
-            ctx.notice(f"task {task_id} exported to {path}")
+        try:
+            item = store.get(task_id)
+        except StoreError as exc:
+            fail(str(exc))
+        if item.result is None:
+            fail(f"task {task_id} has not run yet (status {item.status}); run: hermes queue --all")
+        exported = _history_record(item)
+        if target is None:
+            click.echo(printable_json(exported, indent=2), file=std_stream("stdout"))
             return
-        finished = store.history(count)
-        if not finished:
-            click.echo("no finished tasks yet")
-        for item in finished:
-            result = item.result or {}
-            shown = result.get("text") if "text" in result else f"error {result.get('error', {}).get('code')}"
-            name = printable(str(item.profile.get("name")))
-            click.echo(f"{item.id:>6}  {item.status:6} {item.finished_at}  {name:10} {one_line(str(shown))}")
+        write_file(target, (json.dumps(exported, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    ctx.notice(f"task {task_id} exported to {path}")

@@ -244,4 +244,6 @@ def resolve_profile(name: str, custom: Mapping[str, Profile] | None = None) -> P
     try:
         return known[name]
     except KeyError:
-        raise ProfileError(f"unknown profile {name!r}; known profiles: {', '.join(known)}") from None
+        close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ProfileError(f"unknown profile {name!r}{hint}; known profiles: {', '.join(known)}") from None
