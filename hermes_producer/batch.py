@@ -27,6 +27,8 @@ __all__ = ["BatchOptions", "BatchSummary", "chunk_requests", "guard_duplicates",
            "text_chunk_requests"]
 
 FIRST_ERRORS_KEPT = 10
+# The worker name in the provenance of records made in-process (embedded@HOST).
+EMBEDDED_PREFIX = "embedded@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,17 @@ class BatchSummary:
             self.errors_by_code[error.code] += 1
             if len(self.first_errors) < FIRST_ERRORS_KEPT:
                 self.first_errors.append((error.line, error.code, error.message))
+
+    def ran_where(self, planned: str) -> str:
+        """Where the records were made: ``planned`` (the executor's own description) unless the
+        records' provenance shows both workers and in-process runs (a cluster that lost its
+        workers mid-batch), which it then names from the records themselves."""
+        workers = sorted(w for w in self.records_by_worker if not w.startswith(EMBEDDED_PREFIX))
+        here = sum(n for w, n in self.records_by_worker.items() if w.startswith(EMBEDDED_PREFIX))
+        if not (workers and here):
+            return planned
+        noun = "worker" if len(workers) == 1 else "workers"
+        return f"on {len(workers)} {noun} ({', '.join(workers)}) and in-process ({here:,} records)"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -25,8 +26,16 @@ class Context:
     settings: Settings
     log: logging.Logger
     quiet: bool
+    # While a progress line is live on the terminal: its console, which prints above the line
+    # (writing to stderr directly would write into it).
+    above: Any = None
 
     def notice(self, message: str) -> None:
         """One line on stderr for people (unless --quiet), and the same in the log."""
-        if not self.quiet:
-            click.echo(f"hermes: {printable(redact(message), keep_newlines=True)}", err=True)
+        if self.quiet:
+            return
+        line = f"hermes: {printable(redact(message), keep_newlines=True)}"
+        if self.above is not None:
+            self.above.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        else:
+            click.echo(line, err=True)

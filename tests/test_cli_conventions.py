@@ -131,3 +131,83 @@ def test_a_malformed_broker_is_named_as_the_option(hermes: HermesRunner, url: st
 def test_a_near_miss_profile_gets_a_suggestion(hermes: HermesRunner) -> None:
     done = hermes("run", "x", "--profile", "promt")
     assert done.returncode == 2 and "did you mean 'prompt'?" in done.stderr
+
+
+def test_the_summary_names_where_records_really_ran() -> None:
+    from collections import Counter
+
+    from hermes_producer.batch import BatchSummary
+    from hermes_producer.cli.batch import summary_text
+
+    planned = "on 1 local worker(s) via hermes.local (local@vm)"
+    mixed = BatchSummary(total=150, ok=150, records_by_worker=Counter({"local@vm": 100, "embedded@vm": 50}))
+    assert summary_text(mixed, planned).endswith("; on 1 worker (local@vm) and in-process (50 records)")
+    as_planned = BatchSummary(total=100, ok=100, records_by_worker=Counter({"local@vm": 100}))
+    assert summary_text(as_planned, planned).endswith(f"; {planned}")
+    here = BatchSummary(total=9, ok=9, records_by_worker=Counter({"embedded@vm": 9}))
+    assert summary_text(here, "in-process (2 processes)").endswith("; in-process (2 processes)")
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> str:
+    """Run ``args`` with standard error on a pseudo-terminal; what the terminal received."""
+    import os
+    import pty
+    import subprocess
+    import time
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=follower)  # fmt: skip
+    os.close(follower)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        received += chunk
+    process.wait(timeout=10)
+    os.close(leader)
+    return received.decode("utf-8", "replace")
+
+
+def test_progress_on_a_terminal_shows_records_rate_bytes_and_an_eta(
+    hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    import sys
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"id": {n}, "prompt": "caf\\u00c3\\u00a9 {n}"}}\n' for n in range(150_000)))
+    shown = _on_a_terminal([sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", "out.jsonl",
+                            "--chunk-size", "500", "--processes", "1"], hermes_env, tmp_path)  # fmt: skip
+    assert "records, " in shown and "/s" in shown and "ETA" in shown
+    assert f"/{source.stat().st_size / 1e6:.1f} MB" in shown  # the input's size, in rich's units
+    assert "150,000 prompts in" in shown  # and the summary after it
+
+
+def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    script = tmp_path / "notice.py"
+    script.write_text(
+        "import io, logging, time\n"
+        "from hermes_producer.cli.batch import progress_bar\n"
+        "from hermes_producer.context import Context\n"
+        "from hermes_worker.settings import Settings\n"
+        "ctx = Context(Settings.from_env({}), logging.getLogger('t'), quiet=False)\n"
+        "with progress_bar(ctx, io.BytesIO()) as update:\n"
+        "    for n in range(30):\n"
+        "        update(n * 1000)\n"
+        "        if n == 15:\n"
+        "            ctx.notice('NOTICE-IN-THE-MIDDLE')\n"
+        "        time.sleep(0.02)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")} | {
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HERMES_HOME": str(tmp_path / "home")}
+    shown = _on_a_terminal([sys.executable, str(script)], env, tmp_path)
+    (line,) = [part for part in shown.replace("\r", "\n").split("\n") if "NOTICE-IN-THE-MIDDLE" in part]
+    assert "records" not in line  # its own line, not written into the progress line

@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -85,29 +86,67 @@ def summary_text(summary: BatchSummary, how: str) -> str:
     if len(summary.records_by_worker) > 1 or len(summary.records_by_mode) > 1:
         text += "; by worker: " + ", ".join(f"{w} {n:,}" for w, n in summary.records_by_worker.most_common())
         text += "; by mode: " + ", ".join(f"{m} {n:,}" for m, n in summary.records_by_mode.most_common())
-    return f"{text}; {how}"
+    return f"{text}; {summary.ran_where(how)}"
+
+
+def _input_size(source: BinaryIO) -> int | None:
+    """The input's size in bytes if it is a regular file (a pipe's is unknown)."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError):
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) and status.st_size > 0 else None
+
+
+def _position(source: BinaryIO) -> int:
+    try:
+        return source.tell()
+    except (OSError, ValueError):
+        return 0
 
 
 @contextmanager
-def progress_bar(ctx: Context) -> Iterator[Any]:
-    """A rich progress line on a terminal; nothing at all otherwise."""
+def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], None] | None]:
+    """A progress line on a terminal: records, their rate, and for a file the bytes read of its
+    size and an ETA; nothing at all otherwise.
+
+    While it shows, notices (:meth:`Context.notice`) are printed above it, not into it.
+    """
     if ctx.quiet or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
+    size = _input_size(source)
+    columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.fields[records]:,} records, "
+                                                                    "{task.fields[rate]:,.0f}/s")]  # fmt: skip
+    if size is not None:
+        columns += [BarColumn(), DownloadColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns.append(TimeElapsedColumn())
+    started = time.monotonic()
     # stderr: standard output may be the records themselves (-o -).
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("records"),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("batch", total=None)
-        yield lambda done: bar.update(task, completed=done)
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("batch", total=size, records=0, rate=0.0)
+
+        def update(records: int) -> None:
+            rate = records / max(time.monotonic() - started, 1e-6)
+            bar.update(task, completed=_position(source) if size else None, records=records, rate=rate)
+
+        ctx.above = bar.console  # notices go above the line while it shows
+        try:
+            yield update
+        finally:
+            ctx.above = None
 
 
 def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report | None) -> None:
@@ -380,7 +419,7 @@ class BatchJob:
         logs.event(ctx.log, logging.INFO, "batch.started", f"batch {self.name} -> {output}", input=self.name,
                    output=output, profile=profile, mode=executor.mode, executor=how)  # fmt: skip
         try:
-            with executor, progress_bar(ctx) as progress:
+            with executor, progress_bar(ctx, self.source) as progress:
                 done = run_batch(self.source, sink, self.options, executor, progress, summary=summary,
                                  skip_chunks=skip, on_written=on_written)  # fmt: skip
         except KeyboardInterrupt:
