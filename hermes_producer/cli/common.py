@@ -56,8 +56,9 @@ def std_stream(name: str) -> Any:
     return stream
 
 
-def read_prompt(value: str, limit: int) -> str:
-    """The text of a ``--prompt`` option: the value itself, or standard input for ``-``.
+def read_prompt(value: str, limit: int, name: str = "TEXT") -> str:
+    """The text of a prompt argument (``name``: TEXT, or --prompt): the value itself, or
+    standard input for ``-``.
 
     Exits 2 if it is not UTF-8 (an argument's undecodable bytes arrive as lone surrogates,
     which SQLite and JSON would then refuse with a traceback), or if standard input holds more
@@ -78,8 +79,8 @@ def read_prompt(value: str, limit: int) -> str:
         try:
             byte = value[exc.start].encode("utf-8", "surrogateescape")[0]
         except UnicodeEncodeError:  # a surrogate that is not an undecodable byte
-            fail(f"the prompt is not valid Unicode text: a lone surrogate at offset {len(head)}")
-        fail(f"the prompt is not valid UTF-8: byte 0x{byte:02x} at offset {len(head)}")
+            fail(f"{name} is not valid Unicode text: a lone surrogate at offset {len(head)}")
+        fail(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {len(head)}")
     return value
 
 

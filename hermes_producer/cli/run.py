@@ -53,7 +53,7 @@ def run(
     given = text if text is not None else prompt if prompt is not None else "-"
     if given == "-" and sys.stdin is not None and sys.stdin.isatty():
         fail("give the prompt: hermes run 'TEXT' (or pipe it in: echo TEXT | hermes run)")
-    prompt = read_prompt(given, chunk.max_prompt_bytes)
+    prompt = read_prompt(given, chunk.max_prompt_bytes, "TEXT" if prompt is None else "--prompt")
     options = BatchOptions(profile=profile, input_format="text", chunk=chunk)
     executor = choose_executor(ctx, placement, processes=1)
     payload = next(chunk_requests(iter([Item(1, 1, prompt)]), options))

@@ -136,9 +136,9 @@ def task(
             fail(f"give either `hermes task {subcommand}` or {given[0]}, not both")
         return
     if len(given) != 1:
-        fail("give one of: hermes task add TEXT, hermes task list, hermes task delete ID")
+        fail("give exactly one of: hermes task add TEXT, hermes task list, hermes task delete ID")
     if prompt is not None:
-        _add(ctx, prompt, profile(), chunk, as_json)
+        _add(ctx, prompt, profile(), chunk, as_json, "--prompt")
     elif list_tasks:
         _list(ctx, as_json)
     else:
@@ -175,8 +175,8 @@ def task_delete(ctx: Context, task_id: int) -> None:
     _delete(ctx, task_id)
 
 
-def _add(ctx: Context, text: str, profile: Profile, chunk: ChunkOptions, as_json: bool) -> None:
-    prompt = read_prompt(text, chunk.max_prompt_bytes)
+def _add(ctx: Context, text: str, profile: Profile, chunk: ChunkOptions, as_json: bool, name: str = "TEXT") -> None:
+    prompt = read_prompt(text, chunk.max_prompt_bytes, name)
     with open_store(ctx) as store:
         added = store.add(prompt, profile.spec(), chunk.max_validation)
     logs.event(ctx.log, logging.INFO, "task.scheduled", f"task {added.id} scheduled", task=added.id,
