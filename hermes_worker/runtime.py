@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import signals
 from celery.worker import state as celery_state
 
@@ -45,7 +46,7 @@ from .guard import Refusal, restrict_control
 from .handling import ChunkHandler
 from .identity import FALLBACK_MESSAGE, Identity, announce, decide, versions
 from .metrics import bump, serve
-from .redact import RedactingFilter, redact_data
+from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
 from .runners import make_runner
@@ -138,6 +139,9 @@ class WorkerRuntime:
             # SystemExit, not a HermesError: Celery's signal dispatcher logs and swallows any
             # Exception a receiver raises, and the worker would start anyway (`celery -A`).
             raise SystemExit(f"--mode container, but {FALLBACK_MESSAGE.lower()}: {self.identity.probe.get('reason')}")
+        taken = name_taken(self.settings, self.identity, str(sender))
+        if taken is not None:
+            raise SystemExit(taken)  # SystemExit: as above
         # The tag decides the queue: a local worker never takes container work, or vice versa.
         # (A -Q on the command line selects again after this; the guard refuses what it lets in.)
         instance.app.amqp.queues.select([QUEUE_FOR_TAG[self.identity.tag]])
@@ -180,19 +184,8 @@ class WorkerRuntime:
         )
 
     def _registry_fields(self, name: str, concurrency: int) -> dict[str, Any]:
-        identity = self.identity
-        return dict(
-            name=name,
-            tag=identity.tag,
-            concurrency=concurrency,
-            queues=[QUEUE_FOR_TAG[identity.tag]],
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            versions=versions(),
-            provenance={"mode": identity.tag, "image": identity.probe.get("details", {}).get("image")},
-            probe=redact_data(identity.probe),  # anyone who reads Redis reads the registry
-            started_at=identity.started_at,
-        )
+        return registry_fields(self.identity, name, concurrency)
+
 
     def _start_watches(self, consumer: Any, name: str, client: Any, entry: RegistryEntry) -> None:
         settings = self.settings
@@ -291,3 +284,41 @@ def _child_pids() -> list[int]:
         with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children", encoding="ascii") as handle:
             pids += [int(pid) for pid in handle.read().split()]
     return pids
+
+
+def registry_fields(identity: Identity, name: str, concurrency: int) -> dict[str, Any]:
+    """The fields of a worker's registry entry that do not change every heartbeat."""
+    return dict(
+        name=name,
+        tag=identity.tag,
+        concurrency=concurrency,
+        queues=[QUEUE_FOR_TAG[identity.tag]],
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        versions=versions(),
+        provenance={"mode": identity.tag, "image": identity.probe.get("details", {}).get("image")},
+        probe=redact_data(identity.probe),  # anyone who reads Redis reads the registry
+        started_at=identity.started_at,
+    )
+
+
+def name_taken(settings: Settings, identity: Identity, name: str) -> str | None:
+    """Claim the worker name ``name`` in the registry; why not, if a live worker holds it.
+
+    Two workers with one name would be one entry in the registry: ``hermes workers`` would show
+    one, and the first to stop would remove the entry of the other. Redis unreachable: nothing
+    to claim from yet (Celery retries the broker), so the worker goes on.
+    """
+    try:
+        client = connect(settings.result_backend, settings.broker_timeout_s)
+        info = WorkerInfo(**registry_fields(identity, name, settings.concurrency), heartbeat_at=time.time())
+        holder = Registry(client, settings.worker_ttl_s).claim(info)
+    except redis.RedisError as exc:
+        log.warning("worker name %s not claimed (Redis: %s); going on", name, redact(str(exc)))
+        return None
+    if holder is None:
+        return None
+    return (
+        f"a live worker is already called {name} (pid {holder.pid} on {holder.host}, last heartbeat "
+        f"{holder.age():.0f} s ago): give this one another name (hermes worker --name NAME, celery -n)"
+    )

@@ -87,6 +87,7 @@ def worker(
     from .events import ClusterLog
     from .identity import announce, decide
     from .redis_conn import connect
+    from .runtime import name_taken
 
     refused = credentials_refused(settings)
     if refused is not None:
@@ -97,6 +98,9 @@ def worker(
         message = f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}"
         raise WorkerRefused(message, exit_code=EXIT_INFRA)
     node = f"{identity.tag}@{name or socket.gethostname()}"
+    taken = name_taken(settings, identity, node)
+    if taken is not None:
+        raise WorkerRefused(taken, exit_code=EXIT_USAGE)
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
     except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,37 @@ def test_a_stopped_worker_leaves_the_registry(start_worker: WorkerFactory, redis
     assert registry_entry(redis_server.client(), "local@w1") is not None
     assert worker.stop(signal.SIGTERM) == 0
     assert registry_entry(redis_server.client(), "local@w1") is None
+
+
+def test_a_second_worker_with_a_live_workers_name_is_refused(
+    start_worker: WorkerFactory, chermes: HermesRunner, redis_server: RedisServer
+) -> None:
+    first = start_worker("w1")
+    second = chermes("worker", "--name", "w1", "--mode", "local", timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert "a live worker is already called local@w1" in second.stderr and "another name" in second.stderr
+    assert [w["name"] for w in json.loads(chermes("workers", "--json").stdout)] == ["local@w1"]
+    assert json.loads(chermes("workers", "--json").stdout)[0]["pid"] == first.process.pid
+    # And its banner shows the one queue it consumes, with that queue's own exchange and key
+    assert re.search(r"\.> hermes\.local +exchange=hermes\.local\(direct\) key=hermes\.local\n", first.log)
+    assert "hermes.container" not in first.log.partition("[queues]")[2].partition("[tasks]")[0]
+
+
+def test_a_killed_workers_name_can_be_taken_at_once_on_the_same_host(
+    start_worker: WorkerFactory, redis_server: RedisServer
+) -> None:
+    first = start_worker("w1")
+    first.process.kill()
+    first.process.wait()
+    assert registry_entry(redis_server.client(), "local@w1") is not None  # its entry outlives it a while
+    again = start_worker("w1")
+
+    def the_new_one_holds_the_name() -> bool:
+        assert again.process.poll() is None, again.log  # not refused
+        entry = registry_entry(redis_server.client(), "local@w1")
+        return entry is not None and entry["pid"] == again.process.pid
+
+    wait_until(the_new_one_holds_the_name, 60, 0.1, "the restarted worker to take its name")
 
 
 def test_auto_mode_without_docker_is_tagged_local_and_says_why(
