@@ -88,6 +88,13 @@ class Cluster:
                 raise _failure("broker", settings.broker_url, "HERMES_BROKER_URL", exc) from None
         return cls(settings, client)
 
+    def close(self) -> None:
+        """Close the Redis connections and the Celery app's broker pool."""
+        self.redis.close()
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+
     @property
     def app(self) -> Celery:
         if self._app is None:

@@ -389,3 +389,19 @@ def test_a_chunk_whose_lines_vanished_from_redis_is_sent_again(
     records = read_records(out)
     assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
     assert all("error" not in r for r in records)
+
+
+def test_a_python_client_runs_prompts_on_the_cluster_in_order(
+    start_worker: WorkerFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from hermes_producer import Client
+
+    for name in [n for n in __import__("os").environ if n.startswith("HERMES_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
+    start_worker("w1")
+    with Client(redis_server.url(), chunk_size=100) as client:
+        assert [w.name for w in client.workers()] == ["local@w1"]
+        records = list(client.map((f"caf\u00c3\u00a9 {n}" for n in range(2_000)), profile="prompt"))
+    assert [r["text"] for r in records] == [f"café {n}" for n in range(2_000)]
+    assert {r["provenance"]["worker"] for r in records} == {"local@w1"}

@@ -88,3 +88,20 @@ def test_every_command_of_using_it_works_verbatim(
         assert command.startswith("hermes batch"), done.stderr
     if expected is not None:
         assert done.stdout.strip() == expected
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_readme_has_python_examples() -> None:
+    assert any("Client" in block for block in python_blocks())
+
+
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.splitlines()[0][:40])
+def test_every_python_block_of_the_readme_runs(block: str, newcomer: tuple[Path, dict[str, str]]) -> None:
+    where, env = newcomer
+    done = subprocess.run([sys.executable, "-c", block], cwd=where, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr

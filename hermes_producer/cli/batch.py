@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
 import logging
@@ -15,25 +13,20 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import click
 
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import Profile
 from hermes_worker.settings import option_help
-from hermes_worker.wire import ChunkResult
 
 from .. import logs
-from ..batch import BatchOptions, BatchSummary, run_batch
-from ..dispatch import Placement, choose_executor
-from ..executors import ChunkExecutor, ExecutorError
-from ..journal import Journal, JournalError, ResumePoint, input_identity
+from ..batch import BatchOptions, BatchSummary
+from ..batch_job import BatchJob, refuse_input_as_output
+from ..dispatch import Placement
 from ..junit import JUnitReport
 from ..output import (
-    JOURNAL_SUFFIX,
-    LOCK_SUFFIX,
-    PARTIAL_SUFFIX,
     BatchOutput,
     OutputError,
     OutputPath,
@@ -42,7 +35,7 @@ from ..output import (
 )
 from ..reader import InputFormat, detect_format
 from ..terminal import TerminalSink, printable
-from .common import EXIT_INFRA, EXIT_INTERRUPTED, Context, fail, pass_context, std_stream
+from .common import Context, fail, pass_context, std_stream
 from .options import setting_number, with_chunk_options, with_placement, with_profile
 
 
@@ -242,8 +235,12 @@ def batch(
             fail(f"--resume needs a regular file as input; {input_path} is not one")
         options = BatchOptions(profile, _input_format(name, source, input_format), chunk, settings.chunk_size)
         junit = JUnitReport(Path(name).name) if junit_file is not None else None
-        job = BatchJob(ctx, source, name, input_path, options, placement, settings.processes, junit)
-        summary, how = job.to_stdout() if output is None else job.to_file(output, resume)
+        job = BatchJob(ctx, source, name, input_path, options, placement, settings.processes, junit, progress_bar)
+        if output is None:
+            with stdout_sink() as sink:
+                summary, how = job.to_stream(sink)
+        else:
+            summary, how = job.to_file(output, resume)
         if junit is not None and junit_file is not None:
             junit_file.write(junit.render(summary.seconds), "the JUnit report")
         _report(ctx, summary, how, summary_json)
@@ -327,15 +324,7 @@ def _refuse_clashes(source: BinaryIO, input_path: str, output: BatchOutput | Non
         source_stat: os.stat_result | None = os.fstat(source.fileno())
     except (OSError, ValueError):
         source_stat = None
-    seen: dict[tuple[int, int, str], str] = {}
-    if output is not None:
-        for suffix in ("", PARTIAL_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX):
-            name = output.target.sibling(suffix)
-            if output.target.same_file(source_stat, name):
-                if not suffix:
-                    fail(f"output {output.target.path} is the input file: write somewhere else")
-                fail(f"the input {input_path} is {output.describe(name)}, which -o writes: write somewhere else")
-            seen[(*output.target.identity[:2], name)] = f"-o {output.target.path}" + (f" ({suffix})" if suffix else "")
+    seen = refuse_input_as_output(source, input_path, output) if output is not None else {}
     for report in reports:
         if report.target is None:
             continue
@@ -345,134 +334,3 @@ def _refuse_clashes(source: BinaryIO, input_path: str, output: BatchOutput | Non
         if other is not None:
             fail(f"{report.option} {report.target.path} is the same file as {other}: write somewhere else")
         seen[report.target.identity] = f"{report.option} {report.target.path}"
-
-
-@dataclass(slots=True)
-class BatchJob:
-    """One ``hermes batch`` once its input, outputs and options are checked.
-
-    Whether the records go to standard output or to a file, the batch runs through one place
-    (:meth:`_run`): the notices, the log events and what a failure says are the same.
-    """
-
-    ctx: Context
-    source: BinaryIO
-    name: str  # the input as notices name it ("<stdin>" for '-')
-    input_path: str
-    options: BatchOptions
-    placement: Placement
-    processes: int
-    junit: JUnitReport | None
-
-    def to_stdout(self) -> tuple[BatchSummary, str]:
-        """Write records to standard output as chunks finish (no journal: nothing to resume)."""
-        executor = choose_executor(self.ctx, self.placement, self.processes)
-        with stdout_sink() as sink:
-            outcome = self._run(executor, sink, "-", on_written=self.junit.add if self.junit else None)
-        executor.finish()
-        return outcome
-
-    def to_file(self, output: BatchOutput, resume: bool) -> tuple[BatchSummary, str]:
-        """Write to ``OUTPUT.partial`` with a journal; rename to OUTPUT when the batch is complete."""
-        try:
-            identity = input_identity(self.input_path) if self.input_path != "-" else {"path": "<stdin>"}
-        except OSError as exc:
-            fail(f"cannot read input {self.input_path}: {exc.strerror or exc}")
-        header = {"input": identity, "options": self.options.header()}
-        summary, skip = BatchSummary(), 0
-        if resume:
-            sink, journal, point = _resume(output, header)
-            skip, summary = point.chunks_done, _carried(point)
-            self.ctx.notice(
-                f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)"
-            )
-            executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=point.batch_id)
-        else:
-            executor = choose_executor(self.ctx, self.placement, self.processes)
-            sink, journal = _start(self.ctx, output, header, executor)
-
-        def written(result: ChunkResult) -> None:
-            journal.chunk_written(sink.tell(), result)
-            if self.junit is not None:
-                self.junit.add(result)
-
-        with sink, contextlib.closing(journal):
-            outcome = self._run(executor, sink, output.target.path, summary=summary, skip=skip, on_written=written)
-        output.commit()
-        executor.finish()
-        return outcome
-
-    def _run(
-        self,
-        executor: ChunkExecutor,
-        sink: TextIO,
-        output: str,
-        *,
-        summary: BatchSummary | None = None,
-        skip: int = 0,
-        on_written: Callable[[ChunkResult], None] | None = None,
-    ) -> tuple[BatchSummary, str]:
-        """The batch through ``executor`` into ``sink``; a failure is exit 3 (130 interrupted)
-        saying how to finish ``output``."""
-        ctx, profile, how = self.ctx, self.options.profile.name, executor.describe()
-        ctx.notice(f"batch {self.name} ({self.options.input_format}, profile {profile!r}) {how}")
-        logs.event(ctx.log, logging.INFO, "batch.started", f"batch {self.name} -> {output}", input=self.name,
-                   output=output, profile=profile, mode=executor.mode, executor=how)  # fmt: skip
-        try:
-            with executor, progress_bar(ctx, self.source) as progress:
-                done = run_batch(self.source, sink, self.options, executor, progress, summary=summary,
-                                 skip_chunks=skip, on_written=on_written)  # fmt: skip
-        except KeyboardInterrupt:
-            logs.event(ctx.log, logging.WARNING, "batch.interrupted", f"interrupted; partial output of {output} kept")
-            fail(f"interrupted: rerun with --resume to finish {output}", EXIT_INTERRUPTED)
-        except ExecutorError as exc:
-            logs.event(ctx.log, logging.ERROR, "batch.failed", str(exc))
-            fail(f"{exc}; rerun with --resume to finish {output}", EXIT_INFRA)
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:  # standard output closed by its reader: see guard.py
-                raise
-            # A full disk, a file size limit, an I/O error: the records written so far are safe.
-            where = f" ({exc.filename})" if exc.filename else ""
-            logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
-            fail(f"cannot go on: {exc.strerror or exc}{where}; rerun with --resume to finish {output}", EXIT_INFRA)
-        return done, how
-
-
-def _carried(point: ResumePoint) -> BatchSummary:
-    """The counts of the records an interrupted run already wrote."""
-    return BatchSummary(
-        total=point.ok + point.failed,
-        ok=point.ok,
-        failed=point.failed,
-        errors_by_code=point.errors_by_code,
-        records_by_worker=point.records_by_worker,
-        records_by_mode=point.records_by_mode,
-        carried=point.ok + point.failed,
-    )
-
-
-def _resume(output: BatchOutput, header: dict[str, Any]) -> tuple[TextIO, Journal, ResumePoint]:
-    """Reopen an interrupted batch's output and journal, cut back to the last chunk the journal vouches for."""
-    sink, journal_handle = output.reopen()
-    journal = Journal(journal_handle, output.describe(output.journal))
-    try:
-        point = journal.resume(header, sink.fileno())
-    except JournalError:
-        sink.close()
-        journal.close()
-        raise
-    sink.truncate(point.output_size)
-    sink.seek(point.output_size)
-    return sink, journal, point
-
-
-def _start(
-    ctx: Context, output: BatchOutput, header: dict[str, Any], executor: ChunkExecutor
-) -> tuple[TextIO, Journal]:
-    """Create the output's partial file and a journal whose header says what would make a resume valid."""
-    if output.had_unfinished():
-        ctx.notice(f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded")
-    sink, journal_handle = output.create()
-    journal = Journal(journal_handle, output.describe(output.journal))
-    journal.start(header | {"batch_id": getattr(executor, "batch_id", None) or os.urandom(8).hex()})
-    return sink, journal
