@@ -105,3 +105,28 @@ def test_every_python_block_of_the_readme_runs(block: str, newcomer: tuple[Path,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_readmes_sample_records_are_what_a_new_user_gets(newcomer: tuple[Path, dict[str, str]]) -> None:
+    import json
+
+    where, env = newcomer
+    text = README.read_text(encoding="utf-8")
+    heading = r"The first two\nrecords of `hermes batch examples/prompts.jsonl`"
+    sample = re.search(heading + r".*?```json\n(.*?)```", text, re.S)
+    assert sample is not None
+    shown = [json.loads(line) for line in sample.group(1).splitlines()]
+    done = subprocess.run(["hermes", "-q", "batch", "examples/prompts.jsonl"], cwd=where, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    got = [json.loads(line) for line in done.stdout.splitlines()[: len(shown)]]
+    for record in got:  # what differs from machine to machine, as the README says
+        record["provenance"] |= {"python": "3.11.7", "worker": "embedded@host"}
+    assert got == shown
+
+
+def test_every_hermes_variable_the_code_reads_is_in_the_readme() -> None:
+    root = README.parent
+    named = set()
+    for path in [*root.glob("hermes_worker/**/*.py"), *root.glob("hermes_producer/**/*.py")]:
+        named |= set(re.findall(r"\bHERMES_[A-Z][A-Z_]*[A-Z]\b", path.read_text(encoding="utf-8")))
+    assert named - set(re.findall(r"\bHERMES_[A-Z][A-Z_]*[A-Z]\b", README.read_text(encoding="utf-8"))) == set()
