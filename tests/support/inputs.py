@@ -55,9 +55,11 @@ def make_signing_files(directory: Path, name: str) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def batch_records(data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000) -> list[dict[str, Any]]:
+def batch_records(
+    data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000, profile: str = "nfc"
+) -> list[dict[str, Any]]:
     """Every record ``hermes batch`` would write for ``data``, through raw chunks and the guard, in-process."""
-    options = BatchOptions(resolve_profile("nfc"), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
+    options = BatchOptions(resolve_profile(profile), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
     seen, records = SeenIds(), []
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
         result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
