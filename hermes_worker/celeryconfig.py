@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
 from .settings import Settings
@@ -111,7 +111,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower and `hermes workers` need events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_queues": (Queue(QUEUE_CONTAINER), Queue(QUEUE_LOCAL)),  # type: ignore[no-untyped-call]
+        # Each queue with its own exchange and key: declared bare, both took the default
+        # exchange and key (hermes.local), so a message published through that exchange would
+        # reach both queues, and a container worker's banner named hermes.local's.
+        "task_queues": tuple(_queue(name) for name in (QUEUE_CONTAINER, QUEUE_LOCAL)),
         "task_default_queue": QUEUE_LOCAL,
         "task_routes": {TASK_NORMALIZE_CHUNK: {"queue": QUEUE_LOCAL}},
         "task_create_missing_queues": False,
@@ -119,6 +122,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "broker_connection_timeout": settings.broker_timeout_s,
     }
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def make_celery(settings: Settings, main: str = "hermes") -> Celery:

@@ -97,3 +97,16 @@ def test_the_module_app_reads_the_environment_when_first_asked_for_not_on_import
     # Then the import succeeds (create_app reads nothing), and the app names the bad variable
     lines = done.stdout.splitlines()
     assert lines[0] == "imported" and lines[1].startswith("SettingsError") and "HERMES_CONCURRENCY" in lines[1], done
+
+
+def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
+    """Declared bare, both queues took the default exchange and key (hermes.local): a message
+    published through that exchange reached both, and a container worker's banner said so."""
+    from hermes_worker.celeryconfig import make_celery
+    from hermes_worker.settings import Settings
+
+    app = make_celery(Settings.from_env({}))
+    assert {(q.name, q.exchange.name, q.routing_key) for q in app.amqp.queues.values()} == {
+        ("hermes.local", "hermes.local", "hermes.local"),
+        ("hermes.container", "hermes.container", "hermes.container"),
+    }
