@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stand-ins for the public images compose.yaml starts from, for a Docker host with no registry:
 # built from Debian's packages (debootstrap, ops/build-base-image.sh) and the repository, with no
-# network during any image build. Prints the .env lines that make compose.yaml use them.
+# network during any image build. Prints the .env lines that make compose.yaml use them (and build
+# the worker image with no network).
 #
 #   hermes-standin/python:3.11-bookworm   for python:3.11-slim (the worker image's and the sandbox's base)
 #   hermes-standin/redis:7-bookworm       for redis:7.2-alpine (Debian's redis-server 7.0)
@@ -29,8 +30,15 @@ standin() {
     return
   fi
   say "building $1 from $3 (no network)"
-  docker build --quiet --network none --pull=false --label org.opencontainers.image.vendor=hermes-standin \
-    --build-arg "BASE=$3" -t "$1" "$ROOT/ops/standins/$2" >/dev/null
+  local log
+  log="$(mktemp)"
+  if ! docker build --network none --pull=false --label org.opencontainers.image.vendor=hermes-standin \
+      --build-arg "BASE=$3" -t "$1" "$ROOT/ops/standins/$2" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
 }
 
 # Debian roots: python3 alone (also the sandbox's offline base), Python with venv, Redis.
@@ -45,10 +53,13 @@ standin "$PROXY_IMAGE" socket-proxy hermes-base:bookworm
 
 # The worker image's wheels, exactly those locked (hashes), for CPython 3.11 on this machine.
 WHEELS="$ROOT/ops/worker/wheels"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 if ! "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
     --require-hashes --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 \
     --platform "manylinux_2_17_$(uname -m)" --platform "manylinux_2_28_$(uname -m)" \
-    -r "$ROOT/ops/worker/requirements.txt" -r "$ROOT/ops/worker/requirements-build.txt" -d "$WHEELS" >&2; then
+    -r "$ROOT/ops/worker/requirements.txt" -r "$ROOT/ops/worker/requirements-build.txt" -d "$WHEELS" >"$log" 2>&1; then
+  grep -v '^WARNING: Location' "$log" | tail -n 20 >&2
   echo "ops/compose-images.sh: could not download the locked wheels into $WHEELS (pip needs an index or" >&2
   echo "  a mirror: PIP_INDEX_URL); without them the worker image's build needs network" >&2
   exit 1
@@ -60,4 +71,5 @@ HERMES_PYTHON_IMAGE=$PY_IMAGE
 HERMES_SANDBOX_BASE=$PY_IMAGE
 HERMES_REDIS_IMAGE=$REDIS_IMAGE
 HERMES_DOCKER_PROXY_IMAGE=$PROXY_IMAGE
+HERMES_BUILD_NETWORK=none
 EOF
