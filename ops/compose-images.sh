@@ -10,7 +10,7 @@
 #
 # It also fills ops/worker/wheels/ with the wheels locked in ops/worker/requirements*.txt (pip on
 # this host downloads them; the image build checks every hash), so the worker image builds with
-# no index either. Idempotent: an existing image is kept unless HERMES_REBUILD_BASE=1.
+# no index either. Idempotent: an existing Debian root is kept unless HERMES_REBUILD_BASE=1.
 # Usage: ops/compose-images.sh        (PYTHON: the interpreter whose pip downloads, default python3)
 set -euo pipefail
 
@@ -26,9 +26,7 @@ bash "$ROOT/ops/ensure-docker.sh"
 
 standin() {
   # $1: the tag, $2: the folder under ops/standins/ with its Dockerfile, $3: its base image.
-  if docker image inspect "$1" >/dev/null 2>&1 && [ "${HERMES_REBUILD_BASE:-0}" != "1" ]; then
-    return
-  fi
+  # Always built: its files are the repository's, and the layer cache makes an unchanged one instant.
   say "building $1 from $3 (no network)"
   local log
   log="$(mktemp)"

@@ -76,8 +76,8 @@ class Project:
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def setting(self, key: str) -> str:
-        values = [line.split("=", 1)[1] for line in self.env_file.read_text().splitlines() if line.startswith(key + "=")]
-        return values[-1]
+        lines = self.env_file.read_text(encoding="utf-8").splitlines()
+        return [line.split("=", 1)[1] for line in lines if line.startswith(key + "=")][-1]
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, networks and volumes of this project, and sandbox containers of its deployment."""
@@ -256,6 +256,14 @@ def test_workers_run_unprivileged_and_only_the_proxy_holds_the_docker_socket(pro
         assert not host["Privileged"] and not host.get("Binds") and details["Config"]["User"] not in ("", "0", "root")
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+def test_every_service_can_write_its_log_in_its_read_only_container(project: Project) -> None:
+    # HERMES_HOME is a tmpfs: root's unless compose.yaml gives it to the services' user
+    logs = project.compose("logs", "--no-color").stdout
+    assert "ready." in logs and "cannot write the log" not in logs, logs[-3000:]
+
+
 PROBE = """
 import http.client, json, sys
 def ask(method, path, body=None):
@@ -265,9 +273,13 @@ def ask(method, path, body=None):
     return connection.getresponse().status
 root = {"Image": "sandbox", "HostConfig": {"Binds": ["/:/host"]}}
 mount = {"Image": "sandbox", "HostConfig": {"Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/x"}]}}
+driver = {"Type": "volume", "Source": "v", "Target": "/x", "VolumeOptions": {"DriverConfig": {"Name": "local",
+          "Options": {"type": "none", "o": "bind", "device": "/"}}}}
+volume = {"Image": "sandbox", "HostConfig": {"Mounts": [driver]}}
 print(json.dumps([ask("GET", "/v1.41/_ping"), ask("POST", "/v1.41/build"), ask("GET", "/v1.41/info"),
                   ask("POST", "/v1.41/containers/create", root), ask("POST", "/containers/create", root),
-                  ask("POST", "/v1.41/containers/create", mount), ask("PUT", "/v1.41/containers/x/archive")]))
+                  ask("POST", "/v1.41/containers/create", mount), ask("POST", "/v1.41/containers/create", volume),
+                  ask("PUT", "/v1.41/containers/x/archive")]))
 """
 
 
@@ -277,10 +289,11 @@ def test_from_the_container_worker_the_proxy_refuses_builds_host_info_and_host_m
     # When: code in the container worker asks the Docker API for what Hermes never needs
     done = project.compose("exec", "-T", "worker-container", "python", "-c", PROBE, timeout=60)
     assert done.returncode == 0, done.stderr
-    ping, build, info, bind_root, unversioned, bind_etc, archive = json.loads(done.stdout)
-    # Then: only the ping passes; builds, host info, bind mounts of the host and archives are refused
+    ping, build, info, bind_root, unversioned, bind_etc, volume, archive = json.loads(done.stdout)
+    # Then: only the ping passes; builds, host info, host folders (bound, or through a volume's
+    # driver options: refused by the stand-in, not by wollomatic's proxy) and archives are refused
     assert ping == 200
-    assert (build, info, bind_root, unversioned, bind_etc) == (403, 403, 403, 403, 403)
+    assert (build, info, bind_root, unversioned, bind_etc, volume) == (403, 403, 403, 403, 403, 403)
     assert archive == 405  # no PUT at all
 
 
@@ -297,9 +310,13 @@ def test_down_leaves_no_container_network_or_volume_of_the_project(project: Proj
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> dict[str, str]:
-    """A setup environment whose env file and batch folder do not exist yet."""
-    return setup_env(tmp_path, "hermes-refusal", compose_binary())
+def fresh(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A setup environment whose env file and batch folder do not exist yet (should a refusal fail
+    to refuse, the images the script then builds are untagged afterwards)."""
+    env = setup_env(tmp_path, f"hermes-refusal-{uuid.uuid4().hex[:10]}", compose_binary())
+    yield env
+    for tag in (env["HERMES_IMAGE"], env["HERMES_SANDBOX_IMAGE"]):
+        subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
 
 def write_env(env: dict[str, str], text: str, mode: int = 0o600) -> None:
@@ -308,7 +325,7 @@ def write_env(env: dict[str, str], text: str, mode: int = 0o600) -> None:
     path.chmod(mode)
 
 
-GOOD_ENV = "HERMES_REDIS_PASSWORD=" + "ab" * 32 + "\nHERMES_FLOWER_USER=admin\nHERMES_FLOWER_PASSWORD=" + "cd" * 16 + "\n"
+GOOD_ENV = f"HERMES_REDIS_PASSWORD={'ab' * 32}\nHERMES_FLOWER_USER=admin\nHERMES_FLOWER_PASSWORD={'cd' * 16}\n"
 
 
 def test_setup_refuses_an_env_file_others_can_read(fresh: dict[str, str]) -> None:
@@ -387,7 +404,8 @@ def test_an_image_build_never_receives_the_env_file_or_the_batch_folder(tmp_path
         subprocess.run(["docker", "rm", cid], capture_output=True)
     finally:
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
-    names = {name.removeprefix("context/") for name in tarfile.open(fileobj=io.BytesIO(exported)).getnames()}
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        names = {name.removeprefix("context/") for name in tar.getnames()}
     # Then: only what belongs arrived
     assert "ops/worker/requirements.txt" in names
     assert not names & set(SECRETS) and "batches" not in names, names

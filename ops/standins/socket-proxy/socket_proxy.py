@@ -8,9 +8,10 @@ source of the allowlist whichever image runs it:
   request) gets 403; a method with no ``-allowMETHOD`` pattern gets 405; a path that does not
   match its method's pattern (anchored: ``^(PATTERN)$``) gets 403;
 - with ``-allowbindmountfrom``, a container create or update whose body binds a host path
-  outside those folders gets 403. Stricter than upstream in two places: the check applies to
-  paths with or without the ``/v1.NN`` prefix (upstream checks only versioned paths), and a body
-  that is not JSON is refused (upstream lets it through);
+  outside those folders gets 403. Stricter than upstream in three places: the check applies to
+  paths with or without the ``/v1.NN`` prefix (upstream checks only versioned paths), a body
+  that is not JSON is refused, and so is a volume mount with driver options (the local driver's
+  ``type=none,o=bind,device=/`` binds a host folder; upstream lets all three through);
 - ``-allowhealthcheck`` answers ``HEAD http://localhost:55555/health`` (the image's
   ``/healthcheck`` asks it); ``-watchdoginterval`` with ``-stoponwatchdog`` exits when the
   engine stops answering.
@@ -22,6 +23,7 @@ only: the image is Debian's python3 and this file (ops/compose-images.sh builds 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import json
@@ -34,7 +36,7 @@ import socketserver
 import sys
 import threading
 import time
-from typing import BinaryIO
+from collections.abc import Callable
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE", "OPTIONS")
 MAX_BODY = 4 * 1024 * 1024  # a container create is a few KiB; anything bigger is refused
@@ -114,7 +116,12 @@ def bind_mount_refusal(config: Config, method: str, path: str, body: bytes) -> s
     if not isinstance(host, dict):
         return None
     sources = [str(b).split(":", 1)[0] for b in host.get("Binds") or []]
-    sources += [str(m.get("Source", "")) for m in host.get("Mounts") or [] if m.get("Type") == "bind"]
+    mounts = [m for m in host.get("Mounts") or [] if isinstance(m, dict)]
+    sources += [str(m.get("Source", "")) for m in mounts if m.get("Type") == "bind"]
+    # A volume created on the fly with the local driver's options binds any host folder
+    # (type=none,o=bind,device=/): upstream lets it through, the stand-in does not.
+    if any(((m.get("VolumeOptions") or {}).get("DriverConfig") or {}).get("Options") for m in mounts):
+        return "volume driver options (they can bind host folders) are not allowed"
     for source in sources:
         if not source.startswith("/"):
             continue  # a named volume, not a host path
@@ -124,21 +131,19 @@ def bind_mount_refusal(config: Config, method: str, path: str, body: bytes) -> s
     return None
 
 
-def pump(source: socket.socket | BinaryIO, sink: socket.socket) -> None:
-    """Copy until the source ends, then end the sink's sending side (half-close)."""
+def pump(read: Callable[[int], bytes], sink: socket.socket) -> None:
+    """Copy what ``read`` gives until it ends, then end the sink's sending side (half-close)."""
     try:
         while True:
-            data = source.read1(65536) if hasattr(source, "read1") else source.recv(65536)
+            data = read(65536)
             if not data:
                 break
             sink.sendall(data)
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -146,11 +151,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "socket-proxy-standin"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass  # refusals are logged by refuse(); allowed requests are not worth a line each
 
     def refuse(self, status: int, reason: str) -> None:
-        print(f"blocked {self.command} {self.path} from {self.client_address[0]}: {reason}", file=sys.stderr, flush=True)
+        client = self.client_address[0]
+        print(f"blocked {self.command} {self.path} from {client}: {reason}", file=sys.stderr, flush=True)
         self.send_error(status)
         self.close_connection = True
 
@@ -195,10 +201,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 rest = re.sub(rb"(?im)^connection:[^\r\n]*\r\n", b"", rest)
                 response = status_line + b"\r\nConnection: close\r\n" + rest
             self.connection.sendall(response)
-            back = threading.Thread(target=pump, args=(engine, self.connection), daemon=True)
+            back = threading.Thread(target=pump, args=(engine.recv, self.connection), daemon=True)
             back.start()
             if b" 101 " in status_line + b" ":
-                pump(self.rfile, engine)  # rfile first: it may hold bytes already read past the head
+                pump(self.rfile.read1, engine)  # rfile first: it may hold bytes already read past the head
             back.join()
 
 
@@ -207,7 +213,7 @@ for _method in METHODS:
 
 
 class Health(http.server.BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_HEAD(self) -> None:
