@@ -70,7 +70,9 @@ def test_send_task_by_name_returns_one_record_per_prompt(
     assert registry_entry(redis_server.client(), "local@w1")["queues"] == ["hermes.local", "celery"]  # type: ignore[index]
 
 
-def test_group_chord_and_chain_of_the_public_task(client: Celery, worker: WorkerProcess) -> None:
+def test_group_chord_and_chain_of_the_public_task(
+    client: Celery, worker: WorkerProcess, redis_server: RedisServer
+) -> None:
     normalize_task = client.signature("hermes.normalize")
     prompts = ["x  y", "ﬁne", "cafÃ©"]
     # group: one list of records per task, in order
@@ -84,6 +86,11 @@ def test_group_chord_and_chain_of_the_public_task(client: Celery, worker: Worker
     steps = chain(normalize_task.clone(args=[["cafÃ©  ﬁ"]], kwargs={"profile": "prompt"}),
                   normalize_task.clone(kwargs={"profile": "compact"}))  # fmt: skip
     assert [r["text"] for r in steps().get(timeout=30)] == ["café fi"]
+    # Every key Celery wrote for them (results, the chord's group keys) expires.
+    redis = redis_server.client()
+    written = [key for key in redis.scan_iter(match="celery-*")]
+    assert any(key.startswith(b"celery-taskset-meta-") for key in written)
+    assert all(0 < redis.ttl(key) <= RESULT_TTL for key in written), {key: redis.ttl(key) for key in written}
 
 
 def test_hostile_arguments_are_error_results_and_the_worker_keeps_serving(
