@@ -322,7 +322,9 @@ def name_taken(settings: Settings, identity: Identity, name: str) -> str | None:
     """
     try:
         client = connect(settings.result_backend, settings.broker_timeout_s)
-        fields = registry_fields(identity, name, settings.concurrency, settings.public_task)
+        # No queue yet: the worker consumes nothing until it is ready (its first heartbeat lists
+        # them), and nobody may take it for a worker that does (producers route by queues).
+        fields = registry_fields(identity, name, settings.concurrency, settings.public_task) | {"queues": []}
         info = WorkerInfo(**fields, heartbeat_at=time.time())
         holder = Registry(client, settings.worker_ttl_s).claim(info)
     except redis.RedisError as exc:
