@@ -69,7 +69,9 @@ def worker(
     At start-up the worker probes Docker: engine answering, sandbox image present, a session
     that passes a self-test. Pass: tag `container`, queue hermes.container, prompts run inside
     a hardened container session. Fail: tag `local`, queue hermes.local, and the log says
-    "Docker is unavailable, using local processing" with the reason and the fix.
+    "Docker is unavailable, using local processing" with the reason and the fix. Either also
+    takes the public task hermes.normalize from Celery's default queue `celery` (a plain Celery
+    client's), unless HERMES_PUBLIC_TASK=0.
 
     \b
     Examples:

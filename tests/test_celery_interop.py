@@ -218,3 +218,9 @@ def test_tasks_run_where_their_isolation_says_sent_on_to_that_queue(
     for isolation in ("auto", "container"):
         for result in sent[isolation]:
             assert f"hermes.normalize[{result.id}] sent on to hermes.container (isolation {isolation})" in hermes_log
+    # A chord whose header and body are sent on keeps its task ids: the body runs once, after both.
+    boxed = client.signature("hermes.normalize", kwargs={"isolation": "container"})
+    header = [boxed.clone(args=[[p]]) for p in ("a  b", "ﬁne")]
+    body = boxed.clone(kwargs={"isolation": "container", "profile": "compact"})
+    merged = chord(header)(body).get(timeout=60)
+    assert [(r["text"], r["provenance"]["mode"]) for r in merged] == [("a b", "container"), ("fine", "container")]
