@@ -97,11 +97,15 @@ def _as_item(line: int, prompt: Any) -> Item:
     (or its error again); anything else as it is, to become a ``prompt_not_string`` record."""
     if isinstance(prompt, Mapping):
         error = prompt.get("error")
-        if isinstance(error, Mapping) and error.get("code") in ERROR_CODES and isinstance(error.get("message"), str):
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str) and _known(error.get("code")):
             return Item(line, line, None, (error["code"], error["message"][:MAX_MESSAGE_CHARS]))
         if isinstance(prompt.get("text"), str):
             return Item(line, line, prompt["text"])
     return Item(line, line, prompt)
+
+
+def _known(code: Any) -> bool:
+    return isinstance(code, str) and code in ERROR_CODES
 
 
 def _prompts(args: Sequence[Any]) -> list[Any]:

@@ -51,10 +51,11 @@ def test_what_the_call_leaves_out_comes_from_the_workers_settings(tmp_path: Path
 
 
 def test_a_prompt_that_is_not_a_string_is_its_own_error_record(settings: Settings) -> None:
-    got = run(NormalizeCall.from_arguments([["ok", 42, None, {"x": 1}, ["deeper"]]], {}, settings))
+    odd_error = {"error": {"code": ["not", "hashable"], "message": "x"}}
+    got = run(NormalizeCall.from_arguments([["ok", 42, None, {"x": 1}, ["deeper"], odd_error]], {}, settings))
     assert got[0]["text"] == "ok"
-    assert [r["error"]["code"] for r in got[1:]] == ["prompt_not_string"] * 4
-    assert [r["line"] for r in got] == [1, 2, 3, 4, 5]
+    assert [r["error"]["code"] for r in got[1:]] == ["prompt_not_string"] * 5
+    assert [r["line"] for r in got] == [1, 2, 3, 4, 5, 6]
 
 
 def test_records_stand_for_their_text_and_a_chords_lists_are_taken_in_order(settings: Settings) -> None:
