@@ -26,6 +26,23 @@ TASK_NORMALIZE_CHUNK = "hermes.normalize_chunk"
 QUEUE_CONTAINER = "hermes.container"
 QUEUE_LOCAL = "hermes.local"
 QUEUE_FOR_TAG = {"container": QUEUE_CONTAINER, "local": QUEUE_LOCAL}
+# The public task (hermes_worker.public): prompts in, records out through Celery's result backend,
+# for Celery clients that know only the URLs. Sent to Celery's default queue, which a plain client
+# sends to without any routing of its own; workers take it from there (HERMES_PUBLIC_TASK) and run
+# it, or send it on to the queue of the tag that must run it, by the rules chunks are routed by.
+TASK_NORMALIZE = "hermes.normalize"
+QUEUE_PUBLIC = "celery"
+
+
+def worker_queues(tag: str, public: bool) -> list[str]:
+    """The queues a worker tagged ``tag`` consumes: its tag's, and the public queue when it takes
+    public tasks.
+
+    >>> worker_queues("local", True), worker_queues("container", False)
+    (['hermes.local', 'celery'], ['hermes.container'])
+    """
+    return [QUEUE_FOR_TAG[tag], *([QUEUE_PUBLIC] if public else [])]
+
 # Said by a worker that found no usable Docker, and by a producer with no container worker to
 # send to: one wording, which operators grep logs for.
 FALLBACK_MESSAGE = "Docker is unavailable, using local processing"
@@ -118,6 +135,9 @@ MAX_PROMPT_BYTES = 64 * 1024 * 1024  # HERMES_MAX_PROMPT_BYTES at most: no large
 MAX_VALIDATION = 1000  # validation rounds (--max-validation)
 MAX_ITEM_TIME_BUDGET = 100.0  # the largest scale of an item's CPU-time budget (hermes_worker.engine.budget)
 MAX_RESULT_TTL_S = 30 * 86_400  # HERMES_RESULT_TTL at most
+# The largest public task message a worker decodes (its prompts ride in it): the largest value
+# Hermes writes. A larger one is refused before its body is parsed.
+MAX_PUBLIC_MESSAGE_BYTES = MAX_VALUE_BYTES
 MAX_MESSAGE_CHARS = 4096  # an error message in a request
 MAX_NAME_CHARS = 64  # a profile name or a step name
 # A batch id: 32 hex digits (uuid4) on a cluster, 16 for a batch begun in-process and resumed.

@@ -40,12 +40,13 @@ import redis
 from celery import signals
 from celery.worker import state as celery_state
 
-from .contract import QUEUE_FOR_TAG
+from .contract import TASK_NORMALIZE, worker_queues
 from .events import ClusterLog
 from .guard import Refusal, restrict_control
 from .handling import ChunkHandler
 from .identity import FALLBACK_MESSAGE, Identity, announce, decide, versions
 from .metrics import bump, serve
+from .public import NotRun
 from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
@@ -144,7 +145,7 @@ class WorkerRuntime:
             raise SystemExit(taken)  # SystemExit: as above
         # The tag decides the queue: a local worker never takes container work, or vice versa.
         # (A -Q on the command line selects again after this; the guard refuses what it lets in.)
-        instance.app.amqp.queues.select([QUEUE_FOR_TAG[self.identity.tag]])
+        instance.app.amqp.queues.select(worker_queues(self.identity.tag, self.settings.public_task))
         self._connect_signals()
 
     def _connect_signals(self) -> None:
@@ -184,7 +185,7 @@ class WorkerRuntime:
         )
 
     def _registry_fields(self, name: str, concurrency: int) -> dict[str, Any]:
-        return registry_fields(self.identity, name, concurrency)
+        return registry_fields(self.identity, name, concurrency, self.settings.public_task)
 
 
     def _start_watches(self, consumer: Any, name: str, client: Any, entry: RegistryEntry) -> None:
@@ -194,17 +195,27 @@ class WorkerRuntime:
         def record(refusal: Refusal) -> None:
             bump(client, name, "messages_refused", kind=refusal.kind)
             events.emit("WARNING", "worker.refused", refusal.reason, kind=refusal.kind)
+            if refusal.task_id is not None:  # a dropped public task: its client learns why
+                self._store_refusal(refusal.task_id, refusal.reason)
 
         self._watches = [
             LoopWatch(threading.get_ident(), settings.heartbeat_s),
             QueueWatch(consumer, entry.queues, entry.queues_lock, settings.heartbeat_s, record),
         ]
         if self.identity.tag == "container":
+            queues = tuple(worker_queues("container", settings.public_task))
             self._watches.append(
-                EngineWatch(settings, consumer, name, entry.update, ClusterLog(client, name), entry.queues_lock)
+                EngineWatch(settings, consumer, name, entry.update, ClusterLog(client, name), entry.queues_lock, queues)
             )
         for watch in self._watches:
             watch.start()
+
+    def _store_refusal(self, task_id: str, reason: str) -> None:
+        """The error result of a public task the main process refused (off the event loop)."""
+        try:
+            self._app.backend.mark_as_failure(task_id, NotRun(f"{TASK_NORMALIZE} refused: {reason}"))
+        except Exception as exc:  # the refusal is logged and counted already
+            log.warning("refused task %s: its error result not stored (%s)", task_id, redact(str(exc)))
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         for watch in self._watches:
@@ -286,13 +297,13 @@ def _child_pids() -> list[int]:
     return pids
 
 
-def registry_fields(identity: Identity, name: str, concurrency: int) -> dict[str, Any]:
+def registry_fields(identity: Identity, name: str, concurrency: int, public: bool) -> dict[str, Any]:
     """The fields of a worker's registry entry that do not change every heartbeat."""
     return dict(
         name=name,
         tag=identity.tag,
         concurrency=concurrency,
-        queues=[QUEUE_FOR_TAG[identity.tag]],
+        queues=worker_queues(identity.tag, public),
         host=socket.gethostname(),
         pid=os.getpid(),
         versions=versions(),
@@ -311,7 +322,10 @@ def name_taken(settings: Settings, identity: Identity, name: str) -> str | None:
     """
     try:
         client = connect(settings.result_backend, settings.broker_timeout_s)
-        info = WorkerInfo(**registry_fields(identity, name, settings.concurrency), heartbeat_at=time.time())
+        # No queue yet: the worker consumes nothing until it is ready (its first heartbeat lists
+        # them), and nobody may take it for a worker that does (producers route by queues).
+        fields = registry_fields(identity, name, settings.concurrency, settings.public_task) | {"queues": []}
+        info = WorkerInfo(**fields, heartbeat_at=time.time())
         holder = Registry(client, settings.worker_ttl_s).claim(info)
     except redis.RedisError as exc:
         log.warning("worker name %s not claimed (Redis: %s); going on", name, redact(str(exc)))

@@ -340,6 +340,12 @@ class Settings:
         "`0.0.0.0` for a Prometheus on another machine",
         options=["hermes worker --metrics-address", "hermes metrics --address"])  # fmt: skip
 
+    public_task: bool = setting(
+        "HERMES_PUBLIC_TASK", flag, True,
+        "worker: take the public task `hermes.normalize` from Celery's default queue `celery`, so that a plain "
+        "Celery client needs only the broker and result-backend URLs; `0`: leave that queue alone (the task still "
+        "runs when another worker sends it on to this one's queue)",
+        note="turn it off where other Celery apps use this broker's `celery` queue")  # fmt: skip
     worker_remote_control: str = setting(
         "HERMES_WORKER_REMOTE_CONTROL", OneOf(("inspect", "all")), "inspect",
         "worker: answer remote-control questions only (`inspect`), or accept Celery's every command "

@@ -36,7 +36,7 @@ def test_a_local_worker_registers_its_tag_versions_and_queue(
     listed = json.loads(chermes("workers", "--json").stdout)
     assert [w["name"] for w in listed] == ["local@w1"]
     entry = listed[0]
-    assert entry["tag"] == "local" and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
+    assert entry["tag"] == "local" and entry["queues"] == ["hermes.local", "celery"] and entry["concurrency"] == 1
     assert {"engine", "python", "unicode", "ftfy", "celery"} <= entry["versions"].keys()
     assert time.time() - entry["heartbeat_at"] < 5
     assert "local@w1" in chermes("workers").stdout
@@ -58,8 +58,10 @@ def test_a_second_worker_with_a_live_workers_name_is_refused(
     assert "a live worker is already called local@w1" in second.stderr and "another name" in second.stderr
     assert [w["name"] for w in json.loads(chermes("workers", "--json").stdout)] == ["local@w1"]
     assert json.loads(chermes("workers", "--json").stdout)[0]["pid"] == first.process.pid
-    # And its banner shows the one queue it consumes, with that queue's own exchange and key
+    # And its banner shows the queues it consumes (its tag's and the public one), each with its own
+    # exchange and key
     assert re.search(r"\.> hermes\.local +exchange=hermes\.local\(direct\) key=hermes\.local\n", first.log)
+    assert re.search(r"\.> celery +exchange=celery\(direct\) key=celery\n", first.log)
     assert "hermes.container" not in first.log.partition("[queues]")[2].partition("[tasks]")[0]
 
 
@@ -313,11 +315,11 @@ def test_plain_celery_command_line_runs_the_same_worker(
     try:
         wait_registered(WorkerProcess("plain", process, log_path), "local@plain", redis_server.client, timeout=60)
         entry = registry_entry(redis_server.client(), "local@plain")
-        assert entry is not None and entry["queues"] == ["hermes.local"]
-        # It consumes its tag's queue only, from the start
+        assert entry is not None and entry["queues"] == ["hermes.local", "celery"]
+        # It consumes its tag's queue (and the public one) only, from the start
         inspect = make_celery(Settings.from_env(env)).control.inspect(destination=["local@plain"], timeout=5)
         consumed = {queue["name"] for queue in (inspect.active_queues() or {}).get("local@plain", [])}
-        assert consumed == {"hermes.local"}, log_path.read_text()
+        assert consumed == {"hermes.local", "celery"}, log_path.read_text()
         done = chermes("run", "--prompt", "ok", "--json", "--isolation", "local")
         assert json.loads(done.stdout)["provenance"]["worker"] == "local@plain"
     finally:

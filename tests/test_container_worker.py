@@ -54,7 +54,7 @@ def test_a_worker_that_passes_the_probe_is_a_container_worker(
     worker = start_worker("c1", mode="auto", env=container_env, expect_tag="container")
     assert "Docker probe passed" in worker.log
     entry = json.loads(chermes("workers", "--json").stdout)[0]
-    assert entry["name"] == "container@c1" and entry["queues"] == ["hermes.container"]
+    assert entry["name"] == "container@c1" and entry["queues"] == ["hermes.container", "celery"]
     assert entry["provenance"]["image"].startswith("sha256:")
 
 

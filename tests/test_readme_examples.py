@@ -3,6 +3,10 @@
 Each line is run by bash as written (comments cut), from a directory holding a copy of
 `examples/`, with `hermes` on the PATH and no broker (the embedded default). A `# -> TEXT`
 comment is what the command prints, and is checked. `--follow` commands run until killed.
+
+Every ```python block runs too, as it is, the same way; the plain Celery client's block runs
+against a private Redis and a real `hermes worker` (its URL replaced by that Redis'), and prints
+what its comments say.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from .support.environment import EXAMPLES
+from .support.fixture_types import WorkerFactory
+from .support.redis_server import RedisServer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -94,17 +100,44 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
+def celery_client(block: str) -> bool:
+    """Whether ``block`` is a plain Celery client's: it needs a broker and a Hermes worker."""
+    return "Celery(broker=" in block
+
+
 def test_the_readme_has_python_examples() -> None:
     assert any("Client" in block for block in python_blocks())
+    assert sum(celery_client(block) for block in python_blocks()) == 1
 
 
-@pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.splitlines()[0][:40])
+@pytest.mark.parametrize("block", [b for b in python_blocks() if not celery_client(b)],
+                         ids=lambda block: block.splitlines()[0][:40])  # fmt: skip
 def test_every_python_block_of_the_readme_runs(block: str, newcomer: tuple[Path, dict[str, str]]) -> None:
     where, env = newcomer
     done = subprocess.run([sys.executable, "-c", block], cwd=where, env=env, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+README_BROKER = "redis://localhost:6379/0"  # the URL the README's Celery client names (HERMES_BROKER_URL's default)
+
+
+@pytest.mark.cluster
+def test_the_plain_celery_client_of_the_readme_prints_what_it_says(
+    newcomer: tuple[Path, dict[str, str]], start_worker: WorkerFactory, redis_server: RedisServer
+) -> None:
+    """Given a Hermes worker; when the README's Celery block runs (aimed at this test's Redis);
+    then it prints, line by line, what its ``# ...`` comments say."""
+    [block] = [b for b in python_blocks() if celery_client(b)]
+    assert block.count(README_BROKER) == 2 and len(block.strip().splitlines()) <= 10
+    start_worker("w1")
+    where, env = newcomer
+    done = subprocess.run([sys.executable, "-c", block.replace(README_BROKER, redis_server.url())], cwd=where,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = [line.split("  # ", 1)[1].strip() for line in block.splitlines() if line.startswith("print(")]
+    assert done.stdout.splitlines() == said
 
 
 def test_the_readmes_sample_records_are_what_a_new_user_gets(newcomer: tuple[Path, dict[str, str]]) -> None:

@@ -53,12 +53,12 @@ from hermes_producer.notices import (
     StartNotice,
     decode_entry,
 )  # fmt: skip
-from hermes_producer.routes import route_for
 from hermes_producer.tracker import ChunkTracker, Forget, Limits, RunHere, Send
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.routes import route_for
 from hermes_worker.wire import ChunkRequest, ChunkResult
 
 LIMITS = Limits(chunk_time_limit_s=60, heartbeat_s=5, worker_ttl_s=15, outage_timeout_s=300, patience_s=30)
