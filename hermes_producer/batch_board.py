@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import redis
 
-from hermes_worker.batch_status import ENTRY_TTL_S, MAX_TEXT, MAX_WORKERS, UNKNOWN_CODE, BatchStatus
+from hermes_worker.batch_status import ENTRY_TTL_S, MAX_TEXT, MAX_WORKERS, UNKNOWN_CODE, BatchStatus, escaped
 from hermes_worker.contract import ERROR_CODES, KEY_BATCH
 from hermes_worker.wire import ChunkResult
 
@@ -55,6 +55,8 @@ def input_position(source: BinaryIO) -> Callable[[], int]:
 
 
 def _clip(text: str) -> str:
+    """A name as the board takes it: printable (controls spelled as escapes), cut to its bound."""
+    text = escaped(text)
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 

@@ -96,8 +96,8 @@ def _footer(board: Board) -> list[str]:
     if board.truncated:
         notes.append(f"(only the first {len(board.batches)} batches are shown)")
     if board.unreadable:
-        notes.append(f"({board.unreadable} entr{'y' if board.unreadable == 1 else 'ies'} under hermes:batch: "
-                     "were not written by a Hermes producer and were skipped)")  # fmt: skip
+        entries = "entry" if board.unreadable == 1 else "entries"
+        notes.append(f"(skipped {board.unreadable} unreadable {entries} under hermes:batch:, not a Hermes producer's)")
     return notes
 
 

@@ -9,9 +9,10 @@ died goes away by itself. ``hermes batches`` prints the entries, the cluster exp
 Anyone who can write to Redis can write such an entry, and it ends up on a terminal and in
 Prometheus labels, so a reader trusts none of it: the key must name a batch id (hex, a fixed
 length) and hold a string; the value is read :data:`MAX_ENTRY_BYTES` at most; every field must
-have its type and bounds (counts, finite times, at most :data:`MAX_TEXT` characters a name,
-:data:`MAX_WORKERS` workers, error codes Hermes defines). Printers still escape the text
-(``hermes_producer.terminal.printable``). At most :data:`MAX_BATCHES` entries are read at once.
+have its type and bounds (counts, finite times, names of at most :data:`MAX_TEXT` printable
+characters, which producers make so with :func:`escaped`, :data:`MAX_WORKERS` workers, error
+codes Hermes defines). Printers still escape what they print (``hermes_producer.terminal``).
+At most :data:`MAX_BATCHES` entries are read at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import redis
 
 from .contract import BATCH_ID, ERROR_CODES, KEY_BATCH, ContractError, shown
 
-__all__ = ["ENTRY_TTL_S", "MAX_BATCHES", "BatchStatus", "Board", "read_board"]
+__all__ = ["ENTRY_TTL_S", "MAX_BATCHES", "BatchStatus", "Board", "escaped", "read_board"]
 
 ENTRY_VERSION = 1
 ENTRY_TTL_S = 30  # an entry its producer stopped refreshing is gone this long after
@@ -118,10 +119,27 @@ class BatchStatus:
         )
 
 
+def escaped(text: str) -> str:
+    r"""``text`` with every character ``str.isprintable`` refuses spelled as an escape: what a
+    producer writes, so that no name on the board can act on a terminal or break a line.
+
+    >>> escaped("in\x1b]0;x\x07\u202e.txt\n"), escaped("café.jsonl")
+    ('in\\x1b]0;x\\x07\\u202e.txt\\x0a', 'café.jsonl')
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _text(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise ContractError(f"batch entry: {key!r} must be a string of at most {MAX_TEXT} characters")
+    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
+        raise ContractError(f"batch entry: {key!r} must be printable text of at most {MAX_TEXT} characters")
     return value
 
 
