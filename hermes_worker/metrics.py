@@ -30,8 +30,8 @@ from .wire import ChunkResult
 if TYPE_CHECKING:
     from .batch_status import Board
 
-__all__ = ["BUCKETS", "FAMILIES", "KEY_METRICS", "RedisCollector", "batch_families", "chunk_increments",
-           "series_names", "serve"]
+__all__ = ["BUCKETS", "FALLBACK_KINDS", "FAMILIES", "KEY_METRICS", "RedisCollector", "batch_families",
+           "chunk_increments", "series_names", "serve", "zero_filled"]
 
 KEY_METRICS = KEY_PREFIX + "metrics:{source}"  # one hash per worker; "producers" for producers
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -191,6 +191,10 @@ _COUNTERS = {
 }
 
 
+# What ``hermes_fallbacks_total{kind}`` counts (docs/operations.md says what each means).
+FALLBACK_KINDS = ("in_process", "local_instead_of_container", "resent", "rerouted", "in_process_mid_batch")
+
+
 def series_names() -> frozenset[str]:
     """Every series name a query may use: a counter's ends in ``_total``, a histogram's in
     ``_bucket``, ``_sum`` or ``_count``, a gauge's is its family's.
@@ -204,6 +208,9 @@ def series_names() -> frozenset[str]:
 
 def _gauge(name: str, labels: list[str] | None = None, value: float | None = None) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, FAMILIES[name][1], labels=labels, value=value)
+
+
+Field = tuple[str, str, dict[str, str], float]  # source (worker or "producers"), name, labels, value
 
 
 class RedisCollector(Collector):
@@ -240,7 +247,7 @@ class RedisCollector(Collector):
                 continue
             yield key[len(prefix) :], raw
 
-    def _fields(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
+    def _fields(self) -> Iterator[Field]:
         """``(source, name, labels, value)`` of every field; unreadable ones are skipped and counted."""
         for source, values in self._hashes():
             for raw, number in values.items():
@@ -256,7 +263,7 @@ class RedisCollector(Collector):
     def collect(self) -> Iterator[Any]:
         self.unreadable = 0
         fields = list(self._fields())
-        yield from _counters(fields)
+        yield from _counters(zero_filled(fields, cluster=self._source is None))
         histogram = _histogram(fields)
         if histogram is not None:
             yield histogram
@@ -286,7 +293,36 @@ class RedisCollector(Collector):
         yield from batch_families(read_board(self._redis))
 
 
-def _counters(fields: list[tuple[str, str, dict[str, str], float]]) -> Iterator[CounterMetricFamily]:
+def zero_filled(fields: list[Field], cluster: bool) -> list[Field]:
+    """``fields``, plus 0 for the counters whose labels are known before they first count.
+
+    A series that first appears at 1 is invisible to ``rate()`` and ``increase()`` (Prometheus
+    sees no increase from nothing), so the first fallback, session restart or engine failure
+    would never alert. So every worker has ``session_restarts``, every worker, mode and profile
+    that counted items has ``items_failed`` for every error code, and the cluster exporter has
+    every fallback kind, at 0 until they count.
+    """
+    seen = {(source, name, tuple(sorted(labels.items()))) for source, name, labels, _ in fields}
+    extra: list[Field] = []
+
+    def zero(source: str, name: str, **labels: str) -> None:
+        if (source, name, tuple(sorted(labels.items()))) not in seen:
+            seen.add((source, name, tuple(sorted(labels.items()))))
+            extra.append((source, name, labels, 0.0))
+
+    for source in sorted({source for source, *_ in fields} - {"producers"}):
+        zero(source, "session_restarts")
+    counted = {(s, lab["mode"], lab["profile"]) for s, name, lab, _ in fields if name in ("items_ok", "items_failed")}
+    for source, mode, profile in sorted(counted):
+        for code in sorted(ERROR_CODES):
+            zero(source, "items_failed", code=code, mode=mode, profile=profile)
+    if cluster:
+        for kind in FALLBACK_KINDS:
+            zero("producers", "fallbacks", kind=kind)
+    return fields + extra
+
+
+def _counters(fields: list[Field]) -> Iterator[CounterMetricFamily]:
     """One counter family per metric and label set (each sample labelled with its worker)."""
     families: dict[str, CounterMetricFamily] = {}
     for source, name, labels, value in fields:
@@ -302,7 +338,7 @@ def _counters(fields: list[tuple[str, str, dict[str, str], float]]) -> Iterator[
     yield from families.values()
 
 
-def _histogram(fields: list[tuple[str, str, dict[str, str], float]]) -> HistogramMetricFamily | None:
+def _histogram(fields: list[Field]) -> HistogramMetricFamily | None:
     """``hermes_chunk_duration_seconds`` by worker and mode, from the bucket, sum and chunk counters."""
     slots: dict[tuple[str, str], dict[str, Any]] = {}
     for source, name, labels, value in fields:

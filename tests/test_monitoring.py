@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hermes_worker.metrics import FAMILIES, series_names
+from hermes_worker.contract import ERROR_CODES
+from hermes_worker.metrics import FALLBACK_KINDS, FAMILIES, series_names, zero_filled
 
 from .support.environment import REPO, missing
 
@@ -156,3 +157,29 @@ def test_a_query_naming_a_series_hermes_does_not_export_is_caught() -> None:
     # given a suffix it does not have.
     for expr in ("rate(hermes_item_processed_total[5m])", "rate(hermes_chunks[5m])", "hermes_workers_live_total"):
         assert hermes_series(expr) - series_names(), expr
+
+
+def test_counters_with_known_labels_are_exported_at_zero_before_they_first_count() -> None:
+    # A series born at 1 is invisible to rate() and increase(): the first fallback would never alert.
+    fields = [
+        ("local@w1", "items_ok", {"mode": "local", "profile": "prompt"}, 10.0),
+        ("local@w1", "items_failed", {"code": "empty_prompt", "mode": "local", "profile": "prompt"}, 2.0),
+        ("producers", "fallbacks", {"kind": "resent"}, 3.0),
+    ]
+    filled = zero_filled(fields, cluster=True)
+    assert filled[: len(fields)] == fields  # what was counted stays as it was, once
+    added = {(source, name, tuple(sorted(labels.items()))): value for source, name, labels, value in filled[3:]}
+    assert set(added.values()) == {0.0}
+    assert ("local@w1", "session_restarts", ()) in added
+    codes = {dict(labels)["code"] for (_, name, labels) in added if name == "items_failed"}
+    assert codes == set(ERROR_CODES) - {"empty_prompt"}
+    kinds = {dict(labels)["kind"] for (_, name, labels) in added if name == "fallbacks"}
+    assert kinds == set(FALLBACK_KINDS) - {"resent"}
+    assert not any(name == "fallbacks" for _, name, _, _ in zero_filled(fields[:2], cluster=False))
+
+
+def test_every_fallback_kind_the_code_counts_is_declared() -> None:
+    counted = set()
+    for path in [*(REPO / "hermes_worker").rglob("*.py"), *(REPO / "hermes_producer").rglob("*.py")]:
+        counted |= set(re.findall(r'"fallbacks", kind="([a-z_]+)"', path.read_text(encoding="utf-8")))
+    assert counted == set(FALLBACK_KINDS)
