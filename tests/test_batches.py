@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +311,22 @@ def test_the_board_survives_a_redis_that_does_not_answer() -> None:
     board.tick(0.0, [])
     board.tick(0.5, [])  # quiet after the error: not even tried
     board.close()
+
+
+@pytest.mark.cluster
+def test_watch_prints_the_board_again_until_interrupted(
+    redis_server: RedisServer, hermes_process: HermesProcessFactory, cluster_env: dict[str, str]
+) -> None:
+    client = redis_server.client()
+    redis_server.flush()
+    client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=5)))
+    watching = hermes_process("batches", "--watch", "0.5", "--json", env=cluster_env, stdout=subprocess.PIPE)
+    time.sleep(2.5)
+    client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=9)))
+    time.sleep(1.5)
+    watching.process.send_signal(signal.SIGINT)
+    assert watching.wait(30) == 130
+    assert watching.process.stdout is not None
+    with watching.process.stdout as printed:
+        seen = [json.loads(line) for line in printed.read().decode().splitlines()]
+    assert len(seen) >= 4 and {entries[0]["records"] for entries in seen} == {5, 9}

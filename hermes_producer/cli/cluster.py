@@ -164,9 +164,10 @@ def _show_batches(ctx: Context, batch_id: str | None, as_json: bool, watch: floa
                 fail(f"{batch_id} is the start of {len(chosen)} running batches' ids: give more of it")
             if not chosen and watch is None:
                 fail(f"no running batch {batch_id} (it may have finished: its summary is in hermes log)", 1)
-        if as_json:
+        if as_json:  # with --watch, one line each time (JSON Lines)
             entries = [entry_json(b) for b in chosen]
-            click.echo(json.dumps(entries[0] if batch_id is not None and entries else entries, indent=2))
+            printed = entries[0] if batch_id is not None and entries else entries
+            click.echo(json.dumps(printed, indent=None if watch else 2))
         elif batch_id is not None:
             lines = batch_detail(chosen[0]) if chosen else [f"batch {batch_id} is not running (any more)"]
             click.echo("\n".join(lines))
