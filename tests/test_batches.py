@@ -287,13 +287,14 @@ def test_a_batch_that_finishes_leaves_no_entry_and_one_killed_leaves_one_that_ex
 ) -> None:  # fmt: skip
     start_worker("w1")
     source = tmp_path / "in.txt"
-    source.write_text("".join(f"prompt {n}\n" for n in range(40_000)))
+    # Long enough to be on the board for a few seconds (it is written once a second) on a fast machine.
+    source.write_text("".join(f"prompt {n}\n" for n in range(200_000)))
     client = redis_server.client()
     # A batch that runs to its end removes its entry.
-    producer = hermes_process("batch", str(source), "-o", str(tmp_path / "a.jsonl"), "--chunk-size", "4096",
+    producer = hermes_process("batch", str(source), "-o", str(tmp_path / "a.jsonl"), "--chunk-size", "1024",
                               env=cluster_env)  # fmt: skip
     wait_until(lambda: client.keys(KEY_BATCH.format(batch="*")), 60, 0.2, "the batch's entry")
-    assert producer.wait(180) == 0, producer.stderr
+    assert producer.wait(300) == 0, producer.stderr
     assert client.keys(KEY_BATCH.format(batch="*")) == []
     # One whose producer is killed leaves its entry to expire by itself.
     killed = hermes_process("batch", str(source), "-o", str(tmp_path / "b.jsonl"), "--chunk-size", "256",
