@@ -22,6 +22,7 @@ from hermes_worker.wire import ChunkResult
 
 from . import logs
 from .batch import BatchOptions, BatchSummary, run_batch
+from .batch_board import input_position, input_size
 from .context import Context
 from .dispatch import Placement, choose_executor
 from .executors import ChunkExecutor, ExecutorError
@@ -142,6 +143,7 @@ class BatchJob:
         logs.event(ctx.log, logging.INFO, "batch.started", f"batch {self.name} -> {output}", input=self.name,
                    output=output, profile=profile, mode=executor.mode, executor=how)  # fmt: skip
         finish = f"rerun with --resume to finish {output}"
+        executor.follow_input(self.name, input_size(self.source), input_position(self.source))
         try:
             with executor, self.progress(ctx, self.source) as progress:
                 done = run_batch(self.source, sink, self.options, executor, progress, summary=summary,

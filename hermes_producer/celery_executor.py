@@ -25,6 +25,7 @@ from hermes_worker.contract import ContractError, new_batch_id
 from hermes_worker.metrics import bump
 from hermes_worker.wire import ChunkResult, Reply
 
+from .batch_board import BatchBoard, BatchProgress
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
 from .cluster import Cluster, Route
 from .executors import ExecutorError
@@ -86,10 +87,15 @@ class CeleryExecutor:
             outage_timeout_s=settings.outage_timeout_s,
             patience_s=max(wait, settings.worker_ttl_s),
         )
+        producer = f"hermes-producer@{socket.gethostname()}"
         self.tracker = ChunkTracker(
             route, isolation=isolation, limits=limits, fallback=fallback is not None,
-            producer=f"hermes-producer@{socket.gethostname()}", on_event=self._event, now=time.monotonic(),
+            producer=producer, on_event=self._event, now=time.monotonic(),
         )  # fmt: skip
+        # The batch's entry on the board of running batches (`hermes batches`, `hermes metrics`).
+        self.board = BatchBoard(
+            cluster.redis, BatchProgress(self.batch_id, producer, route.queue, time.monotonic(), time.time())
+        )
 
     @property
     def route(self) -> Route:
@@ -109,7 +115,12 @@ class CeleryExecutor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.board.close()
         self.transport.close()
+
+    def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
+        """Name the batch's input on the board, with its size and how far it is read, for an ETA."""
+        self.board.progress.follow_input(name, size, position)
 
     def finish(self) -> None:
         """Drop the batch's result stream (call once every result is safely written)."""
@@ -133,10 +144,12 @@ class CeleryExecutor:
                 if payload is None:
                     exhausted = True
                     break
+                self.board.progress.pulled(payload)
                 tracker.admit(payload, time.monotonic())
                 self._carry_out()
             while (written := tracker.next_written()) is not None:
                 chunk, result = written
+                self.board.progress.written(chunk, result)
                 yield result
                 # The consumer has written what it got before asking for more: only now may
                 # the entries behind it, and the chunk's lines, go.
@@ -148,6 +161,8 @@ class CeleryExecutor:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 self._check_health()
+                self.board.progress.queue = "in-process" if tracker.degraded else tracker.route.queue
+                self.board.tick(time.monotonic(), tracker.holders())
 
     def _read(self) -> bool:
         """Feed the result stream's next entries to the tracker; False if Redis did not answer."""

@@ -71,6 +71,13 @@ class ChunkExecutor(Protocol):
         """Drop what the batch kept outside this process (a result stream); nothing to drop in-process."""
         ...
 
+    def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
+        """The input the chunks come from: its name, size in bytes (if known) and how far it is read.
+
+        The Celery executor shows them on the board of running batches (``hermes batches``).
+        """
+        ...
+
 
 # Runs of one chunk alone whose process dies before it is split (or, one line, failed).
 _ATTEMPTS = 2
@@ -163,6 +170,9 @@ class InProcessExecutor:
 
     def finish(self) -> None:
         """Nothing outlives a batch run in-process."""
+
+    def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
+        """Nobody else watches an in-process batch: its progress line is the command's."""
 
     def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]:
         """Run every payload; yield results in the order the payloads came.

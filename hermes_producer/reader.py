@@ -14,11 +14,12 @@ from typing import Any, BinaryIO, Literal
 
 from hermes_worker import contract
 
-__all__ = ["InputFormat", "detect_format", "read_chunks"]
+__all__ = ["READ_BLOCK", "InputFormat", "detect_format", "read_chunks"]
 
 InputFormat = Literal["jsonl", "text"]
 
-_BLOCK = 1 << 20
+# Bytes read at a time: reading is at most this far ahead of the last chunk handed out.
+READ_BLOCK = 1 << 20
 # JSON may spell one character as a 6-byte \uXXXX escape, so a JSONL line holding a prompt at
 # the size limit can be up to six times longer, plus the id and the keys.
 _JSON_EXPANSION = 6
@@ -60,7 +61,7 @@ def _line_batches(stream: BinaryIO, max_line: int) -> Iterator[list[bytes | int]
     pending = b""  # the start of a line whose newline has not been read yet
     skipping = -1  # bytes seen of an over-long line being skipped, or -1
     while True:
-        block = read(_BLOCK)
+        block = read(READ_BLOCK)
         if not block:
             break
         out: list[bytes | int] = []

@@ -191,6 +191,10 @@ class ChunkTracker:
         self._part_results: dict[int, ChunkResult] = {}  # finished parts of split chunks
         self._orphaned_since: float | None = None  # since when the route has had no worker
 
+    def holders(self) -> set[str]:
+        """The workers that announced a chunk of this batch whose result has not come yet."""
+        return {c.worker for n, c in self._chunks.items() if c.worker is not None and n not in self._ready}
+
     def has_room(self) -> bool:
         """Whether another chunk may be admitted: at most ``4 * concurrency + 4`` are in flight."""
         return len(self._order) < self._window

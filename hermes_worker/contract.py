@@ -55,6 +55,7 @@ KEY_RESULTS = KEY_PREFIX + "results:{batch}"  # stream of chunk results and star
 # The raw lines of one chunk sent through Celery, as UTF-8 bytes; see TEXT_KEY.
 KEY_CHUNK_TEXT = KEY_PREFIX + "chunk:{batch}:{chunk}"
 KEY_EVENTS = KEY_PREFIX + "events"  # capped stream: the cluster log
+KEY_BATCH = KEY_PREFIX + "batch:{batch}"  # a running batch's progress, JSON, written by its producer, expiring
 EVENTS_MAXLEN = 20_000
 # The largest value Hermes writes to Redis (a chunk's lines, a chunk's records). Redis refuses
 # values over 512 MB (proto-max-bulk-len) by dropping the connection, which looks like an

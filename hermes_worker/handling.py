@@ -89,33 +89,44 @@ class ChunkHandler:
             self._events[worker] = ClusterLog(self.redis, worker)
         return self._events[worker]
 
-    def handle_message(self, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str, queue: str | None) -> None:
-        """Run the arguments of a chunk task, or refuse them: it takes exactly ``(payload, reply)``."""
+    def handle_message(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str, queue: str | None
+    ) -> dict[str, Any]:
+        """Run the arguments of a chunk task, or refuse them: it takes exactly ``(payload, reply)``.
+
+        Returns what becomes of the chunk, for monitoring (see :meth:`handle`).
+        """
         if len(args) != 2 or kwargs:
             keywords = shown(sorted(kwargs))
             reason = f"a chunk message takes (payload, reply); got {len(args)} argument(s), keywords {keywords}"
             self.refuse(reason, worker)
-            return
-        self.handle(args[0], args[1], worker, queue)
+            return {"refused": True}
+        return self.handle(args[0], args[1], worker, queue)
 
-    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None) -> None:
+    def handle(self, payload: Any, reply: Any, worker: str, queue: str | None) -> dict[str, Any]:
         """Run one chunk and publish its result, after checking every field of the message.
 
         ``queue`` is the queue the message was sent to (its routing key): a chunk sent to the
         other kind of worker's queue, or one that must run in a container on a worker that
         cannot, is refused (see :meth:`refuse`), never run here.
+
+        Returns what became of the chunk, which the task returns so that Celery's task events
+        (and Flower's Result column) show it: ``{"chunk": 3, "ok": 1022, "failed": 2, "errors":
+        {"empty_prompt": 2}}`` for a chunk whose items partly failed, not a bare SUCCESS; or
+        ``refused``, ``lines_missing``, ``let_go`` or ``not_finished`` (why). Counts and codes
+        only: never a prompt.
         """
         job = self.accept(payload, reply, worker, queue)
         if job is None:
-            return
+            return {"refused": True}
         # Redis may be away for a while: keep trying to publish until shortly before Celery's
         # soft time limit (80 % of the hard one), rather than lose the chunk to a short outage.
         self.publisher.allow(0.75 * self.settings.chunk_time_limit_s)
         if not self.fetch(job):
-            return
+            return {"chunk": job.chunk, "lines_missing": True}
         started = time.perf_counter()
         outcome = self.run(job)
-        self.publish(job, outcome, time.perf_counter() - started)
+        return self.publish(job, outcome, time.perf_counter() - started)
 
     def accept(self, payload: Any, reply: Any, worker: str, queue: str | None) -> Job | None:
         """The job this message asks for, checked against the contract; None once refused."""
@@ -213,29 +224,30 @@ class ChunkHandler:
             events.emit("ERROR", "chunk.failed", f"chunk {chunk} failed as a whole: {exc}", chunk=chunk)
             return failed_chunk_result(payload, code, message, mode=mode, worker=worker)
 
-    def publish(self, job: Job, outcome: Outcome, elapsed: float) -> None:
-        """Publish the outcome of :meth:`run`: the records, or a notice that the chunk must be split."""
+    def publish(self, job: Job, outcome: Outcome, elapsed: float) -> dict[str, Any]:
+        """Publish the outcome of :meth:`run`: the records, or a notice that the chunk must be split.
+
+        Returns what became of the chunk (see :meth:`handle`).
+        """
         if outcome is None:
-            return  # not the items' fault: producers send the chunk again elsewhere
+            return {"chunk": job.chunk, "let_go": True}  # not the items' fault: sent again elsewhere
         if isinstance(outcome, str):
-            self._fail(job, outcome, split=True)
-            return
+            return self._fail(job, outcome, split=True)
         try:
             fields, done, increments = self._result_fields(outcome, job, elapsed)
         except Exception as exc:
             log.exception("chunk %s: its result cannot be encoded", job.chunk)
-            self._fail(job, f"its result cannot be encoded: {type(exc).__name__}", split=True)
-            return
+            return self._fail(job, f"its result cannot be encoded: {type(exc).__name__}", split=True)
         if len(fields["t"]) > contract.MAX_VALUE_BYTES:
             reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
-            self._fail(job, reason, split=True)
-            return
+            return self._fail(job, reason, split=True)
         try:
             self.publisher.publish(job.stream, job.ttl, fields, done, (job.worker, increments))
         except Unpublishable as exc:
             # Retrying here cannot help: tell the producer, who splits a result too large for
             # Redis, and sends anything else again (another worker may fare better).
-            self._fail(job, f"its result cannot be published: {exc}", split=exc.too_large)
+            return self._fail(job, f"its result cannot be published: {exc}", split=exc.too_large)
+        return outcome_summary(job.chunk, outcome)
 
     def _result_fields(
         self, result: ChunkResult, job: Job, elapsed: float
@@ -268,7 +280,7 @@ class ChunkHandler:
         )
         return fields, done, increments
 
-    def _fail(self, job: Job, reason: str, *, split: bool) -> None:
+    def _fail(self, job: Job, reason: str, *, split: bool) -> dict[str, Any]:
         """Publish a failure notice: the producer sends the chunk again (or splits it, or gives up).
 
         The notice is small ASCII JSON, so nothing in it can fail to encode. If even it cannot be
@@ -284,6 +296,7 @@ class ChunkHandler:
         except Exception:
             log.exception("chunk %s: not even its failure notice could be published", chunk)
             raise
+        return {"chunk": chunk, "not_finished": reason[:200]}
 
     def _misplaced(self, request: ChunkRequest, queue: str | None) -> str | None:
         """Why this worker must not run ``request``, sent to ``queue``; None if it may."""
@@ -354,6 +367,21 @@ class ChunkHandler:
                 return True
             time.sleep(0.2)
         return False
+
+
+def outcome_summary(chunk: int, result: ChunkResult) -> dict[str, Any]:
+    """A published chunk as monitoring shows it: its counts, and its error records by code.
+
+    >>> from hermes_worker.processing import failed_chunk_result
+    >>> payload = {"chunk": 3, "first": 1, "text": "a\\nb"}
+    >>> failed = failed_chunk_result(payload, "too_slow", "slow", mode="local", worker="w")
+    >>> outcome_summary(3, failed)
+    {'chunk': 3, 'ok': 0, 'failed': 2, 'errors': {'too_slow': 2}}
+    """
+    errors: dict[str, int] = {}
+    for error in result.errors:
+        errors[error.code] = errors.get(error.code, 0) + 1
+    return {"chunk": chunk, "ok": result.ok, "failed": result.failed, "errors": errors}
 
 
 def _encodes(line: str) -> bool:

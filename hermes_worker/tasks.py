@@ -50,16 +50,20 @@ class PublicTask(ChunkTask):
     throws = (PublicTaskError,)
 
 
-def normalize_chunk(self: ChunkTask, *args: Any, **kwargs: Any) -> None:
+def normalize_chunk(self: ChunkTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Normalize one chunk and publish its result on the producer's reply stream.
 
     Takes exactly ``(payload, reply)``: a chunk request (hermes_worker.contract) and
     ``{"stream": "hermes:results:BATCH", "ttl": seconds}``. Anything else is refused without
     running (logged and counted): anyone who can write to the broker can send this task.
+
+    Returns the chunk's counts (``{"chunk": 3, "ok": 1022, "failed": 2, "errors": {...}}``) or
+    what became of it: Celery's task-succeeded event carries it, so Flower shows a chunk whose
+    items failed as such. Results are ignored (never stored): the records went on the stream.
     """
     delivery = self.request.delivery_info or {}
     handler = self.runtime.handler()
-    handler.handle_message(args, kwargs, self.request.hostname or "unknown", delivery.get("routing_key"))
+    return handler.handle_message(args, kwargs, self.request.hostname or "unknown", delivery.get("routing_key"))
 
 
 def normalize(self: PublicTask, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:

@@ -11,6 +11,11 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
+# Debian's Prometheus: promtool checks the alert rules and the dashboard's queries, and the
+# server scrapes a real cluster for the dashboard rendering (tests/test_monitoring.py, bench/dashboard.py).
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
+fi
 # A Docker engine (docker.io, dockerd) and the sandbox image, built with no registry.
 PYTHON="$VENV/bin/python" bash "$HERMES_ROOT/ops/ensure-images.sh"
 cd "$HERMES_ROOT"

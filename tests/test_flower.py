@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import urllib.error
@@ -89,6 +90,24 @@ def test_flower_shows_both_workers_their_tasks_and_metrics(
 
     queues = json.loads(get(f"{flower}/api/queues/length")[1])["active_queues"]
     assert {q["name"] for q in queues} == {"hermes.container", "hermes.local"}
+
+
+def test_flower_shows_a_chunk_whose_items_failed_with_its_counts(
+    start_worker: WorkerFactory, flower: str, chermes: HermesRunner, tmp_path: Path
+) -> None:
+    # Given a chunk of four lines, two of which cannot be normalized (an empty prompt, not JSON),
+    start_worker("l1", mode="local")
+    source = tmp_path / "mixed.jsonl"
+    source.write_text('{"prompt": "ok"}\n{"prompt": ""}\nnot json\n{"prompt": "fine"}\n')
+    done = chermes("batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--isolation", "local")
+    assert done.returncode == 1, done.stderr  # some items failed
+    # When Flower has its task event, then its result says so: not a bare SUCCESS.
+    tasks = wait_until(lambda: json.loads(get(f"{flower}/api/tasks?state=SUCCESS")[1]), 30, 0.3, "the chunk's task")
+    (task,) = tasks.values()
+    assert task["result"] == "{'chunk': 0, 'ok': 2, 'failed': 2, 'errors': {'empty_prompt': 1, 'malformed_json': 1}}"
+    # And the task page shows it.
+    status, page = get(f"{flower}/task/{task['uuid']}")
+    assert status == 200 and task["result"] in html.unescape(page.decode())
 
 
 def test_a_browser_logs_in_and_sees_both_workers(two_workers: None, flower: str) -> None:

@@ -76,14 +76,14 @@ def _register() -> None:
     from hermes_worker.worker_cli import worker
 
     from .batch import batch
-    from .cluster import doctor, metrics, status, workers
+    from .cluster import batches, doctor, metrics, status, workers
     from .flower import flower
     from .log_commands import debug, log_command
     from .run import profiles, run
     from .tasks import history, queue, task
 
     commands = (run, profiles, batch, task, queue, history, log_command, debug, worker, workers, status, doctor, flower)
-    for command in (*commands, metrics, image):
+    for command in (*commands, batches, metrics, image):
         main.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`hermes workers`, `hermes status` and `hermes doctor`: what the cluster looks like, what to fix.
+"""`hermes workers`, `status`, `batches`, `metrics` and `doctor`: what the cluster looks like, what to fix.
 
 Everything they print passes through :func:`hermes_worker.redact.redact`: URLs are shown with
 their passwords masked, and registry entries (a probe's reason may name ``DOCKER_HOST``) too.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from typing import Any
 import click
 import redis
 
-from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
+from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL, shown
 from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
@@ -89,14 +90,19 @@ def queue_depths(cluster: Cluster) -> dict[str, int]:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--batch", "batch_id", metavar="ID", help="Show one running batch (its id, or the start of it).")
 @pass_context
-def status(ctx: Context, as_json: bool) -> None:
-    """Queue depths and chunks in flight.
+def status(ctx: Context, as_json: bool, batch_id: str | None) -> None:
+    """Queue depths and chunks in flight; with --batch, one running batch.
 
     \b
-    Example:
+    Examples:
       hermes status
+      hermes status --batch 3f2a9c01
     """
+    if batch_id is not None:
+        _show_batches(ctx, batch_id, as_json, watch=None)
+        return
     cluster = _connect(ctx)
     depths = queue_depths(cluster)
     live = cluster.live_workers()
@@ -116,6 +122,65 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @click.command()
+@click.argument("batch_id", metavar="[ID]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the batches as JSON.")
+@click.option("--watch", type=click.FloatRange(0.5, 3600), default=None, metavar="SECONDS",
+              help="Print them again every SECONDS, until Ctrl-C.")  # fmt: skip
+@pass_context
+def batches(ctx: Context, batch_id: str | None, as_json: bool, watch: float | None) -> None:
+    """List the batches running on the cluster: records, done of the input, rate, ETA, errors, workers.
+
+    Producers publish their batch's progress about once a second while it runs, and remove it
+    when it ends. With ID (a batch id, or the start of one): that batch in detail.
+
+    \b
+    Examples:
+      hermes batches
+      hermes batches --watch 2
+      hermes batches 3f2a9c01
+      hermes batches --json | jq '.[] | {input, records, eta_s}'
+    """
+    _show_batches(ctx, batch_id, as_json, watch)
+
+
+def _show_batches(ctx: Context, batch_id: str | None, as_json: bool, watch: float | None) -> None:
+    from hermes_worker.batch_status import read_board
+
+    from ..batch_view import as_json as entry_json
+    from ..batch_view import batch_detail, batch_table
+
+    if batch_id is not None and not re.fullmatch(r"[0-9a-f]{4,32}", batch_id):
+        fail(f"{shown(batch_id)} is not a batch id (4 to 32 hex digits: see hermes batches)")
+    cluster = _connect(ctx)
+    while True:
+        try:
+            board = read_board(cluster.redis)
+        except redis.RedisError as exc:
+            fail(f"cannot read the running batches: {redact(str(exc))}", EXIT_INFRA)
+        chosen = board.batches
+        if batch_id is not None:
+            chosen = tuple(b for b in board.batches if b.batch.startswith(batch_id))
+            if len(chosen) > 1:
+                fail(f"{batch_id} is the start of {len(chosen)} running batches' ids: give more of it")
+            if not chosen and watch is None:
+                fail(f"no running batch {batch_id} (it may have finished: its summary is in hermes log)", 1)
+        if as_json:  # with --watch, one line each time (JSON Lines)
+            entries = [entry_json(b) for b in chosen]
+            printed = entries[0] if batch_id is not None and entries else entries
+            click.echo(json.dumps(printed, indent=None if watch else 2))
+        elif batch_id is not None:
+            lines = batch_detail(chosen[0]) if chosen else [f"batch {batch_id} is not running (any more)"]
+            click.echo("\n".join(lines))
+        else:
+            click.echo("\n".join(batch_table(board)))
+        if watch is None:
+            return
+        time.sleep(watch)
+        if sys.stdout.isatty() and not as_json:
+            click.clear()
+
+
+@click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics on this port.")
 @click.option("--address", default=None, help=option_help("HERMES_METRICS_ADDRESS"))
 @pass_context
@@ -123,7 +188,8 @@ def metrics(ctx: Context, port: int | None, address: str | None) -> None:
     """Print the cluster's Hermes metrics (Prometheus text), or serve them with --port.
 
     Items by mode, profile and error code, chunk latency, session restarts, probe outcomes,
-    fallbacks, live workers. Celery's own view (tasks, runtimes) is on Flower's /metrics.
+    fallbacks, live workers, queue depths and consumers, running batches (hermes_batch_*).
+    Celery's own view (tasks, runtimes) is on Flower's /metrics.
 
     \b
     Examples:
@@ -139,14 +205,15 @@ def metrics(ctx: Context, port: int | None, address: str | None) -> None:
         address = address or ctx.settings.metrics_address
         check_listen_address("--address", address, port)
     cluster = _connect(ctx)
+    depths = lambda: queue_depths(cluster)  # noqa: E731  (asked at every scrape)
     if port is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(RedisCollector(cluster.redis))
+        registry.register(RedisCollector(cluster.redis, depths=depths))
         click.echo(generate_latest(registry).decode(), nl=False)
         return
     assert address is not None
     try:
-        thread = serve(cluster.redis, port, address)
+        thread = serve(cluster.redis, port, address, depths=depths)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         fail(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}")
     ctx.notice(f"Hermes metrics on http://{address}:{port}/metrics")
