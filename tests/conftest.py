@@ -17,11 +17,39 @@ import pytest
 
 pytest.register_assert_rewrite("tests.support")  # helpers that assert: show the values when they fail
 
+from .support import environment  # noqa: E402
 from .support.environment import TEST_DEPLOYMENT  # noqa: E402
 from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
 from .support.processes import Producer, start_hermes  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
+
+# The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
+# ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
+SERVICE_FIXTURES = {
+    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory"},
+    "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
+               "private_dockerd"},
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a suite where a test takes a service's fixture without the service's mark."""
+    unmarked = []
+    for item in items:
+        taken = set(getattr(item, "fixturenames", ()))
+        for mark, fixtures in SERVICE_FIXTURES.items():
+            if taken & fixtures and item.get_closest_marker(mark) is None:
+                unmarked.append(f"{item.nodeid} takes {', '.join(sorted(taken & fixtures))} but is not marked {mark}")
+    if unmarked:
+        raise pytest.UsageError("tests that need a service must carry its mark:\n  " + "\n  ".join(unmarked))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up: they may start a service
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tell the service starters of tests/support which marks the test about to run carries."""
+    environment.running_marks = frozenset(mark.name for mark in item.iter_markers())
 
 
 @pytest.fixture

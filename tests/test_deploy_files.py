@@ -309,6 +309,7 @@ def recording_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingSocke
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.docker
 def test_proxy_allowlist_passes_every_call_of_a_real_probe_and_nothing_dangerous(
     compose_config: dict[str, Any],
     sandbox_image: Any,
@@ -349,6 +350,7 @@ def test_proxy_allowlist_passes_every_call_of_a_real_probe_and_nothing_dangerous
 # Health checks, run for real -------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_worker_health_checks_pass_for_a_live_worker_and_fail_otherwise(
     compose_config: dict[str, Any], start_worker: WorkerFactory, cluster_env: dict[str, str]
 ) -> None:

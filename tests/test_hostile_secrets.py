@@ -469,6 +469,7 @@ def test_no_prompt_id_or_password_reaches_any_log(
     assert password not in logged
 
 
+@pytest.mark.cluster
 def test_secrets_in_old_logs_are_masked_when_read(env: dict[str, str], redis_server: Any) -> None:
     """Given a log file and a cluster log written before redaction, holding a password URL
     and a secret-named field, `hermes log` and `hermes debug --json` show them masked."""

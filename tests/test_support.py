@@ -1,4 +1,4 @@
-"""The test harness itself: waiting, and the private Redis server the chaos tests break."""
+"""The test harness itself: waiting, the private Redis server the chaos tests break, and the tiers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from .support import environment
+from .support.processes import start_worker_process
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
 
@@ -64,3 +66,15 @@ def test_no_test_module_imports_another_test_module_or_a_conftest() -> None:
             if any(part.startswith("test_") or part == "conftest" for part in last):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_service_starters_refuse_a_test_without_the_cluster_mark(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fast tier needs no service: a test not marked cluster starts no redis-server and no worker."""
+    monkeypatch.setattr(environment, "running_marks", frozenset({"slow"}))
+    with pytest.raises(pytest.fail.Exception, match="starts a redis-server but is not marked cluster"):
+        RedisServer(tmp_path / "redis").start()
+    with pytest.raises(pytest.fail.Exception, match="starts a hermes worker but is not marked cluster"):
+        start_worker_process({}, tmp_path / "worker.log", "w1")
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "worker.log").exists()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 
+from .environment import needs_mark
 from .waiting import wait_until
 
 
@@ -71,6 +72,7 @@ def start_worker_process(env: dict[str, str], log_path: Path, name: str, *option
 
     The worker has a process group of its own, so :meth:`WorkerProcess.kill` takes its pool too.
     """
+    needs_mark("cluster", "a hermes worker")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "hermes_producer", "worker", "--name", name, *options],
@@ -163,6 +165,7 @@ def start_flower_process(
     env: dict[str, str], port: int, log_path: Path, *options: str, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``hermes flower --port PORT OPTIONS...`` (in ``cwd``) and return once its /healthcheck answers 200."""
+    needs_mark("cluster", "Flower")
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(port), *options],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)  # fmt: skip
