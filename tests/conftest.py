@@ -7,10 +7,8 @@ Every fixture module is registered here, once, for the whole suite; plain helper
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,10 @@ import pytest
 pytest.register_assert_rewrite("tests.support")  # helpers that assert: show the values when they fail
 
 from .support import environment  # noqa: E402
+from .support import zygote as zygotes  # noqa: E402
 from .support.environment import REPO, TEST_DEPLOYMENT  # noqa: E402
 from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
-from .support.processes import Producer, start_hermes  # noqa: E402
+from .support.processes import Producer, run_hermes, start_hermes  # noqa: E402
 from .support.zygote import Zygote  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
@@ -69,38 +68,31 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote | None]:
-    """The interpreter `hermes` commands fork from (tests/support/zygote.py); None with
-    HERMES_TEST_FRESH_PROCESSES=1: every command in a fresh interpreter."""
-    if os.environ.get("HERMES_TEST_FRESH_PROCESSES") == "1":
-        yield None
-        return
-    folder = Path(tempfile.mkdtemp(prefix="hermes-zygote-"))  # a short path: it holds a Unix socket
-    started = Zygote(os.environ, REPO, folder)
-    yield started
-    started.stop()
-    shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture(scope="session", autouse=True)
+def zygote_for_the_session() -> Iterator[None]:
+    """The zygote `hermes` commands fork from (tests/support/zygote.py): it takes the environment
+    the session starts with, starts at the first command, and stops with the session."""
+    zygotes.configure(os.environ, REPO)
+    yield
+    zygotes.stop_shared()
 
 
 @pytest.fixture
-def hermes(hermes_env: dict[str, str], tmp_path: Path, zygote: Zygote | None) -> HermesRunner:
-    """Run `hermes ARGS...` as a real process; returns the completed process (text mode).
+def zygote() -> Zygote | None:
+    """The session's zygote (started now if need be); None with HERMES_TEST_FRESH_PROCESSES=1."""
+    return zygotes.shared()
 
-    Forked from the zygote when the command's environment differs from the test session's only
-    in HERMES_* settings, else a fresh interpreter: the same exit code, output and files."""
+
+@pytest.fixture
+def hermes(hermes_env: dict[str, str], tmp_path: Path) -> HermesRunner:
+    """Run `hermes ARGS...` as a real process (``run_hermes``); returns the completed process (text mode)."""
 
     def run(
         *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        full_env = dict(hermes_env, **(env or {}))
         command = [sys.executable, "-m", "hermes_producer", *args]
         data = input.encode("utf-8") if isinstance(input, str) else input
-        if zygote is not None and zygote.serves(full_env):
-            code, out, err = zygote.run(list(args), full_env, tmp_path, data, timeout)
-        else:
-            done = subprocess.run(command, input=data, capture_output=True, env=full_env, cwd=tmp_path, timeout=timeout)
-            code, out, err = done.returncode, done.stdout, done.stderr
+        code, out, err = run_hermes(list(args), dict(hermes_env, **(env or {})), tmp_path, data, timeout)
         if isinstance(input, bytes):
             out_text, err_text = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
             return subprocess.CompletedProcess(command, code, out_text, err_text)

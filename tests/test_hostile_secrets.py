@@ -38,7 +38,7 @@ import pytest
 import redis
 
 from .support.environment import free_port
-from .support.processes import WorkerProcess, start_flower_process, start_worker_process
+from .support.processes import WorkerProcess, run_hermes, start_flower_process, start_worker_process
 from .support.redis_server import RedisServer, make_tls_files
 from .support.timing import cpu_seconds
 from .support.waiting import wait_until
@@ -71,16 +71,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def hermes(env: dict[str, str], *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
     """Run the real `hermes ARGS...` with ``env`` (plus ``extra`` variables)."""
-    return subprocess.run(
-        [PYTHON, "-m", "hermes_producer", *args],
-        env=env | extra,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-        cwd=Path(env["HERMES_HOME"]).parent,
-    )
+    code, out, err = run_hermes(list(args), env | extra, Path(env["HERMES_HOME"]).parent, timeout=timeout)
+
+    def text(data: bytes) -> str:  # as subprocess.run(text=True, errors="replace") decodes
+        return data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+
+    return subprocess.CompletedProcess([PYTHON, "-m", "hermes_producer", *args], code, text(out), text(err))
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Hermes as real processes: ``hermes worker`` (the one worker starter) and any other command.
+"""Hermes as real processes: ``hermes worker`` (the one worker starter) and any other command
+(``run_hermes``: to its end, forked from the zygote where it can be).
 
 Workers run in a session of their own, so a test can SIGKILL a worker with its pool; every
 process writes to a log file the test shows when something goes wrong.
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from . import zygote
 from .environment import needs_mark
 from .waiting import wait_until
 
@@ -129,6 +131,20 @@ class Producer:
 
     def first_line_with(self, text: str) -> str | None:
         return next((line for line in self.stderr.splitlines() if text in line), None)
+
+
+def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | None = None,
+               timeout: float = 120) -> tuple[int, bytes, bytes]:  # fmt: skip
+    """``hermes ARGS...`` to its end: (exit code, standard output, standard error), as
+    ``subprocess.run(capture_output=True)`` gives them. Forked from the session's zygote when
+    ``env`` differs from the session's environment only in HERMES_* settings, else run in a
+    fresh interpreter (:mod:`.zygote`)."""
+    forker = zygote.shared()
+    if forker is not None and forker.serves(env):
+        return forker.run(args, env, cwd, input, timeout)
+    done = subprocess.run([sys.executable, "-m", "hermes_producer", *args], input=input, capture_output=True,
+                          env=env, cwd=cwd, timeout=timeout)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
 
 
 def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None) -> Producer:

@@ -28,10 +28,12 @@ import json
 import os
 import runpy
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -232,3 +234,33 @@ def _communicate(stdin: int, stdout: int, stderr: int, data: bytes, deadline: fl
             os.close(stdin)
         os.close(stdout)
         os.close(stderr)
+
+
+# --- the test session's zygote ---------------------------------------------------------------
+
+_session: dict[str, Any] = {}  # what conftest configured: the session's environment, where to start
+
+
+def configure(env: Mapping[str, str], cwd: Path) -> None:
+    """Remember the test session's environment as it starts (tests may change os.environ later)."""
+    _session.update(env=dict(env), cwd=cwd, zygote=None)
+
+
+def shared() -> Zygote | None:
+    """The session's zygote, started on first use; None when none is configured (outside the
+    suite) or with HERMES_TEST_FRESH_PROCESSES=1: every command in a fresh interpreter."""
+    if not _session or _session["env"].get("HERMES_TEST_FRESH_PROCESSES") == "1":
+        return None
+    if _session["zygote"] is None:
+        folder = Path(tempfile.mkdtemp(prefix="hermes-zygote-"))  # a short path: it holds a Unix socket
+        _session["zygote"] = Zygote(_session["env"], _session["cwd"], folder)
+    zygote: Zygote = _session["zygote"]
+    return zygote
+
+
+def stop_shared() -> None:
+    """Stop the session's zygote, if it was started."""
+    zygote = _session.pop("zygote", None)
+    if zygote is not None:
+        zygote.stop()
+        shutil.rmtree(Path(zygote.path).parent, ignore_errors=True)
