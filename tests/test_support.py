@@ -90,15 +90,13 @@ def test_the_service_starters_refuse_a_test_without_the_cluster_mark(
 @pytest.mark.parametrize(
     ("args", "stdin"),
     [
-        (["--version"], None),
         (["run", "--prompt", "Ｆｕｌｌ  width\u00a0", "--json"], None),
         (["run", "--prompt", os.fsdecode(b"caf\xff")], None),
         (["batch", "-", "-o", "-"], b'{"id": 1, "prompt": "a  b"}\n{"id": 2}\n\xff\n'),
         (["batch", "in.jsonl", "-o", "out.jsonl", "--summary-json", "summary.json"], None),
         (["run", "--prompt", "x", "--wait-for-workers", "nan"], None),
-        (["task", "--list"], None),
     ],
-    ids=["version", "run-json", "argv-not-utf8", "stdin-to-stdout", "files-under-a-umask", "usage-error", "no-tasks"],
+    ids=["run-json", "argv-not-utf8", "stdin-to-stdout", "files-under-a-umask", "usage-error"],
 )
 def test_a_command_forked_from_the_zygote_does_what_it_does_in_a_fresh_interpreter(
     zygote: Zygote | None, hermes_env: dict[str, str], tmp_path: Path, args: list[str], stdin: bytes | None
