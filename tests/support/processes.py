@@ -107,7 +107,7 @@ def wait_registered(worker: WorkerProcess, node: str, client: Callable[[], redis
 class Producer:
     """A ``hermes batch`` (or any other command) running as a process; stderr goes to a file."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | zygote.Forked
     stderr_path: Path
     started: float = field(default_factory=time.monotonic)
 
@@ -147,9 +147,18 @@ def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
     return done.returncode, done.stdout, done.stderr
 
 
-def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None) -> Producer:
-    """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise."""
-    with stderr_path.open("wb") as stderr:
+def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None,
+                 forked: bool = False) -> Producer:  # fmt: skip
+    """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise.
+
+    ``forked``: from the session's zygote when it serves ``env`` (see :func:`run_hermes`), for
+    commands a test only starts, interrupts and waits for.
+    """
+    forker = zygote.shared() if forked else None
+    with stderr_path.open("wb") as stderr, open(os.devnull, "r+b") as devnull:
+        if forker is not None and forker.serves(env):
+            fds = (devnull.fileno(), (devnull if stdout is None else stdout).fileno(), stderr.fileno())
+            return Producer(forker.start(args, env, cwd, fds), stderr_path)
         process = subprocess.Popen(
             [sys.executable, "-m", "hermes_producer", *args],
             env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,

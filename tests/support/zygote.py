@@ -171,35 +171,81 @@ class Zygote:
         """Whether a command with ``env`` may fork from here (else it needs a fresh interpreter)."""
         return self.process.poll() is None and {k: v for k, v in env.items() if not k.startswith(IGNORED)} == self.env
 
+    def start(self, args: list[str], env: Mapping[str, str], cwd: Path, fds: tuple[int, int, int]) -> Forked:
+        """``hermes ARGS`` forked with ``fds`` as its standard input, output and error (the caller
+        closes its own copies); it runs in the background (:class:`Forked`)."""
+        umask = os.umask(0o022)
+        os.umask(umask)
+        request = {"args": args, "env": dict(env), "cwd": str(cwd), "umask": umask}
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(self.path)
+        socket.send_fds(conn, [json.dumps(request).encode("utf-8", "surrogatepass") + b"\n"], array.array("i", fds))
+        return Forked(args, conn)
+
     def run(self, args: list[str], env: Mapping[str, str], cwd: Path, input: bytes | None,
             timeout: float) -> tuple[int, bytes, bytes]:  # fmt: skip
         """``hermes ARGS`` in a forked child: (exit code, standard output, standard error), as
         :func:`subprocess.run` with ``capture_output`` gives them (TimeoutExpired after a SIGKILL)."""
-        umask = os.umask(0o022)
-        os.umask(umask)
         pipes = [os.pipe() for _ in range(_FDS)]
-        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        theirs = (pipes[0][0], pipes[1][1], pipes[2][1])
         stdin, stdout, stderr = pipes[0][1], pipes[1][0], pipes[2][0]
-        request = {"args": args, "env": dict(env), "cwd": str(cwd), "umask": umask}
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(self.path)
-            socket.send_fds(conn, [json.dumps(request).encode("utf-8", "surrogatepass") + b"\n"],
-                            array.array("i", theirs))  # fmt: skip
+        try:
+            child = self.start(args, env, cwd, theirs)
+        finally:
             for fd in theirs:
                 os.close(fd)
-            replies = conn.makefile("rb")
-            pid = json.loads(replies.readline())["pid"]
-            try:
-                out, err = _communicate(stdin, stdout, stderr, input or b"", time.monotonic() + timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-                json.loads(replies.readline())
-                raise subprocess.TimeoutExpired(args, timeout) from None
-            return int(json.loads(replies.readline())["status"]), out, err
+        try:
+            out, err = _communicate(stdin, stdout, stderr, input or b"", time.monotonic() + timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            raise subprocess.TimeoutExpired(args, timeout) from None
+        return child.wait(), out, err
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+class Forked:
+    """A command forked by the zygote: what the tests use of :class:`subprocess.Popen` (``pid``,
+    ``poll``, ``wait``, ``send_signal``, ``kill``, ``returncode``). Its exit status comes from the
+    zygote, its parent, over the connection that asked for it."""
+
+    def __init__(self, args: list[str], conn: socket.socket) -> None:
+        self.args = args
+        self.returncode: int | None = None
+        self._conn = conn
+        self._replies = conn.makefile("rb")
+        self.pid: int = json.loads(self._replies.readline())["pid"]
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
+            self._read_status()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not select.select([self._conn], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._read_status()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # as Popen: never signal a pid that may have been reused
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def _read_status(self) -> None:
+        self.returncode = int(json.loads(self._replies.readline())["status"])
+        self._replies.close()
+        self._conn.close()
 
 
 def _communicate(stdin: int, stdout: int, stderr: int, data: bytes, deadline: float) -> tuple[bytes, bytes]:
