@@ -11,10 +11,11 @@ import statistics
 import uuid
 from typing import Any
 
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, Item
 
 from .session_vs_run import docker_run_once, timed
 
@@ -25,7 +26,9 @@ def chunk_request(texts: list[str], profile: str = "prompt", number: int = 0) ->
     """A contract chunk request holding ``texts``."""
     items = [Item(n + 1, n, text) for n, text in enumerate(texts)]
     spec = resolve_profile(profile).spec()
-    return ChunkRequest(number, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20, items=items)
+    return ChunkRequest(
+        number, spec, options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=1 << 20), items=items
+    )
 
 
 def _stats(times: list[float]) -> dict[str, float]:

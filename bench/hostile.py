@@ -124,12 +124,18 @@ def _item_seconds(profile: str, text: str) -> tuple[float, str]:
     """CPU seconds of one item through process_chunk (budget off), and its record's outcome."""
     import json
 
-    from hermes_worker.contract import ChunkRequest, Item
+    from hermes_worker.chunk_options import ChunkOptions
     from hermes_worker.engine import BUILTIN_PROFILES
     from hermes_worker.processing import process_chunk
+    from hermes_worker.wire import ChunkRequest, Item
 
     spec = BUILTIN_PROFILES[profile].spec()
-    request = ChunkRequest(1, spec, 1, False, 1024 * 1024, items=[Item(1, 1, text)], item_time_budget=0)
+    request = ChunkRequest(
+        1,
+        spec,
+        options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=1024 * 1024, item_time_budget=0),
+        items=[Item(1, 1, text)],
+    )
     start = time.process_time()
     result = process_chunk(request, mode="local", worker="bench")
     seconds = time.process_time() - start

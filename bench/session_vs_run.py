@@ -28,11 +28,12 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.docker_backend import DockerSession, connect
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, Item
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_CONFIG_FIELDS = ("NetworkMode", "ReadonlyRootfs", "Tmpfs", "CapDrop", "CapAdd", "SecurityOpt", "Privileged",
@@ -53,8 +54,8 @@ def chunks(total: int, size: int = 256) -> list[ChunkRequest]:
     result = []
     for start in range(0, total, size):
         items = [Item(start + n + 1, f"p{start + n}", text) for n, text in enumerate(texts[start : start + size])]
-        result.append(ChunkRequest(start // size, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20,
-                                   items=items))  # fmt: skip
+        options = ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=1 << 20)
+        result.append(ChunkRequest(start // size, spec, options=options, items=items))
     return result
 
 

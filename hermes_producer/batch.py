@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any, BinaryIO, TextIO
 
-from hermes_worker.contract import DUPLICATE_ID, ChunkRequest, ChunkResult, Item
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import DUPLICATE_ID
 from hermes_worker.engine import Profile
 from hermes_worker.processing import request_items, with_errors
+from hermes_worker.wire import ChunkRequest, ChunkResult, Item
 
 from .executors import ChunkExecutor
 from .reader import InputFormat, read_chunks
@@ -25,31 +27,51 @@ __all__ = ["BatchOptions", "BatchSummary", "chunk_requests", "guard_duplicates",
            "text_chunk_requests"]
 
 FIRST_ERRORS_KEPT = 10
+# The worker name in the provenance of records made in-process (embedded@HOST).
+EMBEDDED_PREFIX = "embedded@"
 
 
 @dataclass(frozen=True, slots=True)
 class BatchOptions:
-    """What to do with every item of a batch."""
+    """What to do with every item of a batch: what the producer needs, and what travels to workers.
+
+    ``chunk`` (:class:`~hermes_worker.chunk_options.ChunkOptions`) goes in every chunk request;
+    the rest is the producer's. Every field changes the records a batch writes, so every field is
+    in the resume header (:meth:`header`): a resumed batch must find them all unchanged.
+    """
 
     profile: Profile
     input_format: InputFormat
-    max_validation: int = 1
-    explain: bool = False
+    chunk: ChunkOptions = field(default_factory=ChunkOptions)
     chunk_size: int = 1024
-    max_prompt_bytes: int = 1024 * 1024
-    item_time_budget: float = 1.0
 
     def request(self, number: int, **body: Any) -> dict[str, Any]:
         """Chunk request ``number`` with these options and ``body`` (``items``, or ``text`` and its fields)."""
-        return ChunkRequest(
-            chunk=number,
-            profile=self.profile.spec(),
-            max_validation=self.max_validation,
-            explain=self.explain,
-            max_prompt_bytes=self.max_prompt_bytes,
-            item_time_budget=self.item_time_budget,
-            **body,
-        ).to_payload()
+        return ChunkRequest(chunk=number, profile=self.profile.spec(), options=self.chunk, **body).to_payload()
+
+    def header(self) -> dict[str, Any]:
+        """These options as the resume journal's header keeps them: every field, derived from the
+        dataclasses (a field added to either is compared on ``--resume`` without more code).
+
+        >>> from hermes_worker.engine import resolve_profile
+        >>> sorted(BatchOptions(resolve_profile("nfc"), "text").header())  # doctest: +NORMALIZE_WHITESPACE
+        ['chunk_size', 'explain', 'format', 'item_time_budget', 'max_prompt_bytes', 'max_validation',
+         'profile']
+        """
+        header: dict[str, Any] = {}
+        for each in fields(self):
+            value = getattr(self, each.name)
+            if isinstance(value, ChunkOptions):
+                header |= value.to_wire()
+            elif isinstance(value, Profile):
+                header["profile"] = value.spec()
+            else:
+                header[_HEADER_NAMES.get(each.name, each.name)] = value
+        return header
+
+
+# Header keys that journals have always used under another name than the field's.
+_HEADER_NAMES = {"input_format": "format"}
 
 
 @dataclass(slots=True)
@@ -87,6 +109,17 @@ class BatchSummary:
             self.errors_by_code[error.code] += 1
             if len(self.first_errors) < FIRST_ERRORS_KEPT:
                 self.first_errors.append((error.line, error.code, error.message))
+
+    def ran_where(self, planned: str) -> str:
+        """Where the records were made: ``planned`` (the executor's own description) unless the
+        records' provenance shows both workers and in-process runs (a cluster that lost its
+        workers mid-batch), which it then names from the records themselves."""
+        workers = sorted(w for w in self.records_by_worker if not w.startswith(EMBEDDED_PREFIX))
+        here = sum(n for w, n in self.records_by_worker.items() if w.startswith(EMBEDDED_PREFIX))
+        if not (workers and here):
+            return planned
+        noun = "worker" if len(workers) == 1 else "workers"
+        return f"on {len(workers)} {noun} ({', '.join(workers)}) and in-process ({here:,} records)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,7 +222,7 @@ def run_batch(
         if ids:
             seen.check_chunk(payload["first"], ids)
 
-    chunks = read_chunks(source, options.input_format, options.max_prompt_bytes, options.chunk_size)
+    chunks = read_chunks(source, options.input_format, options.chunk.max_prompt_bytes, options.chunk_size)
     for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
         result = guard_duplicates(result, seen)
         sink.write(result.records)

@@ -21,8 +21,9 @@ from typing import Any
 
 import redis
 
-from hermes_worker.contract import ChunkResult, ContractError, Reply, new_batch_id
+from hermes_worker.contract import ContractError, new_batch_id
 from hermes_worker.metrics import bump
+from hermes_worker.wire import ChunkResult, Reply
 
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
 from .cluster import Cluster, Route

@@ -20,9 +20,8 @@ from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.redact import redact, redact_url
 from hermes_worker.redis_conn import connect, refusal
 from hermes_worker.registry import Registry, WorkerInfo
+from hermes_worker.routes import FALLBACK_MESSAGE, Route, route_for
 from hermes_worker.settings import Settings
-
-from .routes import FALLBACK_MESSAGE, Route, route_for
 
 __all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "queue_depth", "route_for"]
 
@@ -87,6 +86,13 @@ class Cluster:
             except Exception as exc:
                 raise _failure("broker", settings.broker_url, "HERMES_BROKER_URL", exc) from None
         return cls(settings, client)
+
+    def close(self) -> None:
+        """Close the Redis connections and the Celery app's broker pool."""
+        self.redis.close()
+        if self._app is not None:
+            self._app.close()
+            self._app = None
 
     @property
     def app(self) -> Celery:

@@ -7,9 +7,10 @@ The rules, in order:
    masked) and the reason.
    A configuration error is never a reason to run somewhere else.
 1. No broker answering: in-process (the embedded default), with a one-line notice;
-   ``--no-fallback`` makes it :class:`NowhereToRun` (exit 3). ``auto`` and ``container`` probe Docker here first and
-   run inside sandbox sessions when it passes; ``auto`` otherwise says ``Docker is
-   unavailable, using local processing``, ``container`` raises :class:`NowhereToRun`.
+   ``--no-fallback`` makes it :class:`NowhereToRun` (exit 3). In-process runs are local
+   (``auto`` included: a sandbox session per command would cost a second or more for
+   nothing asked for); ``container`` probes Docker here first and runs inside sandbox
+   sessions when it passes, else raises :class:`NowhereToRun`.
 2. Broker answering, a live worker for the isolation asked for: the cluster.
    ``--isolation auto`` prefers container workers and, with none alive, uses local workers
    and says ``Docker is unavailable, using local processing``.
@@ -28,18 +29,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
 from hermes_worker.redact import redact
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from . import logs
 from .celery_executor import CeleryExecutor
 from .chunk_events import Event, render
-from .cli_common import Context
-from .cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable, Route
+from .cluster import Cluster, ClusterRefused, ClusterUnavailable, Route
+from .context import Context
 from .executors import ChunkExecutor, InProcessExecutor
 
 __all__ = ["NowhereToRun", "Placement", "choose_executor"]
@@ -59,27 +60,20 @@ class Placement:
     wait_for_workers_s: float | None = None
 
 
-def _probe_here(ctx: Context, isolation: str) -> str:
-    """In-process isolation on this machine: ``container`` if the Docker probe passes here.
-
-    ``auto`` falls back to ``local`` with the same message a worker gives.
+def _probe_here(ctx: Context) -> str:
+    """``container``, for in-process runs that must be isolated, once the Docker probe passed here.
 
     Raises:
-        NowhereToRun: ``container`` asked for and the probe failed; the reason and the fix.
+        NowhereToRun: the probe failed; the reason and the fix.
     """
     from hermes_worker.probe import probe  # Docker code only when a container is wanted
 
     outcome = probe(ctx.settings)
-    if outcome.tag == "container":
-        return "container"
-    # The reason may name DOCKER_HOST, which can carry credentials.
-    reason, fix = redact(outcome.reason), f". Fix: {redact(outcome.fix)}" if outcome.fix else ""
-    if isolation == "container":
+    if outcome.tag != "container":
+        # The reason may name DOCKER_HOST, which can carry credentials.
+        reason, fix = redact(outcome.reason), f". Fix: {redact(outcome.fix)}" if outcome.fix else ""
         raise NowhereToRun(f"--isolation container, but the Docker probe failed: {reason}{fix}")
-    message = f"{FALLBACK_MESSAGE}: {reason}{fix}"
-    ctx.notice(message)
-    logs.event(ctx.log, logging.WARNING, "probe.fallback", message, reason=reason, fix=redact(outcome.fix))
-    return "local"
+    return "container"
 
 
 def _in_process_fallback(payload: dict[str, Any]) -> ChunkResult:
@@ -112,7 +106,9 @@ def choose_executor(
             raise NowhereToRun(f"{reason}; --no-fallback forbids processing in-process")
         if isolation == "container" and not embedded:
             raise NowhereToRun(f"{reason}; --isolation container never runs prompts outside a container")
-        mode = "local" if isolation == "local" else _probe_here(ctx, isolation)
+        # In-process, `auto` is local: a sandbox session per command costs a second or more and
+        # buys nothing the user asked for; `container` asks for one, and gets it or exit 3.
+        mode = _probe_here(ctx) if isolation == "container" else "local"
         executor = InProcessExecutor(processes, mode, settings)
         ctx.notice(f"{reason}: processing {executor.describe()}")
         logs.event(ctx.log, logging.INFO, "dispatch.in_process", reason, isolation=isolation, mode=mode)

@@ -28,13 +28,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from hermes_worker.contract import ENGINE_FAILURE, ChunkRequest, ChunkResult, ContractError, Item, request_span
+from hermes_worker.contract import ENGINE_FAILURE, ContractError
 from hermes_worker.engine import ProfileError
 from hermes_worker.errors import HermesError
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.runners import Runner, make_runner
 from hermes_worker.sandbox.errors import SandboxError
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, ChunkResult, Item, request_span
 
 from .splitting import merge_results, split_request
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hermes_worker.contract import ChunkResult
 from hermes_worker.errors import EXIT_USAGE, HermesError
+from hermes_worker.wire import ChunkResult
 
 __all__ = ["Journal", "JournalError", "ResumePoint", "input_identity"]
 

@@ -10,7 +10,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from hermes_worker.contract import ChunkResult
+from hermes_worker.wire import ChunkResult
 
 __all__ = ["JUnitReport", "xml_text"]
 

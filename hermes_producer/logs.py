@@ -183,7 +183,7 @@ def _value(param: click.Parameter, value: str) -> str:
     """A value as the log may hold it: kept when its type makes it harmless, else its size."""
     kind = param.type
     raw: Any = value  # click's stubs type convert() by what each type accepts besides str
-    # A parameter type may declare itself harmless too (cli_common.SettingNumber: a bounded number).
+    # A parameter type may declare itself harmless too (cli.options.SettingNumber: a bounded number).
     harmless = getattr(kind, "loggable", False)
     if harmless or isinstance(kind, click.Path | click.Choice | click.types.IntParamType | click.types.FloatParamType):
         try:

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION, ChunkResult, request_span
+from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION
+from hermes_worker.wire import ChunkResult, request_span
 
 from .chunk_events import Misplaced, ResultUnreadable, bounded_printable
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
-from hermes_worker.contract import ChunkResult, request_span
+from hermes_worker.wire import ChunkResult, request_span
 
 __all__ = ["merge_results", "split_request"]
 

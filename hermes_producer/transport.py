@@ -23,18 +23,15 @@ from hermes_worker.contract import (
     MAX_VALUE_BYTES,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
-    Reply,
-    request_span,
 )  # fmt: skip
 from hermes_worker.errors import HermesError
+from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.wire import Reply, request_span
 
 from .cluster import Cluster, queue_depth
 
 __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
-
-# Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
-_BIG_VALUE_BYTES = 1 << 20
 
 
 class ValueTooLarge(HermesError):
@@ -120,20 +117,10 @@ class ChunkTransport:
             raise ValueTooLarge(f"its lines are {len(body):,} bytes, {bound}")
         try:
             self.cluster.redis.set(key, body, ex=self.reply.ttl)
-        except redis.ConnectionError as exc:
-            # Redis drops the connection on a value over its proto-max-bulk-len: if it answers a
-            # ping at once, it was the size, and waiting will not help.
-            if len(body) > _BIG_VALUE_BYTES and self._answers():
+        except (redis.RedisError, OSError) as exc:
+            if refused_for_size(self.cluster.redis, len(body), exc):
                 raise ValueTooLarge(f"Redis refused its {len(body):,} bytes of lines ({exc})") from exc
             raise NotAnswering("Redis", exc) from exc
-        except (redis.RedisError, OSError) as exc:
-            raise NotAnswering("Redis", exc) from exc
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.cluster.redis.ping())
-        except redis.RedisError:
-            return False
 
     def read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The stream's next entries, waiting up to half a second for one.

@@ -1,7 +1,8 @@
 """The worker's Celery app: ``celery -A hermes_worker.app worker`` and ``hermes worker`` run it.
 
-:func:`create_app` builds a worker app from settings: the Celery configuration, the one task,
-and the :class:`~hermes_worker.runtime.WorkerRuntime` that answers the worker's signals.
+:func:`create_app` builds a worker app from settings: the Celery configuration, the chunk task,
+the public task and Celery's result backend for it, and the
+:class:`~hermes_worker.runtime.WorkerRuntime` that answers the worker's signals.
 ``hermes worker`` calls it with its own settings and the identity its probe decided. For
 ``celery -A hermes_worker.app``, this module's ``app`` is built from ``Settings.from_env()`` the
 first time it is asked for (not when the module is imported, so importing :func:`create_app`
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from .celeryconfig import make_celery
+from .celeryconfig import make_celery, public_task_config
 from .guard import drop_builtins
 from .identity import Identity
 from .runtime import WorkerRuntime
@@ -34,6 +35,7 @@ def create_app(settings: Settings, identity: Identity | None = None) -> Celery:
             when it initialises.
     """
     app = make_celery(settings, main="hermes_worker")
+    app.conf.update(public_task_config(settings))
     runtime = WorkerRuntime(settings, identity)
     register(app, runtime)
     runtime.attach(app)

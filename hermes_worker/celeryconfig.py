@@ -10,12 +10,12 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, TASK_NORMALIZE_CHUNK
+from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, QUEUE_PUBLIC, TASK_NORMALIZE, TASK_NORMALIZE_CHUNK
 from .settings import Settings
 
-__all__ = ["broker_ssl", "celery_config", "kombu_url", "make_celery"]
+__all__ = ["broker_ssl", "celery_config", "kombu_url", "make_celery", "public_task_config"]
 
 _READ_TIMEOUT_S = 10.0
 
@@ -66,6 +66,10 @@ def kombu_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
 
 
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings Hermes runs with, derived from ``settings``."""
     hard_limit = settings.chunk_time_limit_s
@@ -111,13 +115,36 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower and `hermes workers` need events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_queues": (Queue(QUEUE_CONTAINER), Queue(QUEUE_LOCAL)),  # type: ignore[no-untyped-call]
+        # Each queue on its own direct exchange, keyed by its name (Celery's own way with its
+        # default queue `celery`): a message published to one queue's exchange reaches that queue
+        # alone. (Without an exchange each would be bound to the default one, hermes.local's.)
+        "task_queues": tuple(_queue(name) for name in (QUEUE_CONTAINER, QUEUE_LOCAL, QUEUE_PUBLIC)),
         "task_default_queue": QUEUE_LOCAL,
-        "task_routes": {TASK_NORMALIZE_CHUNK: {"queue": QUEUE_LOCAL}},
+        # The public task's chains and chord bodies, sent by workers, go where clients send it.
+        "task_routes": {TASK_NORMALIZE_CHUNK: {"queue": QUEUE_LOCAL}, TASK_NORMALIZE: {"queue": QUEUE_PUBLIC}},
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_connection_timeout": settings.broker_timeout_s,
+    }
+
+
+def public_task_config(settings: Settings) -> dict[str, Any]:
+    """What a worker that runs the public task ``hermes.normalize`` adds: Celery's result backend.
+
+    Only workers store results (producers send chunks, whose results travel on Hermes' streams, and
+    would otherwise subscribe to a result channel for every chunk they send). The result Redis is
+    Hermes' own (HERMES_RESULT_BACKEND); results expire after HERMES_RESULT_TTL (``result_expires``).
+    """
+    return {
+        "result_backend": kombu_url(settings.result_backend),
+        "redis_backend_use_ssl": broker_ssl(settings.result_backend),
+        "redis_socket_connect_timeout": settings.broker_timeout_s,
+        "redis_socket_timeout": _READ_TIMEOUT_S,
+        "redis_retry_on_timeout": True,
+        # A worker sends tasks only for the public task (a chain's next step, a chord's body, a
+        # task sent on to its tag's queue): their sent events would carry records to Flower.
+        "task_send_sent_event": False,
     }
 
 

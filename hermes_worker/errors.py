@@ -2,7 +2,7 @@
 
 Library code (the engine, the sandbox, the worker, the producer's batch machinery) raises a
 :class:`HermesError` subclass and never exits; the ``hermes`` command's entry point
-(:mod:`hermes_producer.guard`) is the one place that turns an error into a message and an exit
+(:mod:`hermes_producer.cli.guard`) is the one place that turns an error into a message and an exit
 code::
 
     hermes: error: <reason>

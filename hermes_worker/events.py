@@ -77,21 +77,33 @@ class ClusterLog:
     def follow(
         self, min_level: str = "INFO", stop: Callable[[], bool] | None = None, block_ms: int = 500
     ) -> Iterator[dict[str, Any]]:
-        """Yield events appended from now on, until ``stop()`` returns True."""
+        """Yield events appended from now on, until ``stop()`` returns True.
+
+        Each read starts after the last entry seen, the newest one when following began if
+        none came since: an event appended between two reads is yielded too (reading from
+        ``$`` each time would lose it).
+        """
         floor = _LEVELS.get(min_level, 20)
-        last = "$"
+        last: str | None = None
         while not (stop and stop()):
             try:
+                if last is None:
+                    newest: Any = self._redis.xrevrange(KEY_EVENTS, count=1)
+                    last = _entry_id(newest[0][0]) if newest else "0-0"
                 reply: Any = self._redis.xread({KEY_EVENTS: last}, block=block_ms, count=200)
             except redis.RedisError:
                 time.sleep(block_ms / 1000)
                 continue
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    last = _entry_id(entry_id)
                     record = _decode(fields)
                     if record is not None and _LEVELS.get(record.get("level", ""), 0) >= floor:
                         yield redact_data(record)
+
+
+def _entry_id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(fields: dict[bytes, bytes]) -> dict[str, Any] | None:

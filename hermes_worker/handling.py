@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from . import contract
-from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, ChunkRequest, ChunkResult, shown
+from .contract import QUEUE_CONTAINER, QUEUE_FOR_TAG, shown
 from .engine import ProfileError
 from .events import ClusterLog
 from .metrics import bump, chunk_increments
@@ -41,6 +41,7 @@ from .registry import Registry
 from .runners import Runner
 from .sandbox.backends import backend
 from .settings import Settings
+from .wire import ChunkRequest, ChunkResult, Reply
 
 __all__ = ["ChunkHandler", "Job"]
 
@@ -119,7 +120,7 @@ class ChunkHandler:
     def accept(self, payload: Any, reply: Any, worker: str, queue: str | None) -> Job | None:
         """The job this message asks for, checked against the contract; None once refused."""
         try:
-            answer = contract.Reply.from_wire(reply)
+            answer = Reply.from_wire(reply)
         except contract.ContractError as exc:
             self.refuse(str(exc), worker)
             return None
@@ -164,15 +165,28 @@ class ChunkHandler:
 
         Never raises: whatever goes wrong with one chunk ends with its records or a notice.
         """
-        request, worker, chunk, mode = job.request, job.worker, job.chunk, self.runner.mode
         # Only the fields the contract knows, checked (and again with the lines put back in).
-        payload = request.to_payload()
+        payload = job.request.to_payload()
+
+        def request() -> ChunkRequest:
+            if job.text is None:
+                return job.request
+            del payload[contract.TEXT_KEY], payload["count"]
+            payload["text"] = job.text.decode("utf-8")
+            return ChunkRequest.from_payload(payload)
+
+        return self.run_request(request, job.worker, payload)
+
+    def run_request(
+        self, request: ChunkRequest | Callable[[], ChunkRequest], worker: str, payload: dict[str, Any]
+    ) -> Outcome:
+        """Run ``request`` (or the one it makes; its wire form: ``payload``) as :meth:`run` does.
+
+        The public task runs its chunks through here too (hermes_worker.tasks).
+        """
+        chunk, mode = payload.get("chunk"), self.runner.mode
         try:
-            if job.text is not None:
-                del payload[contract.TEXT_KEY], payload["count"]
-                payload["text"] = job.text.decode("utf-8")
-                request = ChunkRequest.from_payload(payload)
-            return self.runner.run(request, worker)
+            return self.runner.run(request() if callable(request) else request, worker)
         except (contract.ContractError, ProfileError) as exc:
             message = f"chunk rejected by the worker: {exc}"
             return failed_chunk_result(payload, contract.ENGINE_FAILURE, message, mode=mode, worker=worker)
@@ -285,7 +299,7 @@ class ChunkHandler:
         self,
         reason: str,
         worker: str,
-        reply: contract.Reply | None = None,
+        reply: Reply | None = None,
         chunk: Any = None,
         kind: str = "invalid",
     ) -> None:

@@ -1,7 +1,7 @@
 """`hermes image`: build the sandbox image, with no registry needed.
 
 Errors are raised, not printed: a SettingsError (exit 2) or a SandboxError (exit 3, with its
-fix) ends the command through the `hermes` group's entry point (hermes_producer/guard.py).
+fix) ends the command through the `hermes` group's entry point (hermes_producer/cli/guard.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A producer ships chunks of raw input lines (see :mod:`hermes_worker.contract`); whoever runs
 the chunk (an in-process pool, a Celery worker, the sandbox server) turns each line into an
-item (:class:`~hermes_worker.contract.Item`) here, so every path does the same work and the producer
+item (:class:`~hermes_worker.wire.Item`) here, so every path does the same work and the producer
 only splits lines. A line that cannot be read (malformed JSON, no prompt, a bad id, a prompt
 over the limit) becomes an item that already carries its error: nothing one line holds can
 make this module raise (huge numbers, deep nesting, lone surrogates, duplicate keys...).
@@ -22,8 +22,8 @@ import re
 from typing import Any
 
 from . import contract
-from .contract import Item
 from .engine.errors import ItemError
+from .wire import Item
 
 __all__ = [
     "DEFAULT_ID",

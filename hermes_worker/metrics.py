@@ -24,7 +24,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .contract import ERROR_CODES, KEY_PREFIX, ChunkResult
+from .contract import ERROR_CODES, KEY_PREFIX
+from .wire import ChunkResult
 
 __all__ = ["BUCKETS", "KEY_METRICS", "RedisCollector", "chunk_increments", "serve"]
 

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .contract import ChunkRequest, ChunkResult, Item
+from .chunk_options import ChunkOptions
 from .engine import DEFAULT_MAX_PROMPT_BYTES, resolve_profile
 from .processing import process_chunk
 from .sandbox.backends import backend, open_session
 from .sandbox.errors import SandboxError, SelfTestMismatch
 from .sandbox.session import SandboxSession, timed
 from .settings import Settings
+from .wire import ChunkRequest, ChunkResult, Item
 
 __all__ = ["SELF_TEST_PROMPTS", "ProbeResult", "probe", "self_test", "self_test_request"]
 
@@ -68,8 +69,8 @@ def self_test_request() -> ChunkRequest:
     """The chunk request of the self-test: every tricky string, explained, one validation round."""
     items = [Item(n, f"self-test-{n}", text) for n, text in enumerate(SELF_TEST_PROMPTS, 1)]
     items.append(Item(len(items) + 1, "self-test-not-a-string", 42))
-    return ChunkRequest(0, resolve_profile("prompt").spec(), max_validation=1, explain=True,
-                        max_prompt_bytes=DEFAULT_MAX_PROMPT_BYTES, items=items)  # fmt: skip
+    options = ChunkOptions(max_validation=1, explain=True, max_prompt_bytes=DEFAULT_MAX_PROMPT_BYTES)
+    return ChunkRequest(0, resolve_profile("prompt").spec(), options=options, items=items)
 
 
 def _comparable(result: ChunkResult) -> list[dict[str, Any]]:

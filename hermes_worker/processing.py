@@ -15,10 +15,10 @@ from dataclasses import replace
 from typing import Any
 
 from . import contract
-from .contract import ChunkRequest, ChunkResult, Item, ItemFailure
 from .engine import ItemError, Profile, check_prompt, provenance
 from .engine.budget import chunk_clock, normalize_within_budget
 from .lines import id_problem, items_from_text
+from .wire import ChunkRequest, ChunkResult, Item, ItemFailure
 
 __all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
 
@@ -39,6 +39,9 @@ def _dumps(value: object) -> str:
     return text
 
 
+# What a request says about each of its items, read from it once per chunk: max_validation,
+# explain, max_prompt_bytes, item_time_budget. A plain tuple: unpacking it per item is the cheapest read.
+_ItemOptions = tuple[int, bool, int, float]
 _CONVERGED = {True: "true", False: "false", None: "null"}
 # The only code points UTF-8 cannot encode: lone surrogates (JSON's "\\ud800").
 _SURROGATE = re.compile("[\\ud800-\\udfff]")
@@ -103,58 +106,64 @@ def process_chunk(request: ChunkRequest, *, mode: str, worker: str, image: str |
     profile = Profile.from_spec(request.profile)
     prov_dict = provenance(profile, mode=mode, worker=worker, image=image)
     prov = _dumps(prov_dict)
+    # Read once here, the one place: every item of the chunk runs under the same options.
+    chunk = request.options
+    options = (chunk.max_validation, chunk.explain, chunk.max_prompt_bytes, chunk.item_time_budget)
     lines: list[str] = []
     errors: list[ItemFailure] = []
-    max_validation, explain, max_bytes = request.max_validation, request.explain, request.max_prompt_bytes
 
     for item in items:
-        line, prompt, pre_error = item.line, item.prompt, item.error
+        line = item.line
         item_id, id_error = _record_id(item.id, line)
-        failure = pre_error if pre_error is not None else id_error
-        if failure is not None:
-            code, message = failure
-        else:
+        failure = item.error if item.error is not None else id_error
+        if failure is None:
             try:
-                if not isinstance(prompt, str):
-                    raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
-                check_prompt(prompt, max_bytes)
-                result = normalize_within_budget(prompt, profile, max_validation, explain, request.item_time_budget)
-                if result.violations:
-                    raise ItemError(
-                        contract.VALIDATION_FAILED,
-                        f"output still holds characters profile {profile.name!r} forbids: "
-                        + "; ".join(result.violations),
-                    )
-                # Building the record is part of the item: whatever fails here fails it alone.
-                record = (
-                    f'{{"id":{item_id},"line":{line},"text":{_dumps(result.text)},'
-                    f'"changed":{"true" if result.changed else "false"},'
-                    f'"validation":{{"rounds":{result.rounds},"converged":{_CONVERGED[result.converged]}}},'
-                    f'"provenance":{prov}'
-                )
-                if result.explanation is not None:
-                    record += f',"explain":{_dumps(result.explanation)}'
-                if not record.isascii() and (bad := _SURROGATE.search(record)) is not None:
-                    raise ItemError(
-                        contract.ENGINE_FAILURE,
-                        f"the record for this item cannot be written as UTF-8: it holds a lone surrogate "
-                        f"U+{ord(bad.group()):04X}",
-                    )
-                lines.append(record + "}")
+                lines.append(_ok_record(item.prompt, item_id, line, prov, profile, options))
                 continue
             except ItemError as exc:
-                code, message = exc.code, exc.message
+                failure = exc.code, exc.message
             except Exception as exc:
                 if _belongs_to_the_chunk(exc):
                     raise
-                code, message = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
-        code, message = _clean(code, message)
+                failure = contract.ENGINE_FAILURE, f"engine failed on this item: {type(exc).__name__}: {exc}"
+        code, message = _clean(*failure)
         errors.append(ItemFailure(line, code, message))
         lines.append(_error_line(item_id, line, code, message, prov))
 
     text_request = request.text is not None
     return ChunkResult(request.chunk, _jsonl(lines), len(lines) - len(errors), len(errors), tuple(errors), prov_dict,
                        request.first if text_request else None, ids if text_request else None)  # fmt: skip
+
+
+def _ok_record(prompt: Any, item_id: str, line: int, prov: str, profile: Profile, options: _ItemOptions) -> str:
+    """One item normalized and encoded as its record; an :class:`ItemError` says why it cannot be.
+
+    Building the record is part of the item: whatever fails here fails that item alone.
+    """
+    max_validation, explain, max_bytes, time_budget = options
+    if not isinstance(prompt, str):
+        raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
+    check_prompt(prompt, max_bytes)
+    result = normalize_within_budget(prompt, profile, max_validation, explain, time_budget)
+    if result.violations:
+        raise ItemError(
+            contract.VALIDATION_FAILED,
+            f"output still holds characters profile {profile.name!r} forbids: " + "; ".join(result.violations),
+        )
+    record = (
+        f'{{"id":{item_id},"line":{line},"text":{_dumps(result.text)},'
+        f'"changed":{"true" if result.changed else "false"},'
+        f'"validation":{{"rounds":{result.rounds},"converged":{_CONVERGED[result.converged]}}},'
+        f'"provenance":{prov}'
+    )
+    if result.explanation is not None:
+        record += f',"explain":{_dumps(result.explanation)}'
+    if not record.isascii() and (bad := _SURROGATE.search(record)) is not None:
+        raise ItemError(
+            contract.ENGINE_FAILURE,
+            f"the record for this item cannot be written as UTF-8: it holds a lone surrogate U+{ord(bad.group()):04X}",
+        )
+    return record + "}"
 
 
 def _jsonl(lines: list[str]) -> str:
@@ -176,7 +185,7 @@ def request_items(request: ChunkRequest) -> tuple[list[Item], list[Any] | None]:
     if request.text is None:
         return request.items or [], None
     return items_from_text(
-        request.text, request.first, request.format, request.max_prompt_bytes, request.bad_lines()
+        request.text, request.first, request.format, request.options.max_prompt_bytes, request.bad_lines()
     )
 
 

@@ -17,13 +17,12 @@ import redis
 from .contract import EVENTS_MAXLEN, KEY_EVENTS
 from .errors import HermesError
 from .metrics import add as add_metrics
+from .redis_conn import refused_for_size
 
 __all__ = ["Publisher", "Unpublishable"]
 
 log = logging.getLogger("hermes.worker")
 
-# Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
-_BIG_VALUE_BYTES = 1 << 20
 # Redis errors that pass: loading, a replica promoted, a failed save (MISCONF), out of memory
 # (the producer frees the stream as it reads), cluster resharding.
 _TRANSIENT = ("LOADING", "READONLY", "MISCONF", "OOM", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "BUSY")
@@ -89,9 +88,7 @@ class Publisher:
                     raise
                 log.warning("Redis is busy (%s); retrying in %.1f s", _redis_reason(exc), delay)
             except redis.RedisError as exc:
-                if size > _BIG_VALUE_BYTES and isinstance(exc, redis.ConnectionError) and self._answers():
-                    # Redis drops the connection on a value over its proto-max-bulk-len; if it
-                    # answers a ping at once, it was the size, and waiting will not help.
+                if refused_for_size(self.redis, size, exc):
                     raise Unpublishable(f"Redis refused {size:,} bytes ({exc})", too_large=True) from exc
                 if time.monotonic() + delay > deadline:
                     raise
@@ -119,12 +116,6 @@ class Publisher:
         # raise_on_error=False: a refused GET of the chunk's lines (a key of another type,
         # put there by a Redis writer) is not a refusal of the notice (see _fetched).
         return _fetched(pipe.execute(raise_on_error=False), fetch)
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
 
 
 def _transient(exc: redis.ResponseError) -> bool:

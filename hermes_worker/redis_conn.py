@@ -1,10 +1,11 @@
-"""Redis connections for results, the worker registry and the cluster log."""
+"""Redis connections for results, the worker registry and the cluster log, and how to tell Redis
+refusing us (a wrong password, a value too large) from Redis not answering."""
 
 from __future__ import annotations
 
 import redis
 
-__all__ = ["connect"]
+__all__ = ["connect", "refusal", "refused_for_size"]
 
 
 def connect(url: str, timeout_s: float) -> redis.Redis:
@@ -56,3 +57,23 @@ def refusal(exc: BaseException) -> str | None:
     ):
         return "authentication failed"
     return None
+
+
+# Redis' smallest proto-max-bulk-len: a write this large that breaks the connection may be refused.
+_BIG_VALUE_BYTES = 1 << 20
+
+
+def refused_for_size(client: redis.Redis, size: int, exc: BaseException) -> bool:
+    """Whether a write of ``size`` bytes that failed with ``exc`` was refused for its size, not lost.
+
+    Redis answers a value over its proto-max-bulk-len (512 MB unless an operator sets it lower, down
+    to 1 MB) by dropping the connection, which looks like an outage. If the write was that large and
+    Redis answers a ping at once, it was the size: waiting will not help, a smaller write may. The
+    worker (a chunk's result) and the producer (a chunk's lines) both split the chunk on it.
+    """
+    if size <= _BIG_VALUE_BYTES or not isinstance(exc, redis.ConnectionError):
+        return False
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -111,6 +112,22 @@ class Registry:
     def publish(self, info: WorkerInfo) -> None:
         self._redis.set(KEY_WORKER.format(name=info.name), json.dumps(asdict(info)), px=self._ttl_ms)
 
+    def claim(self, info: WorkerInfo) -> WorkerInfo | None:
+        """Take ``info.name`` for this worker: None if it is now ours, else the live worker holding it.
+
+        Atomic (SET NX): of two workers starting with one name at the same moment, one gets it.
+        A holder on this host whose process is gone (a worker killed and restarted before its
+        entry expired) does not count: its name is taken over.
+        """
+        key, value = KEY_WORKER.format(name=info.name), json.dumps(asdict(info))
+        if self._redis.set(key, value, px=self._ttl_ms, nx=True):
+            return None
+        holder = self.get(info.name)
+        if holder is None or (holder.host, holder.pid) == (info.host, info.pid) or _gone(holder, info.host):
+            self._redis.set(key, value, px=self._ttl_ms)
+            return None
+        return holder
+
     def remove(self, name: str) -> None:
         self._redis.delete(KEY_WORKER.format(name=name))
 
@@ -131,6 +148,19 @@ class Registry:
             if info is not None and info.age(now) <= self.ttl_s:
                 workers.append(info)
         return workers
+
+
+def _gone(holder: WorkerInfo, host: str) -> bool:
+    """Whether ``holder`` ran on this host (``host``) in a process that no longer exists."""
+    if holder.host != host or holder.pid <= 0:
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 class Heartbeat(threading.Thread):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from .contract import ChunkRequest, ChunkResult
 from .processing import process_chunk
 from .settings import Settings
+from .wire import ChunkRequest, ChunkResult
 
 __all__ = ["LocalRunner", "Runner", "SandboxRunner", "make_runner"]
 

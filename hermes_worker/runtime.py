@@ -36,16 +36,18 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import signals
 from celery.worker import state as celery_state
 
-from .contract import QUEUE_FOR_TAG
+from .contract import TASK_NORMALIZE, worker_queues
 from .events import ClusterLog
 from .guard import Refusal, restrict_control
 from .handling import ChunkHandler
 from .identity import FALLBACK_MESSAGE, Identity, announce, decide, versions
 from .metrics import bump, serve
-from .redact import RedactingFilter, redact_data
+from .public import NotRun
+from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import connect
 from .registry import Heartbeat, Registry, WorkerInfo
 from .runners import make_runner
@@ -138,9 +140,12 @@ class WorkerRuntime:
             # SystemExit, not a HermesError: Celery's signal dispatcher logs and swallows any
             # Exception a receiver raises, and the worker would start anyway (`celery -A`).
             raise SystemExit(f"--mode container, but {FALLBACK_MESSAGE.lower()}: {self.identity.probe.get('reason')}")
+        taken = name_taken(self.settings, self.identity, str(sender))
+        if taken is not None:
+            raise SystemExit(taken)  # SystemExit: as above
         # The tag decides the queue: a local worker never takes container work, or vice versa.
         # (A -Q on the command line selects again after this; the guard refuses what it lets in.)
-        instance.app.amqp.queues.select([QUEUE_FOR_TAG[self.identity.tag]])
+        instance.app.amqp.queues.select(worker_queues(self.identity.tag, self.settings.public_task))
         self._connect_signals()
 
     def _connect_signals(self) -> None:
@@ -180,19 +185,8 @@ class WorkerRuntime:
         )
 
     def _registry_fields(self, name: str, concurrency: int) -> dict[str, Any]:
-        identity = self.identity
-        return dict(
-            name=name,
-            tag=identity.tag,
-            concurrency=concurrency,
-            queues=[QUEUE_FOR_TAG[identity.tag]],
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            versions=versions(),
-            provenance={"mode": identity.tag, "image": identity.probe.get("details", {}).get("image")},
-            probe=redact_data(identity.probe),  # anyone who reads Redis reads the registry
-            started_at=identity.started_at,
-        )
+        return registry_fields(self.identity, name, concurrency, self.settings.public_task)
+
 
     def _start_watches(self, consumer: Any, name: str, client: Any, entry: RegistryEntry) -> None:
         settings = self.settings
@@ -201,17 +195,27 @@ class WorkerRuntime:
         def record(refusal: Refusal) -> None:
             bump(client, name, "messages_refused", kind=refusal.kind)
             events.emit("WARNING", "worker.refused", refusal.reason, kind=refusal.kind)
+            if refusal.task_id is not None:  # a dropped public task: its client learns why
+                self._store_refusal(refusal.task_id, refusal.reason)
 
         self._watches = [
             LoopWatch(threading.get_ident(), settings.heartbeat_s),
             QueueWatch(consumer, entry.queues, entry.queues_lock, settings.heartbeat_s, record),
         ]
         if self.identity.tag == "container":
+            queues = tuple(worker_queues("container", settings.public_task))
             self._watches.append(
-                EngineWatch(settings, consumer, name, entry.update, ClusterLog(client, name), entry.queues_lock)
+                EngineWatch(settings, consumer, name, entry.update, ClusterLog(client, name), entry.queues_lock, queues)
             )
         for watch in self._watches:
             watch.start()
+
+    def _store_refusal(self, task_id: str, reason: str) -> None:
+        """The error result of a public task the main process refused (off the event loop)."""
+        try:
+            self._app.backend.mark_as_failure(task_id, NotRun(f"{TASK_NORMALIZE} refused: {reason}"))
+        except Exception as exc:  # the refusal is logged and counted already
+            log.warning("refused task %s: its error result not stored (%s)", task_id, redact(str(exc)))
 
     def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
         for watch in self._watches:
@@ -291,3 +295,44 @@ def _child_pids() -> list[int]:
         with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children", encoding="ascii") as handle:
             pids += [int(pid) for pid in handle.read().split()]
     return pids
+
+
+def registry_fields(identity: Identity, name: str, concurrency: int, public: bool) -> dict[str, Any]:
+    """The fields of a worker's registry entry that do not change every heartbeat."""
+    return dict(
+        name=name,
+        tag=identity.tag,
+        concurrency=concurrency,
+        queues=worker_queues(identity.tag, public),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        versions=versions(),
+        provenance={"mode": identity.tag, "image": identity.probe.get("details", {}).get("image")},
+        probe=redact_data(identity.probe),  # anyone who reads Redis reads the registry
+        started_at=identity.started_at,
+    )
+
+
+def name_taken(settings: Settings, identity: Identity, name: str) -> str | None:
+    """Claim the worker name ``name`` in the registry; why not, if a live worker holds it.
+
+    Two workers with one name would be one entry in the registry: ``hermes workers`` would show
+    one, and the first to stop would remove the entry of the other. Redis unreachable: nothing
+    to claim from yet (Celery retries the broker), so the worker goes on.
+    """
+    try:
+        client = connect(settings.result_backend, settings.broker_timeout_s)
+        # No queue yet: the worker consumes nothing until it is ready (its first heartbeat lists
+        # them), and nobody may take it for a worker that does (producers route by queues).
+        fields = registry_fields(identity, name, settings.concurrency, settings.public_task) | {"queues": []}
+        info = WorkerInfo(**fields, heartbeat_at=time.time())
+        holder = Registry(client, settings.worker_ttl_s).claim(info)
+    except redis.RedisError as exc:
+        log.warning("worker name %s not claimed (Redis: %s); going on", name, redact(str(exc)))
+        return None
+    if holder is None:
+        return None
+    return (
+        f"a live worker is already called {name} (pid {holder.pid} on {holder.host}, last heartbeat "
+        f"{holder.age():.0f} s ago): give this one another name (hermes worker --name NAME, celery -n)"
+    )

@@ -22,6 +22,7 @@ from . import contract
 from .engine import DEFAULT_MAX_PROMPT_BYTES, DEFAULT_PROFILE
 from .errors import EXIT_USAGE, HermesError
 from .redact import redact, remember, url_secrets
+from .sandbox.backends import BACKENDS
 from .setting_parsers import (
     REDIS_SCHEMES,
     DecimalRange,
@@ -298,8 +299,9 @@ class Settings:
         "HERMES_MAX_MEMORY_PER_CHILD", WholeRange(1, 1024 * 1024), 512,
         "MiB; a worker process above it is replaced after its chunk", bounds_note="MiB: 1 TiB")  # fmt: skip
 
-    container_backend: str = setting("HERMES_CONTAINER_BACKEND", OneOf(("docker", "dagger")), "docker",
-                                     "what runs session containers: `docker` or `dagger`")  # fmt: skip
+    container_backend: str = setting(  # the names of the registry: a new backend is a choice here at once
+        "HERMES_CONTAINER_BACKEND", OneOf(tuple(BACKENDS)), "docker",
+        "what runs session containers: " + " or ".join(f"`{name}`" for name in BACKENDS))  # fmt: skip
     sandbox_image: str = setting("HERMES_SANDBOX_IMAGE", text, "hermes-sandbox:latest", "the sandbox image")
     docker_timeout_s: float = setting("HERMES_DOCKER_TIMEOUT", DecimalRange(0.01, 600.0), 3.0,
                                       "seconds the probe waits for the Docker engine")  # fmt: skip
@@ -338,6 +340,12 @@ class Settings:
         "`0.0.0.0` for a Prometheus on another machine",
         options=["hermes worker --metrics-address", "hermes metrics --address"])  # fmt: skip
 
+    public_task: bool = setting(
+        "HERMES_PUBLIC_TASK", flag, True,
+        "worker: take the public task `hermes.normalize` from Celery's default queue `celery`, so that a plain "
+        "Celery client needs only the broker and result-backend URLs; `0`: leave that queue alone (the task still "
+        "runs when another worker sends it on to this one's queue)",
+        note="turn it off where other Celery apps use this broker's `celery` queue")  # fmt: skip
     worker_remote_control: str = setting(
         "HERMES_WORKER_REMOTE_CONTROL", OneOf(("inspect", "all")), "inspect",
         "worker: answer remote-control questions only (`inspect`), or accept Celery's every command "
@@ -384,13 +392,18 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, given: Mapping[str, str] | None = None) -> Settings:
         """Read and check every declared ``HERMES_*`` variable, in the order declared.
+
+        ``given``: values from the command line, by the variable they stand for, read in its
+        place (``hermes --broker URL``): what is derived from it (the result backend) follows.
 
         Raises:
             SettingsError: naming the variable, its value and what it must be.
         """
         env = os.environ if env is None else env
+        if given:
+            env = {**env, **given}
         values: dict[str, Any] = {}
         for spec in SETTINGS:
             # Each value checked as soon as it is read: a typo in the broker URL is named as such,

@@ -1,11 +1,13 @@
-"""The README's tables of settings, generated from their declarations in :mod:`hermes_worker.settings`.
+"""The README's generated tables: settings and item error codes, from their declarations.
 
-    python -m hermes_worker.settings_docs --markdown settings   # print one table
+    python -m hermes_worker.settings_docs --markdown codes      # print one table
     python -m hermes_worker.settings_docs --update README.md    # rewrite the marked tables in place
 
-In README.md each table sits between ``<!-- BEGIN generated: NAME ... -->`` and
-``<!-- END generated: NAME -->``; tests/test_settings.py fails when they differ from what this
-module generates, so a setting's words are changed in its declaration only.
+Settings are declared in :mod:`hermes_worker.settings`, item error codes in
+:mod:`hermes_worker.contract` (``ITEM_CODES``). In README.md each table sits between
+``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->``;
+tests/test_settings.py fails when they differ from what this module generates, so the words of a
+setting or of an error code are changed in its declaration only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .contract import ITEM_CODES
 from .settings import LIMITS, SETTINGS, Setting, show_number
 
 __all__ = ["TABLES", "update_readme"]
@@ -47,7 +50,13 @@ def limits_table() -> str:
     return "\n".join(["| variable | lowest | highest | option |", "|---|---|---|---|", *rows])
 
 
-TABLES: dict[str, Callable[[], str]] = {"settings": settings_table, "limits": limits_table}
+def codes_table() -> str:
+    """Every item error code and what it means, in the order they are declared."""
+    rows = [f"| `{code}` | {meaning} |" for code, meaning in ITEM_CODES.items()]
+    return "\n".join(["| code | meaning |", "|---|---|", *rows])
+
+
+TABLES: dict[str, Callable[[], str]] = {"settings": settings_table, "limits": limits_table, "codes": codes_table}
 
 
 def update_readme(readme: str) -> str:

@@ -40,8 +40,8 @@ class EngineWatch(threading.Thread):
 
     Every heartbeat it asks the backend's ``health`` (Docker's: the engine answers a ping and
     holds the sandbox image; a backend without a cheap check always answers yes). When the
-    engine is gone the worker stops consuming ``hermes.container`` (its consumer's
-    ``cancel_task_queue``) and its registry entry lists no queue and says why, so producers
+    engine is gone the worker stops consuming ``hermes.container`` and the public queue (its
+    consumer's ``cancel_task_queue``) and its registry entry lists no queue and says why, so producers
     re-route or wait instead of sending it chunks it cannot isolate. When the engine answers again, the full probe must
     pass before the worker consumes ``hermes.container`` again. The worker never takes local
     work instead: what it runs stays isolated.
@@ -57,6 +57,7 @@ class EngineWatch(threading.Thread):
         update: changes fields of the registry entry and publishes it at once.
         events: the cluster log.
         queues_lock: held while the consumer's queues and the registry entry change together.
+        queues: the queues the worker consumes while its engine is there.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class EngineWatch(threading.Thread):
         update: Callable[..., None],
         events: ClusterLog,
         queues_lock: threading.Lock,
+        queues: tuple[str, ...] = (QUEUE_CONTAINER,),
     ) -> None:
         super().__init__(name="hermes-engine-watch", daemon=True)
         self._backend = backend(settings.container_backend)
@@ -76,6 +78,7 @@ class EngineWatch(threading.Thread):
         self._update = update
         self._events = events
         self._queues_lock = queues_lock
+        self._queues = queues
         self._stopped = threading.Event()
         self.serving = True
 
@@ -98,11 +101,12 @@ class EngineWatch(threading.Thread):
             self._resume()
 
     def _consume(self, on: bool, timeout_s: float = 5.0) -> bool:
-        """Start or stop consuming ``hermes.container``; True once the consumer has done it."""
+        """Start or stop consuming the worker's queues; True once the consumer has done it."""
         change = self._consumer.add_task_queue if on else self._consumer.cancel_task_queue
-        self._consumer.call_soon(change, QUEUE_CONTAINER)  # run by the event loop, like a control command
+        for queue in self._queues:
+            self._consumer.call_soon(change, queue)  # run by the event loop, like a control command
         deadline = time.monotonic() + timeout_s
-        while (QUEUE_CONTAINER in consumed_queues(self._consumer)) != on:
+        while any((queue in consumed_queues(self._consumer)) != on for queue in self._queues):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -131,7 +135,7 @@ class EngineWatch(threading.Thread):
             if not self._consume(True):
                 return
             self.serving = True
-            self._update(queues=[QUEUE_CONTAINER], probe=found, provenance={"mode": "container", "image": image})
+            self._update(queues=list(self._queues), probe=found, provenance={"mode": "container", "image": image})
         text = f"{self._backend.engine_name} engine is back, taking container work again ({outcome.reason})"
         log.warning(text)
         self._events.emit("INFO", "probe.container", text, **found)

@@ -1,7 +1,7 @@
 """`hermes worker`: probe Docker, then run a Celery worker tagged and routed by the outcome.
 
 A worker that must not start raises :class:`WorkerRefused` with its exit code; the `hermes`
-group's entry point (hermes_producer/guard.py) prints it and exits.
+group's entry point (hermes_producer/cli/guard.py) prints it and exits.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 
 import click
 
-from .contract import QUEUE_FOR_TAG
+from .contract import worker_queues
 from .errors import EXIT_INFRA, EXIT_USAGE, HermesError
 from .redact import redact, redact_url
 from .settings import LIMITS, Settings, listen_address, option_help
@@ -69,7 +69,9 @@ def worker(
     At start-up the worker probes Docker: engine answering, sandbox image present, a session
     that passes a self-test. Pass: tag `container`, queue hermes.container, prompts run inside
     a hardened container session. Fail: tag `local`, queue hermes.local, and the log says
-    "Docker is unavailable, using local processing" with the reason and the fix.
+    "Docker is unavailable, using local processing" with the reason and the fix. Either also
+    takes the public task hermes.normalize from Celery's default queue `celery` (a plain Celery
+    client's), unless HERMES_PUBLIC_TASK=0.
 
     \b
     Examples:
@@ -87,6 +89,7 @@ def worker(
     from .events import ClusterLog
     from .identity import announce, decide
     from .redis_conn import connect
+    from .runtime import name_taken
 
     refused = credentials_refused(settings)
     if refused is not None:
@@ -97,23 +100,28 @@ def worker(
         message = f"--mode container, but the Docker probe failed: {found['reason']}. Fix: {found['fix']}"
         raise WorkerRefused(message, exit_code=EXIT_INFRA)
     node = f"{identity.tag}@{name or socket.gethostname()}"
+    taken = name_taken(settings, identity, node)
+    if taken is not None:
+        raise WorkerRefused(taken, exit_code=EXIT_USAGE)
     try:
         events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
     except Exception:
         events = None
     # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
     click.echo(f"hermes worker {node}: {announce(identity, events)}", err=True)
-    create_app(settings, identity).worker_main(_celery_argv(node, identity.tag, settings.concurrency, loglevel))
+    queues = worker_queues(identity.tag, settings.public_task)
+    create_app(settings, identity).worker_main(_celery_argv(node, queues, settings.concurrency, loglevel))
 
 
-def _celery_argv(node: str, tag: str, concurrency: int, loglevel: str) -> list[str]:
-    """The arguments of Celery's worker command: the node, the tag's queue, the prefork pool."""
+def _celery_argv(node: str, queues: list[str], concurrency: int, loglevel: str) -> list[str]:
+    """The arguments of Celery's worker command: the node, the tag's queue (and the public one),
+    the prefork pool."""
     return [
         "worker",
         "--hostname",
         node,
         "--queues",
-        QUEUE_FOR_TAG[tag],
+        ",".join(queues),
         "--concurrency",
         str(concurrency),
         "--loglevel",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import pytest
 from kombu import Connection, Exchange, Producer
 
 from hermes_worker.celeryconfig import make_celery
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.settings import Settings
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.inputs import make_input, read_records
@@ -33,7 +36,7 @@ def test_a_local_worker_registers_its_tag_versions_and_queue(
     listed = json.loads(chermes("workers", "--json").stdout)
     assert [w["name"] for w in listed] == ["local@w1"]
     entry = listed[0]
-    assert entry["tag"] == "local" and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
+    assert entry["tag"] == "local" and entry["queues"] == ["hermes.local", "celery"] and entry["concurrency"] == 1
     assert {"engine", "python", "unicode", "ftfy", "celery"} <= entry["versions"].keys()
     assert time.time() - entry["heartbeat_at"] < 5
     assert "local@w1" in chermes("workers").stdout
@@ -44,6 +47,39 @@ def test_a_stopped_worker_leaves_the_registry(start_worker: WorkerFactory, redis
     assert registry_entry(redis_server.client(), "local@w1") is not None
     assert worker.stop(signal.SIGTERM) == 0
     assert registry_entry(redis_server.client(), "local@w1") is None
+
+
+def test_a_second_worker_with_a_live_workers_name_is_refused(
+    start_worker: WorkerFactory, chermes: HermesRunner, redis_server: RedisServer
+) -> None:
+    first = start_worker("w1")
+    second = chermes("worker", "--name", "w1", "--mode", "local", timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert "a live worker is already called local@w1" in second.stderr and "another name" in second.stderr
+    assert [w["name"] for w in json.loads(chermes("workers", "--json").stdout)] == ["local@w1"]
+    assert json.loads(chermes("workers", "--json").stdout)[0]["pid"] == first.process.pid
+    # And its banner shows the queues it consumes (its tag's and the public one), each with its own
+    # exchange and key
+    assert re.search(r"\.> hermes\.local +exchange=hermes\.local\(direct\) key=hermes\.local\n", first.log)
+    assert re.search(r"\.> celery +exchange=celery\(direct\) key=celery\n", first.log)
+    assert "hermes.container" not in first.log.partition("[queues]")[2].partition("[tasks]")[0]
+
+
+def test_a_killed_workers_name_can_be_taken_at_once_on_the_same_host(
+    start_worker: WorkerFactory, redis_server: RedisServer
+) -> None:
+    first = start_worker("w1")
+    first.process.kill()
+    first.process.wait()
+    assert registry_entry(redis_server.client(), "local@w1") is not None  # its entry outlives it a while
+    again = start_worker("w1")
+
+    def the_new_one_holds_the_name() -> bool:
+        assert again.process.poll() is None, again.log  # not refused
+        entry = registry_entry(redis_server.client(), "local@w1")
+        return entry is not None and entry["pid"] == again.process.pid
+
+    wait_until(the_new_one_holds_the_name, 60, 0.1, "the restarted worker to take its name")
 
 
 def test_auto_mode_without_docker_is_tagged_local_and_says_why(
@@ -279,11 +315,11 @@ def test_plain_celery_command_line_runs_the_same_worker(
     try:
         wait_registered(WorkerProcess("plain", process, log_path), "local@plain", redis_server.client, timeout=60)
         entry = registry_entry(redis_server.client(), "local@plain")
-        assert entry is not None and entry["queues"] == ["hermes.local"]
-        # It consumes its tag's queue only, from the start
+        assert entry is not None and entry["queues"] == ["hermes.local", "celery"]
+        # It consumes its tag's queue (and the public one) only, from the start
         inspect = make_celery(Settings.from_env(env)).control.inspect(destination=["local@plain"], timeout=5)
         consumed = {queue["name"] for queue in (inspect.active_queues() or {}).get("local@plain", [])}
-        assert consumed == {"hermes.local"}, log_path.read_text()
+        assert consumed == {"hermes.local", "celery"}, log_path.read_text()
         done = chermes("run", "--prompt", "ok", "--json", "--isolation", "local")
         assert json.loads(done.stdout)["provenance"]["worker"] == "local@plain"
     finally:
@@ -315,7 +351,8 @@ def test_a_result_that_does_not_hold_one_record_per_item_becomes_error_records(
     executor.transport.send = old_worker_answers  # type: ignore[method-assign]
     items = [Item(1, "a", "x"), Item(2, "b", "y")]
     nfc = {"name": "nfc", "steps": ["nfc"]}
-    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=items).to_payload()
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    payload = ChunkRequest(0, nfc, options=options, items=items).to_payload()
     [result] = list(executor.map_ordered([payload]))
     assert result.failed == 2 and len(result.record_lines()) == 2
     assert all(json.loads(line)["error"]["code"] == "engine_failure" for line in result.record_lines())
@@ -354,3 +391,19 @@ def test_a_chunk_whose_lines_vanished_from_redis_is_sent_again(
     records = read_records(out)
     assert [r["id"] for r in records] == [f"p{n}" for n in range(20_000)]
     assert all("error" not in r for r in records)
+
+
+def test_a_python_client_runs_prompts_on_the_cluster_in_order(
+    start_worker: WorkerFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from hermes_producer import Client
+
+    for name in [n for n in __import__("os").environ if n.startswith("HERMES_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HERMES_HOME", str(tmp_path / "home"))
+    start_worker("w1")
+    with Client(redis_server.url(), chunk_size=100) as client:
+        assert [w.name for w in client.workers()] == ["local@w1"]
+        records = list(client.map((f"caf\u00c3\u00a9 {n}" for n in range(2_000)), profile="prompt"))
+    assert [r["text"] for r in records] == [f"café {n}" for n in range(2_000)]
+    assert {r["provenance"]["worker"] for r in records} == {"local@w1"}

@@ -54,7 +54,7 @@ def test_a_worker_that_passes_the_probe_is_a_container_worker(
     worker = start_worker("c1", mode="auto", env=container_env, expect_tag="container")
     assert "Docker probe passed" in worker.log
     entry = json.loads(chermes("workers", "--json").stdout)[0]
-    assert entry["name"] == "container@c1" and entry["queues"] == ["hermes.container"]
+    assert entry["name"] == "container@c1" and entry["queues"] == ["hermes.container", "celery"]
     assert entry["provenance"]["image"].startswith("sha256:")
 
 
@@ -149,13 +149,14 @@ def test_a_container_killed_mid_batch_loses_nothing(
     ("isolation", "docker_host", "exit_code", "mode", "says"),
     [
         ("container", None, 0, "container", "in a sandbox container"),
-        ("auto", None, 0, "container", "in a sandbox container"),
-        ("auto", "unix:///nonexistent/docker.sock", 0, "local", "Docker is unavailable, using local processing"),
+        # In-process, auto is local: no sandbox session a command (issue 14), Docker or not.
+        ("auto", None, 0, "local", "in-process (1 process)"),
+        ("auto", "unix:///nonexistent/docker.sock", 0, "local", "in-process (1 process)"),
         ("container", "unix:///nonexistent/docker.sock", 3, None, "the Docker probe failed"),
         ("local", None, 0, "local", "in-process (1 process)"),
     ],
 )
-def test_without_a_broker_isolation_is_decided_by_a_probe_here(
+def test_without_a_broker_only_container_isolation_probes_docker_here(
     hermes: HermesRunner,
     container_env: dict[str, str],
     docker_client: Any,

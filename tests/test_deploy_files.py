@@ -343,6 +343,9 @@ def test_proxy_allowlist_passes_every_call_of_a_real_probe_and_nothing_dangerous
         ("POST", "/v1.41/containers/create/../../build"),
         ("DELETE", "/v1.41/images/hermes-sandbox:latest"),
         ("POST", "/v1.41/swarm/init"),
+        # Unversioned: wollomatic's bind-mount check looks only at /v1.NN/containers/create
+        ("POST", "/containers/create"),
+        ("DELETE", f"/containers/{cid}"),
     ]:
         assert not allowed(allowlist, method, path), (method, path)
 

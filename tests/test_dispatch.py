@@ -27,8 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from hermes_producer.cli_common import Context
 from hermes_producer.cluster import FALLBACK_MESSAGE, Cluster, ClusterRefused, ClusterUnavailable
+from hermes_producer.context import Context
 from hermes_producer.dispatch import Placement, choose_executor
 from hermes_producer.executors import InProcessExecutor
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
@@ -149,10 +149,10 @@ def test_without_a_broker_no_fallback_from_the_settings_exits_3_and_the_option_c
     assert place(strict, NO_BROKER, "local", no_fallback=False).where == ("in-process", "local")
 
 
-def test_without_a_broker_or_docker_auto_runs_locally_in_process_and_says_so(settings: Settings) -> None:
+def test_without_a_broker_auto_runs_locally_in_process_without_probing_docker(settings: Settings) -> None:
     decision = place(settings, NO_BROKER, "auto")
     assert decision.where == ("in-process", "local")
-    assert FALLBACK_MESSAGE in decision.told
+    assert FALLBACK_MESSAGE not in decision.told and "Docker" not in decision.told
 
 
 def test_without_a_broker_or_docker_container_isolation_exits_3(settings: Settings) -> None:

@@ -189,9 +189,16 @@ def test_unknown_profile_lists_the_known_ones(tmp_path: Path) -> None:
         resolve_profile("promt", custom)
 
     message = str(info.value)
-    assert "unknown profile 'promt'" in message
+    assert "unknown profile 'promt' (did you mean 'prompt'?)" in message
     for name in [*BUILTIN_PROFILES, *custom]:
         assert name in message
+
+
+@pytest.mark.parametrize("name", ["zzz", "", "\x1b[2J", 7])
+def test_an_unknown_profile_far_from_any_gets_no_guess(name: object) -> None:
+    with pytest.raises(ProfileError) as info:
+        resolve_profile(name)  # type: ignore[arg-type]
+    assert "did you mean" not in str(info.value)
 
 
 def test_custom_profiles_are_not_global(tmp_path: Path) -> None:

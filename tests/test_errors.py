@@ -1,5 +1,5 @@
 """One error root: every Hermes exception is a HermesError; only the command line turns one into
-an exit code, in one place (hermes_producer/guard.py), as one line (and a fix), never a traceback.
+an exit code, in one place (hermes_producer/cli/guard.py), as one line (and a fix), never a traceback.
 
 The classes are found by walking every module of both packages, so a new exception that does not
 derive from the root, or a library module that exits the process itself, fails here.
@@ -56,6 +56,9 @@ EXIT_CODES = {
     "hermes_worker.engine.errors.ItemError": EXIT_ITEMS_FAILED,
     "hermes_worker.engine.budget.ItemTooSlow": EXIT_ITEMS_FAILED,
     "hermes_worker.contract.ContractError": EXIT_INFRA,
+    "hermes_worker.public.PublicTaskError": EXIT_INFRA,
+    "hermes_worker.public.BadArguments": EXIT_USAGE,
+    "hermes_worker.public.NotRun": EXIT_INFRA,
     "hermes_worker.sandbox.errors.SandboxError": EXIT_INFRA,
     "hermes_worker.sandbox.errors.DockerUnavailable": EXIT_INFRA,
     "hermes_worker.sandbox.errors.ImageMissing": EXIT_INFRA,
@@ -144,9 +147,7 @@ def test_errors_come_back_from_a_pool_process_intact() -> None:
 
 def _is_cli_module(path: Path) -> bool:
     """The command line: the entry point (guard.py, __main__.py) and the click commands."""
-    name = path.stem
-    return name in ("__main__", "guard", "cli") or name.startswith("cli_") or name.endswith("_cli") or (
-        "cli" in path.relative_to(REPO).parts[1:-1])  # fmt: skip
+    return path.stem == "__main__" or path.stem.endswith("_cli") or "cli" in path.relative_to(REPO).parts[1:-1]
 
 
 # Where a library module must end the process itself, and why nothing else will do.
@@ -212,7 +213,7 @@ if __name__ == "__main__":
 GUARDED = """
 import sys
 import click
-from hermes_producer.guard import GuardedGroup
+from hermes_producer.cli.guard import GuardedGroup
 from hermes_worker.errors import HermesError
 from hermes_worker.redact import remember
 

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from hermes_producer.batch import BatchOptions, run_batch
 from hermes_producer.executors import InProcessExecutor
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 
 from .support.fixture_types import HermesRunner, WorkerFactory
@@ -177,7 +178,7 @@ def test_the_batch_pipeline_writes_one_valid_record_per_line_whatever_the_lines(
         max_bytes=st.sampled_from([64, 4096, 1 << 20]),
     )
     def run(data: bytes, fmt: str, chunk_size: int, max_bytes: int) -> None:
-        options = BatchOptions(resolve_profile("prompt"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
+        options = BatchOptions(resolve_profile("prompt"), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
         sink = io.StringIO()
         with InProcessExecutor(1) as executor:
             summary = run_batch(io.BytesIO(data), sink, options, executor)

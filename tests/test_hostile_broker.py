@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 import redis
 
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.engine import ProfileError
 from hermes_worker.metrics import field
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.inputs import make_signing_files, read_records
@@ -86,7 +88,8 @@ REFUSED_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("what", "changes", "said"), REFUSED_REQUESTS, ids=[r[0] for r in REFUSED_REQUESTS])
 def test_every_field_of_a_chunk_request_is_checked(what: str, changes: dict[str, Any], said: str) -> None:
     """Given a task message a broker writer made; when a worker validates it; then the field is named."""
-    from hermes_worker.contract import ChunkRequest, ContractError, Reply
+    from hermes_worker.contract import ContractError
+    from hermes_worker.wire import ChunkRequest, Reply
 
     with pytest.raises((ContractError, ProfileError)) as refused:
         ChunkRequest.from_payload(request(**changes), Reply.from_wire(reply()))
@@ -112,7 +115,8 @@ REFUSED_REPLIES: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("what", "value", "said"), REFUSED_REPLIES, ids=[r[0] for r in REFUSED_REPLIES])
 def test_the_reply_names_only_a_results_stream_of_a_batch(what: str, value: Any, said: str) -> None:
-    from hermes_worker.contract import ContractError, Reply
+    from hermes_worker.contract import ContractError
+    from hermes_worker.wire import Reply
 
     with pytest.raises(ContractError) as refused:
         Reply.from_wire(value)
@@ -121,7 +125,7 @@ def test_the_reply_names_only_a_results_stream_of_a_batch(what: str, value: Any,
 
 def test_what_producers_send_passes_and_unknown_fields_are_dropped() -> None:
     """The checks refuse nothing a producer sends; extra fields never reach a runner."""
-    from hermes_worker.contract import ChunkRequest, Reply
+    from hermes_worker.wire import ChunkRequest, Reply
 
     answer = Reply.from_wire(reply())
     checked = ChunkRequest.from_payload(request(future_field={"x": 1}, isolation="container"), answer)
@@ -368,7 +372,7 @@ def test_remote_control_commands_that_would_change_a_worker_are_refused(broker: 
         replies = control.broadcast(command, arguments=arguments, destination=[node], reply=True, timeout=3)
         assert replies and "refused by Hermes" in replies[0][node]["error"], (command, replies)
     inspect = control.inspect(destination=[node], timeout=3)
-    assert [q["name"] for q in inspect.active_queues()[node]] == ["hermes.local"]
+    assert sorted(q["name"] for q in inspect.active_queues()[node]) == ["celery", "hermes.local"]
     assert inspect.ping() == {node: {"ok": "pong"}} and inspect.stats()[node]["pool"]["max-concurrency"] == 1
     assert broker.worker.process.poll() is None
     assert broker.wait(lambda: broker.refused("control") == 11, "eleven refusals counted")
@@ -387,7 +391,7 @@ def test_a_consumer_added_by_remote_control_is_cancelled(
     said = "consuming queue 'hermes.container', not its own: cancelled"
     broker.wait(lambda: said in chermes("log", "-n", "50").stdout, "the cancellation in the cluster log")
     queues = control.inspect(destination=["local@w1"], timeout=3).active_queues()["local@w1"]
-    assert [q["name"] for q in queues] == ["hermes.local"] and said in broker.log
+    assert sorted(q["name"] for q in queues) == ["celery", "hermes.local"] and said in broker.log
 
 
 # A forged registry entry ---------------------------------------------------------------------------
@@ -568,7 +572,8 @@ def test_a_producer_skips_stream_entries_no_worker_wrote(cluster_env: dict[str, 
     executor.transport.send = answer  # type: ignore[method-assign]
     items = [Item(1, "a", "x"), Item(2, "b", "y")]
     nfc = {"name": "nfc", "steps": ["nfc"]}
-    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=items).to_payload()
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    payload = ChunkRequest(0, nfc, options=options, items=items).to_payload()
     [result] = list(executor.map_ordered([payload]))
     assert result.ok == 2 and sent == [0, 0]
     # Undecodable, not an object, unhashable chunk numbers; a start notice naming no worker and

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesRunner
 from .support.redis_server import RedisServer
@@ -75,7 +76,8 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
 
     executor.transport.send = answer  # type: ignore[method-assign]
     nfc = {"name": "nfc", "steps": ["nfc"]}
-    payload = ChunkRequest(0, nfc, max_validation=0, explain=False, max_prompt_bytes=100, items=[Item(1, "a", "x")])
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    payload = ChunkRequest(0, nfc, options=options, items=[Item(1, "a", "x")])
 
     # When the producer reads the stream
     [result] = list(executor.map_ordered([payload.to_payload()]))
@@ -83,6 +85,26 @@ def test_a_deeply_nested_entry_on_a_result_stream_is_skipped(cluster_env: dict[s
     # Then the forged entries are skipped and the real result is the one taken
     assert result.ok == 1
     assert sum("ignored a malformed entry on the result stream (RecursionError)" in m for m in messages) == 2
+
+
+@pytest.mark.cluster
+def test_following_the_cluster_log_loses_no_event_appended_between_reads(redis_server: RedisServer) -> None:
+    """follow() read from "$" after every empty read: an event appended while it was not
+    blocked in XREAD (here: while it asks whether to stop, between two reads) was lost."""
+    from hermes_worker.events import ClusterLog
+
+    events = ClusterLog(redis_server.client(), "test")
+    events.emit("INFO", "before", "not followed: it came before following began")
+    asked = 0
+
+    def stop() -> bool:  # called between reads: the first read came back empty
+        nonlocal asked
+        asked += 1
+        if asked == 2:
+            events.emit("INFO", "between", "appended between two reads")
+        return asked > 4
+
+    assert [record["event"] for record in events.follow(stop=stop, block_ms=50)] == ["between"]
 
 
 @pytest.mark.cluster

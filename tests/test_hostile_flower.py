@@ -155,10 +155,10 @@ def test_flower_is_read_only_by_default(
     # Nothing changed.
     client = redis_server.client()
     entry = registry_entry(client, "local@w1")
-    assert entry is not None and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
+    assert entry is not None and entry["queues"] == ["hermes.local", "celery"] and entry["concurrency"] == 1
     assert client.llen("hermes.local") == 0 and client.llen("hermes.container") == 0
     queues = flower.workers()["local@w1"]["active_queues"]
-    assert [q["name"] for q in queues] == ["hermes.local"]
+    assert sorted(q["name"] for q in queues) == ["celery", "hermes.local"]
 
 
 def test_allow_control_opens_flower_but_workers_still_refuse_what_would_change_them(
@@ -177,7 +177,7 @@ def test_allow_control_opens_flower_but_workers_still_refuse_what_would_change_t
     wait_until(lambda: int(client.hget("hermes:metrics:local@w1", refused) or 0) == 3, 30, 0.3,
                "the shutdown refused too")
     entry = registry_entry(client, "local@w1")
-    assert entry is not None and entry["queues"] == ["hermes.local"] and entry["concurrency"] == 1
+    assert entry is not None and entry["queues"] == ["hermes.local", "celery"] and entry["concurrency"] == 1
 
 
 @pytest.mark.docker
@@ -217,7 +217,7 @@ def test_a_flower_login_cannot_make_container_work_run_unisolated(
     else:
         assert not out.exists() and "container" in done.stderr
     queues = wait_until(lambda: opened.workers().get("local@rt1", {}).get("active_queues"), 30, 0.3, "rt1's queues")
-    assert [q["name"] for q in queues] == ["hermes.local"]
+    assert sorted(q["name"] for q in queues) == ["celery", "hermes.local"]
 
 
 def test_the_dashboard_shows_no_control_buttons_and_refuses_their_requests(
@@ -415,4 +415,4 @@ def test_a_signed_flower_still_sees_signed_workers(
     flower = start_flower(env=signing)
     workers = wait_until(lambda: (lambda w: w if w.get("local@w1", {}).get("active_queues") else None)(
         flower.workers()), 30, 0.3, "the worker's queues, asked with a signed command")  # fmt: skip
-    assert [q["name"] for q in workers["local@w1"]["active_queues"]] == ["hermes.local"]
+    assert sorted(q["name"] for q in workers["local@w1"]["active_queues"]) == ["celery", "hermes.local"]

@@ -29,9 +29,11 @@ from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_req
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
 from hermes_producer.splitting import merge_results, split_request
-from hermes_worker.contract import ChunkRequest, Item, request_span
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.redis_conn import refused_for_size
+from hermes_worker.wire import ChunkRequest, Item, request_span
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.processes import wait_registered
@@ -52,7 +54,7 @@ def strict_records(data: bytes) -> list[dict[str, Any]]:
 
 def pipeline(data: bytes, chunk_size: int = 4, fmt: str = "jsonl", max_bytes: int = 1000) -> list[dict[str, Any]]:
     """The records ``hermes batch`` writes for ``data``: raw chunks, the worker's parser, the guard."""
-    options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
+    options = BatchOptions(resolve_profile("nfc"), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
     seen, out = SeenIds(), b""
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
         result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
@@ -155,7 +157,7 @@ def test_the_prompt_size_limit_counts_bytes_after_json_unescaping() -> None:
 def test_a_chunk_split_into_parts_merges_back_into_the_same_records(ways: int) -> None:
     """The producer's split (for chunks that keep failing) loses, doubles and reorders nothing."""
     # Given a raw chunk with good lines, bad lines, an unshippable line and a repeated id
-    options = BatchOptions(resolve_profile("nfc"), "jsonl", max_prompt_bytes=1000)
+    options = BatchOptions(resolve_profile("nfc"), "jsonl", ChunkOptions(max_prompt_bytes=1000))
     rows = ['{"id": "a", "prompt": "x"}', "nope", "", '{"prompt": "caf\\u00e9"}', '{"id": "a", "prompt": "y"}']
     text = "\n".join(rows)
     payload = options.request(9, text=text, first=41, format="jsonl", bad=[[2, "invalid_utf8", "not valid UTF-8"]])
@@ -335,6 +337,25 @@ def worker_on(start_worker: WorkerFactory, server: RedisServer, name: str, url: 
     worker = start_worker(name, env={"HERMES_BROKER_URL": url, **env}, wait=False)
     wait_registered(worker, f"local@{name}", server.client, timeout=60)
     return worker.process.pid
+
+
+def test_a_write_redis_drops_for_its_size_is_told_from_an_outage(own_redis: Callable[..., RedisServer]) -> None:
+    """The one rule the worker (a chunk's result) and the producer (a chunk's lines) both apply:
+    Redis drops the connection on a value over its proto-max-bulk-len, as if it were down."""
+    # Given a Redis that refuses values over 1 MB
+    server = own_redis("--proto-max-bulk-len", "1mb")
+    client, big = server.client(), b"x" * 1_200_000
+    # When a value over that limit is written
+    with pytest.raises(redis.ConnectionError) as dropped:
+        client.set("big", big)
+    # Then Redis still answers, and the broken connection is read as a refusal of that size
+    assert refused_for_size(client, len(big), dropped.value)
+    # But not for a small write, nor for an error that is not a dropped connection
+    assert not refused_for_size(client, 1000, dropped.value)
+    assert not refused_for_size(client, len(big), redis.ResponseError("WRONGTYPE"))
+    # And not when Redis does not answer either: that is an outage, to wait out
+    server.stop()
+    assert not refused_for_size(client, len(big), dropped.value)
 
 
 @pytest.mark.cluster

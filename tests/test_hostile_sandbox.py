@@ -29,7 +29,6 @@ import docker.errors
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, ChunkResult
 from hermes_worker.engine import Profile, provenance
 from hermes_worker.probe import probe, self_test_request
 from hermes_worker.sandbox import BadReply, SessionFailed
@@ -38,6 +37,7 @@ from hermes_worker.sandbox.protocol import BytesRecv, DockerDemux, FrameReader, 
 from hermes_worker.sandbox.reply import Expected, check_result
 from hermes_worker.sandbox.server import DATA_LIES, handle
 from hermes_worker.settings import Settings, SettingsError
+from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from .support.chunks import chunk, locally, records, run
 from .support.environment import TEST_DEPLOYMENT

@@ -142,8 +142,10 @@ def test_every_action_is_pinned_to_a_commit() -> None:
 
 
 def compose_images() -> dict[str, str]:
+    """The image of every service not built here; ``${VARIABLE:-DEFAULT}`` counts as its default."""
     services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
-    return {name: svc["image"] for name, svc in services.items() if "build" not in svc}
+    images = {name: svc["image"] for name, svc in services.items() if "build" not in svc}
+    return {name: re.sub(r"^\$\{[A-Z_]+:-(.+)\}$", r"\1", image) for name, image in images.items()}
 
 
 def k8s_images() -> dict[str, str]:

@@ -45,9 +45,10 @@ import pytest
 from bench.hostile import FAMILIES
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.timing import cpu_seconds
 
@@ -159,7 +160,12 @@ def _item_path(profile: str) -> Callable[[str], Any]:
 
     def run(text: str) -> None:
         # item_time_budget 0: the engine's own time is measured here, not the budget's
-        request = ChunkRequest(1, spec, 1, False, LARGEST, items=[Item(1, 1, text)], item_time_budget=0)
+        request = ChunkRequest(
+            1,
+            spec,
+            options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=LARGEST, item_time_budget=0),
+            items=[Item(1, 1, text)],
+        )
         result = process_chunk(request, mode="local", worker="test")
         assert result.ok == 1, result.errors
 

@@ -23,12 +23,14 @@ from typing import Any
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, ContractError, Item
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import ContractError
 from hermes_worker.engine import BUILTIN_PROFILES
 from hermes_worker.engine import budget as budget_module
 from hermes_worker.engine.budget import ItemTooSlow, item_budget_s, normalize_within_budget
 from hermes_worker.processing import process_chunk
 from hermes_worker.settings import Settings, SettingsError
+from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.inputs import read_records
@@ -60,7 +62,7 @@ def test_a_runaway_regular_expression_in_c_is_interrupted() -> None:
         clock.run(0.2, line, lambda: runaway.sub("", line))
     # Then it stops at the budget, with a message naming it, and leaves no handler or timer behind
     assert time.process_time() - start < 5
-    assert raised.value.code == contract.TOO_SLOW == budget_module.TOO_SLOW
+    assert raised.value.code == contract.TOO_SLOW
     assert raised.value.message == (
         "normalization took longer than its budget of 0.2 s of CPU time (prompt of 200,001 bytes)"
     )
@@ -113,13 +115,10 @@ def test_the_default_budget_grows_with_the_prompt_and_zero_turns_it_off() -> Non
 
 def _chunk(prompts: list[str], scale: Any = TEST_SCALE) -> ChunkRequest:
     return ChunkRequest(
+        options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=MIB, item_time_budget=scale),
         chunk=1,
         profile=BUILTIN_PROFILES["prompt"].spec(),
-        max_validation=1,
-        explain=False,
-        max_prompt_bytes=MIB,
         items=[Item(n, f"p{n}", prompt) for n, prompt in enumerate(prompts, 1)],
-        item_time_budget=scale,
     )
 
 
@@ -159,7 +158,7 @@ def test_a_chunk_request_without_a_budget_gets_the_default() -> None:
     """Requests of producers older than the field keep the protection."""
     payload = _chunk(["x"]).to_payload()
     del payload["item_time_budget"]
-    assert ChunkRequest.from_payload(payload).item_time_budget == 1.0
+    assert ChunkRequest.from_payload(payload).options.item_time_budget == 1.0
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-1", "101", "fast", "1e400"])

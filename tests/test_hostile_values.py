@@ -202,7 +202,7 @@ GUARDED = """
 import sys
 import click
 from hermes_producer import logs
-from hermes_producer.guard import GuardedGroup
+from hermes_producer.cli.guard import GuardedGroup
 
 @click.group(cls=GuardedGroup)
 def main():

@@ -1,8 +1,12 @@
 """No Hermes module imports itself back, directly or through others, at import time or later.
 
 The graph is read from the source (every ``import`` statement, at module level or inside a
-function, TYPE_CHECKING blocks included), so a cycle hidden behind a lazy import counts too:
-``worker`` importing ``app`` inside a function to dodge ``app`` -> ``tasks`` -> ``worker`` was one.
+function), so a cycle hidden behind a lazy import counts too: ``worker`` importing ``app`` inside
+a function to dodge ``app`` -> ``tasks`` -> ``worker`` was one. Only ``if TYPE_CHECKING:``
+blocks are left out: they are for the type checker, never run, and so import nothing (a module
+may name the type of what it is handed, ``Settings`` say, whoever imports whom).
+
+And no function or method of theirs is longer than 60 lines (read from the source the same way).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,13 +65,27 @@ def _targets(name: str, is_package: bool, node: ast.Import | ast.ImportFrom, kno
     return targets
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except those inside ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            todo.extend(node.orelse)
+            continue
+        found.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
     """Module -> the modules of ``packages`` it imports anywhere in its source."""
     known = modules(root, packages)
     graph: dict[str, set[str]] = {}
     for name, (path, is_package) in known.items():
         graph[name] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 graph[name] |= _targets(name, is_package, node, set(known))
     return graph
@@ -126,6 +145,19 @@ def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert cycles(graph) == [["pkg.sub.leaf", "pkg.top"]]
 
 
+def test_the_graph_leaves_out_what_only_the_type_checker_reads(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import b\nelse:\n    from . import c\n"
+    )
+    (package / "b.py").write_text("from . import a\n")
+    (package / "c.py").write_text("")
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.a"] == {"pkg.c"} and cycles(graph) == []
+
+
 def test_no_import_cycle_among_hermes_modules() -> None:
     graph = import_graph(REPO, PACKAGES)
     assert "hermes_worker.runtime" in graph["hermes_worker.app"]  # the graph is the real one
@@ -144,3 +176,79 @@ def test_the_worker_modules_import_alone_in_a_fresh_interpreter() -> None:
         if process.returncode != 0:
             failed[name] = err.strip().splitlines()[-1:]
     assert failed == {}
+
+
+# Issue 12: a function that does not fit on a screen does more than one thing. Counted from the
+# `def` line to its last line (decorators not counted, its docstring counted).
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(root: Path, packages: tuple[str, ...], limit: int) -> list[str]:
+    """``module.function (N lines)`` for every function or method of ``packages`` over ``limit`` lines.
+
+    Nested functions and methods of nested classes are named by their path: ``module.Class.method``,
+    ``module.outer.inner``.
+    """
+    found = []
+    for name, (path, _is_package) in sorted(modules(root, packages).items()):
+        stack: list[tuple[ast.AST, str]] = [(ast.parse(path.read_text(encoding="utf-8")), name)]
+        while stack:
+            node, prefix = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    qualified = f"{prefix}.{child.name}"
+                    length = (child.end_lineno or child.lineno) - child.lineno + 1
+                    if not isinstance(child, ast.ClassDef) and length > limit:
+                        found.append(f"{qualified} ({length} lines)")
+                    stack.append((child, qualified))
+                else:
+                    stack.append((child, prefix))  # a def inside an `if` or `try` block still counts
+    return sorted(found)
+
+
+def test_the_length_rule_counts_from_def_to_the_last_line_of_every_function(tmp_path: Path) -> None:
+    # Given a package with a decorated function, a method, a nested function and one inside an `if`
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mod.py").write_text(
+        textwrap.dedent(
+            """\
+            @decorator
+            @another
+            def short():
+                \"\"\"A docstring counts.\"\"\"
+                x = 1
+                return x
+            class Thing:
+                def method(self):
+                    x = 1
+                    y = 2
+                    return x + y
+            def outer():
+                def inner():
+                    x = 1
+                    y = 2
+                    return x + y
+                return inner
+            if True:
+                def hidden():
+                    x = 1
+                    y = 2
+                    return x + y
+            """
+        )
+    )
+    # When functions over 3 lines are looked for / Then each is named by its path, with its length
+    assert long_functions(tmp_path, ("pkg",), 3) == [
+        "pkg.mod.Thing.method (4 lines)",
+        "pkg.mod.hidden (4 lines)",
+        "pkg.mod.outer (6 lines)",
+        "pkg.mod.outer.inner (4 lines)",
+        "pkg.mod.short (4 lines)",  # its two decorator lines are not counted
+    ]
+    assert long_functions(tmp_path, ("pkg",), 6) == []
+
+
+def test_no_function_is_longer_than_sixty_lines() -> None:
+    too_long = long_functions(REPO, PACKAGES, MAX_FUNCTION_LINES)
+    assert too_long == [], f"over {MAX_FUNCTION_LINES} lines, split into helpers:\n" + "\n".join(too_long)

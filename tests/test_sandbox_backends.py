@@ -71,11 +71,18 @@ def test_every_registered_backend_can_be_chosen_and_opened(tmp_path: Path) -> No
     assert backend("docker").engine_name == "Docker" and backend("dagger").engine_name == "Dagger"
 
 
+def test_the_setting_accepts_exactly_the_registered_backends(tmp_path: Path) -> None:
+    from hermes_worker.settings import SETTINGS
+
+    (spec,) = [spec for spec in SETTINGS if spec.variable == "HERMES_CONTAINER_BACKEND"]
+    assert set(spec.parse.choices) == set(BACKENDS)  # type: ignore[attr-defined]
+
+
 def test_an_unknown_backend_name_says_which_ones_exist(tmp_path: Path) -> None:
     with pytest.raises(SessionFailed) as caught:
         open_session(Settings(home=tmp_path).with_overrides(container_backend="podman"), "w1")
     assert caught.value.reason == "unknown container backend 'podman'"
-    assert caught.value.fix == "set HERMES_CONTAINER_BACKEND to one of: dagger, docker"
+    assert caught.value.fix == "set HERMES_CONTAINER_BACKEND to one of: " + ", ".join(sorted(BACKENDS))
 
 
 def test_a_backend_without_a_cheap_check_is_taken_as_answering(tmp_path: Path) -> None:

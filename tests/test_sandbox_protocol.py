@@ -14,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, Item
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.errors import FrameTooLarge, ProtocolError, TornStream
 from hermes_worker.sandbox.protocol import HEADER_BYTES, BytesRecv, DockerDemux, FrameReader, encode_frame
 from hermes_worker.sandbox.server import handle
+from hermes_worker.wire import ChunkRequest, Item
 
 IMITATIONS = [
     "\x00\x00\x00\x02{}",  # a whole frame, as text
@@ -33,7 +34,9 @@ IMITATIONS = [
 def payload(prompts: list[Any]) -> dict[str, Any]:
     items = [Item(n, f"id-{n}", text) for n, text in enumerate(prompts, 1)]
     spec = resolve_profile("prompt").spec()
-    return ChunkRequest(3, spec, max_validation=1, explain=False, max_prompt_bytes=1 << 20, items=items).to_payload()
+    return ChunkRequest(
+        3, spec, options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=1 << 20), items=items
+    ).to_payload()
 
 
 @given(st.lists(st.dictionaries(st.text(max_size=5), st.text() | st.integers() | st.none(), max_size=4),

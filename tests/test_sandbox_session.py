@@ -19,12 +19,13 @@ import docker.errors
 import pytest
 
 from hermes_worker import contract
-from hermes_worker.contract import ChunkRequest, ContractError
+from hermes_worker.contract import ContractError
 from hermes_worker.engine import ProfileError
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox import SessionFailed, open_session
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import encode_frame
+from hermes_worker.wire import ChunkRequest
 
 from .support.chunks import batch_chunks, chunk, golden_chunks, locally, records, run
 from .support.environment import TEST_DEPLOYMENT

@@ -65,7 +65,7 @@ def sample(spec: Setting) -> tuple[str, Any]:
     if isinstance(spec.parse, OneOf):
         return spec.parse.choices[-1], spec.parse.choices[-1]
     if spec.parse is flag:
-        return "yes", True
+        return ("no", False) if spec.default else ("yes", True)
     assert spec.variable in SAMPLES, f"{spec.variable}: add a sample value to SAMPLES"
     return SAMPLES[spec.variable]
 

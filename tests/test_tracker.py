@@ -53,11 +53,13 @@ from hermes_producer.notices import (
     StartNotice,
     decode_entry,
 )  # fmt: skip
-from hermes_producer.routes import route_for
 from hermes_producer.tracker import ChunkTracker, Forget, Limits, RunHere, Send
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, ChunkResult
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.routes import route_for
+from hermes_worker.wire import ChunkRequest, ChunkResult
 
 LIMITS = Limits(chunk_time_limit_s=60, heartbeat_s=5, worker_ttl_s=15, outage_timeout_s=300, patience_s=30)
 OVERDUE_AFTER = 60 + 5 + 2 * 5  # the chunk time limit, a grace, two heartbeats
@@ -75,8 +77,8 @@ def chunk(number: int, lines: int = 4, *, poison: int | None = None) -> dict[str
     first = number * 100 + 1
     prompts = ["POISON" if n == poison else f"prompt {first + n}" for n in range(lines)]
     text = "\n".join(json.dumps({"id": f"{number}-{n}", "prompt": p}) for n, p in enumerate(prompts))
-    request = ChunkRequest(chunk=number, profile=PROFILE, max_validation=0, explain=False, max_prompt_bytes=1 << 20,
-                           text=text, first=first)  # fmt: skip
+    options = ChunkOptions(max_validation=0, explain=False, max_prompt_bytes=1 << 20)
+    request = ChunkRequest(chunk=number, profile=PROFILE, options=options, text=text, first=first)
     return request.to_payload()
 
 

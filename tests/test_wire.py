@@ -14,18 +14,11 @@ from typing import Any
 
 import pytest
 
-from hermes_worker.contract import (
-    MAX_MESSAGE_CHARS,
-    PAYLOAD_VERSION,
-    ChunkRequest,
-    ChunkResult,
-    ContractError,
-    Item,
-    ItemFailure,
-    Reply,
-)
+from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.contract import MAX_MESSAGE_CHARS, PAYLOAD_VERSION, ContractError
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, ChunkResult, Item, ItemFailure, Reply
 
 NFC = {"name": "nfc", "steps": ["nfc"]}
 PROVENANCE = {"profile": "nfc", "mode": "local", "worker": "local@w1"}
@@ -70,10 +63,28 @@ def test_an_item_survives_its_wire(value: Item) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        ChunkRequest(3, NFC, 1, False, 1000, items=[Item(1, "a", "x"), Item(2, 2, None, ("too_large", "m"))]),
-        ChunkRequest(4, NFC, 0, True, 1000, text='{"prompt": "a"}\nb', first=11, bad=[[1, "invalid_utf8", "m"]]),
         ChunkRequest(
-            5, NFC, 2, False, 5, text="a\nb\nc", format="text", bad=[], isolation="container", item_time_budget=0.5
+            3,
+            NFC,
+            options=ChunkOptions(max_validation=1, max_prompt_bytes=1000),
+            items=[Item(1, "a", "x"), Item(2, 2, None, ("too_large", "m"))],
+        ),
+        ChunkRequest(
+            4,
+            NFC,
+            options=ChunkOptions(max_validation=0, explain=True, max_prompt_bytes=1000),
+            text='{"prompt": "a"}\nb',
+            first=11,
+            bad=[[1, "invalid_utf8", "m"]],
+        ),
+        ChunkRequest(
+            5,
+            NFC,
+            options=ChunkOptions(max_validation=2, max_prompt_bytes=5, item_time_budget=0.5),
+            text="a\nb\nc",
+            format="text",
+            bad=[],
+            isolation="container",
         ),
     ],
     ids=["items", "jsonl-text", "plain-text"],
@@ -84,7 +95,8 @@ def test_a_chunk_request_survives_its_wire(value: ChunkRequest) -> None:
 
 def test_a_request_whose_lines_wait_in_redis_survives_its_wire() -> None:
     reply = Reply(BATCH, 60)
-    value = ChunkRequest(9, NFC, 1, False, 1000, text_key=reply.text_key(9), count=3, first=4, bad=[])
+    options = ChunkOptions(max_validation=1, max_prompt_bytes=1000)
+    value = ChunkRequest(9, NFC, options=options, text_key=reply.text_key(9), count=3, first=4, bad=[])
     assert ChunkRequest.from_payload(json.loads(json.dumps(value.to_payload())), reply) == value
 
 
@@ -109,7 +121,8 @@ def test_a_chunk_result_survives_both_its_wires(value: ChunkResult) -> None:
 
 def test_what_process_chunk_makes_survives_both_wires() -> None:
     text = '{"id": "a", "prompt": "caf\\u00e9 \\u2028"}\nnope\n{"prompt": "\\ud83d\\ude00"}'
-    request = ChunkRequest(1, resolve_profile("prompt").spec(), 1, True, 1000, text=text, first=5)
+    options = ChunkOptions(max_validation=1, explain=True, max_prompt_bytes=1000)
+    request = ChunkRequest(1, resolve_profile("prompt").spec(), options=options, text=text, first=5)
     made = process_chunk(request, mode="local", worker="local@w1")
     assert ChunkResult.from_wire(json.loads(json.dumps(made.to_wire()))) == made
     fields = made.to_stream()
@@ -178,7 +191,8 @@ def test_a_malformed_item_is_refused_naming_the_field(wire: Any, problem: str) -
     with pytest.raises(ContractError, match=problem):
         Item.from_wire(wire)
     # And inside a request, the same refusal
-    request = ChunkRequest(0, NFC, 0, False, 100, items=[Item(1, "ok", "x")]).to_payload()
+    options = ChunkOptions(max_validation=0, max_prompt_bytes=100)
+    request = ChunkRequest(0, NFC, options=options, items=[Item(1, "ok", "x")]).to_payload()
     with pytest.raises(ContractError, match=problem):
         ChunkRequest.from_payload(request | {"items": [[0, "ok", "x", None], wire]})
 
@@ -192,7 +206,7 @@ def test_a_malformed_item_failure_is_refused_naming_the_field(wire: Any) -> None
 def test_too_many_items_are_refused_before_any_is_read() -> None:
     from hermes_worker import contract
 
-    request = ChunkRequest(0, NFC, 0, False, 100, items=[]).to_payload()
+    request = ChunkRequest(0, NFC, options=ChunkOptions(max_validation=0, max_prompt_bytes=100), items=[]).to_payload()
     with pytest.raises(ContractError, match=r"more than \d+ items in one chunk"):
         ChunkRequest.from_payload(request | {"items": [None] * (contract.MAX_CHUNK_LINES + 1)})
 
@@ -253,4 +267,4 @@ def test_requests_an_older_producer_sent_decode_and_encode_back_unchanged() -> N
     assert ChunkRequest.from_payload(items_request).items == expected
     # A request from a producer before item_time_budget still decodes, with the default
     without = {k: v for k, v in items_request.items() if k != "item_time_budget"}
-    assert ChunkRequest.from_payload(without).item_time_budget == 1.0
+    assert ChunkRequest.from_payload(without).options.item_time_budget == 1.0

@@ -17,7 +17,7 @@ from celery import signals
 
 from hermes_worker.app import create_app
 from hermes_worker.celeryconfig import make_celery
-from hermes_worker.contract import TASK_NORMALIZE_CHUNK
+from hermes_worker.contract import TASK_NORMALIZE, TASK_NORMALIZE_CHUNK
 from hermes_worker.identity import Identity
 from hermes_worker.runtime import WorkerRuntime
 from hermes_worker.settings import Settings
@@ -34,9 +34,12 @@ def test_an_app_is_built_from_the_settings_it_is_given(tmp_path: Path) -> None:
     given = settings(tmp_path, broker_url="redis://127.0.0.1:1/7", chunk_time_limit_s=123.0)
     # When an app is built from them
     app = create_app(given, Identity("local", {"reason": "decided before"}))
-    # Then Celery is configured from them, its only task is Hermes' own, run by a runtime that has them
+    # Then Celery is configured from them, its only tasks are Hermes' own, run by a runtime that has them
     assert app.conf.broker_url == "redis://127.0.0.1:1/7" and app.conf.task_time_limit == 123.0
-    assert sorted(app.tasks) == [TASK_NORMALIZE_CHUNK]
+    assert sorted(app.tasks) == [TASK_NORMALIZE, TASK_NORMALIZE_CHUNK]
+    assert app.tasks[TASK_NORMALIZE].runtime is app.tasks[TASK_NORMALIZE_CHUNK].runtime
+    # and the public task's results go to the result Redis, expiring after HERMES_RESULT_TTL
+    assert app.conf.result_backend == given.result_backend and app.conf.result_expires == given.result_ttl_s
     runtime = app.tasks[TASK_NORMALIZE_CHUNK].runtime
     assert isinstance(runtime, WorkerRuntime) and runtime.settings is given
     assert runtime.identity.probe == {"reason": "decided before"}
@@ -97,3 +100,17 @@ def test_the_module_app_reads_the_environment_when_first_asked_for_not_on_import
     # Then the import succeeds (create_app reads nothing), and the app names the bad variable
     lines = done.stdout.splitlines()
     assert lines[0] == "imported" and lines[1].startswith("SettingsError") and "HERMES_CONCURRENCY" in lines[1], done
+
+
+def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
+    """Declared bare, both queues took the default exchange and key (hermes.local): a message
+    published through that exchange reached both, and a container worker's banner said so."""
+    from hermes_worker.celeryconfig import make_celery
+    from hermes_worker.settings import Settings
+
+    app = make_celery(Settings.from_env({}))
+    assert {(q.name, q.exchange.name, q.routing_key) for q in app.amqp.queues.values()} == {
+        ("hermes.local", "hermes.local", "hermes.local"),
+        ("hermes.container", "hermes.container", "hermes.container"),
+        ("celery", "celery", "celery"),  # the public task's (Celery's default queue)
+    }

@@ -42,13 +42,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
-from .errors import TOO_SLOW, ItemError
+from .errors import ItemError
 from .normalize import Normalized, normalize
 from .profiles import Profile
 
 __all__ = [
     "MAX_BUDGET_SCALE",
-    "TOO_SLOW",
     "Deadline",
     "ItemTooSlow",
     "chunk_clock",
@@ -72,7 +71,7 @@ class ItemTooSlow(ItemError):
 
     def __init__(self, budget_s: float, prompt: str) -> None:
         super().__init__(
-            TOO_SLOW,
+            "too_slow",
             f"normalization took longer than its budget of {budget_s:.3g} s of CPU time "
             f"(prompt of {utf8_size(prompt):,} bytes)",
         )

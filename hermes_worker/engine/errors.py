@@ -8,15 +8,6 @@ from __future__ import annotations
 
 from ..errors import EXIT_ITEMS_FAILED, EXIT_USAGE, HermesError
 
-# Error codes of the item records the engine's own checks make; contract.py lists them with the
-# rest (it imports these: of the worker package, the engine imports only the error root). Stable:
-# scripts match on them.
-EMPTY_PROMPT = "empty_prompt"
-TOO_LARGE = "too_large"
-NUL_BYTE = "nul_byte"
-LONE_SURROGATE = "lone_surrogate"
-TOO_SLOW = "too_slow"
-
 
 class EngineError(HermesError):
     """Root of every error the engine raises on purpose."""
@@ -30,6 +21,10 @@ class ProfileError(EngineError):
 
 class ItemError(EngineError):
     """One item cannot be normalized; ``code`` is stable, ``message`` is for people.
+
+    ``code`` is one of :data:`hermes_worker.contract.ITEM_CODES`, where every code is declared
+    with its meaning. The engine names its codes as literals: of the worker package it imports
+    only the error root, and tests/test_item_codes.py checks that each code raised is declared.
 
     ``item_id``, when set, is the item's own (valid) id, for its error record; otherwise the
     record's id is the item's line number.

@@ -178,7 +178,9 @@ def _fix_encoding(
 
 
 def _fix_encoding_one_step(text: str, config: ftfy.TextFixerConfig, budget: _Budget) -> tuple[str, Steps]:
-    # ftfy._fix_encoding_one_step_and_explain, with its comments shortened.
+    # ftfy._fix_encoding_one_step_and_explain, with its comments shortened. The body of its `try:`
+    # in the loop over CHARMAP_ENCODINGS is _reread_as_utf8, kept apart only to keep this function
+    # short: read side by side with ftfy's, the checks, the loop and their order are the same.
     if len(text) == 0:
         return text, []
     # ASCII text, and text that does not look like mojibake, is left alone.
@@ -191,30 +193,8 @@ def _fix_encoding_one_step(text: str, config: ftfy.TextFixerConfig, budget: _Bud
         if chardata.possible_encoding(text, encoding):
             possible_1byte_encodings.append(encoding)
             encoded_bytes = text.encode(encoding)
-            encode_step = ftfy.ExplanationStep("encode", encoding)
-            transcode_steps = []
             try:
-                decoding = "utf-8"
-                # UTF-8 with b' ' where b'\xa0' belongs (not in macroman: en dash + space).
-                if config.restore_byte_a0 and encoding != "macroman" and chardata.ALTERED_UTF8_RE.search(encoded_bytes):
-                    replaced_bytes = fixes.restore_byte_a0(encoded_bytes)
-                    if replaced_bytes != encoded_bytes:
-                        transcode_steps.append(ftfy.ExplanationStep("transcode", "restore_byte_a0"))
-                        encoded_bytes = replaced_bytes
-                if config.replace_lossy_sequences and encoding.startswith("sloppy"):
-                    replaced_bytes = fixes.replace_lossy_sequences(encoded_bytes)
-                    if replaced_bytes != encoded_bytes:
-                        transcode_steps.append(ftfy.ExplanationStep("transcode", "replace_lossy_sequences"))
-                        encoded_bytes = replaced_bytes
-                if 0xED in encoded_bytes or 0xC0 in encoded_bytes:
-                    decoding = "utf-8-variants"
-                decode_step = ftfy.ExplanationStep("decode", decoding)
-                steps = [encode_step, *transcode_steps, decode_step]
-                if decoding == "utf-8-variants":
-                    fixed = _decode_utf8_variants(encoded_bytes)
-                else:
-                    fixed = encoded_bytes.decode(decoding)
-                return fixed, steps
+                return _reread_as_utf8(encoded_bytes, encoding, config)
             except UnicodeDecodeError:
                 pass
 
@@ -243,6 +223,34 @@ def _fix_encoding_one_step(text: str, config: ftfy.TextFixerConfig, budget: _Bud
         return fixes.fix_c1_controls(text), steps
 
     return text, []
+
+
+def _reread_as_utf8(encoded_bytes: bytes, encoding: str, config: ftfy.TextFixerConfig) -> tuple[str, Steps]:
+    # The `try:` body of ftfy._fix_encoding_one_step_and_explain's loop over CHARMAP_ENCODINGS:
+    # ``encoded_bytes`` (the text encoded as ``encoding``) decoded as UTF-8, or close enough.
+    # Raises UnicodeDecodeError when they are not UTF-8: the loop then tries the next encoding.
+    encode_step = ftfy.ExplanationStep("encode", encoding)
+    transcode_steps = []
+    decoding = "utf-8"
+    # UTF-8 with b' ' where b'\xa0' belongs (not in macroman: en dash + space).
+    if config.restore_byte_a0 and encoding != "macroman" and chardata.ALTERED_UTF8_RE.search(encoded_bytes):
+        replaced_bytes = fixes.restore_byte_a0(encoded_bytes)
+        if replaced_bytes != encoded_bytes:
+            transcode_steps.append(ftfy.ExplanationStep("transcode", "restore_byte_a0"))
+            encoded_bytes = replaced_bytes
+    if config.replace_lossy_sequences and encoding.startswith("sloppy"):
+        replaced_bytes = fixes.replace_lossy_sequences(encoded_bytes)
+        if replaced_bytes != encoded_bytes:
+            transcode_steps.append(ftfy.ExplanationStep("transcode", "replace_lossy_sequences"))
+            encoded_bytes = replaced_bytes
+    if 0xED in encoded_bytes or 0xC0 in encoded_bytes:
+        decoding = "utf-8-variants"
+    decode_step = ftfy.ExplanationStep("decode", decoding)
+    steps = [encode_step, *transcode_steps, decode_step]
+    # ftfy decodes with its "utf-8-variants" codec, quadratic on some input; this decoder is not.
+    if decoding == "utf-8-variants":
+        return _decode_utf8_variants(encoded_bytes), steps
+    return encoded_bytes.decode(decoding), steps
 
 
 def _decode_inconsistent_utf8(text: str, budget: _Budget) -> str:

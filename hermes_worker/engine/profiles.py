@@ -171,14 +171,22 @@ def load_profile_file(path: str | Path) -> dict[str, Profile]:
             message names the file and the profile.
     """
     path = Path(path)
-    text = _read_profile_file(path)
+    tables = _profile_tables(path, _parse_toml(path, _read_profile_file(path)))
+    return {name: _profile_from_table(path, name, table) for name, table in tables.items()}
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
+    """The file's TOML document, or a :class:`ProfileError` naming the file."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ProfileError(f"{path}: not valid TOML for Hermes: arrays or tables nested too deeply") from None
 
+
+def _profile_tables(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``[profiles.NAME]`` tables of a profile file: checked as a whole, each still unchecked."""
     unknown_top = set(data) - {"profiles"}
     if unknown_top:
         shown = ", ".join(_short(key, 40) for key in sorted(unknown_top)[:5])
@@ -188,40 +196,41 @@ def load_profile_file(path: str | Path) -> dict[str, Profile]:
         raise ProfileError(f"{path}: no profiles defined; add a table such as [profiles.mine] with steps = [...]")
     if len(tables) > MAX_PROFILES:
         raise ProfileError(f"{path}: {len(tables):,} profiles; a file may define at most {MAX_PROFILES}")
+    return tables
 
-    profiles: dict[str, Profile] = {}
-    for name, table in tables.items():
-        where = f"{path}: profile {_short(name)}"
-        if not _NAME.fullmatch(name):
-            raise ProfileError(
-                f"{where}: the name is invalid: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
-            )
-        if name in BUILTIN_PROFILES:
-            raise ProfileError(f"{where}: redefines a built-in profile; choose another name")
-        if not isinstance(table, dict):
-            raise ProfileError(f"{where}: must be a table with a 'steps' list")
-        extra = set(table) - {"steps", "description"}
-        if extra:
-            shown = ", ".join(_short(key, 40) for key in sorted(extra)[:5])
-            raise ProfileError(f"{where}: unknown keys {shown}; allowed: steps, description")
-        steps = table.get("steps")
-        if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
-            raise ProfileError(f"{where}: 'steps' must be a list of step names")
-        if len(steps) > MAX_STEPS:
-            raise ProfileError(f"{where}: {len(steps):,} steps; a profile may have at most {MAX_STEPS}")
-        unknown = next((step for step in steps if step not in STEPS), None)
-        if unknown is not None and len(unknown) > 64:
-            raise ProfileError(f"{where}: unknown step {_short(unknown)}; known steps: {', '.join(STEPS)}")
-        description = table.get("description", "")
-        if not isinstance(description, str):
-            raise ProfileError(f"{where}: 'description' must be a string")
-        if len(description) > MAX_DESCRIPTION:
-            raise ProfileError(f"{where}: the description is longer than {MAX_DESCRIPTION:,} characters")
-        try:
-            profiles[name] = Profile(name, tuple(steps), description)
-        except ProfileError as exc:
-            raise ProfileError(f"{path}: {exc}") from exc
-    return profiles
+
+def _profile_from_table(path: Path, name: str, table: Any) -> Profile:
+    """The profile one ``[profiles.NAME]`` table defines; a :class:`ProfileError` names the file and the profile."""
+    where = f"{path}: profile {_short(name)}"
+    if not _NAME.fullmatch(name):
+        raise ProfileError(
+            f"{where}: the name is invalid: use 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+        )
+    if name in BUILTIN_PROFILES:
+        raise ProfileError(f"{where}: redefines a built-in profile; choose another name")
+    if not isinstance(table, dict):
+        raise ProfileError(f"{where}: must be a table with a 'steps' list")
+    extra = set(table) - {"steps", "description"}
+    if extra:
+        shown = ", ".join(_short(key, 40) for key in sorted(extra)[:5])
+        raise ProfileError(f"{where}: unknown keys {shown}; allowed: steps, description")
+    steps = table.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        raise ProfileError(f"{where}: 'steps' must be a list of step names")
+    if len(steps) > MAX_STEPS:
+        raise ProfileError(f"{where}: {len(steps):,} steps; a profile may have at most {MAX_STEPS}")
+    unknown = next((step for step in steps if step not in STEPS), None)
+    if unknown is not None and len(unknown) > 64:
+        raise ProfileError(f"{where}: unknown step {_short(unknown)}; known steps: {', '.join(STEPS)}")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise ProfileError(f"{where}: 'description' must be a string")
+    if len(description) > MAX_DESCRIPTION:
+        raise ProfileError(f"{where}: the description is longer than {MAX_DESCRIPTION:,} characters")
+    try:
+        return Profile(name, tuple(steps), description)
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from exc
 
 
 def resolve_profile(name: str, custom: Mapping[str, Profile] | None = None) -> Profile:
@@ -235,4 +244,6 @@ def resolve_profile(name: str, custom: Mapping[str, Profile] | None = None) -> P
     try:
         return known[name]
     except KeyError:
-        raise ProfileError(f"unknown profile {name!r}; known profiles: {', '.join(known)}") from None
+        close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ProfileError(f"unknown profile {name!r}{hint}; known profiles: {', '.join(known)}") from None

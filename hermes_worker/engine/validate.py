@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import EMPTY_PROMPT, LONE_SURROGATE, NUL_BYTE, TOO_LARGE, ItemError
+from .errors import ItemError
 from .profiles import Profile
 from .steps import STEPS
 
@@ -30,19 +30,19 @@ def check_prompt(prompt: str, max_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> None
     hermes_worker.engine.errors.ItemError: prompt contains a NUL character at offset 1: binary data is not a prompt
     """
     if not prompt:
-        raise ItemError(EMPTY_PROMPT, "prompt is empty")
+        raise ItemError("empty_prompt", "prompt is empty")
     # A str of n code points takes at most 4n bytes in UTF-8: only long prompts pay for encoding.
     if len(prompt) * 4 > max_bytes:
         size = len(prompt.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
-            raise ItemError(TOO_LARGE, f"prompt is {size:,} bytes; the limit is {max_bytes:,} bytes")
+            raise ItemError("too_large", f"prompt is {size:,} bytes; the limit is {max_bytes:,} bytes")
     nul = prompt.find("\x00")
     if nul >= 0:
-        raise ItemError(NUL_BYTE, f"prompt contains a NUL character at offset {nul}: binary data is not a prompt")
+        raise ItemError("nul_byte", f"prompt contains a NUL character at offset {nul}: binary data is not a prompt")
     surrogate = _SURROGATE.search(prompt)
     if surrogate is not None:
         raise ItemError(
-            LONE_SURROGATE,
+            "lone_surrogate",
             f"prompt contains a lone surrogate U+{ord(surrogate.group()):04X} at offset {surrogate.start()}: "
             "it is not valid Unicode text",
         )

@@ -41,10 +41,12 @@ DOCKERFILE = Path(__file__).resolve().parent / "Dockerfile"
 # What the engine server imports, and nothing more: no Docker, Celery or Redis code in the image.
 _SOURCES = (
     "__init__.py",
+    "chunk_options.py",
     "contract.py",
     "errors.py",
     "lines.py",
     "processing.py",
+    "wire.py",
     "engine/*.py",
     *(f"sandbox/{name}.py" for name in ("__init__", "backends", "errors", "protocol", "reply", "server", "session")),
 )

@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import ChunkRequest, ChunkResult, Item, ItemFailure
 from ..engine import Profile
 from ..processing import request_items
+from ..wire import ChunkRequest, ChunkResult, Item, ItemFailure
 from .errors import ContainerDied, FrameTooLarge
 
 __all__ = [
@@ -110,9 +110,13 @@ class Expected:
         """What the host expects back for ``request``: it parses the items itself (the same pure
         parser the sandbox runs), so each record's line and id, and the guard's ids, come from here."""
         items, ids = request_items(request)
-        room = _EXPLAIN_PER_STEP * (request.max_validation + 1) * max(1, len(profile.steps)) if request.explain else 0
+        room = (
+            _EXPLAIN_PER_STEP * (request.options.max_validation + 1) * max(1, len(profile.steps))
+            if request.options.explain
+            else 0
+        )
         first = request.first if request.text is not None else None
-        return cls(request.chunk, items, provenance, request.explain, room, ids, first)
+        return cls(request.chunk, items, provenance, request.options.explain, room, ids, first)
 
     def part(self, start: int, stop: int) -> Expected:
         """The expectation for items ``start:stop`` sent on their own (an items request)."""

@@ -25,9 +25,10 @@ import sys
 import time
 from typing import Any
 
-from ..contract import ChunkRequest, ContractError
+from ..contract import ContractError
 from ..engine import ProfileError, engine_versions
 from ..processing import process_chunk, request_items
+from ..wire import ChunkRequest
 from .errors import FrameTooLarge, ProtocolError
 from .protocol import HEADER_BYTES, MAX_FRAME_BYTES, FrameReader, encode_frame
 

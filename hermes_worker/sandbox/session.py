@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .. import contract
-from ..contract import ChunkRequest, ChunkResult
 from ..engine import Profile
+from ..wire import ChunkRequest, ChunkResult
 from .errors import ContainerDied, FrameTooLarge, SessionFailed
 from .protocol import MAX_FRAME_BYTES
 from .reply import BadReply, ClaimedTooLarge, Expected, check_result, error_result

@@ -35,6 +35,11 @@ TARGET = HERE / "requirements.txt"
 BUILD_TARGET = HERE / "requirements-build.txt"
 BUILD_PINS = {"setuptools": "80.9.0"}  # pyproject.toml: requires = ["setuptools>=68"]
 PROJECT = "hermes-prompts"
+# The Pythons the image is built on: the official python:3.11-slim (the tested virtualenv's patch
+# level stands for it) and Debian bookworm's 3.11.2, the base ops/compose-images.sh builds where no
+# registry answers. A distribution that only 3.11.2 needs is not installed here: pinned below.
+DEBIAN_PYTHON = "3.11.2"
+DEBIAN_ONLY_PINS = {"async-timeout": "5.0.1"}  # redis: async-timeout>=4.0.3; python_full_version < "3.11.3"
 PLATFORMS = {"x86_64": ("manylinux2014", "manylinux_2_17", "manylinux_2_28"),
              "aarch64": ("manylinux2014", "manylinux_2_17", "manylinux_2_28")}  # fmt: skip
 
@@ -42,17 +47,22 @@ PLATFORMS = {"x86_64": ("manylinux2014", "manylinux_2_17", "manylinux_2_28"),
 def closure(name: str = PROJECT) -> dict[str, str]:
     """Every distribution ``name`` needs at run time (no extras of its own), with its version here."""
     env = default_environment() | {"python_version": "3.11", "platform_system": "Linux", "sys_platform": "linux"}
+    envs = (env, env | {"python_full_version": DEBIAN_PYTHON})
     found: dict[str, str] = {}
     todo: list[tuple[str, tuple[str, ...]]] = [(name, ())]
     while todo:
         current, extras = todo.pop()
+        key = current.lower().replace("_", "-")
+        if key in DEBIAN_ONLY_PINS:  # not installed here; it needs nothing itself
+            found[key] = DEBIAN_ONLY_PINS[key]
+            continue
         dist = metadata.distribution(current)
         key = dist.metadata["Name"].lower().replace("_", "-")
         found[key] = dist.version
         for text in dist.requires or ():
             requirement = Requirement(text)
             wanted = requirement.marker is None or any(
-                requirement.marker.evaluate(env | {"extra": extra}) for extra in ("", *extras)
+                requirement.marker.evaluate(e | {"extra": extra}) for e in envs for extra in ("", *extras)
             )
             child = requirement.name.lower().replace("_", "-")
             if wanted and (child not in found or requirement.extras):

@@ -6,10 +6,11 @@ import json
 from itertools import cycle, islice
 from typing import Any
 
-from hermes_worker.contract import PAYLOAD_VERSION, ChunkRequest, ChunkResult
+from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.sandbox.session import SandboxSession
+from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from .environment import EXAMPLES, REPO
 

@@ -11,9 +11,10 @@ from typing import Any
 from hermes_producer.batch import BatchOptions, guard_duplicates, text_chunk_requests
 from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
-from hermes_worker.contract import ChunkRequest, request_span
+from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
+from hermes_worker.wire import ChunkRequest, request_span
 
 from .environment import EXAMPLES
 
@@ -54,9 +55,11 @@ def make_signing_files(directory: Path, name: str) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def batch_records(data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000) -> list[dict[str, Any]]:
+def batch_records(
+    data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000, profile: str = "nfc"
+) -> list[dict[str, Any]]:
     """Every record ``hermes batch`` would write for ``data``, through raw chunks and the guard, in-process."""
-    options = BatchOptions(resolve_profile("nfc"), fmt, chunk_size=chunk_size, max_prompt_bytes=max_bytes)  # type: ignore[arg-type]
+    options = BatchOptions(resolve_profile(profile), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
     seen, records = SeenIds(), []
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
         result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)

@@ -90,15 +90,17 @@ def registry_entry(client: redis.Redis, node: str) -> dict[str, Any] | None:
 
 
 def wait_registered(worker: WorkerProcess, node: str, client: Callable[[], redis.Redis], timeout: float = 90) -> None:
-    """Wait until ``node`` is in the registry; fail at once, with its log, if the worker exits."""
+    """Wait until ``node`` is in the registry, consuming its queues (ready: its name alone is claimed
+    as soon as it starts, with no queue); fail at once, with its log, if the worker exits."""
 
     def registered() -> bool:
         if worker.process.poll() is not None:
             pytest.fail(f"worker {node} exited with {worker.process.returncode}:\n{worker.log[-3000:]}")
         try:
-            return registry_entry(client(), node) is not None
+            entry = registry_entry(client(), node)
         except redis.RedisError:  # a chaos test may have stopped the server for a while
             return False
+        return entry is not None and bool(entry["queues"])
 
     wait_until(registered, timeout, 0.1, f"worker {node} to register")
 

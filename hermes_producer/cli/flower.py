@@ -10,7 +10,7 @@ import click
 from hermes_worker.redact import redact_url
 from hermes_worker.settings import option_help
 
-from .cli_common import Context, check_listen_address, fail, pass_context
+from .common import Context, check_listen_address, fail, pass_context
 
 # Flower's own OAuth configuration: with it, basic auth is not required.
 _OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH")
@@ -64,6 +64,31 @@ def flower(
       hermes flower --allow-control      # the operators' own Flower, with the buttons
     """
     settings = ctx.settings
+    _refuse_secret_options(flower_args)
+    if ":" in settings.flower_user:
+        fail("HERMES_FLOWER_USER contains ':', which HTTP basic auth cannot carry in a user name")
+    env = _flower_environment(ctx, allow_control, insecure_no_auth)
+    check_listen_address("--address", address or settings.flower_address, port or settings.flower_port)
+    argv = [
+        sys.executable,
+        "-P",  # nothing imported from the current directory, whoever can write there
+        "-m",
+        "hermes_producer.flower_main",
+        f"--port={port or settings.flower_port}",
+        f"--address={address or settings.flower_address}",
+        *flower_args,
+    ]
+    ctx.notice(
+        f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
+        f"(broker {redact_url(settings.broker_url)})"
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+def _refuse_secret_options(flower_args: tuple[str, ...]) -> None:
+    """Exit 2 for a Flower option that would put a secret on the command line, naming its variable."""
     for arg in flower_args:
         name = arg.lstrip("-").partition("=")[0].replace("-", "_").lower()
         if name in _SECRET_OPTIONS:
@@ -71,9 +96,14 @@ def flower(
                 f"Flower's option {name!r} takes a secret, and every user of this machine can read a "
                 f"command line (ps): set {_SECRET_OPTIONS[name]} in the environment instead"
             )
-    if ":" in settings.flower_user:
-        fail("HERMES_FLOWER_USER contains ':', which HTTP basic auth cannot carry in a user name")
-    env = dict(os.environ)
+
+
+def _flower_environment(ctx: Context, allow_control: bool, insecure_no_auth: bool) -> dict[str, str]:
+    """Flower's environment: the login flower_main checks, and whether control is allowed.
+
+    Exits 2 when there is no login and no OAuth, unless ``--insecure-no-auth`` says so.
+    """
+    settings, env = ctx.settings, dict(os.environ)
     if allow_control or settings.flower_allow_control:
         env["HERMES_FLOWER_ALLOW_CONTROL"] = "1"
         ctx.notice("Flower users may control workers and send tasks (--allow-control)")
@@ -92,20 +122,4 @@ def flower(
         )
     else:
         ctx.notice("starting Flower WITHOUT authentication (--insecure-no-auth)")
-    check_listen_address("--address", address or settings.flower_address, port or settings.flower_port)
-    argv = [
-        sys.executable,
-        "-P",  # nothing imported from the current directory, whoever can write there
-        "-m",
-        "hermes_producer.flower_main",
-        f"--port={port or settings.flower_port}",
-        f"--address={address or settings.flower_address}",
-        *flower_args,
-    ]
-    ctx.notice(
-        f"Flower on http://{address or settings.flower_address}:{port or settings.flower_port} "
-        f"(broker {redact_url(settings.broker_url)})"
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, argv, env)
+    return env

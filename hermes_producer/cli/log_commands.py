@@ -17,10 +17,10 @@ import click
 from hermes_worker.events import ClusterLog
 from hermes_worker.redact import redact
 
-from . import logs
-from .cli_common import SQLITE_MAX_INT, Context, pass_context
-from .cluster import Cluster, ClusterRefused, ClusterUnavailable
-from .terminal import printable, printable_json
+from .. import logs
+from ..cluster import Cluster, ClusterRefused, ClusterUnavailable
+from ..terminal import printable, printable_json
+from .common import SQLITE_MAX_INT, Context, pass_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -31,8 +31,8 @@ import click
 from hermes_worker.errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, HermesError
 from hermes_worker.redact import redact
 
-from . import logs
-from .terminal import printable
+from .. import logs
+from ..terminal import printable
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "GuardedGroup"]
 

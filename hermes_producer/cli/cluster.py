@@ -21,9 +21,9 @@ from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
 from hermes_worker.settings import option_help
 
-from .cli_common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
-from .cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
-from .terminal import printable
+from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
+from ..terminal import printable
+from .common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -155,22 +155,29 @@ def metrics(ctx: Context, port: int | None, address: str | None) -> None:
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help='Print the checks as JSON: [{"ok": true|false|null, ...}].')
 @pass_context
-def doctor(ctx: Context) -> None:
+def doctor(ctx: Context, as_json: bool) -> None:
     """Check the broker, the result backend, Docker, the sandbox image and the workers.
 
     Every line is a check; a failed check says what to do. Exit 0 when nothing failed.
+    With --json, one list of checks: ok (true, false; null for a warning), what, fix.
 
     \b
-    Example:
+    Examples:
       hermes doctor
+      hermes doctor --json | jq '.[] | select(.ok == false)'
     """
     problems = 0
+    checks: list[dict[str, Any]] = []
 
     def report(ok: bool | None, what: str, fix: str = "") -> None:
         nonlocal problems
-        mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         problems += ok is False
+        if as_json:  # the same text as the lines: masked secrets, escaped controls
+            checks.append({"ok": ok, "what": printable(redact(what)), "fix": printable(redact(fix)) or None})
+            return
+        mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
         # Every line: a probe's reason or a library's error text may quote a URL.
         _echo(f"[{mark}] {what}" + (f"\n       fix: {fix}" if fix and ok is not True else ""), keep_newlines=True)
 
@@ -196,34 +203,38 @@ def doctor(ctx: Context) -> None:
         )
     _doctor_docker(settings, local, report)
     if cluster is not None:
-        try:
-            live = cluster.live_workers()
-        except redis.RedisError as exc:
-            live = []
-            report(False, f"cannot read the worker registry: {exc}")
-        if not live:
-            report(None, "no live workers: batches run in-process", "start one with: hermes worker")
-        for w in live:
-            report(
-                True,
-                f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
-                f"{time.time() - w.heartbeat_at:.1f} s ago",
-            )
-            if w.tag == "local" and w.probe.get("reason"):
-                report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
-            differs = {
-                k: (local[k], w.versions.get(k))
-                for k in ("python", "unicode", "ftfy", "engine")
-                if w.versions.get(k) != local[k]
-            }
-            if differs:
-                report(
-                    None,
-                    f"worker {w.name} differs from here: "
-                    + ", ".join(f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
-                    "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance",
-                )
+        _doctor_workers(cluster, local, report)
+    if as_json:
+        click.echo(json.dumps(checks, indent=2))
     sys.exit(1 if problems else 0)
+
+
+def _doctor_workers(cluster: Cluster, local: dict[str, str], report: Any) -> None:
+    """One line a live worker, and a warning for each that is local or runs other versions."""
+    try:
+        live = cluster.live_workers()
+    except redis.RedisError as exc:
+        report(False, f"cannot read the worker registry: {exc}")
+        return
+    if not live:
+        report(None, "no live workers: batches run in-process", "start one with: hermes worker")
+    for w in live:
+        report(
+            True,
+            f"worker {w.name}: tag {w.tag}, {w.concurrency} process(es), heartbeat "
+            f"{time.time() - w.heartbeat_at:.1f} s ago",
+        )
+        if w.tag == "local" and w.probe.get("reason"):
+            report(None, f"worker {w.name} is local: {w.probe.get('reason')}", str(w.probe.get("fix", "")))
+        compared = ("python", "unicode", "ftfy", "engine")
+        differs = {k: (local[k], w.versions.get(k)) for k in compared if w.versions.get(k) != local[k]}
+        if differs:
+            report(
+                None,
+                f"worker {w.name} differs from here: "
+                + ", ".join(f"{k} {mine} here vs {theirs}" for k, (mine, theirs) in differs.items()),
+                "outputs are byte-identical only when Unicode and ftfy versions match; compare provenance",
+            )
 
 
 def _doctor_docker(settings: Any, local: dict[str, str], report: Any) -> None:

@@ -1,4 +1,7 @@
-"""Where a batch's chunks go, given who is alive: pure rules over registry entries.
+"""Where work goes, given who is alive: pure rules over registry entries.
+
+A producer routes a batch's chunks by them; a worker routes a public ``hermes.normalize`` task
+(:mod:`hermes_worker.public`) by the same rules.
 
 >>> from hermes_worker.registry import WorkerInfo
 >>> local = WorkerInfo("local@a", "local", 2, ["hermes.local"], "h", 1, {}, {})
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hermes_worker.contract import FALLBACK_MESSAGE, QUEUE_CONTAINER, QUEUE_LOCAL
-from hermes_worker.registry import WorkerInfo
+from .contract import FALLBACK_MESSAGE, QUEUE_CONTAINER, QUEUE_LOCAL
+from .registry import WorkerInfo
 
 __all__ = ["FALLBACK_MESSAGE", "Route", "route_for"]
 

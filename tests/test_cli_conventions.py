@@ -1,0 +1,213 @@
+"""The command line behaves as people who know other CLIs expect (issue 14, part 2).
+
+A prompt is an argument (or standard input), a batch without -o writes to standard output,
+every command that prints data has --json, subcommands read as verbs (the old flags still
+work), a global --broker, and a near-miss profile name gets a suggestion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .support.environment import EXAMPLES
+from .support.fixture_types import HermesRunner
+
+
+def test_run_takes_the_prompt_as_an_argument(hermes: HermesRunner) -> None:
+    done = hermes("run", "ﬁrst line  ")
+    assert (done.returncode, done.stdout) == (0, "first line\n")
+
+
+@pytest.mark.parametrize("args", [[], ["-"], ["--prompt", "-"]], ids=["nothing", "dash", "prompt-dash"])
+def test_run_reads_the_prompt_from_standard_input(hermes: HermesRunner, args: list[str]) -> None:
+    done = hermes("run", *args, "--json", input="cafÃ©")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["text"] == "café"
+
+
+def test_run_keeps_the_prompt_option_for_scripts(hermes: HermesRunner) -> None:
+    assert hermes("run", "--prompt", "ﬁx  ").stdout == "fix\n"
+
+
+def test_run_refuses_a_prompt_given_twice(hermes: HermesRunner) -> None:
+    done = hermes("run", "a", "--prompt", "b")
+    assert done.returncode == 2 and "give the prompt once" in done.stderr
+
+
+def test_batch_without_an_output_writes_records_to_standard_output(hermes: HermesRunner) -> None:
+    done = hermes("-q", "batch", str(EXAMPLES / "prompts.jsonl"))
+    assert done.returncode == 0, done.stderr
+    lines = (EXAMPLES / "prompts.jsonl").read_bytes().count(b"\n")
+    records = [json.loads(line) for line in done.stdout.split("\n")[:-1]]
+    assert [r["line"] for r in records] == list(range(1, lines + 1))
+
+
+def test_tasks_are_added_listed_and_deleted_with_subcommands(hermes: HermesRunner) -> None:
+    added = json.loads(hermes("task", "add", "Hello\u00a0world", "--profile", "compact", "--json").stdout)
+    assert (added["prompt"], added["profile"]["name"], added["status"]) == ("Hello\u00a0world", "compact", "pending")
+    hermes("task", "add", "-", input="second")
+    listed = json.loads(hermes("task", "list", "--json").stdout)
+    assert [t["prompt"] for t in listed] == ["Hello\u00a0world", "second"]
+    assert hermes("task", "delete", str(added["task"])).returncode == 0
+    assert [t["prompt"] for t in json.loads(hermes("task", "--list", "--json").stdout)] == ["second"]
+    gone = hermes("task", "delete", str(added["task"]))
+    assert gone.returncode == 2 and "hermes: error:" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_the_old_task_flags_still_work(hermes: HermesRunner) -> None:
+    assert "task 1 scheduled" in hermes("task", "--prompt", "a").stdout
+    assert "a" in hermes("task", "--list").stdout
+    assert hermes("task", "--delete", "1").stdout == "task 1 deleted\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["task", "--list", "list"], ["task", "--delete", "1", "delete", "1"], ["history", "--export", "1:-", "list"]],
+    ids=["task-list", "task-delete", "history-export"],
+)
+def test_a_flag_and_a_subcommand_for_the_same_thing_are_refused(hermes: HermesRunner, args: list[str]) -> None:
+    done = hermes(*args)
+    assert done.returncode == 2 and "not both" in done.stderr
+
+
+def test_task_without_anything_to_do_says_what_it_takes(hermes: HermesRunner) -> None:
+    done = hermes("task")
+    assert done.returncode == 2 and "hermes task add TEXT, hermes task list, hermes task delete ID" in done.stderr
+
+
+def test_history_lists_and_exports_as_json(hermes: HermesRunner, tmp_path: Path) -> None:
+    hermes("task", "add", "caf\u00c3\u00a9")
+    assert hermes("-q", "queue", "--all").returncode == 0
+    (finished,) = json.loads(hermes("history", "--json").stdout)
+    assert (finished["status"], finished["result"]["text"]) == ("done", "café")
+    assert json.loads(hermes("history", "list", "-n", "1", "--json").stdout) == [finished]
+    assert json.loads(hermes("history", "export", str(finished["task"])).stdout) == finished
+    assert hermes("history", "export", str(finished["task"]), "out.json").returncode == 0
+    assert json.loads((tmp_path / "out.json").read_text()) == finished
+    assert json.loads(hermes("history", "--export", f"{finished['task']}:-").stdout) == finished
+
+
+def test_profiles_as_json_name_every_step_of_every_profile(hermes: HermesRunner) -> None:
+    listed = json.loads(hermes("profiles", "--json").stdout)
+    steps = {step["name"] for step in listed["steps"]}
+    assert {p["name"] for p in listed["profiles"]} >= {"prompt", "nfc", "nfkc", "compact"}
+    assert all(set(p["steps"]) <= steps and p["description"] for p in listed["profiles"])
+
+
+def test_doctor_as_json_lists_its_checks_and_still_fails_without_a_broker(hermes: HermesRunner) -> None:
+    done = hermes("doctor", "--json", timeout=180)
+    checks = json.loads(done.stdout)
+    assert done.returncode == 1  # no broker answers on port 1
+    assert {tuple(sorted(check)) for check in checks} == {("fix", "ok", "what")}
+    assert any(check["ok"] is False and "not answering" in check["what"] for check in checks)
+
+
+def test_the_broker_can_be_given_on_the_command_line(hermes: HermesRunner) -> None:
+    done = hermes("--broker", "redis://127.0.0.1:2/0", "run", "x")
+    assert done.returncode == 0 and "redis://127.0.0.1:2/0 is not answering" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret-pw@127.0.0.1:1/0", "redis://u:s3cret-pw@h/0", "redis://h/0?password=s3cret-pw"]
+)
+def test_a_broker_with_a_password_on_the_command_line_is_refused_and_not_echoed(
+    hermes: HermesRunner, url: str
+) -> None:
+    done = hermes("--broker", url, "workers")
+    assert done.returncode == 2 and "set HERMES_BROKER_URL" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("url", ["abc", "", "redis://h:99999/0", "\x1b[2Jredis://h/0"])
+def test_a_malformed_broker_is_named_as_the_option(hermes: HermesRunner, url: str) -> None:
+    done = hermes("--broker", url, "workers")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("hermes: error: --broker") and "\x1b" not in done.stderr
+
+
+def test_a_near_miss_profile_gets_a_suggestion(hermes: HermesRunner) -> None:
+    done = hermes("run", "x", "--profile", "promt")
+    assert done.returncode == 2 and "did you mean 'prompt'?" in done.stderr
+
+
+def test_the_summary_names_where_records_really_ran() -> None:
+    from collections import Counter
+
+    from hermes_producer.batch import BatchSummary
+    from hermes_producer.cli.batch import summary_text
+
+    planned = "on 1 local worker(s) via hermes.local (local@vm)"
+    mixed = BatchSummary(total=150, ok=150, records_by_worker=Counter({"local@vm": 100, "embedded@vm": 50}))
+    assert summary_text(mixed, planned).endswith("; on 1 worker (local@vm) and in-process (50 records)")
+    as_planned = BatchSummary(total=100, ok=100, records_by_worker=Counter({"local@vm": 100}))
+    assert summary_text(as_planned, planned).endswith(f"; {planned}")
+    here = BatchSummary(total=9, ok=9, records_by_worker=Counter({"embedded@vm": 9}))
+    assert summary_text(here, "in-process (2 processes)").endswith("; in-process (2 processes)")
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> str:
+    """Run ``args`` with standard error on a pseudo-terminal; what the terminal received."""
+    import os
+    import pty
+    import subprocess
+    import time
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=follower)  # fmt: skip
+    os.close(follower)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        received += chunk
+    process.wait(timeout=10)
+    os.close(leader)
+    return received.decode("utf-8", "replace")
+
+
+def test_progress_on_a_terminal_shows_records_rate_bytes_and_an_eta(
+    hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    import sys
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"id": {n}, "prompt": "caf\\u00c3\\u00a9 {n}"}}\n' for n in range(150_000)))
+    shown = _on_a_terminal([sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", "out.jsonl",
+                            "--chunk-size", "500", "--processes", "1"], hermes_env, tmp_path)  # fmt: skip
+    assert "records, " in shown and "/s" in shown and "ETA" in shown
+    assert f"/{source.stat().st_size / 1e6:.1f} MB" in shown  # the input's size, in rich's units
+    assert "150,000 prompts in" in shown  # and the summary after it
+
+
+def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    script = tmp_path / "notice.py"
+    script.write_text(
+        "import io, logging, time\n"
+        "from hermes_producer.cli.batch import progress_bar\n"
+        "from hermes_producer.context import Context\n"
+        "from hermes_worker.settings import Settings\n"
+        "ctx = Context(Settings.from_env({}), logging.getLogger('t'), quiet=False)\n"
+        "with progress_bar(ctx, io.BytesIO()) as update:\n"
+        "    for n in range(30):\n"
+        "        update(n * 1000)\n"
+        "        if n == 15:\n"
+        "            ctx.notice('NOTICE-IN-THE-MIDDLE')\n"
+        "        time.sleep(0.02)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")} | {
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HERMES_HOME": str(tmp_path / "home")}
+    shown = _on_a_terminal([sys.executable, str(script)], env, tmp_path)
+    (line,) = [part for part in shown.replace("\r", "\n").split("\n") if "NOTICE-IN-THE-MIDDLE" in part]
+    assert "records" not in line  # its own line, not written into the progress line
