@@ -17,11 +17,41 @@ import pytest
 
 pytest.register_assert_rewrite("tests.support")  # helpers that assert: show the values when they fail
 
-from .support.environment import TEST_DEPLOYMENT  # noqa: E402
+from .support import environment  # noqa: E402
+from .support import zygote as zygotes  # noqa: E402
+from .support.environment import REPO, TEST_DEPLOYMENT  # noqa: E402
 from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
-from .support.processes import Producer, start_hermes  # noqa: E402
+from .support.processes import Producer, run_hermes, start_hermes  # noqa: E402
+from .support.zygote import Zygote  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
+
+# The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
+# ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
+SERVICE_FIXTURES = {
+    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory"},
+    "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
+               "private_dockerd"},
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a suite where a test takes a service's fixture without the service's mark."""
+    unmarked = []
+    for item in items:
+        taken = set(getattr(item, "fixturenames", ()))
+        for mark, fixtures in SERVICE_FIXTURES.items():
+            if taken & fixtures and item.get_closest_marker(mark) is None:
+                unmarked.append(f"{item.nodeid} takes {', '.join(sorted(taken & fixtures))} but is not marked {mark}")
+    if unmarked:
+        raise pytest.UsageError("tests that need a service must carry its mark:\n  " + "\n  ".join(unmarked))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up: they may start a service
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tell the service starters of tests/support which marks the test about to run carries."""
+    environment.running_marks = frozenset(mark.name for mark in item.iter_markers())
 
 
 @pytest.fixture
@@ -38,41 +68,42 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def zygote_for_the_session() -> Iterator[None]:
+    """The zygote `hermes` commands fork from (tests/support/zygote.py): it takes the environment
+    the session starts with, starts at the first command, and stops with the session."""
+    zygotes.configure(os.environ, REPO)
+    yield
+    zygotes.stop_shared()
+
+
+@pytest.fixture
+def zygote() -> Zygote | None:
+    """The session's zygote (started now if need be); None with HERMES_TEST_FRESH_PROCESSES=1."""
+    return zygotes.shared()
+
+
 @pytest.fixture
 def hermes(hermes_env: dict[str, str], tmp_path: Path) -> HermesRunner:
-    """Run `hermes ARGS...` as a real subprocess; returns the completed process (text mode)."""
+    """Run `hermes ARGS...` as a real process (``run_hermes``); returns the completed process (text mode)."""
 
     def run(
         *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        full_env = dict(hermes_env, **(env or {}))
+        command = [sys.executable, "-m", "hermes_producer", *args]
+        data = input.encode("utf-8") if isinstance(input, str) else input
+        code, out, err = run_hermes(list(args), dict(hermes_env, **(env or {})), tmp_path, data, timeout)
         if isinstance(input, bytes):
-            done = subprocess.run(
-                [sys.executable, "-m", "hermes_producer", *args],
-                input=input,
-                capture_output=True,
-                env=full_env,
-                cwd=tmp_path,
-                timeout=timeout,
-            )
-            return subprocess.CompletedProcess(
-                done.args,
-                done.returncode,
-                done.stdout.decode("utf-8", "replace"),
-                done.stderr.decode("utf-8", "replace"),
-            )
-        return subprocess.run(
-            [sys.executable, "-m", "hermes_producer", *args],
-            input=input,
-            text=True,
-            capture_output=True,
-            env=full_env,
-            cwd=tmp_path,
-            timeout=timeout,
-            encoding="utf-8",
-        )
+            out_text, err_text = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+            return subprocess.CompletedProcess(command, code, out_text, err_text)
+        # Text mode, as subprocess.run(text=True, encoding="utf-8") decodes: strict, universal newlines.
+        return subprocess.CompletedProcess(command, code, _text(out), _text(err))
 
     return run
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import yaml
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL
 
 from .support.environment import missing
-from .support.fixture_types import WorkerFactory
+from .support.fixture_types import HermesRunner, WorkerFactory
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose.yaml"
@@ -309,6 +309,7 @@ def recording_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingSocke
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.docker
 def test_proxy_allowlist_passes_every_call_of_a_real_probe_and_nothing_dangerous(
     compose_config: dict[str, Any],
     sandbox_image: Any,
@@ -352,6 +353,7 @@ def test_proxy_allowlist_passes_every_call_of_a_real_probe_and_nothing_dangerous
 # Health checks, run for real -------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_worker_health_checks_pass_for_a_live_worker_and_fail_otherwise(
     compose_config: dict[str, Any], start_worker: WorkerFactory, cluster_env: dict[str, str]
 ) -> None:
@@ -723,26 +725,26 @@ def test_ci_workflow_matches_the_github_schema(tmp_path: Path) -> None:
     assert check_jsonschema("vendor.github-workflows", broken).returncode != 0
 
 
-def unknown_options(hermes_env: dict[str, str], words: list[str]) -> set[str]:
+def unknown_options(hermes: HermesRunner, words: list[str]) -> set[str]:
     """The options in ``hermes WORDS...`` that the command's --help does not list."""
     command = list(itertools.takewhile(lambda w: re.fullmatch(r"[a-z]+", w), words))
     options = {w.split("=", 1)[0] for w in words if re.fullmatch(r"--[a-z][a-z-]*(=.*)?", w)}
-    help_text = run([sys.executable, "-m", "hermes_producer", *command, "--help"], env=hermes_env).stdout
+    help_text = hermes(*command, "--help").stdout
     assert "Usage:" in help_text, f"no command hermes {' '.join(command)}"
     return {o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", help_text)}
 
 
-def test_ci_workflow_uses_only_real_hermes_options(hermes_env: dict[str, str]) -> None:
+def test_ci_workflow_uses_only_real_hermes_options(hermes: HermesRunner) -> None:
     steps = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))["jobs"]["clean"]["steps"]
     script = "\n".join(step.get("run", "") for step in steps).replace("\\\n", " ")
     lines = [shlex.split(words) for words in re.findall(r"^\s*(?:nohup )?hermes (.*?)(?:>.*)?$", script, re.M)]
     assert {"--junit", "--no-fallback"} <= set(next(w for w in lines if w[0] == "batch"))
     for words in lines:
-        assert not unknown_options(hermes_env, words), words
+        assert not unknown_options(hermes, words), words
 
 
 def test_compose_and_kubernetes_run_real_hermes_commands(
-    compose_config: dict[str, Any], hermes_env: dict[str, str]
+    compose_config: dict[str, Any], hermes: HermesRunner
 ) -> None:
     commands = [s["command"] for s in compose_config["services"].values() if s.get("image", "").startswith("hermes")]
     commands += [
@@ -754,7 +756,7 @@ def test_compose_and_kubernetes_run_real_hermes_commands(
     ]
     assert len(commands) == 8, commands  # 5 services, 3 Deployments
     for words in commands:
-        assert not unknown_options(hermes_env, words), words
+        assert not unknown_options(hermes, words), words
 
 
 def test_kubernetes_redis_refuses_an_empty_password() -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from .support.fixture_types import HermesRunner
 from .support.inputs import read_records
+from .support.processes import Producer, start_hermes
 from .support.waiting import wait_until
 
 ROWS = 30_000  # enough for a batch of 10-line chunks in one process to run for a few seconds
@@ -48,32 +49,28 @@ def leftovers(output: Path) -> list[str]:
 
 
 @pytest.fixture
-def slow_batch(hermes_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+def slow_batch(hermes_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Producer]]:
     """Start `hermes batch` in the background, slowed down by tiny chunks in one process."""
-    started: list[subprocess.Popen[str]] = []
+    started: list[Producer] = []
 
-    def start(source: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", str(output),
-                   "--chunk-size", "10", "--processes", "1", *extra]  # fmt: skip
-        process = subprocess.Popen(command, env=hermes_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
-        started.append(process)
-        return process
+    def start(source: Path, output: Path, *extra: str) -> Producer:
+        args = ["batch", str(source), "-o", str(output), "--chunk-size", "10", "--processes", "1", *extra]
+        started.append(start_hermes(args, hermes_env, tmp_path, tmp_path / f"batch-{len(started)}.err", forked=True))
+        return started[-1]
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
+    for batch in started:
+        if batch.process.poll() is None:
+            batch.kill()
 
 
-def interrupted_batch(slow_batch: Callable[..., subprocess.Popen[str]], source: Path, output: Path) -> None:
+def interrupted_batch(slow_batch: Callable[..., Producer], source: Path, output: Path) -> None:
     """Leave ``output`` as a killed batch leaves it: a partial, a journal with chunks in it."""
-    process = slow_batch(source, output)
-    wait_until(lambda: journal_lines(output) > 3 or process.poll() is not None, 60, 0.02, "the batch to write chunks")
-    process.kill()
-    process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the batch ended before it could be interrupted"
+    batch = slow_batch(source, output)
+    wait_until(lambda: journal_lines(output) > 3 or batch.process.poll() is not None, 60, 0.02,
+               "the batch to write chunks")  # fmt: skip
+    batch.kill()
+    assert batch.process.returncode == -signal.SIGKILL, "the batch ended before it could be interrupted"
 
 
 # -- the output path itself ----------------------------------------------------------------
@@ -195,20 +192,20 @@ def test_a_directory_where_the_partial_goes_is_refused_before_any_work(hermes: H
 
 
 def test_partial_and_journal_are_new_files_of_hermes_own(
-    slow_batch: Callable[..., subprocess.Popen[str]], tmp_path: Path
+    slow_batch: Callable[..., Producer], tmp_path: Path
 ) -> None:
     """The partial gets the usual 0o666 minus umask (it becomes the output); the journal and lock are 0o600."""
     source = write_input(tmp_path / "in.jsonl", ROWS)
     output = tmp_path / "out.jsonl"
     old = os.umask(0o022)
     try:
-        process = slow_batch(source, output)
+        batch = slow_batch(source, output)
     finally:
         os.umask(old)
     wait_until(lambda: journal_lines(output) > 1, 60, 0.02, "the batch to write chunks")
     modes = {suffix: stat.S_IMODE(output.with_name(output.name + suffix).stat().st_mode)
              for suffix in (".partial", ".partial.journal", ".lock")}  # fmt: skip
-    process.kill()
+    batch.kill()
     assert modes == {".partial": 0o644, ".partial.journal": 0o600, ".lock": 0o600}
 
 
@@ -216,7 +213,7 @@ def test_partial_and_journal_are_new_files_of_hermes_own(
 
 
 def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
-    slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    slow_batch: Callable[..., Producer], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """Two batches, one -o: the second exits 2 naming the first's pid; the first finishes whole."""
     # Given a batch writing out.jsonl, held open by an input (a FIFO) that has not ended yet
@@ -235,12 +232,11 @@ def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
 
         # Then it is refused at once, naming the first writer, and changes nothing
         assert second.returncode == 2, second.stderr
-        assert f"another hermes batch (pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
+        assert f"another hermes batch (pid {first.process.pid} on" in second.stderr and "Traceback" not in second.stderr
         feed.write("".join(json.dumps({"id": f"p{n}", "prompt": f"prompt {n}"}) + "\n" for n in range(100, 150)))
 
     # And the first batch finishes with every one of its own records
-    _, errors = first.communicate(timeout=120)
-    assert first.returncode == 0, errors
+    assert first.wait(timeout=120) == 0, first.stderr
     assert [r["id"] for r in read_records(output)] == [f"p{n}" for n in range(150)]
     assert leftovers(output) == []
 
@@ -251,7 +247,7 @@ def test_a_second_batch_writing_the_same_output_is_refused_naming_the_first(
 @pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("suffix", [".partial", ".partial.journal"])
 def test_resume_never_follows_a_link_planted_in_place_of_its_files(
-    suffix: str, link: str, slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    suffix: str, link: str, slow_batch: Callable[..., Producer], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """After a crash, OUT.partial (or its journal) replaced by a link: --resume refuses, the victim is untouched."""
     # Given an interrupted batch whose partial (or journal) was swapped for a link to a victim
@@ -278,7 +274,7 @@ def test_resume_never_follows_a_link_planted_in_place_of_its_files(
 
 
 def test_resume_refuses_files_that_belong_to_someone_else(
-    slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    slow_batch: Callable[..., Producer], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """A partial owned by another user (planted in a shared directory) is not resumed into."""
     if os.geteuid() != 0:
@@ -294,7 +290,7 @@ def test_resume_refuses_files_that_belong_to_someone_else(
 
 
 def test_resume_refuses_a_journal_that_claims_more_than_the_output_holds(
-    slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    slow_batch: Callable[..., Producer], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """A damaged journal is refused naming its line; the partial is neither grown nor cut."""
     # Given an interrupted batch whose journal was edited to claim a gigabyte of output
@@ -343,7 +339,7 @@ def _more_records_counted(lines: list[str]) -> list[str]:
 def test_resume_refuses_a_journal_that_claims_chunks_the_output_does_not_hold(
     tamper: Callable[[list[str]], list[str]],
     says: str,
-    slow_batch: Callable[..., subprocess.Popen[str]],
+    slow_batch: Callable[..., Producer],
     hermes: HermesRunner,
     tmp_path: Path,
 ) -> None:
@@ -375,21 +371,21 @@ def test_resume_refuses_a_journal_that_claims_chunks_the_output_does_not_hold(
 
 
 def test_a_directory_put_at_the_output_meanwhile_keeps_the_records_for_resume(
-    slow_batch: Callable[..., subprocess.Popen[str]], hermes: HermesRunner, tmp_path: Path
+    slow_batch: Callable[..., Producer], hermes: HermesRunner, tmp_path: Path
 ) -> None:
     """The output's name taken by a directory during the batch: exit 2, partial kept; --resume then finishes."""
     # Given a batch running, and a directory created under its output's name
     source = write_input(tmp_path / "in.jsonl", ROWS)
     output = tmp_path / "out.jsonl"
-    process = slow_batch(source, output)
+    batch = slow_batch(source, output)
     wait_until(lambda: journal_lines(output) > 1, 60, 0.02, "the batch to write chunks")
     output.mkdir()
 
     # When the batch finishes
-    _, errors = process.communicate(timeout=300)
+    code, errors = batch.wait(timeout=300), batch.stderr
 
     # Then it says so, keeps the records, and a resume after the directory is gone completes
-    assert process.returncode == 2, errors
+    assert code == 2, errors
     assert "is a directory now" in errors and "out.jsonl.partial" in errors and "Traceback" not in errors
     assert output.with_name("out.jsonl.partial").stat().st_size > 0
     output.rmdir()

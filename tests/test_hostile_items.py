@@ -258,6 +258,9 @@ def test_a_pool_process_killed_mid_batch_costs_no_record_in_process(
     assert all("text" in r for r in records)
 
 
+# A race hunt: six batches of 100,000 two-KiB prompts, each with a pool process killed (about 20 s
+# of CPU): chaos, like the other kill-until-it-breaks tests, not the fast tier.
+@pytest.mark.chaos
 @pytest.mark.slow
 def test_a_pool_process_killed_while_it_sends_a_result_never_hangs_the_batch(
     hermes_process: HermesProcessFactory, hermes_env: dict[str, str], tmp_path: Path

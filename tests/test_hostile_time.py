@@ -4,11 +4,25 @@ them slow (``bench/hostile.py``: runs of every whitespace and invisible characte
 touch, newlines and blank-ish lines, combining marks, mojibake, terminal escapes, HTML entities,
 alternations of those).
 
-Each case times the same kind of hostile input at 10 KiB and at a large size (256 KiB in the
-quick tier, 1 MiB in the slow one), in the same test, as the best of a few runs of CPU time, and
-asserts that the large one took at most 4 × the size ratio: a linear step stays well inside, a
-quadratic one takes the size ratio squared (10,000 × from 10 KiB to 1 MiB). A CPU timer stops a
-run that is already past twice the bound, so a quadratic case fails in seconds, not hours.
+Each case times the same kind of hostile input at a small and a large size, 16 times larger, in
+the same test, in CPU time (the best of three small runs, one large run), and asserts that the
+large one took at most 4 × the size ratio: a linear step stays well inside (about 16 ×), a
+quadratic one takes the ratio squared (256 ×). A CPU timer stops a run that is already past
+twice the bound, so a quadratic case fails in seconds, not hours.
+
+The sizes: 16 KiB against 256 KiB; where ftfy runs (the step, and the prompt profile), 8 KiB
+against 128 KiB, and 2 KiB against 32 KiB on the texts ftfy works hardest on (HARD_FOR_FTFY: up
+to 16 s of CPU per MiB, linear; the passes that made them quadratic took 11 s on 4 KiB before the
+fix, and a cheaper quadratic term could not outweigh that much linear work below tens of MiB).
+A quadratic term shows once it outweighs the linear work at the
+large size, so the large size matters most where the linear work per byte is large and the
+quadratic term small: ftfy's utf-8-variants codec copied the rest of its input for every Java
+NUL it decoded, 0.15 s at 256 KiB against ftfy's 0.15 s of linear work, 2.3 s at 1 MiB. The texts
+that codec decodes (FTFY_CODECS) go through the ftfy step at 16 KiB against 1 MiB, the largest
+prompt a batch accepts (256 ×: the old codec took more than the bound, 720 ms, there). On the
+engine before the fix (3176ded^), these sizes fail the steps and texts the earlier tiers (10 KiB
+against 256 KiB, and against 1 MiB) failed, for a tenth of their CPU time; the prompt profile on
+the Java NUL text, which only the 1 MiB tier failed, is the ftfy step's case at 1 MiB here.
 
 Before the fix: ``rstrip_lines`` took 0.57 s for ``" " * 10_000 + "x"`` and would take 1.5 hours at
 1 MiB; CPython's canonical ordering of combining marks (every Unicode form), ftfy's repeated
@@ -22,10 +36,7 @@ proves the rewrites changed no output byte.
 
 from __future__ import annotations
 
-import gc
 import io
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,55 +50,44 @@ from hermes_worker.engine import BUILTIN_PROFILES, STEPS
 from hermes_worker.processing import process_chunk
 from hermes_worker.wire import ChunkRequest, Item
 
-SMALL = 10 * 1024
-LARGE = 1024 * 1024
+from .support.timing import cpu_seconds
+
+KIB = 1024
+LARGEST = 1024 * KIB  # the largest prompt a batch accepts
 # A linear step scales with the size ratio; 4 × that is room for caches and a busy machine.
-# Quadratic work would take the size ratio squared (about 10,000 × for 10 KiB to 1 MiB).
+# Quadratic work takes the size ratio squared.
+ALLOWANCE = 4
 # Times below this are timer noise and interpreter overhead: the bound starts here.
 FLOOR_S = 0.001
-# No step may take this long on 10 KiB (ftfy took minutes there on some inputs before the fix).
+# No step may take this long on the small input (ftfy took minutes on 10 KiB of some before the fix).
 SMALL_LIMIT_S = 10.0
+# Text ftfy works hard on: seconds of CPU a MiB, linear (the per-line budget of ftfy_bounded);
+# `python -m bench.hostile` prints what each costs (7 to 15 s per MiB for the worst).
+HARD_FOR_FTFY = {
+    "A-circumflex run + copyright (ftfy peels one a pass)",
+    "CJK + an embedded A-circumflex chain",
+    "distinct lines of an A-circumflex chain",
+    "distinct lines of mojibake",
+    "distinct lines of a C1 control",
+    "&amp; nested (& + amp; amp; ...)",
+    "&#38; nested",
+}
+# Text ftfy's utf-8-variants codec decodes, and little else of ftfy's touches.
+FTFY_CODECS = {"Java NUL in mojibake (utf-8-variants)", "CESU-8 surrogates in mojibake"}
+
+
+def sizes(family: str, runs_ftfy: bool, ftfy_step: bool = False) -> tuple[int, int]:
+    """The small and the large size of ``family`` for a step or profile (see the module's docstring)."""
+    if not runs_ftfy:
+        return 16 * KIB, 256 * KIB
+    if family in HARD_FOR_FTFY:
+        return 2 * KIB, 32 * KIB
+    if ftfy_step and family in FTFY_CODECS:
+        return 16 * KIB, LARGEST
+    return 8 * KIB, 128 * KIB
 
 
 # --- hostile inputs: bench/hostile.py (``python -m bench.hostile`` prints what each costs) -----
-
-
-class _OverLimit(BaseException):  # not an Exception: process_chunk must not turn it into a record
-    """A run went past the time that already makes its case fail."""
-
-
-def _cpu(fn: Callable[[], Any], repeat: int, limit_s: float | None = None) -> float:
-    """The least CPU time of ``repeat`` calls of ``fn``; ``inf`` if a call passes ``limit_s``.
-
-    A quadratic step would take hours at 1 MiB: a CPU timer stops it at the limit (the re
-    engine and the interpreter both check for signals), so a failing case fails in seconds.
-    """
-    best = float("inf")
-
-    def stop(signum: int, frame: Any) -> None:
-        raise _OverLimit
-
-    for _ in range(repeat):
-        _forget_ftfy_memo()
-        gc.disable()  # as timeit does: a collection of the test session's objects is not the step's
-        previous = signal.signal(signal.SIGPROF, stop) if limit_s is not None else None
-        try:
-            start = time.process_time()
-            if limit_s is not None:
-                signal.setitimer(signal.ITIMER_PROF, limit_s)
-            fn()
-            best = min(best, time.process_time() - start)
-        except _OverLimit:
-            return float("inf")
-        finally:
-            try:
-                if limit_s is not None:
-                    signal.setitimer(signal.ITIMER_PROF, 0)
-            finally:
-                if limit_s is not None:
-                    signal.signal(signal.SIGPROF, previous)
-                gc.enable()
-    return best
 
 
 def _forget_ftfy_memo() -> None:
@@ -100,7 +100,7 @@ def _forget_ftfy_memo() -> None:
     ftfy_bounded._fixed_short_segment.cache_clear()
 
 
-def _times(run: Callable[[str], Any], family: str, large_size: int) -> tuple[float, float, float]:
+def _times(run: Callable[[str], Any], family: str, small_size: int, large_size: int) -> tuple[float, float, float]:
     """(small time, large time, allowed large time) of ``run`` on ``family``.
 
     Other work on the machine can slow one measurement more than the other (two cores shared
@@ -108,32 +108,33 @@ def _times(run: Callable[[str], Any], family: str, large_size: int) -> tuple[flo
     again with its small run, up to three rounds, and the best round counts.
     """
     build = FAMILIES[family]
-    small, large = build(SMALL), build(large_size)
-    assert SMALL // 2 < len(small.encode()) <= SMALL and large_size // 2 < len(large.encode()) <= large_size
+    small, large = build(small_size), build(large_size)
+    assert small_size // 2 < len(small.encode()) <= small_size and large_size // 2 < len(large.encode()) <= large_size
     run(small[:100])  # first calls compile patterns and fill tables
     rounds = []
     for _ in range(3):
-        small_s = _cpu(lambda: run(small), 3, limit_s=SMALL_LIMIT_S)
+        small_s = cpu_seconds(lambda: run(small), 3, limit_s=SMALL_LIMIT_S, before=_forget_ftfy_memo)
         if small_s == float("inf"):
             return small_s, small_s, 0.0
-        allowed = 4 * large_size / SMALL * max(small_s, FLOOR_S)
-        large_s = _cpu(lambda: run(large), 1, limit_s=allowed * 2)
+        allowed = ALLOWANCE * large_size / small_size * max(small_s, FLOOR_S)
+        large_s = cpu_seconds(lambda: run(large), 1, limit_s=allowed * 2, before=_forget_ftfy_memo)
         rounds.append((small_s, large_s, allowed))
         if large_s <= allowed or large_s == float("inf"):
             break
     return min(rounds, key=lambda r: r[1] / r[2])
 
 
-def _check_all(run: Callable[[str], Any], families: list[str], large_size: int = LARGE) -> None:
+def _check_all(run: Callable[[str], Any], runs_ftfy: bool, ftfy_step: bool = False) -> None:
     failures = []
-    for family in families:
-        small_s, large_s, allowed = _times(run, family, large_size)
+    for family in FAMILIES:
+        small_size, large_size = sizes(family, runs_ftfy, ftfy_step)
+        small_s, large_s, allowed = _times(run, family, small_size, large_size)
         if small_s == float("inf"):
-            failures.append(f"{family}: more than {SMALL_LIMIT_S:g} s at {SMALL // 1024} KiB")
+            failures.append(f"{family}: more than {SMALL_LIMIT_S:g} s at {small_size // KIB} KiB")
         elif large_s > allowed:
             failures.append(
-                f"{family}: {small_s * 1e3:.2f} ms at {SMALL // 1024} KiB, "
-                f"{large_s:.2f} s at {large_size // 1024} KiB (allowed {allowed:.2f} s)"
+                f"{family}: {small_s * 1e3:.2f} ms at {small_size // KIB} KiB, "
+                f"{large_s:.2f} s at {large_size // KIB} KiB (allowed {allowed:.2f} s)"
             )
         if len(failures) == 3:  # enough to see the pattern; a quadratic case costs seconds each
             failures.append("(stopped after 3)")
@@ -141,37 +142,13 @@ def _check_all(run: Callable[[str], Any], families: list[str], large_size: int =
     assert not failures, "super-linear:\n" + "\n".join(failures)
 
 
-# The quick tier compares 10 KiB with 256 KiB (a linear step: about 26 ×, allowed 102 ×, a
-# quadratic one 655 ×); the slow tier with 1 MiB, the largest prompt a batch accepts.
-SIZES = [pytest.param(256 * 1024, id="256KiB"), pytest.param(LARGE, id="1MiB", marks=pytest.mark.slow)]
-# Text ftfy works hard on: seconds of CPU a MiB, linear (the per-line budget of ftfy_bounded).
-# Where ftfy runs, these take the quick tier only, which keeps this module near a minute; at
-# 1 MiB, `python -m bench.hostile` prints what each costs (7 to 15 s per MiB for the worst).
-HARD_FOR_FTFY = {
-    "A-circumflex run + copyright (ftfy peels one a pass)",
-    "CJK + an embedded A-circumflex chain",
-    "distinct lines of an A-circumflex chain",
-    "distinct lines of mojibake",
-    "distinct lines of a C1 control",
-    "&amp; nested (& + amp; amp; ...)",
-    "&#38; nested",
-}
-
-
-def _families(large_size: int, with_ftfy: bool) -> list[str]:
-    if large_size == LARGE and with_ftfy:
-        return [family for family in FAMILIES if family not in HARD_FOR_FTFY]
-    return list(FAMILIES)
-
-
 # --- steps ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("large_size", SIZES)
 @pytest.mark.parametrize("name", list(STEPS))
-def test_every_step_is_linear_on_hostile_input(name: str, large_size: int) -> None:
+def test_every_step_is_linear_on_hostile_input(name: str) -> None:
     """Every step, on every hostile input: the large input takes at most 4 × its size ratio."""
-    _check_all(STEPS[name].apply, _families(large_size, name == "ftfy"), large_size)
+    _check_all(STEPS[name].apply, runs_ftfy=name == "ftfy", ftfy_step=name == "ftfy")
 
 
 # --- profiles, through the whole item path ----------------------------------------------------
@@ -186,7 +163,7 @@ def _item_path(profile: str) -> Callable[[str], Any]:
         request = ChunkRequest(
             1,
             spec,
-            options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=LARGE, item_time_budget=0),
+            options=ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=LARGEST, item_time_budget=0),
             items=[Item(1, 1, text)],
         )
         result = process_chunk(request, mode="local", worker="test")
@@ -195,28 +172,27 @@ def _item_path(profile: str) -> Callable[[str], Any]:
     return run
 
 
-@pytest.mark.parametrize("large_size", SIZES)
 @pytest.mark.parametrize("profile", list(BUILTIN_PROFILES))
-def test_every_builtin_profile_is_linear_on_hostile_input(profile: str, large_size: int) -> None:
+def test_every_builtin_profile_is_linear_on_hostile_input(profile: str) -> None:
     """Every built-in profile with validation on, one item through process_chunk."""
-    _check_all(_item_path(profile), _families(large_size, "ftfy" in BUILTIN_PROFILES[profile].steps), large_size)
+    _check_all(_item_path(profile), runs_ftfy="ftfy" in BUILTIN_PROFILES[profile].steps)
 
 
 # --- the producer's reader and duplicate-id guard ---------------------------------------------
 
 
 def _chunks_of(data: bytes) -> int:
-    return sum(1 for _ in read_chunks(io.BytesIO(data), "text", LARGE, 1024))
+    return sum(1 for _ in read_chunks(io.BytesIO(data), "text", LARGEST, 1024))
 
 
 def test_the_reader_is_linear_on_a_file_of_empty_lines() -> None:
     """A MiB block of newlines is a million lines: cutting chunks off its front copied the rest
     each time (2.3 s for 1 MiB, 0.01 s for 100 KiB, before the fix)."""
-    small, large = b"\n" * SMALL, b"\n" * LARGE
-    assert _chunks_of(large) == LARGE // 1024
-    small_s = _cpu(lambda: _chunks_of(small), 3)
-    allowed = 4 * LARGE / SMALL * max(small_s, FLOOR_S)
-    large_s = _cpu(lambda: _chunks_of(large), 1, limit_s=allowed * 2)
+    small, large = b"\n" * (10 * KIB), b"\n" * LARGEST
+    assert _chunks_of(large) == LARGEST // 1024
+    small_s = cpu_seconds(lambda: _chunks_of(small), 3)
+    allowed = ALLOWANCE * len(large) / len(small) * max(small_s, FLOOR_S)
+    large_s = cpu_seconds(lambda: _chunks_of(large), 1, limit_s=allowed * 2)
     assert large_s <= allowed, f"{small_s * 1e3:.2f} ms for 10 KiB, {large_s:.2f} s for 1 MiB"
 
 
@@ -239,9 +215,9 @@ def test_the_duplicate_guard_is_linear_on_ids_whose_hashes_collide() -> None:
     small = [k * COLLIDING for k in range(1, 1_001)]
     large = [k * COLLIDING for k in range(1, 100_001)]
     _guard(small)
-    small_s = _cpu(lambda: _guard(small), 3)
-    allowed = 4 * len(large) / len(small) * max(small_s, FLOOR_S)
-    large_s = _cpu(lambda: _guard(large), 1, limit_s=allowed * 2)
+    small_s = cpu_seconds(lambda: _guard(small), 3)
+    allowed = ALLOWANCE * len(large) / len(small) * max(small_s, FLOOR_S)
+    large_s = cpu_seconds(lambda: _guard(large), 1, limit_s=allowed * 2)
     assert large_s <= allowed, f"{small_s * 1e3:.1f} ms for 1,000 ids, {large_s:.2f} s for 100,000"
 
 

@@ -45,6 +45,7 @@ def test_dockerfile_defaults_to_an_official_slim_python() -> None:
     assert f"ARG BASE={DEFAULT_BASE}" in DOCKERFILE.read_text() and DEFAULT_BASE == "python:3.11-slim"
 
 
+@pytest.mark.docker
 def test_build_is_skipped_when_the_content_tag_exists(sandbox_image: Any, docker_client: Any) -> None:
     again = build_image(base=BASE_IMAGE, tags=("hermes-sandbox-test:extra",))
     try:
@@ -54,6 +55,7 @@ def test_build_is_skipped_when_the_content_tag_exists(sandbox_image: Any, docker
         docker_client.images.remove("hermes-sandbox-test:extra")
 
 
+@pytest.mark.docker
 def test_image_runs_the_host_versions_as_a_non_root_user(sandbox_image: Any, docker_client: Any) -> None:
     image = docker_client.images.get(sandbox_image.tag)
     assert image.attrs["Config"]["User"] == "10001:10001"
@@ -67,6 +69,7 @@ def test_image_runs_the_host_versions_as_a_non_root_user(sandbox_image: Any, doc
     assert out.decode().split() == [ftfy.__version__, wcwidth.__version__, "10001"]
 
 
+@pytest.mark.docker
 def test_a_missing_base_is_reported_with_the_offline_fix(docker_client: Any) -> None:
     with pytest.raises(ImageMissing) as caught:
         build_image(base="hermes-base:no-such-base")
@@ -79,6 +82,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.docker
 def test_cli_prints_tag_and_digest(sandbox_image: Any, docker_client: Any) -> None:
     done = cli("--base", BASE_IMAGE, "--tag", "hermes-sandbox-test:cli")
     try:

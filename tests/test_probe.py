@@ -17,7 +17,7 @@ import pytest
 
 from hermes_worker.probe import SELF_TEST_PROMPTS, ProbeResult, probe
 
-pytestmark = pytest.mark.usefixtures("docker_client")
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 # Replaces NFC/NFKC by NFD inside the interpreter: the sandbox then answers, but wrongly.
 WRONG_ENGINE = (

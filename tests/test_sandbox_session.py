@@ -32,7 +32,7 @@ from .support.environment import TEST_DEPLOYMENT
 from .support.fixture_types import SessionFactory
 from .support.waiting import wait_until
 
-pytestmark = pytest.mark.usefixtures("docker_client")
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 
 def created_containers(client: Any, worker_id: str, since: int) -> int:

@@ -1,16 +1,25 @@
-"""The test harness itself: waiting, and the private Redis server the chaos tests break."""
+"""The test harness itself: waiting, the private Redis server the chaos tests break, the tiers, and
+the zygote `hermes` commands fork from."""
 
 from __future__ import annotations
 
 import ast
 import itertools
+import os
+import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import redis
 
+from .support import environment
+from .support.processes import start_worker_process
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
+from .support.zygote import Zygote
 
 
 def test_wait_until_returns_the_first_truthy_value() -> None:
@@ -64,3 +73,61 @@ def test_no_test_module_imports_another_test_module_or_a_conftest() -> None:
             if any(part.startswith("test_") or part == "conftest" for part in last):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_service_starters_refuse_a_test_without_the_cluster_mark(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fast tier needs no service: a test not marked cluster starts no redis-server and no worker."""
+    monkeypatch.setattr(environment, "running_marks", frozenset({"slow"}))
+    with pytest.raises(pytest.fail.Exception, match="starts a redis-server but is not marked cluster"):
+        RedisServer(tmp_path / "redis").start()
+    with pytest.raises(pytest.fail.Exception, match="starts a hermes worker but is not marked cluster"):
+        start_worker_process({}, tmp_path / "worker.log", "w1")
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "worker.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin"),
+    [
+        (["run", "--prompt", "Ｆｕｌｌ  width\u00a0", "--json"], None),
+        (["run", "--prompt", os.fsdecode(b"caf\xff")], None),
+        (["batch", "-", "-o", "-"], b'{"id": 1, "prompt": "a  b"}\n{"id": 2}\n\xff\n'),
+        (["batch", "in.jsonl", "-o", "out.jsonl", "--summary-json", "summary.json"], None),
+        (["run", "--prompt", "x", "--wait-for-workers", "nan"], None),
+    ],
+    ids=["run-json", "argv-not-utf8", "stdin-to-stdout", "files-under-a-umask", "usage-error"],
+)
+def test_a_command_forked_from_the_zygote_does_what_it_does_in_a_fresh_interpreter(
+    zygote: Zygote | None, hermes_env: dict[str, str], tmp_path: Path, args: list[str], stdin: bytes | None
+) -> None:
+    """The same exit code, output, error output, and files (their bytes and modes under a umask)."""
+    if zygote is None:
+        pytest.skip("HERMES_TEST_FRESH_PROCESSES=1: every command runs in a fresh interpreter")
+    assert zygote.serves(hermes_env), "the suite's commands would all run in fresh interpreters"
+    seen = {}
+    for how in ("fresh", "forked"):
+        cwd = tmp_path / how
+        cwd.mkdir()
+        (cwd / "in.jsonl").write_text('{"id": "a", "prompt": "  one  "}\n{"id": "a", "prompt": "two"}\n')
+        env = dict(hermes_env, HERMES_HOME=str(cwd / "home"))
+        umask = os.umask(0o027)
+        try:
+            if how == "fresh":
+                done = subprocess.run([sys.executable, "-m", "hermes_producer", *args], input=stdin or b"",
+                                      capture_output=True, env=env, cwd=cwd, timeout=120)  # fmt: skip
+                code, out, err = done.returncode, done.stdout, done.stderr
+            else:
+                code, out, err = zygote.run(args, env, cwd, stdin, timeout=120)
+        finally:
+            os.umask(umask)
+        files = {p.name: (oct(stat.S_IMODE(p.stat().st_mode)), timeless(p.read_bytes())) for p in cwd.iterdir()
+                 if p.is_file()}  # fmt: skip
+        seen[how] = (code, out, timeless(err.replace(str(cwd).encode(), b"<cwd>")), files)
+    assert seen["forked"] == seen["fresh"]
+
+
+def timeless(data: bytes) -> bytes:
+    """``data`` with the durations and rates a batch reports left out (no two runs take as long)."""
+    data = re.sub(rb"in [0-9.]+ s \([0-9,.]+/s\)", b"in <time>", data)
+    return re.sub(rb'"(seconds|prompts_per_second)": [0-9.]+', rb'"\1": <n>', data)

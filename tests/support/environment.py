@@ -1,4 +1,5 @@
-"""Where the tests run: the repository, free ports, and what to do when a service is missing."""
+"""Where the tests run: the repository, free ports, what to do when a service is missing, and
+which tier a test is in."""
 
 from __future__ import annotations
 
@@ -30,3 +31,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# The tiers: a test that needs a service says so with a mark (``cluster``: a private Redis, usually
+# workers too; ``docker``: the engine and the sandbox image), so that
+# ``pytest -m "not cluster and not docker and not chaos"`` needs no service at all. conftest checks
+# the fixtures each test takes when it collects them, and sets ``running_marks`` before each test so
+# that the starters of :mod:`.redis_server` and :mod:`.processes` can refuse a test that lacks its mark.
+running_marks: frozenset[str] | None = None  # None: outside a test (the starters check nothing)
+
+
+def needs_mark(mark: str, what: str) -> None:
+    """Fail the running test unless it is marked ``mark``: it is about to start ``what``."""
+    if running_marks is not None and mark not in running_marks:
+        pytest.fail(f"this test starts {what} but is not marked {mark}: add @pytest.mark.{mark} "
+                    "(the fast tier must need no service)", pytrace=False)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Hermes as real processes: ``hermes worker`` (the one worker starter) and any other command.
+"""Hermes as real processes: ``hermes worker`` (the one worker starter) and any other command
+(``run_hermes``: to its end, forked from the zygote where it can be).
 
 Workers run in a session of their own, so a test can SIGKILL a worker with its pool; every
 process writes to a log file the test shows when something goes wrong.
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 import redis
 
+from . import zygote
+from .environment import needs_mark
 from .waiting import wait_until
 
 
@@ -71,6 +74,7 @@ def start_worker_process(env: dict[str, str], log_path: Path, name: str, *option
 
     The worker has a process group of its own, so :meth:`WorkerProcess.kill` takes its pool too.
     """
+    needs_mark("cluster", "a hermes worker")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "hermes_producer", "worker", "--name", name, *options],
@@ -105,7 +109,7 @@ def wait_registered(worker: WorkerProcess, node: str, client: Callable[[], redis
 class Producer:
     """A ``hermes batch`` (or any other command) running as a process; stderr goes to a file."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | zygote.Forked
     stderr_path: Path
     started: float = field(default_factory=time.monotonic)
 
@@ -131,9 +135,32 @@ class Producer:
         return next((line for line in self.stderr.splitlines() if text in line), None)
 
 
-def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None) -> Producer:
-    """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise."""
-    with stderr_path.open("wb") as stderr:
+def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | None = None,
+               timeout: float = 120) -> tuple[int, bytes, bytes]:  # fmt: skip
+    """``hermes ARGS...`` to its end: (exit code, standard output, standard error), as
+    ``subprocess.run(capture_output=True)`` gives them. Forked from the session's zygote when
+    ``env`` differs from the session's environment only in HERMES_* settings, else run in a
+    fresh interpreter (:mod:`.zygote`)."""
+    forker = zygote.shared()
+    if forker is not None and forker.serves(env):
+        return forker.run(args, env, cwd, input, timeout)
+    done = subprocess.run([sys.executable, "-m", "hermes_producer", *args], input=input, capture_output=True,
+                          env=env, cwd=cwd, timeout=timeout)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None,
+                 forked: bool = False) -> Producer:  # fmt: skip
+    """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise.
+
+    ``forked``: from the session's zygote when it serves ``env`` (see :func:`run_hermes`), for
+    commands a test only starts, interrupts and waits for.
+    """
+    forker = zygote.shared() if forked else None
+    with stderr_path.open("wb") as stderr, open(os.devnull, "r+b") as devnull:
+        if forker is not None and forker.serves(env):
+            fds = (devnull.fileno(), (devnull if stdout is None else stdout).fileno(), stderr.fileno())
+            return Producer(forker.start(args, env, cwd, fds), stderr_path)
         process = subprocess.Popen(
             [sys.executable, "-m", "hermes_producer", *args],
             env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,
@@ -165,6 +192,7 @@ def start_flower_process(
     env: dict[str, str], port: int, log_path: Path, *options: str, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start ``hermes flower --port PORT OPTIONS...`` (in ``cwd``) and return once its /healthcheck answers 200."""
+    needs_mark("cluster", "Flower")
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "flower", "--port", str(port), *options],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)  # fmt: skip

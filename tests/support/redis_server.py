@@ -17,7 +17,7 @@ from types import TracebackType
 import pytest
 import redis
 
-from .environment import free_port, missing
+from .environment import free_port, missing, needs_mark
 from .waiting import wait_until
 
 
@@ -83,6 +83,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start the server (again, after a stop) and return once it answers PING."""
+        needs_mark("cluster", "a redis-server")
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server is not installed (apt-get install redis-server)")
