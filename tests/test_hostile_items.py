@@ -339,6 +339,7 @@ def worker_on(start_worker: WorkerFactory, server: RedisServer, name: str, url: 
     return worker.process.pid
 
 
+@pytest.mark.cluster
 def test_a_write_redis_drops_for_its_size_is_told_from_an_outage(own_redis: Callable[..., RedisServer]) -> None:
     """The one rule the worker (a chunk's result) and the producer (a chunk's lines) both apply:
     Redis drops the connection on a value over its proto-max-bulk-len, as if it were down."""
