@@ -74,8 +74,12 @@ def producer_memory(corpus: Corpus, sizes: list[int], work: Path) -> dict[str, A
             workers.flush_results()
             source.unlink()
             peaks[str(n)] = round(run.peak_rss / 2**20, 1)
-    first, last = peaks[str(sizes[0])], peaks[str(sizes[-1])]
-    return {"peak_mb": peaks, "growth_mb": round(last - first, 1), "growth_pct": round(100 * (last - first) / first, 1)}
+    last = peaks[str(sizes[-1])]
+    growth = {}
+    for n in sizes[:-1]:
+        grew = last - peaks[str(n)]
+        growth[f"from_{n}"] = {"mb": round(grew, 1), "pct": round(100 * grew / peaks[str(n)], 1)}
+    return {"peak_mb": peaks, "growth_to_last": growth}
 
 
 _GUARD_PROBE = """

@@ -6,11 +6,11 @@ structures that hold them. Two ids that are the same id (see :func:`identity`) a
 same fingerprint; two different ids rarely do (about one pair in 2**61), and when they do, the
 guard compares the ids themselves: a shared fingerprint never makes a duplicate.
 
-- Integers below 2**60 in absolute value: ``hash(x * a)``, ``a`` secret. CPython hashes an
-  integer as its value modulo the prime 2**61 - 1, so this is ``x * a mod (2**61 - 1)``: one to
-  one on that range, and no slot of a structure can be aimed at without ``a`` (never ``hash(x)``
-  alone: ids k·(2**61 - 1) would all collide, in public). Larger integers (ids have at most 20
-  digits) are fingerprinted through their digits, as strings are.
+- Integers: ``x = hi * 2**60 + lo`` gives ``hash(lo * a + hi * b)``, ``a`` and ``b`` secret.
+  CPython hashes an integer as its value modulo the prime 2**61 - 1, so this is
+  ``lo * a + hi * b mod (2**61 - 1)``: two different ids (at most 20 digits) share it for one
+  key in 2**61, and no slot of a structure can be aimed at without the key (never ``hash(x)``
+  alone: ids k·(2**61 - 1) would all collide, in public). For ``0 <= x < 2**60`` it is ``x * a``.
 - Strings: CPython's string hash, SipHash-1-3 under a 128-bit key the interpreter draws at
   start-up (one batch is one process). When ``PYTHONHASHSEED`` fixes that key, a random prefix
   per guard keys it instead (a copy of the string: slower, still linear).
@@ -26,13 +26,13 @@ import secrets
 import sys
 from collections.abc import Iterable
 from itertools import repeat
-from operator import and_, mul
+from operator import add, and_, mul, rshift
 from typing import Any
 
 __all__ = ["Fingerprints", "identity"]
 
 _PRIME = (1 << 61) - 1  # CPython's modulus for integer hashes
-_SMALL = 1 << 60  # below this (in absolute value) x * a mod _PRIME is one-to-one
+_LOW = (1 << 60) - 1
 
 
 def _process_key_is_random() -> bool:
@@ -67,21 +67,21 @@ class Fingerprints:
         self.bits = bits
         self.mask = (1 << bits) - 1
         self._a = 2 + secrets.randbelow(_PRIME - 3)
+        self._b = 2 + secrets.randbelow(_PRIME - 3)
         salt = (not _process_key_is_random()) if salt_strings is None else salt_strings
         self._salt = secrets.token_hex(16) if salt else None
 
     def of_ints(self, values: list[int]) -> list[int]:
-        """Fingerprints of integers (exactly ``int``, never ``bool``)."""
-        if values and min(values) > -_SMALL and max(values) < _SMALL:
-            return list(map(and_, map(hash, map(mul, values, repeat(self._a))), repeat(self.mask)))
-        return [self._of_int(value) for value in values]
-
-    def _of_int(self, value: int) -> int:
-        if -_SMALL < value < _SMALL:
-            return hash(value * self._a) & self.mask
-        # x * a mod (2**61 - 1) would give every x + k·(2**61 - 1) the same fingerprint: a large
-        # integer is fingerprinted by its digits instead (under the string key, its own prefix).
-        return self.of_strs([f"\x01{value}"])[0]
+        """Fingerprints of integers (exactly ``int``, never ``bool``): ``(lo * a + hi * b) mod (2**61 - 1)``
+        of ``x = hi * 2**60 + lo``, which is ``x * a`` for ``0 <= x < 2**60``."""
+        if not values:
+            return []
+        a, mask = repeat(self._a), repeat(self.mask)
+        if min(values) >= 0 and max(values) <= _LOW:
+            return list(map(and_, map(hash, map(mul, values, a)), mask))
+        low = map(mul, map(and_, values, repeat(_LOW)), a)
+        high = map(mul, map(rshift, values, repeat(60)), repeat(self._b))
+        return list(map(and_, map(hash, map(add, low, high)), mask))
 
     def of_strs(self, values: Iterable[str]) -> list[int]:
         """Fingerprints of strings (exactly ``str``)."""

@@ -90,12 +90,13 @@ class SpilledFingerprints:
         self._bloom = bytearray(bloom_bits // 8)
         self._byte_mask = bloom_bits // 8 - 1
         self._lane_shift = max(bits - 3, 0)  # the top 3 bits choose the bit within the byte
-        self._part_shift = (bloom_bits // 8).bit_length() - 1  # the bits above the byte's
+        self._part_shift = max(bits - (parts.bit_length() - 1), 0)  # a part: the top bits
         self._part_mask = parts - 1
         self._db = sqlite3.connect("")  # a private temporary database, deleted when closed
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE parts (part INTEGER NOT NULL, fps BLOB NOT NULL, lines BLOB NOT NULL)")
+        # A row: a part's fingerprints from one spill, then their lines (int64 each).
+        self._db.execute("CREATE TABLE parts (part INTEGER NOT NULL, pairs BLOB NOT NULL)")
         self._db.execute("CREATE INDEX parts_part ON parts (part)")
         self.count = 0
         self.close = weakref.finalize(self, self._db.close)  # at the latest when the guard goes
@@ -130,18 +131,16 @@ class SpilledFingerprints:
 
     def store(self, fps: list[int], lines: list[int]) -> None:
         """Move ``fps`` (in the Bloom filter already, none of them on disk), first used on ``lines``, to disk."""
-        count = self._part_mask + 1
-        fp_parts: list[list[int]] = [[] for _ in range(count)]
-        line_parts: list[list[int]] = [[] for _ in range(count)]
-        owners = list(map(and_, map(rshift, fps, repeat(self._part_shift)), repeat(self._part_mask)))
-        deque(map(list.append, map(fp_parts.__getitem__, owners), fps), 0)
-        deque(map(list.append, map(line_parts.__getitem__, owners), lines), 0)
-        fp_data = array("q", chain.from_iterable(fp_parts)).tobytes()
-        line_data = array("q", chain.from_iterable(line_parts)).tobytes()
-        ends = list(accumulate(map(len, fp_parts)))
-        rows = [(part, fp_data[start * 8 : end * 8], line_data[start * 8 : end * 8])
-                for part, start, end in zip(range(count), [0, *ends], ends, strict=False) if end > start]  # fmt: skip
-        self._db.executemany("INSERT INTO parts VALUES (?, ?, ?)", rows)
+        # One list per part gets its fingerprints, then their lines: [f1, ..., fk, l1, ..., lk].
+        parts: list[list[int]] = [[] for _ in range(self._part_mask + 1)]
+        owners = list(map(parts.__getitem__, map(rshift, fps, repeat(self._part_shift))))
+        deque(map(list.append, owners, fps), 0)
+        deque(map(list.append, owners, lines), 0)
+        data = array("q", chain.from_iterable(parts)).tobytes()
+        ends = list(accumulate(map(len, parts)))
+        rows = [(part, data[start * 8 : end * 8]) for part, start, end in zip(range(len(parts)), [0, *ends], ends,
+                                                                          strict=False) if end > start]  # fmt: skip
+        self._db.executemany("INSERT INTO parts VALUES (?, ?)", rows)
         self.count += len(fps)
 
     def line_of(self, fp: int) -> int | None:
@@ -150,24 +149,24 @@ class SpilledFingerprints:
 
     def stored_line(self, fp: int) -> int | None:
         """:meth:`line_of` without asking the Bloom filter first (it said yes already)."""
-        part = (fp >> self._part_shift) & self._part_mask
-        rows = self._db.execute("SELECT rowid, fps, lines FROM parts WHERE part = ?", (part,)).fetchall()
+        part = fp >> self._part_shift
+        rows = self._db.execute("SELECT pairs FROM parts WHERE part = ?", (part,)).fetchall()
         if len(rows) > self._MERGE_AT:
-            self._merge(part, rows)
+            self._merge(part, [row[0] for row in rows])
         needle = _FP.pack(fp)
-        for _rowid, fps, lines in rows:
-            at = fps.find(needle)
+        for (pairs,) in rows:
+            half = len(pairs) // 2
+            at = pairs.find(needle, 0, half)
             while at >= 0 and at % _FP.size:
-                at = fps.find(needle, at + 1)
+                at = pairs.find(needle, at + 1, half)
             if at >= 0:
-                return int(_FP.unpack_from(lines, at)[0])
+                return int(_FP.unpack_from(pairs, half + at)[0])
         return None
 
-    def _merge(self, part: int, rows: list[tuple[int, bytes, bytes]]) -> None:
+    def _merge(self, part: int, rows: list[bytes]) -> None:
         """One row for ``part`` instead of ``rows``: later lookups read one."""
+        halves = [(pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :]) for pairs in rows]
+        merged = b"".join(f for f, _ in halves) + b"".join(at for _, at in halves)
         with self._db:
             self._db.execute("DELETE FROM parts WHERE part = ?", (part,))
-            self._db.execute(
-                "INSERT INTO parts VALUES (?, ?, ?)",
-                (part, b"".join(row[1] for row in rows), b"".join(row[2] for row in rows)),
-            )
+            self._db.execute("INSERT INTO parts VALUES (?, ?)", (part, merged))
