@@ -42,8 +42,14 @@ def _gather(table: bytearray, positions: list[int]) -> tuple[int, ...]:
 
 
 class IdLog:
-    """Every chunk's ids, on disk, by line; the last few chunks read back are kept decoded."""
+    """Every chunk's ids, on disk, by line; the last few records read back are kept decoded.
 
+    Chunks on consecutive lines are gathered into records of at least :attr:`RECORD` ids
+    before they are written, so the index (16 bytes a record) stays small however small the
+    chunks are (``--chunk-size 1``).
+    """
+
+    RECORD = 1024
     _CACHED = 8
 
     def __init__(self) -> None:
@@ -52,16 +58,38 @@ class IdLog:
         self._firsts = array("q")
         self._offsets = array("q", [0])
         self._cache: dict[int, list[Any]] = {}
+        self._pending: list[Any] = []  # ids not written yet, of lines from _pending_first on
+        self._pending_first = 0
+        self._end = 0  # the line after the last one kept
 
     def append(self, first: int, ids: list[Any]) -> None:
-        """Keep ``ids``, the ids of lines ``first``, ``first + 1``, ... (lines must keep increasing)."""
-        data = marshal.dumps(ids)
+        """Keep ``ids``, the ids of lines ``first``, ``first + 1``, ...
+
+        Raises:
+            ValueError: ``first`` is a line before the end of what is kept already.
+        """
+        if first < self._end:
+            raise ValueError(f"line {first} comes after line {self._end - 1}: lines must keep increasing")
+        self._end = first + len(ids)
+        if self._pending and first != self._pending_first + len(self._pending):
+            self._write()
+        if not self._pending:
+            self._pending_first = first
+        self._pending += ids
+        if len(self._pending) >= self.RECORD:
+            self._write()
+
+    def _write(self) -> None:
+        data = marshal.dumps(self._pending)
         self._file.write(data)
-        self._firsts.append(first)
+        self._firsts.append(self._pending_first)
         self._offsets.append(self._offsets[-1] + len(data))
+        self._pending = []
 
     def id_at(self, line: int) -> Any:
         """The id the chunk holding ``line`` gave for it, as it was appended."""
+        if self._pending and line >= self._pending_first:
+            return self._pending[line - self._pending_first]
         index = bisect_right(self._firsts, line) - 1
         ids = self._cache.get(index)
         if ids is None:
@@ -72,7 +100,6 @@ class IdLog:
                 del self._cache[next(iter(self._cache))]
             self._cache[index] = ids
         return ids[line - self._firsts[index]]
-
 
 
 class SpilledFingerprints:
