@@ -13,6 +13,9 @@ from typing import Any
 __all__ = ["chunk_cost_model", "findings"]
 
 
+# The py-spy area of the duplicate-id guard moving fingerprints to disk (bench/profiling.py).
+SPILL_AREA = "producer: duplicate-id guard moving fingerprints to disk"
+
 def _get(data: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
@@ -108,8 +111,8 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             f"limit leaves no CPU for reading, writing and Redis. py-spy of the producer (`compact`): send_task "
             f"{producer.get('producer: send_task', 0):.0%} of its samples (SET of the chunk's lines + a small task "
             f"message), reading and splitting input {producer.get('producer: read + split input', 0):.0%}, the "
-            f"duplicate-id guard {producer.get('producer: duplicate-id guard', 0):.0%} (its SQLite spill "
-            f"{producer.get('producer: duplicate-id guard spilling to SQLite', 0):.0%}); the producer no longer "
+            f"duplicate-id guard {producer.get('producer: duplicate-id guard', 0):.0%} (moving "
+            f"fingerprints to disk {producer.get(SPILL_AREA, 0):.0%}); the producer no longer "
             f"parses JSON: the workers do, as the in-process run does."
         )
     model = chunk_cost_model(_get(report, "sections", "sweep") or {})
@@ -200,17 +203,16 @@ def _memory(report: dict[str, Any]) -> list[str]:
     seen = memory.get("seen_ids_mb") or {}
     guard = (seen.get(sizes[-1], 0.0) - seen.get(sizes[0], 0.0)) if seen else None
     growth = {m: r["growth_mb"] for m, r in rows.items()}
-    spill = _pyspy(report, "producer").get("inclusive", {}).get("producer: duplicate-id guard spilling to SQLite", 0)
+    spill = _pyspy(report, "producer").get("inclusive", {}).get(SPILL_AREA, 0)
     last = {m: r["growth_last_step_mb"] for m, r in rows.items()}
     return [
         f"**Producer memory is not flat from {int(sizes[0]):,} to {int(sizes[-1]):,} prompts**: it grows by "
         f"{growth} MB, of which {last} MB in the last step (one run per size). The duplicate-id guard "
-        f"(`hermes_producer/seen_ids.py`: a dict of up to 100,000 ids, then a 16 MiB Bloom filter plus SQLite), "
-        f"measured alone in a fresh process at the same sizes, grows by {seen} MB: about {guard} MB of it, nearly "
-        f"all reached by 200,000 ids. py-spy also puts its SQLite spill at "
-        f"{spill:.0%} of the producer's samples. Fix: spill earlier (e.g. at 10,000 ids) into a Bloom filter "
-        f"sized to the input; what remains above the guard's share is not explained by this run "
-        f"(allocator, buffers) and would need a tracemalloc snapshot of a 1M-prompt producer."
+        f"(`hermes_producer/seen_ids.py`: runs of consecutive integers, fingerprints of 100,000 other ids in "
+        f"memory, older ones behind a fixed 32 MiB Bloom filter and on disk), measured alone in a fresh process "
+        f"at the same sizes, grows by {seen} MB: about {guard} MB of it. py-spy puts its move of fingerprints to "
+        f"disk at {spill:.0%} of the producer's samples. What remains above the guard's share is not explained by "
+        f"this run (allocator, buffers) and would need a tracemalloc snapshot of a 1M-prompt producer."
     ]
 
 

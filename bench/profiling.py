@@ -38,7 +38,7 @@ _AREAS = (
     ("read_chunks (", "producer: read + split input"),
     ("items_from_text (", "worker: parse input lines"),
     ("guard_duplicates (", "producer: duplicate-id guard"),
-    ("_spill (", "producer: duplicate-id guard spilling to SQLite"),
+    ("SeenIds._spill_if_full (", "producer: duplicate-id guard moving fingerprints to disk"),
 )
 _ROOT = str(Path(__file__).resolve().parent.parent) + "/"  # this checkout, wherever it is
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")

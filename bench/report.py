@@ -12,6 +12,8 @@ Headline definitions (all from the same ``python -m bench`` run):
 - ``vs_best_peer``: the same Hermes figure ÷ the fastest peer configuration (either mode).
 - ``overhead_us_per_prompt``: marginal CPU µs per prompt of producer + workers + Redis over Celery
   (``compact``), minus the in-process run's.
+- ``producer_us_per_prompt``: the producer's share of that Celery run, marginal CPU µs per prompt
+  (``python -m bench.producer`` measures it alone, with the guard and the producer's memory).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "vs_celery_per_prompt": (">=", 10.0),
     "vs_best_peer": (">=", 2.0),
     "overhead_us_per_prompt": ("<=", 3.0),
+    "producer_us_per_prompt": ("<=", 1.5),
 }
 
 
@@ -63,6 +66,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         "vs_best_peer_same_work": _div(hermes_same_work, best_rate),
         "best_peer": best_key,
         "overhead_us_per_prompt": _get(sections, "e2e", "overhead_us_per_prompt"),
+        "producer_us_per_prompt": _get(sections, "e2e", "cpu_us_per_prompt", "celery_2/compact", "producer"),
     }
 
 

@@ -6,6 +6,9 @@ amount, so memory does not grow with the input. Every input line yields exactly 
 
 from __future__ import annotations
 
+import codecs
+import io
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +23,7 @@ from hermes_worker.processing import request_items, with_errors
 from hermes_worker.wire import ChunkRequest, ChunkResult, Item
 
 from .executors import ChunkExecutor
+from .notices import StreamedResult
 from .reader import InputFormat, read_chunks
 from .seen_ids import SeenIds
 
@@ -189,6 +193,15 @@ def guard_duplicates(result: ChunkResult, seen: SeenIds) -> ChunkResult:
     return with_errors(result, replaced)
 
 
+def _utf8_buffer(sink: TextIO) -> BinaryIO | None:
+    """The bytes under ``sink`` when records may be written there as they came, UTF-8 (a file
+    or stdout as the CLI opens them: UTF-8, ``\\n`` line ends); else None."""
+    if type(sink) is io.TextIOWrapper and codecs.lookup(sink.encoding).name == "utf-8" and os.linesep == "\n":
+        buffer: BinaryIO = sink.buffer
+        return buffer
+    return None
+
+
 def run_batch(
     source: BinaryIO,
     sink: TextIO,
@@ -223,9 +236,15 @@ def run_batch(
             seen.check_chunk(payload["first"], ids)
 
     chunks = read_chunks(source, options.input_format, options.chunk.max_prompt_bytes, options.chunk_size)
+    binary = _utf8_buffer(sink)
     for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
         result = guard_duplicates(result, seen)
-        sink.write(result.records)
+        raw = result.raw if isinstance(result, StreamedResult) else None
+        if raw is not None and binary is not None:
+            sink.flush()  # what the text layer holds goes first
+            binary.write(raw)
+        else:
+            sink.write(result.records)
         summary.add(result)
         if on_written is not None:
             sink.flush()

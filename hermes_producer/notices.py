@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION
-from hermes_worker.wire import ChunkResult, request_span
+from hermes_worker.wire import ChunkResult
 
 from .chunk_events import Misplaced, ResultUnreadable, bounded_printable
 
 __all__ = [
-    "FailureNotice", "MissingNotice", "Observation", "RefusalNotice", "ResultPosted", "StartNotice", "decode_entry",
-    "refusal", "unreadable_result",
+    "FailureNotice", "MissingNotice", "Observation", "RefusalNotice", "ResultPosted", "StartNotice", "StreamedResult",
+    "decode_entry", "refusal", "unreadable_result",
 ]  # fmt: skip
 
 _REFUSED = NOTICE_REFUSED.encode()
@@ -41,6 +41,24 @@ class ResultPosted:
     chunk: Any
     result: Mapping[str, Any]
     text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedResult(ChunkResult):
+    """A result read from a stream, its records also kept as the UTF-8 bytes that came (``raw``),
+    so that a writer need not encode them again. Any change (``dataclasses.replace``: a duplicate
+    id made an error record, parts merged) leaves ``raw`` None: the bytes would be stale.
+    """
+
+    raw: bytes | None = field(default=None, init=False, compare=False, repr=False)
+
+    @classmethod
+    def read(cls, seen: ResultPosted) -> StreamedResult:
+        """Raises: ContractError: as :meth:`ChunkResult.from_stream`."""
+        result = cls.from_stream(seen.result, seen.text)
+        assert isinstance(result, StreamedResult)
+        object.__setattr__(result, "raw", seen.text)
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +143,11 @@ def refusal(result: ChunkResult, isolation: str) -> Misplaced | None:
     return Misplaced(bounded_printable(result.provenance.get("worker")), bounded_printable(mode))
 
 
-def unreadable_result(result: ChunkResult, payload: Mapping[str, Any]) -> ResultUnreadable | None:
-    """Why a well-formed result cannot be written as it is: not one record per item (a worker of
-    another Hermes version answering in a shape this producer does not read); or None."""
-    _first, count = request_span(payload)
-    records = result.records.count("\n")
+def unreadable_result(result: ChunkResult, count: int, records: int | None = None) -> ResultUnreadable | None:
+    """Why a well-formed result cannot be written as it is: not one record per item of the
+    ``count`` its request had (a worker of another Hermes version answering in a shape this
+    producer does not read); or None. ``records``: the records' newlines, if counted already."""
+    records = result.records.count("\n") if records is None else records
     if result.version == PAYLOAD_VERSION and records == count == result.count:
         return None
     return ResultUnreadable(str(result.provenance.get("worker", "unknown worker")), records, count, result.version)

@@ -49,7 +49,16 @@ from hermes_worker.wire import ChunkResult, request_span
 
 from . import chunk_events as events
 from .executors import ExecutorError
-from .notices import MissingNotice, Observation, RefusalNotice, ResultPosted, StartNotice, refusal, unreadable_result
+from .notices import (
+    MissingNotice,
+    Observation,
+    RefusalNotice,
+    ResultPosted,
+    StartNotice,
+    StreamedResult,
+    refusal,
+    unreadable_result,
+)
 from .splitting import merge_results, split_request
 
 __all__ = ["MAX_DELIVERIES", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Decision", "Forget", "Limits",
@@ -138,10 +147,14 @@ class _Chunk:
     allowed: int = MAX_DELIVERIES
     parent: int | None = None  # the chunk this is a part of
     parts: list[int] | None = None  # set once this chunk is split: its parts, in order
+    _span: tuple[int, int] | None = None
 
     @property
     def span(self) -> tuple[int, int]:
-        return request_span(self.payload)
+        """``(first line, lines)`` of the payload (counted once: the payload does not change)."""
+        if self._span is None:
+            self._span = request_span(self.payload)
+        return self._span
 
 
 class ChunkTracker:
@@ -290,7 +303,7 @@ class ChunkTracker:
         if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
             return  # a part of another run of this batch, numbered alike: other lines
         try:
-            result = ChunkResult.from_stream(seen.result, seen.text)
+            result: ChunkResult = StreamedResult.read(seen)
         except ContractError as exc:  # not the shape a Hermes worker gives a result
             self._refused(seen.chunk, events.Malformed(exc.reason), now)
             return
@@ -298,7 +311,7 @@ class ChunkTracker:
         if wrong is not None:
             self._refused(seen.chunk, wrong, now)
             return
-        unreadable = unreadable_result(result, waiting.payload)
+        unreadable = unreadable_result(result, waiting.span[1], seen.text.count(b"\n"))
         if unreadable is not None:
             # Its records must not vanish quietly: every line gets an error record saying why.
             self._emit(unreadable)

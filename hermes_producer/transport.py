@@ -47,18 +47,22 @@ class NotAnswering(HermesError):
         self.cause = cause
 
 
-def summarize(payload: dict[str, Any]) -> str:
-    """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts."""
+def summarize(payload: dict[str, Any], text: bytes | None = None, span: tuple[int, int] | None = None) -> str:
+    """What monitoring (task events, Flower) shows of a chunk: counts, sizes and a hash, never prompts.
+
+    ``text`` (the chunk's lines as UTF-8) and ``span`` (:func:`request_span`) spare working them
+    out again when the caller has them.
+    """
     digest = hashlib.sha256()
     chars = 0
     if "text" in payload:
         chars = len(payload["text"])
-        digest.update(payload["text"].encode("utf-8", "surrogatepass"))
+        digest.update(text if text is not None else payload["text"].encode("utf-8", "surrogatepass"))
     for _line, _id, prompt, _error in payload.get("items") or []:
         if isinstance(prompt, str):
             chars += len(prompt)
             digest.update(prompt.encode("utf-8", "surrogatepass"))
-    first, count = request_span(payload)
+    first, count = span or request_span(payload)
     lines = f"lines {first}-{first + count - 1}" if count else "no lines"
     return (
         f"chunk {payload['chunk']}: {count} prompts ({lines}), {chars:,} chars, "
@@ -98,14 +102,16 @@ class ChunkTransport:
         message = {k: v for k, v in payload.items() if k != "text"}
         if self._isolation == ISOLATION_CONTAINER:
             message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
+        span, body = request_span(payload), None
         if "text" in payload:
             # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
             key = self.reply.text_key(payload["chunk"])
-            message |= {TEXT_KEY: key, "count": request_span(payload)[1]}
-            self._write_lines(key, payload["text"].encode("utf-8"))
+            message |= {TEXT_KEY: key, "count": span[1]}
+            body = payload["text"].encode("utf-8")
+            self._write_lines(key, body)
         try:
             self.cluster.app.send_task(
-                TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload),
+                TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
                 kwargsrepr="{}",
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:

@@ -20,6 +20,7 @@ HEADLINE_KEYS = (
     "vs_celery_per_prompt",
     "vs_best_peer",
     "overhead_us_per_prompt",
+    "producer_us_per_prompt",
     "corpus",
     "machine",
 )
