@@ -8,7 +8,7 @@ from .errors import EMPTY_PROMPT, LONE_SURROGATE, NUL_BYTE, TOO_LARGE, ItemError
 from .profiles import Profile
 from .steps import STEPS
 
-__all__ = ["DEFAULT_MAX_PROMPT_BYTES", "check_prompt", "find_violations"]
+__all__ = ["DEFAULT_MAX_PROMPT_BYTES", "check_prompt", "find_violations", "lone_surrogate"]
 
 DEFAULT_MAX_PROMPT_BYTES = 1024 * 1024
 
@@ -48,6 +48,28 @@ def check_prompt(prompt: str, max_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> None
         )
 
 
+def lone_surrogate(text: str) -> tuple[str, ...]:
+    """The first lone surrogate in ``text``, described as :func:`find_violations` describes it.
+
+    >>> lone_surrogate("ok"), lone_surrogate("a\\ud800")
+    ((), ('lone surrogate U+D800 at offset 1',))
+    """
+    # UTF-8 cannot encode a surrogate: encoding is the fastest test there is (it is C, and needs no
+    # regex), and only a text that fails it is searched for the offset.
+    if text.isascii():
+        return ()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return ()
+    surrogate = _SURROGATE.search(text)
+    if surrogate is None:  # pragma: no cover  (only a surrogate fails to encode)
+        return ()
+    return (f"lone surrogate U+{ord(surrogate.group()):04X} at offset {surrogate.start()}",)
+
+
 def find_violations(text: str, profile: Profile) -> list[str]:
     """Characters in ``text`` that ``profile`` promises are absent, described for people.
 
@@ -55,10 +77,7 @@ def find_violations(text: str, profile: Profile) -> list[str]:
     >>> find_violations("a\\u200bb", BUILTIN_PROFILES["prompt"])
     ['U+200B at offset 1 (forbidden by step strip_invisible)']
     """
-    problems = []
-    surrogate = _SURROGATE.search(text)
-    if surrogate is not None:
-        problems.append(f"lone surrogate U+{ord(surrogate.group()):04X} at offset {surrogate.start()}")
+    problems = list(lone_surrogate(text))
     for name in profile.steps:
         forbids = STEPS[name].forbids
         if forbids is None:
