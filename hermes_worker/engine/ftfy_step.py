@@ -39,13 +39,14 @@ __all__ = [
     "FTFY_CONFIG",
     "FTFY_TOUCHABLE",
     "FTFY_TOUCHABLE_CHARS",
-    "FTFY_WORK_CHARS",
     "MOJIBAKE_REQUIRED",
+    "MOJIBAKE_REQUIRED_CHARS",
     "char_class",
     "fix_with_ftfy",
     "ftfy_explain",
     "ftfy_segments",
     "looks_bad",
+    "mojibake_possible",
     "untouched_by_ftfy",
 ]
 
@@ -173,11 +174,8 @@ def _mojibake_required_chars() -> frozenset[int] | None:
         return None
 
 
-_MOJIBAKE_REQUIRED_CHARS = _mojibake_required_chars()
-MOJIBAKE_REQUIRED = re.compile(char_class(_MOJIBAKE_REQUIRED_CHARS)) if _MOJIBAKE_REQUIRED_CHARS is not None else None
-# What may give the step work (besides text not in NFC): a character some fix acts on, or one that
-# every piece of mojibake holds. None when the mojibake regex could not be taken apart.
-FTFY_WORK_CHARS = FTFY_TOUCHABLE_CHARS | _MOJIBAKE_REQUIRED_CHARS if _MOJIBAKE_REQUIRED_CHARS is not None else None
+MOJIBAKE_REQUIRED_CHARS = _mojibake_required_chars()
+MOJIBAKE_REQUIRED = re.compile(char_class(MOJIBAKE_REQUIRED_CHARS)) if MOJIBAKE_REQUIRED_CHARS is not None else None
 
 
 def _badness_branches() -> tuple[re.Pattern[str], dict[str, int], tuple[tuple[int, re.Pattern[str]], ...]] | None:
@@ -238,6 +236,20 @@ def looks_bad(segment: str) -> bool:
     return any(branch.search(segment) is not None for branch in _searched(present))
 
 
+def _line_looks_bad(segment: str) -> bool:
+    """:func:`looks_bad`, remembered for lines of up to 2,048 characters.
+
+    A line is tested when a profile looks at a text, again when the ftfy step runs, and again
+    when validation looks at the output, where most lines come back unchanged.
+    """
+    return _remembered_looks_bad(segment) if len(segment) <= 2048 else looks_bad(segment)
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_looks_bad(segment: str) -> bool:
+    return looks_bad(segment)
+
+
 @functools.lru_cache(maxsize=4096)
 def _searched(present: int) -> tuple[re.Pattern[str], ...]:
     """The alternatives whose every needed character set is among the ``present`` bits."""
@@ -246,7 +258,13 @@ def _searched(present: int) -> tuple[re.Pattern[str], ...]:
 
 
 # One scan for the whole text: a character some fix acts on, or one mojibake needs.
-_LOOK = re.compile(char_class(FTFY_WORK_CHARS)) if FTFY_WORK_CHARS is not None else None
+# One scan for the whole text: a character some fix acts on, or one that every piece of mojibake
+# holds. None when the mojibake regex could not be taken apart.
+_LOOK = (
+    re.compile(char_class(FTFY_TOUCHABLE_CHARS | MOJIBAKE_REQUIRED_CHARS))
+    if MOJIBAKE_REQUIRED_CHARS is not None
+    else None
+)
 _is_normalized = unicodedata.is_normalized
 
 
@@ -266,7 +284,7 @@ def untouched_by_ftfy(segment: str) -> bool:
         return True
     if MOJIBAKE_REQUIRED is not None and MOJIBAKE_REQUIRED.search(segment) is None:
         return _is_normalized("NFC", segment)
-    return not looks_bad(segment) and _is_normalized("NFC", segment)
+    return not _line_looks_bad(segment) and _is_normalized("NFC", segment)
 
 
 def ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
@@ -290,6 +308,26 @@ def ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str
         pos = textbreak
 
 
+def mojibake_possible(text: str) -> bool:
+    """False when no line of ``text`` looks like mojibake to ftfy (its ``is_bad``, line by line).
+
+    Only the lines holding a character every piece of mojibake needs are tested.
+
+    >>> mojibake_possible("café\\nà bientôt"), mojibake_possible("ok\\ncafÃ©")
+    (False, True)
+    """
+    if MOJIBAKE_REQUIRED is None or len(text) > FTFY_CONFIG.max_decode_length:
+        return True  # no shortcut, or ftfy cuts long lines into pieces: assume the worst
+    look = MOJIBAKE_REQUIRED.search(text)
+    while look is not None:
+        start = text.rfind("\n", 0, look.start()) + 1
+        end = text.find("\n", look.start()) + 1 or len(text)
+        if _line_looks_bad(text[start:end]):
+            return True
+        look = MOJIBAKE_REQUIRED.search(text, end)
+    return False
+
+
 def _no_entity_or_mojibake(segment: str, config: ftfy.TextFixerConfig) -> bool:
     """True when a round's HTML and encoding repairs leave ``segment`` as it is.
 
@@ -302,7 +340,7 @@ def _no_entity_or_mojibake(segment: str, config: ftfy.TextFixerConfig) -> bool:
         return True
     if MOJIBAKE_REQUIRED is not None and MOJIBAKE_REQUIRED.search(segment) is None:
         return True
-    return not looks_bad(segment)
+    return not _line_looks_bad(segment)
 
 
 def _round_leaves(segment: str, config: ftfy.TextFixerConfig) -> bool:

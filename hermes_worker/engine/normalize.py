@@ -97,12 +97,14 @@ def normalize(
                 break
             out = again
             rounds += 1
-    if not converged:
+    if not converged or proved == CHANGED:  # (CHANGED: steps changed it and others changed it back)
         violations = tuple(find_violations(out, profile))
-    elif proved == IDLE_NO_SURROGATE:
+    elif proved == IDLE_NO_SURROGATE or out.isascii():
         violations = ()
-    elif proved != CHANGED:
-        violations = lone_surrogate(out)  # every step returned ``out``: none of their forbidden characters
-    else:
-        violations = tuple(find_violations(out, profile))  # steps changed it and others changed it back
+    else:  # no step has work on ``out``: none of their forbidden characters; a lone surrogate?
+        try:
+            out.encode("utf-8")  # UTF-8 cannot encode a surrogate: the cheapest test there is
+            violations = ()
+        except UnicodeEncodeError:
+            violations = lone_surrogate(out)
     return _new(Normalized, (out, out != text, rounds, converged, violations, tuple(log) if log is not None else None))

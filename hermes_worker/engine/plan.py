@@ -39,12 +39,13 @@ CHANGED = 3  # some step changed the text (a later one may have changed it back)
 
 
 class _Look:
-    """Whether any of some steps has work on a text: one class, the forms, the tests."""
+    """Whether any of some steps has work on a text: one class, the hints' tests, the forms, the tests."""
 
-    __slots__ = ("_findall", "_forms", "_search", "_tests", "idle_code", "open")
+    __slots__ = ("_findall", "_forms", "_hard", "_hinted", "_search", "_tests", "idle_code", "open")
 
     def __init__(self, works: Iterable[Work | None]) -> None:
-        chars: set[int] = set()
+        hard: set[int] = set()
+        hinted: dict[Callable[[str], bool], set[int]] = {}
         forms: dict[str, None] = {}
         tests: dict[Callable[[str], bool], None] = {}
         self.open = False  # some step may have work on any text: never idle
@@ -52,30 +53,44 @@ class _Look:
             if work is None:
                 self.open = True
                 continue
-            chars |= work.chars
+            hard |= work.chars
+            if work.hint_test is not None:
+                hinted.setdefault(work.hint_test, set()).update(work.hints)
             if work.form is not None:
                 forms[work.form] = None
             tests.update(dict.fromkeys(work.tests))
+        looked_for = hard.union(*hinted.values())
         # With characters to look for, lone surrogates cost nothing more in the same class.
-        pattern = re.compile(char_class(chars | _SURROGATES)) if chars else None
+        pattern = re.compile(char_class(looked_for | _SURROGATES)) if looked_for else None
         self._findall = pattern.findall if pattern is not None else None
         self._search = pattern.search if pattern is not None else None
-        self.idle_code = IDLE_NO_SURROGATE if chars else IDLE
+        self._hard = frozenset(map(chr, hard | _SURROGATES))
+        self._hinted = tuple((frozenset(map(chr, chars)), test) for test, chars in hinted.items())
+        self.idle_code = IDLE_NO_SURROGATE if looked_for else IDLE
         self._forms: tuple[Any, ...] = tuple(forms)
         self._tests = tuple(tests)
 
     def found(self, text: str) -> list[str]:
-        """Every character of the class in ``text`` (its steps' characters, lone surrogates)."""
+        """Every character of the class in ``text`` (its steps' characters and hints, lone surrogates)."""
         return self._findall(text) if self._findall is not None else []
 
     def idle(self, text: str) -> bool:
         """True when no step has work on ``text``."""
-        return (self._search is None or self._search(text) is None) and self.idle_but_for(text)
+        if self._hinted:
+            return self.idle_given(self.found(text), text)
+        return (self._search is None or self._search(text) is None) and self.idle_given((), text)
 
-    def idle_but_for(self, text: str) -> bool:
-        """With no character of the class in ``text``: True when no step has work on it."""
+    def idle_given(self, found: list[str] | tuple[()], text: str) -> bool:
+        """True when no step has work on ``text``, whose class characters are ``found``."""
         if self.open:
             return False
+        if found:
+            present = set(found)
+            if not present.isdisjoint(self._hard):
+                return False
+            for chars, test in self._hinted:
+                if not present.isdisjoint(chars) and test(text):
+                    return False
         if self._forms and not text.isascii():
             for form in self._forms:
                 if not _is_normalized(form, text):
@@ -94,14 +109,20 @@ class Plan:
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
         steps = [STEPS[name] for name in names]
-        # (name, function, its characters as strings or None if it may work on any text, form, tests)
+        # (name, function, its Work with characters as strings; None: it may work on any text)
         self._steps = tuple(
             (
                 step.name,
                 step.apply,
-                None if step.work is None else frozenset(map(chr, step.work.chars)),
-                None if step.work is None else step.work.form,
-                () if step.work is None else step.work.tests,
+                None
+                if step.work is None
+                else (
+                    frozenset(map(chr, step.work.chars)),
+                    frozenset(map(chr, step.work.hints)),
+                    step.work.hint_test,
+                    step.work.form,
+                    step.work.tests,
+                ),
             )
             for step in steps
         )
@@ -111,7 +132,7 @@ class Plan:
         self._again = _Look(step.work for step in steps[:-1]) if self._last_settles else self._first
         # With one step or fewer to look for characters, the characters the look found cannot
         # tell steps apart: each step's own fast path (one scan) decides, as cheaply.
-        self._direct = sum(1 for step in steps if step.work is None or step.work.chars) <= 1
+        self._direct = sum(1 for step in steps if step.work is None or step.work.chars or step.work.hints) <= 1
 
     def idle(self, text: str, after_pass: bool = False) -> bool:
         """True when no step of the profile has work on ``text`` (sound, not complete).
@@ -146,20 +167,22 @@ class Plan:
                 return text, look.idle_code
             return self._run_all(text, between_steps, log, round_no, after_pass)
         found = look.found(text)
-        if not found and look.idle_but_for(text):
+        if look.idle_given(found, text):
             return text, look.idle_code
         present = set(found)
         scanned = text  # ``present`` holds the class characters of this text
         first = self._first
         proved = UNCHANGED
         last = len(self._steps) - 1
-        for index, (name, step, chars, form, tests) in enumerate(self._steps):
-            if chars is not None:
+        for index, (name, step, work) in enumerate(self._steps):
+            if work is not None:
                 if scanned is not text:
                     present = set(first.found(text))
                     scanned = text
+                chars, hints, hint_test, form, tests = work
                 if (
                     present.isdisjoint(chars)
+                    and (hint_test is None or present.isdisjoint(hints) or not hint_test(text))
                     and (form is None or text.isascii() or _is_normalized(form, text))
                     and not any(test(text) for test in tests)
                 ):
@@ -186,7 +209,7 @@ class Plan:
     ) -> tuple[str, int]:
         proved = UNCHANGED
         last = len(self._steps) - 1
-        for index, (name, step, _chars, _form, _tests) in enumerate(self._steps):
+        for index, (name, step, _work) in enumerate(self._steps):
             if index == last and after_pass and self._last_settles and proved == UNCHANGED:
                 continue  # the input of the pass, a fixed point of this idempotent step
             after = step(text)

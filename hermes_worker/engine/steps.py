@@ -25,11 +25,12 @@ from . import normal_forms
 from .ftfy_step import (
     FTFY_TOUCHABLE,
     FTFY_TOUCHABLE_CHARS,
-    FTFY_WORK_CHARS,
     MOJIBAKE_REQUIRED,
+    MOJIBAKE_REQUIRED_CHARS,
     fix_with_ftfy,
     ftfy_explain,
     ftfy_segments,
+    mojibake_possible,
     untouched_by_ftfy,
 )
 
@@ -45,11 +46,17 @@ class Work:
         form: a Unicode normal form; non-ASCII text not in it may give the step work.
         tests: further tests on the whole text, each True when the step may have work (line
             ends, blank runs, the ends). Shared functions: a profile runs each one once.
+        hints: code points that give the step work only if ``hint_test`` says so: found by the
+            same scan as ``chars``, then ``hint_test(text)`` decides (ftfy: 'é' or 'Ã' in a text
+            is mojibake only if ftfy's mojibake test flags its line).
+        hint_test: True when a text holding hints may give the step work.
     """
 
     chars: frozenset[int] = frozenset()
     form: normal_forms.Form | None = None
     tests: tuple[Callable[[str], bool], ...] = ()
+    hints: frozenset[int] = frozenset()
+    hint_test: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +277,8 @@ def collapse_whitespace(text: str) -> str:
 # --- The registry -----------------------------------------------------------------------------
 
 _FTFY_WORK = (
-    Work(FTFY_WORK_CHARS, "NFC")
-    if FTFY_WORK_CHARS is not None
+    Work(FTFY_TOUCHABLE_CHARS, "NFC", hints=MOJIBAKE_REQUIRED_CHARS, hint_test=mojibake_possible)
+    if MOJIBAKE_REQUIRED_CHARS is not None
     else Work(FTFY_TOUCHABLE_CHARS, "NFC", (lambda text: not text.isascii(),))  # no mojibake shortcut
 )
 _STEP_LIST = (
