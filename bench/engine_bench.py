@@ -58,7 +58,24 @@ def _candidates() -> dict[str, tuple[str, Fn]]:
             f"`apply_profile(t, {name})`: one bare pass, no result object",
             lambda t, p=profile: apply_profile(t, p),  # type: ignore[misc]
         )
+    reference = _reference()
+    if reference is not None:  # the engine before issue 13, in the same run: before/after ratios
+        for name, profile in BUILTIN_PROFILES.items():
+            old = reference.Profile(name, profile.steps)
+            rows[f"reference_{name}"] = (
+                f"`normalize(t, {name})` of the frozen reference engine (before issue 13)",
+                lambda t, p=old: reference.normalize(t, p).text,  # type: ignore[misc]
+            )
     return rows
+
+
+def _reference() -> Any:
+    """``tests.reference_engine`` (the engine at c6a5bcc), or None in a checkout without tests/."""
+    try:
+        from tests import reference_engine
+    except ImportError:
+        return None
+    return reference_engine
 
 
 def measure_engine(texts: list[str], repeat: int) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
@@ -153,7 +170,8 @@ def run_engine(texts: list[str], repeat: int) -> dict[str, Any]:
     rows, kept = measure_engine(texts, repeat)
     equality = ftfy_equality(texts, kept["engine_ftfy_step"], kept["ftfy_fix_text"])
     ftfy_rate = rows["ftfy_fix_text"]["prompts_per_s"]
-    ftfy_cpu = rows["ftfy_fix_text"]["cpu_us_per_prompt"]
+    cpu = {name: row["cpu_us_per_prompt"] for name, row in rows.items()}
+    ftfy_cpu = cpu["ftfy_fix_text"]
     return {
         "prompts": len(texts),
         "mb": round(sum(len(t.encode("utf-8")) for t in texts) / 1e6, 2),
@@ -165,5 +183,10 @@ def run_engine(texts: list[str], repeat: int) -> dict[str, Any]:
         "prompt_one_pass_vs_ftfy": round(rows["profile_prompt_one_pass"]["prompts_per_s"] / ftfy_rate, 3),
         "ftfy_step_vs_ftfy": round(rows["engine_ftfy_step"]["prompts_per_s"] / ftfy_rate, 3),
         "validation_overhead": validation_overhead(rows),
+        "speedup_vs_reference": {
+            name: round(cpu[f"reference_{name}"] / cpu[f"profile_{name}"], 2)
+            for name in BUILTIN_PROFILES
+            if f"reference_{name}" in cpu
+        },
         "differential": differential(texts),
     }

@@ -61,7 +61,8 @@ def _engine(report: dict[str, Any]) -> list[str]:
         f"`normalize(t, prompt)`; it takes {cpu['profile_prompt']} µs ({cpu['profile_prompt_no_validation']} without "
         f"validation, {cpu['profile_prompt_one_pass']} for a bare pass), of which the ftfy step "
         f"{cpu['engine_ftfy_step']} µs: the lines that need a repair (full-width punctuation, curly quotes, escapes, "
-        f"mojibake) are ftfy's own fixers at work. cProfile: regex `search` is {regex:.0%} of own time."
+        f"mojibake) are ftfy's own fixers at work."
+        + (f" cProfile: regex `search` is {regex:.0%} of own time." if cprofile else "")
     ]
     overhead = engine.get("validation_overhead") or {}
     if overhead:

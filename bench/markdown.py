@@ -72,7 +72,8 @@ def _engine(engine: dict[str, Any]) -> str:
         + f"\nftfy step vs `ftfy.fix_text` on all {eq['checked']:,} prompts: **{eq['mismatches']} mismatches** "
         f"(ftfy changed {eq['ftfy_changed']:,} of them). prompt/ftfy {engine['prompt_vs_ftfy']} "
         f"(CPU time: {engine.get('prompt_vs_ftfy_cpu')}), one pass/ftfy {engine['prompt_one_pass_vs_ftfy']}, "
-        f"ftfy step/ftfy {engine['ftfy_step_vs_ftfy']}.\n\n"
+        f"ftfy step/ftfy {engine['ftfy_step_vs_ftfy']}. Speed-up over the reference engine (CPU time, "
+        f"`normalize` as batches run it): {engine.get('speedup_vs_reference') or 'not measured'}.\n\n"
         "What validation adds (CPU µs per prompt: a bare `apply_profile` pass, `normalize` with "
         "`max_validation=0`, `normalize` as batches run it):\n\n"
         + table(["profile", "one pass", "no validation", "validated", "validation", "vs one pass"], validation)
