@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS, apply_profile, ftfy_step, normalize
-from hermes_worker.engine.plan import Plan, plan_for
+from hermes_worker.engine.plan import FOUND_MAX, Plan, plan_for
 from hermes_worker.engine.steps import Work
+from tests.support.differential import compare
 
 PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 STEP_NAMES = sorted(STEPS)
@@ -86,6 +87,18 @@ def test_a_profile_skips_only_steps_without_work(text: str, name: str) -> None:
     for step in BUILTIN_PROFILES[name].steps:
         out = STEPS[step].apply(out)
     assert apply_profile(text, BUILTIN_PROFILES[name]) == out
+
+
+@pytest.mark.parametrize(
+    "piece",
+    ["clean text, à bientôt. ", "caf\u00c3\u00a9 ", "width，", "a\u200bb ", "line  \n", "\x1b[1mbold ", "e\u0301 "],
+)
+def test_a_long_text_is_looked_at_without_listing_its_characters_and_gives_the_same_results(piece: str) -> None:
+    """Past FOUND_MAX characters the look searches instead of listing: the same results, all fields."""
+    text = "Plain words and nothing else. " * (FOUND_MAX // 30) + piece * 50
+    assert len(text) > FOUND_MAX
+    count, first = compare([text], [BUILTIN_PROFILES[name] for name in sorted(BUILTIN_PROFILES)], explain=(False,))
+    assert count == 0, first
 
 
 def test_whitespace_ends_in_the_basic_multilingual_plane() -> None:

@@ -236,20 +236,6 @@ def looks_bad(segment: str) -> bool:
     return any(branch.search(segment) is not None for branch in _searched(present))
 
 
-def _line_looks_bad(segment: str) -> bool:
-    """:func:`looks_bad`, remembered for lines of up to 2,048 characters.
-
-    A line is tested when a profile looks at a text, again when the ftfy step runs, and again
-    when validation looks at the output, where most lines come back unchanged.
-    """
-    return _remembered_looks_bad(segment) if len(segment) <= 2048 else looks_bad(segment)
-
-
-@functools.lru_cache(maxsize=4096)
-def _remembered_looks_bad(segment: str) -> bool:
-    return looks_bad(segment)
-
-
 @functools.lru_cache(maxsize=4096)
 def _searched(present: int) -> tuple[re.Pattern[str], ...]:
     """The alternatives whose every needed character set is among the ``present`` bits."""
@@ -284,7 +270,7 @@ def untouched_by_ftfy(segment: str) -> bool:
         return True
     if MOJIBAKE_REQUIRED is not None and MOJIBAKE_REQUIRED.search(segment) is None:
         return _is_normalized("NFC", segment)
-    return not _line_looks_bad(segment) and _is_normalized("NFC", segment)
+    return not looks_bad(segment) and _is_normalized("NFC", segment)
 
 
 def ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
@@ -322,7 +308,7 @@ def mojibake_possible(text: str) -> bool:
     while look is not None:
         start = text.rfind("\n", 0, look.start()) + 1
         end = text.find("\n", look.start()) + 1 or len(text)
-        if _line_looks_bad(text[start:end]):
+        if looks_bad(text[start:end]):
             return True
         look = MOJIBAKE_REQUIRED.search(text, end)
     return False
@@ -340,7 +326,7 @@ def _no_entity_or_mojibake(segment: str, config: ftfy.TextFixerConfig) -> bool:
         return True
     if MOJIBAKE_REQUIRED is not None and MOJIBAKE_REQUIRED.search(segment) is None:
         return True
-    return not _line_looks_bad(segment)
+    return not looks_bad(segment)
 
 
 def _round_leaves(segment: str, config: ftfy.TextFixerConfig) -> bool:
@@ -363,9 +349,26 @@ def _character_round(segment: str) -> str:
 
 
 def _fix_segment(segment: str, config: ftfy.TextFixerConfig) -> str:
-    """``ftfy.fix_and_explain(segment, config).text``, within :mod:`.ftfy_bounded`'s budget."""
+    """``ftfy.fix_and_explain(segment, config).text``, within :mod:`.ftfy_bounded`'s budget.
+
+    Remembered for short segments: text made of a few lines repeated pays for each once.
+    """
     if untouched_by_ftfy(segment):
         return segment
+    if len(segment) <= _MEMO_MAX_LEN:
+        return _fixed_short_segment(segment, config)
+    return _fix_touched_segment(segment, config)
+
+
+_MEMO_MAX_LEN = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_short_segment(segment: str, config: ftfy.TextFixerConfig) -> str:
+    return _fix_touched_segment(segment, config)
+
+
+def _fix_touched_segment(segment: str, config: ftfy.TextFixerConfig) -> str:
     if _ROUND_OF_DEFAULTS and _no_entity_or_mojibake(segment, config):
         # Round 1 is exactly the character round (nothing for the HTML and encoding repairs);
         # ftfy stops after it if it changed nothing, or after round 2 if that changes nothing.

@@ -31,6 +31,10 @@ __all__ = ["CHANGED", "IDLE", "IDLE_NO_SURROGATE", "UNCHANGED", "Plan", "plan_fo
 _SURROGATES = frozenset(range(0xD800, 0xE000))
 _is_normalized = unicodedata.is_normalized
 
+# Up to this length a look lists every class character it finds (to tell steps apart); a longer
+# text could make that list take more memory than the text (a new str for each non-Latin-1 one).
+FOUND_MAX = 1 << 16
+
 # What a pass proved about its input (plain ints: an enum member costs a lookup each time).
 IDLE_NO_SURROGATE = 0  # no step had work (the look said so), and the text holds no lone surrogate
 IDLE = 1  # no step had work (the look said so); lone surrogates not looked for
@@ -41,7 +45,18 @@ CHANGED = 3  # some step changed the text (a later one may have changed it back)
 class _Look:
     """Whether any of some steps has work on a text: one class, the hints' tests, the forms, the tests."""
 
-    __slots__ = ("_findall", "_forms", "_hard", "_hinted", "_search", "_tests", "idle_code", "open")
+    __slots__ = (
+        "_findall",
+        "_forms",
+        "_hard",
+        "_hinted",
+        "_search",
+        "_search_hard",
+        "_search_hints",
+        "_tests",
+        "idle_code",
+        "open",
+    )
 
     def __init__(self, works: Iterable[Work | None]) -> None:
         hard: set[int] = set()
@@ -66,6 +81,9 @@ class _Look:
         self._search = pattern.search if pattern is not None else None
         self._hard = frozenset(map(chr, hard | _SURROGATES))
         self._hinted = tuple((frozenset(map(chr, chars)), test) for test, chars in hinted.items())
+        # For long texts: a search for the hard characters, then one for each test's hints.
+        self._search_hard = re.compile(char_class(hard | _SURROGATES)).search
+        self._search_hints = tuple((re.compile(char_class(chars)).search, test) for test, chars in hinted.items())
         self.idle_code = IDLE_NO_SURROGATE if looked_for else IDLE
         self._forms: tuple[Any, ...] = tuple(forms)
         self._tests = tuple(tests)
@@ -76,9 +94,18 @@ class _Look:
 
     def idle(self, text: str) -> bool:
         """True when no step has work on ``text``."""
-        if self._hinted:
+        if not self._hinted:
+            return (self._search is None or self._search(text) is None) and self.idle_given((), text)
+        if len(text) <= FOUND_MAX:
             return self.idle_given(self.found(text), text)
-        return (self._search is None or self._search(text) is None) and self.idle_given((), text)
+        # A list of every class character of a long text could take more memory than the text:
+        # a search for the hard ones, then one for each test's hints, stop at the first.
+        if self.open or self._search_hard(text) is not None:
+            return False
+        for search, test in self._search_hints:
+            if search(text) is not None and test(text):
+                return False
+        return self.idle_given((), text)
 
     def idle_given(self, found: list[str] | tuple[()], text: str) -> bool:
         """True when no step has work on ``text``, whose class characters are ``found``."""
@@ -162,7 +189,7 @@ class Plan:
         (validation).
         """
         look = self._again if after_pass else self._first
-        if self._direct:
+        if self._direct or len(text) > FOUND_MAX:
             if look.idle(text):
                 return text, look.idle_code
             return self._run_all(text, between_steps, log, round_no, after_pass)
