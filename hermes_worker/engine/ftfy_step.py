@@ -243,7 +243,6 @@ def _searched(present: int) -> tuple[re.Pattern[str], ...]:
     return tuple(branch for needs, branch in _BADNESS[2] if needs & present == needs)
 
 
-# One scan for the whole text: a character some fix acts on, or one mojibake needs.
 # One scan for the whole text: a character some fix acts on, or one that every piece of mojibake
 # holds. None when the mojibake regex could not be taken apart.
 _LOOK = (

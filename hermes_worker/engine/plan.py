@@ -1,12 +1,13 @@
 """A profile's plan: one look at a text decides whether any step has work; only those that do run.
 
-Every step says when it may have work (:class:`~.steps.Work`): the characters it acts on, the
-normal form it produces, a few tests on the whole text (line ends, blank runs, the ends). A plan
-joins the steps of a profile into one character class (with lone surrogates in it), the forms
-and the tests. One scan with the class, a quick check per form and the tests decide whether any
-step has work: when none has, the pass is over, and a clean prompt has cost one scan. When some
-step has, the characters that scan found tell which ones: only those run, and after a step
-changed the text the next ones are judged on the new text.
+Every step says when it may have work (:class:`~.steps.Work`): the characters it acts on, hints
+(characters that mean work only if a test on their lines says so: mojibake for ftfy), the normal
+form it produces, a few tests on the whole text (line ends, blank runs, the ends). A plan joins
+the steps of a profile into one character class (with lone surrogates in it), the forms and the
+tests. One scan with the class, a quick check per form and the tests decide whether any step has
+work: when none has, the pass is over, and a clean prompt has cost one scan. When some step has,
+the characters that scan found tell which ones: only those run, and after a step changed the
+text the next ones are judged on the new text.
 
 The same look is validation's certificate (:mod:`.normalize`): a text it finds idle is a fixed
 point of the profile, and holds no character a step forbids (a step's forbidden characters are
