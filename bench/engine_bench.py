@@ -50,6 +50,10 @@ def _candidates() -> dict[str, tuple[str, Fn]]:
             f"`normalize(t, {name})`: one pass + 1 validation round (as batches run it)",
             lambda t, p=profile: normalize(t, p).text,  # type: ignore[misc]
         )
+        rows[f"profile_{name}_checked"] = (
+            f"`normalize(t, {name}, checked=True)`: told the prompt passed `check_prompt`, as batches know",
+            lambda t, p=profile: normalize(t, p, checked=True).text,  # type: ignore[misc]
+        )
         rows[f"profile_{name}_no_validation"] = (
             f"`normalize(t, {name}, max_validation=0)`: the same call without validation",
             lambda t, p=profile: normalize(t, p, 0).text,  # type: ignore[misc]
@@ -130,19 +134,23 @@ def validation_overhead(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     """Per profile, what the validation round adds, from CPU µs per prompt (immune to other load).
 
     ``overhead``: ``normalize`` ÷ ``normalize(max_validation=0)`` - 1, the same call with and
-    without validation; ``vs_one_pass``: ÷ ``apply_profile`` - 1, which also counts building the
-    result object.
+    without validation; ``overhead_checked``: the same with ``checked=True`` (the prompt passed
+    ``check_prompt``, so an unchanged output needs no lone-surrogate test); ``vs_one_pass``:
+    ``normalize`` ÷ ``apply_profile`` - 1, which also counts building the result object.
     """
     out = {}
     for name in BUILTIN_PROFILES:
         full = rows[f"profile_{name}"]["cpu_us_per_prompt"]
+        checked = rows[f"profile_{name}_checked"]["cpu_us_per_prompt"]
         bare = rows[f"profile_{name}_no_validation"]["cpu_us_per_prompt"]
         one = rows[f"profile_{name}_one_pass"]["cpu_us_per_prompt"]
         out[name] = {
             "us": full,
             "no_validation_us": bare,
             "one_pass_us": one,
+            "checked_us": checked,
             "overhead": round(full / bare - 1, 3) if bare else 0.0,
+            "overhead_checked": round(checked / bare - 1, 3) if bare else 0.0,
             "vs_one_pass": round(full / one - 1, 3) if one else 0.0,
         }
     return out

@@ -70,14 +70,18 @@ def _engine(report: dict[str, Any]) -> list[str]:
         worst = max(overhead, key=lambda name: overhead[name]["overhead"])
         listed = ", ".join(
             f"`{name}` {figures['no_validation_us']} → {figures['us']} µs (+{figures['overhead']:.0%}; "
+            f"+{figures.get('overhead_checked', 0):.0%} with `checked=True`; "
             f"+{figures['vs_one_pass']:.0%} over a bare pass of {figures['one_pass_us']} µs)"
             for name, figures in overhead.items()
         )
         out.append(
             f"**Validation** adds at most {overhead[worst]['overhead']:.0%} (`{worst}`): {listed}. A validation pass "
             "starts with the profile's one look at the output; an idle output is a proven fixed point with no "
-            "forbidden character, and only outputs the look cannot clear run their steps again. Against a bare "
-            "pass the figure also counts the result object and the lone-surrogate test, which no pass makes."
+            "forbidden character, and only outputs the look cannot clear run their steps again. What is left on "
+            "an idle non-ASCII output is the lone-surrogate test (a UTF-8 encoding, about as long as the NFC check "
+            "itself): a caller that ran `check_prompt` says `checked=True` and skips it for an output that is its "
+            "input (`processing.py` does not pass it yet). Against a bare pass the figure also counts the result "
+            "object, which no pass makes."
         )
     diff = engine.get("differential") or {}
     if diff.get("mismatches"):

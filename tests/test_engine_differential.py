@@ -5,7 +5,8 @@ names the commit). For each input, every built-in profile, ``max_validation`` 0 
 without ``explain``, every field of ``normalize()``'s result must be equal: text, changed,
 rounds, converged, violations, explanation. Inputs: the golden files, ftfy's own test cases,
 Unicode's NormalizationTest (a sample here, all of it in the slow set), the bench corpus (slow,
-when it has been built), and generated text for built-in and random custom profiles.
+when it has been built), and generated text for built-in and random custom profiles; each also
+with ``checked=True`` (as batches call it after ``check_prompt``) for the texts that pass it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hermes_worker.engine import BUILTIN_PROFILES, STEPS, Profile
+from hermes_worker.engine import BUILTIN_PROFILES, STEPS, ItemError, Profile, check_prompt
 from tests.support import differential
 from tests.support.differential import compare
 
@@ -25,8 +26,19 @@ PROPERTY = settings(max_examples=200, deadline=None, database=None, suppress_hea
 
 
 def assert_no_mismatch(texts: Sequence[str], profiles: list[Profile] = PROFILES) -> None:
+    """No difference, and none either when the engine is told the prompts passed check_prompt."""
     count, first = compare(texts, profiles)
     assert count == 0, f"{count} mismatches; the first ones:\n" + "\n".join(map(str, first))
+    count, first = compare([text for text in texts if _passes_check(text)], profiles, checked=True)
+    assert count == 0, f"{count} mismatches with checked=True; the first ones:\n" + "\n".join(map(str, first))
+
+
+def _passes_check(text: str) -> bool:
+    try:
+        check_prompt(text)
+    except ItemError:
+        return False
+    return True
 
 
 # --- the comparison itself --------------------------------------------------------------------

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from hermes_worker.engine import BUILTIN_PROFILES, STEPS, apply_profile, ftfy_step, normalize
+from hermes_worker.engine import BUILTIN_PROFILES, STEPS, apply_profile, check_prompt, ftfy_step, normalize
+from hermes_worker.engine.budget import normalize_within_budget
 from hermes_worker.engine.plan import FOUND_MAX, Plan, plan_for
 from hermes_worker.engine.steps import Work
 from tests.support.differential import compare
@@ -141,6 +142,16 @@ def test_a_lone_surrogate_is_still_reported_or_repaired(text: str, name: str) ->
         assert "\ufffd" in result.text and result.violations == ()  # ftfy replaces it
     else:
         assert [v for v in result.violations if v.startswith("lone surrogate U+D800")]
+
+
+@pytest.mark.parametrize("text", ["plain", "caf\u00e9 \u2014 ok", "caf\u00c3\u00a9  \r\n", "e\u0301"])
+@pytest.mark.parametrize("name", sorted(BUILTIN_PROFILES))
+def test_checked_changes_nothing_but_the_work(text: str, name: str) -> None:
+    """A caller that ran check_prompt says so; the result is the same, through the budget too."""
+    check_prompt(text)
+    expected = normalize(text, BUILTIN_PROFILES[name])
+    assert normalize(text, BUILTIN_PROFILES[name], checked=True) == expected
+    assert normalize_within_budget(text, BUILTIN_PROFILES[name], checked=True) == expected
 
 
 # --- the ftfy step's tables -------------------------------------------------------------------

@@ -73,8 +73,12 @@ def compare(
     max_validations: Sequence[int] = MAX_VALIDATIONS,
     explain: Sequence[bool] = (False, True),
     keep: int = 10,
+    checked: bool = False,
 ) -> tuple[int, list[Mismatch]]:
-    """How many (text, profile, max_validation, explain) cases differ, and the first ``keep`` of them."""
+    """How many (text, profile, max_validation, explain) cases differ, and the first ``keep`` of them.
+
+    With ``checked``, the live engine is told the texts passed ``check_prompt`` (only give such texts).
+    """
     texts = list(texts)
     count = 0
     kept: list[Mismatch] = []
@@ -83,7 +87,7 @@ def compare(
         for validation in max_validations:
             for explained in explain:
                 for text in texts:
-                    live = normalize(text, profile, validation, explained)
+                    live = normalize(text, profile, validation, explained, checked=checked)
                     old = reference_engine.normalize(text, reference, validation, explained)
                     for field in FIELDS:
                         if getattr(live, field) != getattr(old, field):
