@@ -81,6 +81,14 @@ def test_a_step_called_idempotent_is(text: str, name: str) -> None:
 
 
 @PROPERTY
+@given(text=texts.filter(lambda text: "\ud800" not in text), name=st.sampled_from(STEP_NAMES))
+@example(text="&#xd800; &#55296; \u00ed\u00a0\u0080", name="ftfy")
+def test_no_step_makes_a_lone_surrogate(text: str, name: str) -> None:
+    """normalize(checked=True) skips the lone-surrogate test on every output: no step may make one."""
+    assert not [c for c in STEPS[name].apply(text) if "\ud800" <= c <= "\udfff"]
+
+
+@PROPERTY
 @given(text=texts, name=st.sampled_from(sorted(BUILTIN_PROFILES)))
 def test_a_profile_skips_only_steps_without_work(text: str, name: str) -> None:
     """The plan's pass gives what running every step in order gives."""

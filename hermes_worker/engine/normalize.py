@@ -74,7 +74,7 @@ def normalize(
     no forbidden character, proven by one scan. Only an output the look cannot clear goes through
     its steps again, and only one whose pass changed something is searched for violations.
     ``checked``: the caller has passed ``text`` through :func:`.check_prompt`, so it holds no
-    lone surrogate, and an output that is ``text`` itself needs no test for one.
+    lone surrogate; no step makes one (:class:`.steps.Step`), so no output needs a test for one.
 
     >>> from .profiles import BUILTIN_PROFILES
     >>> r = normalize("ﬁne\\u200b", BUILTIN_PROFILES["prompt"])
@@ -102,7 +102,7 @@ def normalize(
             rounds += 1
     if not converged or proved == CHANGED:  # (CHANGED: steps changed it and others changed it back)
         violations = tuple(find_violations(out, profile))
-    elif proved == IDLE_NO_SURROGATE or out.isascii() or (checked and out == text):
+    elif proved == IDLE_NO_SURROGATE or checked or out.isascii():
         violations = ()
     else:  # no step has work on ``out``: none of their forbidden characters; a lone surrogate?
         try:

@@ -70,6 +70,9 @@ class Step:
         forbids: characters this step guarantees are absent from its output, or None.
         work: when the step may have work; None: it may have work on any text.
         idempotent: its output is always a fixed point of it (``apply(apply(t)) == apply(t)``).
+
+    No step turns a text without lone surrogates into one with (``normalize(checked=True)``
+    relies on it; ``tests/test_engine_plan.py`` checks it).
     """
 
     name: str
