@@ -79,9 +79,9 @@ def _engine(report: dict[str, Any]) -> list[str]:
             "starts with the profile's one look at the output; an idle output is a proven fixed point with no "
             "forbidden character, and only outputs the look cannot clear run their steps again. What is left on "
             "an idle non-ASCII output is the lone-surrogate test (a UTF-8 encoding, about as long as the NFC check "
-            "itself): a caller that ran `check_prompt` says `checked=True` and skips it for an output that is its "
-            "input (`processing.py` does not pass it yet). Against a bare pass the figure also counts the result "
-            "object, which no pass makes."
+            "itself): a caller that ran `check_prompt` says `checked=True` and skips it (no step makes a lone "
+            "surrogate); `processing.py` runs `check_prompt` on every item but does not pass it yet. Against a bare "
+            "pass the figure also counts the result object, which no pass makes."
         )
     diff = engine.get("differential") or {}
     if diff.get("mismatches"):

@@ -12,7 +12,8 @@ Headline definitions (all from the same ``python -m bench`` run):
 - ``validation_overhead``: per built-in profile, what the validation round adds to one pass: CPU
   per prompt of ``normalize(t, p)`` ÷ ``normalize(t, p, max_validation=0)`` - 1 (the same call;
   the engine section also gives it against a bare ``apply_profile``). ``validation_overhead_max``:
-  the largest of them.
+  the largest of them; ``validation_overhead_checked_max``: the same with ``checked=True`` (what
+  batches would pay once ``processing.py`` tells ``normalize`` that ``check_prompt`` ran).
 - ``differential_mismatches``: cases (prompt × built-in profile × ``max_validation`` 0-3 × explain
   or not) where any field of ``normalize()``'s result differs from the frozen reference engine's
   (``tests/reference_engine``).
@@ -66,6 +67,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
     equal = _get(sections, "engine", "ftfy_equality", "equal")
     overhead = _get(sections, "engine", "validation_overhead") or {}
     validation = {name: figures["overhead"] for name, figures in overhead.items()}
+    checked = [figures["overhead_checked"] for figures in overhead.values() if "overhead_checked" in figures]
     return {
         "e2e_local_ratio": _get(sections, "e2e", "ratios", "celery_2_vs_limit"),
         "container_ratio": _get(sections, "e2e", "ratios", "container_2_vs_limit"),
@@ -74,6 +76,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         "ftfy_equal": equal,
         "validation_overhead": validation or None,
         "validation_overhead_max": max(validation.values()) if validation else None,
+        "validation_overhead_checked_max": max(checked) if checked else None,
         "differential_mismatches": _get(sections, "engine", "differential", "mismatches"),
         "vs_celery_per_prompt": _div(hermes_compact, celery_per_prompt),
         "vs_best_peer": _div(hermes_compact, best_rate),
