@@ -54,36 +54,45 @@ def _engine(report: dict[str, Any]) -> list[str]:
     if not engine or "rows" not in engine:
         return []
     rows = engine["rows"]
-    full, one = rows["profile_prompt"]["cpu_us_per_prompt"], rows["profile_prompt_one_pass"]["cpu_us_per_prompt"]
+    cpu = {name: row["cpu_us_per_prompt"] for name, row in rows.items()}
     cprofile = _get(report, "sections", "profile", "engine_prompt_cprofile") or []
-    skip_rate = rows["what_if_prompt_skip_unchanged"]["prompts_per_s"]
-    applied = (
-        " (already what `normalize` does: same speed)"
-        if skip_rate < 1.05 * rows["profile_prompt"]["prompts_per_s"]
-        else ""
-    )
     regex = sum(float(row[2]) for row in cprofile if "re.Pattern' objects>" in str(row[0]) and "search" in str(row[0]))
-    return [
-        f"**prompt_vs_ftfy = {engine['prompt_vs_ftfy']}** (the ftfy step's output equals `ftfy.fix_text` on every "
-        f"prompt: {engine['ftfy_equality']['mismatches']} mismatches). `normalize(t, prompt)` costs {full} µs/prompt: "
-        f"the first pass {one} µs, the validation round (the whole profile again, then `find_violations`) "
-        f"{full - one:.1f} µs (+{(full - one) / one:.0%}). One pass alone is {engine['prompt_one_pass_vs_ftfy']}× "
-        f"ftfy. cProfile: regex `search` is {regex:.0%} of own time, almost all of it ftfy's mojibake test "
-        f"`ftfy.badness.is_bad` (a 37-branch alternation that `re` tries at every position) on every non-ASCII "
-        f"line, in both passes.",
-        f"Fix, measured here as what-ifs (`bench/what_if.py`; mismatches against the real outputs on all "
-        f"{engine['prompts']:,} prompts measured: {engine.get('what_if_mismatches')}): (1) skip the validation "
-        f"round when the first pass returned "
-        f"its input unchanged (every step is pure, so f(t) == t already proves a fixed point; "
-        f"{skip_rate:,.0f} prompts/s{applied}); (2) before the per-segment "
-        f"checks, one character-class scan for the characters every branch of ftfy's badness regex needs (derived "
-        f"from the compiled regex: mostly symbols like ¦¤¨¬, Ã, Â, box drawing; text without any of them cannot be "
-        f"mojibake), so the 37-branch regex runs only on texts that hold one: ftfy step "
-        f"{rows['what_if_ftfy_step_prefiltered']['cpu_us_per_prompt']} µs instead of "
-        f"{rows['engine_ftfy_step']['cpu_us_per_prompt']} µs. Both: "
-        f"{rows['what_if_prompt_both']['prompts_per_s']:,.0f} prompts/s = "
-        f"**{(engine.get('what_if_vs_ftfy') or {}).get('what_if_prompt_both')}× ftfy**, identical output.",
+    out = [
+        f"**prompt_vs_ftfy = {engine['prompt_vs_ftfy']}** (CPU time; {engine.get('prompt_vs_ftfy_wall')} from wall "
+        f"time; the ftfy step equals `ftfy.fix_text` on every prompt: "
+        f"{engine['ftfy_equality']['mismatches']} mismatches). "
+        f"`ftfy.fix_text` costs {cpu['ftfy_fix_text']} µs/prompt, so 5× leaves {cpu['ftfy_fix_text'] / 5:.1f} µs for "
+        f"`normalize(t, prompt)`; it takes {cpu['profile_prompt']} µs ({cpu['profile_prompt_no_validation']} without "
+        f"validation, {cpu['profile_prompt_one_pass']} for a bare pass), of which the ftfy step "
+        f"{cpu['engine_ftfy_step']} µs: the lines that need a repair (full-width punctuation, curly quotes, escapes, "
+        f"mojibake) are ftfy's own fixers at work."
+        + (f" cProfile: regex `search` is {regex:.0%} of own time." if cprofile else "")
     ]
+    overhead = engine.get("validation_overhead") or {}
+    if overhead:
+        worst = max(overhead, key=lambda name: overhead[name]["overhead"])
+        listed = ", ".join(
+            f"`{name}` {figures['no_validation_us']} → {figures['us']} µs (+{figures['overhead']:.0%}; "
+            f"+{figures.get('overhead_checked', 0):.0%} with `checked=True`; "
+            f"+{figures['vs_one_pass']:.0%} over a bare pass of {figures['one_pass_us']} µs)"
+            for name, figures in overhead.items()
+        )
+        out.append(
+            f"**Validation** adds at most {overhead[worst]['overhead']:.0%} (`{worst}`): {listed}. A validation pass "
+            "starts with the profile's one look at the output; an idle output is a proven fixed point with no "
+            "forbidden character, and only outputs the look cannot clear run their steps again. What is left on "
+            "an idle non-ASCII output is the lone-surrogate test (a UTF-8 encoding, about as long as the NFC check "
+            "itself): a caller that ran `check_prompt` says `checked=True` and skips it (no step makes a lone "
+            "surrogate); `processing.py` runs `check_prompt` on every item but does not pass it yet. Against a bare "
+            "pass the figure also counts the result object, which no pass makes."
+        )
+    diff = engine.get("differential") or {}
+    if diff.get("mismatches"):
+        out.append(
+            f"**differential_mismatches = {diff['mismatches']}** of {diff.get('cases'):,} cases differ from the "
+            f"reference engine, first: {'; '.join(diff.get('examples') or [])}"
+        )
+    return out
 
 
 def _e2e(report: dict[str, Any]) -> list[str]:
@@ -102,8 +111,11 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             f"**e2e_local_ratio = {report.get('e2e_local_ratio')}.** CPU per prompt (`prompt` profile, gross): "
             f"in-process {inproc['total']} µs for everything (read, normalize, write); over Celery "
             f"{celery['total']} µs ({celery}). "
-            + ("The workers alone spend more than the whole in-process run. "
-               if celery.get("workers", 0) > inproc["total"] else "")
+            + (
+                "The workers alone spend more than the whole in-process run. "
+                if celery.get("workers", 0) > inproc["total"]
+                else ""
+            )
             + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
             f"cores used during those runs: {busy} of {report['machine']['cores']}. Even the in-process pool with 2 "
@@ -241,7 +253,9 @@ def findings(report: dict[str, Any]) -> str:
     """Paragraphs for the report: one per missed target, with the evidence behind it."""
     failed = {name for name, t in report["targets"].items() if t["pass"] is False}
     parts: list[str] = []
-    if "prompt_vs_ftfy" in failed or report.get("ftfy_equal") is False:
+    if failed & {"prompt_vs_ftfy", "validation_overhead_max", "differential_mismatches"} or (
+        report.get("ftfy_equal") is False
+    ):
         parts += _engine(report)
     if failed & {"e2e_local_ratio", "overhead_us_per_prompt"}:
         parts += _e2e(report)

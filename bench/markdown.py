@@ -62,11 +62,38 @@ def _engine(engine: dict[str, Any]) -> str:
         for name, r in engine["rows"].items()
     ]
     eq = engine["ftfy_equality"]
+    validation = [
+        [
+            name,
+            v["one_pass_us"],
+            v["no_validation_us"],
+            v["us"],
+            f"{v['overhead']:+.0%}",
+            v.get("checked_us"),
+            f"{v.get('overhead_checked', 0):+.0%}",
+            f"{v['vs_one_pass']:+.0%}",
+        ]
+        for name, v in (engine.get("validation_overhead") or {}).items()
+    ]
+    diff = engine.get("differential") or {}
     return (
         table(["candidate", "prompts/s", "MB/s", "CPU µs/prompt", "what"], rows)
         + f"\nftfy step vs `ftfy.fix_text` on all {eq['checked']:,} prompts: **{eq['mismatches']} mismatches** "
-        f"(ftfy changed {eq['ftfy_changed']:,} of them). prompt/ftfy {engine['prompt_vs_ftfy']}, "
-        f"one pass/ftfy {engine['prompt_one_pass_vs_ftfy']}, ftfy step/ftfy {engine['ftfy_step_vs_ftfy']}.\n"
+        f"(ftfy changed {eq['ftfy_changed']:,} of them). prompt/ftfy {engine['prompt_vs_ftfy']} (CPU time; "
+        f"wall time: {engine.get('prompt_vs_ftfy_wall')}), one pass/ftfy {engine['prompt_one_pass_vs_ftfy']}, "
+        f"ftfy step/ftfy {engine['ftfy_step_vs_ftfy']}. Speed-up over the reference engine (CPU time, "
+        f"`normalize` as batches run it): {engine.get('speedup_vs_reference') or 'not measured'}.\n\n"
+        "What validation adds (CPU µs per prompt: a bare `apply_profile` pass, `normalize` with "
+        "`max_validation=0`, `normalize` as batches run it, and told the prompt passed `check_prompt`):\n\n"
+        + table(
+            ["profile", "one pass", "no validation", "validated", "validation", "checked", "validation", "vs one pass"],
+            validation,
+        )
+        + f"\nDifferential against the frozen reference engine (`tests/reference_engine`): "
+        f"**{diff.get('mismatches')} mismatches** in {diff.get('cases') or 0:,} cases (every prompt × built-in "
+        f"profile × max_validation 0-3 × explain or not, every field of the result; {diff.get('seconds')} s)"
+        + (f": {diff['error']}" if diff.get("error") else "")
+        + ".\n"
     )
 
 

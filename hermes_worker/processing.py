@@ -144,7 +144,7 @@ def _ok_record(prompt: Any, item_id: str, line: int, prov: str, profile: Profile
     if not isinstance(prompt, str):
         raise ItemError(contract.PROMPT_NOT_STRING, f"prompt must be a string, got {type(prompt).__name__}")
     check_prompt(prompt, max_bytes)
-    result = normalize_within_budget(prompt, profile, max_validation, explain, time_budget)
+    result = normalize_within_budget(prompt, profile, max_validation, explain, time_budget, checked=True)
     if result.violations:
         raise ItemError(
             contract.VALIDATION_FAILED,

@@ -17,6 +17,8 @@ HEADLINE_KEYS = (
     "e2e_local_ratio",
     "container_ratio",
     "prompt_vs_ftfy",
+    "validation_overhead_max",
+    "differential_mismatches",
     "vs_celery_per_prompt",
     "vs_best_peer",
     "overhead_us_per_prompt",
@@ -52,6 +54,8 @@ def test_smoke_run_writes_both_reports_with_every_headline_key(tmp_path: Path) -
     engine, e2e = report["sections"]["engine"], report["sections"]["e2e"]
     assert "error" not in engine and "error" not in e2e
     assert engine["ftfy_equality"]["mismatches"] == 0
+    assert report["differential_mismatches"] == 0  # the engine gives what the frozen reference gives
+    assert set(report["validation_overhead"]) == {"prompt", "nfc", "nfkc", "compact"}
     assert e2e["rates"]["in_process_1/prompt"] > 0
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert markdown.startswith("# Hermes benchmark")

@@ -190,12 +190,18 @@ def chunk_clock(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def normalize_within_budget(
-    text: str, profile: Profile, max_validation: int = 1, explain: bool = False, scale: float = 1.0
+    text: str,
+    profile: Profile,
+    max_validation: int = 1,
+    explain: bool = False,
+    scale: float = 1.0,
+    checked: bool = False,
 ) -> Normalized:
     """:func:`normalize`, stopped with :class:`ItemTooSlow` once it used its CPU-time budget.
 
     Args:
         scale: the budget is ``scale`` times :func:`item_budget_s`'s default; 0 turns it off.
+        checked: ``text`` passed :func:`.check_prompt` (see :func:`.normalize`).
 
     Raises:
         ItemTooSlow: the budget ran out; code ``too_slow``, the budget and the prompt's size in
@@ -205,11 +211,12 @@ def normalize_within_budget(
         raise ValueError(f"budget scale must be a finite number >= 0, got {scale!r}")
     budget_s = item_budget_s(text, scale)
     if budget_s is None:
-        return normalize(text, profile, max_validation, explain)
+        return normalize(text, profile, max_validation, explain, checked=checked)
     clock = _ACTIVE.get()
     if clock is not None:
-        return clock.run(budget_s, text, lambda: normalize(text, profile, max_validation, explain))
+        return clock.run(budget_s, text, lambda: normalize(text, profile, max_validation, explain, checked=checked))
     with _SignalClock.installed() as own:
         if own is not None:
-            return own.run(budget_s, text, lambda: normalize(text, profile, max_validation, explain))
-    return normalize(text, profile, max_validation, explain, between_steps=Deadline(budget_s, text).check)
+            return own.run(budget_s, text, lambda: normalize(text, profile, max_validation, explain, checked=checked))
+    deadline = Deadline(budget_s, text).check
+    return normalize(text, profile, max_validation, explain, between_steps=deadline, checked=checked)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
+from .plan import CHANGED, IDLE_NO_SURROGATE, plan_for
 from .profiles import Profile
-from .steps import STEPS, ftfy_explain
-from .validate import find_violations
+from .validate import find_violations, lone_surrogate
 
 __all__ = ["Normalized", "apply_profile", "normalize"]
 
 
-@dataclass(frozen=True, slots=True)
-class Normalized:
-    """The outcome of :func:`normalize`.
+class Normalized(NamedTuple):
+    """The outcome of :func:`normalize`: immutable, read by attribute.
+
+    A named tuple rather than a frozen dataclass: it is built once for every prompt, and a
+    frozen dataclass's ``__init__`` (one ``object.__setattr__`` a field) cost more than the whole
+    ``nfc`` profile on a clean prompt.
 
     Attributes:
         text: the normalized text.
@@ -37,42 +38,20 @@ class Normalized:
     explanation: tuple[dict[str, Any], ...] | None = None
 
 
-@lru_cache(maxsize=256)
-def _pipeline(steps: tuple[str, ...]) -> tuple[Callable[[str], str], ...]:
-    return tuple(STEPS[name].apply for name in steps)
+# Every field given, in order: the tuple constructor itself, without NamedTuple's __new__.
+_new = tuple.__new__
 
 
 def apply_profile(text: str, profile: Profile, between_steps: Callable[[], None] | None = None) -> str:
-    """One pass of every step of ``profile``, in order, calling ``between_steps`` after each.
+    """One pass of every step of ``profile``, in order, calling ``between_steps`` after each that runs.
+
+    Steps with nothing to do on the text do not run (:mod:`.plan`): their output would be their input.
 
     >>> from .profiles import BUILTIN_PROFILES
     >>> apply_profile(" caf\\u0065\\u0301 \\n\\n\\n\\n ok  ", BUILTIN_PROFILES["prompt"])
     ' café\\n\\n ok'
     """
-    if between_steps is None:
-        for step in _pipeline(profile.steps):
-            text = step(text)
-        return text
-    for step in _pipeline(profile.steps):
-        text = step(text)
-        between_steps()
-    return text
-
-
-def _apply_explained(
-    text: str, profile: Profile, round_no: int, log: list[dict[str, Any]], between_steps: Callable[[], None] | None
-) -> str:
-    for name, step in zip(profile.steps, _pipeline(profile.steps), strict=True):
-        after = step(text)
-        if between_steps is not None:
-            between_steps()
-        if after != text:
-            entry: dict[str, Any] = {"round": round_no, "step": name}
-            if name == "ftfy":
-                entry["detail"] = ftfy_explain(text)
-            log.append(entry)
-        text = after
-    return text
+    return plan_for(profile).run(text, between_steps)[0]
 
 
 def normalize(
@@ -81,13 +60,21 @@ def normalize(
     max_validation: int = 1,
     explain: bool = False,
     between_steps: Callable[[], None] | None = None,
+    checked: bool = False,
 ) -> Normalized:
     """Normalize ``text`` with ``profile`` and check that the result is stable.
 
     After the first pass, up to ``max_validation`` validation passes run the profile again on
     its own output. A pass that changes nothing proves a fixed point (``converged``); a pass
     that changes something replaces the output and counts as another round. ``between_steps``,
-    if given, is called after every step (:mod:`.budget` checks its deadline there).
+    if given, is called after every step that runs (:mod:`.budget` checks its deadline there).
+
+    Validation is a certificate, not a second run where it can be: a validation pass starts
+    with the plan's look (:meth:`.Plan.idle`), and an output it finds idle is a fixed point with
+    no forbidden character, proven by one scan. Only an output the look cannot clear goes through
+    its steps again, and only one whose pass changed something is searched for violations.
+    ``checked``: the caller has passed ``text`` through :func:`.check_prompt`, so it holds no
+    lone surrogate; no step makes one (:class:`.steps.Step`), so no output needs a test for one.
 
     >>> from .profiles import BUILTIN_PROFILES
     >>> r = normalize("ﬁne\\u200b", BUILTIN_PROFILES["prompt"])
@@ -96,37 +83,31 @@ def normalize(
     """
     if max_validation < 0:
         raise ValueError("max_validation must be >= 0")
+    plan = plan_for(profile)
     log: list[dict[str, Any]] | None = [] if explain else None
-
-    def one_pass(current: str, round_no: int) -> str:
-        if log is None:
-            return apply_profile(current, profile, between_steps)
-        return _apply_explained(current, profile, round_no, log, between_steps)
-
-    out = one_pass(text, 1)
+    out, proved = plan.run(text, between_steps, log)
+    if not max_validation:
+        return _new(Normalized, (out, out != text, 1, None, (), tuple(log) if log is not None else None))
     rounds = 1
-    converged: bool | None = None
-    violations: tuple[str, ...] = ()
-    if max_validation and out == text:
-        # Every step is a pure function: a pass that changed nothing has proven its input a
-        # fixed point, and running it again could only repeat it. Most prompts take this path.
-        converged = True
-    elif max_validation:
-        converged = False
+    # A pass that changed nothing proved its input a fixed point (every step is a pure function),
+    # and running it again could only repeat it. Most prompts take this path.
+    converged = out == text
+    if not converged:
         for _ in range(max_validation):
-            again = one_pass(out, rounds + 1)
+            again, proved = plan.run(out, between_steps, log, rounds + 1, after_pass=True)
             if again == out:
                 converged = True
                 break
             out = again
             rounds += 1
-    if max_validation:
+    if not converged or proved == CHANGED:  # (CHANGED: steps changed it and others changed it back)
         violations = tuple(find_violations(out, profile))
-    return Normalized(
-        text=out,
-        changed=out != text,
-        rounds=rounds,
-        converged=converged,
-        violations=violations,
-        explanation=tuple(log) if log is not None else None,
-    )
+    elif proved == IDLE_NO_SURROGATE or checked or out.isascii():
+        violations = ()
+    else:  # no step has work on ``out``: none of their forbidden characters; a lone surrogate?
+        try:
+            out.encode("utf-8")  # UTF-8 cannot encode a surrogate: the cheapest test there is
+            violations = ()
+        except UnicodeEncodeError:
+            violations = lone_surrogate(out)
+    return _new(Normalized, (out, out != text, rounds, converged, violations, tuple(log) if log is not None else None))

@@ -4,6 +4,11 @@ Every step is cheap on text it has nothing to do with: it first proves, with one
 that the text holds nothing it would change, and returns the very same string object. Profiles
 (:mod:`.profiles`) are ordered lists of these names.
 
+Every step also says when it may have work (:class:`Work`): the characters it acts on, the
+normal form it produces, and a few tests on the whole text (line ends, blank runs, the ends). A
+profile (:mod:`.plan`) joins them into one look at a text: when it finds nothing, no step has
+work and the text is the profile's output as it is.
+
 A step may declare ``forbids``: a regular expression matching characters that can never be in
 its output. Validation (:mod:`.validate`) uses it to check a profile's promises.
 """
@@ -12,19 +17,46 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
-import ftfy
-import ftfy.badness
-import ftfy.chardata
+from . import normal_forms
+from .ftfy_step import (
+    FTFY_TOUCHABLE,
+    FTFY_TOUCHABLE_CHARS,
+    MOJIBAKE_REQUIRED,
+    MOJIBAKE_REQUIRED_CHARS,
+    fix_with_ftfy,
+    ftfy_explain,
+    ftfy_segments,
+    mojibake_possible,
+    untouched_by_ftfy,
+)
 
-from . import ftfy_bounded, normal_forms
+__all__ = ["STEPS", "Step", "Work", "ftfy_explain"]
 
-__all__ = ["STEPS", "Step", "ftfy_explain"]
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """When a step may change a text. Sound: if none of it holds, the step returns its input.
+
+    Attributes:
+        chars: code points whose presence may give the step work.
+        form: a Unicode normal form; non-ASCII text not in it may give the step work.
+        tests: further tests on the whole text, each True when the step may have work (line
+            ends, blank runs, the ends). Shared functions: a profile runs each one once.
+        hints: code points that give the step work only if ``hint_test`` says so: found by the
+            same scan as ``chars``, then ``hint_test(text)`` decides (ftfy: 'é' or 'Ã' in a text
+            is mojibake only if ftfy's mojibake test flags its line).
+        hint_test: True when a text holding hints may give the step work.
+    """
+
+    chars: frozenset[int] = frozenset()
+    form: normal_forms.Form | None = None
+    tests: tuple[Callable[[str], bool], ...] = ()
+    hints: frozenset[int] = frozenset()
+    hint_test: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,191 +68,28 @@ class Step:
         apply: the pure function.
         summary: one line for ``hermes profiles`` and the docs.
         forbids: characters this step guarantees are absent from its output, or None.
+        work: when the step may have work; None: it may have work on any text.
+        idempotent: its output is always a fixed point of it (``apply(apply(t)) == apply(t)``).
+
+    No step turns a text without lone surrogates into one with (``normalize(checked=True)``
+    relies on it; ``tests/test_engine_plan.py`` checks it).
     """
 
     name: str
     apply: Callable[[str], str]
     summary: str
     forbids: re.Pattern[str] | None = None
+    work: Work | None = None
+    idempotent: bool = False
 
 
-# --- ftfy -------------------------------------------------------------------------------------
+# --- ftfy: see .ftfy_step -------------------------------------------------------------------
 
-_FTFY_CONFIG = ftfy.TextFixerConfig(explain=False)
-_FTFY_EXPLAIN_CONFIG = ftfy.TextFixerConfig(explain=True)
-
-
-def _ftfy_touchable() -> re.Pattern[str]:
-    """Every character that one of ftfy's default fixes (other than mojibake detection) acts on.
-
-    Built from ftfy's own tables, so it follows the pinned ftfy version; a property test checks
-    that the fast path stays byte-identical to ``ftfy.fix_text``.
-    """
-    codepoints = {ord(c) for c in "&\x1b\r\u2028\u2029\x85\u02bc"}  # entities, escapes, breaks
-    codepoints.update(range(0x80, 0xA0))  # C1 controls (fix_c1_controls)
-    codepoints.update(range(0x2018, 0x2020))  # curly quotes (uncurl_quotes)
-    codepoints.update(range(0xD800, 0xE000))  # surrogates (fix_surrogates)
-    for table in (ftfy.chardata.CONTROL_CHARS, ftfy.chardata.LIGATURES, ftfy.chardata.WIDTH_MAP):
-        codepoints.update(table)
-    return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(codepoints)) + "]")
-
-
-_FTFY_TOUCHABLE = _ftfy_touchable()
-
-
-def _finite_chars(op: Any, arg: Any) -> set[int] | None:
-    """The code points one regex element matches, or None if the set is open-ended."""
-    if str(op) == "LITERAL":
-        return {arg}
-    if str(op) != "IN":
-        return None
-    found: set[int] = set()
-    for kind, value in arg:
-        if str(kind) == "LITERAL":
-            found.add(value)
-        elif str(kind) == "RANGE":
-            found.update(range(value[0], value[1] + 1))
-        else:
-            return None  # a category or a negation: not a finite set
-    return found
-
-
-def _rarity(chars: AbstractSet[int]) -> tuple[int, int, int]:
-    letters = sum(1 for c in chars if unicodedata.category(chr(c)).startswith("L"))
-    return (sum(c < 0x80 for c in chars), letters, len(chars))
-
-
-def _mojibake_required_chars() -> re.Pattern[str] | None:
-    """A character class every match of ftfy's mojibake regex must touch, or None.
-
-    ftfy's ``is_bad`` is one regex of a few dozen alternatives that ``re`` tries at every
-    position: nearly all of the ftfy step's time on clean text. Each alternative needs, at a
-    fixed place in its sequence, one character out of a small finite set (mostly rare symbols,
-    'Ã', 'Â', C1 controls). A text holding none of the union of those sets cannot match, and
-    one C-level scan proves it. Derived from the compiled regex of the pinned ftfy, so it
-    follows ftfy; anything unexpected turns the shortcut off rather than guessing.
-    """
-    try:
-        import re._parser as re_parser  # type: ignore[import-not-found]  # the parser re itself uses
-
-        pattern = ftfy.badness.BADNESS_RE
-        if pattern.flags & re.IGNORECASE:
-            return None  # a literal would then match its other cases too
-        tree = re_parser.parse(pattern.pattern, pattern.flags)
-        if len(tree.data) != 1 or str(tree.data[0][0]) != "BRANCH":
-            return None
-        union: set[int] = set()
-        for branch in tree.data[0][1][1]:
-            # Only top-level elements of the sequence: each one is in every match of it.
-            sets = [found for op, arg in branch.data if (found := _finite_chars(op, arg))]
-            if not sets:
-                return None
-            # The rarest set: no ASCII, then as few letters as possible (á, ö, ł are common in
-            # clean text; ¦, ¤, Ã are not), then the smallest.
-            union |= min(sets, key=_rarity)
-        return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(union)) + "]")
-    except Exception:  # a private parser that changed: run without the shortcut
-        return None
-
-
-_MOJIBAKE_REQUIRED = _mojibake_required_chars()
-
-
-def _untouched_by_ftfy(segment: str) -> bool:
-    """True when ftfy's default fixes provably return ``segment`` unchanged.
-
-    Three scans instead of ftfy's two rounds of a dozen passes: no character any fix acts on,
-    nothing that looks like mojibake (ftfy's own ``is_bad`` test, which is exactly when its
-    encoding fixer gives up), and already in NFC.
-    """
-    if _FTFY_TOUCHABLE.search(segment) is not None:
-        return False
-    if segment.isascii():
-        return True
-    if _MOJIBAKE_REQUIRED is not None and _MOJIBAKE_REQUIRED.search(segment) is None:
-        return unicodedata.is_normalized("NFC", segment)
-    return not ftfy.badness.is_bad(segment) and unicodedata.is_normalized("NFC", segment)
-
-
-def _ftfy_segments(text: str, config: ftfy.TextFixerConfig) -> Iterator[tuple[str, ftfy.TextFixerConfig]]:
-    """Split text the way :func:`ftfy.fix_text` does, yielding each segment with its config.
-
-    Mirrors ftfy exactly, including its rule that once a segment contains ``<`` (so the text
-    looks like HTML), HTML entities are no longer unescaped in that or any later segment.
-    """
-    pos = 0
-    limit = config.max_decode_length
-    while pos < len(text):
-        textbreak = text.find("\n", pos) + 1
-        if textbreak == 0:
-            textbreak = len(text)
-        if textbreak - pos > limit:
-            textbreak = pos + limit
-        segment = text[pos:textbreak]
-        if config.unescape_html == "auto" and "<" in segment:
-            config = config._replace(unescape_html=False)
-        yield segment, config
-        pos = textbreak
-
-
-def fix_with_ftfy(text: str) -> str:
-    """ftfy's default repairs, byte-identical to ``ftfy.fix_text(text)``, with fast paths.
-
-    Repairs mojibake, HTML entities (unless the text looks like HTML), curly quotes, Latin
-    ligatures, full-width characters, line breaks, terminal escapes, and applies NFC.
-
-    In linear time: ftfy repeats its fixes on a line until it stops changing, and text built for
-    it (an entity escaped a hundred times, "Â" × k + "©", which ftfy peels one "Â" a pass) can
-    make that as many passes as the line has characters. Each line (ftfy's segment) may spend
-    :data:`~.ftfy_bounded.WORK_FACTOR` (20) times its length plus a small allowance (see
-    :mod:`.ftfy_bounded`); real text needs a third of that at most, so its result is
-    ``ftfy.fix_text``'s to the byte. Past the allowance (an entity escaped more than 13 times,
-    over 20 "Â" before a "©") the line is returned as the last completed pass left it: partly
-    repaired, and the profile's validation reports ``converged: false``.
-
-    >>> fix_with_ftfy("The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.")
-    "The Mona Lisa doesn't have eyebrows."
-    >>> fix_with_ftfy("Menu:\\nÃ  la carte")
-    'Menu:\\nà la carte'
-    """
-    # Only per-character tests may judge the whole text at once. ftfy's badness test is not:
-    # "Menu:\nÃ  la carte" looks fine as a whole while its second line looks bad, and ftfy judges
-    # line by line, so the mojibake test must run on the same segments.
-    if _FTFY_TOUCHABLE.search(text) is None and (
-        text.isascii()
-        or (
-            _MOJIBAKE_REQUIRED is not None
-            and _MOJIBAKE_REQUIRED.search(text) is None
-            and unicodedata.is_normalized("NFC", text)
-        )
-    ):
-        # No fix applies to any character, and no line can look like mojibake: nothing to do.
-        return text
-    out = []
-    untouched = True
-    for segment, config in _ftfy_segments(text, _FTFY_CONFIG):
-        if _untouched_by_ftfy(segment):
-            out.append(segment)
-        else:
-            untouched = False
-            out.append(ftfy_bounded.fix_segment(segment, config))
-    return text if untouched else "".join(out)
-
-
-def ftfy_explain(text: str) -> list[str]:
-    """The ftfy repairs that :func:`fix_with_ftfy` applies to ``text``, in order, deduplicated.
-
-    >>> ftfy_explain("sÃ³")
-    ['encode:latin-1', 'decode:utf-8']
-    """
-    seen: dict[str, None] = {}
-    for segment, segment_config in _ftfy_segments(text, _FTFY_EXPLAIN_CONFIG):
-        if _untouched_by_ftfy(segment):
-            continue
-        explanation = ftfy_bounded.fix_and_explain(segment, segment_config).explanation or []
-        for action, parameter in explanation:
-            seen.setdefault(f"{action}:{parameter}", None)
-    return list(seen)
+# The names the identity tests of issue 11 read.
+_FTFY_TOUCHABLE = FTFY_TOUCHABLE
+_MOJIBAKE_REQUIRED = MOJIBAKE_REQUIRED
+_untouched_by_ftfy = untouched_by_ftfy
+_ftfy_segments = ftfy_segments
 
 
 # --- Unicode normalization forms ----------------------------------------------------------------
@@ -244,9 +113,11 @@ def _unicode_form(form: normal_forms.Form) -> Callable[[str], str]:
 
 # C0 controls except TAB and LF, DEL, and the C1 block.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_CHARS = frozenset([*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)])
 # Zero-width space, word joiner, byte-order mark. ZWNJ (U+200C) and ZWJ (U+200D) are kept on
 # purpose: emoji sequences, Persian, Arabic and Indic scripts need them.
 _INVISIBLES = re.compile("[\u200b\u2060\ufeff]")
+_INVISIBLE_CHARS = frozenset({0x200B, 0x2060, 0xFEFF})
 
 
 def _remover(pattern: re.Pattern[str]) -> Callable[[str], str]:
@@ -289,6 +160,10 @@ def strip_terminal_escapes(text: str) -> str:
 # --- Lines and whitespace ---------------------------------------------------------------------
 
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
+# The same characters as one class: re scans for a class at C speed, and tries every branch of
+# an alternation at every position (2.2 µs a prompt on the bench corpus, for nothing to do).
+_LINE_BREAK_CHARS = re.compile("[\r\u2028\u2029\x85]")
+_LINE_BREAK_CODES = frozenset({0x0D, 0x2028, 0x2029, 0x85})
 # A line break followed by two or more blank lines (whitespace only, each ended by LF); the
 # literal LF in front keeps the scan fast. A run at the very start has no LF in front of it.
 # Written without a repeated group: "(?:[^\S\n]*\n){2,}" matched the same strings, but re keeps
@@ -297,6 +172,37 @@ _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 _BLANK_RUN = re.compile(r"\n[^\S\n]*\n\s*\n")
 _LEADING_BLANK_RUN = re.compile(r"\A[^\S\n]*\n\s*\n")
 _LEADING_BLANK_LINES = re.compile(r"\A\s*\n")
+# Whitespace at the end of a line: a single character and what follows it, linear.
+_LINE_END_SPACE = re.compile(r"[^\S\n](?:\n|\Z)")
+# str.isspace, re's \s and str.split agree on these; none lies beyond the BMP (a test checks).
+_WHITESPACE = frozenset(c for c in range(0x10000) if chr(c).isspace())
+
+
+# Tests for Work: each True when the step that names it may have work.
+def _ends_with_space(text: str) -> bool:
+    return text[-1:].isspace()
+
+
+def _starts_with_space(text: str) -> bool:
+    return text[:1].isspace()
+
+
+def _space_or_tab_ends_a_line(text: str) -> bool:
+    # Two substring searches cost a quarter of one regex scan for [^\S\n] before a line end; the
+    # other whitespace characters are rare, and rstrip_lines looks for them in the profile's class.
+    return " \n" in text or "\t\n" in text or text[-1:].isspace()
+
+
+def _blank_run(text: str) -> bool:
+    return _BLANK_RUN.search(text) is not None or _LEADING_BLANK_RUN.match(text) is not None
+
+
+def _leading_blank_lines(text: str) -> bool:
+    return text[:1].isspace() and _LEADING_BLANK_LINES.match(text) is not None
+
+
+def _double_space(text: str) -> bool:
+    return "  " in text
 
 
 def unify_newlines(text: str) -> str:
@@ -305,7 +211,7 @@ def unify_newlines(text: str) -> str:
     >>> unify_newlines("a\r\nb\rc\u2028d")
     'a\nb\nc\nd'
     """
-    if _LINE_BREAKS.search(text) is None:
+    if _LINE_BREAK_CHARS.search(text) is None:
         return text
     return _LINE_BREAKS.sub("\n", text)
 
@@ -319,9 +225,9 @@ def rstrip_lines(text: str) -> str:
     # str.rstrip() strips exactly the characters re's [^\S\n] matched (str.isspace is re's \s),
     # and goes over each line once. The former pattern, [^\S\n]+$, restarted at every character
     # of a whitespace run that did not end its line: quadratic (9.5 s for 40,000 spaces and "x").
-    # Splitting is also faster than any scan on text that has nothing to strip.
-    stripped = "\n".join([line.rstrip() for line in text.split("\n")])
-    return text if stripped == text else stripped
+    if _LINE_END_SPACE.search(text) is None:
+        return text
+    return "\n".join([line.rstrip() for line in text.split("\n")])
 
 
 def collapse_blank_lines(text: str) -> str:
@@ -346,7 +252,7 @@ def trim_blank_edges(text: str) -> str:
     >>> trim_blank_edges("\n \n    code()\n\n")
     '    code()'
     """
-    trimmed = text.rstrip()
+    trimmed = text.rstrip()  # the very same string when nothing is stripped
     if trimmed and trimmed[0].isspace():
         trimmed = _LEADING_BLANK_LINES.sub("", trimmed)
     return trimmed
@@ -367,45 +273,92 @@ def collapse_whitespace(text: str) -> str:
     >>> collapse_whitespace(" a \n\n b\tc ")
     'a b c'
     """
-    return " ".join(text.split())
+    collapsed = " ".join(text.split())
+    return text if collapsed == text else collapsed
 
 
 # --- The registry -----------------------------------------------------------------------------
 
+_FTFY_WORK = (
+    Work(FTFY_TOUCHABLE_CHARS, "NFC", hints=MOJIBAKE_REQUIRED_CHARS, hint_test=mojibake_possible)
+    if MOJIBAKE_REQUIRED_CHARS is not None
+    else Work(FTFY_TOUCHABLE_CHARS, "NFC", (lambda text: not text.isascii(),))  # no mojibake shortcut
+)
 _STEP_LIST = (
     Step(
         "ftfy",
         fix_with_ftfy,
         "ftfy's default repairs: mojibake, HTML entities, quotes, ligatures, widths, line breaks, NFC",
+        work=_FTFY_WORK,
     ),
-    Step("nfc", _unicode_form("NFC"), "Unicode normalization form C"),
-    Step("nfd", _unicode_form("NFD"), "Unicode normalization form D"),
-    Step("nfkc", _unicode_form("NFKC"), "Unicode normalization form KC"),
-    Step("nfkd", _unicode_form("NFKD"), "Unicode normalization form KD"),
+    Step("nfc", _unicode_form("NFC"), "Unicode normalization form C", work=Work(form="NFC"), idempotent=True),
+    Step("nfd", _unicode_form("NFD"), "Unicode normalization form D", work=Work(form="NFD"), idempotent=True),
+    Step("nfkc", _unicode_form("NFKC"), "Unicode normalization form KC", work=Work(form="NFKC"), idempotent=True),
+    Step("nfkd", _unicode_form("NFKD"), "Unicode normalization form KD", work=Work(form="NFKD"), idempotent=True),
     Step(
         "strip_terminal_escapes",
         strip_terminal_escapes,
         "remove whole terminal escape sequences (CSI, OSC, ...), not just their ESC",
+        work=Work(frozenset({0x1B})),
     ),
-    Step("strip_controls", strip_controls, "remove C0/C1 control characters except TAB and LF", _CONTROLS),
+    Step(
+        "strip_controls",
+        strip_controls,
+        "remove C0/C1 control characters except TAB and LF",
+        _CONTROLS,
+        Work(_CONTROL_CHARS),
+        idempotent=True,
+    ),
     Step(
         "strip_invisible",
         strip_invisible,
         "remove zero-width space, word joiner and BOM (ZWJ/ZWNJ are kept)",
         _INVISIBLES,
+        Work(_INVISIBLE_CHARS),
+        idempotent=True,
     ),
     Step(
-        "unify_newlines", unify_newlines, "CRLF, CR, NEL, U+2028, U+2029 become LF", re.compile("[\r\u2028\u2029\x85]")
+        "unify_newlines",
+        unify_newlines,
+        "CRLF, CR, NEL, U+2028, U+2029 become LF",
+        _LINE_BREAK_CHARS,
+        Work(_LINE_BREAK_CODES),
+        idempotent=True,
     ),
-    Step("rstrip_lines", rstrip_lines, "remove trailing whitespace on every line"),
-    Step("collapse_blank_lines", collapse_blank_lines, "at most one blank line in a row"),
-    Step("trim_blank_edges", trim_blank_edges, "remove leading blank lines and trailing whitespace"),
-    Step("strip", strip, "remove whitespace at both ends"),
+    Step(
+        "rstrip_lines",
+        rstrip_lines,
+        "remove trailing whitespace on every line",
+        work=Work(_WHITESPACE - {ord(" "), ord("\t"), ord("\n")}, tests=(_space_or_tab_ends_a_line,)),
+        idempotent=True,
+    ),
+    Step(
+        "collapse_blank_lines",
+        collapse_blank_lines,
+        "at most one blank line in a row",
+        work=Work(tests=(_blank_run,)),
+    ),
+    Step(
+        "trim_blank_edges",
+        trim_blank_edges,
+        "remove leading blank lines and trailing whitespace",
+        work=Work(tests=(_ends_with_space, _leading_blank_lines)),
+        idempotent=True,
+    ),
+    Step(
+        "strip",
+        strip,
+        "remove whitespace at both ends",
+        work=Work(tests=(_starts_with_space, _ends_with_space)),
+        idempotent=True,
+    ),
     Step(
         "collapse_whitespace",
         collapse_whitespace,
         "every whitespace run becomes one space; ends stripped",
         re.compile(r"[^\S ]"),
+        Work(_WHITESPACE - {ord(" ")}, tests=(_double_space, _starts_with_space, _ends_with_space)),
+        idempotent=True,
     ),
 )
 
