@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tool} is not installed (apt-get install redis-server prometheus)")
     with cluster(args.keep, args.sandbox_image) as run:
         prometheus = run.services()
+        # The counters' zeros scraped before anything counts: an alert on increase() sees a
+        # series that first appears at 1 as no increase at all.
+        _wait(lambda: bool(prometheus.query('hermes_fallbacks_total{kind="local_instead_of_container"}', time.time())),
+              "Prometheus to scrape the counters at 0", timeout=60)  # fmt: skip
         begin = time.time()
         snapshot = scenario(run, args.seconds, args.docker)
         summary = render(prometheus, REPO / "ops" / "grafana" / "hermes.json", args.out, begin, time.time(), snapshot)
