@@ -89,7 +89,8 @@ def test_flower_shows_both_workers_their_tasks_and_metrics(
     assert sum(float(line.rsplit(" ", 1)[1]) for line in succeeded) >= 8
 
     queues = json.loads(get(f"{flower}/api/queues/length")[1])["active_queues"]
-    assert {q["name"] for q in queues} == {"hermes.container", "hermes.local"}
+    # Every queue a worker consumes: the tags' and the public task's (Celery's default, `celery`)
+    assert {q["name"] for q in queues} == {"hermes.container", "hermes.local", "celery"}
 
 
 def test_flower_shows_a_chunk_whose_items_failed_with_its_counts(
