@@ -95,14 +95,16 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 
 def registered(client: redis.Redis, worker: WorkerProcess, node: str, timeout: float = 90) -> dict[str, Any]:
-    """Wait until ``node`` is in the registry; fail with the worker's output if it exits."""
+    """Wait until ``node`` is ready in the registry; fail with the worker's output if it exits."""
 
     def entry() -> dict[str, Any] | None:
         assert worker.process.poll() is None, f"worker {node} exited:\n{worker.log[-3000:]}"
         raw = client.get(f"hermes:worker:{node}")
-        return json.loads(raw) if raw else None
+        found = json.loads(raw) if raw else None
+        # Ready when it lists its queues: a starting worker's name claim lists none.
+        return found if found and found.get("queues") else None
 
-    found: dict[str, Any] = wait_until(entry, timeout, 0.1, f"worker {node} to register")
+    found: dict[str, Any] = wait_until(entry, timeout, 0.1, f"worker {node} to be ready")
     return found
 
 
