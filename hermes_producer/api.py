@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import ItemError, resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
 from hermes_worker.settings import SETTINGS, Settings
 from hermes_worker.wire import ChunkRequest, Item
 
-from .batch import BatchOptions, BatchSummary, chunk_requests
+from .batch import BatchOptions, BatchSummary, chunk_options, chunk_requests
 from .batch_job import BatchJob, refuse_input_as_output
 from .cluster import Cluster, ClusterUnavailable
 from .context import Context
@@ -82,12 +81,8 @@ def normalize(
     """
     settings = settings or Settings.from_env()
     chosen = resolve_profile(settings.profile if profile is None else profile)
-    options = ChunkOptions(
-        max_validation=settings.max_validation if max_validation is None else max_validation,
-        explain=explain,
-        max_prompt_bytes=settings.max_prompt_bytes,
-        item_time_budget=settings.item_time_budget,
-    )
+    given = {} if max_validation is None else {"max_validation": max_validation}
+    options = chunk_options(settings, explain=explain, **given)
     request = ChunkRequest(0, chosen.spec(), options, items=[Item(1, 1, text)])
     result = process_chunk(request, mode="local", worker=f"embedded@{socket.gethostname()}")
     record = json.loads(result.records)
@@ -150,14 +145,7 @@ class Client:
 
     def _options(self, profile: str | None, input_format: InputFormat, chunk: dict[str, Any]) -> BatchOptions:
         settings = self.settings
-        options = ChunkOptions(
-            max_validation=chunk.pop("max_validation", settings.max_validation),
-            explain=chunk.pop("explain", False),
-            max_prompt_bytes=chunk.pop("max_prompt_bytes", settings.max_prompt_bytes),
-            item_time_budget=chunk.pop("item_time_budget", settings.item_time_budget),
-        )
-        if chunk:
-            raise TypeError(f"unknown options: {', '.join(sorted(chunk))}")
+        options = chunk_options(settings, **chunk)
         chosen = resolve_profile(settings.profile if profile is None else profile)
         return BatchOptions(chosen, input_format, options, settings.chunk_size)
 

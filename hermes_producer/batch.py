@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any, BinaryIO, TextIO
 
-from hermes_worker.chunk_options import ChunkOptions
+from hermes_worker.chunk_options import ChunkOptions, declarations
 from hermes_worker.contract import DUPLICATE_ID
 from hermes_worker.engine import Profile
 from hermes_worker.processing import request_items, with_errors
+from hermes_worker.settings import Settings
 from hermes_worker.wire import ChunkRequest, ChunkResult, Item
 
 from .executors import ChunkExecutor
@@ -76,6 +77,23 @@ class BatchOptions:
 
 # Header keys that journals have always used under another name than the field's.
 _HEADER_NAMES = {"input_format": "format"}
+
+
+def chunk_options(settings: Settings, **given: Any) -> ChunkOptions:
+    """Chunk options: those ``given``, the rest from the setting of the same name (or their default).
+
+    Checked as a worker would check them (a value out of bounds is a ContractError naming the
+    option, before any work starts); a name no option has is a TypeError.
+    """
+    names = {name for name, _ in declarations()}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(unknown)}")
+    values = dict(given)
+    for name, declared in declarations():
+        if name not in values and declared.setting is not None:
+            values[name] = getattr(settings, name)  # the setting of the same name (a test checks it)
+    return ChunkOptions.from_wire(ChunkOptions(**values).to_wire())
 
 
 @dataclass(slots=True)

@@ -132,3 +132,12 @@ def test_the_settings_a_client_reads_are_the_environments_unless_given(monkeypat
     assert Client(chunk_size=5).settings.chunk_size == 5
     assert Client("redis://10.9.9.9:6379/3").settings.broker_url == "redis://10.9.9.9:6379/3"
     assert isinstance(Client().settings, Settings)
+
+
+@pytest.mark.parametrize(("option", "value"), [("max_validation", 10**9), ("item_time_budget", float("nan")),
+                                               ("explain", "yes"), ("max_prompt_bytes", 0)])  # fmt: skip
+def test_a_client_refuses_an_absurd_option_naming_it_before_any_work(option: str, value: object) -> None:
+    from hermes_worker.contract import ContractError
+
+    with Client(processes=1) as client, pytest.raises(ContractError, match=repr(option)):
+        next(client.map(["x"], **{option: value}))

@@ -23,6 +23,7 @@ from hermes_worker.settings import option_help
 
 from .. import logs
 from ..batch import BatchOptions, BatchSummary
+from ..batch_board import input_position, input_size
 from ..batch_job import BatchJob, refuse_input_as_output
 from ..dispatch import Placement
 from ..junit import JUnitReport
@@ -82,22 +83,6 @@ def summary_text(summary: BatchSummary, how: str) -> str:
     return f"{text}; {summary.ran_where(how)}"
 
 
-def _input_size(source: BinaryIO) -> int | None:
-    """The input's size in bytes if it is a regular file (a pipe's is unknown)."""
-    try:
-        status = os.fstat(source.fileno())
-    except (OSError, ValueError):
-        return None
-    return status.st_size if stat.S_ISREG(status.st_mode) and status.st_size > 0 else None
-
-
-def _position(source: BinaryIO) -> int:
-    try:
-        return source.tell()
-    except (OSError, ValueError):
-        return 0
-
-
 @contextmanager
 def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], None] | None]:
     """A progress line on a terminal: records, their rate, and for a file the bytes read of its
@@ -120,7 +105,7 @@ def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], Non
         TimeRemainingColumn,
     )
 
-    size = _input_size(source)
+    size, position = input_size(source), input_position(source)
     columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.fields[records]:,} records, "
                                                                     "{task.fields[rate]:,.0f}/s")]  # fmt: skip
     if size is not None:
@@ -133,7 +118,7 @@ def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], Non
 
         def update(records: int) -> None:
             rate = records / max(time.monotonic() - started, 1e-6)
-            bar.update(task, completed=_position(source) if size else None, records=records, rate=rate)
+            bar.update(task, completed=position() if size else None, records=records, rate=rate)
 
         ctx.above = bar.console  # notices go above the line while it shows
         try:

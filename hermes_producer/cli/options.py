@@ -25,8 +25,9 @@ import click
 
 from hermes_worker.chunk_options import ChunkOptions, declarations
 from hermes_worker.engine import Profile, load_profile_file, resolve_profile
-from hermes_worker.settings import LIMITS, Settings, float_setting, int_setting, option_help
+from hermes_worker.settings import LIMITS, float_setting, int_setting, option_help
 
+from ..batch import chunk_options
 from ..context import Context
 from ..dispatch import Placement
 from ..terminal import printable
@@ -156,17 +157,6 @@ def with_chunk_options(only: Iterable[str] | None = None) -> Callable[[Callable[
         return chunk_options(ctx.settings, **{name: value for name, value in raw.items() if value is not None})
 
     return _option_group("chunk", options, [name for name, _ in chosen], make)
-
-
-def chunk_options(settings: Settings, **given: Any) -> ChunkOptions:
-    """Chunk options: those ``given``, the rest from their settings (or their defaults)."""
-    values = {}
-    for name, declared in declarations():
-        if name in given:
-            values[name] = given[name]
-        elif declared.setting is not None:
-            values[name] = getattr(settings, name)  # the setting of the same name (a test checks it)
-    return ChunkOptions(**values)
 
 
 def with_placement(command: Callable[..., Any]) -> Callable[..., Any]:
