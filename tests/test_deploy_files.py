@@ -201,6 +201,7 @@ def docker_engine() -> None:
         missing(f"no Docker engine: {exc.reason}")
 
 
+@pytest.mark.docker
 def test_compose_up_scales_both_worker_kinds(compose_bin: str) -> None:
     # --dry-run plans against the real engine without pulling, creating or starting anything.
     docker_engine()
