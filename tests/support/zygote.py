@@ -77,13 +77,10 @@ def serve(path: str) -> dict[str, Any]:
                 break
             if pid in waiting:
                 _reply(waiting.pop(pid), {"status": os.waitstatus_to_exitcode(status)})
-        try:
-            ready, _, _ = select.select([listener, wake_r], [], [], 1.0)
-        except InterruptedError:
-            continue
+        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], 1.0)  # a child's exit wakes it
         if wake_r in ready:
             os.read(wake_r, 4096)
-        if listener not in ready:
+        if listener.fileno() not in ready:
             continue
         conn, _ = listener.accept()
         request, fds = _receive(conn)
