@@ -64,6 +64,9 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     # In-process runs stay local unless a test asks for isolation: the engine and the CLI are
     # what most tests are about, and a sandbox session per command would only slow them down.
     env["HERMES_ISOLATION"] = "local"
+    # One in-process process unless a test asks for a pool (`--processes 2`): a pool is a
+    # forkserver interpreter per command, and the tests of the pool itself ask for it.
+    env["HERMES_PROCESSES"] = "1"
     env["HERMES_DEPLOYMENT"] = TEST_DEPLOYMENT  # sandbox containers of this test run, and only those
     return env
 

@@ -7,23 +7,26 @@ real worker, watched while it runs and gone when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from hermes_producer.batch_board import BatchBoard, BatchProgress
+from hermes_producer.batch_board import QUIET_AFTER_ERROR_S, BatchBoard, BatchProgress
 from hermes_producer.batch_view import batch_detail, batch_table
 from hermes_producer.reader import READ_BLOCK
 from hermes_worker.batch_status import ENTRY_TTL_S, MAX_BATCHES, MAX_ENTRY_BYTES, BatchStatus, Board, read_board
 from hermes_worker.contract import KEY_BATCH, ContractError
+from hermes_worker.redis_conn import connect
 from hermes_worker.wire import ChunkResult, ItemFailure
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
@@ -305,13 +308,30 @@ def test_a_batch_that_finishes_leaves_no_entry_and_one_killed_leaves_one_that_ex
     assert 0 < client.ttl(key) <= ENTRY_TTL_S
 
 
-def test_the_board_survives_a_redis_that_does_not_answer() -> None:
-    # Progress is for people: a Redis that fails never breaks (nor stops) the batch.
-    client = redis.Redis(port=1, socket_connect_timeout=0.2)
-    board = BatchBoard(client, BatchProgress(BATCH, "p", "hermes.local", now=0.0, wall=0.0))
-    board.tick(0.0, [])
-    board.tick(0.5, [])  # quiet after the error: not even tried
-    board.close()
+def test_the_board_survives_a_redis_that_fails_and_stays_quiet_a_while() -> None:
+    # Progress is for people: a Redis that fails never breaks (nor stops) the batch, and is not
+    # asked again for a while. This "Redis" drops each connection at once, and counts them.
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def drop_each_connection() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection = listener.accept()[0]
+                    accepted.append(1)  # before the close the client sees
+                    connection.close()
+
+        threading.Thread(target=drop_each_connection, daemon=True).start()
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        board = BatchBoard(connect(url, 0.2), BatchProgress(BATCH, "p", "hermes.local", now=0.0, wall=0.0))
+        board.tick(0.0, [])  # runs into the error: no exception
+        tried = len(accepted)
+        board.tick(0.5, [])
+        board.tick(QUIET_AFTER_ERROR_S - 0.1, [])  # quiet after the error: not even tried
+        assert tried >= 1 and len(accepted) == tried
+        board.tick(QUIET_AFTER_ERROR_S + 0.1, [])  # then it tries again
+        assert len(accepted) > tried
+        board.close()  # a failed delete is no exception either
 
 
 @pytest.mark.cluster
