@@ -3,24 +3,75 @@ refusing us (a wrong password, a value too large) from Redis not answering."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import redis
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-__all__ = ["connect", "refusal", "refused_for_size"]
+from .sentinel_url import SentinelUrl, is_sentinel
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["connect", "primary", "refusal", "refused_for_size", "results_client", "sentinel_kwargs"]
+
+DEFAULT_MASTER = "mymaster"
 
 
-def connect(url: str, timeout_s: float) -> redis.Redis:
+def connect(url: str, timeout_s: float, *, master: str = DEFAULT_MASTER, sentinel_password: str = "") -> redis.Redis:
     """A client for ``url`` whose calls fail after ``timeout_s`` instead of hanging.
 
-    Blocking reads (``XREAD BLOCK``) pass their own, longer, socket timeout.
+    Blocking reads (``XREAD BLOCK``) pass their own, longer, socket timeout. A ``sentinel://``
+    list gives a client of the primary the sentinels name ``master``: each new connection asks
+    them where it is now, and one to a server that is a replica now is dropped (redis-py's
+    ``SentinelManagedConnection``), so a failover costs an error or two, then the new primary.
+    The first URL's password is the primary's, ``sentinel_password`` the sentinels' own.
     """
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=max(timeout_s, 5.0),
-        socket_keepalive=True,
-        health_check_interval=10,
-        retry_on_timeout=False,
-    )
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": max(timeout_s, 5.0),
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": False,
+    }
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    where = SentinelUrl.parse(url)
+    group = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_kwargs(timeout_s, sentinel_password), **options)
+    login = {"username": where.username, "password": where.password, "db": where.db}
+    return group.master_for(master, redis_class=redis.Redis, **login)
+
+
+def sentinel_kwargs(timeout_s: float, password: str) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: short timeouts (a dead one is skipped), their password.
+
+    Given explicitly, for Celery's result backend above all: it hands redis-py an empty dict by
+    default, and the sentinels' connections then have no timeout at all.
+    """
+    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": max(timeout_s, 5.0),
+                              "socket_keepalive": True}  # fmt: skip
+    if password:
+        kwargs["password"] = password
+    return kwargs
+
+
+def results_client(settings: Settings) -> redis.Redis:
+    """A client of the result Redis (``HERMES_RESULT_BACKEND``: results, registry, cluster log, metrics)."""
+    return connect(settings.result_backend, settings.broker_timeout_s, master=settings.sentinel_master,
+                   sentinel_password=settings.sentinel_password)  # fmt: skip
+
+
+def primary(client: redis.Redis) -> str | None:
+    """``host:port`` of the primary a Sentinel-managed client writes to now; None for any other client.
+
+    Raises:
+        redis.RedisError: no sentinel answered, or none knows a primary (``MasterNotFoundError``).
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    host, port = pool.get_master_address()
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 # What servers and libraries say when they refuse us rather than fail to answer.

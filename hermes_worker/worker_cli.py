@@ -88,7 +88,7 @@ def worker(
     from .app import create_app  # the worker side is imported only to run a worker
     from .events import ClusterLog
     from .identity import announce, decide
-    from .redis_conn import connect
+    from .redis_conn import results_client
     from .runtime import name_taken
 
     refused = credentials_refused(settings)
@@ -104,7 +104,7 @@ def worker(
     if taken is not None:
         raise WorkerRefused(taken, exit_code=EXIT_USAGE)
     try:
-        events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
+        events: ClusterLog | None = ClusterLog(results_client(settings), node)
     except Exception:
         events = None
     # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
@@ -150,17 +150,15 @@ def credentials_refused(settings: Settings) -> str | None:
     retried). A password changed while the worker runs is Celery's to retry; its log says what
     the server answered.
     """
-    from kombu import Connection  # type: ignore[attr-defined]
-
-    from .celeryconfig import kombu_url
-    from .redis_conn import connect, refusal
+    from .celeryconfig import broker_connection
+    from .redis_conn import refusal, results_client
 
     def redis_answers() -> None:
-        connect(settings.result_backend, settings.broker_timeout_s).ping()
+        results_client(settings).ping()
 
     def broker_answers() -> None:
         timeout = settings.broker_timeout_s
-        with Connection(kombu_url(settings.broker_url), connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
+        with broker_connection(settings) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
 
     same = settings.broker_url == settings.result_backend

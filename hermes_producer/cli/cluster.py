@@ -75,6 +75,14 @@ def workers(ctx: Context, as_json: bool) -> None:
         )
 
 
+def _primaries(cluster: Cluster) -> dict[str, str]:
+    """Where the primary is now for each Sentinel-managed Redis (:meth:`Cluster.primaries`), or why not known."""
+    try:
+        return cluster.primaries()
+    except redis.RedisError as exc:
+        return {"result backend": f"unknown ({redact(str(exc))})"}
+
+
 def queue_depths(cluster: Cluster) -> dict[str, int]:
     """Messages waiting in each Hermes queue (any broker kombu supports)."""
     depths = {}
@@ -111,9 +119,14 @@ def status(ctx: Context, as_json: bool, batch_id: str | None) -> None:
         "in_flight": sum(w.active for w in live),
         "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live},
     }
+    primaries = _primaries(cluster)
+    if primaries:
+        report["primary"] = primaries
     if as_json:
         click.echo(json.dumps(redact_data(report), indent=2))
         return
+    for what, where in primaries.items():
+        _echo(f"primary of the {what}: {where} (Sentinel master {ctx.settings.sentinel_master})")
     for name, count in depths.items():
         click.echo(f"queue {name:18} {count:>8,} waiting")
     click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
@@ -258,6 +271,7 @@ def doctor(ctx: Context, as_json: bool) -> None:
     try:
         cluster = Cluster.connect(settings)
         report(True, f"broker {redact_url(settings.broker_url)} and result backend answer")
+        _doctor_primaries(cluster, report)
     except ClusterRefused as exc:
         variable = "HERMES_RESULT_BACKEND" if "HERMES_RESULT_BACKEND" in str(exc) else "HERMES_BROKER_URL"
         report(False, str(exc), f"put the right password (or certificate settings) in {variable}")
@@ -274,6 +288,17 @@ def doctor(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(checks, indent=2))
     sys.exit(1 if problems else 0)
+
+
+def _doctor_primaries(cluster: Cluster, report: Any) -> None:
+    """With Sentinel: where the primary is now (a failover moves it), or why nobody can say."""
+    master = cluster.settings.sentinel_master
+    try:
+        for what, where in cluster.primaries().items():
+            report(True, f"{what}: Sentinel master {master} is at {where} now")
+    except redis.RedisError as exc:
+        report(False, f"no sentinel could say where master {master} is: {exc}",
+               "check HERMES_SENTINEL_MASTER (the name in `sentinel monitor NAME ...`) and HERMES_SENTINEL_PASSWORD")
 
 
 def _doctor_workers(cluster: Cluster, local: dict[str, str], report: Any) -> None:
