@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -69,14 +72,14 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
 @pytest.fixture
 def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelGroup]]:
-    """Start private Sentinel groups (``factory(password=None, sentinel_password=None)``): a primary,
-    a replica and three sentinels each; all stopped afterwards."""
+    """Start private Sentinel groups (``factory(password=None, sentinel_password=None, settle=True)``):
+    a primary, a replica and three sentinels each; all stopped afterwards."""
     made: list[SentinelGroup] = []
 
-    def make(**options: Any) -> SentinelGroup:
+    def make(settle: bool = True, **options: Any) -> SentinelGroup:
         group = SentinelGroup(tmp_path / f"sentinel-group-{len(made)}", **options)
         made.append(group)
-        return group.start()
+        return group.start(settle=settle)
 
     yield make
     for group in made:
@@ -150,8 +153,15 @@ class Cluster:
         for producer in self.producers:
             if producer.process.poll() is None:
                 producer.kill()
-        for worker in self.workers:
-            worker.halt()
+        running = [worker for worker in self.workers if worker.process.poll() is None]
+        for worker in running:  # all at once: each warm shutdown takes a second or two
+            with contextlib.suppress(OSError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from hermes_producer.chunk_events import (
     ChunkResent,
     ChunkSplit,
     ChunksStranded,
+    ChunksUnanswered,
     Event,
     FellBack,
     GaveUp,
@@ -53,7 +54,7 @@ from hermes_producer.notices import (
     StartNotice,
     decode_entry,
 )  # fmt: skip
-from hermes_producer.tracker import ChunkTracker, Forget, Limits, RunHere, Send
+from hermes_producer.tracker import STRANDED_AFTER_S, ChunkTracker, Forget, Limits, RunHere, Send
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.contract import PAYLOAD_VERSION
 from hermes_worker.processing import process_chunk
@@ -574,6 +575,45 @@ def test_after_an_outage_no_worker_is_judged_gone_until_its_entry_had_time_to_co
     assert cluster.sent() == [0, 0] and isinstance(cluster.events[-1], WorkersLost)
 
 
+def test_a_chunk_taken_before_an_outage_whose_result_redis_lost_is_sent_again() -> None:
+    # Given two chunks taken by a live worker, and Redis gone and back (Sentinel promoted a replica
+    # that never got the results: their start notices came, nothing more will)
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0), chunk(1))
+    cluster.take(0)
+    cluster.take(1)
+    cluster.tracker.unanswered("Redis", "Connection refused", cluster.now)
+    cluster.tracker.answered(cluster.now)
+    # When chunk 1 answers, and chunk 0 does not, with its queue empty, for the stranded bound
+    cluster.answer(1)
+    cluster.tick(LIMITS.worker_ttl_s + 1, busy=True)  # no judgement right after an outage
+    assert cluster.sent() == [0, 1]
+    cluster.tick(2 * STRANDED_AFTER_S, busy=True)
+    # Then chunk 0 alone is sent again, long before it would be overdue, and said why
+    assert cluster.sent() == [0, 1, 0] and cluster.sends[-1].resend
+    assert cluster.said()[-1] == ("1 chunk(s) taken before Redis went away and never answered (a failover or "
+                                  "restart can lose what Redis acknowledged): sent again (chunks 0)")  # fmt: skip
+    cluster.answer(0)
+    assert cluster.written_chunks() == [0, 1]
+
+
+def test_a_doubted_chunk_waits_while_its_queue_is_busy_and_without_an_outage_none_is_doubted() -> None:
+    cluster = FakeCluster(W1, W2)
+    cluster.submit(chunk(0), chunk(1))
+    cluster.take(0)
+    cluster.take(1, by="local@w2")
+    cluster.tick(30, busy=True)  # long chunks, no outage: nothing doubted
+    assert cluster.sent() == [0, 1]
+    cluster.tracker.unanswered("Redis", "Connection refused", cluster.now)
+    cluster.tracker.answered(cluster.now)
+    cluster.queue_depth = 3
+    cluster.tick(30, busy=True)
+    assert cluster.sent() == [0, 1]  # their workers may be on them still: nothing sent while others wait
+    cluster.queue_depth = 0
+    cluster.tick(2 * STRANDED_AFTER_S, busy=True)
+    assert cluster.sent() == [0, 1, 0, 1]
+
+
 # The stream's entries, and the words users see.
 
 
@@ -612,6 +652,8 @@ SENTENCES: list[tuple[Event, str]] = [
     (ChunkSplit(1, 1, 2, NotFinished("w", "r"), parts=2),
      "chunk 1 (lines 1-2): w could not finish it: r; split into 2 parts"),
     (LinesLost(2, "w\x1b[2J"), "chunk 2: w\\u001b[2J found its lines gone from Redis; sent again"),
+    (ChunksUnanswered((3, 4)), "2 chunk(s) taken before Redis went away and never answered (a failover or restart "
+     "can lose what Redis acknowledged): sent again (chunks 3, 4)"),
 ]  # fmt: skip
 
 

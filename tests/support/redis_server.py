@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -174,11 +175,20 @@ class SentinelGroup:
     sentinel_password: str | None = None
     down_after_ms: int = 1000
     failover_timeout_ms: int = 3000
+    # The port the replica replicates from, given the primary's: a proxy in between (whose
+    # hold() delays replication) instead of the primary itself. Sentinel would point the replica
+    # at the primary after failover_timeout_ms: make that longer than the test.
+    replicate_via: Callable[[int], int] | None = None
     servers: list[RedisServer] = field(default_factory=list)
     sentinels: list[tuple[int, subprocess.Popen[bytes] | None]] = field(default_factory=list)
 
-    def start(self) -> SentinelGroup:
-        """Start the primary, its replica (in sync) and three sentinels that all see both and each other."""
+    def start(self, settle: bool = True) -> SentinelGroup:
+        """Start the primary, its replica (in sync) and three sentinels.
+
+        Each sentinel names the primary at once; they find the replica and each other within a
+        few seconds (their hello messages go every 2 s), and only then can they fail over. With
+        ``settle`` this returns then; without, call :meth:`wait_settled` before breaking anything.
+        """
         needs_mark("cluster", "a Redis Sentinel group")
         sentinel = shutil.which("redis-sentinel")
         if sentinel is None:
@@ -186,15 +196,22 @@ class SentinelGroup:
         auth = ("--requirepass", self.password, "--masterauth", self.password) if self.password else ()
         primary = RedisServer(self.workdir / "primary", password=self.password, appendonly=True, options=auth[2:])
         self.servers = [primary.start()]
+        link = primary.port if self.replicate_via is None else self.replicate_via(primary.port)
         replica = RedisServer(self.workdir / "replica", password=self.password, appendonly=True,
-                              options=(*auth[2:], "--replicaof", "127.0.0.1", str(primary.port)))  # fmt: skip
+                              options=(*auth[2:], "--replicaof", "127.0.0.1", str(link)))  # fmt: skip
         self.servers.append(replica.start())
         wait_until(lambda: self._in_sync(replica), 30, 0.05, "the replica to be in sync")
         for n in range(3):
             self.sentinels.append((free_port(), None))
             self._start_sentinel(n)
-        wait_until(self._settled, 60, 0.1, "the sentinels to see the replica and each other")
+        wait_until(lambda: all(self._answers(n) for n in range(len(self.sentinels))), 30, 0.05, "the sentinels")
+        if settle:
+            self.wait_settled()
         return self
+
+    def wait_settled(self) -> None:
+        """Wait until every sentinel sees the replica and the other sentinels: ready to fail over."""
+        wait_until(self._settled, 60, 0.1, "the sentinels to see the replica and each other")
 
     def _start_sentinel(self, n: int) -> None:
         port = self.sentinels[n][0]
@@ -294,17 +311,24 @@ class SentinelGroup:
         info = self._info(server)
         return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
+    def _answers(self, n: int) -> dict[str, object] | None:
+        """What sentinel ``n`` knows of the master (None while it does not answer)."""
+        process = self.sentinels[n][1]
+        assert process is not None
+        if process.poll() is not None:
+            log = (self.workdir / f"sentinel-{n}" / "sentinel.log").read_text(errors="replace")
+            pytest.fail(f"redis-sentinel exited with {process.returncode}: {log[-2000:]}")
+        try:
+            return dict(self.ask(n).sentinel_master(self.master))
+        except redis.RedisError:
+            return None
+
     def _settled(self) -> bool:
-        for n, (_port, process) in enumerate(self.sentinels):
-            assert process is not None
-            if process.poll() is not None:
-                log = (self.workdir / f"sentinel-{n}" / "sentinel.log").read_text(errors="replace")
-                pytest.fail(f"redis-sentinel exited with {process.returncode}: {log[-2000:]}")
-            try:
-                state = self.ask(n).sentinel_master(self.master)
-            except redis.RedisError:
+        for n in range(len(self.sentinels)):
+            state = self._answers(n)
+            if state is None or int(str(state["num-slaves"])) < 1:
                 return False
-            if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < len(self.sentinels) - 1:
+            if int(str(state["num-other-sentinels"])) < len(self.sentinels) - 1:
                 return False
         return True
 
