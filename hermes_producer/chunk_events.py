@@ -19,7 +19,8 @@ from typing import Any
 from hermes_worker.contract import PAYLOAD_VERSION
 
 __all__ = [
-    "ChunkRefused", "ChunkResent", "ChunkSplit", "ChunksStranded", "ChunksUnanswered", "Event", "FailureReason", "FellBack", "GaveUp",
+    "ChunkRefused", "ChunkResent", "ChunkSplit", "ChunksStranded", "ChunksUnanswered",
+    "Event", "FailureReason", "FellBack", "GaveUp",
     "LinesLost", "Malformed", "Misplaced", "NeverTaken", "NoWorker", "NotFinished", "OutageEnded", "OutageStarted",
     "Overdue", "RefusalReason", "RefusedBy", "ResultUnreadable", "RouteMoved", "StreamEntryIgnored",
     "TakenRepeatedly", "TooLarge", "Vanished", "WorkersLost", "WorkersStuck", "bounded_printable", "describe",

@@ -55,7 +55,10 @@ def forget_unacked(channel: Any, task_id_prefix: str) -> int:
     ours = [tag for tag, raw in client.hscan_iter(store, count=500) if _task_id(raw).startswith(task_id_prefix)]
     for start in range(0, len(ours), 500):
         page = ours[start : start + 500]
-        client.pipeline(transaction=False).hdel(store, *page).zrem(index, *page).execute()
+        pipe = client.pipeline(transaction=False)
+        pipe.hdel(store, *page)
+        pipe.zrem(index, *page)
+        pipe.execute()
     return len(ours)
 
 
@@ -139,8 +142,9 @@ class Cluster:
         if where is not None:
             found["result backend"] = where
         if is_sentinel(self.settings.broker_url) and self.settings.broker_url != self.settings.result_backend:
-            broker = connect(self.settings.broker_url, self.settings.broker_timeout_s,
-                             master=self.settings.sentinel_master, sentinel_password=self.settings.sentinel_password)  # fmt: skip
+            settings = self.settings
+            broker = connect(settings.broker_url, settings.broker_timeout_s, master=settings.sentinel_master,
+                             sentinel_password=settings.sentinel_password)  # fmt: skip
             try:
                 found["broker"] = primary(broker) or ""
             finally:

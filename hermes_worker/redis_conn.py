@@ -37,9 +37,12 @@ def connect(url: str, timeout_s: float, *, master: str = DEFAULT_MASTER, sentine
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     where = SentinelUrl.parse(url)
-    group = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_kwargs(timeout_s, sentinel_password), **options)
+    group = Sentinel(  # type: ignore[no-untyped-call]
+        list(where.sentinels), sentinel_kwargs=sentinel_kwargs(timeout_s, sentinel_password), **options
+    )
     login = {"username": where.username, "password": where.password, "db": where.db}
-    return group.master_for(master, redis_class=redis.Redis, **login)
+    client: redis.Redis = group.master_for(master, redis_class=redis.Redis, **login)  # type: ignore[no-untyped-call]
+    return client
 
 
 def sentinel_kwargs(timeout_s: float, password: str) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def primary(client: redis.Redis) -> str | None:
     pool = client.connection_pool
     if not isinstance(pool, SentinelConnectionPool):
         return None
-    host, port = pool.get_master_address()
+    host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 

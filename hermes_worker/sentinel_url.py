@@ -74,9 +74,9 @@ class SentinelUrl:
                                        ("database", other[3], first[3])):  # fmt: skip
                 if value is not None and value != given:
                     raise ValueError(
-                        f"sentinel {n} of {len(read)} has a {what} other than the first one's: Celery uses the first URL's "
-                        "credentials and database for the primary; give them there only (the sentinels' own "
-                        "password goes in HERMES_SENTINEL_PASSWORD)"
+                        f"sentinel {n} of {len(read)} has a {what} other than the first one's: Celery uses the "
+                        "first URL's credentials and database for the primary; give them there only (the "
+                        "sentinels' own password goes in HERMES_SENTINEL_PASSWORD)"
                     )
         return cls(tuple(p[0] for p in read), first[1], first[2], first[3] or 0)
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from .support.checker import Verdict
 from .support.environment import ARTIFACTS
 from .support.inputs import journal_chunks as journal_chunks  # the chaos tests import it from here
 from .support.processes import (
@@ -38,7 +39,6 @@ from .support.processes import (
     wait_registered,
     worker_options,
 )
-from .support.checker import Verdict
 from .support.redis_server import RedisServer, SentinelGroup
 from .support.redis_server import make_tls_files as make_tls_files  # the chaos tests import it from here
 from .support.waiting import wait_until
@@ -339,9 +339,10 @@ class Report:
     def add_verdict(self, scenario: str, verdict: Verdict, recover_s: float | None, notes: str = "") -> None:
         """A row from the checker's counts (:mod:`tests.support.checker`): lost, unexpected and leftovers too."""
         errors = sum(1 for record in verdict.records if "error" in record)
-        self.rows.append(Row(scenario, verdict.items_in, verdict.records_out, verdict.duplicated, errors,
-                             None if recover_s is None else round(recover_s, 1), notes, len(verdict.lost),
-                             len(verdict.unexpected) + verdict.out_of_order, sum(verdict.leftovers.values())))  # fmt: skip
+        recover = None if recover_s is None else round(recover_s, 1)
+        wrong = len(verdict.unexpected) + verdict.out_of_order
+        self.rows.append(Row(scenario, verdict.items_in, verdict.records_out, verdict.duplicated, errors, recover,
+                             notes, len(verdict.lost), wrong, sum(verdict.leftovers.values())))  # fmt: skip
         self.write()
 
     def write(self) -> None:

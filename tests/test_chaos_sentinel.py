@@ -11,12 +11,14 @@ the first chunk written from the new primary's results: docs/operations.md quote
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import pytest
 
@@ -33,6 +35,7 @@ from .fixtures_chaos import (
 )
 from .fixtures_faults import TcpProxy
 from .support.checker import check
+from .support.processes import run_hermes
 from .support.redis_server import SentinelGroup
 
 __all__ = ["chaos_report", "cluster_factory", "sentinel_factory"]  # fixtures used below
@@ -129,10 +132,28 @@ def test_primary_killed_mid_batch_then_back_as_a_replica(
     verdict = check(out, src, client=group.client())
     verdict.assert_clean()
     both_workers_still_consume(cluster, tmp_path, "after-comeback")
+    shows_the_primary(cluster, group, tmp_path)
     chaos_report.add_verdict("15. Sentinel: primary killed mid-batch, replica promoted, old primary back as a "
                              "replica mid-batch", verdict, recovered,
                              f"promoted {promoted:.1f} s after the kill; the old primary a replica again "
                              f"{back - killed:.0f} s after the kill, mid-batch{healed(cluster)}")  # fmt: skip
+
+
+def shows_the_primary(cluster: Cluster, group: SentinelGroup, tmp_path: Path) -> None:
+    """`hermes status` and `hermes doctor` name the primary as it is now; no password shows."""
+    where = f"127.0.0.1:{group.primary.port}"
+    code, out, err = run_hermes(["status"], cluster.env, tmp_path)
+    assert code == 0, err
+    status = out.decode()
+    assert f"primary of the result backend: {where} (Sentinel master {group.master})" in status, status
+    _code, out, doctor_err = run_hermes(["doctor", "--json"], cluster.env, tmp_path)
+    doctor = json.loads(out)
+    assert {"ok": True, "what": f"result backend: Sentinel master {group.master} is at {where} now",
+            "fix": None} in doctor, doctor  # fmt: skip
+    printed = status + err.decode() + out.decode() + doctor_err.decode()
+    assert "sentinel://:***@127.0.0.1:" in printed
+    for secret in (PRIMARY_PASSWORD, SENTINEL_PASSWORD, quote(PRIMARY_PASSWORD, safe=""), "pri;", "own@"):
+        assert secret not in printed
 
 
 def test_writes_the_promoted_replica_never_got(
