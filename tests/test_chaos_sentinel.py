@@ -21,6 +21,9 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import pytest
+from celery import Celery
+
+from hermes_producer import normalize
 
 from .chaos_support import MEDIUM, ClusterFactory, both_workers_still_consume, healed, progress_after
 from .fixtures_chaos import (
@@ -139,6 +142,21 @@ def test_primary_killed_mid_batch_then_back_as_a_replica(
                              f"{back - killed:.0f} s after the kill, mid-batch{healed(cluster)}")  # fmt: skip
 
 
+def public_task_answers(group: SentinelGroup) -> None:
+    """A plain Celery client on the Sentinel group (Celery's own settings for it) gets the public
+    task's records through Celery's result backend, which the workers reach through Sentinel too."""
+    app = Celery(broker=group.url(), backend=group.url())
+    options = {"master_name": group.master, "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
+    app.conf.update(broker_transport_options=options, result_backend_transport_options=options)
+    try:
+        prompts = ["a  b", "cafÃ©  "]
+        result = app.send_task("hermes.normalize", args=[prompts], kwargs={"profile": "compact"})
+        assert [record["text"] for record in result.get(timeout=60)] == [normalize(p, profile="compact").text
+                                                                         for p in prompts]  # fmt: skip
+    finally:
+        app.close()
+
+
 def shows_the_primary(cluster: Cluster, group: SentinelGroup, tmp_path: Path) -> None:
     """`hermes status` and `hermes doctor` name the primary as it is now; no password shows."""
     where = f"127.0.0.1:{group.primary.port}"
@@ -198,6 +216,7 @@ def test_writes_the_promoted_replica_never_got(
     verdict = check(out, src, client=group.client())
     verdict.assert_clean()
     both_workers_still_consume(cluster, tmp_path, "after-lost-writes")
+    public_task_answers(group)
     chaos_report.add_verdict("15b. Sentinel: a failover that loses 0.5 s of acknowledged writes", verdict, recovered,
                              f"promoted {promoted:.1f} s after the kill; both workers consume afterwards"
                              f"{healed(cluster)}")  # fmt: skip
