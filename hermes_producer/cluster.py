@@ -18,7 +18,7 @@ from kombu.exceptions import ChannelError
 from hermes_worker.celeryconfig import broker_connection, make_celery
 from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.redact import redact, redact_url
-from hermes_worker.redis_conn import connect, primary, refusal, results_client
+from hermes_worker.redis_conn import brief, connect, primary, refusal, results_client
 from hermes_worker.registry import Registry, WorkerInfo
 from hermes_worker.routes import FALLBACK_MESSAGE, Route, route_for
 from hermes_worker.sentinel_url import is_sentinel
@@ -182,8 +182,11 @@ def _failure(what: str, url: str, variable: str, exc: BaseException) -> ClusterU
 
     redis-py and kombu exception texts may hold the URL: both the URL and the text are redacted.
     """
-    detail = redact(str(exc) or type(exc).__name__)
+    detail = redact(brief(exc))
     reason = refusal(exc)
+    if is_sentinel(url):
+        # The URL's password is the primary's; the sentinels' own, and the master's name, are apart.
+        variable += " (its password is the Redis primary's), HERMES_SENTINEL_PASSWORD and HERMES_SENTINEL_MASTER"
     if reason is not None:
         return ClusterRefused(
             f"{what} at {redact_url(url)} refused the connection: {reason} ({detail}); check {variable}"

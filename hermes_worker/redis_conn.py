@@ -3,17 +3,19 @@ refusing us (a wrong password, a value too large) from Redis not answering."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
-from .sentinel_url import SentinelUrl, is_sentinel
+from .sentinel_url import MAX_SENTINELS, SentinelUrl, is_sentinel
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["connect", "primary", "refusal", "refused_for_size", "results_client", "sentinel_kwargs"]
+__all__ = ["brief", "connect", "primary", "refusal", "refused_for_size", "results_client", "sentinel_kwargs"]
 
 DEFAULT_MASTER = "mymaster"
 
@@ -64,6 +66,31 @@ def results_client(settings: Settings) -> redis.Redis:
                    sentinel_password=settings.sentinel_password)  # fmt: skip
 
 
+_SENTINEL_AT = re.compile(r"host=([^,]{1,255}),port=([0-9]{1,5})")
+
+
+def brief(exc: BaseException) -> str:
+    """The text of ``exc``, with redis-py's ``MasterNotFoundError`` made readable: each sentinel as
+    ``host:port`` and what it answered, not the repr of its whole client (a screenful each).
+
+    >>> brief(MasterNotFoundError("No master found for 'm' : <redis.client.Redis(<redis.connection.ConnectionPool("
+    ...       "<redis.connection.Connection(db=0,host=s1,port=26379,x=1)>)>)> - auth:AuthenticationError"))
+    "No master found for 'm' (sentinel s1:26379: AuthenticationError)"
+    """
+    text = str(exc) or type(exc).__name__
+    head, found, rest = text.partition(" : ")
+    if not isinstance(exc, MasterNotFoundError) or not found:
+        return text
+    pieces = rest.split(">)>)> - ")
+    said = []
+    for before, after in itertools.pairwise(pieces):
+        where = _SENTINEL_AT.findall(before[-2000:])
+        host, port = where[-1] if where else ("?", "?")
+        error = after.split(", <redis.client.Redis(", 1)[0][:200].removeprefix("auth:")  # "auth:" reads as a secret
+        said.append(f"sentinel {host}:{port}: {error}")
+    return f"{head} ({'; '.join(said[:MAX_SENTINELS])})"
+
+
 def primary(client: redis.Redis) -> str | None:
     """``host:port`` of the primary a Sentinel-managed client writes to now; None for any other client.
 
@@ -79,7 +106,8 @@ def primary(client: redis.Redis) -> str | None:
 
 # What servers and libraries say when they refuse us rather than fail to answer.
 _AUTH_TEXTS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password", "Authentication required",
-               "ACCESS_REFUSED", "AUTH failed", "authentication failed")  # fmt: skip
+               "ACCESS_REFUSED", "AUTH failed", "authentication failed",
+               "auth:AuthenticationError")  # fmt: skip  (a sentinel's refusal, inside MasterNotFoundError)
 _TLS_TEXTS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
 
 

@@ -151,7 +151,7 @@ def credentials_refused(settings: Settings) -> str | None:
     the server answered.
     """
     from .celeryconfig import broker_connection
-    from .redis_conn import refusal, results_client
+    from .redis_conn import brief, refusal, results_client
 
     def redis_answers() -> None:
         results_client(settings).ping()
@@ -173,7 +173,7 @@ def credentials_refused(settings: Settings) -> str | None:
             reason = refusal(exc)
             if reason is not None:
                 return (
-                    f"the {what} at {redact_url(url)} refused this worker: {reason} ({redact(str(exc))}); "
+                    f"the {what} at {redact_url(url)} refused this worker: {reason} ({redact(brief(exc))}); "
                     f"check {variable}"
                 )
     return None

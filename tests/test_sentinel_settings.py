@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from redis.sentinel import SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, SentinelConnectionPool
 
 from hermes_worker.celeryconfig import broker_connection, celery_config, public_task_config
 from hermes_worker.redact import redact, redact_url, url_secrets
-from hermes_worker.redis_conn import connect, primary, results_client
+from hermes_worker.redis_conn import brief, connect, primary, refusal, results_client
 from hermes_worker.sandbox.docker_backend import deployment_id
 from hermes_worker.sentinel_url import MAX_SENTINELS, SentinelUrl
 from hermes_worker.settings import Settings, SettingsError
@@ -146,3 +146,14 @@ def test_sentinel_passwords_never_show() -> None:
     leaked = f"MasterNotFoundError: no master for 'x' (AUTH sentinels-own-pw failed; primary {PASSWORD}, {QUOTED})"
     shown = redact(leaked)
     assert "sentinels-own-pw" not in shown and PASSWORD not in shown and QUOTED not in shown
+
+
+def test_sentinels_that_refuse_the_password_are_a_refusal_not_an_outage() -> None:
+    # What redis-py raises when every sentinel refused HERMES_SENTINEL_PASSWORD: exit 2, no fallback.
+    pool = "<redis.client.Redis(<redis.connection.ConnectionPool(<redis.connection.Connection(db=0,host=s{n},port=26379)>)>)>"
+    text = "No master found for 'm' : " + ", ".join(f"{pool.format(n=n)} - auth:AuthenticationError" for n in (1, 2))
+    refused = MasterNotFoundError(text)
+    assert refusal(refused) == "authentication failed"
+    assert brief(refused) == ("No master found for 'm' (sentinel s1:26379: AuthenticationError; "
+                              "sentinel s2:26379: AuthenticationError)")  # fmt: skip
+    assert refusal(MasterNotFoundError("No master found for 'm'")) is None  # a failover under way: wait

@@ -20,6 +20,8 @@ import redis
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL, shown
 from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
+from hermes_worker.redis_conn import brief
+from hermes_worker.sentinel_url import is_sentinel
 from hermes_worker.settings import option_help
 
 from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
@@ -80,7 +82,7 @@ def _primaries(cluster: Cluster) -> dict[str, str]:
     try:
         return cluster.primaries()
     except redis.RedisError as exc:
-        return {"result backend": f"unknown ({redact(str(exc))})"}
+        return {"result backend": f"unknown ({redact(brief(exc))})"}
 
 
 def queue_depths(cluster: Cluster) -> dict[str, int]:
@@ -274,14 +276,15 @@ def doctor(ctx: Context, as_json: bool) -> None:
         _doctor_primaries(cluster, report)
     except ClusterRefused as exc:
         variable = "HERMES_RESULT_BACKEND" if "HERMES_RESULT_BACKEND" in str(exc) else "HERMES_BROKER_URL"
-        report(False, str(exc), f"put the right password (or certificate settings) in {variable}")
+        report(False, str(exc), f"put the right password (or certificate settings) in {variable}"
+               + (" or HERMES_SENTINEL_PASSWORD" if is_sentinel(settings.result_backend) else ""))
     except ClusterUnavailable as exc:
-        report(
-            False,
-            str(exc),
-            "start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
-            "without a broker Hermes runs in-process",
-        )
+        fix = ("start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
+               "without a broker Hermes runs in-process")  # fmt: skip
+        if is_sentinel(settings.result_backend) or is_sentinel(settings.broker_url):
+            fix = (f"check that the sentinels answer and monitor a primary named {settings.sentinel_master} "
+                   "(HERMES_SENTINEL_MASTER), with HERMES_SENTINEL_PASSWORD if they have a password; " + fix)
+        report(False, str(exc), fix)
     _doctor_docker(settings, local, report)
     if cluster is not None:
         _doctor_workers(cluster, local, report)
@@ -297,7 +300,7 @@ def _doctor_primaries(cluster: Cluster, report: Any) -> None:
         for what, where in cluster.primaries().items():
             report(True, f"{what}: Sentinel master {master} is at {where} now")
     except redis.RedisError as exc:
-        report(False, f"no sentinel could say where master {master} is: {exc}",
+        report(False, f"no sentinel could say where master {master} is: {brief(exc)}",
                "check HERMES_SENTINEL_MASTER (the name in `sentinel monitor NAME ...`) and HERMES_SENTINEL_PASSWORD")
 
 
