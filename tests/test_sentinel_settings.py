@@ -150,7 +150,8 @@ def test_sentinel_passwords_never_show() -> None:
 
 def test_sentinels_that_refuse_the_password_are_a_refusal_not_an_outage() -> None:
     # What redis-py raises when every sentinel refused HERMES_SENTINEL_PASSWORD: exit 2, no fallback.
-    pool = "<redis.client.Redis(<redis.connection.ConnectionPool(<redis.connection.Connection(db=0,host=s{n},port=26379)>)>)>"
+    pool = ("<redis.client.Redis(<redis.connection.ConnectionPool(<redis.connection.Connection(db=0,host=s{n},"
+            "port=26379)>)>)>")  # fmt: skip
     text = "No master found for 'm' : " + ", ".join(f"{pool.format(n=n)} - auth:AuthenticationError" for n in (1, 2))
     refused = MasterNotFoundError(text)
     assert refusal(refused) == "authentication failed"
