@@ -109,6 +109,7 @@ class BatchSummary:
     records_by_mode: Counter[str] = field(default_factory=Counter)
     first_errors: list[tuple[int, str, str]] = field(default_factory=list)
     carried: int = 0  # records written by an earlier, interrupted run of the same batch
+    batch: str | None = None  # the batch's id (`hermes batches ID`, the log), once it ran
 
     @property
     def rate(self) -> float:
@@ -145,6 +146,7 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "batch": self.batch,
             "total": self.total,
             "ok": self.ok,
             "failed": self.failed,

@@ -24,7 +24,7 @@ from hermes_worker.settings import option_help
 
 from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
 from ..terminal import printable
-from .common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
+from .common import EXIT_INFRA, CommandError, Context, check_listen_address, fail, pass_context
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -151,7 +151,18 @@ def _show_batches(ctx: Context, batch_id: str | None, as_json: bool, watch: floa
 
     if batch_id is not None and not re.fullmatch(r"[0-9a-f]{4,32}", batch_id):
         fail(f"{shown(batch_id)} is not a batch id (4 to 32 hex digits: see hermes batches)")
-    cluster = _connect(ctx)
+    try:
+        cluster = Cluster.connect(ctx.settings)
+    except ClusterRefused:
+        raise
+    except ClusterUnavailable as exc:
+        # Not a fault of the command: without Redis there is no board, and nothing to show.
+        raise CommandError(
+            f"no board of running batches: {exc}. The board is kept in that Redis; a batch that runs "
+            "with no broker is on no board (its progress line is on its own terminal)",
+            "start Redis, or point HERMES_BROKER_URL (or --broker) at the cluster's",
+            exit_code=EXIT_INFRA,
+        ) from None
     while True:
         try:
             board = read_board(cluster.redis)
