@@ -87,7 +87,9 @@ class BatchJob:
     processes: int
     junit: JUnitReport | None = None
     # What shows progress while the batch runs (the CLI's progress line); nothing by default.
-    progress: Callable[[Context, BinaryIO], AbstractContextManager[Callable[[int], None] | None]] = _no_progress
+    progress: Callable[[Context, BinaryIO], AbstractContextManager[Callable[[int, int | None], None] | None]] = (
+        _no_progress
+    )
 
     def to_stream(self, sink: TextIO, name: str = "-") -> tuple[BatchSummary, str]:
         """Write records to ``sink`` as chunks finish (no journal: nothing to resume)."""
