@@ -252,3 +252,38 @@ def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Pa
     shown = _on_a_terminal([sys.executable, str(script)], env, tmp_path)
     (line,) = [part for part in shown.replace("\r", "\n").split("\n") if "NOTICE-IN-THE-MIDDLE" in part]
     assert "records" not in line  # its own line, not written into the progress line
+
+
+# Commands without --json, and why: each prints no data on standard output, or data in a format of
+# its own that its readers expect. A new command must either take --json or be listed here.
+WITHOUT_JSON = {
+    "hermes batch": "its records are JSON Lines already; its summary is --summary-json",
+    "hermes metrics": "Prometheus' text format, which is what scrapers read",
+    "hermes queue": "prints notices only; the results are in hermes history --json",
+    "hermes task delete": "prints a confirmation, no data",
+    "hermes history export": "writes the task's record as JSON",
+    "hermes worker": "a server: its output is its log",
+    "hermes flower": "a server: its output is its log",
+    "hermes image build": "builds an image and says so; hermes doctor --json checks it",
+}
+
+
+def test_every_command_that_prints_data_takes_json() -> None:
+    import click
+
+    from hermes_producer.cli import main
+
+    found: dict[str, bool] = {}
+
+    def walk(group: click.Command, path: str) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            runs_itself = not isinstance(command, click.Group) or command.invoke_without_command
+            if runs_itself:
+                found[f"{path} {name}"] = any("--json" in getattr(p, "opts", ()) for p in command.params)
+            walk(command, f"{path} {name}")
+
+    walk(main, "hermes")
+    assert {path for path, has in found.items() if not has} == set(WITHOUT_JSON)
+    assert {"hermes run", "hermes task list", "hermes history list", "hermes batches", "hermes doctor"} <= {
+        path for path, has in found.items() if has
+    }
