@@ -5,10 +5,12 @@ Each line is run by bash as written (comments cut), from a directory holding a c
 comment is what the command prints, and is checked. `--follow` commands run until killed.
 
 The block "On a cluster" runs line by line too, against a redis-server and real workers of the
-test's own (what is changed for that, outside the lines, is said in its test). The other
-```bash blocks are not run here, each for its reason: "Two commands" installs packages with
-sudo (ops/demo.sh and ops/test.sh are what CI runs), "compose" is tests/test_compose.py's,
-and the signing block runs here, then a command that checks the files it made.
+test's own (what is changed for that, outside the lines, is said in its test), and the signing
+block runs, then a command that checks the files it made. Two ```bash blocks are not run here:
+"Two commands" installs system packages (with sudo) and a virtual environment into the checkout
+(ops/test.sh is how the suite itself is run; ops/demo.sh's one batch is the "Using it" block's
+`hermes batch examples/prompts.jsonl -o cleaned.jsonl`), and "compose" is what
+tests/test_compose.py does, with a project, env file and batch folder of its own.
 
 Every ```python block runs too, as it is, the same way; the plain Celery client's block runs
 against a private Redis and a real `hermes worker` (its URL replaced by that Redis'), and prints
