@@ -87,7 +87,7 @@ def summary_text(summary: BatchSummary, how: str) -> str:
 def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int, int | None], None] | None]:
     """A progress line on a terminal: records (of the input's lines, once the reader has reached
     its end), their rate, and an ETA over the input's size for a file, over its line count for
-    a stream once that is known; nothing at all otherwise (a pipe, a file, --quiet).
+    a stream once that is known. Nothing at all when stderr is not a terminal, or with --quiet.
 
     While it shows, notices (:meth:`Context.notice`) are printed above it, not into it.
     """
