@@ -131,7 +131,9 @@ def batches(ctx: Context, batch_id: str | None, as_json: bool, watch: float | No
     """List the batches running on the cluster: records, done of the input, rate, ETA, errors, workers.
 
     Producers publish their batch's progress about once a second while it runs, and remove it
-    when it ends. With ID (a batch id, or the start of one): that batch in detail.
+    when it ends, wherever its chunks run (queue in-process: no worker took them); a batch
+    says its id when it starts. The board is kept in Redis: a batch run with no broker is on
+    none. With ID (a batch id, or the start of one): that batch in detail.
 
     \b
     Examples:
