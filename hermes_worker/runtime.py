@@ -40,7 +40,7 @@ import redis
 from celery import signals
 from celery.worker import state as celery_state
 
-from .contract import TASK_NORMALIZE, worker_queues
+from .contract import TASK_NORMALIZE, shown, worker_queues
 from .events import ClusterLog
 from .guard import Refusal, restrict_control
 from .handling import ChunkHandler
@@ -49,7 +49,7 @@ from .metrics import bump, serve
 from .public import NotRun
 from .redact import RedactingFilter, redact, redact_data
 from .redis_conn import results_client
-from .registry import Heartbeat, Registry, WorkerInfo
+from .registry import Heartbeat, Registry, WorkerInfo, node_name_problem
 from .runners import make_runner
 from .settings import Settings
 from .watches import EngineWatch, LoopWatch, QueueWatch
@@ -140,6 +140,9 @@ class WorkerRuntime:
             # SystemExit, not a HermesError: Celery's signal dispatcher logs and swallows any
             # Exception a receiver raises, and the worker would start anyway (`celery -A`).
             raise SystemExit(f"--mode container, but {FALLBACK_MESSAGE.lower()}: {self.identity.probe.get('reason')}")
+        problem = node_name_problem(str(sender))
+        if problem is not None:  # `celery -n`: a name no reader of the registry would take
+            raise SystemExit(f"the worker name {shown(str(sender))} cannot be registered: {problem}")
         taken = name_taken(self.settings, self.identity, str(sender))
         if taken is not None:
             raise SystemExit(taken)  # SystemExit: as above

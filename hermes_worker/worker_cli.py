@@ -6,11 +6,12 @@ group's entry point (hermes_producer/cli/guard.py) prints it and exits.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import click
 
-from .contract import worker_queues
+from .contract import shown, worker_queues
 from .errors import EXIT_INFRA, EXIT_USAGE, HermesError
 from .redact import redact, redact_url
 from .settings import LIMITS, Settings, listen_address, option_help
@@ -35,7 +36,14 @@ class WorkerRefused(HermesError):
     default=None,
     help=option_help("HERMES_CONCURRENCY"),
 )
-@click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
+@click.option(
+    "--name",
+    "-n",
+    default=None,
+    callback=lambda _ctx, _param, value: _name(value),
+    help="Node name after the tag: TAG@NAME (default: the host name). Letters, digits, '.', '_', '-'; "
+    "each worker needs a name of its own.",
+)
 @click.option(
     "--loglevel",
     "-l",
@@ -177,6 +185,17 @@ def credentials_refused(settings: Settings) -> str | None:
                     f"check {variable}"
                 )
     return None
+
+
+def _name(value: str | None) -> str | None:
+    """``--name``: what a host name may hold (it becomes TAG@NAME in the registry, in Celery's
+    node name, in every record's provenance and in metrics labels), at most 200 characters."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", value):
+        raise click.BadParameter(
+            f"{shown(value)} is not a worker name: letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit, at most 200 characters"
+        )
+    return value
 
 
 def _address(value: str | None) -> str | None:

@@ -26,7 +26,7 @@ from hermes_worker.settings import option_help
 
 from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
 from ..terminal import printable
-from .common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
+from .common import EXIT_INFRA, CommandError, Context, check_listen_address, fail, pass_context
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -146,7 +146,9 @@ def batches(ctx: Context, batch_id: str | None, as_json: bool, watch: float | No
     """List the batches running on the cluster: records, done of the input, rate, ETA, errors, workers.
 
     Producers publish their batch's progress about once a second while it runs, and remove it
-    when it ends. With ID (a batch id, or the start of one): that batch in detail.
+    when it ends, wherever its chunks run (queue in-process: no worker took them); a batch
+    says its id when it starts. The board is kept in Redis: a batch run with no broker is on
+    none. With ID (a batch id, or the start of one): that batch in detail.
 
     \b
     Examples:
@@ -166,7 +168,18 @@ def _show_batches(ctx: Context, batch_id: str | None, as_json: bool, watch: floa
 
     if batch_id is not None and not re.fullmatch(r"[0-9a-f]{4,32}", batch_id):
         fail(f"{shown(batch_id)} is not a batch id (4 to 32 hex digits: see hermes batches)")
-    cluster = _connect(ctx)
+    try:
+        cluster = Cluster.connect(ctx.settings)
+    except ClusterRefused:
+        raise
+    except ClusterUnavailable as exc:
+        # Not a fault of the command: without Redis there is no board, and nothing to show.
+        raise CommandError(
+            f"no board of running batches: {exc}. The board is kept in that Redis; a batch that runs "
+            "with no broker is on no board (its progress line is on its own terminal)",
+            "start Redis, or point HERMES_BROKER_URL (or --broker) at the cluster's",
+            exit_code=EXIT_INFRA,
+        ) from None
     while True:
         try:
             board = read_board(cluster.redis)
