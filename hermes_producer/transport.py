@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import uuid
 from typing import Any
 
 import redis
@@ -29,7 +30,7 @@ from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
 from hermes_worker.wire import Reply, request_span
 
-from .cluster import Cluster, queue_depth
+from .cluster import Cluster, forget_unacked, queue_depth
 
 __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 
@@ -91,6 +92,10 @@ class ChunkTransport:
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
+        # Every chunk whose lines were written, and whether Redis or the broker failed to answer
+        # once: Redis may then have come back without its last writes (finish() reconciles).
+        self._sent: set[int] = set()
+        self._troubled = False
 
     def send(self, payload: dict[str, Any], queue: str) -> None:
         """Write the chunk's lines, then send its message to ``queue``: one attempt.
@@ -106,16 +111,21 @@ class ChunkTransport:
         if "text" in payload:
             # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
             key = self.reply.text_key(payload["chunk"])
+            self._sent.add(payload["chunk"])
             message |= {TEXT_KEY: key, "count": span[1]}
             body = payload["text"].encode("utf-8")
             self._write_lines(key, body)
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
-                kwargsrepr="{}",
+                kwargsrepr="{}", task_id=f"{self.reply.batch}-{uuid.uuid4().hex}",  # the batch's: finish() finds them
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
-            raise NotAnswering("the broker", exc) from exc
+            raise self._not_answering("the broker", exc) from exc
+
+    def _not_answering(self, what: str, exc: BaseException) -> NotAnswering:
+        self._troubled = True
+        return NotAnswering(what, exc)
 
     def _write_lines(self, key: str, body: bytes) -> None:
         if len(body) > MAX_VALUE_BYTES:
@@ -126,7 +136,7 @@ class ChunkTransport:
         except (redis.RedisError, OSError) as exc:
             if refused_for_size(self.cluster.redis, len(body), exc):
                 raise ValueTooLarge(f"Redis refused its {len(body):,} bytes of lines ({exc})") from exc
-            raise NotAnswering("Redis", exc) from exc
+            raise self._not_answering("Redis", exc) from exc
 
     def read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The stream's next entries, waiting up to half a second for one.
@@ -137,7 +147,7 @@ class ChunkTransport:
         try:
             reply: Any = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
         except redis.RedisError as exc:
-            raise NotAnswering("Redis", exc) from exc
+            raise self._not_answering("Redis", exc) from exc
         entries = [entry for _stream, stream_entries in reply or [] for entry in stream_entries]
         if entries:
             self._last_id = entries[-1][0]
@@ -190,9 +200,26 @@ class ChunkTransport:
             return None
 
     def finish(self) -> None:
-        """Drop the batch's result stream (call once every result is safely written)."""
+        """Drop the batch's result stream (call once every result is safely written).
+
+        After an outage, Redis may have come back without its last writes (Sentinel promoted a
+        replica that had not got them; a restart lost them): deletions of chunks' lines, and
+        workers' acknowledgements, undone. So the lines of every chunk are deleted again, and the
+        batch's messages left unacknowledged are dropped from the broker's store, where they
+        would be delivered again after the visibility timeout, to a batch long ended.
+        """
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
+        if not self._troubled:
+            return
+        keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
+        with contextlib.suppress(redis.RedisError):  # they expire with the results anyway
+            for start in range(0, len(keys), 1000):
+                self.cluster.redis.delete(*keys[start : start + 1000])
+        with contextlib.suppress(Exception):  # any broker kombu supports: best effort
+            if self._broker is None:
+                self._broker = self.cluster.app.connection_for_write()
+            forget_unacked(self._broker.default_channel, f"{self.reply.batch}-")
 
     def close(self) -> None:
         """Release the broker connection opened for queue depths, if any."""

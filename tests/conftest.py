@@ -29,7 +29,8 @@ pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixt
 # The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
 # ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
 SERVICE_FIXTURES = {
-    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory"},
+    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory",
+                "sentinel_factory"},
     "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
                "private_dockerd"},
 }  # fmt: skip

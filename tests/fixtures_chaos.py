@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from .support.checker import Verdict
 from .support.environment import ARTIFACTS
 from .support.inputs import journal_chunks as journal_chunks  # the chaos tests import it from here
 from .support.processes import (
@@ -35,7 +39,7 @@ from .support.processes import (
     wait_registered,
     worker_options,
 )
-from .support.redis_server import RedisServer
+from .support.redis_server import RedisServer, SentinelGroup
 from .support.redis_server import make_tls_files as make_tls_files  # the chaos tests import it from here
 from .support.waiting import wait_until
 
@@ -64,6 +68,22 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in made:
         server.kill()
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelGroup]]:
+    """Start private Sentinel groups (``factory(password=None, sentinel_password=None, settle=True)``):
+    a primary, a replica and three sentinels each; all stopped afterwards."""
+    made: list[SentinelGroup] = []
+
+    def make(settle: bool = True, **options: Any) -> SentinelGroup:
+        group = SentinelGroup(tmp_path / f"sentinel-group-{len(made)}", **options)
+        made.append(group)
+        return group.start(settle=settle)
+
+    yield make
+    for group in made:
+        group.stop()
 
 
 @pytest.fixture
@@ -103,10 +123,14 @@ class Cluster:
     def wait_registered(self, worker: WorkerProcess, node: str, timeout: float = 90) -> None:
         wait_registered(worker, node, self.client, timeout)
 
-    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer") -> Producer:
-        """Start `hermes ARGS...`; standard output is discarded (batches write to files)."""
+    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer", stdin: Any = None
+               ) -> Producer:  # fmt: skip
+        """Start `hermes ARGS...`; standard output is discarded (batches write to files).
+
+        ``stdin=subprocess.PIPE``: the test feeds its standard input (``producer.process.stdin``).
+        """
         stderr_path = self.tmp / f"{name}-{len(self.producers)}.err"
-        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path)
+        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path, stdin=stdin)
         self.producers.append(producer)
         return producer
 
@@ -129,8 +153,15 @@ class Cluster:
         for producer in self.producers:
             if producer.process.poll() is None:
                 producer.kill()
-        for worker in self.workers:
-            worker.halt()
+        running = [worker for worker in self.workers if worker.process.poll() is None]
+        for worker in running:  # all at once: each warm shutdown takes a second or two
+            with contextlib.suppress(OSError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 @pytest.fixture
@@ -278,6 +309,9 @@ class Row:
     errors: int
     recover_s: float | None
     notes: str = ""
+    lost: int | None = None  # None: the scenario did not count it
+    unexpected: int | None = None
+    leftovers: int | None = None
 
 
 class Report:
@@ -297,17 +331,29 @@ class Report:
             outcome.errors if outcome else 0,
             None if recover_s is None else round(recover_s, 1),
             notes,
+            len(outcome.missing) if outcome else None,
+            len(outcome.unexpected) if outcome else None,
         ))  # fmt: skip
+        self.write()
+
+    def add_verdict(self, scenario: str, verdict: Verdict, recover_s: float | None, notes: str = "") -> None:
+        """A row from the checker's counts (:mod:`tests.support.checker`): lost, unexpected and leftovers too."""
+        errors = sum(1 for record in verdict.records if "error" in record)
+        recover = None if recover_s is None else round(recover_s, 1)
+        wrong = len(verdict.unexpected) + verdict.out_of_order
+        self.rows.append(Row(scenario, verdict.items_in, verdict.records_out, verdict.duplicated, errors, recover,
+                             notes, len(verdict.lost), wrong, sum(verdict.leftovers.values())))  # fmt: skip
         self.write()
 
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["| scenario | items in | records out | duplicates | errors | time to recover (s) | notes |",
-                 "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        lines = ["| scenario | items in | records out | lost | duplicated | unexpected | leftovers | errors "
+                 "| time to recover (s) | notes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for r in self.rows:
             recover = "-" if r.recover_s is None else f"{r.recover_s:g}"
-            lines.append(f"| {r.scenario} | {r.items_in:,} | {r.records_out:,} | {r.duplicates} | {r.errors:,} "
-                         f"| {recover} | {r.notes} |")  # fmt: skip
+            lost, unexpected, left = ("-" if n is None else f"{n:,}" for n in (r.lost, r.unexpected, r.leftovers))
+            lines.append(f"| {r.scenario} | {r.items_in:,} | {r.records_out:,} | {lost} | {r.duplicates} "
+                         f"| {unexpected} | {left} | {r.errors:,} | {recover} | {r.notes} |")  # fmt: skip
         self.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

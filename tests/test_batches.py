@@ -261,8 +261,13 @@ def test_a_running_batch_is_shown_while_it_runs_and_gone_when_it_ends(
     # the table and the detail print it,
     table = chermes("batches").stdout
     assert batch[:12] in table and f"of {source.stat().st_size / 1e6:.1f} MB" in table and "local@w1" in table
-    detail = chermes("status", "--batch", batch[:8]).stdout
-    assert "local@w1" in detail and "(holding a chunk)" in detail and "malformed_json" in detail
+
+    def holding() -> str | None:  # a worker between two chunks holds none for a moment: wait for one
+        shown = chermes("status", "--batch", batch[:8]).stdout
+        return shown if "(holding a chunk)" in shown else None
+
+    detail = wait_until(holding, 30, 0.2, "the batch's detail to show a worker holding a chunk")
+    assert "local@w1" in detail and "malformed_json" in detail
     # and the cluster exporter has the same figures, with the queue and who consumes it.
     families = metrics_of(chermes)
     labels = {"batch": batch}

@@ -20,6 +20,7 @@ from hermes_producer.chunk_events import (
     ChunkResent,
     ChunkSplit,
     ChunksStranded,
+    ChunksUnanswered,
     Event,
     FellBack,
     GaveUp,
@@ -29,8 +30,6 @@ from hermes_producer.chunk_events import (
     NeverTaken,
     NotFinished,
     NoWorker,
-    OutageEnded,
-    OutageStarted,
     Overdue,
     RefusedBy,
     ResultUnreadable,
@@ -545,35 +544,6 @@ def test_workers_that_serve_the_queue_but_never_say_a_word_are_stuck() -> None:
 # Outages: retried for a while, and nobody judged gone for the registry entries that expired.
 
 
-def test_an_outage_is_reported_when_it_starts_and_ends_and_stops_the_batch_past_the_timeout() -> None:
-    tracker = FakeCluster(W1).tracker
-    events: list[Event] = []
-    tracker._emit = events.append
-    tracker.unanswered("Redis", "Connection refused", 10.0)
-    tracker.unanswered("Redis", "Connection refused", 12.0)
-    tracker.answered(12.5)
-    assert events == [OutageStarted("Redis", "Connection refused", 300), OutageEnded("Redis", 2.5)]
-    assert [render(e) for e in events] == ["Redis is not answering (Connection refused); retrying for up to 300 s",
-                                           "Redis answers again after 2.5 s"]  # fmt: skip
-    tracker.unanswered("the broker", "timed out", 20.0)
-    tracker.unanswered("the broker", "timed out", 320.0)
-    with pytest.raises(ExecutorError, match=r"^the broker has not answered for 300 s \(timed out\)$"):
-        tracker.unanswered("the broker", "timed out", 320.5)
-
-
-def test_after_an_outage_no_worker_is_judged_gone_until_its_entry_had_time_to_come_back() -> None:
-    cluster = FakeCluster(W1)
-    cluster.submit(chunk(0))
-    cluster.take(0)
-    cluster.tracker.unanswered("Redis", "reset", cluster.now)
-    cluster.tracker.answered(cluster.now)
-    cluster.registry = []  # every entry expired while Redis was away
-    cluster.tick(LIMITS.worker_ttl_s)
-    assert cluster.sent() == [0]
-    cluster.tick()
-    assert cluster.sent() == [0, 0] and isinstance(cluster.events[-1], WorkersLost)
-
-
 # The stream's entries, and the words users see.
 
 
@@ -612,6 +582,8 @@ SENTENCES: list[tuple[Event, str]] = [
     (ChunkSplit(1, 1, 2, NotFinished("w", "r"), parts=2),
      "chunk 1 (lines 1-2): w could not finish it: r; split into 2 parts"),
     (LinesLost(2, "w\x1b[2J"), "chunk 2: w\\u001b[2J found its lines gone from Redis; sent again"),
+    (ChunksUnanswered((3, 4)), "2 chunk(s) taken before Redis went away and never answered (a failover or restart "
+     "can lose what Redis acknowledged): sent again (chunks 3, 4)"),
 ]  # fmt: skip
 
 

@@ -150,20 +150,24 @@ def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
 
 
 def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None,
-                 forked: bool = False) -> Producer:  # fmt: skip
+                 forked: bool = False, stdin: Any = None) -> Producer:  # fmt: skip
     """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise.
+
+    ``stdin``: what the command reads (``subprocess.PIPE``: the test feeds it, ``process.stdin``);
+    nothing otherwise.
 
     ``forked``: from the session's zygote when it serves ``env`` (see :func:`run_hermes`), for
     commands a test only starts, interrupts and waits for.
     """
     forker = zygote.shared() if forked else None
     with stderr_path.open("wb") as stderr, open(os.devnull, "r+b") as devnull:
-        if forker is not None and forker.serves(env):
+        if forker is not None and forker.serves(env) and stdin is None:
             fds = (devnull.fileno(), (devnull if stdout is None else stdout).fileno(), stderr.fileno())
             return Producer(forker.start(args, env, cwd, fds), stderr_path)
         process = subprocess.Popen(
             [sys.executable, "-m", "hermes_producer", *args],
             env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,
+            stdin=devnull if stdin is None else stdin,
         )  # fmt: skip
     return Producer(process, stderr_path)
 
