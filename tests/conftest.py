@@ -36,6 +36,13 @@ SERVICE_FIXTURES = {
 }  # fmt: skip
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two test processes a core, at most eight. Most of the suite's time is spent
+    waiting for workers, Redis, Docker and timeouts, not computing; each process (a module's tests
+    at a time, ``--dist loadfile``) has its own Redis servers, workers, containers and zygote."""
+    return min(8, 2 * (os.cpu_count() or 1))
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Refuse to run a suite where a test takes a service's fixture without the service's mark."""

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -315,11 +317,17 @@ class Row:
 
 
 class Report:
-    """The chaos table: one row per scenario, written to artifacts/chaos-report.md as rows come."""
+    """The chaos table: one row per scenario, written to artifacts/chaos-report.md as rows come.
+
+    Under pytest-xdist each worker process has a Report of its own: each keeps its rows in a file
+    of this run (``PYTEST_XDIST_TESTRUNUID``), and the table is written from all of them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[Row] = []
+        run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
+        self._mine = path.parent / f".chaos-rows-{run}-{worker}.json" if run and worker else None
 
     def add(self, scenario: str, outcome: Outcome | None = None, recover_s: float | None = None, notes: str = "",
             items_in: int | None = None) -> None:  # fmt: skip
@@ -345,11 +353,23 @@ class Report:
                              notes, len(verdict.lost), wrong, sum(verdict.leftovers.values())))  # fmt: skip
         self.write()
 
+    def _all_rows(self) -> list[Row]:
+        """This process' rows, and those the run's other worker processes have written."""
+        if self._mine is None:
+            return self.rows
+        partial = self._mine.with_suffix(".part")  # renamed into place: another process never reads half a file
+        partial.write_text(json.dumps([dataclasses.asdict(row) for row in self.rows]), encoding="utf-8")
+        partial.replace(self._mine)
+        rows = []
+        for kept in sorted(self._mine.parent.glob(self._mine.name.rsplit("-", 1)[0] + "-*.json")):
+            rows += [Row(**row) for row in json.loads(kept.read_text(encoding="utf-8"))]
+        return rows
+
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = ["| scenario | items in | records out | lost | duplicated | unexpected | leftovers | errors "
                  "| time to recover (s) | notes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for r in self.rows:
+        for r in self._all_rows():
             recover = "-" if r.recover_s is None else f"{r.recover_s:g}"
             lost, unexpected, left = ("-" if n is None else f"{n:,}" for n in (r.lost, r.unexpected, r.leftovers))
             lines.append(f"| {r.scenario} | {r.items_in:,} | {r.records_out:,} | {lost} | {r.duplicates} "

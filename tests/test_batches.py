@@ -12,9 +12,7 @@ import dataclasses
 import json
 import signal
 import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -341,18 +339,22 @@ def test_the_board_survives_a_redis_that_fails_and_stays_quiet_a_while() -> None
 
 @pytest.mark.cluster
 def test_watch_prints_the_board_again_until_interrupted(
-    redis_server: RedisServer, hermes_process: HermesProcessFactory, cluster_env: dict[str, str]
+    redis_server: RedisServer, hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:
     client = redis_server.client()
     redis_server.flush()
     client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=5)))
-    watching = hermes_process("batches", "--watch", "0.5", "--json", env=cluster_env, stdout=subprocess.PIPE)
-    time.sleep(2.5)
+    printed = tmp_path / "watch.out"
+
+    def seen() -> list[int]:
+        lines = printed.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)[0]["records"] for line in lines[:-1]]  # the last may be half-written
+
+    with printed.open("wb") as out:
+        watching = hermes_process("batches", "--watch", "0.5", "--json", env=cluster_env, stdout=out)
+    wait_until(lambda: seen().count(5) >= 2, 60, 0.1, "the board printed twice")
     client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=9)))
-    time.sleep(1.5)
+    wait_until(lambda: seen().count(9) >= 2, 60, 0.1, "the changed board printed twice")
     watching.process.send_signal(signal.SIGINT)
     assert watching.wait(30) == 130
-    assert watching.process.stdout is not None
-    with watching.process.stdout as printed:
-        seen = [json.loads(line) for line in printed.read().decode().splitlines()]
-    assert len(seen) >= 4 and {entries[0]["records"] for entries in seen} == {5, 9}
+    assert set(seen()) == {5, 9} and seen().index(9) > seen().index(5)

@@ -14,7 +14,7 @@ from hermes_producer.chunk_events import Event, OutageEnded, OutageStarted, Work
 from hermes_producer.executors import ExecutorError
 from hermes_producer.tracker import STRANDED_AFTER_S
 
-from .test_tracker import LIMITS, W1, W2, FakeCluster, chunk
+from .support.fake_cluster import LIMITS, W1, W2, FakeCluster, chunk
 
 
 def test_an_outage_is_reported_when_it_starts_and_ends_and_stops_the_batch_past_the_timeout() -> None:
