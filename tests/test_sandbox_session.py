@@ -307,7 +307,9 @@ def test_a_sigkilled_workers_container_is_reaped_when_the_worker_starts_again(
         assert worker.stdout is not None
         left = worker.stdout.readline().strip()
         worker.kill()
-    assert docker_client.containers.get(left).status == "running"
+    # The container is left behind: still running, or already exited (its server ends when the
+    # killed process' end of the attached input closes, a race with this look), never removed.
+    assert docker_client.containers.get(left).status in {"running", "exited"}
     # When the worker starts again (same worker id, new process) / Then the leftover is gone
     session_factory()
     with pytest.raises(docker.errors.NotFound):
