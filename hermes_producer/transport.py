@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import uuid
 from typing import Any
 
 import redis
@@ -21,6 +22,8 @@ from kombu.exceptions import OperationalError
 from hermes_worker.contract import (
     ISOLATION_CONTAINER,
     MAX_VALUE_BYTES,
+    QUEUE_CONTAINER,
+    QUEUE_LOCAL,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
 )  # fmt: skip
@@ -30,6 +33,7 @@ from hermes_worker.registry import WorkerInfo
 from hermes_worker.wire import Reply, request_span
 
 from .cluster import Cluster, queue_depth
+from .purge import purge_quietly, task_id_prefix
 
 __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 
@@ -91,6 +95,7 @@ class ChunkTransport:
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
+        self._stream_made = False
 
     def send(self, payload: dict[str, Any], queue: str) -> None:
         """Write the chunk's lines, then send its message to ``queue``: one attempt.
@@ -99,6 +104,8 @@ class ChunkTransport:
             ValueTooLarge: the chunk's lines are too large for one Redis value.
             NotAnswering: Redis or the broker did not answer.
         """
+        if not self._stream_made:
+            self._make_stream()
         message = {k: v for k, v in payload.items() if k != "text"}
         if self._isolation == ISOLATION_CONTAINER:
             message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
@@ -112,10 +119,29 @@ class ChunkTransport:
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
-                kwargsrepr="{}",
+                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex,
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise NotAnswering("the broker", exc) from exc
+
+    def _make_stream(self) -> None:
+        """Make the batch's result stream, empty, before its first chunk is sent (a resumed batch's
+        is there already, and stays as it is).
+
+        Workers append to it but make it only for a chunk whose lines still wait in Redis
+        (hermes_worker.publishing): once the batch has ended and :meth:`finish` deleted it, nothing
+        late makes it again. Made here, it is there for a worker that finds a chunk's lines gone
+        before any chunk has started, and says so.
+        """
+        try:
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            pipe.xadd(self.stream, {"o": ""}, id="0-1")  # refused when the stream has entries: fine
+            pipe.xdel(self.stream, "0-1")
+            pipe.expire(self.stream, self.reply.ttl)
+            pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise NotAnswering("Redis", exc) from exc
+        self._stream_made = True
 
     def _write_lines(self, key: str, body: bytes) -> None:
         if len(body) > MAX_VALUE_BYTES:
@@ -190,9 +216,17 @@ class ChunkTransport:
             return None
 
     def finish(self) -> None:
-        """Drop the batch's result stream (call once every result is safely written)."""
+        """Drop the batch's result stream, and what is left of its messages in the broker (copies
+        still queued, or held by a worker that died): call once every result is safely written."""
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
+        try:
+            if self._broker is None:
+                self._broker = self.cluster.app.connection_for_write()
+            prefix = task_id_prefix(self.reply.batch)
+            purge_quietly(self._broker.default_channel, prefix, (QUEUE_LOCAL, QUEUE_CONTAINER))
+        except Exception:  # no broker now: what stays is taken for nothing later (BatchEnded)
+            self.close()
 
     def close(self) -> None:
         """Release the broker connection opened for queue depths, if any."""
