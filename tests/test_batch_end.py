@@ -15,6 +15,7 @@ without a trace; the producer removes its batch's leftover messages when it ends
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,9 +38,11 @@ EVENT = {"r": "{}"}
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> redis.Redis:
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """The session's Redis, empty, and emptied again after the test (others share it)."""
     redis_server.flush()
-    return redis_server.client()
+    yield redis_server.client()
+    redis_server.flush()
 
 
 def test_the_first_write_of_a_chunk_whose_lines_wait_creates_the_stream(client: redis.Redis) -> None:
@@ -47,7 +50,7 @@ def test_the_first_write_of_a_chunk_whose_lines_wait_creates_the_stream(client: 
     client.set(reply.text_key(0), b"lines")
     assert Publisher(client).publish(reply.stream, 60, {"s": "0"}, EVENT, fetch=reply.text_key(0),
                                      wanted=reply.text_key(0)) == b"lines"  # fmt: skip
-    assert [fields for _id, fields in client.xrange(reply.stream)] == [{b"s": b"0"}]
+    assert [fields for _id, fields in client.xrange(reply.stream)] == [{b"s": b"0"}]  # type: ignore[union-attr]
     assert 0 < client.ttl(reply.stream) <= 60
 
 
@@ -108,14 +111,15 @@ def test_the_producer_removes_its_batch_messages_left_in_the_broker(
             client.zadd("unacked_index", {tag: 1.0})
     client.lpush("hermes.local", b"not json", json.dumps({"headers": {"id": 7}}))  # someone else's odd entries
     # When our batch ends
-    with Connection(redis_server.url()) as connection:
+    with Connection(redis_server.url()) as connection:  # type: ignore[no-untyped-call]
         removed = purge_batch(connection.default_channel, task_id_prefix(ours), ["hermes.local", "hermes.container"])
     # Then only its own messages are gone, from the queue and from both of kombu's indexes
     assert removed == 6
     left = [json.loads(raw)["headers"]["id"] for raw in client.lrange("hermes.local", 0, -1)[2:]]
     assert len(left) == 3 and all(task_id.startswith(task_id_prefix(theirs)) for task_id in left)
     assert sorted(client.hkeys("unacked")) == sorted(client.zrange("unacked_index", 0, -1))
-    assert all(tag.decode().startswith(theirs) for tag in client.hkeys("unacked")) and client.hlen("unacked") == 3
+    tags: list[bytes] = client.hkeys("unacked")  # type: ignore[assignment]
+    assert all(tag.startswith(theirs.encode()) for tag in tags) and len(tags) == 3
 
 
 def test_a_task_id_prefix_cannot_match_another_batch() -> None:
