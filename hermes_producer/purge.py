@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["purge_batch", "task_id_prefix"]
+__all__ = ["purge_batch", "purge_quietly", "task_id_prefix"]
 
 # How far into a queue to look: a batch keeps at most a few chunks per worker process in flight,
 # so its copies sit near the head of the queue it uses; a queue longer than this is someone else's.

@@ -228,12 +228,7 @@ class RssSampler(threading.Thread):
 class Row:
     scenario: str
     items_in: int
-    records_out: int
-    lost: int
-    duplicated: int
-    unexpected: int
-    leftovers: int
-    errors: int
+    counts: tuple[int, int, int, int, int, int] | None  # records out, lost, duplicated, unexpected, leftovers, errors
     recover_s: float | None
     notes: str = ""
 
@@ -252,14 +247,11 @@ class Report:
 
     def add(self, scenario: str, verdict: Verdict | None = None, recover_s: float | None = None, notes: str = "",
             items_in: int | None = None) -> None:  # fmt: skip
-        if verdict is None:
-            row = Row(scenario, items_in or 0, 0, 0, 0, 0, 0, 0, None, notes)
-        else:
-            row = Row(scenario, verdict.items_in, verdict.records_out, len(verdict.lost), verdict.duplicated,
-                      len(verdict.unexpected), sum(verdict.leftovers.values()), verdict.errors, None,
-                      notes)  # fmt: skip
-        row.recover_s = None if recover_s is None else round(recover_s, 1)
-        self.rows.append(row)
+        counts = None if verdict is None else (
+            verdict.records_out, len(verdict.lost), verdict.duplicated, len(verdict.unexpected),
+            sum(verdict.leftovers.values()), verdict.errors)  # fmt: skip
+        items = verdict.items_in if verdict is not None else (items_in or 0)
+        self.rows.append(Row(scenario, items, counts, None if recover_s is None else round(recover_s, 1), notes))
         self.write()
 
     def write(self) -> None:
@@ -269,8 +261,8 @@ class Report:
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for r in self.rows:
             recover = "-" if r.recover_s is None else f"{r.recover_s:g}"
-            lines.append(f"| {r.scenario} | {r.items_in:,} | {r.records_out:,} | {r.lost:,} | {r.duplicated:,} "
-                         f"| {r.unexpected:,} | {r.leftovers:,} | {r.errors:,} | {recover} | {r.notes} |")  # fmt: skip
+            counts = " | ".join(f"{n:,}" for n in r.counts) if r.counts else " | ".join(["-"] * 6)
+            lines.append(f"| {r.scenario} | {r.items_in:,} | {counts} | {recover} | {r.notes} |")
         self.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

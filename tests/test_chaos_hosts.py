@@ -14,10 +14,13 @@ Needs root (``ip netns``, nft, tc): skipped with the reason on a laptop without,
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+
+from hermes_worker.contract import KEY_EVENTS
 
 from .chaos_support import HEAVY, healed, progress_after
 from .fixtures_chaos import Report, chaos_report, journal_chunks, wait_for, write_prompts
@@ -30,16 +33,15 @@ __all__ = ["chaos_report", "lan"]  # fixtures used below
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 
 LINES = 3_000
-CHUNK = ["--chunk-size", "40"]
 
 
-def _start(lan: Lan, tmp_path: Path, *flags: str, broker: str | None = None,
+def _start(lan: Lan, tmp_path: Path, chunk: int = 40, broker: str | None = None,
            started_at: int = 10) -> tuple[Path, Path, Producer]:  # fmt: skip
-    """A batch of LINES prompts on the producer host (FLAGS after the default chunk size), once
+    """A batch of LINES prompts in chunks of ``chunk`` on the producer host; returns once
     ``started_at`` chunks are written."""
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(src, LINES, HEAVY)
-    batch = lan.batch(src, out, *CHUNK, *flags, broker=broker)
+    batch = lan.batch(src, out, "--chunk-size", str(chunk), broker=broker)
     wait_for(lambda: journal_chunks(out) >= started_at, 60, "the batch to get going")
     return src, out, batch
 
@@ -48,6 +50,17 @@ def _checked(lan: Lan, src: Path, out: Path) -> Verdict:
     verdict = check(out, src, client=lan.redis.client())
     verdict.assert_clean()
     return verdict
+
+
+def _holds_a_chunk(lan: Lan, node: str) -> bool:
+    """Whether worker ``node``'s last event in the cluster log says it received or started a chunk
+    (and has not published it yet)."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = lan.redis.client().xrevrange(KEY_EVENTS, count=50)  # type: ignore[assignment]
+    for _id, fields in entries:
+        record = json.loads(fields[b"r"])
+        if record.get("worker") == node:
+            return record.get("event") in ("chunk.received", "chunk.started")
+    return False
 
 
 def _resent_after(lan: Lan, since: float, timeout: float = 60) -> float:
@@ -60,11 +73,13 @@ def test_a_worker_host_cut_off_for_10_seconds(lan: Lan, chaos_report: Report, tm
     """w1's cable is pulled mid-batch and plugged back 10 s later.
 
     Its registry entry expires (3 heartbeats), the producer sends its chunks again to w2, and
-    when the link is back w1 serves again: it takes chunks of a second batch. What w1 still
-    had to publish for the first batch (which ended meanwhile) is dropped, not written into a
-    result stream made again for nobody (the checker counts Redis after both batches).
+    when the link is back w1 serves again: it takes chunks of a second batch. The cut comes
+    while w1 holds a chunk: what it still has to publish for the first batch (which ends
+    meanwhile) is dropped, not written into a result stream made again for nobody (the checker
+    counts Redis after both batches).
     """
     src, out, batch = _start(lan, tmp_path)
+    wait_for(lambda: _holds_a_chunk(lan, "local@w1"), 30, "w1 to hold a chunk", interval=0.005)
     cut = time.time()
     lan.network.cut(lan.host("w1"))
     resent = _resent_after(lan, cut)
@@ -124,8 +139,8 @@ def test_the_producer_partitioned_from_redis_for_30_seconds(lan: Lan, chaos_repo
     src, out, batch = _start(lan, tmp_path)
     producer, redis_host = lan.host("producer"), lan.host("redis")
     lan.network.partition(producer, redis_host)
-    written = journal_chunks(out)
     time.sleep(30)
+    written = journal_chunks(out)
     lan.network.heal(producer)
     healed_at = time.monotonic()
     recovered = progress_after(out, written, 120, "the batch to move again") - healed_at
@@ -142,7 +157,7 @@ def test_latency_loss_and_a_narrow_link_between_the_producer_and_redis(
     """The producer reaches Redis through a proxy adding 40 ms each way (every round trip 80 ms
     longer); mid-batch, 5 % of its packets are dropped and its link narrowed to 2 Mbit/s for 10 s."""
     broker = lan.delay_proxy(6380, 40)
-    src, out, batch = _start(lan, tmp_path, "--chunk-size", "150", broker=broker, started_at=3)
+    src, out, batch = _start(lan, tmp_path, chunk=150, broker=broker, started_at=3)
     producer, redis_host = lan.host("producer"), lan.host("redis")
     before = journal_chunks(out), time.monotonic()
     lan.network.degrade(producer, redis_host, 5, "2mbit")

@@ -159,6 +159,7 @@ class Network:
         return f"{PREFIX}{OWNER}-{self.subnet}-{role}"
 
     def create(self) -> Network:
+        needs_mark("chaos", "network namespaces")
         usable()
         reap_stale()
         self._add_namespace(self.switch)
