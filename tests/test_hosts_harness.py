@@ -7,6 +7,7 @@ to another. Needs root: skipped with the reason without, failed with CI=true.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -91,6 +92,9 @@ def test_absurd_roles_and_losses_are_refused() -> None:
         for loss in (-1, 101):
             with pytest.raises(ValueError, match="not a share of packets"):
                 network.degrade(a, b, loss, "1mbit")
+    for subnet in (-1, 255, 1000):
+        with pytest.raises(ValueError, match="not a subnet"):
+            Network(subnet)
 
 
 def test_a_crashed_run_s_namespaces_are_reaped_and_nothing_else() -> None:
@@ -111,3 +115,13 @@ def test_a_crashed_run_s_namespaces_are_reaped_and_nothing_else() -> None:
         for name in (dead, alive, foreign):
             with contextlib.suppress(BaseException):
                 ip("netns", "delete", name, check=False)
+
+
+def test_without_root_the_scenarios_skip_with_the_reason_and_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="network namespaces need root"):
+        Network().create()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but network namespaces need root"):
+        Network().create()

@@ -115,7 +115,7 @@ def usable() -> None:
     """Skip (fail with CI=true) unless this machine can build networks: root, ``ip``, ``nft``, ``tc``."""
     if os.geteuid() != 0:
         missing("network namespaces need root")
-    for tool in ("ip", "nft", "tc", "redis-server"):
+    for tool in ("ip", "nft", "tc"):
         if shutil.which(tool) is None:
             missing(f"{tool} is not installed (the hosts scenarios need it)")
 
@@ -146,22 +146,30 @@ class Network:
     """A switch and hosts on ``10.77.N.0/24``; :meth:`destroy` removes all of it (a context manager).
 
     Args:
-        subnet: the third byte ``N``; by default one no other network on this machine uses.
+        subnet: the third byte ``N`` (1-254); by default one no other network on this machine uses.
     """
 
     def __init__(self, subnet: int | None = None) -> None:
-        self.subnet = subnet if subnet is not None else _free_subnet()
+        if subnet is not None and not 1 <= subnet <= 254:
+            raise ValueError(f"10.77.{subnet}.0/24 is not a subnet: the third byte must be 1-254")
+        self.subnet = subnet or 0  # chosen by create() unless given
         self.hosts: dict[str, Host] = {}
-        self.switch = self._name(SWITCH)
         self._made: list[str] = []
 
     def _name(self, role: str) -> str:
         return f"{PREFIX}{OWNER}-{self.subnet}-{role}"
 
+    @property
+    def switch(self) -> str:
+        """The switch's namespace."""
+        return self._name(SWITCH)
+
     def create(self) -> Network:
+        """Check the machine can, reap what crashed runs left, make the switch."""
         needs_mark("chaos", "network namespaces")
         usable()
         reap_stale()
+        self.subnet = self.subnet or _free_subnet()
         self._add_namespace(self.switch)
         ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         ip("-n", self.switch, "link", "set", "br0", "up")
@@ -292,6 +300,8 @@ class HostRedis:
 
     def start(self) -> HostRedis:
         needs_mark("cluster", "a redis-server")
+        if shutil.which("redis-server") is None:
+            missing("redis-server is not installed (apt-get install redis-server)")
         args = ["redis-server", "--bind", self.host.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
                 "--unixsocket", str(self.socket), "--unixsocketperm", "700", "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "no"]  # fmt: skip
