@@ -159,7 +159,7 @@ class Client:
         ``max_prompt_bytes``, ``item_time_budget``.
         """
         batch = self._options(profile, "text", dict(options))
-        executor = choose_executor(self._ctx, Placement(isolation=isolation), self.settings.processes)
+        executor = choose_executor(self._ctx, Placement(isolation=isolation), self.settings.processes, board=True)
         items = (Item(n, n, prompt) for n, prompt in enumerate(prompts, 1))
         with executor:
             for result in executor.map_ordered(chunk_requests(items, batch)):

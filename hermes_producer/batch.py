@@ -109,6 +109,7 @@ class BatchSummary:
     records_by_mode: Counter[str] = field(default_factory=Counter)
     first_errors: list[tuple[int, str, str]] = field(default_factory=list)
     carried: int = 0  # records written by an earlier, interrupted run of the same batch
+    batch: str | None = None  # the batch's id (`hermes batches ID`, the log), once it ran
 
     @property
     def rate(self) -> float:
@@ -145,6 +146,7 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "batch": self.batch,
             "total": self.total,
             "ok": self.ok,
             "failed": self.failed,
@@ -220,12 +222,27 @@ def _utf8_buffer(sink: TextIO) -> BinaryIO | None:
     return None
 
 
+def _counted(
+    chunks: Iterator[tuple[int, str, list[list[Any]]]], known: Callable[[int], None]
+) -> Iterator[tuple[int, str, list[list[Any]]]]:
+    """``chunks`` as they come; once the reader has reached the end, ``known(lines in the input)``.
+
+    >>> seen = []
+    >>> list(_counted(iter([(1, "a\\nb", []), (3, "c", [])]), seen.append)) and seen
+    [3]
+    """
+    last = None
+    for last in chunks:
+        yield last
+    known(0 if last is None else last[0] + last[1].count("\n"))
+
+
 def run_batch(
     source: BinaryIO,
     sink: TextIO,
     options: BatchOptions,
     executor: ChunkExecutor,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
     *,
     summary: BatchSummary | None = None,
     skip_chunks: int = 0,
@@ -238,7 +255,8 @@ def run_batch(
         sink: where records go, text; written in input order as chunks finish.
         options: profile, format and limits.
         executor: runs the chunks.
-        progress: called with the number of records written after each chunk.
+        progress: called with the number of records written after each chunk, and the number
+            of lines in the input once the reader has reached its end (None until then).
         summary: counts carried over from an interrupted run being resumed.
         skip_chunks: how many leading chunks are already in the output (resume).
         on_written: called after each chunk's records are flushed (the resume journal).
@@ -253,7 +271,9 @@ def run_batch(
         if ids:
             seen.check_chunk(payload["first"], ids)
 
-    chunks = read_chunks(source, options.input_format, options.chunk.max_prompt_bytes, options.chunk_size)
+    lines: list[int] = []  # the input's line count, once known
+    chunks = _counted(read_chunks(source, options.input_format, options.chunk.max_prompt_bytes, options.chunk_size),
+                      lines.append)  # fmt: skip
     binary = _utf8_buffer(sink)
     for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
         result = guard_duplicates(result, seen)
@@ -268,7 +288,9 @@ def run_batch(
             sink.flush()
             on_written(result)
         if progress is not None:
-            progress(summary.total)
+            progress(summary.total, lines[0] if lines else None)
+    if progress is not None:  # the reader may have found the end only after the last chunk
+        progress(summary.total, lines[0] if lines else None)
     sink.flush()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,4 +1,5 @@
-"""A batch's entry on the cluster's board of running batches, kept by the Celery executor.
+"""A batch's entry on the cluster's board of running batches, kept by the Celery executor
+(and by :class:`OnBoard` for a batch that runs in-process while Redis answers).
 
 :class:`BatchProgress` counts (no I/O, no clock: time comes in as values): what the batch read,
 wrote and failed, who made its records, and its rate and ETA over the last seconds.
@@ -6,16 +7,22 @@ wrote and failed, who made its records, and its rate and ETA over the last secon
 most once a second, with an expiry, and deletes it when the batch ends. Progress is for people:
 the board never raises and never retries, and after a Redis error it stays quiet for a while,
 so it can neither break nor slow the batch.
+
+The board lives in Redis: a batch that runs where no broker answers is on no board (its
+progress line is on its own terminal). Every other batch is on it, wherever its chunks run: on
+workers, in-process because no worker was alive when it started (:class:`OnBoard`), or
+in-process after its workers were lost mid-way (the Celery executor goes on publishing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import redis
@@ -24,13 +31,19 @@ from hermes_worker.batch_status import ENTRY_TTL_S, MAX_TEXT, MAX_WORKERS, UNKNO
 from hermes_worker.contract import ERROR_CODES, KEY_BATCH
 from hermes_worker.wire import ChunkResult
 
+from .executors import ChunkExecutor
 from .reader import READ_BLOCK
 
-__all__ = ["BatchBoard", "BatchProgress", "input_position", "input_size"]
+__all__ = ["BatchBoard", "BatchProgress", "OnBoard", "input_position", "input_size", "producer_name"]
 
 PUBLISH_EVERY_S = 1.0
 RATE_WINDOW_S = 10.0  # the rate and the ETA are measured over about this long
 QUIET_AFTER_ERROR_S = 5.0
+
+
+def producer_name() -> str:
+    """This producer as the board names it: ``hermes-producer@HOST``."""
+    return f"hermes-producer@{socket.gethostname()}"
 
 
 def input_size(source: BinaryIO) -> int | None:
@@ -176,3 +189,62 @@ class BatchBoard:
             with contextlib.suppress(redis.RedisError):
                 self._redis.delete(self._key)
             self._published = False
+
+
+class OnBoard:
+    """An in-process executor whose batch is on the board: Redis answers, but no worker was there
+    for it when it started. The entry is written as chunks are handed out and written (at most
+    once a second), says ``in-process`` as its queue, and goes when the batch ends.
+
+    Args:
+        inner: the in-process executor that runs the chunks.
+        board: the batch's entry.
+    """
+
+    on_board = True
+
+    def __init__(self, inner: ChunkExecutor, board: BatchBoard) -> None:
+        self.inner = inner
+        self.board = board
+
+    @classmethod
+    def in_process(cls, inner: ChunkExecutor, client: redis.Redis, batch_id: str) -> OnBoard:
+        """``inner``'s batch on the board of the Redis ``client`` as ``batch_id``, queue ``in-process``."""
+        return cls(inner, BatchBoard(client, BatchProgress(batch_id, producer_name(), "in-process", time.monotonic(),
+                                                           time.time())))  # fmt: skip
+
+    @property
+    def mode(self) -> str:
+        return self.inner.mode
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def __enter__(self) -> OnBoard:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.board.close()
+        self.inner.__exit__(*exc_info)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
+        self.board.progress.follow_input(name, size, position)
+
+    def map_ordered(self, payloads: Iterable[dict[str, Any]]) -> Iterator[ChunkResult]:
+        """The inner executor's results, each counted on the board."""
+        progress = self.board.progress
+
+        def pulled() -> Iterator[dict[str, Any]]:
+            for payload in payloads:
+                progress.pulled(payload)
+                self.board.tick(time.monotonic(), ())
+                yield payload
+
+        for result in self.inner.map_ordered(pulled()):
+            progress.written(result.chunk, result)
+            self.board.tick(time.monotonic(), ())
+            yield result

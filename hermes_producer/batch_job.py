@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
+from hermes_worker.contract import new_batch_id
 from hermes_worker.errors import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, HermesError
 from hermes_worker.wire import ChunkResult
 
@@ -86,12 +87,15 @@ class BatchJob:
     processes: int
     junit: JUnitReport | None = None
     # What shows progress while the batch runs (the CLI's progress line); nothing by default.
-    progress: Callable[[Context, BinaryIO], AbstractContextManager[Callable[[int], None] | None]] = _no_progress
+    progress: Callable[[Context, BinaryIO], AbstractContextManager[Callable[[int, int | None], None] | None]] = (
+        _no_progress
+    )
 
     def to_stream(self, sink: TextIO, name: str = "-") -> tuple[BatchSummary, str]:
         """Write records to ``sink`` as chunks finish (no journal: nothing to resume)."""
-        executor = choose_executor(self.ctx, self.placement, self.processes)
-        outcome = self._run(executor, sink, name, on_written=self.junit.add if self.junit else None)
+        batch_id = new_batch_id()
+        executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=batch_id, board=True)
+        outcome = self._run(executor, batch_id, sink, name, on_written=self.junit.add if self.junit else None)
         executor.finish()
         return outcome
 
@@ -106,14 +110,15 @@ class BatchJob:
         summary, skip = BatchSummary(), 0
         if resume:
             sink, journal, point = _resume(output, header)
-            skip, summary = point.chunks_done, _carried(point)
+            skip, summary, batch_id = point.chunks_done, _carried(point), point.batch_id
             self.ctx.notice(
                 f"resuming after {point.chunks_done:,} chunk(s) ({summary.total:,} records already written)"
             )
-            executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=point.batch_id)
+            executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=batch_id, board=True)
         else:
-            executor = choose_executor(self.ctx, self.placement, self.processes)
-            sink, journal = _start(self.ctx, output, header, executor)
+            batch_id = new_batch_id()
+            executor = choose_executor(self.ctx, self.placement, self.processes, batch_id=batch_id, board=True)
+            sink, journal = _start(self.ctx, output, header | {"batch_id": batch_id})
 
         def written(result: ChunkResult) -> None:
             journal.chunk_written(sink.tell(), result)
@@ -121,7 +126,8 @@ class BatchJob:
                 self.junit.add(result)
 
         with sink, contextlib.closing(journal):
-            outcome = self._run(executor, sink, output.target.path, summary=summary, skip=skip, on_written=written)
+            outcome = self._run(executor, batch_id, sink, output.target.path, summary=summary, skip=skip,
+                                on_written=written)  # fmt: skip
         output.commit()
         executor.finish()
         return outcome
@@ -129,6 +135,7 @@ class BatchJob:
     def _run(
         self,
         executor: ChunkExecutor,
+        batch_id: str,
         sink: TextIO,
         output: str,
         *,
@@ -137,11 +144,17 @@ class BatchJob:
         on_written: Callable[[ChunkResult], None] | None = None,
     ) -> tuple[BatchSummary, str]:
         """The batch through ``executor`` into ``sink``; a failure is exit 3 (130 interrupted)
-        saying how to finish ``output``."""
+        saying how to finish ``output``.
+
+        Its id comes first on stderr (and in the log), so that it can be followed while it runs
+        (``hermes batches ID``, when it is on the board) and found afterwards.
+        """
         ctx, profile, how = self.ctx, self.options.profile.name, executor.describe()
-        ctx.notice(f"batch {self.name} ({self.options.input_format}, profile {profile!r}) {how}")
-        logs.event(ctx.log, logging.INFO, "batch.started", f"batch {self.name} -> {output}", input=self.name,
-                   output=output, profile=profile, mode=executor.mode, executor=how)  # fmt: skip
+        follow = f"; follow it with: hermes batches {batch_id[:8]}" if executor.on_board else ""
+        ctx.notice(f"batch {batch_id}: {self.name} ({self.options.input_format}, profile {profile!r}) {how}{follow}")
+        logs.event(ctx.log, logging.INFO, "batch.started", f"batch {batch_id}: {self.name} -> {output}",
+                   batch=batch_id, input=self.name, output=output, profile=profile, mode=executor.mode,
+                   executor=how, on_board=executor.on_board)  # fmt: skip
         finish = f"rerun with --resume to finish {output}"
         executor.follow_input(self.name, input_size(self.source), input_position(self.source))
         try:
@@ -161,6 +174,7 @@ class BatchJob:
             where = f" ({exc.filename})" if exc.filename else ""
             logs.event(ctx.log, logging.ERROR, "batch.failed", f"{exc.strerror or exc}{where}")
             raise BatchError(f"cannot go on: {exc.strerror or exc}{where}; {finish}", exit_code=EXIT_INFRA) from None
+        done.batch = batch_id
         return done, how
 
 
@@ -192,13 +206,12 @@ def _resume(output: BatchOutput, header: dict[str, Any]) -> tuple[TextIO, Journa
     return sink, journal, point
 
 
-def _start(
-    ctx: Context, output: BatchOutput, header: dict[str, Any], executor: ChunkExecutor
-) -> tuple[TextIO, Journal]:
-    """Create the output's partial file and a journal whose header says what would make a resume valid."""
+def _start(ctx: Context, output: BatchOutput, header: dict[str, Any]) -> tuple[TextIO, Journal]:
+    """Create the output's partial file and a journal whose header says what would make a resume
+    valid (and the batch's id, which a resumed run keeps)."""
     if output.had_unfinished():
         ctx.notice(f"starting over: the unfinished {output.describe(output.partial)} of an earlier run is discarded")
     sink, journal_handle = output.create()
     journal = Journal(journal_handle, output.describe(output.journal))
-    journal.start(header | {"batch_id": getattr(executor, "batch_id", None) or os.urandom(8).hex()})
+    journal.start(header)
     return sink, journal

@@ -76,7 +76,7 @@ def batch_table(board: Board) -> list[str]:
     """One line a running batch, under a header; a line saying so when none runs."""
     lines = []
     if not board.batches:
-        lines.append("no batch is running on the cluster (in-process batches are not shown)")
+        lines.append("no batch is running on this cluster (a batch run where no broker answers is on no board)")
     else:
         lines.append(_HEADER)
     for s in board.batches:

@@ -14,7 +14,6 @@ exactly once. The tracker's docstring lists the faults it rides out, and how.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,7 +24,7 @@ from hermes_worker.contract import ContractError, new_batch_id
 from hermes_worker.metrics import bump
 from hermes_worker.wire import ChunkResult, Reply
 
-from .batch_board import BatchBoard, BatchProgress
+from .batch_board import BatchBoard, BatchProgress, producer_name
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
 from .cluster import Cluster, Route
 from .executors import ExecutorError
@@ -57,6 +56,8 @@ class CeleryExecutor:
             heartbeat expiry.
     """
 
+    on_board = True
+
     def __init__(
         self,
         cluster: Cluster,
@@ -87,7 +88,7 @@ class CeleryExecutor:
             outage_timeout_s=settings.outage_timeout_s,
             patience_s=max(wait, settings.worker_ttl_s),
         )
-        producer = f"hermes-producer@{socket.gethostname()}"
+        producer = producer_name()
         self.tracker = ChunkTracker(
             route, isolation=isolation, limits=limits, fallback=fallback is not None,
             producer=producer, on_event=self._event, now=time.monotonic(),

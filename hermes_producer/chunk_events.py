@@ -19,7 +19,8 @@ from typing import Any
 from hermes_worker.contract import PAYLOAD_VERSION
 
 __all__ = [
-    "ChunkRefused", "ChunkResent", "ChunkSplit", "ChunksStranded", "Event", "FailureReason", "FellBack", "GaveUp",
+    "ChunkRefused", "ChunkResent", "ChunkSplit", "ChunksStranded", "ChunksUnanswered",
+    "Event", "FailureReason", "FellBack", "GaveUp",
     "LinesLost", "Malformed", "Misplaced", "NeverTaken", "NoWorker", "NotFinished", "OutageEnded", "OutageStarted",
     "Overdue", "RefusalReason", "RefusedBy", "ResultUnreadable", "RouteMoved", "StreamEntryIgnored",
     "TakenRepeatedly", "TooLarge", "Vanished", "WorkersLost", "WorkersStuck", "bounded_printable", "describe",
@@ -192,6 +193,17 @@ class ChunksStranded:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunksUnanswered:
+    """Chunks announced before an outage, with no result since and their queue empty: sent again.
+
+    Redis may come back without what it had acknowledged (a promoted replica, a restart that lost
+    the last writes): a result gone, its start notice kept.
+    """
+
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMoved:
     """With ``--isolation auto``, the outstanding chunks moved to the other kind of worker."""
 
@@ -243,7 +255,7 @@ class GaveUp:
 
 Event = (
     OutageStarted | OutageEnded | StreamEntryIgnored | LinesLost | ChunkRefused | ResultUnreadable | WorkersLost
-    | ChunksStranded | RouteMoved | FellBack | ChunkResent | ChunkSplit | GaveUp
+    | ChunksStranded | ChunksUnanswered | RouteMoved | FellBack | ChunkResent | ChunkSplit | GaveUp
 )
 
 
@@ -277,6 +289,9 @@ def sentence(event: Event) -> str:
         case WorkersLost(workers, chunks):
             return (f"worker {', '.join(workers)} is gone or stopped taking this work: {len(chunks)} chunk(s) "
                     f"sent again ({_span(chunks)})")  # fmt: skip
+        case ChunksUnanswered(chunks):
+            return (f"{len(chunks)} chunk(s) taken before Redis went away and never answered (a failover or "
+                    f"restart can lose what Redis acknowledged): sent again ({_span(chunks)})")  # fmt: skip
         case ChunksStranded(chunks):
             return (f"{len(chunks)} chunk(s) neither queued nor held by any worker (lost in a broken "
                     f"connection?): sent again ({_span(chunks)})")  # fmt: skip

@@ -12,18 +12,19 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Connection  # type: ignore[attr-defined]
 from kombu.exceptions import ChannelError
 
-from hermes_worker.celeryconfig import kombu_url, make_celery
+from hermes_worker.celeryconfig import broker_connection, make_celery
 from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.redact import redact, redact_url
-from hermes_worker.redis_conn import connect, refusal
+from hermes_worker.redis_conn import brief, connect, primary, refusal, results_client
 from hermes_worker.registry import Registry, WorkerInfo
 from hermes_worker.routes import FALLBACK_MESSAGE, Route, route_for
+from hermes_worker.sentinel_url import is_sentinel
 from hermes_worker.settings import Settings
 
-__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "queue_depth", "route_for"]
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route",
+           "queue_depth", "route_for"]
 
 
 def queue_depth(channel: Any, queue: str) -> int:
@@ -72,16 +73,14 @@ class Cluster:
                 a TLS certificate that does not verify): a configuration error.
             ClusterUnavailable: naming what did not answer and where.
         """
-        client = connect(settings.result_backend, settings.broker_timeout_s)
+        client = results_client(settings)
         try:
             client.ping()
         except redis.RedisError as exc:
             raise _failure("Redis", settings.result_backend, _setting(settings), exc) from None
         if settings.broker_url != settings.result_backend:
             try:
-                with Connection(  # type: ignore[no-untyped-call]
-                    kombu_url(settings.broker_url), connect_timeout=settings.broker_timeout_s
-                ) as conn:
+                with broker_connection(settings) as conn:
                     conn.ensure_connection(max_retries=1, timeout=settings.broker_timeout_s)
             except Exception as exc:
                 raise _failure("broker", settings.broker_url, "HERMES_BROKER_URL", exc) from None
@@ -99,6 +98,27 @@ class Cluster:
         if self._app is None:
             self._app = make_celery(self.settings, main="hermes_producer")
         return self._app
+
+    def primaries(self) -> dict[str, str]:
+        """Where Sentinel says the primary is now, for each of the broker and the result Redis
+        given as ``sentinel://`` lists: ``{"result backend": "host:port", ...}`` (empty without Sentinel).
+
+        Raises:
+            redis.RedisError: no sentinel answered, or none knows the primary.
+        """
+        found: dict[str, str] = {}
+        where = primary(self.redis)
+        if where is not None:
+            found["result backend"] = where
+        if is_sentinel(self.settings.broker_url) and self.settings.broker_url != self.settings.result_backend:
+            settings = self.settings
+            broker = connect(settings.broker_url, settings.broker_timeout_s, master=settings.sentinel_master,
+                             sentinel_password=settings.sentinel_password)  # fmt: skip
+            try:
+                found["broker"] = primary(broker) or ""
+            finally:
+                broker.close()
+        return found
 
     def live_workers(self) -> list[WorkerInfo]:
         return self.registry.live()
@@ -131,8 +151,11 @@ def _failure(what: str, url: str, variable: str, exc: BaseException) -> ClusterU
 
     redis-py and kombu exception texts may hold the URL: both the URL and the text are redacted.
     """
-    detail = redact(str(exc) or type(exc).__name__)
+    detail = redact(brief(exc))
     reason = refusal(exc)
+    if is_sentinel(url):
+        # The URL's password is the primary's; the sentinels' own, and the master's name, are apart.
+        variable += " (its password is the Redis primary's), HERMES_SENTINEL_PASSWORD and HERMES_SENTINEL_MASTER"
     if reason is not None:
         return ClusterRefused(
             f"{what} at {redact_url(url)} refused the connection: {reason} ({detail}); check {variable}"

@@ -17,6 +17,7 @@ The rules, in order:
 3. Broker answering, no suitable worker: wait up to ``--wait-for-workers`` seconds; then, for
    ``auto`` and ``local``, in-process with a notice (``--no-fallback``: :class:`NowhereToRun`
    naming the kind of worker missing). ``container`` never falls back to unisolated processing.
+   Redis answers, so such a batch is still on the board of running batches (``hermes batches``).
 
 This module decides and raises; the command line turns its errors into exit codes (guard.py).
 """
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hermes_worker.contract import new_batch_id
 from hermes_worker.errors import HermesError
 from hermes_worker.metrics import bump
 from hermes_worker.processing import process_chunk
@@ -37,6 +39,7 @@ from hermes_worker.settings import Settings
 from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from . import logs
+from .batch_board import OnBoard
 from .celery_executor import CeleryExecutor
 from .chunk_events import Event, render
 from .cluster import Cluster, ClusterRefused, ClusterUnavailable, Route
@@ -86,10 +89,14 @@ def choose_executor(
     processes: int,
     batch_id: str | None = None,
     connect: Callable[[Settings], Cluster] = Cluster.connect,
+    board: bool = False,
 ) -> ChunkExecutor:
     """Pick the executor for this command and tell the user, once, what was chosen and why.
 
-    ``connect`` opens the cluster view (tests hand in one whose live workers they choose).
+    ``batch_id`` names the batch (its result stream, its entry on the board; a new one if None).
+    ``board``: a batch that runs in-process while Redis answers is on the board of running
+    batches too (on the cluster it always is). ``connect`` opens the cluster view (tests hand in
+    one whose live workers they choose).
 
     Raises:
         ClusterRefused: the broker or the result Redis refuses our credentials (exit 2).
@@ -129,7 +136,7 @@ def choose_executor(
         kind = "container" if isolation == "container" else "Hermes" if isolation == "auto" else isolation
         executor = in_process(f"no live {kind} worker (start one with: hermes worker)", embedded=False)
         bump(cluster.redis, "producers", "fallbacks", kind="in_process")
-        return executor
+        return OnBoard.in_process(executor, cluster.redis, batch_id or new_batch_id()) if board else executor
     if route.note:
         bump(cluster.redis, "producers", "fallbacks", kind="local_instead_of_container")
         ctx.notice(route.note)

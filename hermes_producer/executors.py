@@ -51,8 +51,11 @@ class ChunkExecutor(Protocol):
 
     A command enters it, runs one or more ``map_ordered``, calls ``finish`` once every result
     is safely written (not after a failure: a resumed batch still needs what it left), and
-    leaves it.
+    leaves it. ``on_board``: whether the batch is on the cluster's board of running batches
+    (``hermes batches``), which it is whenever Redis answers.
     """
+
+    on_board: bool
 
     @property
     def mode(self) -> str:
@@ -126,6 +129,8 @@ class InProcessExecutor:
             process, opened on first use and reused).
         settings: needed for ``container`` isolation (image, limits).
     """
+
+    on_board = False  # alone, it is where no Redis answers; on a cluster, batch_board.OnBoard wraps it
 
     def __init__(self, processes: int, isolation: str = "local", settings: Settings | None = None) -> None:
         if processes < 1:

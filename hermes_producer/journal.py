@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hermes_worker.contract import BATCH_ID
 from hermes_worker.errors import EXIT_USAGE, HermesError
 from hermes_worker.wire import ChunkResult
 
@@ -50,9 +50,10 @@ class ResumePoint:
     records_by_mode: Counter[str] = field(default_factory=Counter)
 
 
-# A batch id names Redis keys (the result stream, the chunks' lines): a journal edited by hand
-# must not be able to aim a resumed batch at arbitrary keys.
-_BATCH_ID = re.compile(r"[0-9a-f]{16,32}")
+# A batch id names Redis keys (the result stream, the chunks' lines, its entry on the board): a
+# journal edited by hand must not be able to aim a resumed batch at arbitrary keys, nor give it
+# an id that workers or readers of the board refuse. Ids are contract.BATCH_ID's: 32 hex digits
+# (16 in journals of in-process batches before the board took those too).
 _COUNTS = ("c", "o", "ok", "failed")
 
 
@@ -106,7 +107,7 @@ class Journal:
                     f"(was {old.get(key)}, now {header.get(key)}); run without --resume to start over"
                 )
         batch_id = old.get("batch_id")
-        if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+        if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
             raise JournalError(f"{self.name}: the batch id is damaged; run without --resume to start over")
         point = ResumePoint(batch_id=batch_id, chunks_done=0, output_size=0)
         output_size = os.fstat(output_fd).st_size

@@ -17,7 +17,9 @@ its decisions (:class:`Send`, :class:`Forget`, :class:`RunHere`); it emits what 
   otherwise they wait for a worker (``patience_s``), then run in-process or fail, as configured.
 - Redis or the broker stops answering: the executor retries, and tells the tracker, which ends
   the batch after the outage timeout and judges nobody gone until every worker had a
-  heartbeat to publish its registry entry again.
+  heartbeat to publish its registry entry again. Redis may come back without its last writes
+  (a replica promoted by Sentinel, a restart): a chunk announced before the outage that still
+  has no result :data:`STRANDED_AFTER_S` after it, with its queue empty, is sent again.
 
 The producer never waits for ever, and no chunk is sent again for ever:
 
@@ -144,6 +146,7 @@ class _Chunk:
     starts: int = 0  # start notices seen: deliveries that began
     failures: int = 0  # deliveries known to have ended without a result
     stranded: int = 0  # times sent again because nobody ever took it
+    doubted_at: float | None = None  # announced before an outage: its result may be lost with it
     allowed: int = MAX_DELIVERIES
     parent: int | None = None  # the chunk this is a part of
     parts: list[int] | None = None  # set once this chunk is split: its parts, in order
@@ -358,6 +361,12 @@ class ChunkTracker:
         if self._outage_since is not None:
             self._emit(events.OutageEnded(self._outage_of, now - self._outage_since))
             self._outage_since = None
+            # Redis may be back without what it acknowledged last (Sentinel promoted a replica
+            # that had not got it, a restart lost it): a result gone, its start notice kept. The
+            # chunks announced so far are doubted until they answer (check_stranded).
+            for chunk in self._pending():
+                if self._chunks[chunk].worker is not None:
+                    self._chunks[chunk].doubted_at = now
 
     # -- the health check, once a second: three steps, with the executor's sends in between --
 
@@ -401,9 +410,15 @@ class ChunkTracker:
         return True
 
     def stranded_candidates(self, now: float) -> list[int]:
-        """Chunks nobody announced for :data:`STRANDED_AFTER_S`: worth asking the queue's depth for."""
-        return [c for c in self._pending()
-                if self._chunks[c].worker is None and now - self._chunks[c].sent_at >= STRANDED_AFTER_S]  # fmt: skip
+        """Chunks nobody announced for :data:`STRANDED_AFTER_S`, or doubted that long since an outage
+        (:meth:`answered`) without a result: worth asking the queue's depth for."""
+        return [c for c in self._pending() if self._silent_since(self._chunks[c], now) >= STRANDED_AFTER_S]
+
+    @staticmethod
+    def _silent_since(waiting: _Chunk, now: float) -> float:
+        if waiting.worker is None:
+            return now - waiting.sent_at
+        return -1.0 if waiting.doubted_at is None else now - waiting.doubted_at
 
     def check_stranded(self, now: float, queue_depth: int | None) -> None:
         """Resend chunks that stayed out of the (empty) queue, and out of every worker, too long.
@@ -418,6 +433,13 @@ class ChunkTracker:
             return
         self._suspects = {c: self._suspects.get(c, now) for c in unannounced}
         stranded = sorted(c for c, since in self._suspects.items() if now - since >= STRANDED_AFTER_S)
+        doubted = [c for c in stranded if self._chunks[c].worker is not None]
+        stranded = [c for c in stranded if c not in doubted]
+        for chunk in doubted:
+            del self._suspects[chunk]
+        self._resend(doubted, now)
+        if doubted:
+            self._emit(events.ChunksUnanswered(tuple(doubted)))
         for chunk in stranded:
             del self._suspects[chunk]
             self._chunks[chunk].stranded += 1
@@ -522,7 +544,7 @@ class ChunkTracker:
             waiting = self._chunks.get(chunk)
             if waiting is None or chunk in self._ready:
                 continue  # finished meanwhile (given up on, or its result came)
-            waiting.worker, waiting.sent_at = None, now
+            waiting.worker, waiting.sent_at, waiting.doubted_at = None, now, None
             self._decisions.append(Send(chunk, waiting.payload, self.route.queue, resend=True))
             self.resent += 1
 

@@ -96,6 +96,10 @@ class ChunkTransport:
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
         self._stream_made = False
+        # Every chunk whose lines were written, and whether Redis or the broker failed to answer
+        # once: Redis may then have come back without its last writes (finish() reconciles).
+        self._sent: set[int] = set()
+        self._troubled = False
 
     def send(self, payload: dict[str, Any], queue: str) -> None:
         """Write the chunk's lines, then send its message to ``queue``: one attempt.
@@ -113,6 +117,7 @@ class ChunkTransport:
         if "text" in payload:
             # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
             key = self.reply.text_key(payload["chunk"])
+            self._sent.add(payload["chunk"])
             message |= {TEXT_KEY: key, "count": span[1]}
             body = payload["text"].encode("utf-8")
             self._write_lines(key, body)
@@ -122,7 +127,11 @@ class ChunkTransport:
                 kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex,
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
-            raise NotAnswering("the broker", exc) from exc
+            raise self._not_answering("the broker", exc) from exc
+
+    def _not_answering(self, what: str, exc: BaseException) -> NotAnswering:
+        self._troubled = True
+        return NotAnswering(what, exc)
 
     def _make_stream(self) -> None:
         """Make the batch's result stream, empty, before its first chunk is sent (a resumed batch's
@@ -140,7 +149,7 @@ class ChunkTransport:
             pipe.expire(self.stream, self.reply.ttl)
             pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
-            raise NotAnswering("Redis", exc) from exc
+            raise self._not_answering("Redis", exc) from exc
         self._stream_made = True
 
     def _write_lines(self, key: str, body: bytes) -> None:
@@ -152,7 +161,7 @@ class ChunkTransport:
         except (redis.RedisError, OSError) as exc:
             if refused_for_size(self.cluster.redis, len(body), exc):
                 raise ValueTooLarge(f"Redis refused its {len(body):,} bytes of lines ({exc})") from exc
-            raise NotAnswering("Redis", exc) from exc
+            raise self._not_answering("Redis", exc) from exc
 
     def read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The stream's next entries, waiting up to half a second for one.
@@ -163,7 +172,7 @@ class ChunkTransport:
         try:
             reply: Any = self.cluster.redis.xread({self.stream: self._last_id}, count=256, block=500)
         except redis.RedisError as exc:
-            raise NotAnswering("Redis", exc) from exc
+            raise self._not_answering("Redis", exc) from exc
         entries = [entry for _stream, stream_entries in reply or [] for entry in stream_entries]
         if entries:
             self._last_id = entries[-1][0]
@@ -217,9 +226,19 @@ class ChunkTransport:
 
     def finish(self) -> None:
         """Drop the batch's result stream, and what is left of its messages in the broker (copies
-        still queued, or held by a worker that died): call once every result is safely written."""
+        still queued, or held by a worker that died): call once every result is safely written.
+
+        After an outage, Redis may have come back without its last writes (Sentinel promoted a
+        replica that had not got them; a restart lost them): deletions of chunks' lines, and
+        workers' acknowledgements, undone. So then the lines of every chunk are deleted again too.
+        """
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
+        if self._troubled:
+            keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
+            with contextlib.suppress(redis.RedisError):  # they expire with the results anyway
+                for start in range(0, len(keys), 1000):
+                    self.cluster.redis.delete(*keys[start : start + 1000])
         try:
             if self._broker is None:
                 self._broker = self.cluster.app.connection_for_write()

@@ -10,12 +10,15 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
-from kombu import Exchange, Queue  # type: ignore[attr-defined]
+from kombu import Connection, Exchange, Queue  # type: ignore[attr-defined]
 
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, QUEUE_PUBLIC, TASK_NORMALIZE, TASK_NORMALIZE_CHUNK
+from .redis_conn import sentinel_kwargs
+from .sentinel_url import is_sentinel
 from .settings import Settings
 
-__all__ = ["broker_ssl", "celery_config", "kombu_url", "make_celery", "public_task_config"]
+__all__ = ["broker_connection", "broker_ssl", "celery_config", "kombu_url", "make_celery", "public_task_config",
+           "sentinel_options"]
 
 _READ_TIMEOUT_S = 10.0
 
@@ -66,6 +69,33 @@ def kombu_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
 
 
+def sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """kombu's and Celery's transport options for a ``sentinel://`` URL (none for any other).
+
+    ``master_name`` is the primary's name in the group (HERMES_SENTINEL_MASTER); ``sentinel_kwargs``
+    how to reach the sentinels themselves: their password (HERMES_SENTINEL_PASSWORD) and timeouts.
+    The URL's own password is the primary's (kombu's and Celery's convention).
+
+    >>> from pathlib import Path
+    >>> settings = Settings(home=Path("."), sentinel_master="hermes")
+    >>> sentinel_options(settings, "sentinel://s1:26379")["master_name"], sentinel_options(settings, "redis://h/0")
+    ('hermes', {})
+    """
+    if not is_sentinel(url):
+        return {}
+    return {"master_name": settings.sentinel_master,
+            "sentinel_kwargs": sentinel_kwargs(settings.broker_timeout_s, settings.sentinel_password)}  # fmt: skip
+
+
+def broker_connection(settings: Settings) -> Connection:
+    """A kombu connection to the broker as Celery's would be (Sentinel's options included), for checks."""
+    return Connection(  # type: ignore[no-untyped-call]
+        kombu_url(settings.broker_url),
+        connect_timeout=settings.broker_timeout_s,
+        transport_options=sentinel_options(settings, settings.broker_url),
+    )
+
+
 def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
@@ -104,6 +134,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_keepalive": True,
             "retry_on_timeout": True,
             "health_check_interval": 10,
+            **sentinel_options(settings, settings.broker_url),
         },
         # Keep trying the broker forever, with Celery's growing back-off.
         "broker_connection_retry": True,
@@ -142,6 +173,7 @@ def public_task_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_connect_timeout": settings.broker_timeout_s,
         "redis_socket_timeout": _READ_TIMEOUT_S,
         "redis_retry_on_timeout": True,
+        "result_backend_transport_options": sentinel_options(settings, settings.result_backend),
         # A worker sends tasks only for the public task (a chain's next step, a chord's body, a
         # task sent on to its tag's queue): their sent events would carry records to Flower.
         "task_send_sent_event": False,

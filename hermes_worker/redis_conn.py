@@ -3,29 +3,111 @@ refusing us (a wrong password, a value too large) from Redis not answering."""
 
 from __future__ import annotations
 
+import itertools
+import re
+from typing import TYPE_CHECKING, Any
+
 import redis
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
-__all__ = ["connect", "refusal", "refused_for_size"]
+from .sentinel_url import MAX_SENTINELS, SentinelUrl, is_sentinel
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["brief", "connect", "primary", "refusal", "refused_for_size", "results_client", "sentinel_kwargs"]
+
+DEFAULT_MASTER = "mymaster"
 
 
-def connect(url: str, timeout_s: float) -> redis.Redis:
+def connect(url: str, timeout_s: float, *, master: str = DEFAULT_MASTER, sentinel_password: str = "") -> redis.Redis:
     """A client for ``url`` whose calls fail after ``timeout_s`` instead of hanging.
 
-    Blocking reads (``XREAD BLOCK``) pass their own, longer, socket timeout.
+    Blocking reads (``XREAD BLOCK``) pass their own, longer, socket timeout. A ``sentinel://``
+    list gives a client of the primary the sentinels name ``master``: each new connection asks
+    them where it is now, and one to a server that is a replica now is dropped (redis-py's
+    ``SentinelManagedConnection``), so a failover costs an error or two, then the new primary.
+    The first URL's password is the primary's, ``sentinel_password`` the sentinels' own.
     """
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=max(timeout_s, 5.0),
-        socket_keepalive=True,
-        health_check_interval=10,
-        retry_on_timeout=False,
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": max(timeout_s, 5.0),
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": False,
+    }
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    where = SentinelUrl.parse(url)
+    group = Sentinel(  # type: ignore[no-untyped-call]
+        list(where.sentinels), sentinel_kwargs=sentinel_kwargs(timeout_s, sentinel_password), **options
     )
+    login = {"username": where.username, "password": where.password, "db": where.db}
+    client: redis.Redis = group.master_for(master, redis_class=redis.Redis, **login)  # type: ignore[no-untyped-call]
+    return client
+
+
+def sentinel_kwargs(timeout_s: float, password: str) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: short timeouts (a dead one is skipped), their password.
+
+    Given explicitly, for Celery's result backend above all: it hands redis-py an empty dict by
+    default, and the sentinels' connections then have no timeout at all.
+    """
+    kwargs: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": max(timeout_s, 5.0),
+                              "socket_keepalive": True}  # fmt: skip
+    if password:
+        kwargs["password"] = password
+    return kwargs
+
+
+def results_client(settings: Settings) -> redis.Redis:
+    """A client of the result Redis (``HERMES_RESULT_BACKEND``: results, registry, cluster log, metrics)."""
+    return connect(settings.result_backend, settings.broker_timeout_s, master=settings.sentinel_master,
+                   sentinel_password=settings.sentinel_password)  # fmt: skip
+
+
+_SENTINEL_AT = re.compile(r"host=([^,]{1,255}),port=([0-9]{1,5})")
+
+
+def brief(exc: BaseException) -> str:
+    """The text of ``exc``, with redis-py's ``MasterNotFoundError`` made readable: each sentinel as
+    ``host:port`` and what it answered, not the repr of its whole client (a screenful each).
+
+    >>> brief(MasterNotFoundError("No master found for 'm' : <redis.client.Redis(<redis.connection.ConnectionPool("
+    ...       "<redis.connection.Connection(db=0,host=s1,port=26379,x=1)>)>)> - auth:AuthenticationError"))
+    "No master found for 'm' (sentinel s1:26379: AuthenticationError)"
+    """
+    text = str(exc) or type(exc).__name__
+    head, found, rest = text.partition(" : ")
+    if not isinstance(exc, MasterNotFoundError) or not found:
+        return text
+    pieces = rest.split(">)>)> - ")
+    said = []
+    for before, after in itertools.pairwise(pieces):
+        where = _SENTINEL_AT.findall(before[-2000:])
+        host, port = where[-1] if where else ("?", "?")
+        error = after.split(", <redis.client.Redis(", 1)[0][:200].removeprefix("auth:")  # "auth:" reads as a secret
+        said.append(f"sentinel {host}:{port}: {error}")
+    return f"{head} ({'; '.join(said[:MAX_SENTINELS])})"
+
+
+def primary(client: redis.Redis) -> str | None:
+    """``host:port`` of the primary a Sentinel-managed client writes to now; None for any other client.
+
+    Raises:
+        redis.RedisError: no sentinel answered, or none knows a primary (``MasterNotFoundError``).
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 # What servers and libraries say when they refuse us rather than fail to answer.
 _AUTH_TEXTS = ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password", "Authentication required",
-               "ACCESS_REFUSED", "AUTH failed", "authentication failed")  # fmt: skip
+               "ACCESS_REFUSED", "AUTH failed", "authentication failed",
+               "auth:AuthenticationError")  # fmt: skip  (a sentinel's refusal, inside MasterNotFoundError)
 _TLS_TEXTS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
 
 

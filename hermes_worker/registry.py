@@ -84,6 +84,21 @@ class WorkerInfo:
 MAX_CONCURRENCY = 4096
 
 
+def node_name_problem(node: str) -> str | None:
+    """Why no reader of the registry would take ``node`` (``TAG@NAME``) for a worker's name, or None.
+
+    A worker whose entry every reader refuses would consume chunks while producers saw no worker.
+
+    >>> node_name_problem("local@cpu1"), node_name_problem("local@" + "x" * 300)
+    (None, 'longer than 255 characters')
+    """
+    if not node or len(node) > 255:
+        return "empty" if not node else "longer than 255 characters"
+    if not node.isprintable() or any(character.isspace() for character in node):
+        return "it holds a control or space character"
+    return None
+
+
 def _printable(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable()
 

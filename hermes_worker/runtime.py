@@ -40,7 +40,7 @@ import redis
 from celery import signals
 from celery.worker import state as celery_state
 
-from .contract import TASK_NORMALIZE, worker_queues
+from .contract import TASK_NORMALIZE, shown, worker_queues
 from .events import ClusterLog
 from .guard import Refusal, restrict_control
 from .handling import ChunkHandler
@@ -48,8 +48,8 @@ from .identity import FALLBACK_MESSAGE, Identity, announce, decide, versions
 from .metrics import bump, serve
 from .public import NotRun
 from .redact import RedactingFilter, redact, redact_data
-from .redis_conn import connect
-from .registry import Heartbeat, Registry, WorkerInfo
+from .redis_conn import results_client
+from .registry import Heartbeat, Registry, WorkerInfo, node_name_problem
 from .runners import make_runner
 from .settings import Settings
 from .watches import EngineWatch, LoopWatch, QueueWatch
@@ -122,7 +122,7 @@ class WorkerRuntime:
     def handler(self) -> ChunkHandler:
         """This process's chunk handler (made on first use, again in a process forked since)."""
         if self._handler is None or self._handler_pid != os.getpid():
-            client = connect(self.settings.result_backend, self.settings.broker_timeout_s)
+            client = results_client(self.settings)
             runner = make_runner(self.identity.tag, self.settings, f"{socket.gethostname()}-{os.getpid()}")
             self._handler, self._handler_pid = ChunkHandler(self.settings, runner, client), os.getpid()
         return self._handler
@@ -140,6 +140,9 @@ class WorkerRuntime:
             # SystemExit, not a HermesError: Celery's signal dispatcher logs and swallows any
             # Exception a receiver raises, and the worker would start anyway (`celery -A`).
             raise SystemExit(f"--mode container, but {FALLBACK_MESSAGE.lower()}: {self.identity.probe.get('reason')}")
+        problem = node_name_problem(str(sender))
+        if problem is not None:  # `celery -n`: a name no reader of the registry would take
+            raise SystemExit(f"the worker name {shown(str(sender))} cannot be registered: {problem}")
         taken = name_taken(self.settings, self.identity, str(sender))
         if taken is not None:
             raise SystemExit(taken)  # SystemExit: as above
@@ -165,7 +168,7 @@ class WorkerRuntime:
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         """Register the worker, start its heartbeat and watches, and say it is online."""
         settings, name = self.settings, sender.hostname
-        client = connect(settings.result_backend, settings.broker_timeout_s)
+        client = results_client(settings)
         concurrency = int(getattr(sender.controller, "concurrency", 0) or settings.concurrency)
         self._entry = entry = RegistryEntry(self._registry_fields(name, concurrency))
         entry.heartbeat = Heartbeat(Registry(client, settings.worker_ttl_s), entry.snapshot, settings.heartbeat_s)
@@ -223,7 +226,7 @@ class WorkerRuntime:
         if self._entry is not None and self._entry.heartbeat is not None:
             self._entry.heartbeat.stop()
             settings = self.settings
-            ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), str(sender)).emit(
+            ClusterLog(results_client(settings), str(sender)).emit(
                 "INFO", "worker.offline", f"worker {sender} shutting down"
             )
 
@@ -321,7 +324,7 @@ def name_taken(settings: Settings, identity: Identity, name: str) -> str | None:
     to claim from yet (Celery retries the broker), so the worker goes on.
     """
     try:
-        client = connect(settings.result_backend, settings.broker_timeout_s)
+        client = results_client(settings)
         # No queue yet: the worker consumes nothing until it is ready (its first heartbeat lists
         # them), and nobody may take it for a worker that does (producers route by queues).
         fields = registry_fields(identity, name, settings.concurrency, settings.public_task) | {"queues": []}

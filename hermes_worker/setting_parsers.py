@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .sentinel_url import SCHEME as SENTINEL_SCHEME
+from .sentinel_url import SentinelUrl, is_sentinel
+
 __all__ = [
     "DecimalRange",
     "OneOf",
@@ -26,6 +29,7 @@ __all__ = [
     "memory_size",
     "path",
     "redis_url",
+    "sentinel_master",
     "show_number",
     "text",
     "url",
@@ -210,7 +214,18 @@ def listen_address(value: str) -> str:
     return value
 
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+def sentinel_master(value: str) -> str:
+    """The name a Sentinel group monitors its primary by (``sentinel monitor NAME ...``).
+
+    >>> sentinel_master("mymaster"), sentinel_master("hermes-prod.eu_1")
+    ('mymaster', 'hermes-prod.eu_1')
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
+    return value
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
 
 
 def url(value: str) -> str:
@@ -224,7 +239,12 @@ def url(value: str) -> str:
     >>> url("redis://:p/w@h:6379/0")
     Traceback (most recent call last):
     ValueError: cannot be read: a port that is not a number, or '/', '?', '#' in the password (write %2F, %3F, %23)
+
+    A sentinel list (``sentinel://...;sentinel://...``) is read whole by :func:`url_problem`, which
+    says what is wrong without quoting it (a refusal here would quote the whole list).
     """
+    if is_sentinel(value):
+        return value
     for part in value.split(";"):
         try:
             urlsplit(part.strip()).port  # noqa: B018 - reading the port is the check
@@ -242,7 +262,9 @@ def redis_url(value: str) -> str:
     """A :func:`url` that is Redis: results, the worker registry and the cluster log live there."""
     url(value)
     if not value.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)):
-        raise ValueError("results, the worker registry and the cluster log need Redis (redis://, rediss:// or unix://)")
+        raise ValueError(
+            "results, the worker registry and the cluster log need Redis (redis://, rediss://, unix:// or sentinel://)"
+        )
     return value
 
 
@@ -255,7 +277,13 @@ def url_problem(value: str) -> None:
     >>> url_problem("unix://")
     Traceback (most recent call last):
     ValueError: unix:// needs a socket path, e.g. unix:///run/redis.sock
+    >>> url_problem("sentinel://:pw@s1:26379;redis://s2:6379")
+    Traceback (most recent call last):
+    ValueError: sentinel 2 of 2 is not a sentinel:// URL (a ';' in a password is written %3B)
     """
+    if is_sentinel(value):
+        SentinelUrl.parse(value)  # Celery's sentinel list: its own rules (sentinel_url.py)
+        return
     problem = _problem(value)
     if problem:
         raise ValueError(problem)

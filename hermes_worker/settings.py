@@ -36,6 +36,7 @@ from .setting_parsers import (
     memory_size,
     path,
     redis_url,
+    sentinel_master,
     show_number,
     text,
     url,
@@ -264,6 +265,14 @@ class Settings:
         "HERMES_RESULT_BACKEND", redis_url, "redis://localhost:6379/0",
         "the Redis for results, the worker registry and the cluster log (must be Redis)",
         computed=_broker_if_redis, check=url_problem, shown="the broker URL", secret=Secret.URL)  # fmt: skip
+    sentinel_master: str = setting(
+        "HERMES_SENTINEL_MASTER", sentinel_master, "mymaster",
+        "the primary's name in the Sentinel group, for `sentinel://` URLs (Celery's `master_name`)",
+        note="`sentinel://[:PASSWORD@]HOST:PORT;sentinel://HOST:PORT;...` in `HERMES_BROKER_URL` and "
+        "`HERMES_RESULT_BACKEND`: the first URL's password is the Redis primary's")  # fmt: skip
+    sentinel_password: str = setting(
+        "HERMES_SENTINEL_PASSWORD", text, "", "the sentinels' own password (their `requirepass`), if they have one",
+        strip=False, secret=Secret.WHOLE)  # fmt: skip
     broker_timeout_s: float = setting("HERMES_BROKER_TIMEOUT", DecimalRange(0.01, 300.0), 1.5,
                                       "seconds to wait for the broker before running in-process")  # fmt: skip
     no_fallback: bool = setting("HERMES_NO_FALLBACK", flag, False,

@@ -6,11 +6,12 @@ group's entry point (hermes_producer/cli/guard.py) prints it and exits.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import click
 
-from .contract import worker_queues
+from .contract import shown, worker_queues
 from .errors import EXIT_INFRA, EXIT_USAGE, HermesError
 from .redact import redact, redact_url
 from .settings import LIMITS, Settings, listen_address, option_help
@@ -35,7 +36,14 @@ class WorkerRefused(HermesError):
     default=None,
     help=option_help("HERMES_CONCURRENCY"),
 )
-@click.option("--name", "-n", default=None, help="Node name after the tag: TAG@NAME (default: the host name).")
+@click.option(
+    "--name",
+    "-n",
+    default=None,
+    callback=lambda _ctx, _param, value: _name(value),
+    help="Node name after the tag: TAG@NAME (default: the host name). Letters, digits, '.', '_', '-'; "
+    "each worker needs a name of its own.",
+)
 @click.option(
     "--loglevel",
     "-l",
@@ -88,7 +96,7 @@ def worker(
     from .app import create_app  # the worker side is imported only to run a worker
     from .events import ClusterLog
     from .identity import announce, decide
-    from .redis_conn import connect
+    from .redis_conn import results_client
     from .runtime import name_taken
 
     refused = credentials_refused(settings)
@@ -104,7 +112,7 @@ def worker(
     if taken is not None:
         raise WorkerRefused(taken, exit_code=EXIT_USAGE)
     try:
-        events: ClusterLog | None = ClusterLog(connect(settings.result_backend, settings.broker_timeout_s), node)
+        events: ClusterLog | None = ClusterLog(results_client(settings), node)
     except Exception:
         events = None
     # On the terminal too: Hermes' own log handler writes to a file, Celery's is not set up yet.
@@ -150,17 +158,15 @@ def credentials_refused(settings: Settings) -> str | None:
     retried). A password changed while the worker runs is Celery's to retry; its log says what
     the server answered.
     """
-    from kombu import Connection  # type: ignore[attr-defined]
-
-    from .celeryconfig import kombu_url
-    from .redis_conn import connect, refusal
+    from .celeryconfig import broker_connection
+    from .redis_conn import brief, refusal, results_client
 
     def redis_answers() -> None:
-        connect(settings.result_backend, settings.broker_timeout_s).ping()
+        results_client(settings).ping()
 
     def broker_answers() -> None:
         timeout = settings.broker_timeout_s
-        with Connection(kombu_url(settings.broker_url), connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
+        with broker_connection(settings) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
 
     same = settings.broker_url == settings.result_backend
@@ -175,10 +181,21 @@ def credentials_refused(settings: Settings) -> str | None:
             reason = refusal(exc)
             if reason is not None:
                 return (
-                    f"the {what} at {redact_url(url)} refused this worker: {reason} ({redact(str(exc))}); "
+                    f"the {what} at {redact_url(url)} refused this worker: {reason} ({redact(brief(exc))}); "
                     f"check {variable}"
                 )
     return None
+
+
+def _name(value: str | None) -> str | None:
+    """``--name``: what a host name may hold (it becomes TAG@NAME in the registry, in Celery's
+    node name, in every record's provenance and in metrics labels), at most 200 characters."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", value):
+        raise click.BadParameter(
+            f"{shown(value)} is not a worker name: letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit, at most 200 characters"
+        )
+    return value
 
 
 def _address(value: str | None) -> str | None:

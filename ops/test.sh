@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Install everything the tests need (idempotently) and run them. Extra arguments go to pytest.
-# Needs: Python 3.11+, redis-server (the tests start private instances), a Docker engine and
+# Needs: Python 3.11+, redis-server and redis-sentinel (the tests start private instances), a Docker engine and
 # the sandbox image (built offline: debootstrap + docker import, then `hermes image build`).
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_venv "test"
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
+fi
+# Debian's Sentinel: the failover scenarios start a group of their own (tests/test_chaos_sentinel.py).
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+  apt_install redis-sentinel
 fi
 # Debian's Chromium, driven by Playwright in the Flower test (no browser download).
 if [ ! -x /usr/bin/chromium ]; then

@@ -71,6 +71,7 @@ def session_containers_of(docker_client: Any, worker_pid: int) -> list[Any]:
 SAFETY_NETS = {
     "event loop blocked in a pub/sub read": "worker event loop freed",
     "neither queued nor held by any worker": "stranded chunks resent",
+    "taken before Redis went away and never answered": "unanswered chunks resent",
     "pool process(es) told to go": "stuck warm shutdown unblocked",
     "is gone or stopped taking this work": "chunks of a vanished worker resent",
 }

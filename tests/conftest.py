@@ -30,10 +30,18 @@ pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixt
 # The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
 # ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
 SERVICE_FIXTURES = {
-    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory", "lan"},
+    "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory",
+                "sentinel_factory", "lan"},
     "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
                "private_dockerd"},
 }  # fmt: skip
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two test processes a core, at most eight. Most of the suite's time is spent
+    waiting for workers, Redis, Docker and timeouts, not computing; each process (a module's tests
+    at a time, ``--dist loadfile``) has its own Redis servers, workers, containers and zygote."""
+    return min(8, 2 * (os.cpu_count() or 1))
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
@@ -65,6 +73,9 @@ def hermes_env(tmp_path: Path) -> dict[str, str]:
     # In-process runs stay local unless a test asks for isolation: the engine and the CLI are
     # what most tests are about, and a sandbox session per command would only slow them down.
     env["HERMES_ISOLATION"] = "local"
+    # One in-process process unless a test asks for a pool (`--processes 2`): a pool is a
+    # forkserver interpreter per command, and the tests of the pool itself ask for it.
+    env["HERMES_PROCESSES"] = "1"
     env["HERMES_DEPLOYMENT"] = TEST_DEPLOYMENT  # sandbox containers of this test run, and only those
     return env
 

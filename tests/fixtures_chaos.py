@@ -12,7 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +41,7 @@ from .support.processes import (
     wait_registered,
     worker_options,
 )
-from .support.redis_server import RedisServer
+from .support.redis_server import RedisServer, SentinelGroup
 from .support.redis_server import make_tls_files as make_tls_files  # the chaos tests import it from here
 from .support.waiting import wait_until
 
@@ -65,6 +70,22 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in made:
         server.kill()
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelGroup]]:
+    """Start private Sentinel groups (``factory(password=None, sentinel_password=None, settle=True)``):
+    a primary, a replica and three sentinels each; all stopped afterwards."""
+    made: list[SentinelGroup] = []
+
+    def make(settle: bool = True, **options: Any) -> SentinelGroup:
+        group = SentinelGroup(tmp_path / f"sentinel-group-{len(made)}", **options)
+        made.append(group)
+        return group.start(settle=settle)
+
+    yield make
+    for group in made:
+        group.stop()
 
 
 @pytest.fixture
@@ -105,12 +126,16 @@ class Cluster:
     def wait_registered(self, worker: WorkerProcess, node: str, timeout: float = 90) -> None:
         wait_registered(worker, node, self.client, timeout)
 
-    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer",
+    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer", stdin: Any = None,
                prefix: Sequence[str] = ()) -> Producer:  # fmt: skip
         """Start `hermes ARGS...` (through ``prefix``: on another host); standard output is discarded
-        (batches write to files)."""
+        (batches write to files).
+
+        ``stdin=subprocess.PIPE``: the test feeds its standard input (``producer.process.stdin``).
+        """
         stderr_path = self.tmp / f"{name}-{len(self.producers)}.err"
-        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path, prefix=prefix)
+        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path, stdin=stdin,
+                                prefix=prefix)  # fmt: skip
         self.producers.append(producer)
         return producer
 
@@ -133,8 +158,15 @@ class Cluster:
         for producer in self.producers:
             if producer.process.poll() is None:
                 producer.kill()
-        for worker in self.workers:
-            worker.halt()
+        running = [worker for worker in self.workers if worker.process.poll() is None]
+        for worker in running:  # all at once: each warm shutdown takes a second or two
+            with contextlib.suppress(OSError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in running:
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 @pytest.fixture
@@ -239,11 +271,16 @@ class Report:
     A row's counts are the checker's (:class:`~tests.support.checker.Verdict`): lost, duplicated
     and unexpected records, and what the batch left in Redis; ``errors`` are error records (each
     still the one record of its line).
+
+    Under pytest-xdist each worker process has a Report of its own: each keeps its rows in a file
+    of this run (``PYTEST_XDIST_TESTRUNUID``), and the table is written from all of them.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: list[Row] = []
+        run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
+        self._mine = path.parent / f".chaos-rows-{run}-{worker}.json" if run and worker else None
 
     def add(self, scenario: str, verdict: Verdict | None = None, recover_s: float | None = None, notes: str = "",
             items_in: int | None = None) -> None:  # fmt: skip
@@ -254,12 +291,28 @@ class Report:
         self.rows.append(Row(scenario, items, counts, None if recover_s is None else round(recover_s, 1), notes))
         self.write()
 
+    def add_verdict(self, scenario: str, verdict: Verdict, recover_s: float | None, notes: str = "") -> None:
+        """:meth:`add`, for a scenario that always has the checker's verdict."""
+        self.add(scenario, verdict, recover_s, notes)
+
+    def _all_rows(self) -> list[Row]:
+        """This process' rows, and those the run's other worker processes have written."""
+        if self._mine is None:
+            return self.rows
+        partial = self._mine.with_suffix(".part")  # renamed into place: another process never reads half a file
+        partial.write_text(json.dumps([dataclasses.asdict(row) for row in self.rows]), encoding="utf-8")
+        partial.replace(self._mine)
+        rows = []
+        for kept in sorted(self._mine.parent.glob(self._mine.name.rsplit("-", 1)[0] + "-*.json")):
+            rows += [Row(**row) for row in json.loads(kept.read_text(encoding="utf-8"))]
+        return rows
+
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = ["| scenario | items in | records out | lost | duplicated | unexpected | leftovers | errors "
                  "| time to recover (s) | notes |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for r in self.rows:
+        for r in self._all_rows():
             recover = "-" if r.recover_s is None else f"{r.recover_s:g}"
             counts = " | ".join(f"{n:,}" for n in r.counts) if r.counts else " | ".join(["-"] * 6)
             lines.append(f"| {r.scenario} | {r.items_in:,} | {counts} | {recover} | {r.notes} |")

@@ -42,6 +42,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()  # cleared by hold(): data is read but not passed on
+        self._flowing.set()
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -74,6 +76,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(256 * 1024):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -91,8 +94,16 @@ class TcpProxy:
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
+    def hold(self) -> None:
+        """Pass nothing on, keeping every connection open: what is sent meanwhile waits in the proxy
+        (and the kernel), and a :meth:`cut` after it loses it; :meth:`release` passes it on."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def cut(self) -> None:
-        """Reset every connection and stop listening."""
+        """Reset every connection and stop listening (what a :meth:`hold` kept is lost)."""
         if self._listener is not None:
             # shutdown() first: close() alone does not wake the thread blocked in accept(),
             # which would let one more connection through.
@@ -104,6 +115,7 @@ class TcpProxy:
             conns = list(self._conns)
         for sock in conns:
             self._close(sock)
+        self._flowing.set()  # pumps held with data: their connections are gone, the data with them
 
     def restore(self) -> None:
         self.start()

@@ -7,23 +7,24 @@ real worker, watched while it runs and gone when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
-import subprocess
-import time
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from hermes_producer.batch_board import BatchBoard, BatchProgress
+from hermes_producer.batch_board import QUIET_AFTER_ERROR_S, BatchBoard, BatchProgress
 from hermes_producer.batch_view import batch_detail, batch_table
 from hermes_producer.reader import READ_BLOCK
 from hermes_worker.batch_status import ENTRY_TTL_S, MAX_BATCHES, MAX_ENTRY_BYTES, BatchStatus, Board, read_board
 from hermes_worker.contract import KEY_BATCH, ContractError
+from hermes_worker.redis_conn import connect
 from hermes_worker.wire import ChunkResult, ItemFailure
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
@@ -258,8 +259,13 @@ def test_a_running_batch_is_shown_while_it_runs_and_gone_when_it_ends(
     # the table and the detail print it,
     table = chermes("batches").stdout
     assert batch[:12] in table and f"of {source.stat().st_size / 1e6:.1f} MB" in table and "local@w1" in table
-    detail = chermes("status", "--batch", batch[:8]).stdout
-    assert "local@w1" in detail and "(holding a chunk)" in detail and "malformed_json" in detail
+
+    def holding() -> str | None:  # a worker between two chunks holds none for a moment: wait for one
+        shown = chermes("status", "--batch", batch[:8]).stdout
+        return shown if "(holding a chunk)" in shown else None
+
+    detail = wait_until(holding, 30, 0.2, "the batch's detail to show a worker holding a chunk")
+    assert "local@w1" in detail and "malformed_json" in detail
     # and the cluster exporter has the same figures, with the queue and who consumes it.
     families = metrics_of(chermes)
     labels = {"batch": batch}
@@ -305,29 +311,50 @@ def test_a_batch_that_finishes_leaves_no_entry_and_one_killed_leaves_one_that_ex
     assert 0 < client.ttl(key) <= ENTRY_TTL_S
 
 
-def test_the_board_survives_a_redis_that_does_not_answer() -> None:
-    # Progress is for people: a Redis that fails never breaks (nor stops) the batch.
-    client = redis.Redis(port=1, socket_connect_timeout=0.2)
-    board = BatchBoard(client, BatchProgress(BATCH, "p", "hermes.local", now=0.0, wall=0.0))
-    board.tick(0.0, [])
-    board.tick(0.5, [])  # quiet after the error: not even tried
-    board.close()
+def test_the_board_survives_a_redis_that_fails_and_stays_quiet_a_while() -> None:
+    # Progress is for people: a Redis that fails never breaks (nor stops) the batch, and is not
+    # asked again for a while. This "Redis" drops each connection at once, and counts them.
+    accepted: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def drop_each_connection() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection = listener.accept()[0]
+                    accepted.append(1)  # before the close the client sees
+                    connection.close()
+
+        threading.Thread(target=drop_each_connection, daemon=True).start()
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        board = BatchBoard(connect(url, 0.2), BatchProgress(BATCH, "p", "hermes.local", now=0.0, wall=0.0))
+        board.tick(0.0, [])  # runs into the error: no exception
+        tried = len(accepted)
+        board.tick(0.5, [])
+        board.tick(QUIET_AFTER_ERROR_S - 0.1, [])  # quiet after the error: not even tried
+        assert tried >= 1 and len(accepted) == tried
+        board.tick(QUIET_AFTER_ERROR_S + 0.1, [])  # then it tries again
+        assert len(accepted) > tried
+        board.close()  # a failed delete is no exception either
 
 
 @pytest.mark.cluster
 def test_watch_prints_the_board_again_until_interrupted(
-    redis_server: RedisServer, hermes_process: HermesProcessFactory, cluster_env: dict[str, str]
+    redis_server: RedisServer, hermes_process: HermesProcessFactory, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:
     client = redis_server.client()
     redis_server.flush()
     client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=5)))
-    watching = hermes_process("batches", "--watch", "0.5", "--json", env=cluster_env, stdout=subprocess.PIPE)
-    time.sleep(2.5)
+    printed = tmp_path / "watch.out"
+
+    def seen() -> list[int]:
+        lines = printed.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)[0]["records"] for line in lines[:-1]]  # the last may be half-written
+
+    with printed.open("wb") as out:
+        watching = hermes_process("batches", "--watch", "0.5", "--json", env=cluster_env, stdout=out)
+    wait_until(lambda: seen().count(5) >= 2, 60, 0.1, "the board printed twice")
     client.set(KEY_BATCH.format(batch=BATCH), json.dumps(entry(records=9)))
-    time.sleep(1.5)
+    wait_until(lambda: seen().count(9) >= 2, 60, 0.1, "the changed board printed twice")
     watching.process.send_signal(signal.SIGINT)
     assert watching.wait(30) == 130
-    assert watching.process.stdout is not None
-    with watching.process.stdout as printed:
-        seen = [json.loads(line) for line in printed.read().decode().splitlines()]
-    assert len(seen) >= 4 and {entries[0]["records"] for entries in seen} == {5, 9}
+    assert set(seen()) == {5, 9} and seen().index(9) > seen().index(5)

@@ -22,6 +22,7 @@ from kombu import Connection, Exchange, Producer  # type: ignore[attr-defined]
 
 from hermes_producer import normalize
 
+from .support.environment import needs_module
 from .support.fixture_types import WorkerFactory
 from .support.inputs import make_signing_files
 from .support.processes import WorkerProcess, registry_entry
@@ -168,7 +169,7 @@ def test_a_worker_without_the_public_task_leaves_the_celery_queue_alone(
 
 @pytest.fixture
 def signing(tmp_path: Path) -> dict[str, str]:
-    pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
+    needs_module("cryptography", reason="message signing needs hermes-prompts[signing]")
     key, cert = make_signing_files(tmp_path / "hermes", "hermes")
     trusted = tmp_path / "trusted"
     trusted.mkdir()

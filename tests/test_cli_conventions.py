@@ -148,16 +148,21 @@ def test_the_summary_names_where_records_really_ran() -> None:
     assert summary_text(here, "in-process (2 processes)").endswith("; in-process (2 processes)")
 
 
-def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> str:
-    """Run ``args`` with standard error on a pseudo-terminal; what the terminal received."""
+def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120, stdin: Path | None = None
+                   ) -> str:  # fmt: skip
+    """Run ``args`` with standard error on a pseudo-terminal (standard input: a pipe from the file
+    ``stdin``, else nothing); what the terminal received."""
     import os
     import pty
     import subprocess
     import time
 
     leader, follower = pty.openpty()
-    process = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=follower)  # fmt: skip
+    feeder = subprocess.Popen(["cat", str(stdin)], stdout=subprocess.PIPE) if stdin is not None else None
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdin=feeder.stdout if feeder else subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=follower)  # fmt: skip
+    if feeder is not None and feeder.stdout is not None:
+        feeder.stdout.close()  # the batch's end of the pipe is its own
     os.close(follower)
     received = b""
     deadline = time.monotonic() + timeout
@@ -170,6 +175,8 @@ def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: flo
             break
         received += chunk
     process.wait(timeout=10)
+    if feeder is not None:
+        feeder.wait(timeout=10)
     os.close(leader)
     return received.decode("utf-8", "replace")
 
@@ -180,12 +187,47 @@ def test_progress_on_a_terminal_shows_records_rate_bytes_and_an_eta(
     import sys
 
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(f'{{"id": {n}, "prompt": "caf\\u00c3\\u00a9 {n}"}}\n' for n in range(150_000)))
+    # Over a megabyte (the size shows in MB), of prompts that need little work.
+    source.write_text("".join(f'{{"id": {n}, "prompt": "a plain prompt, number {n}"}}\n' for n in range(30_000)))
     shown = _on_a_terminal([sys.executable, "-m", "hermes_producer", "batch", str(source), "-o", "out.jsonl",
                             "--chunk-size", "500", "--processes", "1"], hermes_env, tmp_path)  # fmt: skip
     assert "records, " in shown and "/s" in shown and "ETA" in shown
     assert f"/{source.stat().st_size / 1e6:.1f} MB" in shown  # the input's size, in rich's units
-    assert "150,000 prompts in" in shown  # and the summary after it
+    assert "30,000 of 30,000 records" in shown  # its line count, once the reader reached the end
+    assert "30,000 prompts in" in shown  # and the summary after it
+
+
+def test_progress_of_a_stream_on_a_terminal_shows_its_line_count_once_known(
+    hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    import re
+    import sys
+
+    # Given 30,000 prompts on standard input (a pipe: no size), and standard error on a terminal,
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"id": {n}, "prompt": "a plain prompt, number {n}"}}\n' for n in range(30_000)))
+    shown = _on_a_terminal([sys.executable, "-m", "hermes_producer", "batch", "-", "-o", "out.jsonl",
+                            "--chunk-size", "500", "--processes", "1"], hermes_env, tmp_path, stdin=source)  # fmt: skip
+    frames = shown.replace("\r", "\n").split("\n")
+    # Then the line shows records and their rate while the count is not known (no made-up total),
+    assert any(re.search(r"\b[1-9][0-9,]* records, [0-9,]+/s", frame) for frame in frames), shown[-2000:]
+    # and the count once the reader has reached the end of the stream,
+    assert "30,000 of 30,000 records" in shown
+    assert {total for _done, total in re.findall(r"([0-9,]+) of ([0-9,]+) records", shown)} == {"30,000"}
+    assert "30,000 prompts in" in shown
+
+
+def test_a_pipe_gets_no_progress_line_whatever_the_input(hermes: HermesRunner, tmp_path: Path) -> None:
+    # stderr is a pipe here (captured): no progress line, no terminal control, no carriage return;
+    # only the notices and the summary, one line each.
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n" * 5000)
+    cases = ((["batch", str(source), "-o", "a.jsonl"], b""), (["batch", "-", "-o", "b.jsonl"], b"hi\n" * 5000))
+    for args, stdin in cases:
+        done = hermes(*args, "--chunk-size", "100", input=stdin)  # bytes in: stderr as it came, \r and all
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stderr and "\r" not in done.stderr and " records, " not in done.stderr
+        assert all(line.startswith(("hermes: ", "  ")) for line in done.stderr.splitlines()), done.stderr
 
 
 def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Path) -> None:
@@ -201,7 +243,7 @@ def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Pa
         "ctx = Context(Settings.from_env({}), logging.getLogger('t'), quiet=False)\n"
         "with progress_bar(ctx, io.BytesIO()) as update:\n"
         "    for n in range(30):\n"
-        "        update(n * 1000)\n"
+        "        update(n * 1000, None)\n"
         "        if n == 15:\n"
         "            ctx.notice('NOTICE-IN-THE-MIDDLE')\n"
         "        time.sleep(0.02)\n"
@@ -211,3 +253,38 @@ def test_a_notice_while_the_progress_line_shows_is_printed_above_it(tmp_path: Pa
     shown = _on_a_terminal([sys.executable, str(script)], env, tmp_path)
     (line,) = [part for part in shown.replace("\r", "\n").split("\n") if "NOTICE-IN-THE-MIDDLE" in part]
     assert "records" not in line  # its own line, not written into the progress line
+
+
+# Commands without --json, and why: each prints no data on standard output, or data in a format of
+# its own that its readers expect. A new command must either take --json or be listed here.
+WITHOUT_JSON = {
+    "hermes batch": "its records are JSON Lines already; its summary is --summary-json",
+    "hermes metrics": "Prometheus' text format, which is what scrapers read",
+    "hermes queue": "prints notices only; the results are in hermes history --json",
+    "hermes task delete": "prints a confirmation, no data",
+    "hermes history export": "writes the task's record as JSON",
+    "hermes worker": "a server: its output is its log",
+    "hermes flower": "a server: its output is its log",
+    "hermes image build": "builds an image and says so; hermes doctor --json checks it",
+}
+
+
+def test_every_command_that_prints_data_takes_json() -> None:
+    import click
+
+    from hermes_producer.cli import main
+
+    found: dict[str, bool] = {}
+
+    def walk(group: click.Command, path: str) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            runs_itself = not isinstance(command, click.Group) or command.invoke_without_command
+            if runs_itself:
+                found[f"{path} {name}"] = any("--json" in getattr(p, "opts", ()) for p in command.params)
+            walk(command, f"{path} {name}")
+
+    walk(main, "hermes")
+    assert {path for path, has in found.items() if not has} == set(WITHOUT_JSON)
+    assert {"hermes run", "hermes task list", "hermes history list", "hermes batches", "hermes doctor"} <= {
+        path for path, has in found.items() if has
+    }

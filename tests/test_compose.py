@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
 def batch(project: Project, *args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     done = project.compose("run", "--rm", "-T", "producer", "batch", "in.jsonl", *args, "--chunk-size", "2")
     output = project.batches / args[args.index("-o") + 1]
+    # Nothing to warn about: its log is writable, its HERMES_HOME private.
+    assert "warning" not in done.stderr, done.stderr
     return done, read_records(output) if output.exists() else []
 
 
@@ -205,6 +208,23 @@ def test_the_same_batch_runs_on_the_local_worker(project: Project) -> None:
         if "text" in record:
             assert record["provenance"]["mode"] == "local", record
             assert record["provenance"]["worker"].startswith("local@"), record
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_producer_logs_its_batch_and_says_its_id(project: Project) -> None:
+    # Given: the one-off producer, as its user, in its read-only container
+    write_input(project)
+    script = "hermes batch in.jsonl -o logged.jsonl --chunk-size 2 --isolation local; hermes log -n 100"
+    # When: it runs a batch, then reads its own log
+    done = project.compose("run", "--rm", "-T", "--entrypoint", "sh", "producer", "-c", script)
+    # Then: the batch said its id, the log was written (no warning) and holds the batch under that id
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr and "cannot write" not in done.stderr, done.stderr
+    started = re.search(r"^hermes: batch ([0-9a-f]{32}): in\.jsonl ", done.stderr, re.M)
+    assert started is not None, done.stderr
+    assert f"batch {started.group(1)}: in.jsonl -> " in done.stdout, done.stdout
+    assert "batch.finished" in done.stdout or "prompts in" in done.stdout, done.stdout
 
 
 def flower(project: Project, path: str, login: tuple[str, str] | None = None) -> int:
@@ -421,8 +441,6 @@ def test_an_image_build_never_receives_the_env_file_or_the_batch_folder(tmp_path
 
 
 def test_compose_builds_on_the_dockerfiles_own_default_base() -> None:
-    import re
-
     dockerfile = (REPO / "ops" / "worker" / "Dockerfile").read_text(encoding="utf-8")
     default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
     compose = (REPO / "compose.yaml").read_text(encoding="utf-8")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from .support.environment import REPO, missing
+from .support.environment import REPO, missing, needs_module
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def test_every_panel_gets_real_data_and_the_fallback_alert_fires(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="matplotlib is in the test extra")
+    needs_module("matplotlib", reason="matplotlib is in the test extra")
     for tool in ("redis-server", "prometheus"):
         if shutil.which(tool) is None:
             missing(f"{tool} is not installed (apt-get install redis-server prometheus)")

@@ -13,6 +13,7 @@ work on a real worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -52,6 +53,10 @@ def test_compose_config_accepts_the_file_with_every_service(compose_config: dict
         "flower",
         "producer",
         "sandbox-image",
+        "redis-replica",
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
     }
 
 
@@ -116,6 +121,30 @@ def test_redis_is_persistent_and_needs_the_password(compose_config: dict[str, An
     assert not redis.get("ports"), "Redis must not be published"
     broker = compose_config["services"]["worker-local"]["environment"]["HERMES_BROKER_URL"]
     assert broker == "redis://:0123abcd@redis:6379/0"
+
+
+def test_the_ha_profile_is_a_replica_and_three_sentinels_the_workers_can_be_pointed_at(
+    compose_bin: str, compose_config: dict[str, Any]
+) -> None:
+    services = compose_config["services"]
+    replica = " ".join(services["redis-replica"]["command"])
+    assert "--replicaof redis 6379" in replica and '--masterauth "$$REDIS_PASSWORD"' in replica
+    assert '--masterauth "$$REDIS_PASSWORD"' in " ".join(services["redis"]["command"])  # it may become a replica
+    assert services["redis-replica"]["volumes"][0]["source"] != services["redis"]["volumes"][0]["source"]
+    names = set()
+    for n in (1, 2, 3):
+        sentinel = services[f"sentinel-{n}"]
+        script = " ".join(sentinel["command"])
+        assert "'sentinel monitor hermes redis 6379 2'" in script and "requirepass" in script
+        assert sentinel["profiles"] == ["ha"] and not sentinel.get("ports") and sentinel["read_only"]
+        names.add(sentinel["environment"]["SENTINEL_NAME"])
+    assert names == {"sentinel-1", "sentinel-2", "sentinel-3"}
+    worker = services["worker-local"]["environment"]
+    assert worker["HERMES_SENTINEL_MASTER"] == "hermes" and worker["HERMES_SENTINEL_PASSWORD"] == "0123abcd"
+    url = "sentinel://:0123abcd@sentinel-1:26379;sentinel://sentinel-2:26379;sentinel://sentinel-3:26379"
+    done = compose(compose_bin, "config", "--format", "json", env={**COMPOSE_ENV, "HERMES_COMPOSE_REDIS_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["services"]["worker-container"]["environment"]["HERMES_BROKER_URL"] == url
 
 
 def test_only_the_proxy_and_the_setup_job_touch_the_docker_socket(compose_config: dict[str, Any]) -> None:

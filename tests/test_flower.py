@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .support.environment import EXAMPLES, free_port, missing
+from .support.environment import EXAMPLES, free_port, missing, needs_module
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.processes import start_flower_process
 from .support.waiting import wait_until
@@ -112,7 +112,7 @@ def test_flower_shows_a_chunk_whose_items_failed_with_its_counts(
 
 
 def test_a_browser_logs_in_and_sees_both_workers(two_workers: None, flower: str) -> None:
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    playwright = needs_module("playwright.sync_api", reason="playwright is in the test extra")
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         missing("Debian's chromium is not installed (apt-get install chromium)")

@@ -27,6 +27,7 @@ from hermes_worker.metrics import field
 from hermes_worker.processing import process_chunk
 from hermes_worker.wire import ChunkRequest, Item
 
+from .support.environment import needs_module
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.inputs import make_signing_files, read_records
 from .support.processes import WorkerProcess
@@ -448,7 +449,7 @@ def test_a_forged_container_worker_cannot_make_a_container_batch_accept_local_re
 
 @pytest.fixture
 def signing(tmp_path: Path) -> dict[str, str]:
-    pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
+    needs_module("cryptography", reason="message signing needs hermes-prompts[signing]")
     key, cert = make_signing_files(tmp_path / "hermes", "hermes")
     trusted = tmp_path / "trusted"
     trusted.mkdir()

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 from flower.urls import handlers as flower_handlers
 
-from .support.environment import free_port, missing
+from .support.environment import free_port, missing, needs_module
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.inputs import make_signing_files, read_records
 from .support.processes import registry_entry, start_flower_process
@@ -228,7 +228,7 @@ def test_a_flower_login_cannot_make_container_work_run_unisolated(
 def test_the_dashboard_shows_no_control_buttons_and_refuses_their_requests(
     start_worker: WorkerFactory, start_flower: FlowerFactory
 ) -> None:
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    playwright = needs_module("playwright.sync_api", reason="playwright is in the test extra")
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         missing("Debian's chromium is not installed (apt-get install chromium)")
@@ -357,7 +357,7 @@ def test_a_broker_writer_cannot_run_script_in_the_dashboard(
 ) -> None:
     """Given worker and task events forged on the broker with markup in every field Flower shows;
     when a logged-in browser opens every page that shows them; then all of it is text, none runs."""
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    playwright = needs_module("playwright.sync_api", reason="playwright is in the test extra")
     chromium = "/usr/bin/chromium"
     if not Path(chromium).exists():
         missing("Debian's chromium is not installed (apt-get install chromium)")
@@ -413,7 +413,7 @@ def test_a_signed_flower_still_sees_signed_workers(
     start_worker: WorkerFactory, start_flower: FlowerFactory, tmp_path: Path
 ) -> None:
     """Flower's questions to workers are remote-control messages: with signing on, they are signed too."""
-    pytest.importorskip("cryptography", reason="message signing needs hermes-prompts[signing]")
+    needs_module("cryptography", reason="message signing needs hermes-prompts[signing]")
     key, cert = make_signing_files(tmp_path / "signing", "hermes")
     signing = {"HERMES_SIGNING_KEY": str(key), "HERMES_SIGNING_CERT": str(cert), "HERMES_SIGNING_CERTS": str(cert)}
     start_worker("w1", env=signing)

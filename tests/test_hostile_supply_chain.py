@@ -218,6 +218,18 @@ def test_the_lock_is_exactly_the_runtime_closure_of_the_tested_environment() -> 
     assert set(locked(BUILD_REQUIREMENTS)) == {"setuptools"}
 
 
+FROM_PYTHON = """
+import sys
+import hermes_producer
+from hermes_producer import Client, normalize
+print(sys.prefix if hermes_producer.__file__.startswith(sys.prefix) else hermes_producer.__file__)
+cleaned = normalize("cafÃ©  ", profile="prompt")
+print(cleaned.text, cleaned.changed)
+with Client(isolation="local", processes=1) as client:
+    print([record["text"] for record in client.map(["ﬁrst   line", "a  b"], profile="compact")])
+"""
+
+
 @pytest.mark.slow
 def test_the_locked_wheels_install_and_hermes_builds_with_no_index(tmp_path: Path) -> None:
     """The Dockerfile's install steps, for real (outside Docker: the base image needs a registry):
@@ -255,10 +267,17 @@ def test_the_locked_wheels_install_and_hermes_builds_with_no_index(tmp_path: Pat
             "hermes-prompts"), check=True, timeout=300)  # fmt: skip
     check = run(pip(venv, "check"), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+    user = {"HERMES_HOME": str(tmp_path / "home"), "HERMES_BROKER_URL": "redis://127.0.0.1:1/0",
+            "PATH": "/usr/bin:/bin"}  # fmt: skip
     done = run([str(venv / "bin" / "hermes"), "run", "--prompt", "ﬁne", "--isolation", "local", "--json"],
-                          capture_output=True, text=True, timeout=60, env={"HERMES_HOME": str(tmp_path / "home"),
-                          "HERMES_BROKER_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"})  # fmt: skip
+               capture_output=True, text=True, timeout=60, env=user)  # fmt: skip
     assert done.returncode == 0 and json.loads(done.stdout)["text"] == "fine", done.stderr
+    # And from Python, as the README's "From Python" shows (issue 14, "done when" (a)): the
+    # installed package, not the checkout (the working directory is elsewhere).
+    api = run([str(venv / "bin" / "python"), "-c", FROM_PYTHON], capture_output=True, text=True, timeout=120,
+              env=user, cwd=tmp_path)  # fmt: skip
+    assert api.returncode == 0, api.stderr
+    assert api.stdout.splitlines() == [str(venv), "café True", "['first line', 'a b']"]
 
 
 # The sandbox image and its base ----------------------------------------------------------------

@@ -132,6 +132,15 @@ VALUES = [
     case("batch", "/proc/self/mem", "-o", "-", says=("cannot read input /proc/self/mem", "Input/output error"),
          id="input-fails-on-first-read"),
     case("run", "--prompt", "x", "--profile", "", says=("unknown profile ''",), id="profile-empty"),
+    # -- a worker's name: every reader of the registry must take it (else a worker consumes chunks
+    #    that no producer knows it holds), and it reaches terminals, Flower and metrics labels
+    case("worker", "--name", "", says=("--name", "'' is not a worker name"), id="worker-name-empty"),
+    case("worker", "--name", "a b", says=("'a b' is not a worker name",), id="worker-name-space"),
+    case("worker", "--name", "\x1b[2J", says=("'\\x1b[2J' is not a worker name",), id="worker-name-escape"),
+    case("worker", "--name", "local@x", says=("'local@x' is not a worker name",), id="worker-name-at"),
+    case("worker", "--name", "-x", says=("'-x' is not a worker name",), id="worker-name-dash"),
+    case("worker", "--name", "../x", says=("'../x' is not a worker name",), id="worker-name-path"),
+    case("worker", "--name", "w" * 201, says=("is not a worker name", "at most 200"), id="worker-name-long"),
 ]
 
 

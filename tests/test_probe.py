@@ -17,6 +17,8 @@ import pytest
 
 from hermes_worker.probe import SELF_TEST_PROMPTS, ProbeResult, probe
 
+from .support.environment import needs_module
+
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 # Replaces NFC/NFKC by NFD inside the interpreter: the sandbox then answers, but wrongly.
@@ -129,7 +131,7 @@ def test_self_test_mismatch_gives_local(sandbox_settings: Any, wrong_image: str,
 
 
 def test_dagger_backend_without_cli_gives_local(sandbox_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]' in the checkout)")
+    needs_module("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]' in the checkout)")
     monkeypatch.delenv("_EXPERIMENTAL_DAGGER_CLI_BIN", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     result = probe(sandbox_settings.with_overrides(container_backend="dagger"))

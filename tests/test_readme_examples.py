@@ -4,26 +4,39 @@ Each line is run by bash as written (comments cut), from a directory holding a c
 `examples/`, with `hermes` on the PATH and no broker (the embedded default). A `# -> TEXT`
 comment is what the command prints, and is checked. `--follow` commands run until killed.
 
+The block "On a cluster" runs line by line too, against a redis-server and real workers of the
+test's own (what is changed for that, outside the lines, is said in its test), and the signing
+block runs, then a command that checks the files it made. Two ```bash blocks are not run here:
+"Two commands" installs system packages (with sudo) and a virtual environment into the checkout
+(ops/test.sh is how the suite itself is run; ops/demo.sh's one batch is the "Using it" block's
+`hermes batch examples/prompts.jsonl -o cleaned.jsonl`), and "compose" is what
+tests/test_compose.py does, with a project, env file and batch folder of its own.
+
 Every ```python block runs too, as it is, the same way; the plain Celery client's block runs
 against a private Redis and a real `hermes worker` (its URL replaced by that Redis'), and prints
-what its comments say.
+what its comments say. And every command of `hermes` is in the README.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from .support.environment import EXAMPLES
+from .support.environment import EXAMPLES, free_port, missing, needs_mark
 from .support.fixture_types import WorkerFactory
 from .support.redis_server import RedisServer
+from .support.waiting import wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -67,9 +80,10 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     shutil.copytree(EXAMPLES, where / "examples")
     bin_dir = where / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "hermes"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hermes_producer "$@"\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    for command, module in (("hermes", "hermes_producer"), ("celery", "celery")):
+        shim = bin_dir / command
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")}
     env |= {"PATH": f"{bin_dir}:{env['PATH']}", "HERMES_HOME": str(where / "home"),
             "HERMES_BROKER_URL": "redis://127.0.0.1:1/0", "HERMES_ISOLATION": "local",
@@ -163,3 +177,182 @@ def test_every_hermes_variable_the_code_reads_is_in_the_readme() -> None:
     for path in [*root.glob("hermes_worker/**/*.py"), *root.glob("hermes_producer/**/*.py")]:
         named |= set(re.findall(r"\bHERMES_[A-Z][A-Z_]*[A-Z]\b", path.read_text(encoding="utf-8")))
     assert named - set(re.findall(r"\bHERMES_[A-Z][A-Z_]*[A-Z]\b", README.read_text(encoding="utf-8"))) == set()
+
+
+# -- every command is in the README --
+
+
+def hermes_commands() -> list[str]:
+    """Every command and subcommand of `hermes`, as typed: `hermes task delete`."""
+    import click
+
+    from hermes_producer.cli import main
+
+    found = []
+
+    def walk(group: click.Command, path: str) -> None:
+        for name, command in sorted(getattr(group, "commands", {}).items()):
+            if not command.hidden:
+                found.append(f"{path} {name}")
+                walk(command, f"{path} {name}")
+
+    walk(main, "hermes")
+    return found
+
+
+def readme_code() -> str:
+    """The README's code: its blocks and its `inline` spans, where commands are shown as typed."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return "\n".join(blocks + spans)
+
+
+def test_every_command_of_hermes_is_shown_in_the_readme() -> None:
+    code = readme_code()
+    assert {"hermes batches", "hermes task delete", "hermes image build"} <= set(hermes_commands())
+    missing_ones = [c for c in hermes_commands() if not re.search(re.escape(c) + r"(?![\w-])", code)]
+    assert missing_ones == [], f"commands the README never shows: {missing_ones}"
+
+
+# -- the cluster block, line by line --
+
+CLUSTER = commands(readme_block("### On a cluster"))
+
+
+def long_running(command: str) -> bool:
+    """A worker: started in a terminal of its own (here, in the background) and left running."""
+    words = command.split()
+    return words[:2] == ["hermes", "worker"] or ("celery" in words and "worker" in words)
+
+
+def test_the_cluster_block_is_read_as_the_commands_it_shows() -> None:
+    assert CLUSTER[0][0] == "redis-server --daemonize yes"
+    assert sum(long_running(c) for c, _ in CLUSTER) == 3
+    assert {"hermes batches", "hermes metrics", "hermes doctor"} <= {c for c, _ in CLUSTER}
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes the test starts in sessions of their own; each is stopped (its group) after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def daemon_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A port for the README's `redis-server --daemonize yes`, and its pid file; the server it
+    starts there is stopped (by that pid) after the test."""
+    if shutil.which("redis-server") is None:
+        missing("redis-server is not installed (ops/bootstrap.sh)")
+    needs_mark("cluster", "a redis-server")
+    port, pidfile = free_port(), tmp_path / "redis.pid"
+    yield port, pidfile
+    if pidfile.exists():
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
+def start_worker_line(command: str, port: int, env: dict[str, str], cwd: Path, log: Path
+                      ) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Run a worker line in a session of its own; return once one more worker is ready (fail at
+    once, with its output, if it exits instead)."""
+    before = set(live_workers(port))
+    with log.open("wb") as output:
+        process = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+
+    def started() -> set[str]:
+        if process.poll() is not None:
+            pytest.fail(f"{command}: exit {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        return set(live_workers(port)) - before
+
+    wait_until(started, 90, 0.2, f"{command} to be ready")
+    return process
+
+
+def live_workers(port: int) -> dict[str, dict[str, object]]:
+    """The registry entries of the workers consuming their queues (ready), by name."""
+    client = redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        entries = [json.loads(raw) for key in client.scan_iter("hermes:worker:*") if (raw := client.get(key))]
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+    return {e["name"]: e for e in entries if e.get("queues")}
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_the_cluster_block_works_verbatim_on_one_machine(
+    newcomer: tuple[Path, dict[str, str]], daemon_redis: tuple[int, Path], background: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Every line of "On a cluster" as typed, in order, on one machine whose Docker engine is not
+    there (DOCKER_HOST names none): then `hermes worker` in terminal 1 is `local@HOST`, the case
+    where two workers on one machine must have names of their own.
+
+    Outside the lines: `redis-server --daemonize yes` gets `--port P` and a pid file, since its
+    default port 6379 may be another's Redis here, and HERMES_BROKER_URL names P (as the line's
+    comment says to). Workers run in the background, each until it is ready.
+    """
+    port, pidfile = daemon_redis
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    _where, base = newcomer
+    env = {k: v for k, v in base.items() if k != "HERMES_ISOLATION"}  # the default, as users have it
+    env |= {"HERMES_BROKER_URL": f"redis://127.0.0.1:{port}/0", "HERMES_HOME": str(tmp_path / "home"),
+            "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # fmt: skip
+    said: dict[str, subprocess.CompletedProcess[str]] = {}
+    for number, (command, _expected) in enumerate(CLUSTER):
+        if command.startswith("redis-server"):
+            command += f" --port {port} --bind 127.0.0.1 --pidfile {pidfile} --dir {tmp_path} --save '' --appendonly no"
+        if long_running(command):
+            background.append(start_worker_line(command, port, env, tmp_path, tmp_path / f"worker-{number}.log"))
+            continue
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=180)  # fmt: skip
+        assert "Traceback" not in done.stderr and "hermes: error:" not in done.stderr, f"{command}: {done.stderr}"
+        failed_checks = [line for line in done.stdout.splitlines() if line.startswith("[FAIL]")]
+        # Exit 1: `hermes doctor` finds no Docker engine (as arranged), and nothing else wrong.
+        allowed = (0, 1) if command == "hermes doctor" and all("Docker" in line for line in failed_checks) else (0,)
+        assert done.returncode in allowed, f"{command}: exit {done.returncode}: {done.stderr}{done.stdout}"
+        said[command] = done
+    # The batch fanned out over both workers of terminals 1 and 2, one record a line, in order.
+    lines = (tmp_path / "examples" / "prompts.jsonl").read_bytes().count(b"\n")
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in records] == list(range(1, lines + 1))
+    assert {r["provenance"]["worker"] for r in records} <= set(live_workers(port)) - {"local@cpu3"}
+    workers = said["hermes workers"].stdout
+    assert "local@cpu2" in workers and workers.count("local@") == 2
+    assert "[ok  ] broker" in said["hermes doctor"].stdout and "worker local@cpu2" in said["hermes doctor"].stdout
+    assert "no batch is running" in said["hermes batches"].stdout
+    assert "hermes_workers_live" in said["hermes metrics"].stdout
+    # And terminal 3's worker, started the Celery way, joined the other two.
+    assert set(live_workers(port)) >= {"local@cpu2", "local@cpu3"} and len(live_workers(port)) == 3
+
+
+def test_the_signing_example_makes_files_hermes_accepts(tmp_path: Path, newcomer: tuple[Path, dict[str, str]]) -> None:
+    """The README's openssl and export lines, then a command that reads the three settings (and
+    checks that the key, the certificate and the trusted folder belong together)."""
+    if shutil.which("openssl") is None:
+        missing("openssl is not installed")
+    lines = readme_block("### Flower, remote control and signed messages")
+    assert lines[0].startswith("openssl req") and lines[-1].startswith("export HERMES_SIGNING_KEY=")
+    _where, env = newcomer
+    script = "\n".join([*lines, "hermes run 'a  b' --profile compact"])
+    done = subprocess.run(["bash", "-ec", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "a b\n"
+    # A certificate the trusted folder does not hold would be refused: the check above is a real one.
+    (tmp_path / "trusted" / "hermes.pem").unlink()
+    refused = subprocess.run(["bash", "-c", f"{lines[-1]}\nhermes run x"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "HERMES_SIGNING" in refused.stderr, refused.stderr

@@ -28,7 +28,7 @@ from hermes_worker.sandbox.protocol import encode_frame
 from hermes_worker.wire import ChunkRequest
 
 from .support.chunks import batch_chunks, chunk, golden_chunks, locally, records, run
-from .support.environment import TEST_DEPLOYMENT
+from .support.environment import TEST_DEPLOYMENT, needs_module
 from .support.fixture_types import SessionFactory
 from .support.waiting import wait_until
 
@@ -347,13 +347,13 @@ def test_dagger_without_dagger_io_says_how_to_install_it(tmp_path: Path) -> None
 
 
 def test_dagger_without_its_cli_says_so(tmp_path: Path) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
+    needs_module("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
     out = dagger_start(tmp_path, clean_env())
     assert "UNAVAILABLE no Dagger CLI found on PATH" in out
 
 
 def test_dagger_engine_that_cannot_start_is_reported(tmp_path: Path) -> None:
-    pytest.importorskip("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
+    needs_module("dagger", reason="dagger-io is not installed (pip install -e '.[dagger]')")
     cli = tmp_path / "dagger"
     cli.write_text("#!/bin/sh\necho 'engine: cannot reach the engine image' >&2\nexit 1\n")
     cli.chmod(0o755)

@@ -40,6 +40,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "HERMES_LOG_LEVEL": ("warning", "WARNING"),
     "HERMES_BROKER_URL": ("amqp://hermes@mq:5672//", "amqp://hermes@mq:5672//"),
     "HERMES_RESULT_BACKEND": ("rediss://results:6380/2", "rediss://results:6380/2"),
+    "HERMES_SENTINEL_MASTER": ("hermes-eu", "hermes-eu"),
+    "HERMES_SENTINEL_PASSWORD": (" sentinel pw ", " sentinel pw "),  # taken exactly as written
     "HERMES_SANDBOX_IMAGE": ("registry.example/sandbox:1", "registry.example/sandbox:1"),
     "HERMES_CONTAINER_MEMORY": ("2G", "2g"),
     "HERMES_CONTAINER_LABELS": ("team=nlp, env=prod", (("team", "nlp"), ("env", "prod"))),
@@ -231,7 +233,8 @@ def test_signing_needs_all_three_files() -> None:
 def test_the_secret_settings_are_declared_so() -> None:
     """What holds a password is declared secret, and so is every setting whose name says it is one."""
     secret = {spec.variable for spec in SETTINGS if not spec.loggable}
-    assert secret == {"HERMES_BROKER_URL", "HERMES_RESULT_BACKEND", "HERMES_FLOWER_PASSWORD", "HERMES_SIGNING_KEY"}
+    assert secret == {"HERMES_BROKER_URL", "HERMES_RESULT_BACKEND", "HERMES_FLOWER_PASSWORD", "HERMES_SIGNING_KEY",
+                      "HERMES_SENTINEL_PASSWORD"}
     assert {spec.variable for spec in SETTINGS if is_secret_name(spec.variable)} <= secret
 
 

@@ -13,6 +13,7 @@ import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import pytest
 from celery import signals
 
 from hermes_worker.app import create_app
@@ -114,3 +115,16 @@ def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
         ("hermes.container", "hermes.container", "hermes.container"),
         ("celery", "celery", "celery"),  # the public task's (Celery's default queue)
     }
+
+
+@pytest.mark.parametrize("node", ["local@a b", "local@" + "x" * 300, "local@\x1b[2J"], ids=["space", "long", "escape"])
+def test_a_celery_worker_whose_name_no_registry_reader_would_take_does_not_start(
+    node: str, hermes_env: dict[str, str]
+) -> None:
+    """`celery -A hermes_worker.app worker -n NAME`: a name every reader of the registry refuses
+    would make a worker that consumes chunks while producers see none; it stops at once instead."""
+    env = hermes_env | {"HERMES_WORKER_MODE": "local", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "hermes_worker.app", "worker", "-n", node],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "cannot be registered" in done.stderr, done.stderr[-2000:]
+    assert "\x1b" not in done.stderr and "Traceback" not in done.stderr

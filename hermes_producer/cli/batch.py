@@ -84,9 +84,10 @@ def summary_text(summary: BatchSummary, how: str) -> str:
 
 
 @contextmanager
-def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], None] | None]:
-    """A progress line on a terminal: records, their rate, and for a file the bytes read of its
-    size and an ETA; nothing at all otherwise.
+def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A progress line on a terminal: records (of the input's lines, once the reader has reached
+    its end), their rate, and an ETA over the input's size for a file, over its line count for
+    a stream once that is known. Nothing at all when stderr is not a terminal, or with --quiet.
 
     While it shows, notices (:meth:`Context.notice`) are printed above it, not into it.
     """
@@ -106,19 +107,22 @@ def progress_bar(ctx: Context, source: BinaryIO) -> Iterator[Callable[[int], Non
     )
 
     size, position = input_size(source), input_position(source)
-    columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.fields[records]:,} records, "
-                                                                    "{task.fields[rate]:,.0f}/s")]  # fmt: skip
-    if size is not None:
-        columns += [BarColumn(), DownloadColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    columns.append(TimeElapsedColumn())
+    columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.fields[records]:,}{task.fields[of]} "
+                                                                    "records, {task.fields[rate]:,.0f}/s")]  # fmt: skip
+    columns += [BarColumn(), DownloadColumn()] if size is not None else [BarColumn()]
+    columns += [TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn()]
     started = time.monotonic()
     # stderr: standard output may be the records themselves (-o -).
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("batch", total=size, records=0, rate=0.0)
+        task = bar.add_task("batch", total=size, records=0, rate=0.0, of="")
 
-        def update(records: int) -> None:
+        def update(records: int, lines: int | None) -> None:
             rate = records / max(time.monotonic() - started, 1e-6)
-            bar.update(task, completed=position() if size else None, records=records, rate=rate)
+            of = f" of {lines:,}" if lines is not None else ""
+            if size is not None:  # the bar and the ETA go by bytes read of the file
+                bar.update(task, completed=position(), records=records, rate=rate, of=of)
+            else:  # by records of the lines, once their number is known (a pulsing bar until then)
+                bar.update(task, total=lines, completed=records, records=records, rate=rate, of=of)
 
         ctx.above = bar.console  # notices go above the line while it shows
         try:

@@ -20,11 +20,13 @@ import redis
 from hermes_worker.contract import QUEUE_CONTAINER, QUEUE_LOCAL, shown
 from hermes_worker.engine import engine_versions
 from hermes_worker.redact import redact, redact_data, redact_url
+from hermes_worker.redis_conn import brief
+from hermes_worker.sentinel_url import is_sentinel
 from hermes_worker.settings import option_help
 
 from ..cluster import Cluster, ClusterRefused, ClusterUnavailable, queue_depth
 from ..terminal import printable
-from .common import EXIT_INFRA, Context, check_listen_address, fail, pass_context
+from .common import EXIT_INFRA, CommandError, Context, check_listen_address, fail, pass_context
 
 
 def _connect(ctx: Context) -> Cluster:
@@ -75,6 +77,14 @@ def workers(ctx: Context, as_json: bool) -> None:
         )
 
 
+def _primaries(cluster: Cluster) -> dict[str, str]:
+    """Where the primary is now for each Sentinel-managed Redis (:meth:`Cluster.primaries`), or why not known."""
+    try:
+        return cluster.primaries()
+    except redis.RedisError as exc:
+        return {"result backend": f"unknown ({redact(brief(exc))})"}
+
+
 def queue_depths(cluster: Cluster) -> dict[str, int]:
     """Messages waiting in each Hermes queue (any broker kombu supports)."""
     depths = {}
@@ -111,9 +121,14 @@ def status(ctx: Context, as_json: bool, batch_id: str | None) -> None:
         "in_flight": sum(w.active for w in live),
         "workers": {w.name: {"tag": w.tag, "active": w.active} for w in live},
     }
+    primaries = _primaries(cluster)
+    if primaries:
+        report["primary"] = primaries
     if as_json:
         click.echo(json.dumps(redact_data(report), indent=2))
         return
+    for what, where in primaries.items():
+        _echo(f"primary of the {what}: {where} (Sentinel master {ctx.settings.sentinel_master})")
     for name, count in depths.items():
         click.echo(f"queue {name:18} {count:>8,} waiting")
     click.echo(f"in flight: {report['in_flight']} chunk(s) on {len(live)} live worker(s)")
@@ -131,7 +146,9 @@ def batches(ctx: Context, batch_id: str | None, as_json: bool, watch: float | No
     """List the batches running on the cluster: records, done of the input, rate, ETA, errors, workers.
 
     Producers publish their batch's progress about once a second while it runs, and remove it
-    when it ends. With ID (a batch id, or the start of one): that batch in detail.
+    when it ends, wherever its chunks run (queue in-process: no worker took them); a batch
+    says its id when it starts. The board is kept in Redis: a batch run with no broker is on
+    none. With ID (a batch id, or the start of one): that batch in detail.
 
     \b
     Examples:
@@ -151,7 +168,18 @@ def _show_batches(ctx: Context, batch_id: str | None, as_json: bool, watch: floa
 
     if batch_id is not None and not re.fullmatch(r"[0-9a-f]{4,32}", batch_id):
         fail(f"{shown(batch_id)} is not a batch id (4 to 32 hex digits: see hermes batches)")
-    cluster = _connect(ctx)
+    try:
+        cluster = Cluster.connect(ctx.settings)
+    except ClusterRefused:
+        raise
+    except ClusterUnavailable as exc:
+        # Not a fault of the command: without Redis there is no board, and nothing to show.
+        raise CommandError(
+            f"no board of running batches: {exc}. The board is kept in that Redis; a batch that runs "
+            "with no broker is on no board (its progress line is on its own terminal)",
+            "start Redis, or point HERMES_BROKER_URL (or --broker) at the cluster's",
+            exit_code=EXIT_INFRA,
+        ) from None
     while True:
         try:
             board = read_board(cluster.redis)
@@ -258,22 +286,35 @@ def doctor(ctx: Context, as_json: bool) -> None:
     try:
         cluster = Cluster.connect(settings)
         report(True, f"broker {redact_url(settings.broker_url)} and result backend answer")
+        _doctor_primaries(cluster, report)
     except ClusterRefused as exc:
         variable = "HERMES_RESULT_BACKEND" if "HERMES_RESULT_BACKEND" in str(exc) else "HERMES_BROKER_URL"
-        report(False, str(exc), f"put the right password (or certificate settings) in {variable}")
+        report(False, str(exc), f"put the right password (or certificate settings) in {variable}"
+               + (" or HERMES_SENTINEL_PASSWORD" if is_sentinel(settings.result_backend) else ""))
     except ClusterUnavailable as exc:
-        report(
-            False,
-            str(exc),
-            "start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
-            "without a broker Hermes runs in-process",
-        )
+        fix = ("start Redis (e.g. `redis-server --daemonize yes`) or set HERMES_BROKER_URL; "
+               "without a broker Hermes runs in-process")  # fmt: skip
+        if is_sentinel(settings.result_backend) or is_sentinel(settings.broker_url):
+            fix = (f"check that the sentinels answer and monitor a primary named {settings.sentinel_master} "
+                   "(HERMES_SENTINEL_MASTER), with HERMES_SENTINEL_PASSWORD if they have a password; " + fix)
+        report(False, str(exc), fix)
     _doctor_docker(settings, local, report)
     if cluster is not None:
         _doctor_workers(cluster, local, report)
     if as_json:
         click.echo(json.dumps(checks, indent=2))
     sys.exit(1 if problems else 0)
+
+
+def _doctor_primaries(cluster: Cluster, report: Any) -> None:
+    """With Sentinel: where the primary is now (a failover moves it), or why nobody can say."""
+    master = cluster.settings.sentinel_master
+    try:
+        for what, where in cluster.primaries().items():
+            report(True, f"{what}: Sentinel master {master} is at {where} now")
+    except redis.RedisError as exc:
+        report(False, f"no sentinel could say where master {master} is: {brief(exc)}",
+               "check HERMES_SENTINEL_MASTER (the name in `sentinel monitor NAME ...`) and HERMES_SENTINEL_PASSWORD")
 
 
 def _doctor_workers(cluster: Cluster, local: dict[str, str], report: Any) -> None:

@@ -24,6 +24,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 
+from ..sentinel_url import SentinelUrl, is_sentinel
 from .errors import (
     ContainerDied,
     DockerUnavailable,
@@ -91,6 +92,11 @@ def deployment_id(settings: Settings) -> str:
     """
     if settings.deployment:
         return settings.deployment
+    if is_sentinel(settings.result_backend):
+        # A group, wherever its primary is now: its sentinels (in any order), the master's name, the database.
+        group = SentinelUrl.parse(settings.result_backend)
+        canonical = f"sentinel://{','.join(sorted(group.hosts().lower().split(',')))}/{settings.sentinel_master}/{group.db}"
+        return "auto-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
     parts = urlsplit(settings.result_backend)
     scheme = parts.scheme.lower()
     where = parts.netloc.rpartition("@")[2].lower()  # the address, without user:password@

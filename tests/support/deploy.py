@@ -49,7 +49,7 @@ def compose(
     *args: str,
     file: Path = COMPOSE,
     env: dict[str, str] | None = None,
-    profiles: tuple[str, ...] = ("producer", "setup"),
+    profiles: tuple[str, ...] = ("producer", "setup", "ha"),
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_")}
     cmd = [compose_bin, "-f", str(file), "--project-directory", str(REPO)]

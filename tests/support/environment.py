@@ -3,10 +3,12 @@ which tier a test is in."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,15 @@ def missing(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+def needs_module(name: str, reason: str) -> Any:
+    """The module ``name``, imported; where it is missing, :func:`missing` (a skip on a laptop, a
+    failure in CI: everything the test extra installs must be there)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} cannot be imported: {reason}")
 
 
 def free_port() -> int:

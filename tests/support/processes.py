@@ -152,8 +152,11 @@ def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
 
 
 def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None,
-                 forked: bool = False, prefix: Sequence[str] = ()) -> Producer:  # fmt: skip
+                 forked: bool = False, stdin: Any = None, prefix: Sequence[str] = ()) -> Producer:  # fmt: skip
     """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise.
+
+    ``stdin``: what the command reads (``subprocess.PIPE``: the test feeds it, ``process.stdin``);
+    nothing otherwise.
 
     ``forked``: from the session's zygote when it serves ``env`` (see :func:`run_hermes`), for
     commands a test only starts, interrupts and waits for. ``prefix``: through a command that
@@ -161,12 +164,13 @@ def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: P
     """
     forker = zygote.shared() if forked and not prefix else None
     with stderr_path.open("wb") as stderr, open(os.devnull, "r+b") as devnull:
-        if forker is not None and forker.serves(env):
+        if forker is not None and forker.serves(env) and stdin is None:
             fds = (devnull.fileno(), (devnull if stdout is None else stdout).fileno(), stderr.fileno())
             return Producer(forker.start(args, env, cwd, fds), stderr_path)
         process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "hermes_producer", *args],
             env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,
+            stdin=devnull if stdin is None else stdin,
         )  # fmt: skip
     return Producer(process, stderr_path)
 

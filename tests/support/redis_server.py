@@ -10,9 +10,11 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -67,7 +69,7 @@ class RedisServer:
 
     def url(self, db: int = 0, port: int | None = None) -> str:
         """The URL of database ``db``; ``port`` replaces the server's (a proxy in front of it)."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.tls is None:
             return f"redis://{auth}127.0.0.1:{port or self.port}/{db}"
         return f"rediss://{auth}127.0.0.1:{port or self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
@@ -154,3 +156,184 @@ class RedisServer:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.kill()
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, a replica and three sentinels of the test's own, all on 127.0.0.1.
+
+    Sentinel judges a server down after ``down_after_ms`` (1 s here, 30 s by default), so that a
+    failover takes seconds. ``password``: the servers' (``requirepass`` and ``masterauth``, in
+    the URL as Celery wants it); ``sentinel_password``: the sentinels' own (HERMES_SENTINEL_PASSWORD).
+    The servers are :class:`RedisServer` (append-only): a test kills one with :meth:`RedisServer.kill`
+    and starts it again on the same port; Sentinel then makes it a replica of the new primary.
+    """
+
+    workdir: Path
+    master: str = "hermes-test"
+    password: str | None = None
+    sentinel_password: str | None = None
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    # The port the replica replicates from, given the primary's: a proxy in between (whose
+    # hold() delays replication) instead of the primary itself. Sentinel would point the replica
+    # at the primary after failover_timeout_ms: make that longer than the test.
+    replicate_via: Callable[[int], int] | None = None
+    servers: list[RedisServer] = field(default_factory=list)
+    sentinels: list[tuple[int, subprocess.Popen[bytes] | None]] = field(default_factory=list)
+
+    def start(self, settle: bool = True) -> SentinelGroup:
+        """Start the primary, its replica (in sync) and three sentinels.
+
+        Each sentinel names the primary at once; they find the replica and each other within a
+        few seconds (their hello messages go every 2 s), and only then can they fail over. With
+        ``settle`` this returns then; without, call :meth:`wait_settled` before breaking anything.
+        """
+        needs_mark("cluster", "a Redis Sentinel group")
+        sentinel = shutil.which("redis-sentinel")
+        if sentinel is None:
+            missing("redis-sentinel is not installed (apt-get install redis-sentinel)")
+        auth = ("--requirepass", self.password, "--masterauth", self.password) if self.password else ()
+        primary = RedisServer(self.workdir / "primary", password=self.password, appendonly=True, options=auth[2:])
+        self.servers = [primary.start()]
+        link = primary.port if self.replicate_via is None else self.replicate_via(primary.port)
+        replica = RedisServer(self.workdir / "replica", password=self.password, appendonly=True,
+                              options=(*auth[2:], "--replicaof", "127.0.0.1", str(link)))  # fmt: skip
+        self.servers.append(replica.start())
+        wait_until(lambda: self._in_sync(replica), 30, 0.05, "the replica to be in sync")
+        for n in range(3):
+            self.sentinels.append((free_port(), None))
+            self._start_sentinel(n)
+        wait_until(lambda: all(self._answers(n) for n in range(len(self.sentinels))), 30, 0.05, "the sentinels")
+        if settle:
+            self.wait_settled()
+        return self
+
+    def wait_settled(self) -> None:
+        """Wait until every sentinel sees the replica and the other sentinels: ready to fail over."""
+        wait_until(self._settled, 60, 0.1, "the sentinels to see the replica and each other")
+
+    def _start_sentinel(self, n: int) -> None:
+        port = self.sentinels[n][0]
+        directory = self.workdir / f"sentinel-{n}"
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"port {port}", "bind 127.0.0.1", f"dir {directory}",
+                 f"sentinel monitor {self.master} 127.0.0.1 {self.servers[0].port} 2",
+                 f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}",
+                 f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {self.master} 1"]  # fmt: skip
+        if self.password:
+            lines.append(f'sentinel auth-pass {self.master} "{self.password}"')
+        if self.sentinel_password:
+            lines += [f'requirepass "{self.sentinel_password}"', f'sentinel sentinel-pass "{self.sentinel_password}"']
+        config = directory / "sentinel.conf"  # Sentinel rewrites it: one file each
+        config.write_text("\n".join(lines) + "\n")
+        with (directory / "sentinel.log").open("ab") as log:
+            process = subprocess.Popen([str(shutil.which("redis-sentinel")), str(config)], stdout=log,
+                                       stderr=subprocess.STDOUT)  # fmt: skip
+        self.sentinels[n] = (port, process)
+
+    def url(self, db: int = 0) -> str:
+        """``sentinel://[:PASSWORD@]127.0.0.1:P1/DB;sentinel://127.0.0.1:P2;...``, the password quoted."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        first, *rest = (port for port, _ in self.sentinels)
+        return ";".join([f"sentinel://{auth}127.0.0.1:{first}/{db}", *(f"sentinel://127.0.0.1:{p}" for p in rest)])
+
+    def env(self) -> dict[str, str]:
+        """The Hermes settings for this group besides the URL."""
+        return {"HERMES_SENTINEL_MASTER": self.master, "HERMES_SENTINEL_PASSWORD": self.sentinel_password or ""}
+
+    def ask(self, n: int = 0) -> redis.Redis:
+        """A client of sentinel ``n`` itself."""
+        return redis.Redis(port=self.sentinels[n][0], password=self.sentinel_password, socket_connect_timeout=1,
+                           socket_timeout=5, decode_responses=True)  # fmt: skip
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the sentinels agree on it (None while they do not)."""
+        answers = set()
+        for n in range(len(self.sentinels)):
+            try:
+                answers.add(int(self.ask(n).sentinel_get_master_addr_by_name(self.master)[1]))
+            except (redis.RedisError, TypeError):
+                return None
+        return answers.pop() if len(answers) == 1 else None
+
+    @property
+    def primary(self) -> RedisServer:
+        """The server the sentinels name as primary now."""
+        port = self.primary_port()
+        found = next((server for server in self.servers if server.port == port), None)
+        if found is None:
+            raise redis.ConnectionError("the sentinels do not agree on a primary now")
+        return found
+
+    def client(self) -> redis.Redis:
+        """A plain client of the primary now (for the checker and the registry)."""
+        return self.primary.client()
+
+    def wait_promoted(self, old: RedisServer, timeout: float = 60) -> RedisServer:
+        """Wait until every sentinel names another primary than ``old`` and it takes writes; return it."""
+
+        def promoted() -> RedisServer | None:
+            port = self.primary_port()
+            if port is None or port == old.port:
+                return None
+            server = next(s for s in self.servers if s.port == port)
+            return server if self._role(server) == "master" else None
+
+        found = wait_until(promoted, timeout, 0.05, "Sentinel to promote the replica")
+        assert found is not None
+        return found
+
+    def wait_replica(self, server: RedisServer, timeout: float = 60) -> None:
+        """Wait until ``server`` replicates the primary, in sync."""
+        wait_until(lambda: self._in_sync(server) and self.primary_port() != server.port, timeout, 0.1,
+                   f"port {server.port} to be a replica")  # fmt: skip
+
+    def stop(self) -> None:
+        for _port, process in self.sentinels:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        for server in self.servers:
+            server.kill()
+
+    def _info(self, server: RedisServer) -> dict[str, object]:
+        try:
+            return dict(server.client().info("replication"))
+        except redis.RedisError:
+            return {}
+
+    def _role(self, server: RedisServer) -> str:
+        return str(self._info(server).get("role", ""))
+
+    def _in_sync(self, server: RedisServer) -> bool:
+        info = self._info(server)
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    def _answers(self, n: int) -> dict[str, object] | None:
+        """What sentinel ``n`` knows of the master (None while it does not answer)."""
+        process = self.sentinels[n][1]
+        assert process is not None
+        if process.poll() is not None:
+            log = (self.workdir / f"sentinel-{n}" / "sentinel.log").read_text(errors="replace")
+            pytest.fail(f"redis-sentinel exited with {process.returncode}: {log[-2000:]}")
+        try:
+            return dict(self.ask(n).sentinel_master(self.master))
+        except redis.RedisError:
+            return None
+
+    def _settled(self) -> bool:
+        for n in range(len(self.sentinels)):
+            state = self._answers(n)
+            if state is None or int(str(state["num-slaves"])) < 1:
+                return False
+            if int(str(state["num-other-sentinels"])) < len(self.sentinels) - 1:
+                return False
+        return True
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
