@@ -6,7 +6,6 @@ sends tasks by name; it never imports worker code.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from hermes_worker.routes import FALLBACK_MESSAGE, Route, route_for
 from hermes_worker.sentinel_url import is_sentinel
 from hermes_worker.settings import Settings
 
-__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route", "forget_unacked",
+__all__ = ["FALLBACK_MESSAGE", "Cluster", "ClusterRefused", "ClusterUnavailable", "Route",
            "queue_depth", "route_for"]
 
 
@@ -39,36 +38,6 @@ def queue_depth(channel: Any, queue: str) -> int:
     except ChannelError:
         return 0
     return int(count)
-
-
-def forget_unacked(channel: Any, task_id_prefix: str) -> int:
-    """Drop from kombu's Redis store of delivered, unacknowledged messages those whose task ids
-    start with ``task_id_prefix`` (one batch's); how many. 0 on a broker without that store.
-
-    For after a failover or restart that lost acknowledgements: those messages would otherwise
-    be delivered again once the visibility timeout passed, long after their batch ended. The
-    store holds only messages in flight (a few per worker process): read whole, a page at a time.
-    """
-    client, store, index = (getattr(channel, name, None) for name in ("client", "unacked_key", "unacked_index_key"))
-    if not isinstance(client, redis.Redis) or not store or not index:
-        return 0
-    ours = [tag for tag, raw in client.hscan_iter(store, count=500) if _task_id(raw).startswith(task_id_prefix)]
-    for start in range(0, len(ours), 500):
-        page = ours[start : start + 500]
-        pipe = client.pipeline(transaction=False)
-        pipe.hdel(store, *page)
-        pipe.zrem(index, *page)
-        pipe.execute()
-    return len(ours)
-
-
-def _task_id(stored: bytes) -> str:
-    """The task id of a message as kombu's Redis transport stores it (``[message, exchange, routing key]``)."""
-    try:
-        task_id = json.loads(stored)[0]["headers"]["id"]
-    except (ValueError, TypeError, KeyError, IndexError):
-        return ""
-    return task_id if isinstance(task_id, str) else ""
 
 
 class ClusterUnavailable(HermesError):

@@ -22,6 +22,8 @@ from kombu.exceptions import OperationalError
 from hermes_worker.contract import (
     ISOLATION_CONTAINER,
     MAX_VALUE_BYTES,
+    QUEUE_CONTAINER,
+    QUEUE_LOCAL,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
 )  # fmt: skip
@@ -30,7 +32,8 @@ from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
 from hermes_worker.wire import Reply, request_span
 
-from .cluster import Cluster, forget_unacked, queue_depth
+from .cluster import Cluster, queue_depth
+from .purge import purge_quietly, task_id_prefix
 
 __all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
 
@@ -92,6 +95,7 @@ class ChunkTransport:
         # Where reading the stream resumes; "0" the first time: a resumed batch picks up
         # results that arrived while no producer was reading.
         self._last_id: bytes | str = "0"
+        self._stream_made = False
         # Every chunk whose lines were written, and whether Redis or the broker failed to answer
         # once: Redis may then have come back without its last writes (finish() reconciles).
         self._sent: set[int] = set()
@@ -104,6 +108,8 @@ class ChunkTransport:
             ValueTooLarge: the chunk's lines are too large for one Redis value.
             NotAnswering: Redis or the broker did not answer.
         """
+        if not self._stream_made:
+            self._make_stream()
         message = {k: v for k, v in payload.items() if k != "text"}
         if self._isolation == ISOLATION_CONTAINER:
             message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
@@ -118,7 +124,7 @@ class ChunkTransport:
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
-                kwargsrepr="{}", task_id=f"{self.reply.batch}-{uuid.uuid4().hex}",  # the batch's: finish() finds them
+                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex,
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise self._not_answering("the broker", exc) from exc
@@ -126,6 +132,25 @@ class ChunkTransport:
     def _not_answering(self, what: str, exc: BaseException) -> NotAnswering:
         self._troubled = True
         return NotAnswering(what, exc)
+
+    def _make_stream(self) -> None:
+        """Make the batch's result stream, empty, before its first chunk is sent (a resumed batch's
+        is there already, and stays as it is).
+
+        Workers append to it but make it only for a chunk whose lines still wait in Redis
+        (hermes_worker.publishing): once the batch has ended and :meth:`finish` deleted it, nothing
+        late makes it again. Made here, it is there for a worker that finds a chunk's lines gone
+        before any chunk has started, and says so.
+        """
+        try:
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            pipe.xadd(self.stream, {"o": ""}, id="0-1")  # refused when the stream has entries: fine
+            pipe.xdel(self.stream, "0-1")
+            pipe.expire(self.stream, self.reply.ttl)
+            pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise self._not_answering("Redis", exc) from exc
+        self._stream_made = True
 
     def _write_lines(self, key: str, body: bytes) -> None:
         if len(body) > MAX_VALUE_BYTES:
@@ -200,26 +225,27 @@ class ChunkTransport:
             return None
 
     def finish(self) -> None:
-        """Drop the batch's result stream (call once every result is safely written).
+        """Drop the batch's result stream, and what is left of its messages in the broker (copies
+        still queued, or held by a worker that died): call once every result is safely written.
 
         After an outage, Redis may have come back without its last writes (Sentinel promoted a
         replica that had not got them; a restart lost them): deletions of chunks' lines, and
-        workers' acknowledgements, undone. So the lines of every chunk are deleted again, and the
-        batch's messages left unacknowledged are dropped from the broker's store, where they
-        would be delivered again after the visibility timeout, to a batch long ended.
+        workers' acknowledgements, undone. So then the lines of every chunk are deleted again too.
         """
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
-        if not self._troubled:
-            return
-        keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
-        with contextlib.suppress(redis.RedisError):  # they expire with the results anyway
-            for start in range(0, len(keys), 1000):
-                self.cluster.redis.delete(*keys[start : start + 1000])
-        with contextlib.suppress(Exception):  # any broker kombu supports: best effort
+        if self._troubled:
+            keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
+            with contextlib.suppress(redis.RedisError):  # they expire with the results anyway
+                for start in range(0, len(keys), 1000):
+                    self.cluster.redis.delete(*keys[start : start + 1000])
+        try:
             if self._broker is None:
                 self._broker = self.cluster.app.connection_for_write()
-            forget_unacked(self._broker.default_channel, f"{self.reply.batch}-")
+            prefix = task_id_prefix(self.reply.batch)
+            purge_quietly(self._broker.default_channel, prefix, (QUEUE_LOCAL, QUEUE_CONTAINER))
+        except Exception:  # no broker now: what stays is taken for nothing later (BatchEnded)
+            self.close()
 
     def close(self) -> None:
         """Release the broker connection opened for queue depths, if any."""

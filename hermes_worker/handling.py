@@ -36,7 +36,7 @@ from .events import ClusterLog
 from .metrics import bump, chunk_increments
 from .metrics import field as metrics_field
 from .processing import failed_chunk_result, with_errors
-from .publishing import Publisher, Unpublishable
+from .publishing import BatchEnded, Publisher, Unpublishable
 from .registry import Registry
 from .runners import Runner
 from .sandbox.backends import backend
@@ -113,8 +113,9 @@ class ChunkHandler:
         Returns what became of the chunk, which the task returns so that Celery's task events
         (and Flower's Result column) show it: ``{"chunk": 3, "ok": 1022, "failed": 2, "errors":
         {"empty_prompt": 2}}`` for a chunk whose items partly failed, not a bare SUCCESS; or
-        ``refused``, ``lines_missing``, ``let_go`` or ``not_finished`` (why). Counts and codes
-        only: never a prompt.
+        ``refused``, ``lines_missing``, ``let_go``, ``not_finished`` (why) or ``batch_ended`` (its
+        producer deleted the chunk's lines and the result stream: nothing is published). Counts
+        and codes only: never a prompt.
         """
         job = self.accept(payload, reply, worker, queue)
         if job is None:
@@ -122,8 +123,11 @@ class ChunkHandler:
         # Redis may be away for a while: keep trying to publish until shortly before Celery's
         # soft time limit (80 % of the hard one), rather than lose the chunk to a short outage.
         self.publisher.allow(0.75 * self.settings.chunk_time_limit_s)
-        if not self.fetch(job):
-            return {"chunk": job.chunk, "lines_missing": True}
+        try:
+            if not self.fetch(job):
+                return {"chunk": job.chunk, "lines_missing": True}
+        except BatchEnded:
+            return self._ended(job, "before it ran")
         started = time.perf_counter()
         outcome = self.run(job)
         return self.publish(job, outcome, time.perf_counter() - started)
@@ -157,6 +161,7 @@ class ChunkHandler:
             {"s": json.dumps({"chunk": chunk, "worker": worker})},
             events.entry("DEBUG", "chunk.started", f"chunk {chunk} started", chunk=chunk),
             fetch=text_key,
+            wanted=text_key,
         )
         if text_key is None or job.text is not None:
             return True
@@ -168,6 +173,7 @@ class ChunkHandler:
             job.ttl,
             {"m": json.dumps({"chunk": chunk, "worker": worker})},
             events.entry("WARNING", "chunk.lines_missing", f"chunk {chunk}: its lines are not in Redis", chunk=chunk),
+            wanted=text_key,
         )
         return False
 
@@ -242,7 +248,10 @@ class ChunkHandler:
             reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
             return self._fail(job, reason, split=True)
         try:
-            self.publisher.publish(job.stream, job.ttl, fields, done, (job.worker, increments))
+            self.publisher.publish(job.stream, job.ttl, fields, done, (job.worker, increments),
+                                   wanted=job.request.text_key)  # fmt: skip
+        except BatchEnded:
+            return self._ended(job, "while it ran")
         except Unpublishable as exc:
             # Retrying here cannot help: tell the producer, who splits a result too large for
             # Redis, and sends anything else again (another worker may fare better).
@@ -292,11 +301,18 @@ class ChunkHandler:
         log.warning("chunk %s: %s; the producer is told", chunk, reason)
         event = self.events_for(worker).entry("ERROR", "chunk.unpublished", f"chunk {chunk}: {reason}", chunk=chunk)
         try:
-            self.publisher.publish(job.stream, job.ttl, {"f": notice}, event)
+            self.publisher.publish(job.stream, job.ttl, {"f": notice}, event, wanted=job.request.text_key)
+        except BatchEnded:
+            return self._ended(job, "while it ran")
         except Exception:
             log.exception("chunk %s: not even its failure notice could be published", chunk)
             raise
         return {"chunk": chunk, "not_finished": reason[:200]}
+
+    def _ended(self, job: Job, when: str) -> dict[str, Any]:
+        """The chunk's batch ended (its producer has every record): nothing is published for it."""
+        log.info("chunk %s: its batch ended %s; nothing published", job.chunk, when)
+        return {"chunk": job.chunk, "batch_ended": True}
 
     def _misplaced(self, request: ChunkRequest, queue: str | None) -> str | None:
         """Why this worker must not run ``request``, sent to ``queue``; None if it may."""

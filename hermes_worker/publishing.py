@@ -4,6 +4,12 @@ Every write a chunk makes (its start notice, its result, a failure or refusal no
 round trip that also carries its cluster-log event and, for a result, its metric increments.
 A Redis outage is waited out with back-off until the chunk's deadline; a refusal that waiting
 cannot fix (a value too large, a key of the wrong type) is raised at once as :class:`Unpublishable`.
+
+A write about a chunk whose lines wait in Redis never creates the batch's stream unless those lines
+are still there (:class:`BatchEnded`): once the producer has written every chunk it deletes the
+lines and the stream, and a late write (a worker cut off and back, a copy of a chunk redelivered
+after the end) would otherwise make the stream again, holding records nobody reads for
+``HERMES_RESULT_TTL``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from .errors import HermesError
 from .metrics import add as add_metrics
 from .redis_conn import refused_for_size
 
-__all__ = ["Publisher", "Unpublishable"]
+__all__ = ["BatchEnded", "Publisher", "Unpublishable"]
 
 log = logging.getLogger("hermes.worker")
 
@@ -34,6 +40,11 @@ class Unpublishable(HermesError):
     def __init__(self, reason: str, *, too_large: bool = False) -> None:
         super().__init__(reason)
         self.too_large = too_large
+
+
+class BatchEnded(HermesError):
+    """The batch's result stream is gone and the chunk's lines with it: its producer has finished
+    (or gave it up), and nothing more is written for it."""
 
 
 class Publisher:
@@ -59,13 +70,20 @@ class Publisher:
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None = None,
         fetch: str | None = None,
+        wanted: str | None = None,
     ) -> bytes | None:
         """Append ``fields`` to ``stream`` (and the event, the counters; and GET ``fetch``).
+
+        ``wanted``: the key of the chunk's lines, which exist while the batch waits for the chunk.
+        Given, the write creates the stream only while they do (the batch's first write); else
+        it only appends to the stream there is. Without it (a chunk of items) it always may.
 
         Returns:
             The value of ``fetch``, or None (no key asked for, or none readable there).
 
         Raises:
+            BatchEnded: neither the stream nor the lines ``wanted`` exist: nothing was written
+                to the stream (the event and counters were).
             Unpublishable: Redis refuses these fields for good; retrying cannot help.
             redis.RedisError: Redis did not answer until the deadline.
         """
@@ -76,7 +94,7 @@ class Publisher:
         size = sum(len(value) for value in fields.values())
         while True:
             try:
-                return self._send(stream, ttl, fields, event, counters, fetch)
+                return self._send(stream, ttl, fields, event, counters, fetch, wanted)
             except (redis.DataError, UnicodeError) as exc:
                 raise Unpublishable(f"{type(exc).__name__}: {exc}") from exc
             except redis.ResponseError as exc:
@@ -104,9 +122,10 @@ class Publisher:
         event: dict[str, str],
         counters: tuple[str, dict[str, float]] | None,
         fetch: str | None,
+        wanted: str | None,
     ) -> bytes | None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        pipe.xadd(stream, fields, nomkstream=wanted is not None)  # type: ignore[arg-type]
         pipe.expire(stream, ttl)
         pipe.xadd(KEY_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
         if counters is not None:
@@ -115,7 +134,32 @@ class Publisher:
             pipe.get(fetch)  # the chunk's lines, in the same round trip as its start notice
         # raise_on_error=False: a refused GET of the chunk's lines (a key of another type,
         # put there by a Redis writer) is not a refusal of the notice (see _fetched).
-        return _fetched(pipe.execute(raise_on_error=False), fetch)
+        replies = pipe.execute(raise_on_error=False)
+        fetched = _fetched(replies, fetch)
+        if wanted is not None and replies[0] is None and not self._create(stream, ttl, fields, wanted):
+            raise BatchEnded(f"{stream} and {wanted} are gone: the batch has ended")
+        return fetched
+
+    def _create(self, stream: str, ttl: int, fields: dict[str, str | bytes], wanted: str) -> bool:
+        """Write ``fields`` to a stream that does not exist yet, if ``wanted`` still does; whether written.
+
+        WATCH makes the check and the write one: lines deleted in between (the batch ending)
+        abort the write; lines written again in between (the chunk sent again) are checked again.
+        """
+        for _attempt in range(3):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(wanted)  # type: ignore[no-untyped-call]
+                    if not pipe.exists(wanted):
+                        return False
+                    pipe.multi()
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                    pipe.expire(stream, ttl)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+        return False
 
 
 def _transient(exc: redis.ResponseError) -> bool:

@@ -13,10 +13,11 @@ from typing import Any
 
 from hermes_worker.sandbox.docker_backend import session_filters
 
-from .fixtures_chaos import DEFAULT_PROMPTS, Cluster, check_output, write_prompts
+from .fixtures_chaos import DEFAULT_PROMPTS, Cluster, write_prompts
 from .fixtures_chaos import container_env as container_env  # the chaos tests import it from here
 from .fixtures_docker import TEST_DEPLOYMENT
 from .fixtures_faults import TcpProxy
+from .support.checker import check
 from .support.inputs import journal_chunks
 from .support.processes import descendants
 from .support.redis_server import RedisServer
@@ -84,12 +85,12 @@ def healed(cluster: Cluster) -> str:
 
 def both_workers_still_consume(cluster: Cluster, tmp_path: Path, name: str) -> None:
     src, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-out.jsonl"
-    ids = write_prompts(src, 4_000)
+    write_prompts(src, 4_000)
     again = cluster.hermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "50")
     assert again.wait(180) == 0, again.stderr
-    outcome = check_output(out, ids)
-    outcome.assert_exactly_once()
-    workers = outcome.by("worker")
+    verdict = check(out, src, client=cluster.client())
+    verdict.assert_clean()
+    workers = verdict.by("worker")
     assert workers["local@w1"] > 0 and workers["local@w2"] > 0, f"a worker stopped consuming: {dict(workers)}"
 
 

@@ -24,13 +24,14 @@ from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E
 from .support.processes import Producer, run_hermes, start_hermes  # noqa: E402
 from .support.zygote import Zygote  # noqa: E402
 
-pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults"]
+pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults",
+                  "tests.fixtures_hosts"]  # fmt: skip
 
 # The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
 # ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
 SERVICE_FIXTURES = {
     "cluster": {"redis_server", "cluster_env", "start_worker", "chermes", "redis_factory", "cluster_factory",
-                "sentinel_factory"},
+                "sentinel_factory", "lan"},
     "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
                "private_dockerd"},
 }  # fmt: skip

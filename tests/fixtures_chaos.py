@@ -5,8 +5,9 @@
   optionally with a password and/or TLS (certificates made in the test with ``openssl``).
 - the network and Docker faults (a proxy to cut, a private dockerd): :mod:`tests.fixtures_faults`.
 - :class:`Cluster`: workers (``hermes worker``) and producers (``hermes batch``) as real
-  processes against any of the above; :func:`check_output` counts records, duplicates,
-  missing ids, ok and errors; :class:`Report` collects the table the chaos run ends with.
+  processes against any of the above (on other hosts too: ``prefix``); every scenario checks its
+  output with the checker (:mod:`tests.support.checker`), and :class:`Report` collects the table
+  the chaos run ends with, one row per scenario, with the checker's counts.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -108,9 +108,10 @@ class Cluster:
     producers: list[Producer] = field(default_factory=list)
 
     def worker(self, name: str, mode: str = "local", concurrency: int = 1, env: dict[str, str] | None = None,
-               expect_tag: str = "local", wait: bool = True) -> WorkerProcess:  # fmt: skip
+               expect_tag: str = "local", wait: bool = True, prefix: Sequence[str] = ()) -> WorkerProcess:  # fmt: skip
+        """Start ``hermes worker`` (through ``prefix``: on another host); by default wait until it serves."""
         worker = start_worker_process(dict(self.env, **(env or {})), self.tmp / f"worker-{name}.log", name,
-                                      *worker_options(mode, concurrency))  # fmt: skip
+                                      *worker_options(mode, concurrency), prefix=prefix)  # fmt: skip
         self.workers.append(worker)
         if wait:
             self.wait_registered(worker, f"{expect_tag}@{name}")
@@ -125,14 +126,16 @@ class Cluster:
     def wait_registered(self, worker: WorkerProcess, node: str, timeout: float = 90) -> None:
         wait_registered(worker, node, self.client, timeout)
 
-    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer", stdin: Any = None
-               ) -> Producer:  # fmt: skip
-        """Start `hermes ARGS...`; standard output is discarded (batches write to files).
+    def hermes(self, *args: str, env: dict[str, str] | None = None, name: str = "producer", stdin: Any = None,
+               prefix: Sequence[str] = ()) -> Producer:  # fmt: skip
+        """Start `hermes ARGS...` (through ``prefix``: on another host); standard output is discarded
+        (batches write to files).
 
         ``stdin=subprocess.PIPE``: the test feeds its standard input (``producer.process.stdin``).
         """
         stderr_path = self.tmp / f"{name}-{len(self.producers)}.err"
-        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path, stdin=stdin)
+        producer = start_hermes(list(args), dict(self.env, **(env or {})), self.tmp, stderr_path, stdin=stdin,
+                                prefix=prefix)  # fmt: skip
         self.producers.append(producer)
         return producer
 
@@ -187,58 +190,9 @@ def cluster_factory(hermes_env: dict[str, str], tmp_path: Path) -> Iterator[Call
 # Checking output -------------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    """What an output file holds, record by record, against the ids that went in."""
-
-    records: list[dict[str, Any]]
-    items_in: int
-    duplicates: int
-    missing: list[Any]
-    unexpected: list[Any]
-    in_order: bool
-
-    @property
-    def ok(self) -> int:
-        return sum(1 for r in self.records if "error" not in r)
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for r in self.records if "error" in r)
-
-    def error_codes(self) -> Counter[str]:
-        return Counter(r["error"]["code"] for r in self.records if "error" in r)
-
-    def by(self, key: str) -> Counter[str]:
-        """Records per provenance field (``worker``, ``mode``)."""
-        return Counter(str(r["provenance"].get(key)) for r in self.records)
-
-    def assert_exactly_once(self) -> None:
-        assert len(self.records) == self.items_in, f"{len(self.records)} records for {self.items_in} items"
-        assert self.duplicates == 0, f"{self.duplicates} duplicate ids"
-        assert not self.missing, f"{len(self.missing)} ids missing, e.g. {self.missing[:5]}"
-        assert not self.unexpected, f"unexpected ids, e.g. {self.unexpected[:5]}"
-        assert self.in_order, "records are not in input order"
-
-
 def read_output(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
-
-
-def check_output(path: Path, expected_ids: list[Any]) -> Outcome:
-    records = read_output(path)
-    ids = [r.get("id") for r in records]
-    counts = Counter(json.dumps(i) for i in ids)
-    wanted = {json.dumps(i) for i in expected_ids}
-    return Outcome(
-        records=records,
-        items_in=len(expected_ids),
-        duplicates=sum(n - 1 for n in counts.values() if n > 1),
-        missing=[i for i in expected_ids if json.dumps(i) not in counts],
-        unexpected=[i for i in ids if json.dumps(i) not in wanted],
-        in_order=ids == expected_ids,
-    )
 
 
 DEFAULT_PROMPTS = [
@@ -306,18 +260,17 @@ class RssSampler(threading.Thread):
 class Row:
     scenario: str
     items_in: int
-    records_out: int
-    duplicates: int
-    errors: int
+    counts: tuple[int, int, int, int, int, int] | None  # records out, lost, duplicated, unexpected, leftovers, errors
     recover_s: float | None
     notes: str = ""
-    lost: int | None = None  # None: the scenario did not count it
-    unexpected: int | None = None
-    leftovers: int | None = None
 
 
 class Report:
     """The chaos table: one row per scenario, written to artifacts/chaos-report.md as rows come.
+
+    A row's counts are the checker's (:class:`~tests.support.checker.Verdict`): lost, duplicated
+    and unexpected records, and what the batch left in Redis; ``errors`` are error records (each
+    still the one record of its line).
 
     Under pytest-xdist each worker process has a Report of its own: each keeps its rows in a file
     of this run (``PYTEST_XDIST_TESTRUNUID``), and the table is written from all of them.
@@ -329,29 +282,18 @@ class Report:
         run, worker = os.environ.get("PYTEST_XDIST_TESTRUNUID"), os.environ.get("PYTEST_XDIST_WORKER")
         self._mine = path.parent / f".chaos-rows-{run}-{worker}.json" if run and worker else None
 
-    def add(self, scenario: str, outcome: Outcome | None = None, recover_s: float | None = None, notes: str = "",
+    def add(self, scenario: str, verdict: Verdict | None = None, recover_s: float | None = None, notes: str = "",
             items_in: int | None = None) -> None:  # fmt: skip
-        self.rows.append(Row(
-            scenario,
-            outcome.items_in if outcome else (items_in or 0),
-            len(outcome.records) if outcome else 0,
-            outcome.duplicates if outcome else 0,
-            outcome.errors if outcome else 0,
-            None if recover_s is None else round(recover_s, 1),
-            notes,
-            len(outcome.missing) if outcome else None,
-            len(outcome.unexpected) if outcome else None,
-        ))  # fmt: skip
+        counts = None if verdict is None else (
+            verdict.records_out, len(verdict.lost), verdict.duplicated, len(verdict.unexpected),
+            sum(verdict.leftovers.values()), verdict.errors)  # fmt: skip
+        items = verdict.items_in if verdict is not None else (items_in or 0)
+        self.rows.append(Row(scenario, items, counts, None if recover_s is None else round(recover_s, 1), notes))
         self.write()
 
     def add_verdict(self, scenario: str, verdict: Verdict, recover_s: float | None, notes: str = "") -> None:
-        """A row from the checker's counts (:mod:`tests.support.checker`): lost, unexpected and leftovers too."""
-        errors = sum(1 for record in verdict.records if "error" in record)
-        recover = None if recover_s is None else round(recover_s, 1)
-        wrong = len(verdict.unexpected) + verdict.out_of_order
-        self.rows.append(Row(scenario, verdict.items_in, verdict.records_out, verdict.duplicated, errors, recover,
-                             notes, len(verdict.lost), wrong, sum(verdict.leftovers.values())))  # fmt: skip
-        self.write()
+        """:meth:`add`, for a scenario that always has the checker's verdict."""
+        self.add(scenario, verdict, recover_s, notes)
 
     def _all_rows(self) -> list[Row]:
         """This process' rows, and those the run's other worker processes have written."""
@@ -368,12 +310,12 @@ class Report:
     def write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = ["| scenario | items in | records out | lost | duplicated | unexpected | leftovers | errors "
-                 "| time to recover (s) | notes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+                 "| time to recover (s) | notes |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for r in self._all_rows():
             recover = "-" if r.recover_s is None else f"{r.recover_s:g}"
-            lost, unexpected, left = ("-" if n is None else f"{n:,}" for n in (r.lost, r.unexpected, r.leftovers))
-            lines.append(f"| {r.scenario} | {r.items_in:,} | {r.records_out:,} | {lost} | {r.duplicates} "
-                         f"| {unexpected} | {left} | {r.errors:,} | {recover} | {r.notes} |")  # fmt: skip
+            counts = " | ".join(f"{n:,}" for n in r.counts) if r.counts else " | ".join(["-"] * 6)
+            lines.append(f"| {r.scenario} | {r.items_in:,} | {counts} | {recover} | {r.notes} |")
         self.path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -87,5 +87,25 @@ def test_what_a_batch_leaves_in_redis_is_counted(batch: tuple[Path, list[str]], 
     client.xadd("hermes:results:" + "b" * 32, {"r": "{}"})
     client.rpush("hermes.local", b"{}")
     client.hset("unacked", "tag", b"{}")
-    verdict = check(source.with_name("out.jsonl"), source, client=client)
+    verdict = check(source.with_name("out.jsonl"), source, client=client, settle=0)
     assert sum(verdict.leftovers.values()) == 4 and len(verdict.problems()) == 1
+
+
+def test_an_allowed_error_is_one_record_for_its_line_and_only_with_its_code(batch: tuple[Path, list[str]]) -> None:
+    source, lines = batch
+    poisoned = json.loads(lines[1]) | {"error": {"code": "sandbox_failure", "line": 2, "message": "out-of-memory"}}
+    del poisoned["text"]
+    planted = [lines[0], json.dumps(poisoned) + "\n", *lines[2:]]
+    out = source.with_name("planted.jsonl")
+    out.write_text("".join(planted))
+    assert check(out, source, allow={2: "sandbox_failure"}).problems() == []
+    wrong_code = check(out, source, allow={2: "too_slow"}).unexpected
+    assert "error 'sandbox_failure', not the 'too_slow' allowed" in wrong_code[0]
+    assert len(check(out, source).unexpected) == 1  # not allowed: not what line 2 normalizes to
+    assert "error None" in check(source.with_name("out.jsonl"), source, allow={2: "sandbox_failure"}).unexpected[0]
+
+
+def test_the_batch_s_prompt_size_limit_decides_what_is_expected(batch: tuple[Path, list[str]]) -> None:
+    source, _lines = batch
+    verdict = check(source.with_name("out.jsonl"), source, max_prompt_bytes=8)  # "cafÃ©  au lait" is too large
+    assert verdict.unexpected and "line 1:" in verdict.unexpected[0]

@@ -6,6 +6,9 @@
 - :mod:`.processes`: ``hermes worker`` and ``hermes ...`` as real processes, and the registry.
 - :mod:`.inputs`: input files, records, and the raw-chunk pipeline run in-process.
 - :mod:`.timing`: ``cpu_seconds``, CPU time of a call stopped at a limit (the linear-time tests).
+- :mod:`.checker`: ``check``, what a batch's output and Redis say about its input (every chaos test).
+- :mod:`.hosts`: several hosts on this machine (network namespaces), and the faults of their network.
+- :mod:`.delay_proxy`: a TCP proxy that adds latency (this kernel has no ``netem``).
 
 Fixtures live in the ``tests/fixtures_*.py`` plugins (registered in ``tests/conftest.py``);
 no test module imports another test module or a conftest.

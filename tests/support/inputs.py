@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from hermes_producer.seen_ids import SeenIds
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 from hermes_worker.processing import process_chunk
-from hermes_worker.wire import ChunkRequest, request_span
+from hermes_worker.wire import ChunkRequest, ChunkResult, request_span
 
 from .environment import EXAMPLES
 
@@ -56,13 +57,24 @@ def make_signing_files(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 def batch_records(
-    data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000, profile: str = "nfc"
+    data: bytes, chunk_size: int = 2, fmt: str = "jsonl", max_bytes: int = 1000, profile: str = "nfc",
+    memo: dict[str, ChunkResult] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every record ``hermes batch`` would write for ``data``, through raw chunks and the guard, in-process."""
+    """Every record ``hermes batch`` would write for ``data``, through raw chunks and the guard, in-process.
+
+    ``memo`` keeps each chunk's result by its request (the engine is a pure function of it), so
+    inputs that share chunks (a file and its first lines) are normalized once.
+    """  # fmt: skip
     options = BatchOptions(resolve_profile(profile), fmt, ChunkOptions(max_prompt_bytes=max_bytes), chunk_size)  # type: ignore[arg-type]
     seen, records = SeenIds(), []
     for payload in text_chunk_requests(read_chunks(io.BytesIO(data), fmt, max_bytes, chunk_size), options):  # type: ignore[arg-type]
-        result = guard_duplicates(process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w"), seen)
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
+        processed = memo.get(key) if memo is not None else None
+        if processed is None:
+            processed = process_chunk(ChunkRequest.from_payload(payload), mode="local", worker="w")
+            if memo is not None:
+                memo[key] = processed
+        result = guard_duplicates(processed, seen)
         lines = result.record_lines()
         assert len(lines) == request_span(payload)[1] == result.count
         records += [json.loads(line) for line in lines]

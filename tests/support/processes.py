@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,15 +69,17 @@ def worker_options(mode: str = "local", concurrency: int = 1) -> tuple[str, ...]
     return ("--mode", mode, "-c", str(concurrency), "-l", "info")
 
 
-def start_worker_process(env: dict[str, str], log_path: Path, name: str, *options: str) -> WorkerProcess:
+def start_worker_process(env: dict[str, str], log_path: Path, name: str, *options: str,
+                         prefix: Sequence[str] = ()) -> WorkerProcess:  # fmt: skip
     """Start ``hermes worker --name NAME OPTIONS...`` with ``env``; it logs (appending) to ``log_path``.
 
     The worker has a process group of its own, so :meth:`WorkerProcess.kill` takes its pool too.
+    ``prefix`` runs it through another command that execs it (``ip netns exec NS``: on another host).
     """
     needs_mark("cluster", "a hermes worker")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hermes_producer", "worker", "--name", name, *options],
+            [*prefix, sys.executable, "-m", "hermes_producer", "worker", "--name", name, *options],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     return WorkerProcess(name, process, log_path)
@@ -150,22 +152,23 @@ def run_hermes(args: list[str], env: dict[str, str], cwd: Path, input: bytes | N
 
 
 def start_hermes(args: list[str], env: dict[str, str], cwd: Path, stderr_path: Path, stdout: Any = None,
-                 forked: bool = False, stdin: Any = None) -> Producer:  # fmt: skip
+                 forked: bool = False, stdin: Any = None, prefix: Sequence[str] = ()) -> Producer:  # fmt: skip
     """Start ``hermes ARGS...``; standard output is discarded unless ``stdout`` (a file) says otherwise.
 
     ``stdin``: what the command reads (``subprocess.PIPE``: the test feeds it, ``process.stdin``);
     nothing otherwise.
 
     ``forked``: from the session's zygote when it serves ``env`` (see :func:`run_hermes`), for
-    commands a test only starts, interrupts and waits for.
+    commands a test only starts, interrupts and waits for. ``prefix``: through a command that
+    execs it (``ip netns exec NS``), never forked.
     """
-    forker = zygote.shared() if forked else None
+    forker = zygote.shared() if forked and not prefix else None
     with stderr_path.open("wb") as stderr, open(os.devnull, "r+b") as devnull:
         if forker is not None and forker.serves(env) and stdin is None:
             fds = (devnull.fileno(), (devnull if stdout is None else stdout).fileno(), stderr.fileno())
             return Producer(forker.start(args, env, cwd, fds), stderr_path)
         process = subprocess.Popen(
-            [sys.executable, "-m", "hermes_producer", *args],
+            [*prefix, sys.executable, "-m", "hermes_producer", *args],
             env=env, cwd=cwd, stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=stderr,
             stdin=devnull if stdin is None else stdin,
         )  # fmt: skip
