@@ -6,6 +6,7 @@
 - :mod:`.processes`: ``hermes worker`` and ``hermes ...`` as real processes, and the registry.
 - :mod:`.inputs`: input files, records, and the raw-chunk pipeline run in-process.
 - :mod:`.timing`: ``cpu_seconds``, CPU time of a call stopped at a limit (the linear-time tests).
+- :mod:`.leaks`: the secrets tests' markers, DEBUG environment, `hermes` runs and every log as one text.
 
 Fixtures live in the ``tests/fixtures_*.py`` plugins (registered in ``tests/conftest.py``);
 no test module imports another test module or a conftest.
