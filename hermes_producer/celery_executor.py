@@ -26,10 +26,11 @@ from hermes_worker.wire import ChunkResult, Reply
 
 from .batch_board import BatchBoard, BatchProgress, producer_name
 from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
+from .chunk_ledger import Forget, RunHere, Send
 from .cluster import Cluster, Route
 from .executors import ExecutorError
 from .notices import decode_entry
-from .tracker import HEALTH_EVERY_S, ChunkTracker, Forget, Limits, RunHere, Send
+from .tracker import HEALTH_EVERY_S, ChunkTracker, Limits
 from .transport import ChunkTransport, NotAnswering, ValueTooLarge
 
 __all__ = ["CeleryExecutor"]

@@ -3,8 +3,10 @@
 The decision logic of :class:`~.celery_executor.CeleryExecutor`, and no I/O, no Redis, no
 clock. The executor feeds it what the transport observed (:mod:`.notices` read from the
 batch's stream, the live workers, a queue's depth, an outage) with the time, and carries out
-its decisions (:class:`Send`, :class:`Forget`, :class:`RunHere`); it emits what happened as
-:mod:`.chunk_events`. Faults it rides out, and how:
+its decisions (``Send``, ``Forget``, ``RunHere``); it emits what happened as :mod:`.chunk_events`.
+The bookkeeping (the reorder window, deliveries, splits, merges) and the decisions are
+:class:`~.chunk_ledger.ChunkLedger`'s; :class:`ChunkTracker` adds the rules. Faults it rides
+out, and how:
 
 - A worker vanishes (killed, or its heartbeat stops): every chunk it announced, and every chunk
   nobody announced yet (it may have reserved them without starting), is sent again at once.
@@ -25,9 +27,9 @@ The producer never waits for ever, and no chunk is sent again for ever:
 
 - A *failure notice*, or a chunk announced by a live worker that has not answered within the
   chunk time limit (plus a grace period), ends a delivery: the chunk is sent again.
-- A chunk gets at most :data:`MAX_DELIVERIES` deliveries that end without a result (failure
-  notices, overdue, its worker gone, or taken again while no result came). Past that it is
-  *split* into parts that run as chunks of their own (:mod:`.splitting`), down to the one line
+- A chunk gets at most :data:`~.chunk_ledger.MAX_DELIVERIES` deliveries that end without a
+  result (failure notices, overdue, its worker gone, or taken again while no result came). Past
+  that it is *split* into parts that run as chunks of their own (:mod:`.splitting`), down to the one line
   to blame, which gets an ``engine_failure`` record naming the reason: a poison line that kills
   every process running it costs its own record, not its chunk's. A chunk whose lines or result
   are too large for one Redis value is split at once; one whose result Redis refuses for
@@ -38,8 +40,7 @@ The producer never waits for ever, and no chunk is sent again for ever:
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,10 @@ from hermes_worker.contract import ENGINE_FAILURE, ContractError
 from hermes_worker.processing import failed_chunk_result
 from hermes_worker.registry import WorkerInfo
 from hermes_worker.routes import Route, route_for
-from hermes_worker.wire import ChunkResult, request_span
+from hermes_worker.wire import ChunkResult
 
 from . import chunk_events as events
+from .chunk_ledger import ChunkLedger, ChunkState, RunHere
 from .executors import ExecutorError
 from .notices import (
     MissingNotice,
@@ -61,64 +63,20 @@ from .notices import (
     refusal,
     unreadable_result,
 )
-from .splitting import merge_results, split_request
 
-__all__ = ["MAX_DELIVERIES", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Decision", "Forget", "Limits",
-           "RunHere", "Send"]
+__all__ = ["HEALTH_EVERY_S", "MAX_STRANDED", "STRANDED_AFTER_S", "ChunkTracker", "Limits"]
 
 # How often the executor checks the registry; the tracker's grace after an outage counts it too.
 HEALTH_EVERY_S = 1.0
 # A chunk nobody announced this long after it was sent, with its queue empty all that time, is stranded.
 STRANDED_AFTER_S = 3.0
-# Deliveries of one chunk that may end without a result before it is split (or, alone, failed).
-MAX_DELIVERIES = 3
-# A part of a split chunk is split again as soon as one delivery fails: it holds the culprit,
-# and splitting an innocent part by bad luck costs nothing. A part of one line is failed only
-# after MAX_DELIVERIES, so that one unlucky death cannot blame it.
-PART_DELIVERIES = 1
-# Parts per split: eight parts in parallel find the line to blame in a 1,024-line chunk in four
-# rounds (halves would take ten), each round costing a dead process or two.
-SPLIT_WAYS = 8
 # Sends of one chunk that no worker ever announced (each "stranded") before it gets error records.
 MAX_STRANDED = 5
 # A chunk announced by a live worker is overdue this long after the chunk time limit, plus two
 # heartbeats: by then Celery has killed the process running it, and no result can come.
 OVERDUE_GRACE_S = 5.0
-# Parts of split chunks are numbered from here: far above any chunk number a batch uses.
-PART_BASE = 1 << 40
 # A chunk workers refused (or answered from the wrong kind of worker) this often stops the batch.
 MAX_REFUSALS = 3
-
-
-# What the tracker decided: the executor carries these out, in order.
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``payload`` (chunk ``chunk``) to ``queue``; ``resend``: it was sent before."""
-
-    chunk: int
-    payload: dict[str, Any]
-    queue: str
-    resend: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Forget:
-    """Delete chunk ``chunk``'s lines: copies of its message still in the broker then end at once."""
-
-    chunk: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunHere:
-    """Run ``payload`` in-process and hand the result to :meth:`ChunkTracker.ran_here`."""
-
-    chunk: int
-    payload: dict[str, Any]
-
-
-Decision = Send | Forget | RunHere
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,31 +95,8 @@ class Limits:
         return self.chunk_time_limit_s + OVERDUE_GRACE_S + 2 * self.heartbeat_s
 
 
-@dataclass(slots=True)
-class _Chunk:
-    payload: dict[str, Any]
-    sent_at: float
-    worker: str | None = None
-    started_at: float = 0.0  # when ``worker`` announced it
-    starts: int = 0  # start notices seen: deliveries that began
-    failures: int = 0  # deliveries known to have ended without a result
-    stranded: int = 0  # times sent again because nobody ever took it
-    doubted_at: float | None = None  # announced before an outage: its result may be lost with it
-    allowed: int = MAX_DELIVERIES
-    parent: int | None = None  # the chunk this is a part of
-    parts: list[int] | None = None  # set once this chunk is split: its parts, in order
-    _span: tuple[int, int] | None = None
-
-    @property
-    def span(self) -> tuple[int, int]:
-        """``(first line, lines)`` of the payload (counted once: the payload does not change)."""
-        if self._span is None:
-            self._span = request_span(self.payload)
-        return self._span
-
-
-class ChunkTracker:
-    """The state of one executor's chunks, across its batches (``hermes queue`` runs several).
+class ChunkTracker(ChunkLedger):
+    """The rules over one executor's chunks, across its batches (``hermes queue`` runs several).
 
     Args:
         route: where chunks go now (a re-route changes it).
@@ -177,14 +112,8 @@ class ChunkTracker:
         self, route: Route, *, isolation: str, limits: Limits, fallback: bool, producer: str,
         on_event: Callable[[events.Event], None], now: float,
     ) -> None:  # fmt: skip
-        self.route = route
         self.isolation = isolation
         self.limits = limits
-        self.fallback = fallback
-        self.degraded = False  # True once the rest of the batch runs in-process
-        self.resent = 0
-        self._producer = producer
-        self._emit = on_event
         self._serving = {w.name for w in route.workers}  # who consumed the route's queue last time we looked
         self._outage_since: float | None = None  # when Redis or the broker stopped answering, if it did
         self._outage_of = "Redis"
@@ -192,73 +121,20 @@ class ChunkTracker:
         self._trouble_at = float("-inf")  # when an outage was last seen
         self._suspects: dict[int, float] = {}  # chunk -> since when it looks stranded
         self._refusals: dict[int, int] = {}  # chunk -> times refused, or answered by the wrong kind of worker
-        self._next_part = PART_BASE
-        self._decisions: list[Decision] = []
-        self.begin()
+        super().__init__(route, fallback=fallback, producer=producer, on_event=on_event)
 
-    # -- one batch: admitting, completing and handing back chunks in order --
+    # -- one batch --
 
     def begin(self) -> None:
-        """Start a batch (a call of ``map_ordered``): no chunk outstanding, a window for the route."""
-        self._window = 4 * self.route.concurrency + 4
-        self._order: deque[int] = deque()  # chunks admitted and not yet handed back, in input order
-        self._chunks: dict[int, _Chunk] = {}  # chunks and parts not yet handed back
-        self._ready: dict[int, ChunkResult] = {}  # results of chunks, waiting for their turn
-        self._part_results: dict[int, ChunkResult] = {}  # finished parts of split chunks
+        """Start a batch (a call of ``map_ordered``): no chunk outstanding, a window for the route, no orphan."""
+        super().begin()
         self._orphaned_since: float | None = None  # since when the route has had no worker
 
-    def holders(self) -> set[str]:
-        """The workers that announced a chunk of this batch whose result has not come yet."""
-        return {c.worker for n, c in self._chunks.items() if c.worker is not None and n not in self._ready}
-
-    def has_room(self) -> bool:
-        """Whether another chunk may be admitted: at most ``4 * concurrency + 4`` are in flight."""
-        return len(self._order) < self._window
-
-    @property
-    def idle(self) -> bool:
-        """No chunk admitted and not handed back."""
-        return not self._order
-
     def admit(self, payload: dict[str, Any], now: float) -> None:
-        """Take chunk ``payload["chunk"]``: send it, or run it here once the batch fell back."""
-        chunk = payload["chunk"]
-        self._order.append(chunk)
+        """Take chunk ``payload["chunk"]`` (:meth:`.ChunkLedger.admit`); silence counts from the first one."""
         if not self._chunks:
             self._heard_at = now  # silence counts from the first chunk out
-        self._chunks[chunk] = _Chunk(payload, now)
-        if self.degraded and self.fallback:
-            self._decisions.append(RunHere(chunk, payload))
-        else:
-            self._decisions.append(Send(chunk, payload, self.route.queue))
-
-    def take_decisions(self) -> list[Decision]:
-        """What to do now, in order; the executor carries each out (and may add more by reporting back)."""
-        decisions, self._decisions = self._decisions, []
-        return decisions
-
-    def wants_sent(self, chunk: int) -> bool:
-        """Whether a :class:`Send` of ``chunk`` decided earlier still makes sense (it may have finished meanwhile)."""
-        waiting = self._chunks.get(chunk)
-        if waiting is None or chunk in self._ready or waiting.parts is not None:
-            return False
-        return waiting.parent is None or (waiting.parent in self._chunks and waiting.parent not in self._ready)
-
-    def too_large(self, chunk: int, detail: str, now: float) -> None:
-        """Redis refused ``chunk``'s lines as one value: split it."""
-        self._split(chunk, events.TooLarge(detail), now)
-
-    def ran_here(self, chunk: int, result: ChunkResult) -> None:
-        """The in-process result of a :class:`RunHere`."""
-        self._ready[chunk] = result
-
-    def next_written(self) -> tuple[int, ChunkResult] | None:
-        """The next chunk in input order and its result, if it has one; it leaves the tracker."""
-        if not self._order or self._order[0] not in self._ready:
-            return None
-        chunk = self._order.popleft()
-        self._chunks.pop(chunk, None)
-        return chunk, self._ready.pop(chunk)
+        super().admit(payload, now)
 
     # -- what came on the result stream --
 
@@ -302,7 +178,7 @@ class ChunkTracker:
             reason = events.NotFinished(seen.worker, seen.reason)
             self._failed(chunk, reason, now, split=seen.split, then_split=seen.split)
 
-    def _result(self, seen: ResultPosted, waiting: _Chunk, now: float) -> None:
+    def _result(self, seen: ResultPosted, waiting: ChunkState, now: float) -> None:
         if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
             return  # a part of another run of this batch, numbered alike: other lines
         try:
@@ -415,7 +291,7 @@ class ChunkTracker:
         return [c for c in self._pending() if self._silent_since(self._chunks[c], now) >= STRANDED_AFTER_S]
 
     @staticmethod
-    def _silent_since(waiting: _Chunk, now: float) -> float:
+    def _silent_since(waiting: ChunkState, now: float) -> float:
         if waiting.worker is None:
             return now - waiting.sent_at
         return -1.0 if waiting.doubted_at is None else now - waiting.doubted_at
@@ -532,90 +408,3 @@ class ChunkTracker:
             if now - waiting.started_at > self.limits.overdue_after_s:
                 reason = events.Overdue(waiting.worker, now - waiting.started_at, self.limits.chunk_time_limit_s)
                 self._failed(chunk, reason, now, split=False)
-
-    # -- sending again, splitting, giving up --
-
-    def _pending(self) -> list[int]:
-        """Chunks and parts still to be answered; split chunks are not sent any more: their parts are."""
-        return [c for c, waiting in self._chunks.items() if c not in self._ready and waiting.parts is None]
-
-    def _resend(self, chunks: Iterable[int], now: float) -> None:
-        for chunk in chunks:
-            waiting = self._chunks.get(chunk)
-            if waiting is None or chunk in self._ready:
-                continue  # finished meanwhile (given up on, or its result came)
-            waiting.worker, waiting.sent_at, waiting.doubted_at = None, now, None
-            self._decisions.append(Send(chunk, waiting.payload, self.route.queue, resend=True))
-            self.resent += 1
-
-    def _failed(
-        self, chunk: int, reason: events.FailureReason, now: float, *, split: bool, then_split: bool = True
-    ) -> None:
-        """A delivery of ``chunk`` ended without a result: send it again, or split it once that
-        happened ``allowed`` times (at once if ``split``: sending it whole again cannot help).
-        Without ``then_split`` (no line can be to blame) a chunk out of deliveries gets error records."""
-        waiting = self._chunks[chunk]
-        waiting.failures += 1
-        waiting.worker = None
-        if split or waiting.failures >= waiting.allowed:
-            if split or then_split:
-                self._split(chunk, reason, now)
-            else:
-                self._give_up(chunk, reason)
-            return
-        self._emit(events.ChunkResent(chunk, *waiting.span, reason, waiting.failures, waiting.allowed))
-        self._resend([chunk], now)
-
-    def _split(self, chunk: int, reason: events.FailureReason, now: float) -> None:
-        """Run ``chunk``'s parts as chunks of their own; a chunk of one line gets its error record."""
-        waiting = self._chunks[chunk]
-        parts = split_request(waiting.payload, SPLIT_WAYS)
-        if not parts:
-            self._give_up(chunk, reason)
-            return
-        self._emit(events.ChunkSplit(chunk, *waiting.span, reason, len(parts)))
-        waiting.parts, waiting.worker = [], None
-        # Copies of the whole chunk still in the broker now find no lines, and end at once.
-        self._decisions.append(Forget(chunk))
-        for part in parts:
-            number, self._next_part = self._next_part, self._next_part + 1
-            part["chunk"] = number
-            allowed = PART_DELIVERIES if request_span(part)[1] > 1 else MAX_DELIVERIES
-            self._chunks[number] = _Chunk(part, now, allowed=allowed, parent=chunk)
-            waiting.parts.append(number)
-            self._decisions.append(Send(number, part, self.route.queue))
-
-    def _give_up(self, chunk: int, reason: events.FailureReason) -> None:
-        """Error records, written by the producer, for every line of ``chunk``."""
-        waiting = self._chunks[chunk]
-        self._emit(events.GaveUp(chunk, *waiting.span, reason))
-        message = f"no worker could process this line: {events.describe(reason)}"
-        result = failed_chunk_result(waiting.payload, ENGINE_FAILURE, message, mode=self.route.tag,
-                                     worker=self._producer)  # fmt: skip
-        self._complete(chunk, result)
-
-    def _complete(self, chunk: int, result: ChunkResult) -> None:
-        """``chunk`` has its result: ready to be written, or one part closer to its parent's."""
-        waiting = self._chunks[chunk]
-        self._drop_parts(waiting)
-        if waiting.parent is None:
-            self._ready[chunk] = result
-            return
-        del self._chunks[chunk]
-        self._decisions.append(Forget(chunk))
-        self._part_results[chunk] = result
-        parent = self._chunks.get(waiting.parent)
-        if parent is None or parent.parts is None or waiting.parent in self._ready:
-            return
-        if all(part in self._part_results for part in parent.parts):
-            results = [self._part_results.pop(part) for part in parent.parts]
-            self._complete(waiting.parent, merge_results(parent.payload, results))
-
-    def _drop_parts(self, waiting: _Chunk) -> None:
-        """Forget the parts of a chunk that has its result (a copy of the whole chunk may finish first)."""
-        for part in waiting.parts or []:
-            self._part_results.pop(part, None)
-            dropped = self._chunks.pop(part, None)
-            if dropped is not None:
-                self._decisions.append(Forget(part))
-                self._drop_parts(dropped)

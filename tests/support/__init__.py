@@ -9,6 +9,7 @@
 - :mod:`.checker`: ``check``, what a batch's output and Redis say about its input (every chaos test).
 - :mod:`.hosts`: several hosts on this machine (network namespaces), and the faults of their network.
 - :mod:`.delay_proxy`: a TCP proxy that adds latency (this kernel has no ``netem``).
+- :mod:`.leaks`: the secrets tests' markers, DEBUG environment, `hermes` runs and every log as one text.
 
 Fixtures live in the ``tests/fixtures_*.py`` plugins (registered in ``tests/conftest.py``);
 no test module imports another test module or a conftest.

@@ -13,12 +13,13 @@ from hermes_producer.chunk_events import (
     Event,
     render,
 )  # fmt: skip
+from hermes_producer.chunk_ledger import Forget, RunHere, Send
 from hermes_producer.notices import (
     Observation,
     ResultPosted,
     StartNotice,
 )  # fmt: skip
-from hermes_producer.tracker import ChunkTracker, Forget, Limits, RunHere, Send
+from hermes_producer.tracker import ChunkTracker, Limits
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
