@@ -24,15 +24,26 @@ def _get(data: Any, *path: str) -> Any:
     return data
 
 
-def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, float] | None:
-    """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows."""
+def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, Any] | None:
+    """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows
+    (every process together, and each group: producer, workers, Redis, when the sweep has them)."""
     rows = sweep.get("rows") or {}
     small, big = rows.get("16"), rows.get("4096")
     if not small or not big:
         return None
-    per_chunk = (small["cpu_us_per_prompt"] - big["cpu_us_per_prompt"]) / (1 / 16 - 1 / 4096)
-    per_prompt = big["cpu_us_per_prompt"] - per_chunk / 4096
-    return {"per_chunk_us": round(per_chunk, 1), "per_prompt_us": round(per_prompt, 2)}
+
+    def fit(a: float, b: float) -> tuple[float, float]:
+        per_chunk = (a - b) / (1 / 16 - 1 / 4096)
+        return round(per_chunk, 1), round(b - per_chunk / 4096, 2)
+
+    per_chunk, per_prompt = fit(small["cpu_us_per_prompt"], big["cpu_us_per_prompt"])
+    groups = {}
+    for group, value in (small.get("cpu_us_per_prompt_by_group") or {}).items():
+        other = (big.get("cpu_us_per_prompt_by_group") or {}).get(group)
+        if other is not None:
+            chunk_us, prompt_us = fit(value, other)
+            groups[group] = {"per_chunk_us": chunk_us, "per_prompt_us": prompt_us}
+    return {"per_chunk_us": per_chunk, "per_prompt_us": per_prompt, "by_group": groups}
 
 
 def _per_prompt(runs: list[dict[str, Any]]) -> dict[str, float]:
