@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .findings_scale import scale_findings
+
 __all__ = ["chunk_cost_model", "findings"]
 
 
@@ -129,9 +131,13 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             )
             + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
-            f"cores used during those runs: {busy} of {report['machine']['cores']}. Even the in-process pool with 2 "
-            f"processes reaches only {_get(e2e, 'ratios', 'in_process_2_vs_limit')} of the limit here: on 2 cores the "
-            f"limit leaves no CPU for reading, writing and Redis. py-spy of the producer (`compact`): send_task "
+            f"cores used during those runs: {busy} of {report['machine']['cores']}. The honest limit, two independent "
+            f"in-process batches at once ({_get(e2e, 'limit_alone_2')} prompts/s), is "
+            f"{_get(e2e, 'ratios_honest', 'alone_2_vs_1x2')} of 1 process × 2 on this machine (the old limit); "
+            f"against it the in-process pool with 2 processes reaches "
+            f"{_get(e2e, 'ratios_honest', 'in_process_2_vs_alone_2')} and Celery "
+            f"{_get(e2e, 'ratios_honest', 'celery_2_vs_alone_2')} (old: {report.get('e2e_local_ratio_vs_1x2')}). "
+            f"py-spy of the producer (`compact`): send_task "
             f"{producer.get('producer: send_task', 0):.0%} of its samples (SET of the chunk's lines + a small task "
             f"message), reading and splitting input {producer.get('producer: read + split input', 0):.0%}, the "
             f"duplicate-id guard {producer.get('producer: duplicate-id guard', 0):.0%} (moving "
@@ -274,6 +280,7 @@ def findings(report: dict[str, Any]) -> str:
         parts += _containers(report)
     if "vs_best_peer" in failed:
         parts += _peers(report)
+    parts += scale_findings(report, failed)
     parts += _chunk_default(report)
     parts += _memory(report)
     if not parts:

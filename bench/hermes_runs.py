@@ -131,7 +131,7 @@ def run_parallel(source: Path, out_dir: Path, env: dict[str, str], args: list[st
     prompts, seconds, cpu, worst = 0, 0.0, 0.0, 0
     for where, process in running:
         _pid, status, usage = os.wait4(process.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = process.returncode = os.waitstatus_to_exitcode(status)
         if code not in (0, 1) or not (where / "summary.json").exists():
             stderr = (where / "stderr.txt").read_text(encoding="utf-8", errors="replace")
             raise RuntimeError(f"hermes batch {' '.join(args)} (parallel) exited {code}: {stderr[-2000:]}")

@@ -13,8 +13,8 @@ batch board cost (:func:`bench.scale.run_scale` reports it as ``rest``).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,8 @@ def stage_costs(
     """
     spent: dict[str, float] = {}
     max_bytes, size = options.chunk.max_prompt_bytes, options.chunk_size
-    spent[STAGES[0]], chunks = _timed(lambda: list(read_chunks(source.open("rb"), "jsonl", max_bytes, size)))
+    with source.open("rb") as stream:
+        spent[STAGES[0]], chunks = _timed(lambda: list(read_chunks(stream, "jsonl", max_bytes, size)))
     spent[STAGES[1]], payloads = _timed(lambda: list(text_chunk_requests(iter(chunks), options)))
     prompts = sum(request_span(p)[1] for p in payloads)
     reply = Reply(new_batch_id(), 3600)
@@ -70,8 +71,10 @@ def stage_costs(
     _send_task(cluster, reply, payloads[0], summarize(payloads[0]))
     transport.send(payloads[0], QUEUE_LOCAL)
     spent[STAGES[2]], _ = _timed(lambda: [_set(cluster, reply, p) for p in payloads])
-    spent[STAGES[3]], shown = _timed(lambda: [summarize(p, b, request_span(p)) for p, b in zip(payloads, bodies)])
-    spent[STAGES[4]], _ = _timed(lambda: [_send_task(cluster, reply, p, s) for p, s in zip(payloads, shown)])
+    pairs = list(zip(payloads, bodies, strict=True))
+    spent[STAGES[3]], shown = _timed(lambda: [summarize(p, b, request_span(p)) for p, b in pairs])
+    sends = list(zip(payloads, shown, strict=True))
+    spent[STAGES[4]], _ = _timed(lambda: [_send_task(cluster, reply, p, s) for p, s in sends])
     whole, _ = _timed(lambda: [transport.send(p, QUEUE_LOCAL) for p in payloads])
     answers = [results[(p["first"], request_span(p)[1])] for p in payloads]
     _post(cluster, reply, answers)
