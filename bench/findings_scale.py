@@ -29,8 +29,9 @@ REMEDY = {
     "consecutive integers as runs)",
     "read + split input": "the lines are split in C already; what is left is the per-line length and UTF-8 checks "
     "in Python (one decode of the whole chunk instead of per line)",
-    "send: Celery send_task": "kombu builds a message and a task-sent event per chunk (a per-chunk cost; bigger "
-    "chunks or `task_send_sent_event` off while no monitor listens remove most of it)",
+    "send: Celery send_task": "Celery builds a message and a task-sent event per chunk, and kombu's Redis "
+    "transport makes a new redis-py client for each of the two publishes (see below); reusing one client per "
+    "channel, and the task-sent event only while a monitor listens, remove most of it",
     "send: SET lines": "one SET per chunk, in the same pipeline as the message would save a round trip",
     "send: argsrepr summary": "the sha256 of the chunk's lines for Flower: a hash of the bytes (already C), or "
     "none while no monitor listens",
@@ -57,12 +58,17 @@ def _producer(report: dict[str, Any]) -> list[str]:
         f" Through two chunk sizes the producer costs {fit['per_prompt_us']} µs a prompt plus {fit['per_chunk_us']:,} "
         f"µs a chunk." if fit else ""
     )
+    client = stages.get("kombu_new_client_us")
+    kombu = (
+        f" A `send_task` costs {stages.get('send_task_us_per_chunk')} µs a chunk, of which kombu's new redis-py client "
+        f"for each of its two publishes {client} µs each." if client else ""
+    )
     return [
         f"**producer_us_per_prompt = {report.get('producer_us_per_prompt')}** (the Celery run of the e2e section; "
         f"the scale section's, with workers that cost nothing: {producer} µs at {scale['chunk_size']} prompts a "
         f"chunk).{split} Stage by stage in one warm process (µs per prompt): {listed}; their sum "
         f"{stages['sum_us_per_prompt']} µs, the rest of the measured producer (executor loop, tracker, board, "
-        f"start-up not subtracted away) {stages['rest_us_per_prompt']} µs. To reach 1.5 µs: {fixes}"
+        f"start-up not subtracted away) {stages['rest_us_per_prompt']} µs.{kombu} To reach 1.5 µs: {fixes}"
     ]
 
 
@@ -105,6 +111,12 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
     producer = scale_fit.get("producer", {}).get("per_chunk_us")
     real = groups.get("workers", {}).get("per_chunk_us")
     engine_side = f"{real - sim:,.0f}" if real is not None and sim is not None else "?"
+    client = get(report, "sections", "scale", "producer_stages", "kombu_new_client_us")
+    events = (
+        f" Every publish through kombu's Redis transport makes a new redis-py client ({client} µs of CPU here): the "
+        f"worker's Celery task events (received, started, succeeded) are three a chunk, the producer's message and "
+        f"task-sent event two." if client else ""
+    )
     return [
         f"**chunk_fixed_ms = {report.get('chunk_fixed_ms')}** (target 0.6): the sweep's fit puts "
         f"{model['per_chunk_us']:,.0f} µs of CPU on every chunk, whatever its size ({by_group}). The scale section "
@@ -113,7 +125,7 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
         f"the ack) {sim if sim is None else f'{sim:,.0f}'} µs, Redis {redis if redis is None else f'{redis:,.0f}'} µs, "
         f"the producer {producer if producer is None else f'{producer:,.0f}'} µs; so about {engine_side} µs of the "
         f"workers' share is per-chunk work around the engine (request decode and check, the profile's plan, "
-        f"provenance, the result's counts). To reach 0.6 ms every part must shrink: Celery task events and the "
+        f"provenance, the result's counts).{events} To reach 0.6 ms every part must shrink: Celery task events and the "
         f"cluster-log event per chunk only while someone listens, one Redis round trip a chunk instead of two (the "
         f"start notice could ride with the result for chunks that finish within a heartbeat), and the request's "
         f"profile checked once per process, not once per chunk."

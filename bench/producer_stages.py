@@ -92,7 +92,24 @@ def stage_costs(
         "sum_us_per_prompt": round(sum(us.values()), 3),
         # transport.send as batches call it, against its parts above (a check on the split).
         "send_whole_us_per_prompt": round(whole / prompts * 1e6, 3),
+        "send_task_us_per_chunk": round(spent[STAGES[4]] / len(payloads) * 1e6, 1),
+        "kombu_new_client_us": _kombu_client_us(cluster),
     }
+
+
+def _kombu_client_us(cluster: Cluster, rounds: int = 200) -> float | None:
+    """CPU µs of the redis-py client kombu's Redis transport makes for every publish (a task message,
+    an event): ``Channel.conn_or_acquire`` builds a new one each time (kombu 5.x, a private method)."""
+    try:
+        with cluster.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            channel._create_client()
+            started = time.process_time()
+            for _ in range(rounds):
+                channel._create_client()
+            return round((time.process_time() - started) / rounds * 1e6, 1)
+    except Exception:  # another transport, or kombu changed: not measured
+        return None
 
 
 def _set(cluster: Cluster, reply: Reply, payload: dict[str, Any]) -> None:
