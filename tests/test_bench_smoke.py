@@ -70,6 +70,9 @@ def test_smoke_run_writes_both_reports_with_every_headline_key(tmp_path: Path) -
     assert report["differential_mismatches"] == 0  # the engine gives what the frozen reference gives
     assert set(report["validation_overhead"]) == {"prompt", "nfc", "nfkc", "compact"}
     assert e2e["rates"]["in_process_1/prompt"] > 0
+    # The honest limit: two independent batches at once did all their prompts, at a sane multiple of one
+    assert e2e["rates"]["alone_2/prompt"] > 0 and e2e["runs"]["alone_2/prompt"][0]["prompts"] == 2 * report["corpus"]["used_prompts"]
+    assert 0.2 < e2e["ratios_honest"]["alone_2_vs_1x2"] < 5
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert markdown.startswith("# Hermes benchmark")
     assert "## Targets" in markdown and "## Corpus" in markdown
