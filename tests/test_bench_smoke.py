@@ -71,7 +71,8 @@ def test_smoke_run_writes_both_reports_with_every_headline_key(tmp_path: Path) -
     assert set(report["validation_overhead"]) == {"prompt", "nfc", "nfkc", "compact"}
     assert e2e["rates"]["in_process_1/prompt"] > 0
     # The honest limit: two independent batches at once did all their prompts, at a sane multiple of one
-    assert e2e["rates"]["alone_2/prompt"] > 0 and e2e["runs"]["alone_2/prompt"][0]["prompts"] == 2 * report["corpus"]["used_prompts"]
+    alone = e2e["runs"]["alone_2/prompt"][0]
+    assert e2e["rates"]["alone_2/prompt"] > 0 and alone["prompts"] == 2 * report["corpus"]["used_prompts"]
     assert 0.2 < e2e["ratios_honest"]["alone_2_vs_1x2"] < 5
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert markdown.startswith("# Hermes benchmark")
