@@ -212,7 +212,13 @@ def _scale(scale: dict[str, Any]) -> str:
     stage_rows.append(["rest: executor loop, tracker, board", stages["rest_us_per_prompt"], "—"])
     out += f"Producer CPU by stage, µs per prompt ({stages['prompts']:,} prompts, {stages['chunks']:,} chunks):\n\n"
     out += table(["stage", "µs/prompt", "share"], stage_rows)
-    out += f"\n(`transport.send` whole: {stages['send_whole_us_per_prompt']} µs/prompt.)\n\n"
+    out += f"\n(`transport.send` whole: {stages['send_whole_us_per_prompt']} µs/prompt"
+    if stages["rest_us_per_prompt"] < 0:
+        out += (
+            "; the rest is negative: the stages, each timed alone in this process, add up to more than the "
+            "producer's marginal CPU in the runs above, by that much (noise between the two measurements)"
+        )
+    out += ".)\n\n"
     engine, worker = scale["engine_us_per_prompt"], scale["worker_us_per_prompt"]
     registry = ", ".join(f"{n} workers {r['producer_ms']} ms" for n, r in scale["registry_read"].items())
     out += (
