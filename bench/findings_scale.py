@@ -29,9 +29,9 @@ REMEDY = {
     "consecutive integers as runs)",
     "read + split input": "the lines are split in C already; what is left is the per-line length and UTF-8 checks "
     "in Python (one decode of the whole chunk instead of per line)",
-    "send: Celery send_task": "Celery builds a message and a task-sent event per chunk, and kombu's Redis "
-    "transport makes a new redis-py client for each of the two publishes (see below); reusing one client per "
-    "channel, and the task-sent event only while a monitor listens, remove most of it",
+    "send: Celery send_task": "Celery builds a message and a task-sent event per chunk (kombu's Redis channel "
+    "now reuses one client for both, hermes_worker/kombu_clients.py); the task-sent event only while a monitor "
+    "listens, and several chunks' messages in one pipeline, would remove most of what is left",
     "send: SET lines": "one SET per chunk, in the same pipeline as the message would save a round trip",
     "send: argsrepr summary": "the sha256 of the chunk's lines for Flower: a hash of the bytes (already C), or "
     "none while no monitor listens",
@@ -59,10 +59,7 @@ def _producer(report: dict[str, Any]) -> list[str]:
         f"µs a chunk." if fit else ""
     )
     client = stages.get("kombu_new_client_us")
-    kombu = (
-        f" A `send_task` costs {stages.get('send_task_us_per_chunk')} µs a chunk, of which kombu's new redis-py client "
-        f"for each of its two publishes {client} µs each." if client else ""
-    )
+    kombu = f" A `send_task` costs {stages.get('send_task_us_per_chunk')} µs a chunk." if client else ""
     return [
         f"**producer_us_per_prompt = {report.get('producer_us_per_prompt')}** (the Celery run of the e2e section; "
         f"the scale section's, with workers that cost nothing: {producer} µs at {scale['chunk_size']} prompts a "
@@ -113,9 +110,11 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
     engine_side = f"{real - sim:,.0f}" if real is not None and sim is not None else "?"
     client = get(report, "sections", "scale", "producer_stages", "kombu_new_client_us")
     events = (
-        f" Every publish through kombu's Redis transport makes a new redis-py client ({client} µs of CPU here): the "
-        f"worker's Celery task events (received, started, succeeded) are three a chunk, the producer's message and "
-        f"task-sent event two." if client else ""
+        f" kombu's Redis transport made a new redis-py client for every publish, ack and unacked-store entry "
+        f"({client} µs of CPU each, measured here): about four a chunk in a worker's main process and two in the "
+        f"producer, no longer paid (hermes_worker/kombu_clients.py)."
+        if client
+        else ""
     )
     return [
         f"**chunk_fixed_ms = {report.get('chunk_fixed_ms')}** (target 0.6): the sweep's fit puts "
@@ -126,9 +125,9 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
         f"the producer {producer if producer is None else f'{producer:,.0f}'} µs; so about {engine_side} µs of the "
         f"workers' share is per-chunk work around the engine (request decode and check, the profile's plan, "
         f"provenance, the result's counts).{events} Done here: the chunk latency histogram is one Redis command "
-        f"a chunk instead of thirteen, and the main process writes no cluster event when it receives a task. To "
-        f"reach 0.6 ms every part must shrink further: Celery task events only while a monitor listens (Flower "
-        f"enables them itself), a kombu Redis channel that reuses one client for its publishes, one Redis round "
+        f"a chunk instead of thirteen, the main process writes no cluster event when it receives a task, and "
+        f"kombu's channels reuse one client each. To reach 0.6 ms every part must shrink further: Celery task "
+        f"events only while a monitor listens (Flower enables them itself), one Redis round "
         f"trip a chunk instead of two (the start notice riding with the result for chunks that finish within a "
         f"heartbeat: the tracker's stranded-chunk rule would have to wait that long), and the prefork pipe gone "
         f"(one solo-pool worker per core)."
