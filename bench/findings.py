@@ -230,7 +230,7 @@ def _memory(report: dict[str, Any]) -> list[str]:
         return []
     sizes = [str(n) for n in memory["sizes"]]
     seen = memory.get("seen_ids_mb") or {}
-    guard = (seen.get(sizes[-1], 0.0) - seen.get(sizes[0], 0.0)) if seen else None
+    guard = round(seen.get(sizes[-1], 0.0) - seen.get(sizes[0], 0.0), 1) if seen else None
     growth = {m: r["growth_mb"] for m, r in rows.items()}
     spill = _pyspy(report, "producer").get("inclusive", {}).get(SPILL_AREA, 0)
     last = {m: r["growth_last_step_mb"] for m, r in rows.items()}

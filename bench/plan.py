@@ -71,7 +71,7 @@ SMOKE = Plan(
     session_rounds=2,
     docker_run_rounds=1,
     profile_prompts=200,
-    scale_chunks={64: 1_500, 16: 400},
+    scale_chunks={64: 8_000, 16: 2_000},
     cluster=False,
     sections=("engine", "e2e"),
 )

@@ -46,5 +46,5 @@ def reuse_clients() -> bool:
         yield kept
 
     conn_or_acquire.hermes_reuses_clients = True  # type: ignore[attr-defined]
-    transport.Channel.conn_or_acquire = conn_or_acquire
+    transport.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign]
     return True
