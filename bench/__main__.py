@@ -57,6 +57,7 @@ def run(plan: Plan, corpus: Corpus, out: Path, work: Path) -> dict[str, Any]:
     from .containers import session_vs_run
     from .peers.suite import run_peers
     from .profiling import available, cprofile_engine, pyspy_batch
+    from .scale import run_scale
     from .sweep import run_memory, run_sweep
 
     started = time.perf_counter()
@@ -82,6 +83,8 @@ def run(plan: Plan, corpus: Corpus, out: Path, work: Path) -> dict[str, Any]:
             _section(results, timings, "sessions", lambda: session_vs_run(texts, *rounds))
         if "peers" in wanted and plan.cluster:
             _section(results, timings, "peers", lambda: run_peers(plan, inputs, work))
+        if "scale" in wanted:
+            _section(results, timings, "scale", lambda: run_scale(plan, corpus, work))
         if "profile" in wanted:
 
             def profile() -> dict[str, Any]:

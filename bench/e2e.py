@@ -2,8 +2,11 @@
 sessions, and the CPU they spend beyond the in-process run, all measured in the same run.
 
 Each repetition runs every configuration once, back to back; ratios are taken within a
-repetition and the reported figure is their median. The limit is in-process ``hermes batch``
-on one process × the number of worker processes of the configuration it is compared with.
+repetition and the reported figure is their median. Two limits: the honest one (issue 13,
+section 4), ``alone_2``: two independent in-process ``hermes batch --processes 1`` commands at
+once, with no coordination at all, i.e. what this machine's cores really give this work (two
+vCPUs do not scale linearly); and the old one, in-process ``hermes batch`` on one process × the
+number of worker processes of the configuration it is compared with.
 
 CPU per prompt is *marginal*: (CPU of the run − CPU of the same command on a 200-prompt input)
 ÷ (prompt difference), so interpreter start-up and worker discovery, paid once per command,
@@ -21,7 +24,7 @@ from typing import Any
 from hermes_worker.settings import Settings
 
 from .corpus import write_jsonl
-from .hermes_runs import BatchRun, Fleet, hermes_env, run_batch
+from .hermes_runs import BatchRun, Fleet, hermes_env, run_batch, run_parallel
 from .plan import Plan
 
 __all__ = ["Inputs", "median_rate", "run_e2e"]
@@ -81,6 +84,7 @@ def _configs(inputs: Inputs, fleet: Fleet | None, containers: bool) -> list[tupl
         ("in_process_1/compact", None, inputs.main, ["--profile", "compact", "--processes", "1", *inproc]),
         ("in_process_1/compact/tiny", None, inputs.tiny, ["--profile", "compact", "--processes", "1", *inproc]),
     ]
+    rows.append(("alone_2/prompt", "parallel", inputs.main, ["--profile", "prompt", "--processes", "1", *inproc]))
     if containers:
         rows.append(
             (
@@ -102,20 +106,23 @@ def _configs(inputs: Inputs, fleet: Fleet | None, containers: bool) -> list[tupl
     return rows
 
 
-def _ratio(runs: dict[str, list[BatchRun]], name: str, processes: int, wall: bool = False) -> float | None:
-    """Median over repetitions of (rate of ``name``) / (processes × in-process 1-process rate).
+def _ratio(
+    runs: dict[str, list[BatchRun]], name: str, processes: int, wall: bool = False, limit: str = "in_process_1/prompt"
+) -> float | None:
+    """Median over repetitions of (rate of ``name``) / (processes × rate of ``limit``).
 
     ``wall``: rates from each command's whole wall time (start-up and worker discovery included)
-    instead of the batch's own summary time.
+    instead of the batch's own summary time. The honest limit (``alone_2/prompt``) is one run of
+    all the processes: ``processes`` is then 1.
     """
-    limit, got = runs.get("in_process_1/prompt", []), runs.get(name, [])
-    if not limit or not got:
+    base, got = runs.get(limit, []), runs.get(name, [])
+    if not base or not got:
         return None
 
     def rate(run: BatchRun) -> float:
         return run.prompts / run.wall_s if wall else run.rate
 
-    return round(statistics.median(rate(g) / (processes * rate(b)) for g, b in zip(got, limit, strict=False)), 3)
+    return round(statistics.median(rate(g) / (processes * rate(b)) for g, b in zip(got, base, strict=False)), 3)
 
 
 def run_e2e(plan: Plan, inputs: Inputs, fleet: Fleet | None, containers: bool, work: Path) -> dict[str, Any]:
@@ -127,6 +134,9 @@ def run_e2e(plan: Plan, inputs: Inputs, fleet: Fleet | None, containers: bool, w
         for name, set_name, source, args in _configs(inputs, fleet, containers):
             if set_name is None:
                 runs[name].append(run_batch(source, work, env, args))
+                continue
+            if set_name == "parallel":
+                runs[name].append(run_parallel(source, work, env, args, 2))
                 continue
             assert fleet is not None
             workers = fleet.get(set_name)
@@ -143,6 +153,15 @@ def run_e2e(plan: Plan, inputs: Inputs, fleet: Fleet | None, containers: bool, w
         "limit_1_process": round(limit_1, 1),
         "limit_2_processes": round(2 * limit_1, 1),
         "rates": {name: round(median_rate(rs), 1) for name, rs in runs.items()},
+        "limit_alone_2": round(median_rate(runs.get("alone_2/prompt", [])), 1),
+        "ratios_honest": {
+            "celery_1_vs_alone_1": _ratio(runs, "celery_1/prompt", 1),
+            "celery_2_vs_alone_2": _ratio(runs, "celery_2/prompt", 1, limit="alone_2/prompt"),
+            "container_2_vs_alone_2": _ratio(runs, "container_2/prompt", 1, limit="alone_2/prompt"),
+            "embedded_container_2_vs_alone_2": _ratio(runs, "embedded_container_2/prompt", 1, limit="alone_2/prompt"),
+            "in_process_2_vs_alone_2": _ratio(runs, "in_process_2/prompt", 1, limit="alone_2/prompt"),
+            "alone_2_vs_1x2": _ratio(runs, "alone_2/prompt", 2),
+        },
         "ratios": {
             "celery_1_vs_limit": _ratio(runs, "celery_1/prompt", 1),
             "celery_2_vs_limit": _ratio(runs, "celery_2/prompt", 2),
@@ -166,6 +185,8 @@ def run_e2e(plan: Plan, inputs: Inputs, fleet: Fleet | None, containers: bool, w
             },
         },
         "overhead_us_per_prompt": round(overhead["total"] - inproc["total"], 2) if overhead and inproc else None,
+        # In-process CPU per prompt / cluster CPU per prompt (producer, workers, Redis): 1 would be free transport.
+        "cpu_efficiency": round(inproc["total"] / overhead["total"], 3) if overhead and inproc else None,
         "skipped": skipped,
         "runs": {name: [r.to_dict() for r in rs] for name, rs in runs.items()},
     }

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .findings_scale import scale_findings
+
 __all__ = ["chunk_cost_model", "findings"]
 
 
@@ -24,15 +26,26 @@ def _get(data: Any, *path: str) -> Any:
     return data
 
 
-def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, float] | None:
-    """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows."""
+def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, Any] | None:
+    """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows
+    (every process together, and each group: producer, workers, Redis, when the sweep has them)."""
     rows = sweep.get("rows") or {}
     small, big = rows.get("16"), rows.get("4096")
     if not small or not big:
         return None
-    per_chunk = (small["cpu_us_per_prompt"] - big["cpu_us_per_prompt"]) / (1 / 16 - 1 / 4096)
-    per_prompt = big["cpu_us_per_prompt"] - per_chunk / 4096
-    return {"per_chunk_us": round(per_chunk, 1), "per_prompt_us": round(per_prompt, 2)}
+
+    def fit(a: float, b: float) -> tuple[float, float]:
+        per_chunk = (a - b) / (1 / 16 - 1 / 4096)
+        return round(per_chunk, 1), round(b - per_chunk / 4096, 2)
+
+    per_chunk, per_prompt = fit(small["cpu_us_per_prompt"], big["cpu_us_per_prompt"])
+    groups = {}
+    for group, value in (small.get("cpu_us_per_prompt_by_group") or {}).items():
+        other = (big.get("cpu_us_per_prompt_by_group") or {}).get(group)
+        if other is not None:
+            chunk_us, prompt_us = fit(value, other)
+            groups[group] = {"per_chunk_us": chunk_us, "per_prompt_us": prompt_us}
+    return {"per_chunk_us": per_chunk, "per_prompt_us": per_prompt, "by_group": groups}
 
 
 def _per_prompt(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -118,9 +131,13 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             )
             + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
-            f"cores used during those runs: {busy} of {report['machine']['cores']}. Even the in-process pool with 2 "
-            f"processes reaches only {_get(e2e, 'ratios', 'in_process_2_vs_limit')} of the limit here: on 2 cores the "
-            f"limit leaves no CPU for reading, writing and Redis. py-spy of the producer (`compact`): send_task "
+            f"cores used during those runs: {busy} of {report['machine']['cores']}. The honest limit, two independent "
+            f"in-process batches at once ({_get(e2e, 'limit_alone_2')} prompts/s), is "
+            f"{_get(e2e, 'ratios_honest', 'alone_2_vs_1x2')} of 1 process × 2 on this machine (the old limit); "
+            f"against it the in-process pool with 2 processes reaches "
+            f"{_get(e2e, 'ratios_honest', 'in_process_2_vs_alone_2')} and Celery "
+            f"{_get(e2e, 'ratios_honest', 'celery_2_vs_alone_2')} (old: {report.get('e2e_local_ratio_vs_1x2')}). "
+            f"py-spy of the producer (`compact`): send_task "
             f"{producer.get('producer: send_task', 0):.0%} of its samples (SET of the chunk's lines + a small task "
             f"message), reading and splitting input {producer.get('producer: read + split input', 0):.0%}, the "
             f"duplicate-id guard {producer.get('producer: duplicate-id guard', 0):.0%} (moving "
@@ -213,7 +230,7 @@ def _memory(report: dict[str, Any]) -> list[str]:
         return []
     sizes = [str(n) for n in memory["sizes"]]
     seen = memory.get("seen_ids_mb") or {}
-    guard = (seen.get(sizes[-1], 0.0) - seen.get(sizes[0], 0.0)) if seen else None
+    guard = round(seen.get(sizes[-1], 0.0) - seen.get(sizes[0], 0.0), 1) if seen else None
     growth = {m: r["growth_mb"] for m, r in rows.items()}
     spill = _pyspy(report, "producer").get("inclusive", {}).get(SPILL_AREA, 0)
     last = {m: r["growth_last_step_mb"] for m, r in rows.items()}
@@ -263,6 +280,7 @@ def findings(report: dict[str, Any]) -> str:
         parts += _containers(report)
     if "vs_best_peer" in failed:
         parts += _peers(report)
+    parts += scale_findings(report, failed)
     parts += _chunk_default(report)
     parts += _memory(report)
     if not parts:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,9 +23,9 @@ import redis
 if TYPE_CHECKING:
     import psutil
 
-from .infra import CpuMeter, PeakRss, RedisServer, stop
+from .infra import CpuMeter, Meter, PeakRss, RedisServer, stop
 
-__all__ = ["BatchRun", "HermesWorkers", "hermes_env", "run_batch"]
+__all__ = ["BatchRun", "HermesWorkers", "hermes_env", "run_batch", "run_parallel"]
 
 NO_BROKER = "redis://127.0.0.1:1/0"  # port 1 refuses at once: the batch runs in-process
 
@@ -76,9 +77,17 @@ def batch_command(source: Path, out: Path, *args: str) -> list[str]:
 
 
 def run_batch(
-    source: Path, out_dir: Path, env: dict[str, str], args: list[str], meter: CpuMeter | None = None
+    source: Path,
+    out_dir: Path,
+    env: dict[str, str],
+    args: list[str],
+    meter: Meter | None = None,
+    verify: Callable[[Path], None] | None = None,
 ) -> BatchRun:
-    """``hermes batch SOURCE`` with ``args``; raises if it did not write every record."""
+    """``hermes batch SOURCE`` with ``args``; raises if it did not write every record.
+
+    ``verify`` is given the output file before it is removed (and raises if it is wrong).
+    """
     out, summary = out_dir / "out.jsonl", out_dir / "summary.json"
     command = batch_command(source, out, "--summary-json", str(summary), *args)
     if meter is not None:
@@ -96,10 +105,42 @@ def run_batch(
     if process.returncode not in (0, 1) or not summary.exists():
         raise RuntimeError(f"hermes batch {' '.join(args)} exited {process.returncode}: {stderr[-2000:]}")
     report = json.loads(summary.read_text())
+    if verify is not None:
+        verify(out)
     for path in (out, summary):
         path.unlink(missing_ok=True)
     cpu = {"producer": usage.ru_utime + usage.ru_stime, **used}
     return BatchRun(report["total"], float(report["seconds"]), wall, cpu, peak.peak, process.returncode)
+
+
+def run_parallel(source: Path, out_dir: Path, env: dict[str, str], args: list[str], processes: int) -> BatchRun:
+    """``processes`` independent ``hermes batch SOURCE`` commands at once, with no coordination at all:
+    what the machine can do for this work (issue 13, section 4).
+
+    The run's prompts are all of theirs, its time the longest batch time (each batch's own, start-up
+    excluded, as for every rate here), its CPU all of theirs.
+    """
+    started = time.perf_counter()
+    running = []
+    for k in range(processes):
+        where = out_dir / f"parallel-{k}"
+        where.mkdir(exist_ok=True)
+        command = batch_command(source, where / "out.jsonl", "--summary-json", str(where / "summary.json"), *args)
+        with (where / "stderr.txt").open("wb") as stderr_file:
+            running.append((where, subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file)))
+    prompts, seconds, cpu, worst = 0, 0.0, 0.0, 0
+    for where, process in running:
+        _pid, status, usage = os.wait4(process.pid, 0)
+        code = process.returncode = os.waitstatus_to_exitcode(status)
+        if code not in (0, 1) or not (where / "summary.json").exists():
+            stderr = (where / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+            raise RuntimeError(f"hermes batch {' '.join(args)} (parallel) exited {code}: {stderr[-2000:]}")
+        report = json.loads((where / "summary.json").read_text())
+        prompts, seconds = prompts + report["total"], max(seconds, float(report["seconds"]))
+        cpu, worst = cpu + usage.ru_utime + usage.ru_stime, max(worst, code)
+        for name in ("out.jsonl", "summary.json"):
+            (where / name).unlink(missing_ok=True)
+    return BatchRun(prompts, seconds, time.perf_counter() - started, {"producer": cpu}, 0, worst)
 
 
 class HermesWorkers:

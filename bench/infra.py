@@ -18,14 +18,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
 if TYPE_CHECKING:  # psutil comes with the bench extra; in-process runs need none of it
     import psutil
 
-__all__ = ["CpuMeter", "PeakRss", "RedisServer", "free_port", "stop"]
+__all__ = ["CpuMeter", "Meter", "PeakRss", "RedisServer", "free_port", "redis_cpu_s", "stop", "tree_cpu_s"]
 
 
 def free_port() -> int:
@@ -58,11 +58,9 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="hermes-bench-redis-")
-        self.process: psutil.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RedisServer:
-        import psutil
-
         command = [
             "redis-server",
             "--port",
@@ -78,7 +76,8 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
-        self.process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A plain Popen (no psutil): the scale section and its smoke test run without the bench extra.
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self.client()
         deadline = time.monotonic() + 15
         while True:
@@ -99,12 +98,13 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=30)
 
 
-def _tree(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
+def _tree(roots: Iterable[psutil.Process | subprocess.Popen[bytes]]) -> list[psutil.Process]:
     import psutil
 
     found: dict[int, psutil.Process] = {}
-    for root in roots:
+    for given in roots:
         with contextlib.suppress(psutil.Error):
+            root = given if isinstance(given, psutil.Process) else psutil.Process(given.pid)
             for proc in [root, *root.children(recursive=True)]:
                 found[proc.pid] = proc
     return list(found.values())
@@ -132,6 +132,14 @@ def _cgroup_cpu(container_id: str) -> float:
     return 0.0
 
 
+class Meter(Protocol):
+    """CPU seconds by group between :meth:`start` and :meth:`stop`."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> dict[str, float]: ...
+
+
 class CpuMeter:
     """CPU seconds used by named groups of process trees (and containers) between start and stop.
 
@@ -139,7 +147,11 @@ class CpuMeter:
     is not (the benchmarks keep their processes alive across a measured run).
     """
 
-    def __init__(self, groups: dict[str, list[psutil.Process]], containers: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        groups: dict[str, list[psutil.Process | subprocess.Popen[bytes]]],
+        containers: dict[str, list[str]] | None = None,
+    ) -> None:
         self.groups = groups
         self.containers = containers or {}
         self._before: dict[str, dict[int, float]] = {}
@@ -161,6 +173,47 @@ class CpuMeter:
         for name, ids in self.containers.items():
             used[name] = sum(_cgroup_cpu(cid) - self._cg_before.get(cid, 0.0) for cid in ids)
         return used
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    """User + system CPU seconds the Redis server has used since it started (``INFO cpu``)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
+                found += [int(child) for child in handle.read().split()]
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its living descendants, from /proc (no psutil).
+
+    A descendant that exited and was reaped counts in its parent's ``cutime``/``cstime``, which
+    this adds too, so a pool process replaced mid-run is not lost.
+    """
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Fields after the command: state is [0]; utime, stime, cutime, cstime are [11:15].
+        total += sum(int(value) for value in fields[11:15]) / _TICKS
+        todo += _children(current)
+    return total
 
 
 class PeakRss:

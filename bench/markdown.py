@@ -105,15 +105,21 @@ def _e2e(e2e: dict[str, Any]) -> str:
     groups = sorted({g for k in ("in_process_1/compact", "celery_2/compact") for g in cpu.get(k, {})})
     cpu_rows = [[k, *[cpu.get(k, {}).get(g) for g in groups]] for k in ("in_process_1/compact", "celery_2/compact")]
     skipped = "".join(f"- skipped {k}: {v}\n" for k, v in e2e.get("skipped", {}).items())
+    honest = [[name, value] for name, value in (e2e.get("ratios_honest") or {}).items()]
     return (
-        f"Limit: {e2e['limit_1_process']:,.0f} prompts/s on 1 process (×2 = {e2e['limit_2_processes']:,.0f}).\n\n"
+        f"Limit: {e2e['limit_1_process']:,.0f} prompts/s on 1 process (×2 = {e2e['limit_2_processes']:,.0f}); "
+        f"the honest limit, two independent in-process batches at once with no coordination (`alone_2`): "
+        f"{_fmt(e2e.get('limit_alone_2'))} prompts/s.\n\n"
         + table(["configuration / profile", "prompts/s"], rows)
         + "\n"
-        + table(["ratio to the limit", "batch time (headline)", "whole command, wall clock"], ratios)
+        + table(["ratio to the honest limit (alone_2)", "batch time (headline)"], honest)
+        + "\n"
+        + table(["ratio to 1 process × N (old)", "batch time", "whole command, wall clock"], ratios)
         + "\nMarginal CPU µs per prompt (`compact`, start-up subtracted):\n\n"
         + table(["run", *groups], cpu_rows)
         + f"\nOverhead beyond in-process (Celery total − in-process total): "
-        f"**{e2e['overhead_us_per_prompt']} µs/prompt**.\n" + skipped
+        f"**{e2e['overhead_us_per_prompt']} µs/prompt**; CPU efficiency (in-process ÷ cluster, all processes "
+        f"and Redis): **{e2e.get('cpu_efficiency')}**.\n" + skipped
     )
 
 
@@ -176,6 +182,67 @@ def _peers(peers: dict[str, Any], e2e: dict[str, Any], sweep: dict[str, Any]) ->
     )
 
 
+def _scale(scale: dict[str, Any]) -> str:
+    rows = [
+        [size, r["prompts"], r["prompts_per_s"], *[r["cpu_us_per_prompt"][g] for g in ("producer", "redis", "workers")],
+         *[r["cpu_us_per_chunk"][g] for g in ("producer", "redis", "workers")]]
+        for size, r in scale["rows"].items()
+    ]  # fmt: skip
+    out = table(
+        ["chunk size", "prompts", "prompts/s here", "producer µs/prompt", "Redis µs/prompt", "sim. workers µs/prompt",
+         "producer µs/chunk", "Redis µs/chunk", "sim. workers µs/chunk"],
+        rows,
+    )  # fmt: skip
+    if scale.get("fit"):
+        fit = [[g, f["per_prompt_us"], f["per_chunk_us"]] for g, f in scale["fit"].items()]
+        out += "\nFit through both chunk sizes (CPU/prompt = per prompt + per chunk ÷ size):\n\n"
+        out += table(["part", "µs per prompt", "µs per chunk"], fit)
+    c = scale["ceiling"]
+    out += (
+        f"\nAt {scale['chunk_size']} prompts a chunk the producer can carry {c['producer_prompts_per_s']:,} prompts/s "
+        f"and Redis {c['redis_prompts_per_s']:,} (each one process, 1 ÷ its CPU per prompt): **one-batch ceiling "
+        f"{c['one_batch_ceiling']:,} prompts/s, limited by the {c['limited_by']}**. Measured on this machine, where "
+        f"the simulated workers ({scale['simulated_worker_processes']} processes), the producer and Redis share the "
+        f"cores: {_fmt(c['measured_prompts_per_s'])} prompts/s. Output checked byte for byte; chunks the simulated "
+        f"workers had to compute: {scale['misses']}.\n\n"
+    )
+    stages = scale["producer_stages"]
+    total = sum(stages["us_per_prompt"].values()) + max(0.0, stages["rest_us_per_prompt"])
+    stage_rows = [[name, us, f"{us / total:.0%}" if total else "—"] for name, us in stages["us_per_prompt"].items()]
+    stage_rows.append(["rest: executor loop, tracker, board", stages["rest_us_per_prompt"], "—"])
+    out += f"Producer CPU by stage, µs per prompt ({stages['prompts']:,} prompts, {stages['chunks']:,} chunks):\n\n"
+    out += table(["stage", "µs/prompt", "share"], stage_rows)
+    out += f"\n(`transport.send` whole: {stages['send_whole_us_per_prompt']} µs/prompt"
+    if stages["rest_us_per_prompt"] < 0:
+        out += (
+            "; the rest is negative: the stages, each timed alone in this process, add up to more than the "
+            "producer's marginal CPU in the runs above, by that much (noise between the two measurements)"
+        )
+    out += ".)\n\n"
+    engine, worker = scale["engine_us_per_prompt"], scale["worker_us_per_prompt"]
+    registry = ", ".join(f"{n} workers {r['producer_ms']} ms" for n, r in scale["registry_read"].items())
+    out += (
+        f"Projection: each worker process on a core of its own; a worker's CPU per prompt is the engine's "
+        f"(`process_chunk`: {', '.join(f'{p} {v} µs' for p, v in engine.items())}) plus the simulated workers' "
+        f"(everything but the engine) = {', '.join(f'{p} {v} µs' for p, v in worker.items())}. The producer reads "
+        f"the registry once a second ({registry} of CPU); idle workers cost Redis "
+        f"{scale['idle_redis_us_per_s_per_node']:,} µs a second a node of {scale['simulated_worker_processes']} "
+        "processes.\n"
+    )
+    for profile, projected in scale["projection"].items():
+        proj = [
+            [r["worker_processes"], r["workers_prompts_per_s"], r["producer_prompts_per_s"], r["redis_prompts_per_s"],
+             r["prompts_per_s"], r["saturates_first"], f"{r['workers_used']:.0%}"]
+            for r in projected
+        ]  # fmt: skip
+        out += f"\n`{profile}`:\n\n" + table(
+            ["worker processes", "workers can take", "producer can take", "Redis can take", "one batch, prompts/s",
+             "saturates first", "workers kept busy"],
+            proj,
+        )  # fmt: skip
+    return out
+
+
 def _profile(profile: dict[str, Any]) -> str:
     out = "cProfile, `normalize(t, prompt)` (own time share, cumulative share):\n\n"
     out += table(["function", "calls", "own", "cumulative"], profile.get("engine_prompt_cprofile", []))
@@ -215,6 +282,7 @@ def render(report: dict[str, Any]) -> str:
             "peers",
             lambda: _peers(s["peers"], s.get("e2e", {}), s.get("sweep", {})),
         ),
+        ("One batch, many workers (simulated workers, `compact`)", "scale", lambda: _scale(s["scale"])),
         ("Profiles", "profile", lambda: _profile(s["profile"])),
     )
     for title, key, body in sections:

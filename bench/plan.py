@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 __all__ = ["SECTIONS", "Plan", "plan_for"]
 
-SECTIONS = ("engine", "e2e", "sweep", "memory", "sessions", "peers", "profile")
+SECTIONS = ("engine", "e2e", "sweep", "memory", "sessions", "peers", "scale", "profile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,9 @@ class Plan:
     session_rounds: int
     docker_run_rounds: int
     profile_prompts: int  # prompts under cProfile
+    # Scale section: chunk size -> prompts of its big run (two sizes give CPU per prompt and per chunk).
+    scale_chunks: dict[int, int] = field(default_factory=lambda: {1024: 250_000, 128: 40_000})
+    scale_concurrency: int = 2  # processes of the simulated worker
     cluster: bool = True  # False: in-process runs only (no Redis, no workers)
     sections: tuple[str, ...] = field(default=SECTIONS)
 
@@ -56,6 +59,7 @@ QUICK = Plan(
     session_rounds=10,
     docker_run_rounds=2,
     profile_prompts=5_000,
+    scale_chunks={1024: 80_000, 128: 15_000},
 )
 SMOKE = Plan(
     name="smoke",
@@ -67,6 +71,7 @@ SMOKE = Plan(
     session_rounds=2,
     docker_run_rounds=1,
     profile_prompts=200,
+    scale_chunks={64: 8_000, 16: 2_000},
     cluster=False,
     sections=("engine", "e2e"),
 )

@@ -37,8 +37,13 @@ def _inputs_by_size(plan: Plan, inputs: Inputs, texts: list[str], work: Path) ->
     return found
 
 
-def _marginal(run: BatchRun, tiny: BatchRun) -> float:
-    return (sum(run.cpu_s.values()) - sum(tiny.cpu_s.values())) / max(1, run.prompts - tiny.prompts) * 1e6
+def _marginal(run: BatchRun, tiny: BatchRun, group: str | None = None) -> float:
+    """Marginal CPU µs per prompt of ``run`` over ``tiny``: all groups, or ``group`` alone."""
+
+    def cpu(r: BatchRun) -> float:
+        return sum(r.cpu_s.values()) if group is None else r.cpu_s.get(group, 0.0)
+
+    return (cpu(run) - cpu(tiny)) / max(1, run.prompts - tiny.prompts) * 1e6
 
 
 def run_sweep(plan: Plan, inputs: Inputs, texts: list[str], fleet: Fleet, work: Path) -> dict[str, Any]:
@@ -49,6 +54,7 @@ def run_sweep(plan: Plan, inputs: Inputs, texts: list[str], fleet: Fleet, work: 
     sources = _inputs_by_size(plan, inputs, texts, work)
     runs: dict[int, list[BatchRun]] = defaultdict(list)
     cpu: dict[int, list[float]] = defaultdict(list)
+    by_group: dict[int, list[dict[str, float]]] = defaultdict(list)
     for _ in range(plan.repeat):
         tiny = run_batch(inputs.tiny, work, workers.env, ["--profile", "compact", *workers.args()], workers.meter())
         for size, (source, _count) in sources.items():
@@ -57,6 +63,7 @@ def run_sweep(plan: Plan, inputs: Inputs, texts: list[str], fleet: Fleet, work: 
             workers.flush_results()
             runs[size].append(run)
             cpu[size].append(_marginal(run, tiny))
+            by_group[size].append({g: _marginal(run, tiny, g) for g in run.cpu_s})
     rows: dict[str, dict[str, Any]] = {}
     for size, rs in runs.items():
         rows[str(size)] = {
@@ -64,6 +71,9 @@ def run_sweep(plan: Plan, inputs: Inputs, texts: list[str], fleet: Fleet, work: 
             "prompts_per_s": round(median_rate(rs), 1),
             "cpu_us_per_prompt": round(statistics.median(cpu[size]), 2),
             "cpu_s_by_group": {g: round(statistics.median(r.cpu_s.get(g, 0.0) for r in rs), 3) for g in rs[0].cpu_s},
+            "cpu_us_per_prompt_by_group": {
+                g: round(statistics.median(m[g] for m in by_group[size]), 2) for g in by_group[size][0]
+            },
             "producer_peak_mb": round(max(r.peak_rss for r in rs) / 2**20, 1),
         }
     best = max(rows, key=lambda s: float(rows[s]["prompts_per_s"]))

@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue  # type: ignore[attr-defined]
 
 from .contract import QUEUE_CONTAINER, QUEUE_LOCAL, QUEUE_PUBLIC, TASK_NORMALIZE, TASK_NORMALIZE_CHUNK
+from .kombu_clients import reuse_clients
 from .redis_conn import sentinel_kwargs
 from .sentinel_url import is_sentinel
 from .settings import Settings
@@ -181,7 +182,12 @@ def public_task_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings, main: str = "hermes") -> Celery:
-    """A Celery app configured for Hermes (the worker app and the producer's client alike)."""
+    """A Celery app configured for Hermes (the worker app and the producer's client alike).
+
+    kombu's Redis channels then reuse one client each instead of making one per command
+    (:mod:`hermes_worker.kombu_clients`).
+    """
+    reuse_clients()
     app = Celery(main, set_as_current=False)
     app.conf.update(celery_config(settings))
     if settings.signing_key and settings.signing_cert and settings.signing_certs:

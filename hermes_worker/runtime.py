@@ -20,6 +20,10 @@ app (for ``celery inspect``, or twice in one process) starts nothing. From then 
   seen to wait for ever for an idle process that never got its stop message, when SIGTERM came
   just as a chunk had been received but not yet handed to it).
 
+No cluster-log event when a task is received: the main process takes every message of the
+worker, and a DEBUG event for each cost it a Redis round trip per chunk (issue 13); the pool
+process's ``chunk.started``, in the round trip that fetches the chunk's lines, follows at once.
+
 Each process (the main one and every pool process) has its own
 :class:`~.handling.ChunkHandler`, made on first use: a pool process forked later never reuses
 the Redis connections or the sandbox of the process it was forked from.
@@ -160,7 +164,6 @@ class WorkerRuntime:
             (signals.worker_shutting_down, _on_shutting_down),
             (signals.worker_process_init, self._on_process_init),
             (signals.worker_process_shutdown, self._on_process_shutdown),
-            (signals.task_received, self._on_task_received),
             (signals.task_retry, self._on_task_retry),
         ):
             signal_.connect(handler, weak=False)
@@ -229,10 +232,6 @@ class WorkerRuntime:
             ClusterLog(results_client(settings), str(sender)).emit(
                 "INFO", "worker.offline", f"worker {sender} shutting down"
             )
-
-    def _on_task_received(self, request: Any = None, **_: Any) -> None:
-        events = self.handler().events_for(request.hostname)
-        events.emit("DEBUG", "chunk.received", "chunk received", task_id=request.id)
 
     def _on_task_retry(self, request: Any = None, reason: Any = None, **_: Any) -> None:
         events = self.handler().events_for(request.hostname)

@@ -183,3 +183,33 @@ def test_every_fallback_kind_the_code_counts_is_declared() -> None:
     for path in [*(REPO / "hermes_worker").rglob("*.py"), *(REPO / "hermes_producer").rglob("*.py")]:
         counted |= set(re.findall(r'"fallbacks", kind="([a-z_]+)"', path.read_text(encoding="utf-8")))
     assert counted == set(FALLBACK_KINDS)
+
+
+def test_chunk_latency_buckets_add_up_one_field_a_chunk_and_the_cumulative_fields_of_older_workers() -> None:
+    # Given: a worker's counters from before issue 13 (every bucket at or above a chunk's time,
+    # already cumulative: 2 chunks, one of 0.3 s and one of 4 s) and from now (one field a chunk:
+    # 0.004 s and 0.3 s), as chunk_increments writes them
+    from hermes_worker.metrics import BUCKETS, _histogram, chunk_increments, parse_field
+    from hermes_worker.processing import failed_chunk_result
+
+    result = failed_chunk_result({"chunk": 0, "first": 1, "text": "a"}, "too_slow", "slow", mode="local", worker="w")
+    fields: dict[str, float] = {"chunks|mode=local": 4, "chunk_seconds_sum|mode=local": 8.604}
+    fields |= {f"chunk_seconds_bucket|le={b}|mode=local": (b >= 0.5) + (b >= 5.0) for b in BUCKETS if b >= 0.5}
+    for seconds in (0.004, 0.3):
+        increments = chunk_increments(result, seconds, "local")
+        buckets = [name for name in increments if name.startswith("chunk_seconds_in")]
+        assert len(buckets) == 1  # one command a chunk, not one per bucket
+        for name in buckets:
+            fields[name] = fields.get(name, 0) + increments[name]
+
+    # When: the exporter builds the histogram
+    parsed = [("local@w", *parse_field(name), value) for name, value in fields.items()]
+    histogram = _histogram(parsed)
+
+    # Then: Prometheus' buckets are cumulative over both kinds of field, and +Inf counts every chunk
+    assert histogram is not None
+    buckets = {s.labels["le"]: s.value for s in histogram.samples if s.name.endswith("_bucket")}
+    assert buckets["0.005"] == 1 and buckets["0.25"] == 1
+    assert buckets["0.5"] == 3 and buckets["2.5"] == 3 and buckets["5.0"] == 4 and buckets["+Inf"] == 4
+    values = [buckets[str(b)] for b in BUCKETS]
+    assert values == sorted(values)

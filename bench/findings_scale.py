@@ -1,0 +1,184 @@
+"""Findings for issue 13's chunk-path and scale targets, each from the report's own numbers.
+
+``producer_us_per_prompt`` and ``one_batch_ceiling`` (the producer stage by stage, from the scale
+section), ``chunk_fixed_ms`` (the sweep's per-chunk fit by process group, beside the simulated
+workers' and Redis's per-chunk cost from the scale section), ``per_prompt_vs_dramatiq`` (what one
+prompt a chunk is bounded by) and ``e2e_cpu_efficiency`` (where the cluster's extra CPU goes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["scale_findings"]
+
+
+def get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+# What would remove each producer stage's cost (the stage names of bench/producer_stages.py).
+REMEDY = {
+    "result read: XREAD + decode": "the producer decodes each result's counts (JSON with one id per record) and "
+    "UTF-8-decodes its records to check them, then writes the raw bytes it already had: check the records as bytes "
+    "(count the newlines, validate UTF-8 without making a str) and send the ids as runs (the guard already keeps "
+    "consecutive integers as runs)",
+    "read + split input": "the lines are split in C already; what is left is the per-line length and UTF-8 checks "
+    "in Python (one decode of the whole chunk instead of per line)",
+    "send: Celery send_task": "Celery builds a message and a task-sent event per chunk (kombu's Redis channel "
+    "now reuses one client for both, hermes_worker/kombu_clients.py); the task-sent event only while a monitor "
+    "listens, and several chunks' messages in one pipeline, would remove most of what is left",
+    "send: SET lines": "one SET per chunk, in the same pipeline as the message would save a round trip",
+    "send: argsrepr summary": "the sha256 of the chunk's lines for Flower: a hash of the bytes (already C), or "
+    "none while no monitor listens",
+    "record write": "raw bytes to the output file (done); what is left is the summary's per-chunk counting",
+    "duplicate-id guard": "fingerprints checked a chunk at a time (done)",
+    "tidy: XDEL + DEL": "one pipeline per written chunk: per chunk, small",
+    "encode chunk requests": "per chunk, small",
+}
+
+
+def _producer(report: dict[str, Any]) -> list[str]:
+    scale = get(report, "sections", "scale") or {}
+    stages = scale.get("producer_stages")
+    if not stages:
+        return []
+    row = scale["rows"][str(scale["chunk_size"])]
+    producer = row["cpu_us_per_prompt"]["producer"]
+    ranked = sorted(stages["us_per_prompt"].items(), key=lambda kv: -kv[1])
+    listed = "; ".join(f"{name} {us} µs" for name, us in ranked)
+    top = [name for name, us in ranked[:3] if us > 0.1]
+    fixes = " ".join(f"*{name}*: {REMEDY.get(name, '')}." for name in top)
+    fit = (scale.get("fit") or {}).get("producer")
+    split = (
+        f" Through two chunk sizes the producer costs {fit['per_prompt_us']} µs a prompt plus {fit['per_chunk_us']:,} "
+        f"µs a chunk." if fit else ""
+    )
+    client = stages.get("kombu_new_client_us")
+    kombu = f" A `send_task` costs {stages.get('send_task_us_per_chunk')} µs a chunk." if client else ""
+    return [
+        f"**producer_us_per_prompt = {report.get('producer_us_per_prompt')}** (the Celery run of the e2e section; "
+        f"the scale section's, with workers that cost nothing: {producer} µs at {scale['chunk_size']} prompts a "
+        f"chunk).{split} Stage by stage in one warm process (µs per prompt): {listed}; their sum "
+        f"{stages['sum_us_per_prompt']} µs, the rest of the measured producer (executor loop, tracker, board, "
+        f"start-up not subtracted away) {stages['rest_us_per_prompt']} µs.{kombu} To reach 1.5 µs: {fixes}"
+    ]
+
+
+def _ceiling(report: dict[str, Any]) -> list[str]:
+    scale = get(report, "sections", "scale") or {}
+    ceiling = scale.get("ceiling")
+    if not ceiling:
+        return []
+    row = scale["rows"][str(scale["chunk_size"])]["cpu_us_per_prompt"]
+    projected = (scale.get("projection") or {}).get("compact") or []
+    knee = [r for r in projected if r["saturates_first"] != "workers"]
+    where = (
+        f"with `compact`, from {knee[0]['worker_processes']} worker processes on the {knee[0]['saturates_first']} "
+        f"saturates first (the workers are then kept {knee[0]['workers_used']:.0%} busy)"
+        if knee
+        else "the workers saturate first up to 512 worker processes"
+    )
+    return [
+        f"**one_batch_ceiling = {ceiling['one_batch_ceiling']:,} prompts/s** (target 500,000), limited by the "
+        f"{ceiling['limited_by']}: the producer spends {row['producer']} µs of CPU a prompt and can carry "
+        f"{ceiling['producer_prompts_per_s']:,} prompts/s; Redis spends {row['redis']} µs and could carry "
+        f"{ceiling['redis_prompts_per_s']:,}. In the projection {where}. 500,000 prompts/s needs the producer at "
+        f"≤ 2 µs a prompt (see producer_us_per_prompt for where its CPU goes) and Redis at ≤ 2 µs; past about "
+        f"{int(1e6 / max(row['redis'], 1e-3)):,} prompts/s Redis is next, and only several producers (one batch "
+        "split across producers, or the shared-storage mode where chunks are byte ranges) go further."
+    ]
+
+
+def _chunk_fixed(report: dict[str, Any]) -> list[str]:
+    from .findings import chunk_cost_model
+
+    model = chunk_cost_model(get(report, "sections", "sweep") or {})
+    if model is None:
+        return []
+    groups = model.get("by_group") or {}
+    by_group = ", ".join(f"{g} {v['per_chunk_us']:,.0f} µs" for g, v in groups.items())
+    scale_fit = get(report, "sections", "scale", "fit") or {}
+    sim = scale_fit.get("workers", {}).get("per_chunk_us")
+    redis = scale_fit.get("redis", {}).get("per_chunk_us")
+    producer = scale_fit.get("producer", {}).get("per_chunk_us")
+    real = groups.get("workers", {}).get("per_chunk_us")
+    engine_side = f"{real - sim:,.0f}" if real is not None and sim is not None else "?"
+    client = get(report, "sections", "scale", "producer_stages", "kombu_new_client_us")
+    events = (
+        f" kombu's Redis transport made a new redis-py client for every publish, ack and unacked-store entry "
+        f"({client} µs of CPU each, measured here): about four a chunk in a worker's main process and two in the "
+        f"producer, no longer paid (hermes_worker/kombu_clients.py)."
+        if client
+        else ""
+    )
+    return [
+        f"**chunk_fixed_ms = {report.get('chunk_fixed_ms')}** (target 0.6): the sweep's fit puts "
+        f"{model['per_chunk_us']:,.0f} µs of CPU on every chunk, whatever its size ({by_group}). The scale section "
+        f"measures the same per-chunk costs without the engine: the simulated workers (Celery's consumer, prefork "
+        f"pipe and task events, the guard, the start notice and the lines in one round trip, the result's pipeline, "
+        f"the ack) {sim if sim is None else f'{sim:,.0f}'} µs, Redis {redis if redis is None else f'{redis:,.0f}'} µs, "
+        f"the producer {producer if producer is None else f'{producer:,.0f}'} µs; so about {engine_side} µs of the "
+        f"workers' share is per-chunk work around the engine (request decode and check, the profile's plan, "
+        f"provenance, the result's counts).{events} Done here: the chunk latency histogram is one Redis command "
+        f"a chunk instead of thirteen, the main process writes no cluster event when it receives a task, and "
+        f"kombu's channels reuse one client each. To reach 0.6 ms every part must shrink further: Celery task "
+        f"events only while a monitor listens (Flower enables them itself), one Redis round "
+        f"trip a chunk instead of two (the start notice riding with the result for chunks that finish within a "
+        f"heartbeat: the tracker's stranded-chunk rule would have to wait that long), and the prefork pipe gone "
+        f"(one solo-pool worker per core)."
+    ]
+
+
+def _per_prompt(report: dict[str, Any]) -> list[str]:
+    one = get(report, "sections", "sweep", "rows", "1") or {}
+    dramatiq = get(report, "sections", "peers", "rows", "dramatiq/per_prompt") or {}
+    if not one or not dramatiq:
+        return []
+    cores = report["machine"]["cores"]
+    goal = 2 * dramatiq["prompts_per_s"]
+    return [
+        f"**per_prompt_vs_dramatiq = {report.get('per_prompt_vs_dramatiq')}**: one prompt a chunk runs at "
+        f"{one['prompts_per_s']:,.0f} prompts/s and costs {one['cpu_us_per_prompt']:,.0f} µs of CPU a prompt, all "
+        f"processes together; Dramatiq, one task a prompt, {dramatiq['prompts_per_s']:,.0f} prompts/s at "
+        f"{dramatiq['cpu_us_per_prompt']:,.0f} µs. On {cores} cores, 2× Dramatiq ({goal:,.0f} prompts/s) allows at "
+        f"most {cores * 1e6 / goal:,.0f} µs a prompt: with one prompt a chunk that is the whole per-chunk cost "
+        f"(chunk_fixed_ms above), about {one['cpu_us_per_prompt'] / (cores * 1e6 / goal):.1f}× too much today."
+    ]
+
+
+def _efficiency(report: dict[str, Any]) -> list[str]:
+    cpu = get(report, "sections", "e2e", "cpu_us_per_prompt") or {}
+    inproc, cluster = cpu.get("in_process_1/compact") or {}, cpu.get("celery_2/compact") or {}
+    if not inproc or not cluster:
+        return []
+    extra = {g: v for g, v in cluster.items() if g != "total"}
+    workers_over = round(extra.get("workers", 0.0) - inproc["total"], 2)
+    return [
+        f"**e2e_cpu_efficiency = {report.get('e2e_cpu_efficiency')}** (target 0.9): in-process "
+        f"{inproc['total']} µs a prompt for everything, the cluster {cluster['total']} µs ({extra}). The workers "
+        f"alone spend {workers_over:+} µs a prompt over the whole in-process run (their per-chunk cost spread over "
+        f"the chunk, see chunk_fixed_ms), and the producer and Redis come on top. 0.9 allows "
+        f"{inproc['total'] / 0.9 - inproc['total']:.1f} µs a prompt for producer, Redis and the workers' transport "
+        "together."
+    ]
+
+
+def scale_findings(report: dict[str, Any], failed: set[str]) -> list[str]:
+    """Paragraphs for the missed targets among issue 13's chunk-path and scale targets."""
+    parts: list[str] = []
+    if "producer_us_per_prompt" in failed:
+        parts += _producer(report)
+    if "one_batch_ceiling" in failed:
+        parts += _ceiling(report)
+    if "chunk_fixed_ms" in failed:
+        parts += _chunk_fixed(report)
+    if "per_prompt_vs_dramatiq" in failed:
+        parts += _per_prompt(report)
+    if "e2e_cpu_efficiency" in failed:
+        parts += _efficiency(report)
+    return parts
