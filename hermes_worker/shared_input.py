@@ -41,7 +41,7 @@ def _path_problem(path: Any) -> str | None:
         return "'path' holds control characters"
     if not path.startswith("/"):
         return f"'path' {shown(path)} is not absolute"
-    if any(part in (".", "..") for part in path.split("/")) or os.path.normpath(path) != path:
+    if any(part in (".", "..") for part in path.split("/")) or "//" in path or os.path.normpath(path) != path:
         return f"'path' {shown(path)} is not normalized (no '.', '..' or '//' parts)"
     return None
 
