@@ -28,7 +28,7 @@ from .infra import RedisServer, redis_cpu_s, stop
 def make_input(path: Path, count: int) -> Path:
     """``count`` JSONL prompts of the examples, cycled, with ids (about 100 bytes a line)."""
     examples = Path(__file__).resolve().parent.parent / "examples" / "prompts.jsonl"
-    prompts = [json.loads(line)["prompt"] for line in examples.read_text(encoding="utf-8").splitlines() if line]
+    prompts = [json.loads(line)["prompt"] for line in examples.read_text(encoding="utf-8").split("\n") if line]
     with path.open("w", encoding="utf-8") as handle:
         for n in range(count):
             handle.write(json.dumps({"id": f"p{n}", "prompt": prompts[n % len(prompts)]}, ensure_ascii=False) + "\n")
