@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hermes_worker.contract import MAX_VALUE_BYTES
 from hermes_worker.errors import EXIT_USAGE, HermesError
-from hermes_worker.raw_lines import READ_BLOCK, InputFormat
+from hermes_worker.raw_lines import READ_BLOCK, InputFormat, _too_long
 from hermes_worker.shared_input import ByteRange, range_lines
 
 __all__ = ["SharedInputError", "shared_chunks", "shared_path"]
@@ -50,30 +51,64 @@ def shared_path(input_path: str, root: Path | None) -> str:
 
 def shared_chunks(
     source: BinaryIO, path: str, fmt: InputFormat, max_prompt_bytes: int, chunk_size: int
-) -> Iterator[tuple[int, str, list[list[Any]], ByteRange]]:
+) -> Iterator[tuple[int, str, list[list[Any]], ByteRange | None]]:
     """``(first line, text, bad lines, byte range)`` per chunk of ``chunk_size`` lines of ``source``
-    (the file at ``path``, read from its start); the text is what :func:`reader.read_chunks` makes.
+    (the file at ``path``, read from its start); the records are those of :func:`reader.read_chunks`.
+
+    Memory stays bounded by one range (:data:`MAX_VALUE_BYTES`, which is all a range may hold): a
+    chunk whose lines would hold more ends early, at its last whole line; a line longer than that
+    is skipped through, not held, and travels as a chunk of its own with no range, its
+    ``too_large`` error record made here (as the reader does for an over-long line).
     """
     read = getattr(source, "read1", source.read)
     pending = bytearray()
     scanned, found, offset, first = 0, 0, 0, 1  # bytes of pending searched, newlines found in them
     while True:
         block = read(READ_BLOCK)
-        if block:
-            pending += block
+        pending += block
         while True:
             cut = _after_lines(pending, scanned, chunk_size - found)
+            if cut > MAX_VALUE_BYTES or (cut < 0 and len(pending) > MAX_VALUE_BYTES):
+                cut = pending.rfind(b"\n", 0, MAX_VALUE_BYTES) + 1  # end early, at the last whole line
+                if cut == 0:  # one line longer than a range: skipped through, a chunk of its own
+                    size = yield from _skipped_line(read, pending, first, max_prompt_bytes)
+                    offset, first, scanned, found = offset + size, first + 1, 0, 0
+                    continue
             if cut < 0:
                 scanned, found = len(pending), found + pending.count(b"\n", scanned)
                 break
             data = bytes(pending[:cut])
             del pending[:cut]
-            yield _chunk(data, path, offset, first, fmt, max_prompt_bytes)
-            offset, first, scanned, found = offset + cut, first + chunk_size, 0, 0
+            lines, chunk = _chunk(data, path, offset, first, fmt, max_prompt_bytes)
+            yield chunk
+            offset, first, scanned, found = offset + cut, first + lines, 0, 0
         if not block:
             break
     if pending:
-        yield _chunk(bytes(pending), path, offset, first, fmt, max_prompt_bytes)
+        yield _chunk(bytes(pending), path, offset, first, fmt, max_prompt_bytes)[1]
+
+
+def _skipped_line(
+    read: Any, pending: bytearray, first: int, max_prompt_bytes: int
+) -> Generator[tuple[int, str, list[list[Any]], ByteRange | None], None, int]:
+    """Read past the line that ``pending`` starts with (its newline included), holding none of it;
+    yield its chunk (no range: an error record); return its size. ``pending`` keeps what follows."""
+    newline = pending.find(b"\n")
+    if newline >= 0:
+        size = newline + 1
+        del pending[:size]
+    else:
+        size = len(pending)
+        pending.clear()
+        while block := read(READ_BLOCK):
+            newline = block.find(b"\n")
+            if newline >= 0:
+                size += newline + 1
+                pending += block[newline + 1 :]
+                break
+            size += len(block)
+    yield first, "", [[0, *_too_long(size, max_prompt_bytes)]], None
+    return size
 
 
 def _after_lines(data: bytearray, start: int, wanted: int) -> int:
@@ -88,7 +123,8 @@ def _after_lines(data: bytearray, start: int, wanted: int) -> int:
 
 def _chunk(
     data: bytes, path: str, offset: int, first: int, fmt: InputFormat, max_prompt_bytes: int
-) -> tuple[int, str, list[list[Any]], ByteRange]:
-    _count, text, bad = range_lines(data, fmt, max_prompt_bytes)
+) -> tuple[int, tuple[int, str, list[list[Any]], ByteRange | None]]:
+    """How many lines ``data`` holds, and its chunk."""
+    count, text, bad = range_lines(data, fmt, max_prompt_bytes)
     where = ByteRange(path, offset, offset + len(data), hashlib.sha256(data).hexdigest())
-    return first, text, bad, where
+    return count, (first, text, bad, where)

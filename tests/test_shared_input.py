@@ -167,6 +167,34 @@ def test_the_producers_chunks_are_the_readers_and_their_ranges_hold_them(monkeyp
             assert first >= 1 and text.count("\n") + 1 <= size
 
 
+def numbered(chunks: list[tuple[Any, ...]]) -> list[tuple[int, Any]]:
+    """Every line of ``chunks`` with its number: its text, or its error."""
+    lines = []
+    for first, text, bad, *_where in chunks:
+        errors = {index: (code, message) for index, code, message in bad}
+        lines += [(first + i, errors.get(i, line)) for i, line in enumerate(text.split("\n"))]
+    return lines
+
+
+def test_memory_is_bounded_by_one_range_and_the_records_stay_the_readers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A range holds at most 40 bytes here, and a line over 20 bytes is too long (no slack).
+    monkeypatch.setattr(shared_chunks_module, "MAX_VALUE_BYTES", 40)
+    monkeypatch.setattr(raw_lines, "_LINE_SLACK", 0)
+    rng = random.Random(7)
+    for _trial in range(300):
+        lines = [b"z" * rng.choice([0, 3, 15, 25, 39, 45, 90, 200]) for _ in range(rng.randint(1, 30))]
+        data = b"\n".join(lines) + rng.choice([b"", b"\n"])
+        block = rng.choice([5, 16, 1 << 20])
+        monkeypatch.setattr(raw_lines, "READ_BLOCK", block)
+        monkeypatch.setattr(shared_chunks_module, "READ_BLOCK", block)
+        plain = list(read_chunks(io.BytesIO(data), "text", 20, 4))
+        shared = list(shared_chunks(io.BytesIO(data), "/x", "text", 20, 4))
+        assert numbered(plain) == numbered(shared), data
+        for _first, _text, _bad, where in shared:
+            assert where is None or where.end - where.start <= 40
+            assert where is None or hashlib.sha256(data[where.start : where.end]).hexdigest() == where.sha256
+
+
 def test_shared_path_needs_a_root_a_file_and_the_file_under_it(tmp_path: Path) -> None:
     src = write(tmp_path / "in.txt", b"a\n")
     assert shared_path(str(src), tmp_path) == os.path.realpath(src)
