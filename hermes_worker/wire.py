@@ -29,6 +29,10 @@ items already parsed (``hermes run``, ``hermes queue``, tests)::
 
 (each an :class:`Item`)
 
+A text request of a shared input (``hermes batch --shared``) also carries ``range``
+(:class:`~hermes_worker.shared_input.ByteRange`: ``path``, ``start``, ``end``, ``sha256``): in its
+task message the key holds a marker, and the worker reads and checks the range instead.
+
 An item whose fourth field is set failed before it reached the engine; the worker turns it
 into its error record so that records stay in input order.
 
