@@ -27,6 +27,7 @@ from .executors import ChunkExecutor
 from .notices import StreamedResult
 from .reader import InputFormat, read_chunks
 from .seen_ids import SeenIds
+from .shared_chunks import shared_chunks
 
 __all__ = ["BatchOptions", "BatchSummary", "chunk_requests", "guard_duplicates", "run_batch",
            "text_chunk_requests"]
@@ -171,7 +172,7 @@ def chunk_requests(items: Iterator[Item], options: BatchOptions, first_number: i
 
 
 def text_chunk_requests(
-    chunks: Iterable[tuple[int, str, list[list[Any]]]],
+    chunks: Iterable[tuple[Any, ...]],
     options: BatchOptions,
     skip: int = 0,
     on_skipped: Callable[[dict[str, Any]], None] | None = None,
@@ -179,10 +180,13 @@ def text_chunk_requests(
     """Chunk request payloads carrying raw input lines (see :func:`reader.read_chunks`).
 
     The first ``skip`` chunks are not yielded (a resumed batch has them in its output already);
-    each is handed to ``on_skipped`` instead, so their ids still reach the duplicate guard.
+    each is handed to ``on_skipped`` instead, so their ids still reach the duplicate guard. A
+    chunk of a shared input (:mod:`.shared_chunks`) carries its byte range too: its lines then
+    travel as that range (:class:`~hermes_worker.shared_input.ByteRange`), not through Redis.
     """
-    for number, (first, text, bad) in enumerate(chunks):
-        payload = options.request(number, text=text, first=first, format=options.input_format, bad=bad)
+    for number, (first, text, bad, *where) in enumerate(chunks):
+        source = where[0] if where else None
+        payload = options.request(number, text=text, first=first, format=options.input_format, bad=bad, source=source)
         if number < skip:
             if on_skipped is not None:
                 on_skipped(payload)
@@ -222,9 +226,7 @@ def _utf8_buffer(sink: TextIO) -> BinaryIO | None:
     return None
 
 
-def _counted(
-    chunks: Iterator[tuple[int, str, list[list[Any]]]], known: Callable[[int], None]
-) -> Iterator[tuple[int, str, list[list[Any]]]]:
+def _counted(chunks: Iterator[tuple[Any, ...]], known: Callable[[int], None]) -> Iterator[tuple[Any, ...]]:
     """``chunks`` as they come; once the reader has reached the end, ``known(lines in the input)``.
 
     >>> seen = []
@@ -247,6 +249,7 @@ def run_batch(
     summary: BatchSummary | None = None,
     skip_chunks: int = 0,
     on_written: Callable[[ChunkResult], None] | None = None,
+    shared: str | None = None,
 ) -> BatchSummary:
     """Normalize every line of ``source`` and write one JSONL record per line to ``sink``.
 
@@ -260,6 +263,7 @@ def run_batch(
         summary: counts carried over from an interrupted run being resumed.
         skip_chunks: how many leading chunks are already in the output (resume).
         on_written: called after each chunk's records are flushed (the resume journal).
+        shared: the path workers read ``source`` at (``--shared``): chunks travel as byte ranges.
     """
     summary = summary if summary is not None else BatchSummary()
     started = time.perf_counter()
@@ -272,8 +276,9 @@ def run_batch(
             seen.check_chunk(payload["first"], ids)
 
     lines: list[int] = []  # the input's line count, once known
-    chunks = _counted(read_chunks(source, options.input_format, options.chunk.max_prompt_bytes, options.chunk_size),
-                      lines.append)  # fmt: skip
+    fmt, most = options.input_format, options.chunk.max_prompt_bytes
+    chunks = _counted(read_chunks(source, fmt, most, options.chunk_size) if shared is None
+                      else shared_chunks(source, shared, fmt, most, options.chunk_size), lines.append)  # fmt: skip
     binary = _utf8_buffer(sink)
     for result in executor.map_ordered(text_chunk_requests(chunks, options, skip=skip_chunks, on_skipped=skipped)):
         result = guard_duplicates(result, seen)

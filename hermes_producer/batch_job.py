@@ -90,6 +90,7 @@ class BatchJob:
     progress: Callable[[Context, BinaryIO], AbstractContextManager[Callable[[int, int | None], None] | None]] = (
         _no_progress
     )
+    shared: str | None = None  # --shared: the input's path, which workers read chunks' byte ranges from
 
     def to_stream(self, sink: TextIO, name: str = "-") -> tuple[BatchSummary, str]:
         """Write records to ``sink`` as chunks finish (no journal: nothing to resume)."""
@@ -160,7 +161,7 @@ class BatchJob:
         try:
             with executor, self.progress(ctx, self.source) as progress:
                 done = run_batch(self.source, sink, self.options, executor, progress, summary=summary,
-                                 skip_chunks=skip, on_written=on_written)  # fmt: skip
+                                 skip_chunks=skip, on_written=on_written, shared=self.shared)  # fmt: skip
         except KeyboardInterrupt:
             logs.event(ctx.log, logging.WARNING, "batch.interrupted", f"interrupted; partial output of {output} kept")
             raise BatchError(f"interrupted: {finish}", exit_code=EXIT_INTERRUPTED) from None

@@ -40,9 +40,11 @@ def split_request(payload: Mapping[str, Any], ways: int = 2) -> list[dict[str, A
         lines = text.split("\n")
         first = int(payload["first"])
         bad = payload.get("bad") or []
+        # A shared input's chunk is split into chunks of lines: a part is not the whole range.
+        whole = {key: value for key, value in payload.items() if key != "range"}
         return [
             dict(
-                payload,
+                whole,
                 text="\n".join(lines[start:end]),
                 first=first + start,
                 bad=[[b[0] - start, *b[1:]] for b in bad if start <= b[0] < end],

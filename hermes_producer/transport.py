@@ -35,7 +35,10 @@ from hermes_worker.wire import Reply, request_span
 from .cluster import Cluster, queue_depth
 from .purge import purge_quietly, task_id_prefix
 
-__all__ = ["ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
+__all__ = ["SHARED_MARKER", "ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
+
+# What a shared input's chunk keeps under its lines' key: that the chunk is still wanted.
+SHARED_MARKER = b"shared"
 
 
 class ValueTooLarge(HermesError):
@@ -59,6 +62,12 @@ def summarize(payload: dict[str, Any], text: bytes | None = None, span: tuple[in
     """
     digest = hashlib.sha256()
     chars = 0
+    if "range" in payload:  # a shared input's chunk: its bytes' digest is known already
+        first, count = span or request_span(payload)
+        where = payload["range"]
+        return (f"chunk {payload['chunk']}: {count} prompts (lines {first}-{first + count - 1}), "
+                f"{where['end'] - where['start']:,} bytes, sha256 {where['sha256'][:16]}, "
+                f"profile {payload['profile'].get('name')}")  # fmt: skip
     if "text" in payload:
         chars = len(payload["text"])
         digest.update(text if text is not None else payload["text"].encode("utf-8", "surrogatepass"))
@@ -114,7 +123,16 @@ class ChunkTransport:
         if self._isolation == ISOLATION_CONTAINER:
             message["isolation"] = ISOLATION_CONTAINER  # a worker that cannot isolate it refuses it
         span, body = request_span(payload), None
-        if "text" in payload:
+        if "range" in payload:
+            # A shared input's chunk: workers read its lines from the file (hermes_worker.shared_input);
+            # the key holds a marker, so a chunk the batch no longer needs still ends as before.
+            key = self.reply.text_key(payload["chunk"])
+            self._sent.add(payload["chunk"])
+            message |= {TEXT_KEY: key, "count": span[1], "bad": []}  # the worker finds its bad lines
+            where = payload["range"]
+            self._write_lines(key, SHARED_MARKER, size=where["end"] - where["start"])
+            body = b""
+        elif "text" in payload:
             # The lines go to Redis as bytes; the task message only names them (contract.TEXT_KEY).
             key = self.reply.text_key(payload["chunk"])
             self._sent.add(payload["chunk"])
@@ -152,10 +170,11 @@ class ChunkTransport:
             raise self._not_answering("Redis", exc) from exc
         self._stream_made = True
 
-    def _write_lines(self, key: str, body: bytes) -> None:
-        if len(body) > MAX_VALUE_BYTES:
+    def _write_lines(self, key: str, body: bytes, size: int | None = None) -> None:
+        size = len(body) if size is None else size
+        if size > MAX_VALUE_BYTES:
             bound = f"over the {MAX_VALUE_BYTES:,}-byte bound of one value"
-            raise ValueTooLarge(f"its lines are {len(body):,} bytes, {bound}")
+            raise ValueTooLarge(f"its lines are {size:,} bytes, {bound}")
         try:
             self.cluster.redis.set(key, body, ex=self.reply.ttl)
         except (redis.RedisError, OSError) as exc:

@@ -37,10 +37,12 @@ from .metrics import bump, chunk_increments
 from .metrics import field as metrics_field
 from .processing import failed_chunk_result, with_errors
 from .publishing import BatchEnded, Publisher, Unpublishable
+from .raw_lines import InputFormat
 from .registry import Registry
 from .runners import Runner
 from .sandbox.backends import backend
 from .settings import Settings
+from .shared_input import read_range
 from .wire import ChunkRequest, ChunkResult, Reply
 
 __all__ = ["ChunkHandler", "Job"]
@@ -57,6 +59,7 @@ class Job:
     ttl: int
     request: ChunkRequest
     text: bytes | None = None  # the chunk's lines, once fetched from Redis
+    lines: tuple[str, list[list[Any]]] | None = None  # text and bad lines read from a shared input
 
     @property
     def chunk(self) -> int:
@@ -128,6 +131,8 @@ class ChunkHandler:
                 return {"chunk": job.chunk, "lines_missing": True}
         except BatchEnded:
             return self._ended(job, "before it ran")
+        if job.request.source is not None and job.request.text_key is not None and not self.read_shared(job):
+            return {"refused": True}
         started = time.perf_counter()
         outcome = self.run(job)
         return self.publish(job, outcome, time.perf_counter() - started)
@@ -177,6 +182,20 @@ class ChunkHandler:
         )
         return False
 
+    def read_shared(self, job: Job) -> bool:
+        """Read a shared-input chunk's byte range (:mod:`.shared_input`); refuse it (False) when the
+        path is not this worker's to read or the bytes are not the ones the producer read."""
+        request = job.request
+        assert request.source is not None and request.count is not None
+        try:
+            fmt: InputFormat = "jsonl" if request.format == "jsonl" else "text"
+            job.lines = read_range(self.settings.shared_root, request.source, request.count, fmt,
+                                   request.options.max_prompt_bytes)  # fmt: skip
+        except contract.ContractError as exc:
+            self.refuse(str(exc), job.worker, Reply.from_wire({"stream": job.stream, "ttl": job.ttl}), job.chunk)
+            return False
+        return True
+
     def run(self, job: Job) -> Outcome:
         """The chunk's result (error records if need be); a reason to split it; or None to let it go.
 
@@ -189,7 +208,11 @@ class ChunkHandler:
             if job.text is None:
                 return job.request
             del payload[contract.TEXT_KEY], payload["count"]
-            payload["text"] = job.text.decode("utf-8")
+            if job.lines is not None:
+                del payload["range"]
+                payload["text"], payload["bad"] = job.lines
+            else:
+                payload["text"] = job.text.decode("utf-8")
             return ChunkRequest.from_payload(payload)
 
         return self.run_request(request, job.worker, payload)

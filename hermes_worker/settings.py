@@ -149,6 +149,11 @@ class Setting:
             raise SettingsError(f"{self.variable} is invalid: {exc}") from None
 
 
+def _absolute(value: Path | None) -> None:
+    if value is not None and not value.is_absolute():
+        raise ValueError("must be an absolute path")
+
+
 def setting(
     variable: str,
     parse: Callable[[str], T],
@@ -255,6 +260,10 @@ class Settings:
         "prompts per chunk in batches and queues", options=["--chunk-size"],
         note="chosen by the chunk-size sweep in `bench/`: 1,024 moves 25 % more than 256 over Celery; "
         "4,096 another 25 % for large batches")  # fmt: skip
+    shared_root: Path | None = setting(
+        "HERMES_SHARED_ROOT", path, None,
+        "the directory whose files `hermes batch --shared` may name and workers read byte ranges of; unset: none",
+        check=_absolute, strip=False, note="an absolute path, the same on the producer and every worker")  # fmt: skip
     processes: int = setting("HERMES_PROCESSES", WholeRange(1, 1024), 1, "in-process worker processes",
                              computed=_every_core, shown="number of cores", options=["--processes"])  # fmt: skip
     log_level: str = setting("HERMES_LOG_LEVEL", log_level, "DEBUG", "lowest level written to the log file")

@@ -29,6 +29,10 @@ items already parsed (``hermes run``, ``hermes queue``, tests)::
 
 (each an :class:`Item`)
 
+A text request of a shared input (``hermes batch --shared``) also carries ``range``
+(:class:`~hermes_worker.shared_input.ByteRange`: ``path``, ``start``, ``end``, ``sha256``): in its
+task message the key holds a marker, and the worker reads and checks the range instead.
+
 An item whose fourth field is set failed before it reached the engine; the worker turns it
 into its error record so that records stay in input order.
 
@@ -83,6 +87,7 @@ from .contract import (
     ContractError,
     shown,
 )
+from .shared_input import ByteRange
 
 __all__ = ["ChunkRequest", "ChunkResult", "Item", "ItemFailure", "Reply", "request_span"]
 
@@ -260,6 +265,7 @@ class ChunkRequest:
     text_key: str | None = None
     count: int | None = None
     isolation: str | None = None
+    source: ByteRange | None = None  # a shared input's bytes that hold the lines (``range``)
 
     def to_payload(self) -> dict[str, Any]:
         payload = {"v": PAYLOAD_VERSION, "chunk": self.chunk, "profile": dict(self.profile)} | self.options.to_wire()
@@ -272,6 +278,9 @@ class ChunkRequest:
             payload["bad"] = self.bad or []
         else:
             payload["items"] = None if self.items is None else [item.to_wire() for item in self.items]
+            return payload
+        if self.source is not None:
+            payload["range"] = self.source.to_wire()
         return payload
 
     def bad_lines(self) -> dict[int, tuple[str, str]]:
@@ -327,9 +336,13 @@ class ChunkRequest:
         if fmt not in ("jsonl", "text"):
             raise ContractError("chunk payload: 'format' must be 'jsonl' or 'text'")
         bad = _bad_lines(payload.get("bad") or [], count)
+        source = None if payload.get("range") is None else ByteRange.from_wire(payload["range"])
+        if source is not None and count > source.end - source.start:
+            size = source.end - source.start
+            raise ContractError(f"chunk payload: {count} lines cannot fit in the {size} bytes of 'range'")
         if text is not None:
-            return replace(self, text=text, first=first, format=fmt, bad=bad)
-        return replace(self, text_key=key, count=count, first=first, format=fmt, bad=bad)
+            return replace(self, text=text, first=first, format=fmt, bad=bad, source=source)
+        return replace(self, text_key=key, count=count, first=first, format=fmt, bad=bad, source=source)
 
 
 def _bad_lines(bad: Any, count: int) -> list[list[Any]]:

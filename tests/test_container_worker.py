@@ -101,6 +101,24 @@ def test_container_output_equals_local_output(
     assert outputs["container"] == outputs["local"]
 
 
+def test_a_shared_batch_in_containers_writes_what_a_normal_one_does(
+    start_worker: WorkerFactory, container_env: dict[str, str], chermes: HermesRunner, tmp_path: Path
+) -> None:
+    # The worker (host side) reads the range; its sandbox gets the same text a normal chunk carries.
+    shared = {"HERMES_SHARED_ROOT": str(tmp_path)}
+    start_worker("c1", mode="container", env=container_env | shared, expect_tag="container")
+    src = make_input(tmp_path / "in.jsonl", 3_000)
+    outputs = {}
+    for mode, extra in (("normal", ()), ("shared", ("--shared",))):
+        out = tmp_path / f"{mode}.jsonl"
+        done = chermes("batch", str(src), "-o", str(out), "--isolation", "container", "--chunk-size", "500", *extra,
+                       env=shared)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outputs[mode] = out.read_bytes()
+    assert outputs["normal"] == outputs["shared"] and outputs["shared"].count(b"\n") == 3_000
+    assert b'"mode":"container"' in outputs["shared"]
+
+
 def test_containers_of_a_killed_worker_are_reaped_when_it_starts_again(
     start_worker: WorkerFactory,
     container_env: dict[str, str],

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,19 @@ def test_context_holds_the_engine_and_its_text_libraries_only() -> None:
     for dist in ("ftfy", "wcwidth"):
         version = metadata.version(dist)
         assert any(n.startswith(f"site/{dist}-{version}.dist-info/") for n in names), dist
+
+
+def test_the_sandbox_server_imports_from_the_context_alone(tmp_path: Path) -> None:
+    """Every module the server imports is in the image: the context's site, the standard library,
+    nothing else (a module that wire.py came to import, missing from the list, broke the image)."""
+    for name, data in context_files().items():
+        if name.startswith("site/"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(data)
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); "
+            "import hermes_worker.sandbox.server, hermes_worker.wire, hermes_worker.processing")  # fmt: skip
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_content_tag_follows_every_byte_and_the_base() -> None:

@@ -37,6 +37,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "HERMES_HOME": ("~/elsewhere", Path("~/elsewhere").expanduser()),
     "HERMES_PROFILE": ("code", "code"),
     "HERMES_PROFILE_FILE": ("~/profiles.toml", Path("~/profiles.toml").expanduser()),
+    "HERMES_SHARED_ROOT": ("/srv/prompts", Path("/srv/prompts")),
     "HERMES_LOG_LEVEL": ("warning", "WARNING"),
     "HERMES_BROKER_URL": ("amqp://hermes@mq:5672//", "amqp://hermes@mq:5672//"),
     "HERMES_RESULT_BACKEND": ("rediss://results:6380/2", "rediss://results:6380/2"),

@@ -35,6 +35,7 @@ from ..output import (
     write_file,
 )
 from ..reader import InputFormat, detect_format
+from ..shared_chunks import shared_path
 from ..terminal import TerminalSink, printable
 from .common import Context, fail, pass_context, std_stream
 from .options import setting_number, with_chunk_options, with_placement, with_profile
@@ -170,6 +171,9 @@ def _report(ctx: Context, summary: BatchSummary, how: str, summary_json: Report 
     "--processes", type=setting_number("HERMES_PROCESSES"), default=None, help=option_help("HERMES_PROCESSES")
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted batch into the same OUTPUT.")
+@click.option("--shared", is_flag=True,
+              help="Workers read INPUT themselves (it must be under HERMES_SHARED_ROOT, readable by every worker): "
+              "chunks travel as byte ranges, not lines through Redis.")  # fmt: skip
 @click.option(
     "--summary-json",
     "summary_path",
@@ -196,6 +200,7 @@ def batch(
     chunk_size: int | None,
     processes: int | None,
     resume: bool,
+    shared: bool,
     summary_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -217,6 +222,7 @@ def batch(
     """
     settings = ctx.settings.with_overrides(chunk_size=chunk_size, processes=processes)
     _check_streams(resume, input_path, output_path, summary_path, junit_path)
+    where = shared_path(input_path, settings.shared_root) if shared else None
     with ExitStack() as stack, open_input(input_path) as (name, source):
         output, summary_json, junit_file = _open_outputs(stack, source, input_path, output_path, summary_path,
                                                          junit_path)  # fmt: skip
@@ -224,7 +230,8 @@ def batch(
             fail(f"--resume needs a regular file as input; {input_path} is not one")
         options = BatchOptions(profile, _input_format(name, source, input_format), chunk, settings.chunk_size)
         junit = JUnitReport(Path(name).name) if junit_file is not None else None
-        job = BatchJob(ctx, source, name, input_path, options, placement, settings.processes, junit, progress_bar)
+        job = BatchJob(ctx, source, name, input_path, options, placement, settings.processes, junit, progress_bar,
+                       shared=where)  # fmt: skip
         if output is None:
             with stdout_sink() as sink:
                 summary, how = job.to_stream(sink)

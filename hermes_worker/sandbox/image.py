@@ -46,6 +46,8 @@ _SOURCES = (
     "errors.py",
     "lines.py",
     "processing.py",
+    "raw_lines.py",
+    "shared_input.py",
     "wire.py",
     "engine/*.py",
     *(f"sandbox/{name}.py" for name in ("__init__", "backends", "errors", "protocol", "reply", "server", "session")),
