@@ -389,7 +389,8 @@ class ChunkResult:
             errors=tuple(error for part in parts for error in part.errors),
         )
 
-    def _counts(self) -> dict[str, Any]:
+    def counts_wire(self) -> dict[str, Any]:
+        """The result as one JSON object without its records (the sandbox sends those as raw bytes)."""
         counts = {"v": self.version, "chunk": self.chunk, "ok": self.ok, "failed": self.failed,
                   "errors": [error.to_wire() for error in self.errors], "provenance": self.provenance}  # fmt: skip
         if self.first is not None:
@@ -398,7 +399,7 @@ class ChunkResult:
 
     def to_wire(self) -> dict[str, Any]:
         """The result as one JSON object, its records a list (``lines``)."""
-        return {"v": self.version, "chunk": self.chunk, "lines": self.record_lines()} | self._counts()
+        return {"v": self.version, "chunk": self.chunk, "lines": self.record_lines()} | self.counts_wire()
 
     def to_stream(self) -> dict[str, str | bytes]:
         """The fields of the result's entry on a result stream: ``r`` the rest as ASCII JSON,
@@ -408,7 +409,7 @@ class ChunkResult:
         Raises:
             UnicodeEncodeError: a record holds a lone surrogate.
         """
-        return {"r": json.dumps(self._counts(), ensure_ascii=True), "t": self.records.encode("utf-8")}
+        return {"r": json.dumps(self.counts_wire(), ensure_ascii=True), "t": self.records.encode("utf-8")}
 
     @classmethod
     def from_stream(cls, counts: Mapping[str, Any], text: bytes) -> ChunkResult:

@@ -221,32 +221,47 @@ def _check_error(value: dict[str, Any], line: int, pre_error: tuple[str, str] | 
     return ItemFailure(line, code, message)
 
 
-def check_result(result: Any, expected: Expected) -> ChunkResult:
+def check_result(result: Any, records: bytes, expected: Expected) -> ChunkResult:
     """The chunk result to pass on, rebuilt by the host from a sandbox result it checked.
 
-    Every field besides the records is the host's own; the sandbox's must equal it.
+    ``result`` is the reply's result object (counts, errors, provenance, ids), ``records`` the
+    frame's blob: the records as raw JSONL bytes. Every field besides the records is the host's
+    own; the sandbox's must equal it.
 
     Raises:
         BadReply: naming the first thing that is wrong.
     """
     if type(result) is not dict:
         raise BadReply("the sandbox's result is not a JSON object")
-    lines = result.get("lines")
-    if type(lines) is not list or len(lines) != len(expected.items):
-        count = len(lines) if type(lines) is list else "no list of"
-        raise BadReply(f"the sandbox returned {count} records for {len(expected.items)} items")
+    text, lines = _record_lines(records, len(expected.items))
     errors = [e for e in (_check_record(r, i, expected) for r, i in zip(lines, expected.items, strict=True)) if e]
-    records = "\n".join(lines) + "\n" if lines else ""
     # A text request's result names its first line, with or without guard ids (plain text has none).
-    rebuilt = ChunkResult(expected.chunk, records, len(lines) - len(errors), len(errors), tuple(errors),
+    rebuilt = ChunkResult(expected.chunk, text, len(lines) - len(errors), len(errors), tuple(errors),
                           expected.provenance, expected.first, expected.ids)  # fmt: skip
-    wire = rebuilt.to_wire()
+    wire = rebuilt.counts_wire()
     if result.keys() != wire.keys():
         raise BadReply(f"the sandbox's result has the fields {sorted(result)[:12]}, not {sorted(wire)}")
     for key, value in wire.items():
-        if key != "lines" and (result[key] != value or _shape(result[key]) != _shape(value)):
+        if result[key] != value or _shape(result[key]) != _shape(value):
             raise BadReply(f"the sandbox's {key!r} is not what its records and its request say")
     return rebuilt
+
+
+def _record_lines(records: Any, count: int) -> tuple[str, list[str]]:
+    """The records of a reply's blob as text, and one string each: UTF-8, each ending with a line break."""
+    if type(records) is not bytes:
+        raise BadReply("the sandbox's records are not bytes")
+    try:
+        text = records.decode("utf-8", "surrogatepass")  # as a frame's JSON was decoded: lone surrogates pass
+    except UnicodeDecodeError as exc:
+        raise BadReply(f"the sandbox's records are not UTF-8 (byte {exc.start:,} of {len(records):,})") from None
+    if text and not text.endswith("\n"):
+        raise BadReply("the sandbox's records do not end with a line break (the last one is cut short)")
+    lines = text.split("\n")
+    lines.pop()
+    if len(lines) != count:
+        raise BadReply(f"the sandbox returned {len(lines)} records for {count} items")
+    return text, lines
 
 
 def _shape(value: Any) -> Any:
