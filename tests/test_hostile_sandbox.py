@@ -34,7 +34,7 @@ from hermes_worker.probe import probe, self_test_request
 from hermes_worker.sandbox import BadReply, SessionFailed
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import BytesRecv, DockerDemux, FrameReader, FrameTooLarge
-from hermes_worker.sandbox.reply import Expected, check_result
+from hermes_worker.sandbox.reply import Expected, check_result, provenance_tail
 from hermes_worker.sandbox.server import DATA_LIES, handle
 from hermes_worker.settings import Settings, SettingsError
 from hermes_worker.wire import ChunkRequest, ChunkResult
@@ -141,6 +141,36 @@ def test_record_bytes_that_lie_are_refused(lie: str) -> None:
     change, problem = RECORD_BLOB_LIES[lie]
     with pytest.raises(BadReply, match=problem):
         check_result(reply["result"], change(records), expected_for(payload))
+
+
+def test_honest_records_end_with_the_provenance_the_host_expects() -> None:
+    """The host decodes only the head of a record that ends with its own provenance: honest
+    records (ok and error ones) must take that path, or the shortcut is dead code."""
+    payload = text_chunk(jsonl(["a", "\u2028b"]))
+    _, records = honest_reply(payload)
+    tail = provenance_tail(expected_for(payload).provenance)
+    lines = records.decode().split("\n")[:-1]
+    assert len(lines) == 4 and all(line.endswith(tail) for line in lines)
+
+
+@pytest.mark.parametrize(("head", "problem"), [
+    ('{"id":"id-0","line":41,"provenance":{},"text":"a","changed":false,"validation":{"rounds":1,"converged":true}',
+     "provenance twice"),
+    ('{"id":"id-0","line":41,"text":"a","changed":false,"validation":{"rounds":1,"converged":true},', "not valid JSON"),
+    ('{"id":"id-0","line":41,"text":"a', "not valid JSON"),
+    ('{"id":"id-0","line":41,"text":"a\\', "not valid JSON"),
+    ("{", "names line"),
+    ("[", "not valid JSON"),
+])  # fmt: skip
+def test_a_record_that_ends_with_the_true_provenance_is_still_checked_whole(head: str, problem: str) -> None:
+    """Given records whose end is the host's own provenance but whose head lies (a provenance of
+    its own, a dangling comma, a string left open, nothing), the host refuses them."""
+    payload = text_chunk(jsonl(["a"]))
+    reply, records = honest_reply(payload)
+    tail = provenance_tail(expected_for(payload).provenance)
+    forged = (head + tail).encode() + b"\n" + records.split(b"\n", 1)[1]
+    with pytest.raises(BadReply, match=problem):
+        check_result(reply["result"], forged, expected_for(payload))
 
 
 def test_records_that_are_not_bytes_are_refused() -> None:

@@ -162,8 +162,37 @@ def _refuse(line: Any, problem: str) -> BadReply:
     return BadReply(f"the sandbox's record for line {line} {problem}")
 
 
-def _check_record(record: Any, item: Item, expected: Expected) -> ItemFailure | None:
-    """Check one record against its item; return its failure if it is an error record."""
+def provenance_tail(provenance: Mapping[str, Any]) -> str:
+    """How an honest record without an explanation ends: its provenance, encoded as
+    :mod:`hermes_worker.processing` encodes it, and the closing brace."""
+    tail = f',"provenance":{_encode(provenance)}}}'
+    for raw, escaped in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        tail = tail.replace(raw, escaped)
+    return tail
+
+
+def _decode_record(record: str, line: int, tail: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as a JSON object. A record that ends with exactly the provenance the host
+    expects (``tail``) has only the rest decoded: the provenance is the host's own, and the
+    record is valid JSON exactly when its head, closed, is (the tail adds one member)."""
+    head = record[: len(record) - len(tail)] + "}" if record.endswith(tail) else None
+    try:
+        value = json.loads(record if head is None else head)
+    except (ValueError, RecursionError):
+        raise _refuse(line, "is not valid JSON") from None
+    if type(value) is not dict:
+        raise _refuse(line, "is not a JSON object")
+    if head is not None:
+        if "provenance" in value:
+            raise _refuse(line, "names its provenance twice")
+        value["provenance"] = provenance  # what the tail encodes
+    return value
+
+
+def _check_record(record: Any, item: Item, expected: Expected, tail: str) -> ItemFailure | None:
+    """Check one record against its item; return its failure if it is an error record.
+
+    ``tail``: :func:`provenance_tail` of the expected provenance."""
     line, item_id, prompt, pre_error = item.line, item.id, item.prompt, item.error
     if not isinstance(record, str):
         raise _refuse(line, f"is a JSON {type(record).__name__}, not an encoded record")
@@ -172,12 +201,7 @@ def _check_record(record: Any, item: Item, expected: Expected) -> ItemFailure | 
         raise _refuse(line, f"is {len(record):,} characters long, over its bound of {bound:,}")
     if _BREAKS.search(record):
         raise _refuse(line, "holds a raw line break (it would read as more than one record)")
-    try:
-        value = json.loads(record)
-    except (ValueError, RecursionError):
-        raise _refuse(line, "is not valid JSON") from None
-    if type(value) is not dict:
-        raise _refuse(line, "is not a JSON object")
+    value = _decode_record(record, line, tail, expected.provenance)
     if value.get("line") != line or type(value.get("line")) is not int:
         raise _refuse(line, f"names line {str(value.get('line'))[:40]}")
     if value.get("id") != item_id or type(value.get("id")) is not type(item_id):
@@ -234,7 +258,8 @@ def check_result(result: Any, records: bytes, expected: Expected) -> ChunkResult
     if type(result) is not dict:
         raise BadReply("the sandbox's result is not a JSON object")
     text, lines = _record_lines(records, len(expected.items))
-    errors = [e for e in (_check_record(r, i, expected) for r, i in zip(lines, expected.items, strict=True)) if e]
+    tail = provenance_tail(expected.provenance)
+    errors = [e for e in (_check_record(r, i, expected, tail) for r, i in zip(lines, expected.items, strict=True)) if e]
     # A text request's result names its first line, with or without guard ids (plain text has none).
     rebuilt = ChunkResult(expected.chunk, text, len(lines) - len(errors), len(errors), tuple(errors),
                           expected.provenance, expected.first, expected.ids)  # fmt: skip
