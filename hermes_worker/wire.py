@@ -355,8 +355,9 @@ class ChunkResult:
     text, whose ids are line numbers. ``version`` is the payload version of whoever made it.
 
     On the wire a result is one JSON object (:meth:`to_wire`; see the module docstring) whose
-    records are a list (``lines``: the sandbox's frames, the in-process pool) or one string
-    (``text``: a result stream's ``t`` field, put back by :meth:`from_stream`).
+    records are a list (``lines``: the in-process pool) or one string (``text``: a result
+    stream's ``t`` field, put back by :meth:`from_stream`), or the object without its records
+    (:meth:`counts_wire`) with the records as raw bytes beside it (a sandbox frame's blob).
     """
 
     chunk: int

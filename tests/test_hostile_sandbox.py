@@ -124,6 +124,14 @@ RECORD_BLOB_LIES = {
     "an empty record added": (lambda r: r + b"\n", "returned 6 records for 5 items"),
     "a record split in two": (lambda r: r.replace(b",", b"\n", 1), "returned 6 records for 5 items"),
     "two records joined by CR": (lambda r: r.replace(b"\n", b"\r", 1), "returned 4 records for 5 items"),
+    "a raw U+2028 in the second record": (
+        lambda r: r.replace(b'"text":"b', '"text":"\u2028b'.encode(), 1),
+        "record for line 42 holds a raw line break",
+    ),
+    "a raw CR in the first record": (
+        lambda r: r.replace(b'"text":"a', b'"text":"\ra', 1),
+        "record for line 41 holds a raw line break",
+    ),
     "a record that is not JSON": (lambda r: b"{not json}\n" + r.split(b"\n", 1)[1], "not valid JSON"),
     "a JSON array": (lambda r: b"[1,2]\n" + r.split(b"\n", 1)[1], "not a JSON object"),
     "NUL bytes": (lambda r: b"\0" * len(r.split(b"\n", 1)[0]) + r[len(r.split(b"\n", 1)[0]) :], "not valid JSON"),
