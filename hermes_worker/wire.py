@@ -368,8 +368,9 @@ class ChunkResult:
     text, whose ids are line numbers. ``version`` is the payload version of whoever made it.
 
     On the wire a result is one JSON object (:meth:`to_wire`; see the module docstring) whose
-    records are a list (``lines``: the sandbox's frames, the in-process pool) or one string
-    (``text``: a result stream's ``t`` field, put back by :meth:`from_stream`).
+    records are a list (``lines``: the in-process pool) or one string (``text``: a result
+    stream's ``t`` field, put back by :meth:`from_stream`), or the object without its records
+    (:meth:`counts_wire`) with the records as raw bytes beside it (a sandbox frame's blob).
     """
 
     chunk: int
@@ -402,7 +403,8 @@ class ChunkResult:
             errors=tuple(error for part in parts for error in part.errors),
         )
 
-    def _counts(self) -> dict[str, Any]:
+    def counts_wire(self) -> dict[str, Any]:
+        """The result as one JSON object without its records (the sandbox sends those as raw bytes)."""
         counts = {"v": self.version, "chunk": self.chunk, "ok": self.ok, "failed": self.failed,
                   "errors": [error.to_wire() for error in self.errors], "provenance": self.provenance}  # fmt: skip
         if self.first is not None:
@@ -411,7 +413,7 @@ class ChunkResult:
 
     def to_wire(self) -> dict[str, Any]:
         """The result as one JSON object, its records a list (``lines``)."""
-        return {"v": self.version, "chunk": self.chunk, "lines": self.record_lines()} | self._counts()
+        return {"v": self.version, "chunk": self.chunk, "lines": self.record_lines()} | self.counts_wire()
 
     def to_stream(self) -> dict[str, str | bytes]:
         """The fields of the result's entry on a result stream: ``r`` the rest as ASCII JSON,
@@ -421,7 +423,7 @@ class ChunkResult:
         Raises:
             UnicodeEncodeError: a record holds a lone surrogate.
         """
-        return {"r": json.dumps(self._counts(), ensure_ascii=True), "t": self.records.encode("utf-8")}
+        return {"r": json.dumps(self.counts_wire(), ensure_ascii=True), "t": self.records.encode("utf-8")}
 
     @classmethod
     def from_stream(cls, counts: Mapping[str, Any], text: bytes) -> ChunkResult:

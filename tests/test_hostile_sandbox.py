@@ -34,7 +34,7 @@ from hermes_worker.probe import probe, self_test_request
 from hermes_worker.sandbox import BadReply, SessionFailed
 from hermes_worker.sandbox import docker_backend as backend
 from hermes_worker.sandbox.protocol import BytesRecv, DockerDemux, FrameReader, FrameTooLarge
-from hermes_worker.sandbox.reply import Expected, check_result
+from hermes_worker.sandbox.reply import Expected, check_result, provenance_tail
 from hermes_worker.sandbox.server import DATA_LIES, handle
 from hermes_worker.settings import Settings, SettingsError
 from hermes_worker.wire import ChunkRequest, ChunkResult
@@ -71,10 +71,15 @@ def expected_for(payload: dict[str, Any], worker: str = "w1", image: str = "sha2
     return Expected.of(request, profile, provenance(profile, mode="container", worker=worker, image=image))
 
 
-def honest_reply(payload: dict[str, Any], lie: str = "") -> dict[str, Any]:
-    """The real engine server's reply, in this process (lying as ``lie`` says, if given)."""
-    request = {"op": "chunk", "id": 1, "worker": "w1", "image": "sha256:img", "payload": payload}
-    return handle(request, test_hooks=bool(lie), lie=lie.removeprefix("lie="))
+def honest_reply(payload: dict[str, Any], lie: str = "") -> tuple[dict[str, Any], bytes]:
+    """The real engine server's reply and records, in this process (lying as ``lie`` says, if
+    given); a text chunk's lines go in the blob, as the session sends them."""
+    request: dict[str, Any] = {"op": "chunk", "id": 1, "worker": "w1", "image": "sha256:img", "payload": payload}
+    blob = b""
+    if "text" in payload:
+        request |= {"text": True, "payload": {k: v for k, v in payload.items() if k != "text"}}
+        blob = payload["text"].encode("utf-8", "surrogatepass")
+    return handle(request, test_hooks=bool(lie), lie=lie.removeprefix("lie="), blob=blob)
 
 
 def test_an_honest_reply_passes_unchanged() -> None:
@@ -84,8 +89,9 @@ def test_an_honest_reply_passes_unchanged() -> None:
     replaced its container and ran again item by item.)"""
     plain = text_chunk([t for t in TEXTS if t]) | {"format": "text"}
     for payload in (chunk([*TEXTS, 7, LIE]), text_chunk(jsonl([*TEXTS, LIE])), plain):
-        reply = honest_reply(payload)
-        assert check_result(reply["result"], expected_for(payload)).to_wire() == reply["result"]
+        reply, records = honest_reply(payload)
+        checked = check_result(reply["result"], records, expected_for(payload))
+        assert checked.counts_wire() == reply["result"] and checked.records.encode("utf-8", "surrogatepass") == records
 
 
 @pytest.mark.parametrize("lie", sorted(set(DATA_LIES) - HONEST - {"reply_id", "contract", "too_large"}))
@@ -93,40 +99,112 @@ def test_every_lie_in_a_result_is_refused(lie: str) -> None:
     """Given the real server's reply to a chunk holding the marker, made to lie as ``lie`` says,
     the host's check refuses it (and names the problem)."""
     payload = text_chunk(jsonl([*TEXTS, LIE]))
-    reply = honest_reply(payload, lie=lie)
-    assert reply["ok"] is True and reply["result"] != honest_reply(payload)["result"], "the hook did not lie"
+    reply, records = honest_reply(payload, lie=lie)
+    assert reply["ok"] is True and (reply["result"], records) != honest_reply(payload), "the hook did not lie"
     with pytest.raises(BadReply, match="sandbox"):
-        check_result(reply["result"], expected_for(payload))
+        check_result(reply["result"], records, expected_for(payload))
 
 
 def test_a_result_for_another_worker_or_image_is_refused() -> None:
     """The provenance the host expects is its own: this worker, the image it looked up."""
     payload = chunk(TEXTS)
-    reply = honest_reply(payload)
+    reply, records = honest_reply(payload)
     with pytest.raises(BadReply, match="provenance"):
-        check_result(reply["result"], expected_for(payload, worker="w2"))
+        check_result(reply["result"], records, expected_for(payload, worker="w2"))
     with pytest.raises(BadReply, match="provenance"):
-        check_result(reply["result"], expected_for(payload, image="sha256:other"))
+        check_result(reply["result"], records, expected_for(payload, image="sha256:other"))
+
+
+# Records are the frame's raw bytes: what the host makes of bytes that are not what they claim.
+RECORD_BLOB_LIES = {
+    "not UTF-8": (lambda r: r[:5] + b"\xc3\x28" + r[5:], "not UTF-8"),
+    "a lone continuation byte": (lambda r: b"\x80" + r, "not UTF-8"),
+    "cut short": (lambda r: r[:-7], "do not end with a line break"),
+    "no records": (lambda r: b"", "returned 0 records for 5 items"),
+    "an empty record added": (lambda r: r + b"\n", "returned 6 records for 5 items"),
+    "a record split in two": (lambda r: r.replace(b",", b"\n", 1), "returned 6 records for 5 items"),
+    "two records joined by CR": (lambda r: r.replace(b"\n", b"\r", 1), "returned 4 records for 5 items"),
+    "a raw U+2028 in the second record": (
+        lambda r: r.replace(b'"text":"b', '"text":"\u2028b'.encode(), 1),
+        "record for line 42 holds a raw line break",
+    ),
+    "a raw CR in the first record": (
+        lambda r: r.replace(b'"text":"a', b'"text":"\ra', 1),
+        "record for line 41 holds a raw line break",
+    ),
+    "a record that is not JSON": (lambda r: b"{not json}\n" + r.split(b"\n", 1)[1], "not valid JSON"),
+    "a JSON array": (lambda r: b"[1,2]\n" + r.split(b"\n", 1)[1], "not a JSON object"),
+    "NUL bytes": (lambda r: b"\0" * len(r.split(b"\n", 1)[0]) + r[len(r.split(b"\n", 1)[0]) :], "not valid JSON"),
+    "records of another chunk's lines": (lambda r: r.replace(b'"line":', b'"line":1', 3), "names line"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(RECORD_BLOB_LIES))
+def test_record_bytes_that_lie_are_refused(lie: str) -> None:
+    """Given the honest records blob of a 5-line chunk altered (bytes that are not UTF-8, a blob
+    cut short, records added, split or joined, bytes that are not JSON records), the host refuses
+    it, naming the problem."""
+    payload = text_chunk(jsonl(["a", "b", "c"]))
+    reply, records = honest_reply(payload)
+    change, problem = RECORD_BLOB_LIES[lie]
+    with pytest.raises(BadReply, match=problem):
+        check_result(reply["result"], change(records), expected_for(payload))
+
+
+def test_honest_records_end_with_the_provenance_the_host_expects() -> None:
+    """The host decodes only the head of a record that ends with its own provenance: honest
+    records (ok and error ones) must take that path, or the shortcut is dead code."""
+    payload = text_chunk(jsonl(["a", "\u2028b"]))
+    _, records = honest_reply(payload)
+    tail = provenance_tail(expected_for(payload).provenance)
+    lines = records.decode().split("\n")[:-1]
+    assert len(lines) == 4 and all(line.endswith(tail) for line in lines)
+
+
+@pytest.mark.parametrize(("head", "problem"), [
+    ('{"id":"id-0","line":41,"provenance":{},"text":"a","changed":false,"validation":{"rounds":1,"converged":true}',
+     "provenance twice"),
+    ('{"id":"id-0","line":41,"text":"a","changed":false,"validation":{"rounds":1,"converged":true},', "not valid JSON"),
+    ('{"id":"id-0","line":41,"text":"a', "not valid JSON"),
+    ('{"id":"id-0","line":41,"text":"a\\', "not valid JSON"),
+    ("{", "names line"),
+    ("[", "not valid JSON"),
+])  # fmt: skip
+def test_a_record_that_ends_with_the_true_provenance_is_still_checked_whole(head: str, problem: str) -> None:
+    """Given records whose end is the host's own provenance but whose head lies (a provenance of
+    its own, a dangling comma, a string left open, nothing), the host refuses them."""
+    payload = text_chunk(jsonl(["a"]))
+    reply, records = honest_reply(payload)
+    tail = provenance_tail(expected_for(payload).provenance)
+    forged = (head + tail).encode() + b"\n" + records.split(b"\n", 1)[1]
+    with pytest.raises(BadReply, match=problem):
+        check_result(reply["result"], forged, expected_for(payload))
+
+
+def test_records_that_are_not_bytes_are_refused() -> None:
+    payload = chunk(["a"])
+    reply, records = honest_reply(payload)
+    with pytest.raises(BadReply, match="not bytes"):
+        check_result(reply["result"], records.decode(), expected_for(payload))  # type: ignore[arg-type]
 
 
 def test_a_refusal_quotes_the_container_only_as_printable_text() -> None:
     """What a refusal quotes from the container reaches log lines and an error record: a forged
     log line or a terminal escape in it becomes plain spaces."""
     payload = chunk(["a"])
-    result = honest_reply(payload)["result"]
-    record = json.loads(result["lines"][0])
+    result, records = honest_reply(payload)
+    record = json.loads(records)
     record["line"] = "1\n2026-01-01 INFO forged log line \x1b[2J"
-    result["lines"][0] = json.dumps(record)
     with pytest.raises(BadReply) as caught:
-        check_result(result, expected_for(payload))
+        check_result(result["result"], json.dumps(record).encode() + b"\n", expected_for(payload))
     assert "forged log line" in caught.value.reason and caught.value.reason.isprintable()
 
 
 def test_hooks_never_act_in_a_production_server() -> None:
     """Regression guard: the marker prompts are ordinary text unless the host set the variable."""
     payload = chunk([LIE, "hermes-test:sleep"])
-    reply = handle({"op": "chunk", "id": 1, "worker": "w", "payload": payload})
-    assert [json.loads(line)["text"] for line in reply["result"]["lines"]] == [LIE, "hermes-test:sleep"]
+    _, records = handle({"op": "chunk", "id": 1, "worker": "w", "payload": payload})
+    assert [json.loads(line)["text"] for line in records.splitlines()] == [LIE, "hermes-test:sleep"]
 
 
 # The frame reader and the demultiplexer, against a hostile stream ------------------------------
@@ -246,7 +324,7 @@ def test_a_container_that_lies_is_replaced_and_its_item_isolated(session_factory
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("lie", ["giant_frame", "reply_id"])
+@pytest.mark.parametrize("lie", ["giant_frame", "reply_id", "blob_length"])
 def test_a_container_that_breaks_the_framing_is_replaced_and_its_item_isolated(
     session_factory: SessionFactory, lie: str
 ) -> None:

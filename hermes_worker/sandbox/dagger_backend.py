@@ -125,9 +125,13 @@ class DaggerSession(SandboxSession):
         # Every exec is a fresh container already: nothing to replace.
         self._restarts += 1
 
-    def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
+    def _attempt(self, payload: Mapping[str, Any], worker: str) -> tuple[dict[str, Any], bytes]:
         request = {"op": "chunk", "id": 1, "worker": worker, "image": self.image_digest, "payload": dict(payload)}
-        return unwrap_reply(self._exec(request))
+        result = unwrap_reply(self._exec(request))
+        records = result.pop("records", None)  # ``--once`` sends them as a JSON string
+        if not isinstance(records, str):
+            raise BadReply("the sandbox's result holds no records string")
+        return result, records.encode("utf-8", "surrogatepass")
 
     def _exec(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request answered by a fresh ``server --once`` process; its reply, decoded."""

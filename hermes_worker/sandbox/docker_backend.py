@@ -372,7 +372,7 @@ class DockerSession(SandboxSession):
         try:
             # The versions a fresh container reports, before any prompt reached it, are the ones
             # the host writes into provenance and requires in every record.
-            self._versions = check_hello(self._call({"op": "hello"}, _START_TIMEOUT_S))
+            self._versions = check_hello(self._call({"op": "hello"}, _START_TIMEOUT_S)[0])
         except ContainerDied as exc:
             raise SessionFailed(f"the sandbox engine did not start: {exc.reason}", "hermes image build") from exc
 
@@ -427,17 +427,18 @@ class DockerSession(SandboxSession):
             f"raise HERMES_CONTAINER_MEMORY (now {self.settings.container_memory})" if state.get("OOMKilled") else "",
         )
 
-    def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _call(self, request: dict[str, Any], timeout_s: float, blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        """The reply's header and blob; it answers this request (its id), nothing else is checked."""
         if self._stream is None or self._reader is None:
             raise self._died(ConnectionError("no container"))
         self._next_id += 1
-        frame = encode_frame(request | {"id": self._next_id})  # FrameTooLarge: the caller splits
+        frame = encode_frame(request | {"id": self._next_id}, blob)  # FrameTooLarge: the caller splits
         try:
             # One deadline for the whole exchange: the container cannot stretch it byte by byte.
             self._stream.deadline = time.monotonic() + timeout_s
             self._stream.sock.settimeout(timeout_s)
             self._stream.sock.sendall(frame)
-            reply = self._reader.read()
+            frame_in = self._reader.read_frame()
         except TimeoutError:
             # A hung engine cannot be trusted with the next chunk: drop it now; the next chunk
             # finds no container and gets a fresh one, like after any other death.
@@ -449,12 +450,19 @@ class DockerSession(SandboxSession):
             raise self._died(exc) from exc
         except ProtocolError as exc:  # a frame over the bound, a body that is not JSON: not an accident
             raise BadReply(f"the sandbox broke the framing: {exc.reason}") from exc
-        if reply is None:
+        if frame_in is None:
             raise self._died(EOFError("stream ended"))
+        reply, records = frame_in
         if reply.get("id") != self._next_id:
             raise BadReply(f"the sandbox answered request {str(reply.get('id'))[:20]}, not {self._next_id}")
-        return reply
+        return reply, records
 
-    def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
-        request = {"op": "chunk", "worker": worker, "image": self.image_digest, "payload": dict(payload)}
-        return unwrap_reply(self._call(request, self.settings.chunk_time_limit_s))
+    def _attempt(self, payload: Mapping[str, Any], worker: str) -> tuple[dict[str, Any], bytes]:
+        body = dict(payload)
+        text = body.pop("text", None)
+        request: dict[str, Any] = {"op": "chunk", "worker": worker, "image": self.image_digest, "payload": body}
+        if text is not None:  # the lines go as they are, in the frame's blob (see server.py)
+            request["text"] = True
+        lines = b"" if text is None else str(text).encode("utf-8", "surrogatepass")
+        reply, records = self._call(request, self.settings.chunk_time_limit_s, lines)
+        return unwrap_reply(reply), records

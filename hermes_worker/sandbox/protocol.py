@@ -1,15 +1,25 @@
 """The framed protocol between the host and the engine server inside the sandbox.
 
-A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one
-object. Prompt text only ever travels inside JSON strings, so a prompt that imitates the framing
-(length bytes, braces, newlines) is just characters in a string: it cannot end a frame early.
-Lengths are checked against a bound before anything is allocated, and a stream that ends inside
-a frame is reported as torn, never silently truncated. Underneath, :class:`DockerDemux` takes
-our frames out of Docker's own multiplexing of a container's standard output and error.
+A frame is a 4-byte big-endian length followed by that many bytes of body. The body is a header,
+one JSON object in UTF-8 (never a raw line break: JSON escapes it), then ``b"\n"``, then a raw
+payload of bytes (the *blob*: a chunk's input lines going in, its JSONL records coming back), so
+that neither side encodes or decodes a prompt or a record as a JSON string on the way::
 
->>> reader = FrameReader(BytesRecv(encode_frame({"op": "hello"}) + encode_frame({"n": 1})).recv)
->>> reader.read(), reader.read(), reader.read()
-({'op': 'hello'}, {'n': 1}, None)
+    length | {"frame": 2, "blob": 1234, "op": "chunk", ...} \n | 1234 bytes
+
+The header names the frame protocol version (``frame``) and the blob's length (``blob``), and
+both are checked: a version other than :data:`FRAME_VERSION` is refused naming both versions
+(a body with no line break at all is the JSON-only frame of protocol 1, and is refused the
+same way), and a blob length that is not exactly what the frame holds is refused. Prompt text
+travels either in the blob, which the frame's length delimits, or inside JSON strings: a prompt
+that imitates the framing (length bytes, braces, newlines) cannot end a frame early. Lengths
+are checked against a bound before anything is allocated, and a stream that ends inside a frame
+is reported as torn, never silently truncated. Underneath, :class:`DockerDemux` takes our
+frames out of Docker's own multiplexing of a container's standard output and error.
+
+>>> reader = FrameReader(BytesRecv(encode_frame({"op": "hello"}) + encode_frame({"n": 1}, b"raw")).recv)
+>>> reader.read_frame(), reader.read_frame(), reader.read_frame()
+(({'op': 'hello'}, b''), ({'n': 1}, b'raw'), None)
 
 Standard library only: this module ships inside the sandbox image.
 """
@@ -26,6 +36,7 @@ from typing import Any
 from .errors import FrameTooLarge, ProtocolError, TornStream
 
 __all__ = [
+    "FRAME_VERSION",
     "HEADER_BYTES",
     "MAX_FRAME_BYTES",
     "BytesRecv",
@@ -33,9 +44,15 @@ __all__ = [
     "FrameReader",
     "decode_body",
     "encode_frame",
+    "split_body",
 ]
 
 HEADER_BYTES = 4
+# The version of the frame layout. 2: a JSON header, a line break, raw bytes; 1 (before it):
+# the body was one JSON object. The sandbox image is tagged by its content, so a host whose
+# protocol changed builds an image whose server speaks the same one; a mismatch means an image
+# from another checkout (HERMES_SANDBOX_IMAGE pinned to an old tag).
+FRAME_VERSION = 2
 # 64 MiB: a default chunk (1,024 ordinary prompts) is well under 1 MiB; a bigger request is split
 # by the session before it is sent, and the container's memory limit (512m by default) must hold
 # the frame, its decoded form and the result at the same time.
@@ -48,22 +65,23 @@ Recv = Callable[[int], bytes]
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def encode_frame(message: Mapping[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """One frame holding ``message``.
+def encode_frame(message: Mapping[str, Any], blob: bytes = b"", max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame holding ``message`` (the header, with the version and blob length added) and ``blob``.
 
     Raises:
-        FrameTooLarge: the encoded message is larger than ``max_bytes``.
+        FrameTooLarge: the frame's body is larger than ``max_bytes``.
     """
     # surrogatepass: a lone surrogate in a prompt must reach the engine, which reports it as an
     # item error; a strict encoder would fail the whole chunk instead.
-    body = _encode(message).encode("utf-8", "surrogatepass")
-    if len(body) > max_bytes:
-        raise FrameTooLarge(f"frame of {len(body):,} bytes is larger than the {max_bytes:,}-byte bound")
-    return len(body).to_bytes(HEADER_BYTES, "big") + body
+    header = _encode({**message, "frame": FRAME_VERSION, "blob": len(blob)}).encode("utf-8", "surrogatepass")
+    size = len(header) + 1 + len(blob)
+    if size > max_bytes:
+        raise FrameTooLarge(f"frame of {size:,} bytes is larger than the {max_bytes:,}-byte bound")
+    return b"".join((size.to_bytes(HEADER_BYTES, "big"), header, b"\n", blob))
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
-    """The JSON object a frame body holds.
+    """The JSON object a frame header (or a protocol-1 body) holds.
 
     Raises:
         ProtocolError: the body is not UTF-8 JSON holding one object.
@@ -75,6 +93,35 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError(f"frame body is a JSON {type(message).__name__}, not an object")
     return message
+
+
+def split_body(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """A frame body's header (without ``frame`` and ``blob``) and blob, both checked.
+
+    Raises:
+        ProtocolError: the header is not a JSON object, names another protocol version, or
+            announces a blob length other than the one the frame holds.
+    """
+    end = body.find(b"\n")
+    header = decode_body(body if end < 0 else body[:end])
+    version = header.pop("frame", None)
+    if end < 0 or version != FRAME_VERSION or type(version) is not int:
+        said = 1 if end < 0 and version is None else shown(version)
+        raise ProtocolError(
+            f"the other side speaks frame protocol {said}, this side {FRAME_VERSION}",
+            "rebuild the sandbox image from this checkout (hermes image build), or unset HERMES_SANDBOX_IMAGE",
+        )
+    blob = body[end + 1 :]
+    announced = header.pop("blob", None)
+    if type(announced) is not int or announced != len(blob):
+        raise ProtocolError(f"frame header announces a blob of {shown(announced)} bytes, the frame holds {len(blob):,}")
+    return header, blob
+
+
+def shown(value: Any) -> str:
+    """A value from the other side, short and printable, for an error message."""
+    text = json.dumps(value)[:40] if isinstance(value, (int, float, str, type(None))) else type(value).__name__
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 class FrameReader:
@@ -96,13 +143,13 @@ class FrameReader:
             self._buffer += piece
         return True
 
-    def read(self) -> dict[str, Any] | None:
-        """The next message, or None when the stream ended cleanly between frames.
+    def read_frame(self) -> tuple[dict[str, Any], bytes] | None:
+        """The next frame's header and blob, or None when the stream ended cleanly between frames.
 
         Raises:
             FrameTooLarge: the announced length is over the bound (the stream is unusable after it).
             TornStream: the stream ended inside a frame.
-            ProtocolError: the frame body is not a JSON object.
+            ProtocolError: the header is not a JSON object, the version or the blob length is wrong.
         """
         if not self._fill(HEADER_BYTES, "header"):
             return None
@@ -112,7 +159,20 @@ class FrameReader:
         self._fill(HEADER_BYTES + size, "body")
         body = bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + size])
         del self._buffer[: HEADER_BYTES + size]
-        return decode_body(body)
+        return split_body(body)
+
+    def read(self) -> dict[str, Any] | None:
+        """The next frame's header, for a frame that carries no blob (a hello, a test's message).
+
+        Raises:
+            ProtocolError: as :meth:`read_frame`, and a frame that carries a blob.
+        """
+        frame = self.read_frame()
+        if frame is None:
+            return None
+        if frame[1]:
+            raise ProtocolError(f"unexpected blob of {len(frame[1]):,} bytes in a frame that carries none")
+        return frame[0]
 
 
 class BytesRecv:

@@ -53,7 +53,8 @@ __all__ = [
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Characters that end a line for the producer (split on "\n") or for line-oriented readers of
 # the output (str.splitlines, editors); JSON needs none of them raw.
-_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# The records are split on "\n"; the others are looked for once in the whole blob.
+_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _OK_KEYS = frozenset({"id", "line", "text", "changed", "validation", "provenance"})
 _ERROR_KEYS = frozenset({"id", "line", "error", "provenance"})
 # A record's bound: fixed room for the id, counters, provenance and an error message, plus a
@@ -162,22 +163,44 @@ def _refuse(line: Any, problem: str) -> BadReply:
     return BadReply(f"the sandbox's record for line {line} {problem}")
 
 
-def _check_record(record: Any, item: Item, expected: Expected) -> ItemFailure | None:
-    """Check one record against its item; return its failure if it is an error record."""
+def provenance_tail(provenance: Mapping[str, Any]) -> str:
+    """How an honest record without an explanation ends: its provenance, encoded as
+    :mod:`hermes_worker.processing` encodes it, and the closing brace."""
+    tail = f',"provenance":{_encode(provenance)}}}'
+    for raw, escaped in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        tail = tail.replace(raw, escaped)
+    return tail
+
+
+def _decode_record(record: str, line: int, tail: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as a JSON object. A record that ends with exactly the provenance the host
+    expects (``tail``) has only the rest decoded: the provenance is the host's own, and the
+    record is valid JSON exactly when its head, closed, is (the tail adds one member)."""
+    head = record[: len(record) - len(tail)] + "}" if record.endswith(tail) else None
+    try:
+        value = json.loads(record if head is None else head)
+    except (ValueError, RecursionError):
+        raise _refuse(line, "is not valid JSON") from None
+    if type(value) is not dict:
+        raise _refuse(line, "is not a JSON object")
+    if head is not None:
+        if "provenance" in value:
+            raise _refuse(line, "names its provenance twice")
+        value["provenance"] = provenance  # what the tail encodes
+    return value
+
+
+def _check_record(record: Any, item: Item, expected: Expected, tail: str) -> ItemFailure | None:
+    """Check one record against its item; return its failure if it is an error record.
+
+    ``tail``: :func:`provenance_tail` of the expected provenance."""
     line, item_id, prompt, pre_error = item.line, item.id, item.prompt, item.error
     if not isinstance(record, str):
         raise _refuse(line, f"is a JSON {type(record).__name__}, not an encoded record")
     bound = expected.record_bound(item)
     if len(record) > bound:
         raise _refuse(line, f"is {len(record):,} characters long, over its bound of {bound:,}")
-    if _BREAKS.search(record):
-        raise _refuse(line, "holds a raw line break (it would read as more than one record)")
-    try:
-        value = json.loads(record)
-    except (ValueError, RecursionError):
-        raise _refuse(line, "is not valid JSON") from None
-    if type(value) is not dict:
-        raise _refuse(line, "is not a JSON object")
+    value = _decode_record(record, line, tail, expected.provenance)
     if value.get("line") != line or type(value.get("line")) is not int:
         raise _refuse(line, f"names line {str(value.get('line'))[:40]}")
     if value.get("id") != item_id or type(value.get("id")) is not type(item_id):
@@ -221,32 +244,52 @@ def _check_error(value: dict[str, Any], line: int, pre_error: tuple[str, str] | 
     return ItemFailure(line, code, message)
 
 
-def check_result(result: Any, expected: Expected) -> ChunkResult:
+def check_result(result: Any, records: bytes, expected: Expected) -> ChunkResult:
     """The chunk result to pass on, rebuilt by the host from a sandbox result it checked.
 
-    Every field besides the records is the host's own; the sandbox's must equal it.
+    ``result`` is the reply's result object (counts, errors, provenance, ids), ``records`` the
+    frame's blob: the records as raw JSONL bytes. Every field besides the records is the host's
+    own; the sandbox's must equal it.
 
     Raises:
         BadReply: naming the first thing that is wrong.
     """
     if type(result) is not dict:
         raise BadReply("the sandbox's result is not a JSON object")
-    lines = result.get("lines")
-    if type(lines) is not list or len(lines) != len(expected.items):
-        count = len(lines) if type(lines) is list else "no list of"
-        raise BadReply(f"the sandbox returned {count} records for {len(expected.items)} items")
-    errors = [e for e in (_check_record(r, i, expected) for r, i in zip(lines, expected.items, strict=True)) if e]
-    records = "\n".join(lines) + "\n" if lines else ""
+    text, lines = _record_lines(records, len(expected.items))
+    other_break = _BREAKS.search(text)
+    if other_break:  # a record with one would read as more than one for line-oriented readers
+        line = expected.items[text.count("\n", 0, other_break.start())].line
+        raise _refuse(line, "holds a raw line break (it would read as more than one record)")
+    tail = provenance_tail(expected.provenance)
+    errors = [e for e in (_check_record(r, i, expected, tail) for r, i in zip(lines, expected.items, strict=True)) if e]
     # A text request's result names its first line, with or without guard ids (plain text has none).
-    rebuilt = ChunkResult(expected.chunk, records, len(lines) - len(errors), len(errors), tuple(errors),
+    rebuilt = ChunkResult(expected.chunk, text, len(lines) - len(errors), len(errors), tuple(errors),
                           expected.provenance, expected.first, expected.ids)  # fmt: skip
-    wire = rebuilt.to_wire()
+    wire = rebuilt.counts_wire()
     if result.keys() != wire.keys():
         raise BadReply(f"the sandbox's result has the fields {sorted(result)[:12]}, not {sorted(wire)}")
     for key, value in wire.items():
-        if key != "lines" and (result[key] != value or _shape(result[key]) != _shape(value)):
+        if result[key] != value or _shape(result[key]) != _shape(value):
             raise BadReply(f"the sandbox's {key!r} is not what its records and its request say")
     return rebuilt
+
+
+def _record_lines(records: Any, count: int) -> tuple[str, list[str]]:
+    """The records of a reply's blob as text, and one string each: UTF-8, each ending with a line break."""
+    if type(records) is not bytes:
+        raise BadReply("the sandbox's records are not bytes")
+    try:
+        text = records.decode("utf-8", "surrogatepass")  # as a frame's JSON was decoded: lone surrogates pass
+    except UnicodeDecodeError as exc:
+        raise BadReply(f"the sandbox's records are not UTF-8 (byte {exc.start:,} of {len(records):,})") from None
+    if text and not text.endswith("\n"):
+        raise BadReply("the sandbox's records do not end with a line break (the last one is cut short)")
+    lines = text.split("\n")
+    lines.pop()
+    if len(lines) != count:
+        raise BadReply(f"the sandbox returned {len(lines)} records for {count} items")
+    return text, lines
 
 
 def _shape(value: Any) -> Any:

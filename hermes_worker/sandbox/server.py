@@ -1,18 +1,23 @@
 """The engine server that runs inside the sandbox container.
 
 ``python3 -m hermes_worker.sandbox.server`` reads request frames on standard input and writes one
-response frame per request on standard output, until standard input ends. Requests::
+response frame per request on standard output, until standard input ends. Request headers
+(:mod:`.protocol`)::
 
     {"op": "hello", "id": 0}
     {"op": "chunk", "id": 7, "worker": "w1", "image": "sha256:...", "payload": {...chunk request...}}
 
-Responses carry the request's ``id`` and either ``"ok": true`` with a ``result``, or
+A text chunk's lines travel as the frame's blob (raw UTF-8), with ``"text": true`` in the header
+and no ``text`` in the payload; an items chunk has its items in the payload and no blob.
+Responses carry the request's ``id`` and either ``"ok": true`` with a ``result`` (the chunk
+result's counts, provenance and ids; its records, raw JSONL, are the frame's blob), or
 ``"ok": false`` with an ``error`` (``type`` and ``message``). A bad item never reaches this level
 (``process_chunk`` turns it into an error record); a bad payload becomes an error response; only
 a broken stream ends the server, and the host then starts a new container.
 
-``--once`` reads one JSON request (no framing) and writes one JSON response: the form the dagger
-backend uses, where each chunk is a process of its own.
+``--once`` reads one JSON request (no framing) and writes one JSON response, the records as the
+result's ``records`` string: the form the dagger backend uses, where each chunk is a process of
+its own.
 
 Imports the standard library, the engine, the contract and processing only.
 """
@@ -47,8 +52,9 @@ _LIE = "hermes-test:lie"
 DATA_LIES = (
     "mode", "worker", "image", "version", "drop", "extra", "line", "id", "newline", "huge", "ids", "code",
     "counts", "not_json", "changed", "extra_field", "text", "reply_id", "contract", "too_large",
+    "not_utf8", "no_newline",
 )  # fmt: skip
-FRAME_LIES = ("giant_frame", "stderr_flood", "trickle")
+FRAME_LIES = ("giant_frame", "stderr_flood", "trickle", "blob_length")
 
 
 def _hello() -> dict[str, Any]:
@@ -79,8 +85,25 @@ def _recode(result: dict[str, Any], index: int, change: Any) -> None:
     result["lines"][index] = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
-def _lie(kind: str, reply: dict[str, Any]) -> dict[str, Any]:
-    """``reply`` turned into the lie ``kind`` names (tests only), as consistent as a liar can make it."""
+def _lie(kind: str, reply: dict[str, Any], records: bytes) -> tuple[dict[str, Any], bytes]:
+    """``reply`` and its records turned into the lie ``kind`` names (tests only), as consistent as
+    a liar can make it."""
+    if kind == "not_utf8":
+        return reply, b"\xff\xfe" + records
+    if kind == "no_newline":
+        return reply, records.rstrip(b"\n")
+    result = reply.get("result")
+    if isinstance(result, dict):
+        result["lines"] = records.decode("utf-8", "surrogatepass").split("\n")[:-1]
+    reply = _lie_in_lines(kind, reply)
+    if isinstance(result, dict):
+        lines = result.pop("lines")
+        records = "".join(line + "\n" for line in lines).encode("utf-8", "surrogatepass")
+    return reply, records
+
+
+def _lie_in_lines(kind: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """``reply`` (its records a list, ``lines``) turned into the lie ``kind`` names."""
     result = reply.get("result")
     if kind == "reply_id":
         return reply | {"id": (reply.get("id") or 0) + 1}
@@ -144,6 +167,10 @@ def _frame_lie(kind: str, frame: bytes) -> bytes:
     """The frame to write instead of ``frame`` (tests only); may write to standard error first."""
     if kind == "giant_frame":  # announces 4 GiB: the host must refuse it before allocating anything
         return b"\xff\xff\xff\xff" + frame[HEADER_BYTES:]
+    if kind == "blob_length":  # the header announces a byte more of records than the frame holds
+        blob = len(frame) - frame.index(b"\n", HEADER_BYTES) - 1
+        body = frame[HEADER_BYTES:].replace(b'"blob":%d' % blob, b'"blob":%d' % (blob + 1), 1)
+        return len(body).to_bytes(HEADER_BYTES, "big") + body
     if kind == "stderr_flood":  # 16 MiB of noise first: the host keeps only a bounded tail
         noise = b"flood " * 10_000
         for _ in range((16 << 20) // len(noise)):
@@ -154,36 +181,57 @@ def _frame_lie(kind: str, frame: bytes) -> bytes:
     return frame
 
 
-def handle(request: dict[str, Any], test_hooks: bool = False, lie: str = "") -> dict[str, Any]:
-    """The response to one request; never raises. ``lie``: tests only (see TEST_HOOKS_ENV)."""
+def handle(
+    request: dict[str, Any], test_hooks: bool = False, lie: str = "", blob: bytes = b""
+) -> tuple[dict[str, Any], bytes]:
+    """The response to one request (its header and its blob: the records); never raises.
+
+    ``blob``: the request's blob (a text chunk's lines). ``lie``: tests only (see TEST_HOOKS_ENV).
+    """
     reply: dict[str, Any] = {"id": request.get("id")}
     op = request.get("op")
     marked = False
+    records = b""
     try:
         if op == "hello":
             result = _hello()
         elif op == "chunk":
-            payload = request.get("payload")
-            if not isinstance(payload, dict):
-                raise ContractError("request has no chunk payload object")
-            chunk = ChunkRequest.from_payload(payload)
+            chunk = ChunkRequest.from_payload(_chunk_payload(request, blob))
             if test_hooks:
                 marked = _run_test_hooks(chunk)
             worker, image = request.get("worker"), request.get("image")
-            result = process_chunk(chunk, mode="container", worker=str(worker), image=image).to_wire()
+            done = process_chunk(chunk, mode="container", worker=str(worker), image=image)
+            result, records = done.counts_wire(), done.records.encode("utf-8", "surrogatepass")
         else:
             raise ContractError(f"unknown request op {op!r}")
     except (ContractError, ProfileError) as exc:
-        return reply | {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+        return reply | {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}, b""
     except Exception as exc:  # a bug in the engine: report it, keep serving
-        return reply | {"ok": False, "error": {"type": "EngineFailure", "message": f"{type(exc).__name__}: {exc}"}}
+        return reply | {"ok": False, "error": {"type": "EngineFailure", "message": f"{type(exc).__name__}: {exc}"}}, b""
     reply |= {"ok": True, "result": result}
     kind, _, when = lie.partition(":")
     if kind in DATA_LIES and op == "chunk" and (marked or when == "always"):
-        reply = _lie(kind, reply)
+        reply, records = _lie(kind, reply, records)
     elif kind in FRAME_LIES and op == "chunk" and (marked or when == "always"):
         reply["frame_lie"] = kind
-    return reply
+    return reply, records
+
+
+def _chunk_payload(request: dict[str, Any], blob: bytes) -> dict[str, Any]:
+    """A chunk request's payload, with its lines from the blob when the header says they are there."""
+    payload = request.get("payload")
+    if not isinstance(payload, dict):
+        raise ContractError("request has no chunk payload object")
+    if request.get("text") is not True:
+        if blob:
+            raise ContractError("request carries a blob but no 'text': true")
+        return payload
+    if "text" in payload:
+        raise ContractError("request has its lines both in the payload and in the blob")
+    try:
+        return payload | {"text": blob.decode("utf-8", "surrogatepass")}
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"the request's lines are not UTF-8 (byte {exc.start})") from None
 
 
 def _serve(test_hooks: bool, lie: str) -> int:
@@ -194,16 +242,16 @@ def _serve(test_hooks: bool, lie: str) -> int:
     reader = FrameReader(lambda n: os.read(0, n))
     while True:
         try:
-            request = reader.read()
+            frame_in = reader.read_frame()
         except ProtocolError as exc:
             print(f"hermes sandbox server: {exc}; exiting", file=sys.stderr)
             return 2
-        if request is None:
+        if frame_in is None:
             return 0
-        reply = handle(request, test_hooks, lie)
+        reply, records = handle(frame_in[0], test_hooks, lie, frame_in[1])
         frame_lie = reply.pop("frame_lie", None)
         try:
-            frame = encode_frame(reply)
+            frame = encode_frame(reply, records)
         except FrameTooLarge as exc:
             frame = encode_frame(
                 {"id": reply["id"], "ok": False, "error": {"type": "FrameTooLarge", "message": str(exc)}}
@@ -217,8 +265,12 @@ def _serve(test_hooks: bool, lie: str) -> int:
 
 def _once(test_hooks: bool, lie: str) -> int:
     request = json.loads(sys.stdin.buffer.read(MAX_FRAME_BYTES + 1).decode("utf-8", "surrogatepass"))
-    reply = handle(request, test_hooks, lie)
+    if not isinstance(request, dict):
+        request = {}
+    reply, records = handle(request, test_hooks, lie)
     reply.pop("frame_lie", None)
+    if reply.get("ok") is True and request.get("op") == "chunk":
+        reply["result"]["records"] = records.decode("utf-8", "surrogatepass")
     # ASCII-only output: the dagger SDK hands standard output back as text.
     sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")))
     return 0

@@ -123,8 +123,9 @@ class SandboxSession(ABC):
         """Stop and remove the sandbox. Idempotent; never raises for a sandbox already gone."""
 
     @abstractmethod
-    def _attempt(self, payload: Mapping[str, Any], worker: str) -> dict[str, Any]:
-        """Run one chunk request once in the current sandbox.
+    def _attempt(self, payload: Mapping[str, Any], worker: str) -> tuple[dict[str, Any], bytes]:
+        """Run one chunk request once in the current sandbox: the reply's result and its records
+        (raw JSONL bytes), both unchecked.
 
         Raises:
             ContainerDied: the sandbox died with the chunk in flight.
@@ -173,7 +174,7 @@ class SandboxSession(ABC):
     def _checked(self, payload: dict[str, Any], expect: Expected, worker: str) -> ChunkResult:
         """One attempt, its reply checked; a refused reply is raised as :class:`BadReply`."""
         try:
-            raw = self._attempt(payload, worker)
+            raw, records = self._attempt(payload, worker)
         except ClaimedTooLarge as exc:
             if expect.reply_bound() < MAX_FRAME_BYTES:
                 raise self._refused(BadReply(f"the sandbox claims a result over one frame: {exc.reason}")) from exc
@@ -181,7 +182,7 @@ class SandboxSession(ABC):
         except BadReply as exc:
             raise self._refused(exc) from exc
         try:
-            return check_result(raw, expect)
+            return check_result(raw, records, expect)
         except BadReply as exc:
             raise self._refused(exc) from exc
 
