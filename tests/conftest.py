@@ -7,6 +7,7 @@ Every fixture module is registered here, once, for the whole suite; plain helper
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,6 +36,15 @@ SERVICE_FIXTURES = {
     "docker": {"docker_client", "sandbox_image", "sandbox_settings", "session_factory", "container_env",
                "private_dockerd"},
 }  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests interrupt the commands they start as a terminal's Ctrl-C would. A run started in the
+    background of a non-interactive shell (``bash -c 'pytest ... &'``) inherits SIGINT ignored,
+    and so would every command it starts (an ignored signal stays ignored across exec), which
+    then never sees the test's SIGINT: the tests run with SIGINT at its default instead."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
