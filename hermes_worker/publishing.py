@@ -100,6 +100,8 @@ class Publisher:
             except redis.ResponseError as exc:
                 # Redis refused a command: wrong type, bad argument, no permission. It would again:
                 # no outage to wait out, unless it is one of the passing states (_TRANSIENT).
+                if refused_for_size(self.redis, size, exc):
+                    raise Unpublishable(f"Redis refused {size:,} bytes ({exc})", too_large=True) from exc
                 if not _transient(exc):
                     raise Unpublishable(_redis_reason(exc)) from exc
                 if time.monotonic() + delay > deadline:

@@ -152,8 +152,14 @@ def refused_for_size(client: redis.Redis, size: int, exc: BaseException) -> bool
     to 1 MB) by dropping the connection, which looks like an outage. If the write was that large and
     Redis answers a ping at once, it was the size: waiting will not help, a smaller write may. The
     worker (a chunk's result) and the producer (a chunk's lines) both split the chunk on it.
+    Redis writes "Protocol error: invalid bulk length" before it drops the connection: a client
+    that reads it before it sees the connection go gets that error instead (a race).
     """
-    if size <= _BIG_VALUE_BYTES or not isinstance(exc, redis.ConnectionError):
+    if size <= _BIG_VALUE_BYTES:
+        return False
+    if isinstance(exc, redis.ResponseError):
+        return "invalid bulk length" in str(exc)
+    if not isinstance(exc, redis.ConnectionError):
         return False
     try:
         return bool(client.ping())

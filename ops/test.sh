@@ -24,8 +24,6 @@ fi
 PYTHON="$VENV/bin/python" bash "$HERMES_ROOT/ops/ensure-images.sh"
 cd "$HERMES_ROOT"
 say "running the test suite"
-# The whole suite runs in one process (-n 0) unless HERMES_TEST_PROCESSES says otherwise: run in
-# parallel (pytest-xdist, -n auto) it took 10 minutes instead of 25, but a few cluster tests that
-# pass alone and serially failed in full parallel runs (to be isolated: issue 12). Any -n given
-# after it wins.
-exec "$VENV/bin/python" -m pytest -n "${HERMES_TEST_PROCESSES:-0}" "$@"
+# In parallel (pytest-xdist, -n auto: tests/conftest.py says how many processes); HERMES_TEST_PROCESSES=0
+# (or -n 0, any -n given after it wins) runs it in one process: about 10 minutes instead of 25.
+exec "$VENV/bin/python" -m pytest -n "${HERMES_TEST_PROCESSES:-auto}" "$@"
