@@ -24,33 +24,21 @@ import subprocess
 import sys
 import time
 import uuid
-from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
+
+from .infra import cgroup_cpu
+from .session_vs_run import prompts
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 1024
 
 
-def _prompts(total: int) -> list[str]:
-    texts: list[str] = []
-    for path in sorted((REPO / "tests" / "golden").glob("*.json")):
-        texts += [case["input"] for case in json.loads(path.read_text(encoding="utf-8")) if "input" in case]
-    with (REPO / "examples" / "prompts.jsonl").open(encoding="utf-8") as handle:
-        texts += [json.loads(line)["prompt"] for line in handle if line.strip()]
-    return list(islice(cycle(texts), total))
-
-
 def _cgroup_cpu(container_id: str) -> float:
-    for base in ("/sys/fs/cgroup/cpuacct/docker", "/sys/fs/cgroup/cpu,cpuacct/docker"):
-        path = Path(base) / container_id / "cpuacct.usage"
-        if path.exists():
-            return int(path.read_text()) / 1e9
-    unified = Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope" / "cpu.stat"
-    if unified.exists():
-        fields = dict(line.split() for line in unified.read_text().splitlines())
-        return int(fields["usage_usec"]) / 1e6
-    raise SystemExit(f"no cgroup CPU counter found for container {container_id}")
+    used = cgroup_cpu(container_id)
+    if not used:
+        raise SystemExit(f"no cgroup CPU counter found for container {container_id}")
+    return used
 
 
 def child(rounds: int, base: str) -> dict[str, Any]:
@@ -63,7 +51,7 @@ def child(rounds: int, base: str) -> dict[str, Any]:
     from hermes_worker.settings import Settings
     from hermes_worker.wire import ChunkRequest
 
-    lines = [json.dumps({"id": f"p{n}", "prompt": t}, ensure_ascii=False) for n, t in enumerate(_prompts(CHUNK))]
+    lines = [json.dumps({"id": f"p{n}", "prompt": t}, ensure_ascii=False) for n, t in enumerate(prompts(CHUNK))]
     options = ChunkOptions(max_validation=1, explain=False, max_prompt_bytes=1 << 20)
     request = ChunkRequest(0, resolve_profile("prompt").spec(), options=options, text="\n".join(lines), first=1)
     image = build_image(base=base)

@@ -120,7 +120,8 @@ def _cpu_of(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _cgroup_cpu(container_id: str) -> float:
+def cgroup_cpu(container_id: str) -> float:
+    """CPU seconds a container has used, from its cgroup (cgroup v1 or v2); 0.0 when none is found."""
     for base in ("/sys/fs/cgroup/cpuacct/docker", "/sys/fs/cgroup/cpu,cpuacct/docker"):
         path = Path(base) / container_id / "cpuacct.usage"
         if path.exists():
@@ -162,7 +163,7 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = self._snapshot()
-        self._cg_before = {cid: _cgroup_cpu(cid) for ids in self.containers.values() for cid in ids}
+        self._cg_before = {cid: cgroup_cpu(cid) for ids in self.containers.values() for cid in ids}
 
     def stop(self) -> dict[str, float]:
         after = self._snapshot()
@@ -171,7 +172,7 @@ class CpuMeter:
             before = self._before.get(name, {})
             used[name] = sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
         for name, ids in self.containers.items():
-            used[name] = sum(_cgroup_cpu(cid) - self._cg_before.get(cid, 0.0) for cid in ids)
+            used[name] = sum(cgroup_cpu(cid) - self._cg_before.get(cid, 0.0) for cid in ids)
         return used
 
 
