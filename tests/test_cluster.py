@@ -22,7 +22,7 @@ from hermes_worker.wire import ChunkRequest, Item
 
 from .support.fixture_types import HermesProcessFactory, HermesRunner, WorkerFactory
 from .support.inputs import make_input, read_records
-from .support.processes import WorkerProcess, registry_entry, wait_registered
+from .support.processes import WorkerProcess, registry_entry, run_until_chunks_then_kill, wait_registered
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
 
@@ -220,19 +220,8 @@ def test_resume_after_killing_the_producer_loses_and_duplicates_nothing(
         "--processes",
         "1",
     ]
-    errors = tmp_path / "producer.err"
-    with errors.open("wb") as stderr:
-        producer = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
-
-    def progressed() -> bool:
-        assert producer.poll() is None, errors.read_text()
-        return journal.exists() and journal.read_text().count("\n") >= 30
-
-    wait_until(progressed, 60, 0.05, "the batch to write 30 chunks")
-    producer.kill()
-    producer.wait()
+    run_until_chunks_then_kill(command, env, tmp_path, journal)
     assert not out.exists()
-
     resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after" in resumed.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.inputs import make_input, read_records
+from .support.processes import run_until_chunks_then_kill
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
 
@@ -111,17 +112,7 @@ def test_a_killed_shared_producer_resumes_losing_and_duplicating_nothing(
     out, journal = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial.journal"
     command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--shared",
                "--chunk-size", "100", "--isolation", "local"]  # fmt: skip
-    errors = tmp_path / "producer.err"
-    with errors.open("wb") as stderr:
-        producer = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
-
-    def progressed() -> bool:
-        assert producer.poll() is None, errors.read_text()
-        return journal.exists() and journal.read_text().count("\n") >= 30
-
-    wait_until(progressed, 60, 0.05, "the batch to write 30 chunks")
-    producer.kill()
-    producer.wait()
+    run_until_chunks_then_kill(command, env, tmp_path, journal)
     assert not out.exists()
     resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

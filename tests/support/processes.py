@@ -220,3 +220,21 @@ def start_flower_process(
         process.wait(timeout=10)
         raise
     return process
+
+
+def run_until_chunks_then_kill(command: list[str], env: dict[str, str], cwd: Path, journal: Path,
+                               chunks: int = 30) -> None:  # fmt: skip
+    """Run the batch ``command`` and SIGKILL it once its journal holds ``chunks`` chunks."""
+    from .waiting import wait_until
+
+    errors = cwd / "producer.err"
+    with errors.open("wb") as stderr:
+        producer = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def progressed() -> bool:
+        assert producer.poll() is None, errors.read_text()
+        return journal.exists() and journal.read_text().count("\n") >= chunks
+
+    wait_until(progressed, 60, 0.05, f"the batch to write {chunks} chunks")
+    producer.kill()
+    producer.wait()
