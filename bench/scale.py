@@ -123,6 +123,8 @@ class SimulatedWorkers:
     def __enter__(self) -> SimulatedWorkers:
         self.redis.__enter__()
         self.env = hermes_env(self.home, self.redis.url)
+        # The inputs sit next to the home: `--shared` runs (the shared mode's row) may name them.
+        self.env["HERMES_SHARED_ROOT"] = str(self.home.parent)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "bench.scale_worker", str(self.records), "--mode", "local",
                    "-c", str(self.concurrency), "--name", "bench-scale", "-l", "warning"]  # fmt: skip
@@ -151,8 +153,8 @@ class SimulatedWorkers:
         assert self.process is not None
         return ScaleMeter(self.redis, self.process.pid)
 
-    def args(self, chunk_size: int) -> list[str]:
-        return ["--profile", PROFILE, "--chunk-size", str(chunk_size), "--isolation", "local", "--no-fallback"]
+    def args(self, chunk_size: int, *extra: str) -> list[str]:
+        return ["--profile", PROFILE, "--chunk-size", str(chunk_size), "--isolation", "local", "--no-fallback", *extra]
 
     def tidy(self) -> None:
         client = self.redis.client()
@@ -228,13 +230,14 @@ def _engine_cost(texts: list[str], chunk_size: int, work: Path) -> dict[str, flo
 
 
 def _measure(plan: Plan, workers: SimulatedWorkers, inputs: dict[int, tuple[Path, Path, str, str]], work: Path,
-             ) -> dict[int, dict[str, Any]]:  # fmt: skip
-    """Every chunk size: ``plan.repeat`` big and tiny runs, interleaved; CPU per prompt by group."""
+             *extra: str) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """Every chunk size: ``plan.repeat`` big and tiny runs, interleaved; CPU per prompt by group.
+    ``extra``: more ``hermes batch`` options (``--shared``)."""
     runs: dict[int, tuple[list[BatchRun], list[BatchRun]]] = {size: ([], []) for size in inputs}
     for _ in range(plan.repeat):
         for size, (big, tiny, big_sha, tiny_sha) in inputs.items():
             for source, sha, into in ((big, big_sha, runs[size][0]), (tiny, tiny_sha, runs[size][1])):
-                run = run_batch(source, work, workers.env, workers.args(size), workers.meter(), _checker(sha))
+                run = run_batch(source, work, workers.env, workers.args(size, *extra), workers.meter(), _checker(sha))
                 workers.tidy()
                 into.append(run)
     rows: dict[int, dict[str, Any]] = {}
@@ -325,6 +328,8 @@ def run_scale(plan: Plan, corpus: Corpus, work: Path) -> dict[str, Any]:
     engine = _engine_cost(corpus.sample(min(20_000, max(plan.scale_chunks.values()))), headline, work)
     with SimulatedWorkers(work / "home", records, plan.scale_concurrency) as workers:
         rows = _measure(plan, workers, inputs, work)
+        # The shared-storage mode: lines and records through files, O(chunks) through Redis.
+        shared = _measure(plan, workers, {headline: inputs[headline]}, work, "--shared")[headline]
         misses = int(workers.redis.client().get(MISSES_KEY) or 0)
         idle = _idle_redis(workers)
         workers.stop_worker()  # the stages send to hermes.local: nobody may take those messages
@@ -348,6 +353,8 @@ def run_scale(plan: Plan, corpus: Corpus, work: Path) -> dict[str, Any]:
         "fit": _fit(rows),
         "ceiling": ceiling,
         "one_batch_ceiling": ceiling["one_batch_ceiling"],
+        "shared": shared,
+        "shared_ceiling": _ceiling(shared),
         "producer_stages": stages,
         "engine_us_per_prompt": engine,
         # The same for the scale inputs themselves (every chunk size; computed for the workers' answers).

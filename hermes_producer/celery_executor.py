@@ -29,7 +29,7 @@ from .chunk_events import Event, FellBack, RouteMoved, StreamEntryIgnored
 from .chunk_ledger import Forget, RunHere, Send
 from .cluster import Cluster, Route
 from .executors import ExecutorError
-from .notices import decode_entry
+from .notices import ResultPosted, decode_entry
 from .tracker import HEALTH_EVERY_S, ChunkTracker, Limits
 from .transport import ChunkTransport, NotAnswering, ValueTooLarge
 
@@ -181,6 +181,8 @@ class CeleryExecutor:
         for _entry_id, fields in entries:
             try:
                 seen = decode_entry(fields)
+                if isinstance(seen, ResultPosted) and seen.part is not None:
+                    seen = self.transport.load_part(seen)
                 if seen is not None:
                     self.tracker.observe(seen, time.monotonic())
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hermes_worker.contract import ISOLATION_CONTAINER, NOTICE_REFUSED, PAYLOAD_VERSION
+from hermes_worker.shared_parts import PartRef
 from hermes_worker.wire import ChunkResult
 
 from .chunk_events import Misplaced, ResultUnreadable, bounded_printable
@@ -41,6 +42,11 @@ class ResultPosted:
     chunk: Any
     result: Mapping[str, Any]
     text: bytes
+    # With a shared input: where the records are instead of ``text`` (``p``), until the
+    # transport has read them (:meth:`.transport.ChunkTransport.load_part`); or why they
+    # cannot be had, which makes the result malformed.
+    part: PartRef | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,12 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Observation | None:
         result = json.loads(fields[b"r"])
         chunk = result.get("chunk")
         hash(chunk)  # a chunk number that cannot be one (a list, an object)
-        return ResultPosted(chunk, result, fields.get(b"t", b""))
+        if b"p" not in fields:
+            return ResultPosted(chunk, result, fields.get(b"t", b""))
+        try:
+            return ResultPosted(chunk, result, b"", part=PartRef.from_wire(json.loads(fields[b"p"])))
+        except ValueError as exc:  # ContractError or JSON: the records cannot be had
+            return ResultPosted(chunk, result, b"", problem=str(exc))
     kind = next((k for k in (b"s", b"m", b"f", _REFUSED) if k in fields), None)
     if kind is None:
         return None

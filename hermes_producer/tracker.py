@@ -181,6 +181,9 @@ class ChunkTracker(ChunkLedger):
     def _result(self, seen: ResultPosted, waiting: ChunkState, now: float) -> None:
         if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
             return  # a part of another run of this batch, numbered alike: other lines
+        if seen.problem is not None:  # its part file is gone, or not what the worker wrote
+            self._refused(seen.chunk, events.Malformed(seen.problem), now)
+            return
         try:
             result: ChunkResult = StreamedResult.read(seen)
         except ContractError as exc:  # not the shape a Hermes worker gives a result

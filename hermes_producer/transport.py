@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -26,13 +27,16 @@ from hermes_worker.contract import (
     QUEUE_LOCAL,
     TASK_NORMALIZE_CHUNK,
     TEXT_KEY,
+    ContractError,
 )  # fmt: skip
 from hermes_worker.errors import HermesError
 from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
+from hermes_worker.shared_parts import PartDir, PartRef
 from hermes_worker.wire import Reply, request_span
 
 from .cluster import Cluster, queue_depth
+from .notices import ResultPosted
 from .purge import purge_quietly, task_id_prefix
 
 __all__ = ["SHARED_MARKER", "ChunkTransport", "NotAnswering", "ValueTooLarge", "summarize"]
@@ -109,6 +113,11 @@ class ChunkTransport:
         # once: Redis may then have come back without its last writes (finish() reconciles).
         self._sent: set[int] = set()
         self._troubled = False
+        # A shared input's records come back as part files (hermes_worker.shared_parts): the
+        # batch's part directory, made with its first shared chunk, and the parts read per chunk.
+        self._parts: PartDir | None = None
+        self._parts_made = False
+        self._parts_read: dict[int, list[PartRef]] = {}
 
     def send(self, payload: dict[str, Any], queue: str) -> None:
         """Write the chunk's lines, then send its message to ``queue``: one attempt.
@@ -129,6 +138,8 @@ class ChunkTransport:
             key = self.reply.text_key(payload["chunk"])
             self._sent.add(payload["chunk"])
             message |= {TEXT_KEY: key, "count": span[1], "bad": []}  # the worker finds its bad lines
+            if not self._parts_made:
+                self._make_parts()
             where = payload["range"]
             self._write_lines(key, SHARED_MARKER, size=where["end"] - where["start"])
             body = b""
@@ -170,6 +181,26 @@ class ChunkTransport:
             raise self._not_answering("Redis", exc) from exc
         self._stream_made = True
 
+    def _make_parts(self) -> None:
+        """The batch's part directory, for workers to write shared chunks' records in; without
+        one (no shared root here, or it cannot be made safely) the records come through Redis."""
+        self._parts_made = True
+        root = self.cluster.settings.shared_root
+        self._parts = None if root is None else PartDir.create(root, self.reply.batch)
+
+    def load_part(self, seen: ResultPosted) -> ResultPosted:
+        """``seen`` with its records read from its part file, or with why they cannot be."""
+        assert seen.part is not None
+        if self._parts is None:
+            return replace(seen, problem=f"part {seen.part.name}: this producer made no part directory")
+        try:
+            text = self._parts.load(seen.part)
+        except ContractError as exc:
+            return replace(seen, problem=str(exc))
+        if isinstance(seen.chunk, int):
+            self._parts_read.setdefault(seen.chunk, []).append(seen.part)
+        return replace(seen, text=text)
+
     def _write_lines(self, key: str, body: bytes, size: int | None = None) -> None:
         size = len(body) if size is None else size
         if size > MAX_VALUE_BYTES:
@@ -205,6 +236,9 @@ class ChunkTransport:
         again after the next chunk; a resumed batch skips it anyway.
         """
         self._unwanted.append(self.reply.text_key(chunk))
+        if self._parts is not None:
+            for part in self._parts_read.pop(chunk, ()):
+                self._parts.remove(part)
         try:
             pipe = self.cluster.redis.pipeline(transaction=False)
             if self._consumed:
@@ -253,6 +287,9 @@ class ChunkTransport:
         """
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
+        if self._parts is not None:
+            self._parts.remove_all()
+            self._parts = None
         if self._troubled:
             keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
             with contextlib.suppress(redis.RedisError):  # they expire with the results anyway

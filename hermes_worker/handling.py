@@ -43,6 +43,7 @@ from .runners import Runner
 from .sandbox.backends import backend
 from .settings import Settings
 from .shared_input import read_range
+from .shared_parts import PartRef, remove_part, write_part
 from .wire import ChunkRequest, ChunkResult, Reply
 
 __all__ = ["ChunkHandler", "Job"]
@@ -270,16 +271,33 @@ class ChunkHandler:
         if len(fields["t"]) > contract.MAX_VALUE_BYTES:
             reason = f"its records are {len(fields['t']):,} bytes, over the {contract.MAX_VALUE_BYTES:,}-byte bound"
             return self._fail(job, reason, split=True)
+        part = self._write_part(job, fields)
         try:
             self.publisher.publish(job.stream, job.ttl, fields, done, (job.worker, increments),
                                    wanted=job.request.text_key)  # fmt: skip
-        except BatchEnded:
-            return self._ended(job, "while it ran")
-        except Unpublishable as exc:
+        except (BatchEnded, Unpublishable) as exc:
+            if part is not None:
+                remove_part(self.settings.shared_root, job.stream[len(contract.RESULTS_PREFIX) :], part)
+            if isinstance(exc, BatchEnded):
+                return self._ended(job, "while it ran")
             # Retrying here cannot help: tell the producer, who splits a result too large for
             # Redis, and sends anything else again (another worker may fare better).
             return self._fail(job, f"its result cannot be published: {exc}", split=exc.too_large)
         return outcome_summary(job.chunk, outcome)
+
+    def _write_part(self, job: Job, fields: dict[str, str | bytes]) -> PartRef | None:
+        """A shared chunk's records to a part file (:mod:`.shared_parts`), if its batch takes
+        parts: ``fields`` then carry the part's ref (``p``) instead of the records (``t``)."""
+        if job.request.source is None:
+            return None
+        batch = job.stream[len(contract.RESULTS_PREFIX) :]
+        records = fields["t"]
+        assert isinstance(records, bytes)
+        part = write_part(self.settings.shared_root, batch, job.chunk, records)
+        if part is not None:
+            del fields["t"]
+            fields["p"] = part.to_wire()
+        return part
 
     def _result_fields(
         self, result: ChunkResult, job: Job, elapsed: float

@@ -55,9 +55,11 @@ def test_shared_mode_writes_the_same_bytes_and_keeps_the_lines_out_of_redis(
     assert len(records) == 20_005 and {r["provenance"]["worker"] for r in records} <= {"local@w1", "local@w2"}
     codes = [r.get("error", {}).get("code") for r in records[20_000:]]
     assert codes[:3] == ["invalid_utf8", "malformed_json", "duplicate_id"], codes
-    # The lines (some 2 MB) went through Redis in the normal mode only.
-    size = src.stat().st_size
+    # The lines (some 2 MB) and the records (some 5 MB) went through Redis in the normal mode
+    # only: shared, the workers wrote the records to part files, which are gone once written.
+    size = src.stat().st_size + (tmp_path / "shared.jsonl").stat().st_size
     assert traffic["plain"] - traffic["shared"] > 0.9 * size, traffic
+    assert list((tmp_path / ".hermes-parts").iterdir()) == []
 
 
 def test_a_file_changed_under_the_batch_stops_it_with_a_clear_error(
@@ -118,3 +120,24 @@ def test_a_killed_shared_producer_resumes_losing_and_duplicating_nothing(
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after" in resumed.stderr
     assert [r["id"] for r in read_records(out)] == [f"p{n}" for n in range(count)]
+    assert list((tmp_path / ".hermes-parts").iterdir()) == []  # the parts of both runs are gone
+
+
+def test_a_link_planted_in_place_of_the_part_directory_is_not_followed_and_the_records_come_by_redis(
+    start_worker: WorkerFactory, chermes: HermesRunner, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / ".hermes-parts").symlink_to(elsewhere)
+    env = {"HERMES_SHARED_ROOT": str(root)}
+    start_worker("w1", env=env)
+    src = make_input(root / "in.jsonl", 2_000)
+    before = net_input(redis_server)
+    done = chermes("batch", str(src), "-o", str(tmp_path / "out.jsonl"), "--chunk-size", "500", "--shared",
+                   "--isolation", "local", env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read_records(tmp_path / "out.jsonl")] == [f"p{n}" for n in range(2_000)]
+    # Nothing was made or written where the link points; the records came through Redis instead.
+    assert list(elsewhere.iterdir()) == []
+    assert net_input(redis_server) - before > (tmp_path / "out.jsonl").stat().st_size

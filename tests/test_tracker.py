@@ -9,6 +9,8 @@ processes) is proved by tests/test_cluster.py, test_hostile_*.py and the chaos t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 
 import pytest
@@ -50,6 +52,7 @@ from hermes_producer.notices import (
     decode_entry,
 )  # fmt: skip
 from hermes_worker.contract import PAYLOAD_VERSION
+from hermes_worker.shared_parts import PartRef
 
 from .support.fake_cluster import LIMITS, OVERDUE_AFTER, W1, W2, FakeCluster, chunk, posted, records, worker
 
@@ -325,6 +328,22 @@ def test_with_container_isolation_records_that_did_not_run_in_a_container_are_re
     assert cluster.written_chunks() == [0]
 
 
+def test_a_result_whose_part_file_cannot_be_had_is_refused_and_its_chunk_sent_again() -> None:
+    # Given a shared chunk whose records the worker wrote to a part file
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0))
+    good = posted(cluster.last_sent(0), "local@w1")
+    # When the transport could not read the part back (gone, planted, changed), it says why
+    problem = "part 0-x.jsonl: its bytes are not the ones the worker wrote"
+    cluster.see(dataclasses.replace(good, text=b"", problem=problem))
+    # Then nothing is written, the chunk goes again, and the answer that follows is taken
+    assert cluster.written == [] and cluster.sent() == [0, 0]
+    assert cluster.said() == ["chunk 0 answered with part 0-x.jsonl: its bytes are not the ones the worker wrote; "
+                              "sent again"]  # fmt: skip
+    cluster.see(good)
+    assert cluster.written_chunks() == [0]
+
+
 def test_a_result_of_another_hermes_version_becomes_error_records() -> None:
     cluster = FakeCluster(W1)
     cluster.submit(chunk(0, lines=2))
@@ -427,6 +446,14 @@ def test_stream_entries_decode_into_what_the_tracker_observes() -> None:
     assert decode_entry({b"f": b'{"chunk": 3, "worker": "w", "reason": "r"}'}) == FailureNotice(3, "w", "r", False)
     assert decode_entry({b"r": b'{"chunk": 3}', b"t": b"{}\n"}) == ResultPosted(3, {"chunk": 3}, b"{}\n")
     assert decode_entry({b"z": b"{}"}) is None
+    # A shared chunk's records in a part file (hermes_worker.shared_parts): the ref, checked.
+    ref = {"name": "3-" + "a" * 32 + ".jsonl", "size": 2, "sha256": "b" * 64}
+    seen = decode_entry({b"r": b'{"chunk": 3}', b"p": json.dumps(ref).encode()})
+    assert seen == ResultPosted(3, {"chunk": 3}, b"", part=PartRef(ref["name"], 2, "b" * 64))
+    for hostile in (ref | {"name": "../../etc/passwd"}, ref | {"size": -1}, ref | {"size": 1 << 40}, [1], "x"):
+        seen = decode_entry({b"r": b'{"chunk": 3}', b"p": json.dumps(hostile).encode()})
+        assert isinstance(seen, ResultPosted) and seen.part is None and seen.problem, hostile
+    assert decode_entry({b"r": b'{"chunk": 3}', b"p": b"{not json"}).problem  # type: ignore[union-attr]
     for garbage in ({b"r": b"{not json"}, {b"r": b"[1, 2]"}, {b"m": b'{"chunk": {"a": 1}}'}, {b"s": b"7"}):
         with pytest.raises((ValueError, TypeError, AttributeError)):
             decode_entry(garbage)
