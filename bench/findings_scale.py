@@ -83,6 +83,14 @@ def _ceiling(report: dict[str, Any]) -> list[str]:
         if knee
         else "the workers saturate first up to 512 worker processes"
     )
+    shared, shared_row = scale.get("shared_ceiling"), (scale.get("shared") or {}).get("cpu_us_per_prompt")
+    beyond = (
+        f" The shared-storage mode (`--shared`: lines and records through files, Redis moves O(chunks)) cuts "
+        f"Redis to {shared_row['redis']} µs a prompt and the producer to {shared_row['producer']} µs: ceiling "
+        f"{shared['one_batch_ceiling']:,} prompts/s, limited by the {shared['limited_by']}."
+        if shared and shared_row
+        else ""
+    )
     return [
         f"**one_batch_ceiling = {ceiling['one_batch_ceiling']:,} prompts/s** (target 500,000), limited by the "
         f"{ceiling['limited_by']}: the producer spends {row['producer']} µs of CPU a prompt and can carry "
@@ -90,7 +98,7 @@ def _ceiling(report: dict[str, Any]) -> list[str]:
         f"{ceiling['redis_prompts_per_s']:,}. In the projection {where}. 500,000 prompts/s needs the producer at "
         f"≤ 2 µs a prompt (see producer_us_per_prompt for where its CPU goes) and Redis at ≤ 2 µs; past about "
         f"{int(1e6 / max(row['redis'], 1e-3)):,} prompts/s Redis is next, and only several producers (one batch "
-        "split across producers, or the shared-storage mode where chunks are byte ranges) go further."
+        f"split across producers) go further.{beyond}"
     ]
 
 

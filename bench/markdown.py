@@ -188,6 +188,11 @@ def _scale(scale: dict[str, Any]) -> str:
          *[r["cpu_us_per_chunk"][g] for g in ("producer", "redis", "workers")]]
         for size, r in scale["rows"].items()
     ]  # fmt: skip
+    if scale.get("shared"):  # the shared-storage mode at the headline size: lines and records in files
+        r = scale["shared"]
+        rows.append([f"{scale['chunk_size']} `--shared`", r["prompts"], r["prompts_per_s"],
+                     *[r["cpu_us_per_prompt"][g] for g in ("producer", "redis", "workers")],
+                     *[r["cpu_us_per_chunk"][g] for g in ("producer", "redis", "workers")]])  # fmt: skip
     out = table(
         ["chunk size", "prompts", "prompts/s here", "producer µs/prompt", "Redis µs/prompt", "sim. workers µs/prompt",
          "producer µs/chunk", "Redis µs/chunk", "sim. workers µs/chunk"],
@@ -206,6 +211,14 @@ def _scale(scale: dict[str, Any]) -> str:
         f"cores: {_fmt(c['measured_prompts_per_s'])} prompts/s. Output checked byte for byte; chunks the simulated "
         f"workers had to compute: {scale['misses']}.\n\n"
     )
+    if scale.get("shared_ceiling"):
+        sc = scale["shared_ceiling"]
+        out += (
+            f"With `--shared` (lines read from the input file, records written to part files: Redis carries "
+            f"O(chunks)): the producer can carry {sc['producer_prompts_per_s']:,} prompts/s and Redis "
+            f"{sc['redis_prompts_per_s']:,}: **one-batch ceiling {sc['one_batch_ceiling']:,} prompts/s, limited by "
+            f"the {sc['limited_by']}**.\n\n"
+        )
     stages = scale["producer_stages"]
     total = sum(stages["us_per_prompt"].values()) + max(0.0, stages["rest_us_per_prompt"])
     stage_rows = [[name, us, f"{us / total:.0%}" if total else "—"] for name, us in stages["us_per_prompt"].items()]
