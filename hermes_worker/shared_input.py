@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import MAX_VALUE_BYTES, ContractError, shown
-from .raw_lines import InputFormat, read_chunks
+from .raw_lines import InputFormat, _max_line, read_chunks
 
 __all__ = ["MAX_PATH_CHARS", "MAX_RANGE_END", "ByteRange", "range_lines", "read_range"]
 
@@ -94,6 +94,15 @@ def range_lines(data: bytes, fmt: InputFormat, max_prompt_bytes: int) -> tuple[i
     >>> range_lines(b'a\\n\\xff\\n', "text", 100)
     (2, 'a\\n', [[1, 'invalid_utf8', 'not valid UTF-8: byte 0xff at offset 0']])
     """
+    if data and len(data) <= _max_line(fmt, max_prompt_bytes):
+        # No line can be too long, so unless some line is not UTF-8 the text is the bytes
+        # decoded, without the final newline: one decode, no line split and joined again.
+        try:
+            text = (data[:-1] if data.endswith(b"\n") else data).decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # the reader's way finds which lines are not UTF-8
+        else:
+            return text.count("\n") + 1, text, []
     chunks = list(read_chunks(io.BytesIO(data), fmt, max_prompt_bytes, len(data) + 1))
     if len(chunks) != 1:
         return 0, "", []

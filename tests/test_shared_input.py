@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hermes_producer.shared_chunks as shared_chunks_module
 import hermes_worker.raw_lines as raw_lines
@@ -20,7 +22,7 @@ from hermes_producer.splitting import split_request
 from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.contract import MAX_VALUE_BYTES, ContractError
 from hermes_worker.engine import resolve_profile
-from hermes_worker.shared_input import ByteRange, read_range
+from hermes_worker.shared_input import ByteRange, range_lines, read_range
 from hermes_worker.wire import ChunkRequest, Reply
 
 from .support.fixture_types import HermesRunner
@@ -227,3 +229,32 @@ def test_batch_shared_refuses_an_input_outside_its_root_and_runs_in_process_iden
     assert plain.returncode == shared.returncode == 1, shared.stderr
     assert (tmp_path / "plain.jsonl").read_bytes() == (tmp_path / "shared.jsonl").read_bytes()
     assert (tmp_path / "plain.jsonl").read_bytes().count(b"\n") == 4
+
+
+def _reader_way(data: bytes, fmt: Any, max_prompt_bytes: int) -> tuple[int, str, list[list[Any]]]:
+    """What the producer's reader makes of ``data`` as one chunk: lines split, checked, joined."""
+    chunks = list(read_chunks(io.BytesIO(data), fmt, max_prompt_bytes, len(data) + 1))
+    if len(chunks) != 1:
+        return 0, "", []
+    _first, text, bad = chunks[0]
+    return text.count("\n") + 1, text, bad
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"\n", b"\xc3\xa9", b"\xff", b"\xc3", b"\r", b"\x00", b"\xe2\x80\xa8", b"{}"]),
+             max_size=40).map(b"".join),
+    st.sampled_from(["jsonl", "text"]),
+)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_a_range_gives_the_readers_lines_whatever_its_bytes(data: bytes, fmt: Any) -> None:
+    # range_lines decodes a range at once when no line can be too long; the reader's way (split,
+    # check each line, join) must give the same count, text and bad lines, not UTF-8 included.
+    assert range_lines(data, fmt, 1 << 20) == _reader_way(data, fmt, 1 << 20)
+
+
+def test_a_range_with_a_line_too_long_gives_the_readers_error_record() -> None:
+    long_line = b"x" * (70_000 + 3 * 6) + b"\n"
+    data = b'{"id": 1}\n' + long_line + b"\xff\nlast"
+    assert range_lines(data, "text", 3) == _reader_way(data, "text", 3)
+    count, _text, bad = range_lines(data, "text", 3)
+    assert count == 4 and [b[:2] for b in bad] == [[1, "too_large"], [2, "invalid_utf8"]]
