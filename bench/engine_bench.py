@@ -47,11 +47,11 @@ def _candidates() -> dict[str, tuple[str, Fn]]:
     }
     for name, profile in BUILTIN_PROFILES.items():
         rows[f"profile_{name}"] = (
-            f"`normalize(t, {name})`: one pass + 1 validation round (as batches run it)",
+            f"`normalize(t, {name})`: one pass + 1 validation round, for a caller that did not run `check_prompt`",
             lambda t, p=profile: normalize(t, p).text,  # type: ignore[misc]
         )
         rows[f"profile_{name}_checked"] = (
-            f"`normalize(t, {name}, checked=True)`: told the prompt passed `check_prompt`, as batches know",
+            f"`normalize(t, {name}, checked=True)`: as batches run it (processing.py ran `check_prompt`)",
             lambda t, p=profile: normalize(t, p, checked=True).text,  # type: ignore[misc]
         )
         rows[f"profile_{name}_no_validation"] = (
@@ -133,10 +133,11 @@ def ftfy_equality(texts: list[str], ours: list[str], theirs: list[str]) -> dict[
 def validation_overhead(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per profile, what the validation round adds, from CPU µs per prompt (immune to other load).
 
-    ``overhead``: ``normalize`` ÷ ``normalize(max_validation=0)`` - 1, the same call with and
-    without validation; ``overhead_checked``: the same with ``checked=True`` (the prompt passed
-    ``check_prompt``, so an unchanged output needs no lone-surrogate test); ``vs_one_pass``:
-    ``normalize`` ÷ ``apply_profile`` - 1, which also counts building the result object.
+    ``overhead``: ``normalize(checked=True)`` ÷ ``normalize(max_validation=0)`` - 1, the call as
+    batches make it (``processing.py`` runs ``check_prompt`` on every item first, so an unchanged
+    output needs no lone-surrogate test) with and without validation; ``overhead_unchecked``: the
+    same for a caller that ran no ``check_prompt``; ``vs_one_pass``: ``normalize`` ÷
+    ``apply_profile`` - 1, which also counts building the result object.
     """
     out = {}
     for name in BUILTIN_PROFILES:
@@ -149,8 +150,8 @@ def validation_overhead(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
             "no_validation_us": bare,
             "one_pass_us": one,
             "checked_us": checked,
-            "overhead": round(full / bare - 1, 3) if bare else 0.0,
-            "overhead_checked": round(checked / bare - 1, 3) if bare else 0.0,
+            "overhead": round(checked / bare - 1, 3) if bare else 0.0,
+            "overhead_unchecked": round(full / bare - 1, 3) if bare else 0.0,
             "vs_one_pass": round(full / one - 1, 3) if one else 0.0,
         }
     return out

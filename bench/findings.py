@@ -85,8 +85,8 @@ def _engine(report: dict[str, Any]) -> list[str]:
     if overhead:
         worst = max(overhead, key=lambda name: overhead[name]["overhead"])
         listed = ", ".join(
-            f"`{name}` {figures['no_validation_us']} → {figures['us']} µs (+{figures['overhead']:.0%}; "
-            f"+{figures.get('overhead_checked', 0):.0%} with `checked=True`; "
+            f"`{name}` {figures['no_validation_us']} → {figures.get('checked_us')} µs (+{figures['overhead']:.0%}; "
+            f"+{figures.get('overhead_unchecked', 0):.0%} without `checked=True`; "
             f"+{figures['vs_one_pass']:.0%} over a bare pass of {figures['one_pass_us']} µs)"
             for name, figures in overhead.items()
         )
@@ -96,7 +96,7 @@ def _engine(report: dict[str, Any]) -> list[str]:
             "forbidden character, and only outputs the look cannot clear run their steps again. What is left on "
             "an idle non-ASCII output is the lone-surrogate test (a UTF-8 encoding, about as long as the NFC check "
             "itself): a caller that ran `check_prompt` says `checked=True` and skips it (no step makes a lone "
-            "surrogate); `processing.py` runs `check_prompt` on every item but does not pass it yet. Against a bare "
+            "surrogate), as `processing.py` does for every item. Against a bare "
             "pass the figure also counts the result object, which no pass makes."
         )
     diff = engine.get("differential") or {}

@@ -67,10 +67,10 @@ def _engine(engine: dict[str, Any]) -> str:
             name,
             v["one_pass_us"],
             v["no_validation_us"],
-            v["us"],
-            f"{v['overhead']:+.0%}",
             v.get("checked_us"),
-            f"{v.get('overhead_checked', 0):+.0%}",
+            f"{v['overhead']:+.0%}",
+            v["us"],
+            f"{v.get('overhead_unchecked', 0):+.0%}",
             f"{v['vs_one_pass']:+.0%}",
         ]
         for name, v in (engine.get("validation_overhead") or {}).items()
@@ -84,9 +84,11 @@ def _engine(engine: dict[str, Any]) -> str:
         f"ftfy step/ftfy {engine['ftfy_step_vs_ftfy']}. Speed-up over the reference engine (CPU time, "
         f"`normalize` as batches run it): {engine.get('speedup_vs_reference') or 'not measured'}.\n\n"
         "What validation adds (CPU µs per prompt: a bare `apply_profile` pass, `normalize` with "
-        "`max_validation=0`, `normalize` as batches run it, and told the prompt passed `check_prompt`):\n\n"
+        "`max_validation=0`, `normalize` as batches run it (told the prompt passed `check_prompt`), and for a "
+        "caller that ran no `check_prompt`):\n\n"
         + table(
-            ["profile", "one pass", "no validation", "validated", "validation", "checked", "validation", "vs one pass"],
+            ["profile", "one pass", "no validation", "as batches run it", "validation", "unchecked", "validation",
+             "vs one pass"],
             validation,
         )
         + f"\nDifferential against the frozen reference engine (`tests/reference_engine`): "

@@ -14,11 +14,12 @@ Headline definitions (all from the same ``python -m bench`` run):
   prompts per CPU second, one process (``prompt_vs_ftfy_wall``: the same from wall-clock time, which
   on a shared machine also measures the load); passes only if the engine's ftfy step also equals
   ``ftfy.fix_text`` on every prompt.
-- ``validation_overhead``: per built-in profile, what the validation round adds to one pass: CPU
-  per prompt of ``normalize(t, p)`` ÷ ``normalize(t, p, max_validation=0)`` - 1 (the same call;
-  the engine section also gives it against a bare ``apply_profile``). ``validation_overhead_max``:
-  the largest of them; ``validation_overhead_checked_max``: the same with ``checked=True`` (what
-  batches would pay once ``processing.py`` tells ``normalize`` that ``check_prompt`` ran).
+- ``validation_overhead``: per built-in profile, what the validation round adds to one pass as
+  batches run it: CPU per prompt of ``normalize(t, p, checked=True)`` (``processing.py`` runs
+  ``check_prompt`` on every item and says so) ÷ ``normalize(t, p, max_validation=0)`` - 1 (the
+  engine section also gives it against a bare ``apply_profile``). ``validation_overhead_max``:
+  the largest of them; ``validation_overhead_unchecked_max``: the same for a caller that ran no
+  ``check_prompt`` (``normalize(t, p)``, which must test an unchanged output for lone surrogates).
 - ``differential_mismatches``: cases (prompt × built-in profile × ``max_validation`` 0-3 × explain
   or not) where any field of ``normalize()``'s result differs from the frozen reference engine's
   (``tests/reference_engine``).
@@ -89,7 +90,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
     equal = _get(sections, "engine", "ftfy_equality", "equal")
     overhead = _get(sections, "engine", "validation_overhead") or {}
     validation = {name: figures["overhead"] for name, figures in overhead.items()}
-    checked = [figures["overhead_checked"] for figures in overhead.values() if "overhead_checked" in figures]
+    unchecked = [figures["overhead_unchecked"] for figures in overhead.values() if "overhead_unchecked" in figures]
     model = chunk_cost_model(_get(sections, "sweep") or {})
     one_prompt_chunks = _get(sections, "sweep", "rows", "1", "prompts_per_s")
     dramatiq = _get(sections, "peers", "rows", "dramatiq/per_prompt", "prompts_per_s")
@@ -103,7 +104,7 @@ def headline(sections: dict[str, Any]) -> dict[str, Any]:
         "ftfy_equal": equal,
         "validation_overhead": validation or None,
         "validation_overhead_max": max(validation.values()) if validation else None,
-        "validation_overhead_checked_max": max(checked) if checked else None,
+        "validation_overhead_unchecked_max": max(unchecked) if unchecked else None,
         "differential_mismatches": _get(sections, "engine", "differential", "mismatches"),
         "vs_celery_per_prompt": _div(hermes_compact, celery_per_prompt),
         "vs_best_peer": _div(hermes_compact, best_rate),
