@@ -31,6 +31,7 @@ import tornado.web
 from flower.api import tasks as api_tasks
 from flower.api import workers as api_workers
 from flower.app import Flower
+from flower.events import Events
 from flower.views import BaseHandler, auth, broker, error, monitor
 from flower.views import tasks as view_tasks
 from flower.views import workers as view_workers
@@ -161,6 +162,22 @@ def read_only(allow_control: bool) -> None:
     Flower.__init__ = read_only_init
 
 
+def events_at_once() -> None:
+    """Make Flower ask workers for task events as it starts, not 5 s later (its first timer tick).
+
+    Hermes workers send task events only once a monitor asks for them (HERMES_TASK_EVENTS):
+    a batch started right after Flower must show up in it.
+    """
+    start = Events.start
+
+    def start_and_enable(self: Events) -> None:
+        start(self)
+        if self.enable_events:
+            self.io_loop.add_callback(self.on_enable_events)
+
+    Events.start = start_and_enable
+
+
 def printable_log() -> None:
     """Make every log record of this process printable: control characters shown, never obeyed.
 
@@ -184,6 +201,7 @@ settings = Settings.from_env()
 if not getattr(Flower, "hermes_guarded", False):  # once, however many times this module is imported
     setattr(Flower, "hermes_guarded", True)  # noqa: B010 (an attribute of Flower's class, not ours)
     printable_log()
+    events_at_once()
     read_only(settings.flower_allow_control)
     if settings.flower_user and settings.flower_password:
         require_login(settings.flower_user, settings.flower_password)

@@ -368,6 +368,13 @@ class Settings:
         "HERMES_WORKER_REMOTE_CONTROL", OneOf(("inspect", "all")), "inspect",
         "worker: answer remote-control questions only (`inspect`), or accept Celery's every command "
         "(`all`)")  # fmt: skip
+    task_events: bool = setting(
+        "HERMES_TASK_EVENTS", flag, False,
+        "send Celery's task events (received, started, succeeded; task-sent from producers) for every chunk from "
+        "the start; by default workers send them once a monitor asks for them (`hermes flower` at once, Flower "
+        "every 5 s, `celery control enable_events`), and producers send no task-sent events",
+        note="task events cost a fifth of a worker's CPU at small chunk sizes: paid for nobody "
+        "when no monitor runs")  # fmt: skip
     flower_allow_control: bool = setting(
         "HERMES_FLOWER_ALLOW_CONTROL", flag, False,
         "let Flower's users control workers and send tasks; read-only otherwise",

@@ -134,7 +134,6 @@ def _celery_argv(node: str, queues: list[str], concurrency: int, loglevel: str) 
         str(concurrency),
         "--loglevel",
         loglevel.upper(),
-        "--events",
         "--pool",
         "prefork",
         "--without-gossip",

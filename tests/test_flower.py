@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from hermes_worker.celeryconfig import make_celery
+from hermes_worker.settings import Settings
+
 from .support.environment import EXAMPLES, free_port, missing, needs_module
 from .support.fixture_types import HermesRunner, WorkerFactory
 from .support.processes import start_flower_process
@@ -94,10 +97,14 @@ def test_flower_shows_both_workers_their_tasks_and_metrics(
 
 
 def test_flower_shows_a_chunk_whose_items_failed_with_its_counts(
-    start_worker: WorkerFactory, flower: str, chermes: HermesRunner, tmp_path: Path
+    start_worker: WorkerFactory, flower: str, chermes: HermesRunner, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:
     # Given a chunk of four lines, two of which cannot be normalized (an empty prompt, not JSON),
     start_worker("l1", mode="local")
+    # (a worker started after Flower sends task events from Flower's next request, within 5 s:
+    # asked here at once, as Flower would)
+    app = make_celery(Settings.from_env(cluster_env), main="hermes-test-flower")
+    assert app.control.broadcast("enable_events", reply=True, timeout=10)
     source = tmp_path / "mixed.jsonl"
     source.write_text('{"prompt": "ok"}\n{"prompt": ""}\nnot json\n{"prompt": "fine"}\n')
     done = chermes("batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--isolation", "local")
