@@ -28,6 +28,7 @@ from .support.zygote import Zygote  # noqa: E402
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults",
                   "tests.fixtures_hosts"]  # fmt: skip
 
+SERVICE_MARKS = ("cluster", "docker", "chaos")
 # The fixtures that start a service, by the mark a test taking them must carry: the fast tier,
 # ``-m "not cluster and not docker and not chaos"``, must need no Redis, worker or Docker engine.
 SERVICE_FIXTURES = {
@@ -52,8 +53,13 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     spent waiting for workers, Redis, Docker and timeouts, not computing; each process (a module's
     tests at a time, ``--dist loadfile``) has its own Redis servers, workers, containers and zygote.
     Two a core (4 here) was 10 % faster but, with other load on the machine, timing-sensitive
-    cluster tests failed that pass at 3."""
-    return min(8, (os.cpu_count() or 1) + 1)
+    cluster tests failed that pass at 3. The quick tier (``-m`` leaving out every service mark)
+    waits for nothing but computes: one process a core, none starting up for nothing."""
+    cores = os.cpu_count() or 1
+    expression = config.getoption("markexpr", "") or ""
+    if all(f"not {mark}" in expression for mark in SERVICE_MARKS):
+        return min(8, cores)
+    return min(8, cores + 1)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked

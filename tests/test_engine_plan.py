@@ -24,7 +24,11 @@ from hermes_worker.engine.plan import FOUND_MAX, Plan, plan_for
 from hermes_worker.engine.steps import Work
 from tests.support.differential import compare
 
-PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+from .support.properties import examples
+
+PROPERTY = settings(
+    max_examples=examples(300), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 STEP_NAMES = sorted(STEPS)
 
 _PIECES = [

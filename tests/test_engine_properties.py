@@ -21,10 +21,12 @@ from hypothesis import strategies as st
 from hermes_worker.engine import BUILTIN_PROFILES, STEPS, Profile, apply_profile, normalize
 from hermes_worker.engine.steps import fix_with_ftfy
 
+from .support.properties import examples
+
 # No example database: the suite must not leave a .hypothesis directory in the repository.
 # No deadline: ftfy's first call on a new kind of text is much slower than the rest.
-FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-THOROUGH = settings(FAST, max_examples=400)
+FAST = settings(max_examples=examples(150), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+THOROUGH = settings(FAST, max_examples=examples(400))
 
 PROFILE_NAMES = sorted(BUILTIN_PROFILES)
 

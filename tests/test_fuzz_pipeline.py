@@ -35,6 +35,7 @@ from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 
 from .support.fixture_types import HermesRunner, WorkerFactory
+from .support.properties import examples
 
 # No example database (the suite leaves no .hypothesis directory); no deadline (a CLI call or a
 # worker round trip takes a second, and ftfy's first call on new text is slow).
@@ -170,7 +171,7 @@ def for_the_budget(run: Callable[[], None]) -> None:
 def test_the_batch_pipeline_writes_one_valid_record_per_line_whatever_the_lines() -> None:
     """``run_batch`` with the in-process executor: the whole pipeline, without a subprocess."""
 
-    @settings(BASE, max_examples=150)
+    @settings(BASE, max_examples=examples(150))
     @given(
         data=input_files(max_lines=30),
         fmt=st.sampled_from(["jsonl", "jsonl", "text"]),

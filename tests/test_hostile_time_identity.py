@@ -38,6 +38,8 @@ from hermes_worker.engine import (
 )
 from hermes_worker.engine.steps import fix_with_ftfy, ftfy_explain
 
+from .support.properties import examples
+
 REPO = Path(__file__).resolve().parent.parent
 FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 
@@ -236,7 +238,9 @@ _piece = st.sampled_from(PIECES)
 _run = st.tuples(_piece, st.integers(2, 48)).map(lambda pair: pair[0] * pair[1])
 hostile_text = st.lists(st.one_of(_piece, _run, st.characters(codec="utf-8")), max_size=24).map("".join)
 
-HYPOTHESIS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(
+    max_examples=examples(300), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.mark.parametrize("name", sorted(set(OLD_STEPS) - {"ftfy"}))

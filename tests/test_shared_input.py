@@ -26,6 +26,7 @@ from hermes_worker.shared_input import ByteRange, range_lines, read_range
 from hermes_worker.wire import ChunkRequest, Reply
 
 from .support.fixture_types import HermesRunner
+from .support.properties import examples
 
 SHA = "0" * 64
 
@@ -245,7 +246,7 @@ def _reader_way(data: bytes, fmt: Any, max_prompt_bytes: int) -> tuple[int, str,
              max_size=40).map(b"".join),
     st.sampled_from(["jsonl", "text"]),
 )  # fmt: skip
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_a_range_gives_the_readers_lines_whatever_its_bytes(data: bytes, fmt: Any) -> None:
     # range_lines decodes a range at once when no line can be too long; the reader's way (split,
     # check each line, join) must give the same count, text and bad lines, not UTF-8 included.
