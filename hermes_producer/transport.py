@@ -30,7 +30,7 @@ from hermes_worker.contract import (
 from hermes_worker.errors import HermesError
 from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
-from hermes_worker.wire import Reply, request_span
+from hermes_worker.wire import ReadPayload, Reply, request_span
 
 from .cluster import Cluster, queue_depth
 from .purge import purge_quietly, task_id_prefix
@@ -137,7 +137,9 @@ class ChunkTransport:
             key = self.reply.text_key(payload["chunk"])
             self._sent.add(payload["chunk"])
             message |= {TEXT_KEY: key, "count": span[1]}
-            body = payload["text"].encode("utf-8")
+            # As the reader joined them from the input, if it did: encoding the text back costs more.
+            body = payload.utf8 if isinstance(payload, ReadPayload) else None
+            body = payload["text"].encode("utf-8") if body is None else body
             self._write_lines(key, body)
         try:
             self.cluster.app.send_task(
