@@ -120,9 +120,11 @@ def _set(cluster: Cluster, reply: Reply, payload: ReadPayload) -> None:
 def _send_task(cluster: Cluster, reply: Reply, payload: dict[str, Any], shown: str) -> None:
     message = {k: v for k, v in payload.items() if k != "text"}
     message |= {TEXT_KEY: reply.text_key(payload["chunk"]), "count": request_span(payload)[1]}
+    # As transport.send after a batch's first message: the queue is declared already (the warm-up).
     cluster.app.send_task(
-        TASK_NORMALIZE_CHUNK, args=[message, reply.to_wire()], queue=QUEUE_LOCAL, argsrepr=shown, kwargsrepr="{}"
-    )
+        TASK_NORMALIZE_CHUNK, args=[message, reply.to_wire()], queue=QUEUE_LOCAL, argsrepr=shown, kwargsrepr="{}",
+        declare=[],
+    )  # fmt: skip
 
 
 def _post(cluster: Cluster, reply: Reply, answers: list[ChunkResult]) -> None:

@@ -109,6 +109,7 @@ class ChunkTransport:
         # once: Redis may then have come back without its last writes (finish() reconciles).
         self._sent: set[int] = set()
         self._troubled = False
+        self._declared: set[str] = set()  # queues this batch's messages declared
 
     def send(self, payload: dict[str, Any], queue: str) -> None:
         """Write the chunk's lines, then send its message to ``queue``: one attempt.
@@ -141,16 +142,22 @@ class ChunkTransport:
             body = payload.utf8 if isinstance(payload, ReadPayload) else None
             body = payload["text"].encode("utf-8") if body is None else body
             self._write_lines(key, body)
+        # The queue is declared with its first message (and again after any trouble), not with every
+        # one: a message goes straight to its queue (Celery's anonymous exchange for a direct one),
+        # and kombu would only find the declaration in its cache again, at a cost (issue 13).
+        declare = None if queue not in self._declared else []
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
-                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex,
+                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex, declare=declare,
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise self._not_answering("the broker", exc) from exc
+        self._declared.add(queue)
 
     def _not_answering(self, what: str, exc: BaseException) -> NotAnswering:
         self._troubled = True
+        self._declared.clear()  # kombu may come back on a new connection, which declares afresh
         return NotAnswering(what, exc)
 
     def _make_stream(self) -> None:
