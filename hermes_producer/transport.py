@@ -145,7 +145,7 @@ class ChunkTransport:
         # The queue is declared with its first message (and again after any trouble), not with every
         # one: a message goes straight to its queue (Celery's anonymous exchange for a direct one),
         # and kombu would only find the declaration in its cache again, at a cost (issue 13).
-        declare = None if queue not in self._declared else []
+        declare: list[Any] | None = None if queue not in self._declared else []
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
