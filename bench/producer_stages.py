@@ -25,7 +25,7 @@ from hermes_producer.reader import read_chunks
 from hermes_producer.seen_ids import SeenIds
 from hermes_producer.transport import ChunkTransport, summarize
 from hermes_worker.contract import QUEUE_LOCAL, TASK_NORMALIZE_CHUNK, TEXT_KEY, new_batch_id
-from hermes_worker.wire import ChunkResult, Reply, request_span
+from hermes_worker.wire import ChunkResult, ReadPayload, Reply, request_span
 
 __all__ = ["STAGES", "stage_costs"]
 
@@ -61,11 +61,12 @@ def stage_costs(
     max_bytes, size = options.chunk.max_prompt_bytes, options.chunk_size
     with source.open("rb") as stream:
         spent[STAGES[0]], chunks = _timed(lambda: list(read_chunks(stream, "jsonl", max_bytes, size)))
-    spent[STAGES[1]], payloads = _timed(lambda: list(text_chunk_requests(iter(chunks), options)))
+    spent[STAGES[1]], made = _timed(lambda: list(text_chunk_requests(iter(chunks), options)))
+    payloads = [p for p in made if isinstance(p, ReadPayload)]  # all of them: the reader's lines
     prompts = sum(request_span(p)[1] for p in payloads)
     reply = Reply(new_batch_id(), 3600)
     transport = ChunkTransport(cluster, reply, "local")
-    bodies = [p["text"].encode("utf-8") for p in payloads]
+    bodies = [p.utf8 for p in payloads]  # the reader's bytes, as transport.send ships them
     # Warm up every path once (connections, kombu's producer pool, first-call imports): not timed.
     _set(cluster, reply, payloads[0])
     _send_task(cluster, reply, payloads[0], summarize(payloads[0]))
@@ -112,16 +113,18 @@ def _kombu_client_us(cluster: Cluster, rounds: int = 200) -> float | None:
         return None
 
 
-def _set(cluster: Cluster, reply: Reply, payload: dict[str, Any]) -> None:
-    cluster.redis.set(reply.text_key(payload["chunk"]), payload["text"].encode("utf-8"), ex=reply.ttl)
+def _set(cluster: Cluster, reply: Reply, payload: ReadPayload) -> None:
+    cluster.redis.set(reply.text_key(payload["chunk"]), payload.utf8 or b"", ex=reply.ttl)
 
 
 def _send_task(cluster: Cluster, reply: Reply, payload: dict[str, Any], shown: str) -> None:
     message = {k: v for k, v in payload.items() if k != "text"}
     message |= {TEXT_KEY: reply.text_key(payload["chunk"]), "count": request_span(payload)[1]}
+    # As transport.send after a batch's first message: the queue is declared already (the warm-up).
     cluster.app.send_task(
-        TASK_NORMALIZE_CHUNK, args=[message, reply.to_wire()], queue=QUEUE_LOCAL, argsrepr=shown, kwargsrepr="{}"
-    )
+        TASK_NORMALIZE_CHUNK, args=[message, reply.to_wire()], queue=QUEUE_LOCAL, argsrepr=shown, kwargsrepr="{}",
+        declare=[],
+    )  # fmt: skip
 
 
 def _post(cluster: Cluster, reply: Reply, answers: list[ChunkResult]) -> None:

@@ -20,8 +20,9 @@ from hermes_worker.chunk_options import ChunkOptions, declarations
 from hermes_worker.contract import DUPLICATE_ID
 from hermes_worker.engine import Profile
 from hermes_worker.processing import request_items, with_errors
+from hermes_worker.raw_lines import RawChunk
 from hermes_worker.settings import Settings
-from hermes_worker.wire import ChunkRequest, ChunkResult, Item
+from hermes_worker.wire import ChunkRequest, ChunkResult, Item, ReadPayload
 
 from .executors import ChunkExecutor
 from .notices import StreamedResult
@@ -172,7 +173,7 @@ def chunk_requests(items: Iterator[Item], options: BatchOptions, first_number: i
 
 
 def text_chunk_requests(
-    chunks: Iterable[tuple[Any, ...]],
+    chunks: Iterable[RawChunk],
     options: BatchOptions,
     skip: int = 0,
     on_skipped: Callable[[dict[str, Any]], None] | None = None,
@@ -184,9 +185,11 @@ def text_chunk_requests(
     chunk of a shared input (:mod:`.shared_chunks`) carries its byte range too: its lines then
     travel as that range (:class:`~hermes_worker.shared_input.ByteRange`), not through Redis.
     """
-    for number, (first, text, bad, *where) in enumerate(chunks):
-        source = where[0] if where else None
-        payload = options.request(number, text=text, first=first, format=options.input_format, bad=bad, source=source)
+    for number, raw in enumerate(chunks):
+        wire = options.request(
+            number, text=raw.text, first=raw.first, format=options.input_format, bad=raw.bad, source=raw.source
+        )
+        payload = ReadPayload(wire, raw.lines, raw.utf8)  # spares counting and encoding the lines again
         if number < skip:
             if on_skipped is not None:
                 on_skipped(payload)
@@ -226,17 +229,18 @@ def _utf8_buffer(sink: TextIO) -> BinaryIO | None:
     return None
 
 
-def _counted(chunks: Iterator[tuple[Any, ...]], known: Callable[[int], None]) -> Iterator[tuple[Any, ...]]:
+def _counted(chunks: Iterator[RawChunk], known: Callable[[int], None]) -> Iterator[RawChunk]:
     """``chunks`` as they come; once the reader has reached the end, ``known(lines in the input)``.
 
     >>> seen = []
-    >>> list(_counted(iter([(1, "a\\nb", []), (3, "c", [])]), seen.append)) and seen
+    >>> chunks = [RawChunk(1, "a\\nb", [], b"a\\nb", 2), RawChunk(3, "c", [], b"c", 1)]
+    >>> list(_counted(iter(chunks), seen.append)) and seen
     [3]
     """
     last = None
     for last in chunks:
         yield last
-    known(0 if last is None else last[0] + last[1].count("\n"))
+    known(0 if last is None else last.first + last.lines - 1)
 
 
 def run_batch(

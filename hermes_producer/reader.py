@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from hermes_worker.raw_lines import READ_BLOCK, InputFormat, read_chunks
+from hermes_worker.raw_lines import READ_BLOCK, InputFormat, RawChunk, read_chunks
 
-__all__ = ["READ_BLOCK", "InputFormat", "detect_format", "read_chunks"]
+__all__ = ["READ_BLOCK", "InputFormat", "RawChunk", "detect_format", "read_chunks"]
 
 
 def detect_format(name: str, stream: BinaryIO) -> InputFormat:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from hermes_worker.contract import MAX_VALUE_BYTES
 from hermes_worker.errors import EXIT_USAGE, HermesError
-from hermes_worker.raw_lines import READ_BLOCK, InputFormat, _too_long
+from hermes_worker.raw_lines import READ_BLOCK, InputFormat, RawChunk, _too_long
 from hermes_worker.shared_input import ByteRange, range_lines
 
 __all__ = ["SharedInputError", "shared_chunks", "shared_path"]
@@ -51,9 +51,10 @@ def shared_path(input_path: str, root: Path | None) -> str:
 
 def shared_chunks(
     source: BinaryIO, path: str, fmt: InputFormat, max_prompt_bytes: int, chunk_size: int
-) -> Iterator[tuple[int, str, list[list[Any]], ByteRange | None]]:
-    """``(first line, text, bad lines, byte range)`` per chunk of ``chunk_size`` lines of ``source``
-    (the file at ``path``, read from its start); the records are those of :func:`reader.read_chunks`.
+) -> Iterator[RawChunk]:
+    """A :class:`RawChunk` per chunk of ``chunk_size`` lines of ``source`` (the file at ``path``, read
+    from its start), with its byte range as ``source`` and no ``utf8``; the records are those of
+    :func:`reader.read_chunks`.
 
     Memory stays bounded by one range (:data:`MAX_VALUE_BYTES`, which is all a range may hold): a
     chunk whose lines would hold more ends early, at its last whole line; a line longer than that
@@ -90,7 +91,7 @@ def shared_chunks(
 
 def _skipped_line(
     read: Any, pending: bytearray, first: int, max_prompt_bytes: int
-) -> Generator[tuple[int, str, list[list[Any]], ByteRange | None], None, int]:
+) -> Generator[RawChunk, None, int]:
     """Read past the line that ``pending`` starts with (its newline included), holding none of it;
     yield its chunk (no range: an error record); return its size. ``pending`` keeps what follows."""
     newline = pending.find(b"\n")
@@ -107,7 +108,7 @@ def _skipped_line(
                 pending += block[newline + 1 :]
                 break
             size += len(block)
-    yield first, "", [[0, *_too_long(size, max_prompt_bytes)]], None
+    yield RawChunk(first, "", [[0, *_too_long(size, max_prompt_bytes)]], b"", 1)
     return size
 
 
@@ -123,8 +124,8 @@ def _after_lines(data: bytearray, start: int, wanted: int) -> int:
 
 def _chunk(
     data: bytes, path: str, offset: int, first: int, fmt: InputFormat, max_prompt_bytes: int
-) -> tuple[int, tuple[int, str, list[list[Any]], ByteRange | None]]:
+) -> tuple[int, RawChunk]:
     """How many lines ``data`` holds, and its chunk."""
     count, text, bad = range_lines(data, fmt, max_prompt_bytes)
     where = ByteRange(path, offset, offset + len(data), hashlib.sha256(data).hexdigest())
-    return count, (first, text, bad, where)
+    return count, RawChunk(first, text, bad, None, count, where)

@@ -33,7 +33,7 @@ from hermes_worker.errors import HermesError
 from hermes_worker.redis_conn import refused_for_size
 from hermes_worker.registry import WorkerInfo
 from hermes_worker.shared_parts import PartDir, PartRef
-from hermes_worker.wire import Reply, request_span
+from hermes_worker.wire import ReadPayload, Reply, request_span
 
 from .cluster import Cluster, queue_depth
 from .notices import ResultPosted
@@ -113,6 +113,7 @@ class ChunkTransport:
         # once: Redis may then have come back without its last writes (finish() reconciles).
         self._sent: set[int] = set()
         self._troubled = False
+        self._declared: set[str] = set()  # queues this batch's messages declared
         # A shared input's records come back as part files (hermes_worker.shared_parts): the
         # batch's part directory, made with its first shared chunk, and the parts read per chunk.
         self._parts: PartDir | None = None
@@ -148,18 +149,26 @@ class ChunkTransport:
             key = self.reply.text_key(payload["chunk"])
             self._sent.add(payload["chunk"])
             message |= {TEXT_KEY: key, "count": span[1]}
-            body = payload["text"].encode("utf-8")
+            # As the reader joined them from the input, if it did: encoding the text back costs more.
+            body = payload.utf8 if isinstance(payload, ReadPayload) else None
+            body = payload["text"].encode("utf-8") if body is None else body
             self._write_lines(key, body)
+        # The queue is declared with its first message (and again after any trouble), not with every
+        # one: a message goes straight to its queue (Celery's anonymous exchange for a direct one),
+        # and kombu would only find the declaration in its cache again, at a cost (issue 13).
+        declare: list[Any] | None = None if queue not in self._declared else []
         try:
             self.cluster.app.send_task(
                 TASK_NORMALIZE_CHUNK, args=[message, self._wire], queue=queue, argsrepr=summarize(payload, body, span),
-                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex,
+                kwargsrepr="{}", task_id=task_id_prefix(self.reply.batch) + uuid.uuid4().hex, declare=declare,
             )  # fmt: skip
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise self._not_answering("the broker", exc) from exc
+        self._declared.add(queue)
 
     def _not_answering(self, what: str, exc: BaseException) -> NotAnswering:
         self._troubled = True
+        self._declared.clear()  # kombu may come back on a new connection, which declares afresh
         return NotAnswering(what, exc)
 
     def _make_stream(self) -> None:

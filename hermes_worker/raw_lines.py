@@ -8,13 +8,30 @@ from the same bytes, so both modes ship the same lines. Standard library only.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from hermes_worker import contract
 
-__all__ = ["READ_BLOCK", "InputFormat", "read_chunks"]
+__all__ = ["READ_BLOCK", "InputFormat", "RawChunk", "read_chunks"]
 
 InputFormat = Literal["jsonl", "text"]
+
+
+class RawChunk(NamedTuple):
+    """A chunk of input lines as read: ``text`` is what travels, the rest is known on the way.
+
+    ``utf8`` is ``text`` as UTF-8, joined from the input's own bytes (the producer ships it as it
+    is instead of encoding ``text`` back), or None where it is not kept (a shared input's chunk
+    travels as its ``source``, a byte range: :mod:`hermes_producer.shared_chunks`); ``lines`` is
+    how many lines it holds, known without counting.
+    """
+
+    first: int
+    text: str
+    bad: list[list[Any]]
+    utf8: bytes | None
+    lines: int
+    source: Any = None
 
 # Bytes read at a time: reading is at most this far ahead of the last chunk handed out.
 READ_BLOCK = 1 << 20
@@ -77,16 +94,17 @@ def _line_batches(stream: BinaryIO, max_line: int) -> Iterator[list[bytes | int]
 
 def read_chunks(
     stream: BinaryIO, fmt: InputFormat, max_prompt_bytes: int, chunk_size: int
-) -> Iterator[tuple[int, str, list[list[Any]]]]:
-    """Group input lines into chunks ``(first line number, lines joined by "\\n", bad lines)``.
+) -> Iterator[RawChunk]:
+    """Group input lines into chunks (:class:`RawChunk`): first line number, lines joined by "\\n", bad lines.
 
     No line is parsed here: the worker does that (:mod:`hermes_worker.lines`). Only what cannot
     travel as text is caught: a line that is not UTF-8 or is far too long is shipped as an empty
     line, and ``bad`` holds ``[index in the chunk, code, message]`` for its error record.
 
     >>> import io
-    >>> list(read_chunks(io.BytesIO(b'{"prompt": "a"}\\n\\xff\\n'), "jsonl", 100, 1000))
-    [(1, '{"prompt": "a"}\\n', [[1, 'invalid_utf8', 'not valid UTF-8: byte 0xff at offset 0']])]
+    >>> [chunk] = read_chunks(io.BytesIO(b'{"prompt": "a"}\\n\\xff\\n'), "jsonl", 100, 1000)
+    >>> chunk.text, chunk.bad, chunk.lines
+    ('{"prompt": "a"}\\n', [[1, 'invalid_utf8', 'not valid UTF-8: byte 0xff at offset 0']], 2)
     """
     pending: list[bytes | int] = []
     first = 1
@@ -97,30 +115,37 @@ def read_chunks(
         # 400,000 with --chunk-size 1).
         start = 0
         while len(pending) - start >= chunk_size:
-            yield (first, *_chunk_text(pending[start : start + chunk_size], max_prompt_bytes))
+            yield _chunk(first, pending[start : start + chunk_size], max_prompt_bytes)
             start += chunk_size
             first += chunk_size
         del pending[:start]
     if pending:
-        yield (first, *_chunk_text(pending, max_prompt_bytes))
+        yield _chunk(first, pending, max_prompt_bytes)
 
 
-def _chunk_text(lines: list[bytes | int], max_prompt_bytes: int) -> tuple[str, list[list[Any]]]:
-    """The lines as one string, and the lines that could not be part of it (empty in the string)."""
+def _chunk(first: int, lines: list[bytes | int], max_prompt_bytes: int) -> RawChunk:
+    """The lines as one string and as its UTF-8, and the lines that could not be part of it
+    (empty in both)."""
     try:
-        return b"\n".join(lines).decode("utf-8"), []  # type: ignore[arg-type]
+        utf8 = b"\n".join(lines)  # type: ignore[arg-type]
+        # The decode is the UTF-8 check (and the text a chunk run in-process gets); the bytes are
+        # what travels, as they came.
+        return RawChunk(first, utf8.decode("utf-8"), [], utf8, len(lines))
     except (TypeError, UnicodeDecodeError):
         pass  # an over-long line (its size stands in for it) or one that is not UTF-8
     bad: list[list[Any]] = []
-    texts = []
+    texts, kept = [], []
     for index, raw in enumerate(lines):
         if isinstance(raw, int):
             bad.append([index, *_too_long(raw, max_prompt_bytes)])
             texts.append("")
+            kept.append(b"")
             continue
         try:
             texts.append(raw.decode("utf-8"))
+            kept.append(raw)  # valid UTF-8 decodes and encodes back to the same bytes
         except UnicodeDecodeError as exc:
             bad.append([index, *_not_utf8(raw, exc)])
             texts.append("")
-    return "\n".join(texts), bad
+            kept.append(b"")
+    return RawChunk(first, "\n".join(texts), bad, b"\n".join(kept), len(lines))

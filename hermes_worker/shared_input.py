@@ -106,8 +106,7 @@ def range_lines(data: bytes, fmt: InputFormat, max_prompt_bytes: int) -> tuple[i
     chunks = list(read_chunks(io.BytesIO(data), fmt, max_prompt_bytes, len(data) + 1))
     if len(chunks) != 1:
         return 0, "", []
-    _first, text, bad = chunks[0]
-    return text.count("\n") + 1, text, bad
+    return chunks[0].lines, chunks[0].text, chunks[0].bad
 
 
 def _within(root: Path | None, path: str) -> str:

@@ -89,14 +89,32 @@ from .contract import (
 )
 from .shared_input import ByteRange
 
-__all__ = ["ChunkRequest", "ChunkResult", "Item", "ItemFailure", "Reply", "request_span"]
+__all__ = ["ChunkRequest", "ChunkResult", "Item", "ItemFailure", "ReadPayload", "Reply", "request_span"]
+
+
+class ReadPayload(dict[str, Any]):
+    """A text chunk request's payload as the producer's reader made it: the wire dict, and beside
+    it (never sent) what the reader knew of its lines: ``lines``, how many; ``utf8``, the text as
+    the input's UTF-8 bytes (None if not kept). Nobody counts them or encodes the text back again.
+
+    A copy (``dict(payload, ...)``: a split part, a probe) is a plain dict: what was known of these
+    lines is not taken for another's.
+    """
+
+    __slots__ = ("lines", "utf8")
+
+    def __init__(self, payload: Mapping[str, Any], lines: int, utf8: bytes | None) -> None:
+        super().__init__(payload)
+        self.lines = lines
+        self.utf8 = utf8
 
 
 def request_span(payload: Mapping[str, Any]) -> tuple[int, int]:
     """``(first line, number of lines)`` of an encoded chunk request, without parsing its lines."""
     text = payload.get("text")
     if isinstance(text, str):
-        return int(payload.get("first") or 1), text.count("\n") + 1
+        lines = payload.lines if isinstance(payload, ReadPayload) else text.count("\n") + 1
+        return int(payload.get("first") or 1), lines
     items = payload.get("items") or []
     return (items[0][0] if items else 0), len(items)
 

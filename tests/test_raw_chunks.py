@@ -29,7 +29,7 @@ def test_an_invalid_utf8_line_in_a_raw_chunk_fails_alone_with_its_line_number() 
 
 def test_malformed_json_becomes_an_error_record_in_the_worker_not_in_the_producer() -> None:
     # Given raw lines the producer does not parse
-    first, text, bad = next(read_chunks(io.BytesIO(b'{"prompt": "ok"}\n{"prompt": \n'), "jsonl", 100, 10))
+    first, text, bad, *_known = next(read_chunks(io.BytesIO(b'{"prompt": "ok"}\n{"prompt": \n'), "jsonl", 100, 10))
     assert (first, bad) == (1, []) and text == '{"prompt": "ok"}\n{"prompt": '
     # When the worker runs them, Then the broken line is an error record naming its line
     records = batch_records(b'{"prompt": "ok"}\n{"prompt": \n')

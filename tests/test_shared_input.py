@@ -163,9 +163,10 @@ def test_the_producers_chunks_are_the_readers_and_their_ranges_hold_them(monkeyp
         monkeypatch.setattr(shared_chunks_module, "READ_BLOCK", block)
         plain = list(read_chunks(io.BytesIO(data), "text", most, size))
         shared = list(shared_chunks(io.BytesIO(data), "/x", "text", most, size))
-        assert plain == [chunk[:3] for chunk in shared]
-        assert b"".join(data[c[3].start : c[3].end] for c in shared) == data
-        for first, text, _bad, where in shared:
+        assert [chunk[:3] for chunk in plain] == [chunk[:3] for chunk in shared]
+        assert [chunk.lines for chunk in plain] == [chunk.lines for chunk in shared]
+        assert b"".join(data[c.source.start : c.source.end] for c in shared) == data
+        for first, text, _bad, _utf8, _count, where in shared:
             assert hashlib.sha256(data[where.start : where.end]).hexdigest() == where.sha256
             assert first >= 1 and text.count("\n") + 1 <= size
 
@@ -193,7 +194,7 @@ def test_memory_is_bounded_by_one_range_and_the_records_stay_the_readers(monkeyp
         plain = list(read_chunks(io.BytesIO(data), "text", 20, 4))
         shared = list(shared_chunks(io.BytesIO(data), "/x", "text", 20, 4))
         assert numbered(plain) == numbered(shared), data
-        for _first, _text, _bad, where in shared:
+        for *_chunk, where in shared:
             assert where is None or where.end - where.start <= 40
             assert where is None or hashlib.sha256(data[where.start : where.end]).hexdigest() == where.sha256
 
@@ -237,8 +238,7 @@ def _reader_way(data: bytes, fmt: Any, max_prompt_bytes: int) -> tuple[int, str,
     chunks = list(read_chunks(io.BytesIO(data), fmt, max_prompt_bytes, len(data) + 1))
     if len(chunks) != 1:
         return 0, "", []
-    _first, text, bad = chunks[0]
-    return text.count("\n") + 1, text, bad
+    return chunks[0].text.count("\n") + 1, chunks[0].text, chunks[0].bad
 
 
 @given(
