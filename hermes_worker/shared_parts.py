@@ -40,6 +40,9 @@ PARTS_DIR = ".hermes-parts"
 _NAME = re.compile(r"(0|[1-9][0-9]{0,9})-[0-9a-f]{32}\.jsonl")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# The records are the prompts: the batch's directory and its parts are the producer's and the
+# workers' group's at most (the umask may narrow them further), never every user's.
+_DIR_MODE, _PART_MODE = 0o770, 0o640
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +85,34 @@ def parts_path(root: Path | str, batch: str) -> str:
     return os.path.join(os.path.realpath(root), PARTS_DIR, batch)
 
 
-def _open_dir(root: Path | str, batch: str, *, make: bool = False) -> int | None:
-    """A handle on the batch's part directory (made first if ``make``), walked one component at
-    a time from the root without following a link: a link planted in the place of either
-    directory is neither followed nor written through. None if there is no such directory."""
+def _open_dirs(root: Path | str, batch: str, *, make: bool = False) -> tuple[int, int] | None:
+    """Handles on the parts directory and the batch's part directory in it (made first if
+    ``make``), walked one component at a time from the root without following a link: a link
+    planted in the place of either directory is neither followed nor written through. None if
+    there is no such directory."""
     fds: list[int] = []
     try:
         fds.append(os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        for name in (PARTS_DIR, batch):
+        for name, mode in ((PARTS_DIR, 0o777), (batch, _DIR_MODE)):
             if make:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, dir_fd=fds[-1])  # never through a link: mkdir does not follow one
+                    os.mkdir(name, mode, dir_fd=fds[-1])  # never through a link: mkdir does not follow one
             fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW, dir_fd=fds[-1]))
     except OSError:
         for fd in fds:
             os.close(fd)
         return None
-    for fd in fds[:-1]:
-        os.close(fd)
-    return fds[-1]
+    os.close(fds[0])
+    return fds[1], fds[2]
+
+
+def _open_dir(root: Path | str, batch: str) -> int | None:
+    """A handle on the batch's part directory, as :func:`_open_dirs` walks to it."""
+    fds = _open_dirs(root, batch)
+    if fds is None:
+        return None
+    os.close(fds[0])
+    return fds[1]
 
 
 def write_part(root: Path | None, batch: str, chunk: int, data: bytes) -> PartRef | None:
@@ -116,7 +128,7 @@ def write_part(root: Path | None, batch: str, chunk: int, data: bytes) -> PartRe
         return None
     name = f"{chunk}-{uuid.uuid4().hex}.jsonl"
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o644, dir_fd=directory)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _PART_MODE, dir_fd=directory)
         try:
             with open(fd, "wb", closefd=False) as sink:
                 sink.write(data)
@@ -143,21 +155,25 @@ def remove_part(root: Path | None, batch: str, ref: PartRef) -> None:
 class PartDir:
     """The producer's side: the batch's part directory, made, read and removed through one handle."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, parent: int) -> None:
         self.path = path
         self._fd = fd
+        # The parts directory it was made in: removing it goes through this handle, not its path,
+        # in which a link may have been planted since.
+        self._parent = parent
 
     @classmethod
     def create(cls, root: Path, batch: str) -> PartDir | None:
         """Make (or, resuming, reopen) the batch's part directory; None if that cannot be done
         safely: the workers then find no directory and post their records through Redis."""
-        fd = _open_dir(root, batch, make=True)
-        if fd is None:
+        fds = _open_dirs(root, batch, make=True)
+        if fds is None:
             return None
-        if os.fstat(fd).st_uid != os.getuid():  # someone else's directory, planted under the batch's name
-            os.close(fd)
+        if os.fstat(fds[1]).st_uid != os.getuid():  # someone else's directory, planted under the batch's name
+            for fd in fds:
+                os.close(fd)
             return None
-        return cls(parts_path(root, batch), fd)
+        return cls(parts_path(root, batch), fds[1], fds[0])
 
     def load(self, ref: PartRef) -> bytes:
         """The part's bytes, checked against ``ref``.
@@ -197,6 +213,9 @@ class PartDir:
         """Delete the directory and every part left in it (duplicate deliveries, an unfinished batch)."""
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        # rmtree works through directory handles here (shutil.rmtree.avoids_symlink_attacks): a
-        # link planted in the directory is removed, never followed.
-        shutil.rmtree(self.path, ignore_errors=True)
+        # rmtree works through directory handles here (shutil.rmtree.avoids_symlink_attacks),
+        # from the parts directory's: a link planted in the directory, or in the place of the
+        # parts directory since, is removed or left, never followed.
+        shutil.rmtree(os.path.basename(self.path), ignore_errors=True, dir_fd=self._parent)
+        with contextlib.suppress(OSError):
+            os.close(self._parent)

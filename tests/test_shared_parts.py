@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,48 @@ HOSTILE_REFS = [
 def test_a_hostile_part_ref_is_refused_before_any_file_is_touched(value: object) -> None:
     with pytest.raises(ContractError, match=r"^a result's part"):
         PartRef.from_wire(value)
+
+
+def test_removing_the_directory_follows_no_link_planted_in_place_of_the_parts_directory(
+    tmp_path: Path, parts: PartDir
+) -> None:
+    # Given the parts directory moved away and a link in its place, to a tree holding a
+    # directory of the batch's name
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / BATCH).mkdir(parents=True)
+    (elsewhere / BATCH / "keep.txt").write_text("keep")
+    (tmp_path / PARTS_DIR).rename(tmp_path / "moved")
+    (tmp_path / PARTS_DIR).symlink_to(elsewhere)
+    # When the producer removes the batch's directory
+    parts.remove_all()
+    # Then what the link points at is untouched, and the directory the producer made is gone
+    assert (elsewhere / BATCH / "keep.txt").read_text() == "keep"
+    assert list((tmp_path / "moved").iterdir()) == []
+
+
+def test_a_part_and_its_directory_are_closed_to_other_users_whatever_the_umask(tmp_path: Path) -> None:
+    # The records are the prompts: no more readable than the producer's and workers' group.
+    old = os.umask(0)
+    try:
+        parts = PartDir.create(tmp_path, BATCH)
+        ref = write_part(tmp_path, BATCH, 1, RECORDS)
+    finally:
+        os.umask(old)
+    assert parts is not None and ref is not None
+    assert stat.S_IMODE(os.stat(parts.path).st_mode) & 0o007 == 0
+    assert stat.S_IMODE(os.stat(os.path.join(parts.path, ref.name)).st_mode) & 0o007 == 0
+
+
+def test_a_part_the_disk_has_no_room_for_is_not_left_behind_and_the_records_go_through_redis(
+    tmp_path: Path, parts: PartDir
+) -> None:
+    # A file size limit makes the write fail as a full disk does (EFBIG instead of ENOSPC).
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
+    try:
+        ref = write_part(tmp_path, BATCH, 1, RECORDS)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert ref is None and os.listdir(parts.path) == []
