@@ -37,7 +37,7 @@ __all__ = ["PARTS_DIR", "PartDir", "PartRef", "parts_path", "remove_part", "writ
 
 # Under HERMES_SHARED_ROOT: one directory a batch, named by its batch id (16 or 32 hex digits).
 PARTS_DIR = ".hermes-parts"
-_NAME = re.compile(r"(0|[1-9][0-9]{0,9})-[0-9a-f]{32}\.jsonl")
+_NAME = re.compile(r"(0|[1-9][0-9]{0,18})-[0-9a-f]{32}\.jsonl")  # any chunk number (MAX_CHUNK_NUMBER)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # The records are the prompts: the batch's directory and its parts are the producer's and the

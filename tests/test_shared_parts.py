@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes_worker.contract import MAX_VALUE_BYTES, ContractError
+from hermes_worker.contract import MAX_CHUNK_NUMBER, MAX_VALUE_BYTES, ContractError
 from hermes_worker.shared_parts import PARTS_DIR, PartDir, PartRef, parts_path, remove_part, write_part
 
 BATCH = "0123456789abcdef0123456789abcdef"
@@ -219,3 +219,9 @@ def test_a_part_the_disk_has_no_room_for_is_not_left_behind_and_the_records_go_t
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert ref is None and os.listdir(parts.path) == []
+
+
+def test_a_part_of_any_chunk_number_a_worker_accepts_is_one_the_producer_takes(tmp_path: Path, parts: PartDir) -> None:
+    ref = write_part(tmp_path, BATCH, MAX_CHUNK_NUMBER, RECORDS)
+    assert ref is not None
+    assert parts.load(PartRef.from_wire(json.loads(ref.to_wire()))) == RECORDS

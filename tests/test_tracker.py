@@ -459,6 +459,16 @@ def test_stream_entries_decode_into_what_the_tracker_observes() -> None:
             decode_entry(garbage)
 
 
+def test_a_result_naming_the_part_of_another_chunk_cannot_be_had() -> None:
+    # Given an entry for chunk 3 whose part is one of chunk 5's (a worker writes its own chunk's)
+    ref = {"name": "5-" + "a" * 32 + ".jsonl", "size": 2, "sha256": "b" * 64}
+    for number in (b"3", b"53", b'"5"', b"true"):
+        seen = decode_entry({b"r": b'{"chunk": ' + number + b"}", b"p": json.dumps(ref).encode()})
+        # Then it is not read (nor deleted once chunk 3 is written): the result is malformed
+        assert isinstance(seen, ResultPosted) and seen.part is None, number
+        assert seen.problem == f"a result's part: {ref['name']} is not one of this chunk's", number
+
+
 SENTENCES: list[tuple[Event, str]] = [
     (StreamEntryIgnored("JSONDecodeError"), "ignored a malformed entry on the result stream (JSONDecodeError)"),
     (ChunkRefused(4, Malformed("a result without its provenance")),
