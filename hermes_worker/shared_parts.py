@@ -40,9 +40,10 @@ PARTS_DIR = ".hermes-parts"
 _NAME = re.compile(r"(0|[1-9][0-9]{0,18})-[0-9a-f]{32}\.jsonl")  # any chunk number (MAX_CHUNK_NUMBER)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-# The records are the prompts: the batch's directory and its parts are the producer's and the
-# workers' group's at most (the umask may narrow them further), never every user's.
-_DIR_MODE, _PART_MODE = 0o770, 0o640
+# The records are the prompts: the batch's directory is the producer's and its group's at most
+# (the umask may narrow it further), never every user's. Its parts stay readable by all who
+# reach them, the producer included when it is not the workers' user (workers running as root).
+_DIR_MODE, _PART_MODE = 0o770, 0o644
 
 
 @dataclass(frozen=True, slots=True)
