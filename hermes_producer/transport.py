@@ -140,6 +140,8 @@ class ChunkTransport:
             message |= {TEXT_KEY: key, "count": span[1], "bad": []}  # the worker finds its bad lines
             if not self._parts_made:
                 self._make_parts()
+            if self._parts is not None:
+                message["parts"] = True  # workers write records only to a directory this producer took
             where = payload["range"]
             self._write_lines(key, SHARED_MARKER, size=where["end"] - where["start"])
             body = b""

@@ -3,8 +3,9 @@
 With a shared input, the lines of a chunk no longer cross Redis (:mod:`.shared_input`); this
 module keeps its records off Redis too, so that the producer moves O(chunks), not O(prompts),
 through it. The producer makes the batch's part directory, ``HERMES_SHARED_ROOT/.hermes-parts/
-BATCH`` (:meth:`PartDir.create`); a worker that finds it there writes a shared chunk's records
-to a file of its own in it (:func:`write_part`) and posts only a :class:`PartRef` (name, size,
+BATCH`` (:meth:`PartDir.create`) and says so in each shared chunk's request (``parts``); a
+worker so told that finds it there writes the chunk's records to a file of its own in it
+(:func:`write_part`) and posts only a :class:`PartRef` (name, size,
 SHA-256) on the result stream, where the records would have gone. The producer reads the part
 back through a handle on its directory (:meth:`PartDir.load`), checks size, SHA-256 and UTF-8,
 and writes the records exactly as if they had come through Redis.

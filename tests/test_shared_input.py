@@ -88,6 +88,19 @@ def test_a_request_carries_its_range_and_checks_it_on_decode() -> None:
         ChunkRequest.from_payload(request_payload(range=wire_range(path="/srv/../../etc/shadow")), reply)
 
 
+def test_a_request_says_whether_its_records_may_go_to_a_part_file() -> None:
+    # Only when the producer says so (it took the batch's part directory), and only for a range
+    reply = Reply("0" * 16, 60)
+    assert not ChunkRequest.from_payload(request_payload(), reply).parts
+    told = ChunkRequest.from_payload(request_payload(parts=True), reply)
+    assert told.parts and ChunkRequest.from_payload(told.to_payload(), reply) == told
+    without_range = {k: v for k, v in request_payload(parts=True).items() if k != "range"}
+    assert not ChunkRequest.from_payload(without_range, reply).parts
+    for hostile in ("yes", 1, None, [True]):
+        with pytest.raises(ContractError, match="'parts' must be true or false"):
+            ChunkRequest.from_payload(request_payload(parts=hostile), reply)
+
+
 def test_a_split_shared_chunk_travels_as_lines() -> None:
     payload = {"chunk": 1, "first": 1, "text": "a\nb", "bad": [], "range": wire_range()}
     assert all("range" not in part for part in split_request(payload))
