@@ -119,6 +119,8 @@ class CeleryExecutor:
     def __exit__(self, *exc_info: object) -> None:
         self.board.close()
         self.transport.close()
+        if exc_info[0] is not None:  # stopped (failed, interrupted): its part files must not outlive it
+            self.transport.drop_parts()
 
     def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
         """Name the batch's input on the board, with its size and how far it is read, for an ETA."""

@@ -90,6 +90,9 @@ def test_a_file_changed_under_the_batch_stops_it_with_a_clear_error(
     said = errors.read_text()
     assert "chunk 0 was refused" in said and "the file changed under the batch" in said, said
     assert "Traceback" not in said and "rerun with --resume" in said
+    # The records of the chunks that were done are not left on the shared storage, where nothing
+    # expires them (a resumed batch runs those chunks again).
+    assert list((tmp_path / ".hermes-parts").iterdir()) == []
 
 
 def test_a_worker_without_the_root_refuses_shared_chunks(
