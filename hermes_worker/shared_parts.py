@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import uuid
 from dataclasses import dataclass
@@ -213,11 +212,21 @@ class PartDir:
 
     def remove_all(self) -> None:
         """Delete the directory and every part left in it (duplicate deliveries, an unfinished batch)."""
+        # Through the handles, never the path, in which a link may have been planted since. Parts
+        # are files: each entry is unlinked (a planted link removed, never followed) or, if an
+        # empty directory, removed; nothing is descended into (a tree planted deeper than
+        # Python's recursion limit made shutil.rmtree raise RecursionError), so what such a tree
+        # holds stays, and the directory with it.
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self._fd):
+                try:
+                    os.unlink(name, dir_fd=self._fd)
+                except OSError:  # a directory (EISDIR, EPERM), or gone
+                    with contextlib.suppress(OSError):
+                        os.rmdir(name, dir_fd=self._fd)
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        # rmtree works through directory handles here (shutil.rmtree.avoids_symlink_attacks),
-        # from the parts directory's: a link planted in the directory, or in the place of the
-        # parts directory since, is removed or left, never followed.
-        shutil.rmtree(os.path.basename(self.path), ignore_errors=True, dir_fd=self._parent)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.basename(self.path), dir_fd=self._parent)
         with contextlib.suppress(OSError):
             os.close(self._parent)

@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,42 @@ def test_a_part_of_any_chunk_number_a_worker_accepts_is_one_the_producer_takes(t
     ref = write_part(tmp_path, BATCH, MAX_CHUNK_NUMBER, RECORDS)
     assert ref is not None
     assert parts.load(PartRef.from_wire(json.loads(ref.to_wire()))) == RECORDS
+
+
+def _nest(top: int, depth: int) -> None:
+    fd = os.dup(top)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+
+
+def _unnest(top: Path) -> None:
+    """Remove a tree of nested ``d`` directories a level at a time (no recursion, no long path)."""
+    while (top / "d").exists():
+        if (top / "d" / "d").exists():
+            os.rename(top / "d" / "d", top / "x")
+            os.rmdir(top / "d")
+            os.rename(top / "x", top / "d")
+        else:
+            os.rmdir(top / "d")
+
+
+def test_a_deep_tree_planted_in_the_directory_does_not_break_its_removal(tmp_path: Path, parts: PartDir) -> None:
+    # Given a part, and a tree of directories deeper than Python's recursion limit planted beside it
+    ref = write_part(tmp_path, BATCH, 1, RECORDS)
+    assert ref is not None
+    top = os.open(parts.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _nest(top, 3 * sys.getrecursionlimit())
+    finally:
+        os.close(top)
+    # When the producer removes the directory, Then it raises nothing (it raised RecursionError,
+    # which stopped a batch whose output was complete) and the part is gone
+    try:
+        parts.remove_all()
+        assert not os.path.exists(os.path.join(parts.path, ref.name))
+    finally:
+        _unnest(Path(parts.path))
