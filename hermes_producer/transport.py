@@ -141,7 +141,7 @@ class ChunkTransport:
             if not self._parts_made:
                 self._make_parts()
             if self._parts is not None:
-                message["parts"] = True  # workers write records only to a directory this producer took
+                message["parts"] = self._parts.owner  # workers write records only to a directory this producer took
             where = payload["range"]
             self._write_lines(key, SHARED_MARKER, size=where["end"] - where["start"])
             body = b""

@@ -116,16 +116,22 @@ def _open_dir(root: Path | str, batch: str) -> int | None:
     return fds[1]
 
 
-def write_part(root: Path | None, batch: str, chunk: int, data: bytes) -> PartRef | None:
-    """Write ``data`` (a chunk's records) to a new file of the batch's part directory; its ref.
+def write_part(root: Path | None, batch: str, chunk: int, data: bytes, owner: int) -> PartRef | None:
+    """Write ``data`` (a chunk's records) to a new file of the batch's part directory, which
+    must belong to user ``owner`` (the producer's, who made it); its ref.
 
     None, and nothing written, when there is no such directory (a batch not using parts, or no
-    shared root here) or it cannot be written: the records then go through Redis.
+    shared root here), it is another user's (put in the place of the producer's by someone who
+    can write the shared root, who would read the records there) or it cannot be written: the
+    records then go through Redis.
     """
     if root is None:
         return None
     directory = _open_dir(root, batch)
     if directory is None:
+        return None
+    if os.fstat(directory).st_uid != owner:
+        os.close(directory)
         return None
     name = f"{chunk}-{uuid.uuid4().hex}.jsonl"
     try:
@@ -159,6 +165,7 @@ class PartDir:
     def __init__(self, path: str, fd: int, parent: int) -> None:
         self.path = path
         self._fd = fd
+        self.owner = os.getuid()  # the directory's (create checks it): workers write only to a directory of this user's
         # The parts directory it was made in: removing it goes through this handle, not its path,
         # in which a link may have been planted since.
         self._parent = parent
