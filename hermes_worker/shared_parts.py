@@ -136,6 +136,10 @@ def write_part(root: Path | None, batch: str, chunk: int, data: bytes, owner: in
     name = f"{chunk}-{uuid.uuid4().hex}.jsonl"
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _PART_MODE, dir_fd=directory)
+    except OSError:  # not made: a file of that name (not ours to remove), no permission, no room
+        os.close(directory)
+        return None
+    try:
         try:
             with open(fd, "wb", closefd=False) as sink:
                 sink.write(data)

@@ -12,6 +12,7 @@ import resource
 import signal
 import stat
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,16 @@ def test_a_deep_tree_planted_in_the_directory_does_not_break_its_removal(tmp_pat
         assert not os.path.exists(os.path.join(parts.path, ref.name))
     finally:
         _unnest(Path(parts.path))
+
+
+def test_a_file_already_under_the_parts_name_is_neither_written_nor_removed(
+    tmp_path: Path, parts: PartDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a file of the name the worker is about to take (a uuid4 it did not draw alone)
+    drawn = uuid.UUID(int=7)
+    monkeypatch.setattr(uuid, "uuid4", lambda: drawn)
+    other = Path(parts.path) / f"1-{drawn.hex}.jsonl"
+    other.write_bytes(b"another's\n")
+    # Then the worker writes no part (its records go by Redis) and leaves that file as it was
+    assert write_part(tmp_path, BATCH, 1, RECORDS, ME) is None
+    assert other.read_bytes() == b"another's\n"
