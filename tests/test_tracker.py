@@ -344,6 +344,18 @@ def test_a_result_whose_part_file_cannot_be_had_is_refused_and_its_chunk_sent_ag
     assert cluster.written_chunks() == [0]
 
 
+def test_a_part_holding_a_record_too_few_becomes_error_records_not_a_short_chunk() -> None:
+    # Given a shared chunk of 2 lines whose part (read back, its hash the worker's) holds 1 record
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0, lines=2))
+    good = posted(cluster.last_sent(0), "local@w1")
+    part = PartRef("0-" + "a" * 32 + ".jsonl", 1, "b" * 64)
+    cluster.see(dataclasses.replace(good, text=good.text.split(b"\n", 1)[1], part=part))
+    # Then one record per input line is still kept: both lines get error records
+    assert cluster.events == [ResultUnreadable("local@w1", 1, 2, PAYLOAD_VERSION)]
+    assert [r["error"]["code"] for r in records(cluster.written[0][1])] == ["engine_failure"] * 2
+
+
 def test_a_result_of_another_hermes_version_becomes_error_records() -> None:
     cluster = FakeCluster(W1)
     cluster.submit(chunk(0, lines=2))
