@@ -184,7 +184,7 @@ class CeleryExecutor:
             try:
                 seen = decode_entry(fields)
                 if isinstance(seen, ResultPosted) and seen.part is not None:
-                    seen = self.transport.load_part(seen)
+                    seen = self.transport.load_part(seen) if self.tracker.wants_result(seen) else None
                 if seen is not None:
                     self.tracker.observe(seen, time.monotonic())
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

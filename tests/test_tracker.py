@@ -356,6 +356,22 @@ def test_a_part_holding_a_record_too_few_becomes_error_records_not_a_short_chunk
     assert [r["error"]["code"] for r in records(cluster.written[0][1])] == ["engine_failure"] * 2
 
 
+def test_only_a_result_the_tracker_waits_for_has_its_part_read() -> None:
+    # Given a shared chunk's result posted with its part (not read yet)
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0, lines=2))
+    good = posted(cluster.last_sent(0), "local@w1")
+    unread = dataclasses.replace(good, text=b"", part=PartRef("0-" + "a" * 32 + ".jsonl", 1, "b" * 64))
+    assert cluster.tracker.wants_result(unread)
+    # Then one of other lines numbered alike, or of a chunk not ours, is not worth reading
+    assert not cluster.tracker.wants_result(dataclasses.replace(unread, result=dict(good.result, first=999)))
+    assert not cluster.tracker.wants_result(dataclasses.replace(unread, chunk=7))
+    # nor, once the chunk is written, a second delivery's or the same entry posted again: a
+    # 200-byte stream entry would otherwise cost the producer up to 64 MiB read and hashed
+    cluster.see(good)
+    assert cluster.written_chunks() == [0] and not cluster.tracker.wants_result(unread)
+
+
 def test_a_result_of_another_hermes_version_becomes_error_records() -> None:
     cluster = FakeCluster(W1)
     cluster.submit(chunk(0, lines=2))
