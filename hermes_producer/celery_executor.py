@@ -119,6 +119,8 @@ class CeleryExecutor:
     def __exit__(self, *exc_info: object) -> None:
         self.board.close()
         self.transport.close()
+        if exc_info[0] is not None:  # stopped (failed, interrupted): its part files must not outlive it
+            self.transport.drop_parts()
 
     def follow_input(self, name: str, size: int | None, position: Callable[[], int] | None) -> None:
         """Name the batch's input on the board, with its size and how far it is read, for an ETA."""
@@ -182,7 +184,7 @@ class CeleryExecutor:
             try:
                 seen = decode_entry(fields)
                 if isinstance(seen, ResultPosted) and seen.part is not None:
-                    seen = self.transport.load_part(seen)
+                    seen = self.transport.load_part(seen) if self.tracker.wants_result(seen) else None
                 if seen is not None:
                     self.tracker.observe(seen, time.monotonic())
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -122,9 +122,14 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Observation | None:
         if b"p" not in fields:
             return ResultPosted(chunk, result, fields.get(b"t", b""))
         try:
-            return ResultPosted(chunk, result, b"", part=PartRef.from_wire(json.loads(fields[b"p"])))
+            part = PartRef.from_wire(json.loads(fields[b"p"]))
         except ValueError as exc:  # ContractError or JSON: the records cannot be had
             return ResultPosted(chunk, result, b"", problem=str(exc))
+        if type(chunk) is not int or not part.name.startswith(f"{chunk}-"):
+            # A worker writes its own chunk's part: another's would be written as this chunk's
+            # records and deleted with them, before that chunk's own result came to read it.
+            return ResultPosted(chunk, result, b"", problem=f"a result's part: {part.name} is not one of this chunk's")
+        return ResultPosted(chunk, result, b"", part=part)
     kind = next((k for k in (b"s", b"m", b"f", _REFUSED) if k in fields), None)
     if kind is None:
         return None

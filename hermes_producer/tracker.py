@@ -142,6 +142,14 @@ class ChunkTracker(ChunkLedger):
         """Entries came on the result stream: the workers are not silent."""
         self._heard_at = now
 
+    def wants_result(self, seen: ResultPosted) -> bool:
+        """Whether :meth:`observe` would take ``seen`` in: a result whose records are in a part
+        file is read only then (a duplicate, a stranger or a replayed entry costs no read)."""
+        waiting = self._chunks.get(seen.chunk)
+        if waiting is None or seen.chunk in self._ready:
+            return False
+        return "text" not in waiting.payload or seen.result.get("first") == waiting.payload.get("first")
+
     def observe(self, seen: Observation, now: float) -> None:
         """Take a notice or a result read from the stream; duplicates and strangers are dropped.
 

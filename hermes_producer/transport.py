@@ -141,6 +141,8 @@ class ChunkTransport:
             message |= {TEXT_KEY: key, "count": span[1], "bad": []}  # the worker finds its bad lines
             if not self._parts_made:
                 self._make_parts()
+            if self._parts is not None:
+                message["parts"] = self._parts.owner  # workers write records only to a directory this producer took
             where = payload["range"]
             self._write_lines(key, SHARED_MARKER, size=where["end"] - where["start"])
             body = b""
@@ -296,9 +298,7 @@ class ChunkTransport:
         """
         with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
             self.cluster.redis.delete(self.stream)
-        if self._parts is not None:
-            self._parts.remove_all()
-            self._parts = None
+        self.drop_parts()
         if self._troubled:
             keys = [self.reply.text_key(chunk) for chunk in sorted(self._sent)]
             with contextlib.suppress(redis.RedisError):  # they expire with the results anyway
@@ -311,6 +311,14 @@ class ChunkTransport:
             purge_quietly(self._broker.default_channel, prefix, (QUEUE_LOCAL, QUEUE_CONTAINER))
         except Exception:  # no broker now: what stays is taken for nothing later (BatchEnded)
             self.close()
+
+    def drop_parts(self) -> None:
+        """Remove the batch's part directory and every part in it: when the batch ends, done or
+        stopped. Nothing expires a part, unlike a Redis value; a resumed batch makes the
+        directory again and runs the chunks whose parts are gone again."""
+        if self._parts is not None:
+            self._parts.remove_all()
+            self._parts = None
 
     def close(self) -> None:
         """Release the broker connection opened for queue depths, if any."""

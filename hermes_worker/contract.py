@@ -131,6 +131,7 @@ ERROR_CODES = frozenset(ITEM_CODES)
 # the broker can send a task message by hand, so nothing in one is taken on trust (SECURITY.md).
 MAX_CHUNK_NUMBER = (1 << 62) - 1  # producers number chunks from 0; `hermes queue` by the million
 MAX_LINE_NUMBER = (1 << 62) - 1
+MAX_USER_ID = (1 << 32) - 1  # a user id: a --shared batch's producer, owner of its part directory
 MAX_CHUNK_LINES = 1 << 20  # lines or items in one chunk (HERMES_CHUNK_SIZE is checked against it)
 MAX_PROMPT_BYTES = 64 * 1024 * 1024  # HERMES_MAX_PROMPT_BYTES at most: no larger frame crosses the sandbox
 MAX_VALIDATION = 1000  # validation rounds (--max-validation)

@@ -288,12 +288,12 @@ class ChunkHandler:
     def _write_part(self, job: Job, fields: dict[str, str | bytes]) -> PartRef | None:
         """A shared chunk's records to a part file (:mod:`.shared_parts`), if its batch takes
         parts: ``fields`` then carry the part's ref (``p``) instead of the records (``t``)."""
-        if job.request.source is None:
-            return None
+        if job.request.source is None or job.request.parts is None:
+            return None  # its producer took no part directory: one there is not one it reads
         batch = job.stream[len(contract.RESULTS_PREFIX) :]
         records = fields["t"]
         assert isinstance(records, bytes)
-        part = write_part(self.settings.shared_root, batch, job.chunk, records)
+        part = write_part(self.settings.shared_root, batch, job.chunk, records, job.request.parts)
         if part is not None:
             del fields["t"]
             fields["p"] = part.to_wire()

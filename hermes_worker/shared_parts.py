@@ -3,8 +3,9 @@
 With a shared input, the lines of a chunk no longer cross Redis (:mod:`.shared_input`); this
 module keeps its records off Redis too, so that the producer moves O(chunks), not O(prompts),
 through it. The producer makes the batch's part directory, ``HERMES_SHARED_ROOT/.hermes-parts/
-BATCH`` (:meth:`PartDir.create`); a worker that finds it there writes a shared chunk's records
-to a file of its own in it (:func:`write_part`) and posts only a :class:`PartRef` (name, size,
+BATCH`` (:meth:`PartDir.create`) and says so in each shared chunk's request (``parts``); a
+worker so told that finds it there writes the chunk's records to a file of its own in it
+(:func:`write_part`) and posts only a :class:`PartRef` (name, size,
 SHA-256) on the result stream, where the records would have gone. The producer reads the part
 back through a handle on its directory (:meth:`PartDir.load`), checks size, SHA-256 and UTF-8,
 and writes the records exactly as if they had come through Redis.
@@ -24,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import uuid
 from dataclasses import dataclass
@@ -37,9 +37,13 @@ __all__ = ["PARTS_DIR", "PartDir", "PartRef", "parts_path", "remove_part", "writ
 
 # Under HERMES_SHARED_ROOT: one directory a batch, named by its batch id (16 or 32 hex digits).
 PARTS_DIR = ".hermes-parts"
-_NAME = re.compile(r"(0|[1-9][0-9]{0,9})-[0-9a-f]{32}\.jsonl")
+_NAME = re.compile(r"(0|[1-9][0-9]{0,18})-[0-9a-f]{32}\.jsonl")  # any chunk number (MAX_CHUNK_NUMBER)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# The records are the prompts: the batch's directory is the producer's and its group's at most
+# (the umask may narrow it further), never every user's. Its parts stay readable by all who
+# reach them, the producer included when it is not the workers' user (workers running as root).
+_DIR_MODE, _PART_MODE = 0o770, 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,41 +86,60 @@ def parts_path(root: Path | str, batch: str) -> str:
     return os.path.join(os.path.realpath(root), PARTS_DIR, batch)
 
 
-def _open_dir(root: Path | str, batch: str, *, make: bool = False) -> int | None:
-    """A handle on the batch's part directory (made first if ``make``), walked one component at
-    a time from the root without following a link: a link planted in the place of either
-    directory is neither followed nor written through. None if there is no such directory."""
+def _open_dirs(root: Path | str, batch: str, *, make: bool = False) -> tuple[int, int] | None:
+    """Handles on the parts directory and the batch's part directory in it (made first if
+    ``make``), walked one component at a time from the root without following a link: a link
+    planted in the place of either directory is neither followed nor written through. None if
+    there is no such directory."""
     fds: list[int] = []
     try:
         fds.append(os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        for name in (PARTS_DIR, batch):
+        for name, mode in ((PARTS_DIR, 0o777), (batch, _DIR_MODE)):
             if make:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, dir_fd=fds[-1])  # never through a link: mkdir does not follow one
+                    os.mkdir(name, mode, dir_fd=fds[-1])  # never through a link: mkdir does not follow one
             fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW, dir_fd=fds[-1]))
     except OSError:
         for fd in fds:
             os.close(fd)
         return None
-    for fd in fds[:-1]:
-        os.close(fd)
-    return fds[-1]
+    os.close(fds[0])
+    return fds[1], fds[2]
 
 
-def write_part(root: Path | None, batch: str, chunk: int, data: bytes) -> PartRef | None:
-    """Write ``data`` (a chunk's records) to a new file of the batch's part directory; its ref.
+def _open_dir(root: Path | str, batch: str) -> int | None:
+    """A handle on the batch's part directory, as :func:`_open_dirs` walks to it."""
+    fds = _open_dirs(root, batch)
+    if fds is None:
+        return None
+    os.close(fds[0])
+    return fds[1]
+
+
+def write_part(root: Path | None, batch: str, chunk: int, data: bytes, owner: int) -> PartRef | None:
+    """Write ``data`` (a chunk's records) to a new file of the batch's part directory, which
+    must belong to user ``owner`` (the producer's, who made it); its ref.
 
     None, and nothing written, when there is no such directory (a batch not using parts, or no
-    shared root here) or it cannot be written: the records then go through Redis.
+    shared root here), it is another user's (put in the place of the producer's by someone who
+    can write the shared root, who would read the records there) or it cannot be written: the
+    records then go through Redis.
     """
     if root is None:
         return None
     directory = _open_dir(root, batch)
     if directory is None:
         return None
+    if os.fstat(directory).st_uid != owner:
+        os.close(directory)
+        return None
     name = f"{chunk}-{uuid.uuid4().hex}.jsonl"
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o644, dir_fd=directory)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _PART_MODE, dir_fd=directory)
+    except OSError:  # not made: a file of that name (not ours to remove), no permission, no room
+        os.close(directory)
+        return None
+    try:
         try:
             with open(fd, "wb", closefd=False) as sink:
                 sink.write(data)
@@ -143,21 +166,26 @@ def remove_part(root: Path | None, batch: str, ref: PartRef) -> None:
 class PartDir:
     """The producer's side: the batch's part directory, made, read and removed through one handle."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, parent: int) -> None:
         self.path = path
         self._fd = fd
+        self.owner = os.getuid()  # the directory's (create checks it): workers write only to a directory of this user's
+        # The parts directory it was made in: removing it goes through this handle, not its path,
+        # in which a link may have been planted since.
+        self._parent = parent
 
     @classmethod
     def create(cls, root: Path, batch: str) -> PartDir | None:
         """Make (or, resuming, reopen) the batch's part directory; None if that cannot be done
         safely: the workers then find no directory and post their records through Redis."""
-        fd = _open_dir(root, batch, make=True)
-        if fd is None:
+        fds = _open_dirs(root, batch, make=True)
+        if fds is None:
             return None
-        if os.fstat(fd).st_uid != os.getuid():  # someone else's directory, planted under the batch's name
-            os.close(fd)
+        if os.fstat(fds[1]).st_uid != os.getuid():  # someone else's directory, planted under the batch's name
+            for fd in fds:
+                os.close(fd)
             return None
-        return cls(parts_path(root, batch), fd)
+        return cls(parts_path(root, batch), fds[1], fds[0])
 
     def load(self, ref: PartRef) -> bytes:
         """The part's bytes, checked against ``ref``.
@@ -195,8 +223,21 @@ class PartDir:
 
     def remove_all(self) -> None:
         """Delete the directory and every part left in it (duplicate deliveries, an unfinished batch)."""
+        # Through the handles, never the path, in which a link may have been planted since. Parts
+        # are files: each entry is unlinked (a planted link removed, never followed) or, if an
+        # empty directory, removed; nothing is descended into (a tree planted deeper than
+        # Python's recursion limit made shutil.rmtree raise RecursionError), so what such a tree
+        # holds stays, and the directory with it.
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self._fd):
+                try:
+                    os.unlink(name, dir_fd=self._fd)
+                except OSError:  # a directory (EISDIR, EPERM), or gone
+                    with contextlib.suppress(OSError):
+                        os.rmdir(name, dir_fd=self._fd)
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        # rmtree works through directory handles here (shutil.rmtree.avoids_symlink_attacks): a
-        # link planted in the directory is removed, never followed.
-        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.basename(self.path), dir_fd=self._parent)
+        with contextlib.suppress(OSError):
+            os.close(self._parent)

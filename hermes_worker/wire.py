@@ -31,7 +31,11 @@ items already parsed (``hermes run``, ``hermes queue``, tests)::
 
 A text request of a shared input (``hermes batch --shared``) also carries ``range``
 (:class:`~hermes_worker.shared_input.ByteRange`: ``path``, ``start``, ``end``, ``sha256``): in its
-task message the key holds a marker, and the worker reads and checks the range instead.
+task message the key holds a marker, and the worker reads and checks the range instead. With
+``"parts": UID`` the producer (user id UID) took the batch's part directory, and the worker may
+write the chunk's records there (:mod:`~hermes_worker.shared_parts`) if it is still UID's;
+without it, never (a directory of the batch's name the producer did not take is not one it
+reads, and one put in its place by another user is not the producer's).
 
 An item whose fourth field is set failed before it reached the engine; the worker turns it
 into its error record so that records stay in input order.
@@ -81,6 +85,7 @@ from .contract import (
     MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
     MAX_RESULT_TTL_S,
+    MAX_USER_ID,
     PAYLOAD_VERSION,
     RESULTS_PREFIX,
     TEXT_KEY,
@@ -284,6 +289,7 @@ class ChunkRequest:
     count: int | None = None
     isolation: str | None = None
     source: ByteRange | None = None  # a shared input's bytes that hold the lines (``range``)
+    parts: int | None = None  # with ``source``: the records may go to a part file of this user's (``parts``)
 
     def to_payload(self) -> dict[str, Any]:
         payload = {"v": PAYLOAD_VERSION, "chunk": self.chunk, "profile": dict(self.profile)} | self.options.to_wire()
@@ -299,6 +305,8 @@ class ChunkRequest:
             return payload
         if self.source is not None:
             payload["range"] = self.source.to_wire()
+            if self.parts is not None:
+                payload["parts"] = self.parts
         return payload
 
     def bad_lines(self) -> dict[int, tuple[str, str]]:
@@ -358,9 +366,13 @@ class ChunkRequest:
         if source is not None and count > source.end - source.start:
             size = source.end - source.start
             raise ContractError(f"chunk payload: {count} lines cannot fit in the {size} bytes of 'range'")
+        parts = payload.get("parts")
+        if parts is not None and (type(parts) is not int or not 0 <= parts <= MAX_USER_ID):
+            raise ContractError(f"chunk payload: 'parts' must be a user id, an integer from 0 to {MAX_USER_ID}")
+        parts = None if source is None else parts
         if text is not None:
-            return replace(self, text=text, first=first, format=fmt, bad=bad, source=source)
-        return replace(self, text_key=key, count=count, first=first, format=fmt, bad=bad, source=source)
+            return replace(self, text=text, first=first, format=fmt, bad=bad, source=source, parts=parts)
+        return replace(self, text_key=key, count=count, first=first, format=fmt, bad=bad, source=source, parts=parts)
 
 
 def _bad_lines(bad: Any, count: int) -> list[list[Any]]:

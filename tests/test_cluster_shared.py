@@ -90,6 +90,9 @@ def test_a_file_changed_under_the_batch_stops_it_with_a_clear_error(
     said = errors.read_text()
     assert "chunk 0 was refused" in said and "the file changed under the batch" in said, said
     assert "Traceback" not in said and "rerun with --resume" in said
+    # The records of the chunks that were done are not left on the shared storage, where nothing
+    # expires them (a resumed batch runs those chunks again).
+    assert list((tmp_path / ".hermes-parts").iterdir()) == []
 
 
 def test_a_worker_without_the_root_refuses_shared_chunks(
@@ -141,3 +144,26 @@ def test_a_link_planted_in_place_of_the_part_directory_is_not_followed_and_the_r
     # Nothing was made or written where the link points; the records came through Redis instead.
     assert list(elsewhere.iterdir()) == []
     assert net_input(redis_server) - before > (tmp_path / "out.jsonl").stat().st_size
+
+
+def test_a_resumed_producer_that_cannot_take_its_part_directory_gets_the_records_by_redis(
+    start_worker: WorkerFactory, cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a killed shared batch whose part directory is someone else's when it resumes (another
+    # user resuming, or the directory replaced), which the producer therefore does not read
+    env = dict(cluster_env, HERMES_SHARED_ROOT=str(tmp_path))
+    start_worker("w1", env={"HERMES_SHARED_ROOT": str(tmp_path)})
+    count = 60_000
+    src = make_input(tmp_path / "in.jsonl", count)
+    out, journal = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial.journal"
+    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--shared",
+               "--chunk-size", "100", "--isolation", "local"]  # fmt: skip
+    run_until_chunks_then_kill(command, env, tmp_path, journal)
+    [batch_dir] = (tmp_path / ".hermes-parts").iterdir()
+    os.chown(batch_dir, 12345, 12345)
+    # When it resumes, the workers (root here: they could write there) are not told to use it
+    resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # Then the records come through Redis and the batch completes, the directory left as it is
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["id"] for r in read_records(out)] == [f"p{n}" for n in range(count)]
+    assert batch_dir.is_dir()

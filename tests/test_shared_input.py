@@ -89,6 +89,20 @@ def test_a_request_carries_its_range_and_checks_it_on_decode() -> None:
         ChunkRequest.from_payload(request_payload(range=wire_range(path="/srv/../../etc/shadow")), reply)
 
 
+def test_a_request_says_whether_its_records_may_go_to_a_part_file_and_whose_it_is() -> None:
+    # Only when the producer says so (it took the batch's part directory, its user id), for a range
+    reply = Reply("0" * 16, 60)
+    assert ChunkRequest.from_payload(request_payload(), reply).parts is None
+    told = ChunkRequest.from_payload(request_payload(parts=1000), reply)
+    assert told.parts == 1000 and ChunkRequest.from_payload(told.to_payload(), reply) == told
+    assert ChunkRequest.from_payload(request_payload(parts=0), reply).parts == 0
+    without_range = {k: v for k, v in request_payload(parts=1000).items() if k != "range"}
+    assert ChunkRequest.from_payload(without_range, reply).parts is None
+    for hostile in ("1000", True, -1, 1 << 32, 1.0, [1]):
+        with pytest.raises(ContractError, match="'parts' must be a user id"):
+            ChunkRequest.from_payload(request_payload(parts=hostile), reply)
+
+
 def test_a_split_shared_chunk_travels_as_lines() -> None:
     payload = {"chunk": 1, "first": 1, "text": "a\nb", "bad": [], "range": wire_range()}
     assert all("range" not in part for part in split_request(payload))

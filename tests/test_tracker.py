@@ -344,6 +344,34 @@ def test_a_result_whose_part_file_cannot_be_had_is_refused_and_its_chunk_sent_ag
     assert cluster.written_chunks() == [0]
 
 
+def test_a_part_holding_a_record_too_few_becomes_error_records_not_a_short_chunk() -> None:
+    # Given a shared chunk of 2 lines whose part (read back, its hash the worker's) holds 1 record
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0, lines=2))
+    good = posted(cluster.last_sent(0), "local@w1")
+    part = PartRef("0-" + "a" * 32 + ".jsonl", 1, "b" * 64)
+    cluster.see(dataclasses.replace(good, text=good.text.split(b"\n", 1)[1], part=part))
+    # Then one record per input line is still kept: both lines get error records
+    assert cluster.events == [ResultUnreadable("local@w1", 1, 2, PAYLOAD_VERSION)]
+    assert [r["error"]["code"] for r in records(cluster.written[0][1])] == ["engine_failure"] * 2
+
+
+def test_only_a_result_the_tracker_waits_for_has_its_part_read() -> None:
+    # Given a shared chunk's result posted with its part (not read yet)
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0, lines=2))
+    good = posted(cluster.last_sent(0), "local@w1")
+    unread = dataclasses.replace(good, text=b"", part=PartRef("0-" + "a" * 32 + ".jsonl", 1, "b" * 64))
+    assert cluster.tracker.wants_result(unread)
+    # Then one of other lines numbered alike, or of a chunk not ours, is not worth reading
+    assert not cluster.tracker.wants_result(dataclasses.replace(unread, result=dict(good.result, first=999)))
+    assert not cluster.tracker.wants_result(dataclasses.replace(unread, chunk=7))
+    # nor, once the chunk is written, a second delivery's or the same entry posted again: a
+    # 200-byte stream entry would otherwise cost the producer up to 64 MiB read and hashed
+    cluster.see(good)
+    assert cluster.written_chunks() == [0] and not cluster.tracker.wants_result(unread)
+
+
 def test_a_result_of_another_hermes_version_becomes_error_records() -> None:
     cluster = FakeCluster(W1)
     cluster.submit(chunk(0, lines=2))
@@ -457,6 +485,16 @@ def test_stream_entries_decode_into_what_the_tracker_observes() -> None:
     for garbage in ({b"r": b"{not json"}, {b"r": b"[1, 2]"}, {b"m": b'{"chunk": {"a": 1}}'}, {b"s": b"7"}):
         with pytest.raises((ValueError, TypeError, AttributeError)):
             decode_entry(garbage)
+
+
+def test_a_result_naming_the_part_of_another_chunk_cannot_be_had() -> None:
+    # Given an entry for chunk 3 whose part is one of chunk 5's (a worker writes its own chunk's)
+    ref = {"name": "5-" + "a" * 32 + ".jsonl", "size": 2, "sha256": "b" * 64}
+    for number in (b"3", b"53", b'"5"', b"true"):
+        seen = decode_entry({b"r": b'{"chunk": ' + number + b"}", b"p": json.dumps(ref).encode()})
+        # Then it is not read (nor deleted once chunk 3 is written): the result is malformed
+        assert isinstance(seen, ResultPosted) and seen.part is None, number
+        assert seen.problem == f"a result's part: {ref['name']} is not one of this chunk's", number
 
 
 SENTENCES: list[tuple[Event, str]] = [
