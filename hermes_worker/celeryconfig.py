@@ -144,11 +144,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_channel_error_retry": True,
         # A process that grew past this is replaced after its current chunk (huge prompts).
         "worker_max_memory_per_child": settings.max_memory_per_child_mb * 1024,
-        # Task events feed monitors (Flower): by default a worker sends them once one asks for them
-        # (Flower broadcasts enable_events at start and every 5 s); they are most of the cost of a
-        # small chunk otherwise (publishing three events a chunk took a fifth of a worker's CPU at
-        # 8 prompts a chunk). HERMES_TASK_EVENTS=1 sends them from the start. Worker heartbeats
-        # (worker events) go either way.
+        # Task events only once a monitor asks (Flower does, at start and every 5 s): they took a
+        # fifth of a worker's CPU at 8 prompts a chunk. HERMES_TASK_EVENTS=1: from the start.
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         # Each queue on its own direct exchange, keyed by its name (Celery's own way with its
