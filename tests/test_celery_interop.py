@@ -137,6 +137,8 @@ def test_no_prompt_reaches_the_workers_log_or_its_task_events(client: Celery, wo
         listening.start()
         try:
             wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in events), 20, 0.1, "the events to flow")
+            # Task events flow once a monitor asks for them, as Flower does (HERMES_TASK_EVENTS)
+            assert client.control.broadcast("enable_events", reply=True, timeout=10)
             result = client.send_task("hermes.normalize", args=[[secret, secret + "  x"]])
             assert [r["text"] for r in result.get(timeout=30)] == [secret, secret + "  x"]
             done = ("task-succeeded", result.id)
