@@ -23,15 +23,16 @@ def get(data: Any, *path: str) -> Any:
 
 # What would remove each producer stage's cost (the stage names of bench/producer_stages.py).
 REMEDY = {
-    "result read: XREAD + decode": "the producer decodes each result's counts (JSON with one id per record) and "
-    "UTF-8-decodes its records to check them, then writes the raw bytes it already had: check the records as bytes "
-    "(count the newlines, validate UTF-8 without making a str) and send the ids as runs (the guard already keeps "
-    "consecutive integers as runs)",
-    "read + split input": "the lines are split in C already; what is left is the per-line length and UTF-8 checks "
-    "in Python (one decode of the whole chunk instead of per line)",
-    "send: Celery send_task": "Celery builds a message and a task-sent event per chunk (kombu's Redis channel "
-    "now reuses one client for both, hermes_worker/kombu_clients.py); the task-sent event only while a monitor "
-    "listens, and several chunks' messages in one pipeline, would remove most of what is left",
+    "result read: XREAD + decode": "redis-py now parses the reply in C (hiredis); the producer still decodes each "
+    "result's counts (JSON with one id per record) and UTF-8-decodes its records to check them, then writes the raw "
+    "bytes it already had: validating UTF-8 without making a str (no such call in the standard library) and ids "
+    "sent as runs would remove most of it",
+    "read + split input": "the lines are split in C and each chunk decoded once (the check that it is UTF-8) and "
+    "sent as the bytes read; what is left is joining the lines of a chunk again, which slicing the read block "
+    "would spare",
+    "send: Celery send_task": "Celery builds and publishes one message a chunk (no task-sent event unless "
+    "HERMES_TASK_EVENTS=1, the queue declared with the batch's first message only); several chunks' messages in "
+    "one pipeline would remove most of what is left",
     "send: SET lines": "one SET per chunk, in the same pipeline as the message would save a round trip",
     "send: argsrepr summary": "the sha256 of the chunk's lines for Flower: a hash of the bytes (already C), or "
     "none while no monitor listens",
@@ -127,15 +128,15 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
     return [
         f"**chunk_fixed_ms = {report.get('chunk_fixed_ms')}** (target 0.6): the sweep's fit puts "
         f"{model['per_chunk_us']:,.0f} µs of CPU on every chunk, whatever its size ({by_group}). The scale section "
-        f"measures the same per-chunk costs without the engine: the simulated workers (Celery's consumer, prefork "
-        f"pipe and task events, the guard, the start notice and the lines in one round trip, the result's pipeline, "
+        f"measures the same per-chunk costs without the engine: the simulated workers (Celery's consumer and prefork "
+        f"pipe, the guard, the start notice and the lines in one round trip, the result's pipeline, "
         f"the ack) {sim if sim is None else f'{sim:,.0f}'} µs, Redis {redis if redis is None else f'{redis:,.0f}'} µs, "
         f"the producer {producer if producer is None else f'{producer:,.0f}'} µs; so about {engine_side} µs of the "
         f"workers' share is per-chunk work around the engine (request decode and check, the profile's plan, "
         f"provenance, the result's counts).{events} Done here: the chunk latency histogram is one Redis command "
-        f"a chunk instead of thirteen, the main process writes no cluster event when it receives a task, and "
-        f"kombu's channels reuse one client each. To reach 0.6 ms every part must shrink further: Celery task "
-        f"events only while a monitor listens (Flower enables them itself), one Redis round "
+        f"a chunk instead of thirteen, the main process writes no cluster event when it receives a task, "
+        f"kombu's channels reuse one client each, and Celery task events go only once a monitor asks for them. "
+        f"To reach 0.6 ms every part must shrink further: one Redis round "
         f"trip a chunk instead of two (the start notice riding with the result for chunks that finish within a "
         f"heartbeat: the tracker's stranded-chunk rule would have to wait that long), and the prefork pipe gone "
         f"(one solo-pool worker per core)."
