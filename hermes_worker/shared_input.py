@@ -29,6 +29,8 @@ __all__ = ["MAX_PATH_CHARS", "MAX_RANGE_END", "ByteRange", "range_lines", "read_
 MAX_PATH_CHARS = 4096
 MAX_RANGE_END = 1 << 50  # a petabyte: past any real file, far below what JSON numbers lose
 _HEX = frozenset("0123456789abcdef")
+# Opening a shared file never follows a link in its last component, nor leaks into a child.
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _path_problem(path: Any) -> str | None:
@@ -119,6 +121,24 @@ def _within(root: Path | None, path: str) -> str:
     return real
 
 
+def open_regular(name: str, path: str, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """A read handle on the regular file ``path`` (under the directory ``dir_fd``, if given) and its
+    status: never through a link, never blocked on a FIFO. ``name`` says what it is in errors.
+
+    Raises:
+        ContractError: it cannot be opened, or it is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NO_FOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        raise ContractError(f"{name} cannot be read: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ContractError(f"{name} is not a regular file")
+    return fd, info
+
+
 def read_range(
     root: Path | None, where: ByteRange, count: int, fmt: InputFormat, max_prompt_bytes: int
 ) -> tuple[str, list[list[Any]]]:
@@ -130,14 +150,8 @@ def read_range(
             its bytes are not the producer's (the file changed under the batch).
     """
     real = _within(root, where.path)
+    fd, info = open_regular(f"shared input {shown(where.path)}", real)
     try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ContractError(f"shared input {shown(where.path)} cannot be read: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ContractError(f"shared input {shown(where.path)} is not a regular file")
         if where.end > info.st_size:
             raise ContractError(f"shared input {shown(where.path)} is {info.st_size:,} bytes, shorter than the "
                                 f"range [{where.start}, {where.end}): it changed under the batch")  # fmt: skip

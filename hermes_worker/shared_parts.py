@@ -25,13 +25,13 @@ import hashlib
 import json
 import os
 import re
-import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .contract import MAX_VALUE_BYTES, ContractError
+from .shared_input import NO_FOLLOW, open_regular
 
 __all__ = ["PARTS_DIR", "PartDir", "PartRef", "parts_path", "remove_part", "write_part"]
 
@@ -39,7 +39,6 @@ __all__ = ["PARTS_DIR", "PartDir", "PartRef", "parts_path", "remove_part", "writ
 PARTS_DIR = ".hermes-parts"
 _NAME = re.compile(r"(0|[1-9][0-9]{0,18})-[0-9a-f]{32}\.jsonl")  # any chunk number (MAX_CHUNK_NUMBER)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # The records are the prompts: the batch's directory is the producer's and its group's at most
 # (the umask may narrow it further), never every user's. Its parts stay readable by all who
 # reach them, the producer included when it is not the workers' user (workers running as root).
@@ -98,7 +97,7 @@ def _open_dirs(root: Path | str, batch: str, *, make: bool = False) -> tuple[int
             if make:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, mode, dir_fd=fds[-1])  # never through a link: mkdir does not follow one
-            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW, dir_fd=fds[-1]))
+            fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | NO_FOLLOW, dir_fd=fds[-1]))
     except OSError:
         for fd in fds:
             os.close(fd)
@@ -135,7 +134,7 @@ def write_part(root: Path | None, batch: str, chunk: int, data: bytes, owner: in
         return None
     name = f"{chunk}-{uuid.uuid4().hex}.jsonl"
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, _PART_MODE, dir_fd=directory)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, _PART_MODE, dir_fd=directory)
     except OSError:  # not made: a file of that name (not ours to remove), no permission, no room
         os.close(directory)
         return None
@@ -195,14 +194,8 @@ class PartDir:
                 wrote (size or SHA-256), or not UTF-8.
         """
         where = f"part {ref.name}"
+        fd, info = open_regular(where, ref.name, self._fd)
         try:
-            fd = os.open(ref.name, os.O_RDONLY | os.O_NONBLOCK | _NO_FOLLOW, dir_fd=self._fd)
-        except OSError as exc:
-            raise ContractError(f"{where} cannot be read: {exc.strerror or exc}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ContractError(f"{where} is not a regular file")
             if info.st_size != ref.size:
                 raise ContractError(f"{where} is {info.st_size:,} bytes, not the {ref.size:,} the worker wrote")
             data = os.read(fd, ref.size + 1) if ref.size else b""

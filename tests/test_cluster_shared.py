@@ -28,6 +28,18 @@ def hostile_input(path: Path, count: int) -> Path:
     return path
 
 
+def killed_shared_batch(cluster_env: dict[str, str], root: Path, count: int) -> tuple[list[str], dict[str, str], Path]:
+    """A `--shared` batch of ``count`` lines under ``root``, killed after some chunks are written:
+    its command (to run again with ``--resume``), environment and output."""
+    env = dict(cluster_env, HERMES_SHARED_ROOT=str(root))
+    src = make_input(root / "in.jsonl", count)
+    out, journal = root / "out.jsonl", root / "out.jsonl.partial.journal"
+    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--shared",
+               "--chunk-size", "100", "--isolation", "local"]  # fmt: skip
+    run_until_chunks_then_kill(command, env, root, journal)
+    return command, env, out
+
+
 def net_input(redis_server: RedisServer) -> int:
     return int(redis_server.client().info("stats")["total_net_input_bytes"])
 
@@ -109,15 +121,9 @@ def test_a_worker_without_the_root_refuses_shared_chunks(
 def test_a_killed_shared_producer_resumes_losing_and_duplicating_nothing(
     start_worker: WorkerFactory, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = dict(cluster_env, HERMES_SHARED_ROOT=str(tmp_path))
     start_worker("w1", env={"HERMES_SHARED_ROOT": str(tmp_path)})
     start_worker("w2", env={"HERMES_SHARED_ROOT": str(tmp_path)})
-    count = 60_000
-    src = make_input(tmp_path / "in.jsonl", count)
-    out, journal = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial.journal"
-    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--shared",
-               "--chunk-size", "100", "--isolation", "local"]  # fmt: skip
-    run_until_chunks_then_kill(command, env, tmp_path, journal)
+    command, env, out = killed_shared_batch(cluster_env, tmp_path, count := 60_000)
     assert not out.exists()
     resumed = subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -151,14 +157,8 @@ def test_a_resumed_producer_that_cannot_take_its_part_directory_gets_the_records
 ) -> None:
     # Given a killed shared batch whose part directory is someone else's when it resumes (another
     # user resuming, or the directory replaced), which the producer therefore does not read
-    env = dict(cluster_env, HERMES_SHARED_ROOT=str(tmp_path))
     start_worker("w1", env={"HERMES_SHARED_ROOT": str(tmp_path)})
-    count = 60_000
-    src = make_input(tmp_path / "in.jsonl", count)
-    out, journal = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial.journal"
-    command = [sys.executable, "-m", "hermes_producer", "batch", str(src), "-o", str(out), "--shared",
-               "--chunk-size", "100", "--isolation", "local"]  # fmt: skip
-    run_until_chunks_then_kill(command, env, tmp_path, journal)
+    command, env, out = killed_shared_batch(cluster_env, tmp_path, count := 60_000)
     [batch_dir] = (tmp_path / ".hermes-parts").iterdir()
     os.chown(batch_dir, 12345, 12345)
     # When it resumes, the workers (root here: they could write there) are not told to use it
