@@ -176,7 +176,9 @@ class ChunkTracker(ChunkLedger):
             # worker, a request it does not accept): sent again, a few times.
             self._refused(chunk, events.RefusedBy(seen.worker, seen.reason), now)
         elif isinstance(seen, MissingNotice):
-            # Redis lost the chunk's lines: send it again.
+            # Redis lost the chunk's lines: send it again. The take this notice explains is not
+            # one that died on the chunk: it does not count toward giving up (TakenRepeatedly).
+            waiting.starts = max(0, waiting.starts - 1)
             self._resend([chunk], now)
             self._emit(events.LinesLost(chunk, seen.worker))
         else:

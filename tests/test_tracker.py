@@ -305,6 +305,22 @@ def test_a_chunk_too_large_for_one_redis_value_is_split_before_it_is_sent() -> N
 # Refusals: no line is to blame, and the batch stops if they go on.
 
 
+def test_a_chunk_whose_lines_redis_loses_again_and_again_is_sent_again_each_time_never_given_up() -> None:
+    # Given a chunk whose lines Redis loses (evictions, a restart) each time a worker takes it
+    cluster = FakeCluster(W1)
+    cluster.submit(chunk(0))
+    for _ in range(6):
+        cluster.take(0)
+        cluster.see(MissingNotice(0, "local@w1"))
+    # Then each take that found no lines is explained, not a process dying on the chunk: it goes
+    # again every time, and its records come once a worker finds its lines
+    assert cluster.sent() == [0] * 7 and cluster.written == []
+    cluster.take(0)
+    cluster.answer(0)
+    assert cluster.written_chunks() == [0]
+    assert not any(isinstance(event, GaveUp) for event in cluster.events)
+
+
 def test_a_refused_chunk_is_sent_again_and_the_third_refusal_stops_the_batch() -> None:
     cluster = FakeCluster(W1)
     cluster.submit(chunk(0))
