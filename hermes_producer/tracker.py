@@ -159,7 +159,8 @@ class ChunkTracker(ChunkLedger):
         if waiting is None or seen.chunk in self._ready:
             return  # done already (a duplicate), or not ours
         if isinstance(seen, ResultPosted):
-            self._result(seen, waiting, now)
+            if self.wants_result(seen):  # else a part of another run of this batch, numbered alike
+                self._result(seen, waiting, now)
             return
         if waiting.parts is not None:
             return  # split: its parts carry on
@@ -189,8 +190,6 @@ class ChunkTracker(ChunkLedger):
             self._failed(chunk, reason, now, split=seen.split, then_split=seen.split)
 
     def _result(self, seen: ResultPosted, waiting: ChunkState, now: float) -> None:
-        if "text" in waiting.payload and seen.result.get("first") != waiting.payload.get("first"):
-            return  # a part of another run of this batch, numbered alike: other lines
         if seen.problem is not None:  # its part file is gone, or not what the worker wrote
             self._refused(seen.chunk, events.Malformed(seen.problem), now)
             return

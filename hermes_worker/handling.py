@@ -66,6 +66,10 @@ class Job:
     def chunk(self) -> int:
         return self.request.chunk
 
+    @property
+    def batch(self) -> str:
+        return self.stream[len(contract.RESULTS_PREFIX) :]
+
 
 # What :meth:`ChunkHandler.run` gives: a result, a reason to split the chunk, or None to let it go.
 Outcome = ChunkResult | str | None
@@ -277,7 +281,7 @@ class ChunkHandler:
                                    wanted=job.request.text_key)  # fmt: skip
         except (BatchEnded, Unpublishable) as exc:
             if part is not None:
-                remove_part(self.settings.shared_root, job.stream[len(contract.RESULTS_PREFIX) :], part)
+                remove_part(self.settings.shared_root, job.batch, part)
             if isinstance(exc, BatchEnded):
                 return self._ended(job, "while it ran")
             # Retrying here cannot help: tell the producer, who splits a result too large for
@@ -290,10 +294,9 @@ class ChunkHandler:
         parts: ``fields`` then carry the part's ref (``p``) instead of the records (``t``)."""
         if job.request.source is None or job.request.parts is None:
             return None  # its producer took no part directory: one there is not one it reads
-        batch = job.stream[len(contract.RESULTS_PREFIX) :]
         records = fields["t"]
         assert isinstance(records, bytes)
-        part = write_part(self.settings.shared_root, batch, job.chunk, records, job.request.parts)
+        part = write_part(self.settings.shared_root, job.batch, job.chunk, records, job.request.parts)
         if part is not None:
             del fields["t"]
             fields["p"] = part.to_wire()
