@@ -23,6 +23,7 @@ from .support import zygote as zygotes  # noqa: E402
 from .support.environment import REPO, TEST_DEPLOYMENT  # noqa: E402
 from .support.fixture_types import HermesProcessFactory, HermesRunner  # noqa: E402
 from .support.processes import Producer, run_hermes, start_hermes  # noqa: E402
+from .support.properties import THOROUGH  # noqa: E402
 from .support.zygote import Zygote  # noqa: E402
 
 pytest_plugins = ["tests.fixtures_cluster", "tests.fixtures_docker", "tests.fixtures_chaos", "tests.fixtures_faults",
@@ -56,15 +57,31 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     cluster tests failed that pass at 3. The quick tier (``-m`` leaving out every service mark)
     waits for nothing but computes: one process a core, none starting up for nothing."""
     cores = os.cpu_count() or 1
-    expression = config.getoption("markexpr", "") or ""
-    if all(f"not {mark}" in expression for mark in SERVICE_MARKS):
+    if quick_tier(config):
         return min(8, cores)
     return min(8, cores + 1)
 
 
+def quick_tier(config: pytest.Config) -> bool:
+    """Whether this run is the quick tier: ``-m`` leaves out every service mark."""
+    expression = config.getoption("markexpr", "") or ""
+    return all(f"not {mark}" in expression for mark in SERVICE_MARKS)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything: every collected test is checked
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse to run a suite where a test takes a service's fixture without the service's mark."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run a suite where a test takes a service's fixture without the service's mark.
+
+    In a developer's quick tier, tests marked ``slow`` (seconds each: an install from the locked
+    wheels, the bench corpus, a pool killed mid-batch) are skipped, and the summary says so: the
+    whole suite runs them, and so does the quick tier with ``CI=true`` or
+    ``HERMES_TEST_THOROUGH=1``. pytest documents the same recipe behind a ``--runslow`` option; here
+    the quick tier's command stays the one ``-m`` expression the README gives."""
+    if quick_tier(config) and not THOROUGH:
+        skip = pytest.mark.skip(reason="slow: the whole suite runs it, and the quick tier with HERMES_TEST_THOROUGH=1")
+        for item in items:
+            if item.get_closest_marker("slow") is not None:
+                item.add_marker(skip)
     unmarked = []
     for item in items:
         taken = set(getattr(item, "fixturenames", ()))

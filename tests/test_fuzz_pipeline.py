@@ -35,7 +35,7 @@ from hermes_worker.chunk_options import ChunkOptions
 from hermes_worker.engine import resolve_profile
 
 from .support.fixture_types import HermesRunner, WorkerFactory
-from .support.properties import examples
+from .support.properties import THOROUGH, examples
 
 # No example database (the suite leaves no .hypothesis directory); no deadline (a CLI call or a
 # worker round trip takes a second, and ftfy's first call on new text is slow).
@@ -206,9 +206,10 @@ _files = itertools.count()
 
 @pytest.mark.slow
 def test_hermes_batch_in_process_writes_one_valid_record_per_line(hermes: HermesRunner, tmp_path: Path) -> None:
-    """The real command, in-process on two processes, a few files of many generated lines each."""
+    """The real command, in-process on two processes, a few files of many generated lines each
+    (each run starts a pool: a forkserver interpreter and its processes)."""
 
-    @settings(BASE, max_examples=8)
+    @settings(BASE, max_examples=8 if THOROUGH else 3)
     @given(data=big_input_files(), fmt=st.sampled_from(["jsonl", "jsonl", "text", "auto"]))
     def run(data: bytes, fmt: str) -> None:
         run_cli(hermes, tmp_path, data, "--format", fmt, "--chunk-size", "7", "--processes", "2")
