@@ -7,6 +7,7 @@ import ast
 import itertools
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from .support import environment
+from .support import zygote as zygotes
 from .support.processes import start_worker_process
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
@@ -134,3 +136,52 @@ def timeless(data: bytes) -> bytes:
     data = re.sub(rb"batch [0-9a-f]{32}: ", b"batch <id>: ", data)
     data = re.sub(rb'"batch": "[0-9a-f]{32}"', b'"batch": "<id>"', data)
     return re.sub(rb'"(seconds|prompts_per_second)": [0-9.]+', rb'"\1": <n>', data)
+
+
+def _client(zygote: Zygote, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`hermes ARGS` as the README's shim runs it: the zygote's client program."""
+    command = [sys.executable, "-I", "-S", str(zygotes.CLIENT), zygote.path, *args]
+    return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+
+
+def test_the_zygote_client_exits_as_its_command_did(
+    zygote: Zygote | None, hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    if zygote is None:
+        pytest.skip("HERMES_TEST_FRESH_PROCESSES=1: every command runs in a fresh interpreter")
+    done = _client(zygote, ["run", "--prompt", "a  b", "--profile", "compact"], hermes_env, tmp_path)
+    assert done.communicate(timeout=60)[0] == b"a b\n" and done.returncode == 0
+    refused = _client(zygote, ["run", "--wait-for-workers", "nan", "x"], hermes_env, tmp_path)
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and b"--wait-for-workers" in err, err
+
+
+def test_a_signal_to_the_zygote_client_reaches_its_command(
+    zygote: Zygote | None, hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ctrl-C on the client is Ctrl-C on the command: it ends as an interrupted command does."""
+    if zygote is None:
+        pytest.skip("HERMES_TEST_FRESH_PROCESSES=1: every command runs in a fresh interpreter")
+    reading = _client(zygote, ["batch", "-", "-o", str(tmp_path / "out.jsonl")], hermes_env, tmp_path)
+    assert reading.stdin is not None
+    reading.stdin.write(b'{"prompt": "a"}\n')  # the input stays open: the batch waits for more
+    reading.stdin.flush()
+    wait_until(lambda: list(tmp_path.glob("out.jsonl.partial*")), 30, 0.01, "the batch to start")
+    reading.send_signal(signal.SIGINT)
+    _, err = reading.communicate(timeout=60)
+    assert reading.returncode == 130 and b": interrupted: rerun with --resume" in err.splitlines()[-1], err
+
+
+def test_a_killed_zygote_client_takes_its_command_with_it(
+    zygote: Zygote | None, hermes_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A client killed outright (a timeout's SIGKILL) cannot pass the signal on: the zygote sees
+    its connection close and kills the command, whose copy of the output pipe then closes too."""
+    if zygote is None:
+        pytest.skip("HERMES_TEST_FRESH_PROCESSES=1: every command runs in a fresh interpreter")
+    following = _client(zygote, ["log", "--follow"], hermes_env, tmp_path)
+    wait_until(lambda: (Path(hermes_env["HERMES_HOME"]) / "log").exists(), 30, 0.01, "the command to start")
+    following.kill()
+    assert following.communicate(timeout=30) == (b"", b"")  # end of file: nobody holds the pipes
+    assert following.returncode == -signal.SIGKILL
