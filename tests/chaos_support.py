@@ -19,7 +19,7 @@ from .fixtures_docker import TEST_DEPLOYMENT
 from .fixtures_faults import TcpProxy
 from .support.checker import check
 from .support.inputs import journal_chunks
-from .support.processes import descendants
+from .support.processes import Producer, descendants
 from .support.redis_server import RedisServer
 from .support.waiting import wait_until
 
@@ -32,9 +32,20 @@ RedisFactory = Callable[..., RedisServer]
 ClusterFactory = Callable[..., Cluster]
 
 
-def progress_after(out: Path, written: int, timeout: float, what: str) -> float:
-    """Wait until the batch writing ``out`` has written more than ``written`` chunks; return when."""
-    wait_until(lambda: journal_chunks(out) > written, timeout, 0.05, what)
+def progress_after(out: Path, written: int, timeout: float, what: str, cluster: Cluster | None = None,
+                   producer: Producer | None = None) -> float:  # fmt: skip
+    """Wait until the batch writing ``out`` has written more than ``written`` chunks; return when.
+    On a timeout the failure shows the ends of the producer's and the cluster's workers' logs."""
+
+    def said() -> str:
+        logs = [f"{what} (the batch had written {written} chunks)"]
+        if producer is not None:
+            logs.append(f"--- producer:\n{producer.stderr[-3000:]}")
+        for worker in cluster.workers if cluster is not None else ():
+            logs.append(f"--- worker {worker.name}:\n{worker.log[-2000:]}")
+        return "\n".join(logs)
+
+    wait_until(lambda: journal_chunks(out) > written, timeout, 0.05, said)
     return time.monotonic()
 
 

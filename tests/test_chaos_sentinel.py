@@ -197,7 +197,13 @@ def test_writes_the_promoted_replica_never_got(
                                       failover_timeout_ms=180_000)  # fmt: skip
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(src, 12_000, MEDIUM)
-    batch = cluster.hermes("batch", str(src), "-o", str(out), "--isolation", "local", "--chunk-size", "100")
+    # Fed at 2,000 lines a second until it has moved again after the failover: read from a file,
+    # the batch took 0.6 s, and could end within the half second of held writes.
+    batch = cluster.hermes("batch", "-", "-o", str(out), "--isolation", "local", "--chunk-size", "100",
+                           stdin=subprocess.PIPE)  # fmt: skip
+    assert batch.process.stdin is not None
+    moved_again = threading.Event()
+    feeder = feed(batch.process.stdin, src, 2_000, moved_again)
     wait_for(lambda: journal_chunks(out) >= 10, 120, "the batch to get going")
 
     old = group.primary
@@ -210,7 +216,9 @@ def test_writes_the_promoted_replica_never_got(
     new = group.wait_promoted(old)
     promoted = time.monotonic() - killed
     assert not new.client().exists("hermes-test:lost-marker"), "no acknowledged write was lost"
-    recovered = progress_after(out, journal_chunks(out), 120, "the batch to move again") - killed
+    assert batch.process.poll() is None and feeder.is_alive(), "the batch ended before the failover"
+    recovered = progress_after(out, journal_chunks(out), 120, "the batch to move again", cluster, batch) - killed
+    moved_again.set()  # the rest of the input at once
 
     assert batch.wait(300) == 0, batch.stderr
     verdict = check(out, src, client=group.client())
