@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from hermes_worker import fast_json
 from hermes_worker.engine import ItemError, resolve_profile
 from hermes_worker.processing import process_chunk
 from hermes_worker.registry import WorkerInfo
@@ -163,7 +164,7 @@ class Client:
         items = (Item(n, n, prompt) for n, prompt in enumerate(prompts, 1))
         with executor:
             for result in executor.map_ordered(chunk_requests(items, batch)):
-                yield from (json.loads(line) for line in result.record_lines())
+                yield from (fast_json.loads(line) for line in result.record_lines())
         executor.finish()
 
     async def amap(

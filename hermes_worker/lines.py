@@ -11,8 +11,8 @@ An id reaches every output record and the producer's duplicate guard, so it must
 as UTF-8 JSON and small: a string of at most :data:`MAX_ID_CHARS` characters without lone
 surrogates, or an integer of at most :data:`MAX_ID_DIGITS` digits (any 64-bit integer).
 
-Standard library, the contract and the engine's errors only: this module ships inside the
-sandbox image.
+Standard library (orjson where :mod:`hermes_worker.fast_json` may use it), the contract and the
+engine's errors only: this module ships inside the sandbox image.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from . import contract
+from . import contract, fast_json
 from .engine.errors import ItemError
 from .wire import Item
 
@@ -78,6 +78,15 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _loads = json.JSONDecoder(parse_int=_parse_int, object_pairs_hook=_object).decode
 
 
+def _decode(text: str) -> Any:
+    """The line's JSON value, as ``_loads`` reads it. orjson keeps the last of two equal keys
+    without a word, so a line that may name ``prompt`` or ``id`` twice is read by ``_loads``,
+    whose hook marks it: only a ``\\u`` escape can spell a key another way."""
+    if "\\u" in text or text.count('"prompt"') > 1 or text.count('"id"') > 1:
+        return _loads(text)
+    return fast_json.loads(text, _loads)
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, for error messages."""
     if value is None:
@@ -128,7 +137,7 @@ def parse_json_item(text: str) -> tuple[Any, Any]:
     ('a', 'hi')
     """
     try:
-        obj = _loads(text)
+        obj = _decode(text)
     except json.JSONDecodeError as exc:
         if not text.strip():
             raise ItemError(contract.MALFORMED_JSON, "line is blank: expected a JSON object with a 'prompt'") from None

@@ -17,6 +17,7 @@ from typing import Any
 from . import contract
 from .engine import ItemError, Profile, check_prompt, provenance
 from .engine.budget import chunk_clock, normalize_within_budget
+from .fast_json import encode_string
 from .lines import id_problem, items_from_text
 from .wire import ChunkRequest, ChunkResult, Item, ItemFailure
 
@@ -31,7 +32,7 @@ _LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u202
 def _dumps(value: object) -> str:
     if type(value) is int:
         return str(value)  # ids are mostly integers: skip the encoder's set-up
-    text = _encode(value)
+    text = encode_string(value) if type(value) is str else _encode(value)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKERS:
             if raw in text:

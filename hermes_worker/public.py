@@ -25,11 +25,11 @@ taken one list after the other. Anything else is that prompt's ``prompt_not_stri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import fast_json
 from .chunk_options import ChunkOptions, declarations
 from .contract import (
     ERROR_CODES,
@@ -210,7 +210,7 @@ def records(results: Sequence[ChunkResult]) -> list[dict[str, Any]]:
     for result in results:
         shared = dict(result.provenance)  # one object per chunk, not one per record: memory
         for line in result.record_lines():
-            record = json.loads(line)
+            record = fast_json.loads(line)
             record["provenance"] = shared
             found.append(record)
     return found

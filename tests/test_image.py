@@ -28,8 +28,10 @@ def test_context_holds_the_engine_and_its_text_libraries_only() -> None:
     # Nothing that talks to Docker, Celery or Redis goes into the sandbox
     assert not {n for n in names if n.endswith(("docker_backend.py", "dagger_backend.py", "image.py", "probe.py",
                                                 "tasks.py", "app.py"))}  # fmt: skip
-    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so"))]
-    for dist in ("ftfy", "wcwidth"):
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # Compiled modules only of the accelerators (orjson): not wcwidth's optional C extension
+    assert {n.split("/")[1] for n in names if n.endswith(".so")} == {"orjson"}
+    for dist in ("ftfy", "wcwidth", "orjson"):
         version = metadata.version(dist)
         assert any(n.startswith(f"site/{dist}-{version}.dist-info/") for n in names), dist
 
@@ -74,13 +76,15 @@ def test_image_runs_the_host_versions_as_a_non_root_user(sandbox_image: Any, doc
     image = docker_client.images.get(sandbox_image.tag)
     assert image.attrs["Config"]["User"] == "10001:10001"
     assert image.attrs["Config"]["Cmd"] == ["python3", "-m", "hermes_worker.sandbox.server"]
-    out = docker_client.containers.run(sandbox_image.tag, ["python3", "-c", "import ftfy, wcwidth, os; "
-                                       "print(ftfy.__version__, wcwidth.__version__, os.getuid())"],
-                                       network_mode="none", remove=True)  # fmt: skip
+    code = ("import ftfy, wcwidth, orjson, os; from hermes_worker import fast_json; print(ftfy.__version__, "
+            "wcwidth.__version__, orjson.__version__, fast_json.ACCELERATED, os.getuid())")  # fmt: skip
+    out = docker_client.containers.run(sandbox_image.tag, ["python3", "-c", code], network_mode="none", remove=True)
     import ftfy
+    import orjson
     import wcwidth
 
-    assert out.decode().split() == [ftfy.__version__, wcwidth.__version__, "10001"]
+    # orjson's compiled module loads there: the base's Python is the one it was built for
+    assert out.decode().split() == [ftfy.__version__, wcwidth.__version__, orjson.__version__, "True", "10001"]
 
 
 @pytest.mark.docker

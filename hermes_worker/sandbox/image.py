@@ -2,7 +2,8 @@
 
 The build context is assembled here, not read from the work tree: the engine's own sources
 (only what the server imports) and every pure-Python distribution the engine needs, copied
-from this interpreter's site-packages at the versions installed here. The container therefore
+from this interpreter's site-packages at the versions installed here, with orjson's compiled
+module beside them (an accelerator the output does not depend on). The container therefore
 runs exactly the text code the host runs, and its output is byte-identical to local output as
 long as the base image's Python has the same Unicode version.
 
@@ -13,6 +14,7 @@ context, the Dockerfile and the base image id, so an existing tag means nothing 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
@@ -44,6 +46,7 @@ _SOURCES = (
     "chunk_options.py",
     "contract.py",
     "errors.py",
+    "fast_json.py",
     "lines.py",
     "processing.py",
     "raw_lines.py",
@@ -53,6 +56,11 @@ _SOURCES = (
     *(f"sandbox/{name}.py" for name in ("__init__", "backends", "errors", "protocol", "reply", "server", "session")),
 )
 _TEXT_DISTRIBUTIONS = ("ftfy",)
+# Copied with their compiled modules, when the host has them: optional accelerators whose absence
+# changes no output (hermes_worker.fast_json). A module's file name carries the ABI it was built
+# for (``orjson.cpython-311-x86_64-linux-gnu.so``): a base image whose Python differs never loads
+# it, and the sandbox runs on the standard library.
+_ACCELERATORS = ("orjson",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,9 @@ class SandboxImage:
     built: bool
 
 
-def _distribution_files(name: str, seen: set[str], files: dict[str, bytes]) -> None:
-    """Copy one installed distribution and, recursively, what it requires (extras aside)."""
+def _distribution_files(name: str, seen: set[str], files: dict[str, bytes], compiled: bool = False) -> None:
+    """Copy one installed distribution and, recursively, what it requires (extras aside); its
+    compiled modules too when ``compiled`` (see ``_ACCELERATORS``)."""
     dist = metadata.distribution(name)
     key = dist.metadata["Name"].lower()
     if key in seen:
@@ -83,7 +92,7 @@ def _distribution_files(name: str, seen: set[str], files: dict[str, bytes]) -> N
         rel = entry.as_posix()
         if rel.startswith("..") or "__pycache__" in rel or rel.endswith((".pyc", "RECORD", "INSTALLER")):
             continue  # scripts outside site-packages, caches, and files that only pip needs
-        if rel.endswith((".so", ".pyd", ".dylib")):
+        if rel.endswith((".so", ".pyd", ".dylib")) and not compiled:
             # Compiled modules are built for the host's Python, not the image's: leave them out.
             # The ones in reach are optional accelerators (wcwidth's C extension, needed only by
             # ftfy.formatting) with pure-Python fallbacks; anything that truly needed one would
@@ -96,7 +105,7 @@ def _distribution_files(name: str, seen: set[str], files: dict[str, bytes]) -> N
         if "extra ==" not in requirement:
             match = re.match(r"[A-Za-z0-9._-]+", requirement)
             if match:
-                _distribution_files(match.group(0), seen, files)
+                _distribution_files(match.group(0), seen, files, compiled)
 
 
 def _check_installed(dist: str, rel: str, recorded: Any, data: bytes) -> None:
@@ -132,6 +141,9 @@ def context_files() -> dict[str, bytes]:
     seen: set[str] = set()
     for name in _TEXT_DISTRIBUTIONS:
         _distribution_files(name, seen, files)
+    for name in _ACCELERATORS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            _distribution_files(name, seen, files, compiled=True)
     return dict(sorted(files.items()))
 
 

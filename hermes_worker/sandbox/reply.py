@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import fast_json
 from ..engine import Profile
 from ..processing import request_items
 from ..wire import ChunkRequest, ChunkResult, Item, ItemFailure
@@ -178,7 +179,7 @@ def _decode_record(record: str, line: int, tail: str, provenance: Mapping[str, A
     record is valid JSON exactly when its head, closed, is (the tail adds one member)."""
     head = record[: len(record) - len(tail)] + "}" if record.endswith(tail) else None
     try:
-        value = json.loads(record if head is None else head)
+        value = fast_json.loads(record if head is None else head)
     except (ValueError, RecursionError):
         raise _refuse(line, "is not valid JSON") from None
     if type(value) is not dict:
