@@ -90,7 +90,9 @@ def main() -> None:
     for _ in range(args.reps):
         for name, path in trees.items():
             env = os.environ | {"PYTHONPATH": path}
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", "--rounds", str(args.rounds),
+            # As a module of the tree (its bench/ and hermes_worker/ first on the path): run as a
+            # script, the child could not import its own package's helpers.
+            command = [sys.executable, "-m", "bench.frame_cost", "--child", "--rounds", str(args.rounds),
                        "--base", args.base]  # fmt: skip
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=path)
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -78,11 +78,20 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _loads = json.JSONDecoder(parse_int=_parse_int, object_pairs_hook=_object).decode
 
 
+# The only other way to spell a letter of "prompt" or "id" in a JSON key: a \u escape of a
+# lowercase letter (U+0061..U+007A; escapes of controls, "\u001b", and of emoji pairs do not match).
+_LETTER_ESCAPE = re.compile(r"\\u00[67][0-9a-fA-F]")
+
+
 def _decode(text: str) -> Any:
     """The line's JSON value, as ``_loads`` reads it. orjson keeps the last of two equal keys
     without a word, so a line that may name ``prompt`` or ``id`` twice is read by ``_loads``,
-    whose hook marks it: only a ``\\u`` escape can spell a key another way."""
-    if "\\u" in text or text.count('"prompt"') > 1 or text.count('"id"') > 1:
+    whose hook marks it."""
+    if (
+        text.count('"prompt"') > 1
+        or text.count('"id"') > 1
+        or ("\\u" in text and _LETTER_ESCAPE.search(text) is not None)
+    ):
         return _loads(text)
     return fast_json.loads(text, _loads)
 

@@ -134,7 +134,9 @@ def test_text_that_is_almost_json_is_read_or_refused_as_json_does(text: str) -> 
 
 HOSTILE_LINES = [
     '{"id": 1, "prompt": "a", "prompt": "b"}', '{"prompt": "a", "\\u0070rompt": "b"}',
-    '{"id": 1, "\\u0069d": 2, "prompt": "x"}',
+    '{"id": 1, "\\u0069d": 2, "prompt": "x"}', '{"prompt": "a", "pr\\u006Fmpt": "b"}',
+    '{"i\\u0064": 1, "id": 2, "prompt": "x"}',
+    '{"prompt": "esc \\u001b[2J", "pr\\u006fmpt": "b"}', '{"prompt": "\\ud83d\\ude00 \\u001b", "id": "\\u00e9"}',
     '{"id": 1, "id": 2, "prompt": "x"}', '{"prompt": "say \\"prompt\\" twice: \\"prompt\\"", "id": "a"}',
     '{"id": 18446744073709551616, "prompt": "x"}', '{"id": 99999999999999999999, "prompt": "x"}',
     '{"id": 100000000000000000000, "prompt": "x"}', '{"id": ' + "9" * 5000 + ', "prompt": "x"}',
