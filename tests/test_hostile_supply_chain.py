@@ -292,30 +292,42 @@ try:
 except SandboxError as exc:
     print("REFUSED", exc.reason)
 else:
-    print("COPIED", files["site/ftfy/__init__.py"][-40:])
+    print("COPIED", files["site/" + sys.argv[1]][-40:])
 """
 
 
-def test_a_text_library_changed_after_install_never_reaches_the_sandbox_image(tmp_path: Path) -> None:
-    """Given ftfy as pip installed it, then one of its files changed on disk, building the
-    sandbox context refuses it (naming the file), where it used to copy the changed bytes."""
+def _changed_file(dist_name: str) -> str:
+    """The file of ``dist_name`` the test changes: ftfy's package module, orjson's compiled one."""
     from importlib import metadata
 
-    dist = metadata.distribution("ftfy")
+    files = [entry.as_posix() for entry in metadata.distribution(dist_name).files or ()]
+    return next(f for f in files if f.endswith(".so")) if dist_name == "orjson" else f"{dist_name}/__init__.py"
+
+
+@pytest.mark.parametrize("dist_name", ["ftfy", "orjson"])
+def test_a_text_library_changed_after_install_never_reaches_the_sandbox_image(tmp_path: Path, dist_name: str) -> None:
+    """Given ftfy (pure Python) or orjson (a compiled module) as pip installed it, then one of its
+    files changed on disk, building the sandbox context refuses it (naming the file), where it
+    used to copy the changed bytes."""
+    from importlib import metadata
+
     site = tmp_path / "site"
-    for entry in dist.files or ():
-        if entry.as_posix().startswith(".."):
-            continue
-        target = site / entry.as_posix()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(str(entry.locate())), target)
+    for name in ("ftfy", "wcwidth", "orjson"):
+        for entry in metadata.distribution(name).files or ():
+            if entry.as_posix().startswith(".."):
+                continue
+            target = site / entry.as_posix()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(str(entry.locate())), target)
+    changed = _changed_file(dist_name)
     env = {"PYTHONPATH": f"{site}:{REPO}", "PATH": "/usr/bin:/bin"}
-    honest = subprocess.run([sys.executable, "-c", TAMPERED], capture_output=True, text=True, env=env, timeout=60)
+    command = [sys.executable, "-c", TAMPERED, changed]
+    honest = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert honest.stdout.startswith("COPIED"), honest.stdout + honest.stderr
-    with (site / "ftfy" / "__init__.py").open("a", encoding="utf-8") as handle:
-        handle.write("\nimport os  # planted\n")
-    done = subprocess.run([sys.executable, "-c", TAMPERED], capture_output=True, text=True, env=env, timeout=60)
-    assert done.stdout.startswith("REFUSED") and "ftfy/__init__.py" in done.stdout, done.stdout + done.stderr
+    with (site / changed).open("ab") as handle:
+        handle.write(b"\n# planted\n")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.stdout.startswith("REFUSED") and changed in done.stdout, done.stdout + done.stderr
 
 
 def test_the_offline_base_image_is_debootstrapped_with_debians_signatures_checked() -> None:
