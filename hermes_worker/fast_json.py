@@ -29,12 +29,13 @@ from typing import Any
 
 try:  # an optional accelerator: see the module's docstring
     import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised by the sandbox on a Python orjson was not built for
-    _orjson = None
+except ImportError:  # pragma: no cover - a sandbox base whose Python orjson was not built for
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = ["ACCELERATED", "encode_string", "loads"]
 
-# Whether orjson is in use here (the sandbox reports it; the results are the same either way).
+# Whether orjson is in use in this interpreter (the tests check it, on the host and in the
+# sandbox image); the results are the same either way.
 ACCELERATED = _orjson is not None
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
