@@ -25,6 +25,8 @@ from pathlib import Path
 
 import redis
 
+from .infra import wait_serving
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,12 +50,10 @@ def start_worker(env: dict[str, str], name: str, concurrency: int) -> subprocess
     process = subprocess.Popen([sys.executable, "-m", "hermes_producer", "worker", "--mode", "local", "-c",
                                 str(concurrency), "--name", name, "-l", "warning"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis.from_url(env["HERMES_BROKER_URL"])
-    deadline = time.monotonic() + 60
-    while not client.exists(f"hermes:worker:local@{name}"):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"worker {name} did not start")
-        time.sleep(0.1)
+    try:
+        wait_serving(redis.Redis.from_url(env["HERMES_BROKER_URL"]), f"local@{name}", process, 60, f"worker {name}")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     return process
 
 

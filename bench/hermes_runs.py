@@ -23,7 +23,7 @@ import redis
 if TYPE_CHECKING:
     import psutil
 
-from .infra import CpuMeter, Meter, PeakRss, RedisServer, stop
+from .infra import CpuMeter, Meter, PeakRss, RedisServer, stop, wait_serving
 
 __all__ = ["BatchRun", "HermesWorkers", "hermes_env", "run_batch", "run_parallel"]
 
@@ -175,13 +175,12 @@ class HermesWorkers:
         self.process = psutil.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = self.redis.client()
-        deadline = time.monotonic() + 120
-        while not client.exists(f"hermes:worker:{self.mode}@{self.name}"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"hermes worker --mode {self.mode} ({self.name}) did not start")
-            time.sleep(0.1)
+        try:
+            wait_serving(self.redis.client(), f"{self.mode}@{self.name}", self.process, 120,
+                         f"hermes worker --mode {self.mode} ({self.name})")  # fmt: skip
+        except RuntimeError:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

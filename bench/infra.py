@@ -8,6 +8,7 @@ their worker, so their CPU comes from their cgroup (``cpuacct.usage``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,14 +19,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
+
+from hermes_worker.contract import KEY_WORKER
 
 if TYPE_CHECKING:  # psutil comes with the bench extra; in-process runs need none of it
     import psutil
 
-__all__ = ["CpuMeter", "Meter", "PeakRss", "RedisServer", "free_port", "redis_cpu_s", "stop", "tree_cpu_s"]
+__all__ = ["CpuMeter", "Meter", "PeakRss", "RedisServer", "free_port", "redis_cpu_s", "stop", "tree_cpu_s", "wait_serving"]
 
 
 def free_port() -> int:
@@ -36,6 +39,29 @@ def free_port() -> int:
             port = int(sock.getsockname()[1])
         if port != 6379:
             return port
+
+
+def wait_serving(client: redis.Redis, name: str, process: Any, timeout: float, what: str) -> None:
+    """Wait until worker ``name``'s registry entry lists the queues it consumes.
+
+    A worker writes its entry, with no queue, as soon as it claims its name, and lists its queues
+    only once it consumes them: a producer started between the two finds no live worker for its
+    route (with ``--no-fallback``, exit 3). ``process`` (a Popen) ending first ends the wait too.
+
+    Raises:
+        RuntimeError: ``what`` did not start within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = client.get(KEY_WORKER.format(name=name))
+        try:
+            if raw is not None and json.loads(raw).get("queues"):
+                return
+        except (ValueError, AttributeError):  # an entry being rewritten, or not one of ours
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.1)
 
 
 def stop(process: subprocess.Popen[bytes] | psutil.Popen, timeout: float = 30) -> None:

@@ -50,7 +50,7 @@ from hermes_worker.wire import ChunkRequest, ChunkResult
 
 from .corpus import Corpus, write_jsonl
 from .hermes_runs import BatchRun, hermes_env, run_batch
-from .infra import RedisServer, redis_cpu_s, stop, tree_cpu_s
+from .infra import RedisServer, redis_cpu_s, stop, tree_cpu_s, wait_serving
 from .plan import Plan
 from .producer_stages import stage_costs
 from .scale_worker import MISSES_KEY, PrecomputedRunner
@@ -132,12 +132,12 @@ class SimulatedWorkers:
             command, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        client, deadline = self.redis.client(), time.monotonic() + 120
-        while not client.exists(KEY_WORKER.format(name=self.name)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("the simulated worker (python -m bench.scale_worker) did not start")
-            time.sleep(0.1)
+        try:
+            wait_serving(self.redis.client(), self.name, self.process, 120,
+                         "the simulated worker (python -m bench.scale_worker)")  # fmt: skip
+        except RuntimeError:
+            self.__exit__()
+            raise
         return self
 
     def stop_worker(self) -> None:
