@@ -28,7 +28,9 @@ from hermes_worker.contract import KEY_WORKER
 if TYPE_CHECKING:  # psutil comes with the bench extra; in-process runs need none of it
     import psutil
 
-__all__ = ["CpuMeter", "Meter", "PeakRss", "RedisServer", "free_port", "redis_cpu_s", "stop", "tree_cpu_s", "wait_serving"]
+__all__ = [
+    "CpuMeter", "Meter", "PeakRss", "RedisServer", "free_port", "redis_cpu_s", "stop", "tree_cpu_s", "wait_serving",
+]  # fmt: skip
 
 
 def free_port() -> int:
