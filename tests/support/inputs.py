@@ -20,6 +20,15 @@ from hermes_worker.wire import ChunkRequest, ChunkResult, request_span
 from .environment import EXAMPLES
 
 
+def strict_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of JSONL output, failing unless it is strict UTF-8 with one JSON record a line."""
+    text = data.decode("utf-8")  # strict: a lone surrogate or a stray byte fails here
+    assert text == "" or text.endswith("\n"), "output must end with a newline"
+    records = [json.loads(line) for line in text.split("\n")[:-1]] if text else []
+    assert all(isinstance(r, dict) for r in records)
+    return records
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every JSONL record of an output file, in order."""
     with path.open(encoding="utf-8") as handle:

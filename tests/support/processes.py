@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,3 +239,30 @@ def run_until_chunks_then_kill(command: list[str], env: dict[str, str], cwd: Pat
     wait_until(progressed, 60, 0.05, f"the batch to write {chunks} chunks")
     producer.kill()
     producer.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (a Celery worker's pool processes)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # The command may hold spaces and parentheses: the parent pid follows the last ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def pool_processes(pid: int) -> list[int]:
+    """The pool processes of an in-process batch: children of its multiprocessing forkserver."""
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if re.search(rb"forkserver", command):
+            return children(child)
+    return []
