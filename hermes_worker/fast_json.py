@@ -76,24 +76,20 @@ def loads(text: str | bytes, fallback: Callable[[Any], Any] = json.loads) -> Any
 
 def _holds_a_float(value: Any) -> bool:
     """Whether a decoded value is or holds a float (where orjson may have read an integer beyond
-    64 bits). Its own members in one pass; nested objects and arrays after, each once."""
-    kind = type(value)
-    if kind is not dict and kind is not list:
-        return kind is float
-    nested = []
-    for item in value.values() if kind is dict else value:
+    64 bits). Each object's and array's members are looked at once; a loop, not recursion:
+    orjson decodes 1,024 levels, Python recurses 1,000 deep."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
         kind = type(item)
-        if kind is float:
-            return True
-        if kind is dict or kind is list:
-            nested.append(item)
-    # A loop, not recursion: orjson decodes 1,024 levels, Python recurses 1,000 deep.
-    while nested:
-        item = nested.pop()
-        for member in item.values() if type(item) is dict else item:
+        if kind is not dict and kind is not list:
+            if kind is float:
+                return True
+            continue
+        for member in item.values() if kind is dict else item:
             kind = type(member)
             if kind is float:
                 return True
             if kind is dict or kind is list:
-                nested.append(member)
+                pending.append(member)
     return False
