@@ -23,10 +23,11 @@ def get(data: Any, *path: str) -> Any:
 
 # What would remove each producer stage's cost (the stage names of bench/producer_stages.py).
 REMEDY = {
-    "result read: XREAD + decode": "redis-py now parses the reply in C (hiredis); the producer still decodes each "
-    "result's counts (JSON with one id per record) and UTF-8-decodes its records to check them, then writes the raw "
-    "bytes it already had: validating UTF-8 without making a str (no such call in the standard library) and ids "
-    "sent as runs would remove most of it",
+    "result read: XREAD + decode": "redis-py parses the reply in C (hiredis); what is left is checking the records "
+    "before writing the bytes that came: that they are UTF-8 (a decode, 0.18 µs a prompt; measured by hand on "
+    "2026-11-30, 490 KB a chunk: checking in 16 KiB pieces without making one str costs the same 175 µs a chunk, "
+    "the codec is the cost) and one record per item (a newline count, 0.13 µs). A vectorized UTF-8 validator and "
+    "newline counter (simdutf; no Python wheel of it here) would remove most of both",
     "read + split input": "the lines are split in C and each chunk decoded once (the check that it is UTF-8) and "
     "sent as the bytes read; what is left is joining the lines of a chunk again, which slicing the read block "
     "would spare",
@@ -34,8 +35,9 @@ REMEDY = {
     "HERMES_TASK_EVENTS=1, the queue declared with the batch's first message only); several chunks' messages in "
     "one pipeline would remove most of what is left",
     "send: SET lines": "one SET per chunk, in the same pipeline as the message would save a round trip",
-    "send: argsrepr summary": "the sha256 of the chunk's lines for Flower: a hash of the bytes (already C), or "
-    "none while no monitor listens",
+    "send: argsrepr summary": "the SHA-256 of the chunk's lines that Flower shows, hashed in C (127 µs for 250 KB "
+    "here; a CRC-32 would take 37 µs, but an operator can match a chunk to its lines by SHA-256, not by a CRC); "
+    "none while no monitor listens would remove it",
     "record write": "raw bytes to the output file (done); what is left is the summary's per-chunk counting",
     "duplicate-id guard": "fingerprints checked a chunk at a time (done)",
     "tidy: XDEL + DEL": "one pipeline per written chunk: per chunk, small",
@@ -66,8 +68,26 @@ def _producer(report: dict[str, Any]) -> list[str]:
         f"the scale section's, with workers that cost nothing: {producer} µs at {scale['chunk_size']} prompts a "
         f"chunk).{split} Stage by stage in one warm process (µs per prompt): {listed}; their sum "
         f"{stages['sum_us_per_prompt']} µs, the rest of the measured producer (executor loop, tracker, board, "
-        f"start-up not subtracted away) {stages['rest_us_per_prompt']} µs.{kombu} To reach 1.5 µs: {fixes}"
+        f"start-up not subtracted away) {stages['rest_us_per_prompt']} µs.{_pages(scale)}{kombu} To reach 1.5 µs: "
+        f"{fixes}"
     ]
+
+
+def _pages(scale: dict[str, Any]) -> str:
+    """How much of the producer's rest is fresh pages from the kernel, from the run's fault count and probe."""
+    stages = scale["producer_stages"]
+    if "faults_us_per_prompt" not in stages:
+        return ""
+    faults = scale["rows"][str(scale["chunk_size"])]["producer_faults_per_prompt"]
+    return (
+        f" The stages run warm, on memory they reuse; the real producer took {faults} fresh pages a prompt from "
+        f"the kernel (minor faults, marginal: its chunks' lines, their text and the records read back, each a new "
+        f"buffer of a quarter to two megabytes), and a fresh page costs {stages['fresh_page_us']} µs of CPU on "
+        f"this machine (`bench.machine.fresh_page_us`): {stages['faults_us_per_prompt']} µs a prompt of the rest. "
+        f"Buffers reused from chunk to chunk would remove it; glibc keeping freed memory instead "
+        f"(`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`) halved the producer's faults "
+        f"when tried by hand (2026-11-30) but moved no rate beyond the noise, five interleaved runs each."
+    )
 
 
 def _ceiling(report: dict[str, Any]) -> list[str]:
@@ -139,8 +159,24 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
         f"To reach 0.6 ms every part must shrink further: one Redis round "
         f"trip a chunk instead of two (the start notice riding with the result for chunks that finish within a "
         f"heartbeat: the tracker's stranded-chunk rule would have to wait that long), and the prefork pipe gone "
-        f"(one solo-pool worker per core)."
+        f"(one solo-pool worker per core).{_celery_floor(report)}"
     ]
+
+
+def _celery_floor(report: dict[str, Any]) -> str:
+    """What one plain Celery task costs in the same run, set against the 0.6 ms a chunk allowed."""
+    rows = get(report, "sections", "peers", "rows") or {}
+    celery, dramatiq = rows.get("celery/per_prompt"), rows.get("dramatiq/per_prompt")
+    if not celery or not dramatiq:
+        return ""
+    return (
+        f" Yet Celery itself stands in the way: the peers section's plain Celery, tuned, spends "
+        f"{celery['cpu_us_per_prompt']:,.0f} µs of CPU on one task with its result through Redis, all processes "
+        f"together ({celery['cpu_us_per_prompt'] / 600:.1f}× the 600 µs a chunk may cost; Dramatiq "
+        f"{dramatiq['cpu_us_per_prompt']:,.0f} µs). No change inside Hermes reaches 0.6 ms while every chunk is one "
+        f"Celery message; chunks carried several a message, or taken several at a time from a Redis stream with "
+        f"Celery kept for control and monitoring, would."
+    )
 
 
 def _per_prompt(report: dict[str, Any]) -> list[str]:

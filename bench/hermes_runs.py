@@ -51,6 +51,8 @@ class BatchRun:
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss: int = 0
     exit_code: int = 0
+    # The producer's minor page faults (``wait4``): the fresh pages the kernel handed it.
+    faults: int = 0
 
     @property
     def rate(self) -> float:
@@ -68,6 +70,7 @@ class BatchRun:
             "cpu_s": {k: round(v, 4) for k, v in self.cpu_s.items()},
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),
             "exit_code": self.exit_code,
+            "faults": self.faults,
         }
 
 
@@ -110,7 +113,8 @@ def run_batch(
     for path in (out, summary):
         path.unlink(missing_ok=True)
     cpu = {"producer": usage.ru_utime + usage.ru_stime, **used}
-    return BatchRun(report["total"], float(report["seconds"]), wall, cpu, peak.peak, process.returncode)
+    return BatchRun(report["total"], float(report["seconds"]), wall, cpu, peak.peak, process.returncode,
+                    usage.ru_minflt)  # fmt: skip
 
 
 def run_parallel(source: Path, out_dir: Path, env: dict[str, str], args: list[str], processes: int) -> BatchRun:

@@ -224,7 +224,13 @@ def _scale(scale: dict[str, Any]) -> str:
     stages = scale["producer_stages"]
     total = sum(stages["us_per_prompt"].values()) + max(0.0, stages["rest_us_per_prompt"])
     stage_rows = [[name, us, f"{us / total:.0%}" if total else "—"] for name, us in stages["us_per_prompt"].items()]
-    stage_rows.append(["rest: executor loop, tracker, board", stages["rest_us_per_prompt"], "—"])
+    stage_rows.append(["rest: executor loop, tracker, board, fresh pages", stages["rest_us_per_prompt"], "—"])
+    if "faults_us_per_prompt" in stages:
+        row = scale["rows"][str(scale["chunk_size"])]
+        stage_rows.append([
+            f"of the rest: fresh pages ({row['producer_faults_per_prompt']} a prompt × {stages['fresh_page_us']} µs)",
+            stages["faults_us_per_prompt"], "—",
+        ])  # fmt: skip
     out += f"Producer CPU by stage, µs per prompt ({stages['prompts']:,} prompts, {stages['chunks']:,} chunks):\n\n"
     out += table(["stage", "µs/prompt", "share"], stage_rows)
     out += f"\n(`transport.send` whole: {stages['send_whole_us_per_prompt']} µs/prompt"

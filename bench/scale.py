@@ -51,6 +51,7 @@ from hermes_worker.wire import ChunkRequest, ChunkResult
 from .corpus import Corpus, write_jsonl
 from .hermes_runs import BatchRun, hermes_env, run_batch
 from .infra import RedisServer, redis_cpu_s, stop, tree_cpu_s, wait_serving
+from .machine import fresh_page_us
 from .plan import Plan
 from .producer_stages import stage_costs
 from .scale_worker import MISSES_KEY, PrecomputedRunner
@@ -247,8 +248,12 @@ def _measure(plan: Plan, workers: SimulatedWorkers, inputs: dict[int, tuple[Path
         rate = statistics.median(r.rate for r in big_runs)
         wall = statistics.median(r.wall_s for r in big_runs)  # the producer's start-up included
         busy = {g: round(statistics.median(r.cpu_s[g] for r in big_runs) / wall, 2) for g in GROUPS}
+        pairs = zip(big_runs, tiny_runs, strict=True)
+        faults = statistics.median((big.faults - small.faults) / (big.prompts - small.prompts) for big, small in pairs)
         rows[size] = {
             "prompts": big_runs[0].prompts,
+            # Fresh pages the producer took a prompt (marginal minor faults; see fresh_page_us).
+            "producer_faults_per_prompt": round(faults, 4),
             "prompts_per_s": round(rate, 1),
             "cpu_us_per_prompt": cpu,
             "cpu_us_per_chunk": {g: round(v * size, 1) for g, v in cpu.items()},
@@ -343,6 +348,11 @@ def run_scale(plan: Plan, corpus: Corpus, work: Path) -> dict[str, Any]:
     ceiling = _ceiling(row)
     producer = row["cpu_us_per_prompt"]["producer"]
     stages["rest_us_per_prompt"] = round(producer - stages["sum_us_per_prompt"], 3)
+    # The stages run warm, on memory they reuse; the real producer takes fresh pages from the
+    # kernel as it goes: what those cost on this machine accounts for part of the rest.
+    page_us = fresh_page_us()
+    stages["fresh_page_us"] = page_us
+    stages["faults_us_per_prompt"] = round(row["producer_faults_per_prompt"] * page_us, 3)
     worker_us = {p: round(engine[p] + row["cpu_us_per_prompt"]["workers"], 2) for p in (PROFILE, "prompt")}
     projection = {p: project(ceiling, us, registry, idle, plan.scale_concurrency) for p, us in worker_us.items()}
     return {
