@@ -103,6 +103,28 @@ def test_the_cpu_bound_of_a_ratio_comes_from_the_runs_cpu() -> None:
     assert "11.5 µs" in rows["vs_best_peer"][1] and "11.73 µs" in rows["vs_best_peer"][2]
 
 
+def test_memory_growing_over_ten_percent_gets_a_row_though_it_is_no_headline_target() -> None:
+    # Given: the in-process producer grew 16% from 200,000 to 1,000,000 prompts, the Celery one 4%
+    report = copy.deepcopy(REPORT)
+    report["sections"]["memory"] = {
+        "sizes": [10_000, 200_000, 1_000_000],
+        "rows": {mode: {"10000": {"peak_mb": 88.0}, "200000": {"peak_mb": 100.0}, "1000000": {"peak_mb": peak}}
+                 for mode, peak in (("in_process_2", 116.0), ("celery_2", 104.0))},
+    }  # fmt: skip
+
+    # Then: one row names both growths against the issue's 10%
+    row = rows_of(limits(report))["producer"]
+    assert "in_process_2 +16.0%" in row[2] and "celery_2 +4.0%" in row[2]
+    report["sections"]["memory"]["rows"]["in_process_2"]["1000000"]["peak_mb"] = 109.0
+    assert "producer" not in rows_of(limits(report))  # both within 10%: no row
+
+
+def test_container_cpu_is_set_against_the_local_paths() -> None:
+    row = rows_of(limits(REPORT))["container_ratio"]
+    # (0.69 + 1.41 + 0.1 + 1.91) s ÷ 114,254 = 36.0 µs against (0.65 + 2.22 + 0.09) s ÷ 114,254 = 25.9 µs
+    assert "+39% over the local workers' 25.9 µs; the issue allows +10%" in row[2]
+
+
 def test_a_report_missing_a_section_leaves_its_rows_out_without_failing() -> None:
     report = copy.deepcopy(REPORT)
     del report["sections"]["peers"]
