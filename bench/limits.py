@@ -187,7 +187,7 @@ def _local_ratio(report: dict[str, Any]) -> Row | None:
         "e2e_local_ratio ≥ 0.85",
         f"{inproc / 0.85:.1f} µs of CPU a prompt, all processes (`prompt`, start-up included), with both cores busy",
         f"{cluster} µs ({groups}): the ratio cannot exceed {inproc / cluster:.2f}",
-        "what lowers the transport's CPU (rows above); the workers' own share is the engine's",
+        "what lowers the transport's CPU (the other rows); the workers' own share is the engine's",
     )
 
 
