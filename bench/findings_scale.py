@@ -38,7 +38,9 @@ REMEDY = {
     "send: argsrepr summary": "the SHA-256 of the chunk's lines that Flower shows, hashed in C (127 µs for 250 KB "
     "here; a CRC-32 would take 37 µs, but an operator can match a chunk to its lines by SHA-256, not by a CRC); "
     "none while no monitor listens would remove it",
-    "record write": "raw bytes to the output file (done); what is left is the summary's per-chunk counting",
+    "record write": "raw bytes to the output file (done); what is left is the kernel copying them into the page "
+    "cache, whose fresh pages cost what `fresh_page_us` says on this machine: only writing fewer bytes removes it "
+    "(shorter records: provenance is most of each record's bytes, written per record by contract)",
     "duplicate-id guard": "fingerprints checked a chunk at a time (done)",
     "tidy: XDEL + DEL": "one pipeline per written chunk: per chunk, small",
     "encode chunk requests": "per chunk, small",
