@@ -54,18 +54,24 @@ def _chunk_fixed(report: dict[str, Any]) -> Row | None:
     )
 
 
+def _allowance(report: dict[str, Any], rate: float, whose: str) -> tuple[float, str]:
+    """The CPU µs a prompt that twice ``whose`` rate (prompts/s) allows on the machine's cores, and
+    the table cell saying so."""
+    cores = report["machine"]["cores"]
+    allowed = cores * 1e6 / (2 * rate)
+    return allowed, f"{allowed:,.1f} µs of CPU a prompt, all told, on {cores} cores (2× {whose}: {rate:,.0f} prompts/s)"
+
+
 def _per_prompt(report: dict[str, Any]) -> Row | None:
     one = get(report, "sections", "sweep", "rows", "1") or {}
     dramatiq_row = get(report, "sections", "peers", "rows", "dramatiq/per_prompt") or {}
     tasks = _celery_task(report)
     if not one or not dramatiq_row or tasks is None:
         return None
-    cores = report["machine"]["cores"]
-    allowed = cores * 1e6 / (2 * dramatiq_row["prompts_per_s"])
+    allowed, allows = _allowance(report, dramatiq_row["prompts_per_s"], "Dramatiq")
     return (
         "per_prompt_vs_dramatiq ≥ 2",
-        f"{allowed:,.0f} µs of CPU a prompt on {cores} cores (2× Dramatiq's {dramatiq_row['prompts_per_s']:,.0f} "
-        f"prompts/s)",
+        allows,
         f"one prompt a chunk costs {one['cpu_us_per_prompt']:,.0f} µs; plain Celery's task alone {tasks[0]:,.0f} µs "
         f"({tasks[0] / allowed:.1f}× the allowance)",
         NOT_ONE_MESSAGE,
@@ -78,12 +84,10 @@ def _best_peer(report: dict[str, Any]) -> Row | None:
     base = get(report, "sections", "e2e", "cpu_us_per_prompt", "in_process_1/compact", "total")
     if not best or base is None:
         return None
-    cores = report["machine"]["cores"]
-    allowed = cores * 1e6 / (2 * best["prompts_per_s"])
+    _allowed, allows = _allowance(report, best["prompts_per_s"], peers["best"])
     return (
         "vs_best_peer ≥ 2",
-        f"{allowed:.1f} µs of CPU a prompt for everything (2× {peers['best']}, {best['prompts_per_s']:,.0f} "
-        f"prompts/s, on {cores} cores)",
+        allows,
         f"one process with no transport at all already spends {base} µs (parse, checks, `normalize` with its "
         f"validation round, records with provenance, write); the peer runs one bare `apply_profile` "
         f"({best['cpu_us_per_prompt']} µs all told)",

@@ -92,7 +92,7 @@ def test_a_target_below_what_celery_alone_costs_names_celerys_own_figure() -> No
     # Then: the rows say so in the run's own numbers, and what would take Celery's share away
     assert "1,552 µs a task" in rows["chunk_fixed_ms"][2] and "2.6×" in rows["chunk_fixed_ms"][2]
     assert "XREADGROUP" in rows["chunk_fixed_ms"][3]
-    assert "281 µs" in rows["per_prompt_vs_dramatiq"][1]  # 2 cores ÷ (2 × 3,565 prompts/s)
+    assert "280.5 µs" in rows["per_prompt_vs_dramatiq"][1]  # 2 cores ÷ (2 × 3,565 prompts/s)
     assert "5.5×" in rows["per_prompt_vs_dramatiq"][2]  # 1,552 ÷ 281
 
 
