@@ -66,7 +66,7 @@ def _per_prompt(report: dict[str, Any]) -> Row | None:
     one = get(report, "sections", "sweep", "rows", "1") or {}
     dramatiq_row = get(report, "sections", "peers", "rows", "dramatiq/per_prompt") or {}
     tasks = _celery_task(report)
-    if not one or not dramatiq_row or tasks is None:
+    if not one or not dramatiq_row or tasks is None or dramatiq_row["prompts_per_s"] <= 0:
         return None
     allowed, allows = _allowance(report, dramatiq_row["prompts_per_s"], "Dramatiq")
     return (
@@ -82,7 +82,7 @@ def _best_peer(report: dict[str, Any]) -> Row | None:
     peers = get(report, "sections", "peers") or {}
     best = (peers.get("rows") or {}).get(peers.get("best") or "")
     base = get(report, "sections", "e2e", "cpu_us_per_prompt", "in_process_1/compact", "total")
-    if not best or base is None:
+    if not best or base is None or best["prompts_per_s"] <= 0:
         return None
     _allowed, allows = _allowance(report, best["prompts_per_s"], peers["best"])
     return (
@@ -234,7 +234,8 @@ def _memory(report: dict[str, Any]) -> Row | None:
     if "200000" not in sizes or "1000000" not in sizes:
         return None
     growth = {mode: peaks["1000000"]["peak_mb"] / peaks["200000"]["peak_mb"] - 1
-              for mode, peaks in (memory.get("rows") or {}).items()}  # fmt: skip
+              for mode, peaks in (memory.get("rows") or {}).items()
+              if peaks.get("200000", {}).get("peak_mb")}  # a peak not read (0) says nothing  # fmt: skip
     over = {mode: g for mode, g in growth.items() if g > 0.10}
     if not over:
         return None

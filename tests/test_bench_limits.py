@@ -133,6 +133,22 @@ def test_a_report_missing_a_section_leaves_its_rows_out_without_failing() -> Non
     assert "producer_us_per_prompt" in rows
 
 
+def test_a_zero_rate_or_an_unread_peak_leaves_its_row_out_instead_of_dividing_by_it() -> None:
+    # Given: a peer that measured nothing, and a memory peak the sampler never read
+    report = copy.deepcopy(REPORT)
+    report["sections"]["peers"]["rows"]["dramatiq/per_prompt"]["prompts_per_s"] = 0
+    report["sections"]["peers"]["rows"]["dramatiq/chunked"]["prompts_per_s"] = 0
+    report["sections"]["memory"] = {
+        "sizes": [200_000, 1_000_000],
+        "rows": {"in_process_2": {"200000": {"peak_mb": 0.0}, "1000000": {"peak_mb": 120.0}}},
+    }
+
+    # Then: those rows are left out; the others stay
+    rows = rows_of(limits(report))
+    assert "per_prompt_vs_dramatiq" not in rows and "vs_best_peer" not in rows and "producer" not in rows
+    assert "chunk_fixed_ms" in rows and "e2e_local_ratio" in rows
+
+
 def test_the_findings_open_with_the_table_and_a_run_that_met_everything_has_none() -> None:
     # Given: a run that missed only the two targets Celery's own cost stands in the way of
     report = copy.deepcopy(REPORT)
