@@ -32,13 +32,15 @@ try:  # an optional accelerator: see the module's docstring
 except ImportError:  # pragma: no cover - a sandbox base whose Python orjson was not built for
     _orjson = None  # type: ignore[assignment]
 
-__all__ = ["ACCELERATED", "encode_string", "loads"]
+__all__ = ["ACCELERATED", "encode_compact", "encode_string", "loads"]
 
 # Whether orjson is in use in this interpreter (the tests check it, on the host and in the
 # sandbox image); the results are the same either way.
 ACCELERATED = _orjson is not None
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# The standard library's compact encoder (no spaces; characters as they are, not escaped): what
+# records, their provenance and sandbox frame headers are written with, here once for all of them.
+encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def encode_string(text: str) -> str:
@@ -52,7 +54,7 @@ def encode_string(text: str) -> str:
             return _orjson.dumps(text).decode("utf-8")
         except TypeError:  # a lone surrogate: not UTF-8, orjson refuses it
             pass
-    return _encode(text)
+    return encode_compact(text)
 
 
 def loads(text: str | bytes, fallback: Callable[[Any], Any] = json.loads) -> Any:

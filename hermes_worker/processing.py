@@ -17,13 +17,12 @@ from typing import Any
 from . import contract
 from .engine import ItemError, Profile, check_prompt, provenance
 from .engine.budget import chunk_clock, normalize_within_budget
-from .fast_json import encode_string
+from .fast_json import encode_compact, encode_string
 from .lines import id_problem, items_from_text
 from .wire import ChunkRequest, ChunkResult, Item, ItemFailure
 
 __all__ = ["failed_chunk_result", "process_chunk", "request_items", "with_errors"]
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # JSON allows these raw inside strings, but many line-oriented tools (str.splitlines, editors,
 # JavaScript before ES2019) split lines on them: escaping keeps one record per physical line.
 _LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
@@ -32,7 +31,7 @@ _LINE_BREAKERS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u202
 def _dumps(value: object) -> str:
     if type(value) is int:
         return str(value)  # ids are mostly integers: skip the encoder's set-up
-    text = encode_string(value) if type(value) is str else _encode(value)
+    text = encode_string(value) if type(value) is str else encode_compact(value)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKERS:
             if raw in text:

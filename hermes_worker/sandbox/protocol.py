@@ -21,7 +21,8 @@ frames out of Docker's own multiplexing of a container's standard output and err
 >>> reader.read_frame(), reader.read_frame(), reader.read_frame()
 (({'op': 'hello'}, b''), ({'n': 1}, b'raw'), None)
 
-Standard library only: this module ships inside the sandbox image.
+The standard library and :mod:`hermes_worker.fast_json`'s shared encoder only: this module ships
+inside the sandbox image.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..fast_json import encode_compact
 from .errors import FrameTooLarge, ProtocolError, TornStream
 
 __all__ = [
@@ -62,8 +64,6 @@ _RECV_BYTES = 256 * 1024
 Recv = Callable[[int], bytes]
 """Read up to n bytes; return ``b""`` only at the end of the stream."""
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
 
 def encode_frame(message: Mapping[str, Any], blob: bytes = b"", max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """One frame holding ``message`` (the header, with the version and blob length added) and ``blob``.
@@ -73,7 +73,7 @@ def encode_frame(message: Mapping[str, Any], blob: bytes = b"", max_bytes: int =
     """
     # surrogatepass: a lone surrogate in a prompt must reach the engine, which reports it as an
     # item error; a strict encoder would fail the whole chunk instead.
-    header = _encode({**message, "frame": FRAME_VERSION, "blob": len(blob)}).encode("utf-8", "surrogatepass")
+    header = encode_compact({**message, "frame": FRAME_VERSION, "blob": len(blob)}).encode("utf-8", "surrogatepass")
     size = len(header) + 1 + len(blob)
     if size > max_bytes:
         raise FrameTooLarge(f"frame of {size:,} bytes is larger than the {max_bytes:,}-byte bound")

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import fast_json
 from ..engine import Profile
+from ..fast_json import encode_compact
 from ..processing import request_items
 from ..wire import ChunkRequest, ChunkResult, Item, ItemFailure
 from .errors import ContainerDied, FrameTooLarge
@@ -66,7 +67,6 @@ _EXPANSION = 128
 _EXPLAIN_PER_STEP = 512  # an explanation entry per step and round, with ftfy's repair names
 _VERSION_KEYS = ("engine", "python", "unicode", "ftfy")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class BadReply(ContainerDied):
@@ -167,7 +167,7 @@ def _refuse(line: Any, problem: str) -> BadReply:
 def provenance_tail(provenance: Mapping[str, Any]) -> str:
     """How an honest record without an explanation ends: its provenance, encoded as
     :mod:`hermes_worker.processing` encodes it, and the closing brace."""
-    tail = f',"provenance":{_encode(provenance)}}}'
+    tail = f',"provenance":{encode_compact(provenance)}}}'
     for raw, escaped in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         tail = tail.replace(raw, escaped)
     return tail
@@ -308,12 +308,12 @@ def error_result(expected: Expected, code: str, message: str) -> ChunkResult:
     The record has the form :mod:`hermes_worker.processing` writes, and the provenance the
     sandbox's records would have had.
     """
-    prov = _encode(expected.provenance)
+    prov = encode_compact(expected.provenance)
     lines, errors = [], []
     for item in expected.items:
         line = item.line
         error = {"code": code, "message": message, "line": line}
-        record = f'{{"id":{_encode(item.id)},"line":{line},"error":{_encode(error)},"provenance":{prov}}}'
+        record = f'{{"id":{encode_compact(item.id)},"line":{line},"error":{encode_compact(error)},"provenance":{prov}}}'
         for raw, escaped in (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
             record = record.replace(raw, escaped)
         lines.append(record + "\n")
