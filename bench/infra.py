@@ -8,7 +8,6 @@ their worker, so their CPU comes from their cgroup (``cpuacct.usage``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from hermes_worker.contract import KEY_WORKER
+from hermes_worker.registry import WorkerInfo
 
 if TYPE_CHECKING:  # psutil comes with the bench extra; in-process runs need none of it
     import psutil
@@ -56,11 +56,9 @@ def wait_serving(client: redis.Redis, name: str, process: Any, timeout: float, w
     deadline = time.monotonic() + timeout
     while True:
         raw = client.get(KEY_WORKER.format(name=name))
-        try:
-            if raw is not None and json.loads(raw).get("queues"):
-                return
-        except (ValueError, AttributeError):  # an entry being rewritten, or not one of ours
-            pass
+        info = None if raw is None else WorkerInfo.from_json(raw)  # None: not an entry a worker writes
+        if info is not None and info.queues:
+            return
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not start")
         time.sleep(0.1)

@@ -172,10 +172,15 @@ def _checker(expected: str) -> Callable[[Path], None]:
     return check
 
 
-def _marginal(big: list[BatchRun], tiny: list[BatchRun], group: str) -> float:
+def _marginal(big: list[BatchRun], tiny: list[BatchRun], measure: Callable[[BatchRun], float]) -> float:
+    """The median over pairs of what ``measure`` grows by per prompt from a tiny run to a big one."""
     return statistics.median(
-        (b.cpu_s[group] - t.cpu_s[group]) / (b.prompts - t.prompts) * 1e6 for b, t in zip(big, tiny, strict=True)
+        (measure(b) - measure(t)) / (b.prompts - t.prompts) for b, t in zip(big, tiny, strict=True)
     )
+
+
+def _cpu_us(group: str) -> Callable[[BatchRun], float]:
+    return lambda run: run.cpu_s[group] * 1e6
 
 
 def _fit(rows: dict[int, dict[str, Any]]) -> dict[str, dict[str, float]] | None:
@@ -243,13 +248,12 @@ def _measure(plan: Plan, workers: SimulatedWorkers, inputs: dict[int, tuple[Path
                 into.append(run)
     rows: dict[int, dict[str, Any]] = {}
     for size, (big_runs, tiny_runs) in runs.items():
-        cpu = {group: round(_marginal(big_runs, tiny_runs, group), 3) for group in GROUPS}
+        cpu = {group: round(_marginal(big_runs, tiny_runs, _cpu_us(group)), 3) for group in GROUPS}
         cpu["total"] = round(sum(cpu.values()), 3)
         rate = statistics.median(r.rate for r in big_runs)
         wall = statistics.median(r.wall_s for r in big_runs)  # the producer's start-up included
         busy = {g: round(statistics.median(r.cpu_s[g] for r in big_runs) / wall, 2) for g in GROUPS}
-        pairs = zip(big_runs, tiny_runs, strict=True)
-        faults = statistics.median((big.faults - small.faults) / (big.prompts - small.prompts) for big, small in pairs)
+        faults = _marginal(big_runs, tiny_runs, lambda run: run.faults)
         rows[size] = {
             "prompts": big_runs[0].prompts,
             # Fresh pages the producer took a prompt (marginal minor faults; see fresh_page_us).
