@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -180,19 +179,9 @@ def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (children of children too)."""
     found, todo = [], [pid]
     while todo:
-        current = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                found.append(child)
-                todo.append(child)
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
     return found
 
 
@@ -242,17 +231,18 @@ def run_until_chunks_then_kill(command: list[str], env: dict[str, str], cwd: Pat
 
 
 def children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (a Celery worker's pool processes)."""
+    """The live direct children of ``pid`` (a Celery worker's pool processes), as each of its
+    threads lists them in /proc."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # The command may hold spaces and parentheses: the parent pid follows the last ')'.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except OSError:
+            continue
     return found
 
 
@@ -263,6 +253,6 @@ def pool_processes(pid: int) -> list[int]:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if re.search(rb"forkserver", command):
+        if b"forkserver" in command:
             return children(child)
     return []
