@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings_scale import scale_findings
+from .findings_scale import get, scale_findings
 from .limits import limits
 
 __all__ = ["chunk_cost_model", "findings", "gross_per_prompt"]
@@ -18,14 +18,6 @@ __all__ = ["chunk_cost_model", "findings", "gross_per_prompt"]
 
 # The py-spy area of the duplicate-id guard moving fingerprints to disk (bench/profiling.py).
 SPILL_AREA = "producer: duplicate-id guard moving fingerprints to disk"
-
-def _get(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
 
 def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, Any] | None:
     """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows
@@ -60,16 +52,16 @@ def gross_per_prompt(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _pyspy(report: dict[str, Any], who: str) -> dict[str, Any]:
-    return _get(report, "sections", "profile", "pyspy_celery_2_compact", who) or {}
+    return get(report, "sections", "profile", "pyspy_celery_2_compact", who) or {}
 
 
 def _engine(report: dict[str, Any]) -> list[str]:
-    engine = _get(report, "sections", "engine")
+    engine = get(report, "sections", "engine")
     if not engine or "rows" not in engine:
         return []
     rows = engine["rows"]
     cpu = {name: row["cpu_us_per_prompt"] for name, row in rows.items()}
-    cprofile = _get(report, "sections", "profile", "engine_prompt_cprofile") or []
+    cprofile = get(report, "sections", "profile", "engine_prompt_cprofile") or []
     regex = sum(float(row[2]) for row in cprofile if "re.Pattern' objects>" in str(row[0]) and "search" in str(row[0]))
     out = [
         f"**prompt_vs_ftfy = {engine['prompt_vs_ftfy']}** (CPU time; {engine.get('prompt_vs_ftfy_wall')} from wall "
@@ -110,7 +102,7 @@ def _engine(report: dict[str, Any]) -> list[str]:
 
 
 def _e2e(report: dict[str, Any]) -> list[str]:
-    e2e = _get(report, "sections", "e2e")
+    e2e = get(report, "sections", "e2e")
     if not e2e or "runs" not in e2e:
         return []
     runs = e2e["runs"]
@@ -134,11 +126,11 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             + "With both cores busy the "
             f"ratio cannot exceed {inproc['total']} / {celery['total']} = {inproc['total'] / celery['total']:.2f}; "
             f"cores used during those runs: {busy} of {report['machine']['cores']}. The honest limit, two independent "
-            f"in-process batches at once ({_get(e2e, 'limit_alone_2')} prompts/s), is "
-            f"{_get(e2e, 'ratios_honest', 'alone_2_vs_1x2')} of 1 process × 2 on this machine (the old limit); "
+            f"in-process batches at once ({get(e2e, 'limit_alone_2')} prompts/s), is "
+            f"{get(e2e, 'ratios_honest', 'alone_2_vs_1x2')} of 1 process × 2 on this machine (the old limit); "
             f"against it the in-process pool with 2 processes reaches "
-            f"{_get(e2e, 'ratios_honest', 'in_process_2_vs_alone_2')} and Celery "
-            f"{_get(e2e, 'ratios_honest', 'celery_2_vs_alone_2')} (old: {report.get('e2e_local_ratio_vs_1x2')}). "
+            f"{get(e2e, 'ratios_honest', 'in_process_2_vs_alone_2')} and Celery "
+            f"{get(e2e, 'ratios_honest', 'celery_2_vs_alone_2')} (old: {report.get('e2e_local_ratio_vs_1x2')}). "
             f"py-spy of the producer (`compact`): send_task "
             f"{producer.get('producer: send_task', 0):.0%} of its samples (SET of the chunk's lines + a small task "
             f"message), reading and splitting input {producer.get('producer: read + split input', 0):.0%}, the "
@@ -146,13 +138,13 @@ def _e2e(report: dict[str, Any]) -> list[str]:
             f"fingerprints to disk {producer.get(SPILL_AREA, 0):.0%}); the producer no longer "
             f"parses JSON: the workers do, as the in-process run does."
         )
-    model = chunk_cost_model(_get(report, "sections", "sweep") or {})
+    model = chunk_cost_model(get(report, "sections", "sweep") or {})
     if model is not None:
-        base = _get(e2e, "cpu_us_per_prompt", "in_process_1/compact", "total")
+        base = get(e2e, "cpu_us_per_prompt", "in_process_1/compact", "total")
         worker = _pyspy(report, "workers").get("inclusive", {})
         out.append(
             f"**overhead_us_per_prompt = {e2e.get('overhead_us_per_prompt')}** (marginal, `compact`; Celery run by "
-            f"group {_get(e2e, 'cpu_us_per_prompt', 'celery_2/compact')}, in-process {base}). The sweep fits "
+            f"group {get(e2e, 'cpu_us_per_prompt', 'celery_2/compact')}, in-process {base}). The sweep fits "
             f"CPU/prompt ≈ {model['per_prompt_us']} µs + {model['per_chunk_us']:,.0f} µs per chunk ÷ chunk size: "
             f"a fixed "
             f"~{model['per_chunk_us'] / 1000:.1f} ms of CPU per chunk, and even with infinite chunks "
@@ -185,12 +177,12 @@ def _e2e(report: dict[str, Any]) -> list[str]:
 
 
 def _containers(report: dict[str, Any]) -> list[str]:
-    runs = _get(report, "sections", "e2e", "runs", "container_2/prompt") or []
-    local = gross_per_prompt(_get(report, "sections", "e2e", "runs", "celery_2/prompt") or [])
+    runs = get(report, "sections", "e2e", "runs", "container_2/prompt") or []
+    local = gross_per_prompt(get(report, "sections", "e2e", "runs", "celery_2/prompt") or [])
     if not runs:
         return []
     cpu = gross_per_prompt(runs)
-    sessions = _get(report, "sections", "sessions") or {}
+    sessions = get(report, "sections", "sessions") or {}
     return [
         f"**container_ratio = {report.get('container_ratio')}.** CPU µs/prompt by group: {cpu} (local workers: "
         f"{local}). The worker processes still spend {cpu.get('workers')} µs/prompt without running the engine: "
@@ -208,13 +200,13 @@ def _containers(report: dict[str, Any]) -> list[str]:
 
 
 def _peers(report: dict[str, Any]) -> list[str]:
-    peers = _get(report, "sections", "peers") or {}
+    peers = get(report, "sections", "peers") or {}
     if not peers.get("rows"):
         return []
     best = peers.get("best")
     best_row = peers["rows"].get(best, {})
-    hermes = _get(report, "sections", "e2e", "cpu_us_per_prompt", "celery_2/compact", "total")
-    base = _get(report, "sections", "e2e", "cpu_us_per_prompt", "in_process_1/compact", "total")
+    hermes = get(report, "sections", "e2e", "cpu_us_per_prompt", "celery_2/compact", "total")
+    base = get(report, "sections", "e2e", "cpu_us_per_prompt", "in_process_1/compact", "total")
     cores = report["machine"]["cores"]
     goal = 2 * best_row.get("prompts_per_s", 0)
     return [
@@ -231,7 +223,7 @@ def _peers(report: dict[str, Any]) -> list[str]:
 
 
 def _memory(report: dict[str, Any]) -> list[str]:
-    memory = _get(report, "sections", "memory") or {}
+    memory = get(report, "sections", "memory") or {}
     rows = memory.get("rows") or {}
     if not rows or all(r.get("flat") for r in rows.values()):
         return []
@@ -266,7 +258,7 @@ def _memory(report: dict[str, Any]) -> list[str]:
 
 def _chunk_default(report: dict[str, Any]) -> list[str]:
     """Why the default chunk size stays when the sweep found a larger one faster."""
-    sweep = _get(report, "sections", "sweep") or {}
+    sweep = get(report, "sections", "sweep") or {}
     rows, fastest, default = sweep.get("rows") or {}, sweep.get("fastest_chunk_size"), sweep.get("default_chunk_size")
     if fastest is None or default is None or fastest == default or str(default) not in rows or str(fastest) not in rows:
         return []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["scale_findings"]
+__all__ = ["REMEDY", "celery_task_us", "get", "scale_findings"]
 
 
 def get(data: Any, *path: str) -> Any:
@@ -168,17 +168,26 @@ def _chunk_fixed(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _celery_floor(report: dict[str, Any]) -> str:
-    """What one plain Celery task costs in the same run, set against the 0.6 ms a chunk allowed."""
+def celery_task_us(report: dict[str, Any]) -> tuple[float, float] | None:
+    """CPU µs a task of plain Celery and of Dramatiq, one task a prompt with its result (peers section)."""
     rows = get(report, "sections", "peers", "rows") or {}
     celery, dramatiq = rows.get("celery/per_prompt"), rows.get("dramatiq/per_prompt")
     if not celery or not dramatiq:
+        return None
+    return celery["cpu_us_per_prompt"], dramatiq["cpu_us_per_prompt"]
+
+
+def _celery_floor(report: dict[str, Any]) -> str:
+    """What one plain Celery task costs in the same run, set against the 0.6 ms a chunk allowed."""
+    tasks = celery_task_us(report)
+    if tasks is None:
         return ""
+    celery, dramatiq = tasks
     return (
         f" Yet Celery itself stands in the way: the peers section's plain Celery, tuned, spends "
-        f"{celery['cpu_us_per_prompt']:,.0f} µs of CPU on one task with its result through Redis, all processes "
-        f"together ({celery['cpu_us_per_prompt'] / 600:.1f}× the 600 µs a chunk may cost; Dramatiq "
-        f"{dramatiq['cpu_us_per_prompt']:,.0f} µs). No change inside Hermes reaches 0.6 ms while every chunk is one "
+        f"{celery:,.0f} µs of CPU on one task with its result through Redis, all processes "
+        f"together ({celery / 600:.1f}× the 600 µs a chunk may cost; Dramatiq "
+        f"{dramatiq:,.0f} µs). No change inside Hermes reaches 0.6 ms while every chunk is one "
         f"Celery message; chunks carried several a message, or taken several at a time from a Redis stream with "
         f"Celery kept for control and monitoring, would."
     )

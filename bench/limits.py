@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .findings_scale import REMEDY, get
+from .findings_scale import REMEDY, celery_task_us, get
 
 __all__ = ["limits"]
 
@@ -28,19 +28,10 @@ NOT_ONE_MESSAGE = (
 )
 
 
-def _celery_task(report: dict[str, Any]) -> tuple[float, float] | None:
-    """CPU µs a task of plain Celery and of Dramatiq, one task a prompt with its result (peers section)."""
-    rows = get(report, "sections", "peers", "rows") or {}
-    celery, dramatiq = rows.get("celery/per_prompt"), rows.get("dramatiq/per_prompt")
-    if not celery or not dramatiq:
-        return None
-    return celery["cpu_us_per_prompt"], dramatiq["cpu_us_per_prompt"]
-
-
 def _chunk_fixed(report: dict[str, Any]) -> Row | None:
     from .findings import chunk_cost_model
 
-    model, tasks = chunk_cost_model(get(report, "sections", "sweep") or {}), _celery_task(report)
+    model, tasks = chunk_cost_model(get(report, "sections", "sweep") or {}), celery_task_us(report)
     if model is None or tasks is None:
         return None
     celery, dramatiq = tasks
@@ -65,7 +56,7 @@ def _allowance(report: dict[str, Any], rate: float, whose: str) -> tuple[float, 
 def _per_prompt(report: dict[str, Any]) -> Row | None:
     one = get(report, "sections", "sweep", "rows", "1") or {}
     dramatiq_row = get(report, "sections", "peers", "rows", "dramatiq/per_prompt") or {}
-    tasks = _celery_task(report)
+    tasks = celery_task_us(report)
     if not one or not dramatiq_row or tasks is None or dramatiq_row["prompts_per_s"] <= 0:
         return None
     allowed, allows = _allowance(report, dramatiq_row["prompts_per_s"], "Dramatiq")
@@ -120,7 +111,7 @@ def _overhead(report: dict[str, Any]) -> Row | None:
     model = chunk_cost_model(get(report, "sections", "sweep") or {})
     base = get(report, "sections", "e2e", "cpu_us_per_prompt", "in_process_1/compact", "total")
     size = get(report, "sections", "sweep", "default_chunk_size")
-    tasks = _celery_task(report)
+    tasks = celery_task_us(report)
     if model is None or base is None or not size:
         return None
     floor = f"; plain Celery's task alone is {tasks[0] / size:.2f} µs of it" if tasks else ""
