@@ -19,6 +19,7 @@ __all__ = ["chunk_cost_model", "findings", "gross_per_prompt"]
 # The py-spy area of the duplicate-id guard moving fingerprints to disk (bench/profiling.py).
 SPILL_AREA = "producer: duplicate-id guard moving fingerprints to disk"
 
+
 def chunk_cost_model(sweep: dict[str, Any]) -> dict[str, Any] | None:
     """Fit CPU/prompt = per_prompt + per_chunk / chunk_size through the sweep's 16 and 4096 rows
     (every process together, and each group: producer, workers, Redis, when the sweep has them)."""
